@@ -1,0 +1,154 @@
+//! One task's runtime data on the coordinator: its global model, evaluator,
+//! strategy, the updates collected in the current attempt and the history.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use medfed_models::aggregate::{Strategy, UpdateCheck, WeightedDelta};
+use medfed_models::data::{MomentSums, Standardizer};
+use medfed_models::learner::{Evaluator, GlobalModel, LocalUpdate, TrainPlan};
+use medfed_models::metrics::Metrics;
+use medfed_models::Params;
+
+use super::fsm::{FsmConfig, HospitalId, TaskFsm};
+use crate::report::{RoundRecord, TaskReport};
+
+/// Everything the coordinator needs to run one task.
+pub struct TaskSetup {
+    pub name: String,
+    pub fsm: FsmConfig,
+    /// The plan sent each round (`round` is filled in per round).
+    pub plan: TrainPlan,
+    pub check: UpdateCheck,
+    pub evaluator: Box<dyn Evaluator>,
+    pub strategy: Box<dyn Strategy>,
+    /// Whether hospitals' feature statistics are combined into a scaler.
+    pub federated_scaling: bool,
+}
+
+pub struct TaskRuntime {
+    pub name: String,
+    pub fsm: TaskFsm,
+    pub plan: TrainPlan,
+    pub check: UpdateCheck,
+    pub evaluator: Arc<Mutex<Box<dyn Evaluator>>>,
+    pub strategy: Arc<Mutex<Box<dyn Strategy>>>,
+    pub federated_scaling: bool,
+    pub global: GlobalModel,
+    pub kept_updates: BTreeMap<HospitalId, LocalUpdate>,
+    pub kept_stats: BTreeMap<HospitalId, MomentSums>,
+    pub history: Vec<RoundRecord>,
+    pub round_started: Option<Instant>,
+    pub rejected: BTreeMap<String, u64>,
+    pub declined: u64,
+}
+
+impl TaskRuntime {
+    pub fn new(setup: TaskSetup) -> Self {
+        let params = Arc::new(setup.evaluator.init_params());
+        Self {
+            name: setup.name,
+            fsm: TaskFsm::new(setup.fsm),
+            plan: setup.plan,
+            check: setup.check,
+            evaluator: Arc::new(Mutex::new(setup.evaluator)),
+            strategy: Arc::new(Mutex::new(setup.strategy)),
+            federated_scaling: setup.federated_scaling,
+            global: GlobalModel {
+                params,
+                standardizer: None,
+            },
+            kept_updates: BTreeMap::new(),
+            kept_stats: BTreeMap::new(),
+            history: Vec::new(),
+            round_started: None,
+            rejected: BTreeMap::new(),
+            declined: 0,
+        }
+    }
+
+    /// Reset the model and history for a new run.
+    pub fn reset_for_run(&mut self) -> Result<(), String> {
+        let evaluator = self.evaluator.lock().map_err(|_| "evaluator lock poisoned")?;
+        self.global = GlobalModel {
+            params: Arc::new(evaluator.init_params()),
+            standardizer: None,
+        };
+        self.kept_updates.clear();
+        self.kept_stats.clear();
+        self.history.clear();
+        self.round_started = None;
+        self.rejected.clear();
+        self.declined = 0;
+        Ok(())
+    }
+
+    pub fn combine_stats(&mut self, from: &[HospitalId]) -> Result<(), String> {
+        if !self.federated_scaling {
+            return Ok(());
+        }
+        let parts: Vec<&MomentSums> = from.iter().filter_map(|h| self.kept_stats.get(h)).collect();
+        if parts.len() != from.len() {
+            return Err("statistics missing for a hospital counted in the quorum".into());
+        }
+        let sums = MomentSums::combine(parts).map_err(|e| e.to_string())?;
+        let scaler = Standardizer::from_sums(&sums).map_err(|e| e.to_string())?;
+        self.global.standardizer = Some(Arc::new(scaler));
+        Ok(())
+    }
+
+    pub fn plan_for(&self, round: u32) -> TrainPlan {
+        TrainPlan {
+            round,
+            ..self.plan.clone()
+        }
+    }
+
+    pub fn count_rejection(&mut self, label: &str) {
+        *self.rejected.entry(label.to_string()).or_default() += 1;
+    }
+
+    pub fn report(&self) -> TaskReport {
+        TaskReport {
+            hospitals: self.fsm.members().len(),
+            phase: self.fsm.phase().clone(),
+            rounds: self.history.clone(),
+            drops: self.fsm.drops().clone(),
+            rejected: self.rejected.clone(),
+            declined: self.declined,
+        }
+    }
+}
+
+/// Aggregate `updates` into the next global model and evaluate it on the
+/// held-out set. Runs on a blocking thread.
+pub fn aggregate_and_evaluate(
+    strategy: &Mutex<Box<dyn Strategy>>,
+    evaluator: &Mutex<Box<dyn Evaluator>>,
+    global: &GlobalModel,
+    updates: &[LocalUpdate],
+) -> Result<(Params, Metrics), String> {
+    let weighted: Vec<WeightedDelta<'_>> = updates
+        .iter()
+        .map(|u| WeightedDelta {
+            delta: &u.delta,
+            num_examples: u.num_examples,
+        })
+        .collect();
+    let next = strategy
+        .lock()
+        .map_err(|_| "strategy lock poisoned".to_string())?
+        .aggregate(&global.params, &weighted)
+        .map_err(|e| e.to_string())?;
+    let candidate = GlobalModel {
+        params: Arc::new(next.clone()),
+        standardizer: global.standardizer.clone(),
+    };
+    let metrics = evaluator
+        .lock()
+        .map_err(|_| "evaluator lock poisoned".to_string())?
+        .evaluate(&candidate)
+        .map_err(|e| e.to_string())?;
+    Ok((next, metrics))
+}

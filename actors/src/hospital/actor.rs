@@ -1,0 +1,116 @@
+use std::sync::{Arc, Mutex};
+
+use ractor::{pg, Actor, ActorProcessingErr, ActorRef};
+use tracing::{error, info, warn};
+
+use medfed_models::learner::Learner;
+
+use crate::coordinator::task_group;
+use crate::messages::{CoordinatorMsg, HospitalInfo, HospitalMsg, TrainOutcome};
+
+pub struct Hospital;
+
+pub struct HospitalArgs {
+    pub name: String,
+    pub task: String,
+    pub kind: String,
+    pub learner: Box<dyn Learner>,
+    pub coordinator: ActorRef<CoordinatorMsg>,
+}
+
+pub struct HospitalState {
+    info: HospitalInfo,
+    learner: Arc<Mutex<Box<dyn Learner>>>,
+    coordinator: ActorRef<CoordinatorMsg>,
+}
+
+impl Actor for Hospital {
+    type Msg = HospitalMsg;
+    type State = HospitalState;
+    type Arguments = HospitalArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let info = HospitalInfo {
+            name: args.name,
+            task: args.task,
+            kind: args.kind,
+            samples: args.learner.num_examples(),
+        };
+        pg::join(task_group(&info.task), vec![myself.get_cell()]);
+        args.coordinator.cast(CoordinatorMsg::Join {
+            info: info.clone(),
+            hospital: myself.clone(),
+        })?;
+        info!(hospital = %info.name, task = %info.task, "hospital started");
+        Ok(HospitalState {
+            info,
+            learner: Arc::new(Mutex::new(args.learner)),
+            coordinator: args.coordinator,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            HospitalMsg::CollectStats { task, attempt } => {
+                let stats = lock(&state.learner)?.feature_stats();
+                state.coordinator.cast(CoordinatorMsg::Stats {
+                    from: state.info.name.clone(),
+                    task,
+                    attempt,
+                    stats,
+                })?;
+            }
+            HospitalMsg::Train {
+                task,
+                round,
+                attempt,
+                model,
+                plan,
+            } => {
+                let learner = state.learner.clone();
+                // Training is CPU-bound: keep it off the actor runtime's threads.
+                let outcome = tokio::task::spawn_blocking(move || match lock(&learner) {
+                    Ok(mut l) => match l.train(&model, &plan) {
+                        Ok(update) => TrainOutcome::Trained(update),
+                        Err(e) => TrainOutcome::Failed(e.to_string()),
+                    },
+                    Err(e) => TrainOutcome::Failed(e.to_string()),
+                })
+                .await
+                .unwrap_or_else(|e| TrainOutcome::Failed(format!("training thread failed: {e}")));
+                if let TrainOutcome::Failed(reason) = &outcome {
+                    warn!(hospital = %state.info.name, round, "local training failed: {reason}");
+                }
+                state.coordinator.cast(CoordinatorMsg::Update {
+                    from: state.info.name.clone(),
+                    task,
+                    round,
+                    attempt,
+                    outcome,
+                })?;
+            }
+            HospitalMsg::Refused { reason } => {
+                error!(hospital = %state.info.name, "coordinator refused this hospital: {reason}");
+                myself.stop(Some(reason));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn lock(
+    learner: &Mutex<Box<dyn Learner>>,
+) -> Result<std::sync::MutexGuard<'_, Box<dyn Learner>>, ActorProcessingErr> {
+    learner
+        .lock()
+        .map_err(|_| "learner lock poisoned by an earlier panic".into())
+}

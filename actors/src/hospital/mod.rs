@@ -1,0 +1,6 @@
+//! The hospital agent: one actor wrapping one `Learner` over the hospital's
+//! own data. Only feature statistics and model updates leave it.
+
+mod actor;
+
+pub use actor::{Hospital, HospitalArgs};

@@ -1,0 +1,15 @@
+//! medfed-actors: the federation runtime. A coordinator actor drives a pure
+//! per-task state machine; hospital actors train on their own data. It knows
+//! nothing of HTTP, SQLite or MLflow: observers subscribe to `FederationEvent`s.
+
+pub mod coordinator;
+pub mod events;
+pub mod hospital;
+pub mod messages;
+pub mod report;
+
+pub use coordinator::{Coordinator, CoordinatorArgs, TaskSetup};
+pub use events::{EventBus, FederationEvent};
+pub use hospital::{Hospital, HospitalArgs};
+pub use messages::{CoordinatorMsg, HospitalMsg, RunRequest};
+pub use report::{RoundRecord, RunReport, TaskReport};

@@ -1,0 +1,95 @@
+//! Messages between the coordinator and hospital actors.
+
+use ractor::{ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+
+use medfed_models::data::MomentSums;
+use medfed_models::learner::{GlobalModel, LocalUpdate, TrainPlan};
+use medfed_models::metrics::Metrics;
+use medfed_models::Params;
+
+use crate::coordinator::fsm::TimerId;
+use crate::report::RunReport;
+
+/// What a hospital tells the coordinator about itself when it joins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HospitalInfo {
+    pub name: String,
+    pub task: String,
+    pub kind: String,
+    pub samples: usize,
+}
+
+/// A hospital's answer to a training request.
+#[derive(Debug)]
+pub enum TrainOutcome {
+    Trained(LocalUpdate),
+    Failed(String),
+    Declined(String),
+}
+
+/// What `StartRun` asks for; `None` fields take the configured defaults.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub rounds: Option<u32>,
+    pub tasks: Option<Vec<String>>,
+}
+
+pub enum CoordinatorMsg {
+    Join {
+        info: HospitalInfo,
+        hospital: ActorRef<HospitalMsg>,
+    },
+    Stats {
+        from: String,
+        task: String,
+        attempt: u32,
+        stats: Option<MomentSums>,
+    },
+    Update {
+        from: String,
+        task: String,
+        round: u32,
+        attempt: u32,
+        outcome: TrainOutcome,
+    },
+    StartRun {
+        request: RunRequest,
+        reply: RpcReplyPort<Result<String, String>>,
+    },
+    Stop,
+    Deadline {
+        task: String,
+        timer: TimerId,
+    },
+    RoundDone {
+        task: String,
+        generation: u64,
+        round: u32,
+        result: Result<(Params, Metrics), String>,
+    },
+    Report(RpcReplyPort<RunReport>),
+}
+
+// ractor's `cluster` feature is on in this build: local messages say so explicitly.
+impl ractor::Message for CoordinatorMsg {}
+
+pub enum HospitalMsg {
+    CollectStats {
+        task: String,
+        attempt: u32,
+    },
+    Train {
+        task: String,
+        round: u32,
+        attempt: u32,
+        model: GlobalModel,
+        plan: TrainPlan,
+    },
+    /// The coordinator refused this hospital (e.g. its name is taken).
+    Refused {
+        reason: String,
+    },
+}
+
+impl ractor::Message for HospitalMsg {}

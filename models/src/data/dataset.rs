@@ -1,0 +1,72 @@
+//! An in-memory tabular dataset: a feature matrix and binary labels.
+
+use ndarray::{Array2, Axis};
+
+use crate::error::{ModelError, Result};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    pub feature_names: Vec<String>,
+    /// One row per record, one column per feature.
+    pub features: Array2<f64>,
+    /// `true` is the positive class (e.g. malignant).
+    pub labels: Vec<bool>,
+}
+
+impl Dataset {
+    pub fn new(feature_names: Vec<String>, features: Array2<f64>, labels: Vec<bool>) -> Result<Self> {
+        if features.nrows() != labels.len() {
+            return Err(ModelError::Data(format!(
+                "{} feature rows but {} labels",
+                features.nrows(),
+                labels.len()
+            )));
+        }
+        if features.ncols() != feature_names.len() {
+            return Err(ModelError::Data(format!(
+                "{} feature columns but {} feature names",
+                features.ncols(),
+                feature_names.len()
+            )));
+        }
+        Ok(Self {
+            feature_names,
+            features,
+            labels,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn n_features(&self) -> usize {
+        self.features.ncols()
+    }
+
+    pub fn positives(&self) -> usize {
+        self.labels.iter().filter(|&&l| l).count()
+    }
+
+    pub fn feature_index(&self, name: &str) -> Result<usize> {
+        self.feature_names.iter().position(|n| n == name).ok_or_else(|| {
+            ModelError::Data(format!(
+                "no feature named '{name}' (features: {})",
+                self.feature_names.join(", ")
+            ))
+        })
+    }
+
+    /// The rows at `indices`, in that order.
+    pub fn select(&self, indices: &[usize]) -> Dataset {
+        Dataset {
+            feature_names: self.feature_names.clone(),
+            features: self.features.select(Axis(0), indices),
+            labels: indices.iter().map(|&i| self.labels[i]).collect(),
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Partitioning training rows into hospitals: IID, sorted (the original
+//! platform's non-IID scheme) and Dirichlet label skew.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Gamma};
+use serde::{Deserialize, Serialize};
+
+use super::Dataset;
+use crate::error::{ModelError, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "scheme", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Partition {
+    /// Shuffle, then cut into K near-equal shards.
+    Iid,
+    /// Sort by one feature and cut into K contiguous shards.
+    Sorted { feature: String },
+    /// Per class, shares drawn from Dirichlet(alpha): smaller alpha, more skew.
+    Dirichlet { alpha: f64 },
+}
+
+/// Fewest rows a Dirichlet shard may hold before the draw is repeated.
+const MIN_DIRICHLET_SHARD: usize = 10;
+const MAX_DIRICHLET_DRAWS: usize = 1000;
+
+impl Partition {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Partition::Iid => "iid",
+            Partition::Sorted { .. } => "sorted",
+            Partition::Dirichlet { .. } => "dirichlet",
+        }
+    }
+
+    /// Row indices of each of `k` shards of `data`. Every row lands in exactly one shard.
+    pub fn split(&self, data: &Dataset, k: usize, seed: u64) -> Result<Vec<Vec<usize>>> {
+        if k == 0 {
+            return Err(ModelError::Invalid("hospital count must be at least 1".into()));
+        }
+        if data.len() < k {
+            return Err(ModelError::Invalid(format!(
+                "{} rows cannot be split into {k} hospitals",
+                data.len()
+            )));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        match self {
+            Partition::Iid => {
+                let mut idx: Vec<usize> = (0..data.len()).collect();
+                idx.shuffle(&mut rng);
+                Ok(contiguous_shards(&idx, k))
+            }
+            Partition::Sorted { feature } => {
+                let col = data.feature_index(feature)?;
+                let mut idx: Vec<usize> = (0..data.len()).collect();
+                // Stable sort: ties keep file order, so the result is deterministic.
+                idx.sort_by(|&a, &b| data.features[[a, col]].total_cmp(&data.features[[b, col]]));
+                Ok(contiguous_shards(&idx, k))
+            }
+            Partition::Dirichlet { alpha } => dirichlet(data, k, *alpha, &mut rng),
+        }
+    }
+}
+
+fn contiguous_shards(order: &[usize], k: usize) -> Vec<Vec<usize>> {
+    let n = order.len();
+    (0..k)
+        .map(|i| order[i * n / k..(i + 1) * n / k].to_vec())
+        .collect()
+}
+
+fn dirichlet(data: &Dataset, k: usize, alpha: f64, rng: &mut ChaCha8Rng) -> Result<Vec<Vec<usize>>> {
+    if !(alpha.is_finite() && alpha > 0.0) {
+        return Err(ModelError::Invalid(format!(
+            "dirichlet alpha must be a positive number, got {alpha}"
+        )));
+    }
+    let min_shard = MIN_DIRICHLET_SHARD.min(data.len() / k);
+    let gamma = Gamma::new(alpha, 1.0).map_err(|e| ModelError::Invalid(e.to_string()))?;
+    let classes: Vec<Vec<usize>> = [false, true]
+        .iter()
+        .map(|&c| (0..data.len()).filter(|&i| data.labels[i] == c).collect())
+        .collect();
+    for _ in 0..MAX_DIRICHLET_DRAWS {
+        let mut shards = vec![Vec::new(); k];
+        for class_rows in &classes {
+            let mut rows = class_rows.clone();
+            rows.shuffle(rng);
+            let draws: Vec<f64> = (0..k).map(|_| gamma.sample(rng)).collect();
+            let total: f64 = draws.iter().sum();
+            let mut start = 0usize;
+            let mut acc = 0.0;
+            for (h, d) in draws.iter().enumerate() {
+                acc += d / total;
+                let end = if h + 1 == k {
+                    rows.len()
+                } else {
+                    ((acc * rows.len() as f64).round() as usize).clamp(start, rows.len())
+                };
+                shards[h].extend_from_slice(&rows[start..end]);
+                start = end;
+            }
+        }
+        if shards.iter().all(|s| s.len() >= min_shard) {
+            for s in &mut shards {
+                s.sort_unstable();
+            }
+            return Ok(shards);
+        }
+    }
+    Err(ModelError::Invalid(format!(
+        "dirichlet alpha {alpha} gave a hospital fewer than {min_shard} rows in {MAX_DIRICHLET_DRAWS} draws; raise alpha or lower the hospital count"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::synthetic::gaussian_blobs;
+
+    fn covers_every_row_once(shards: &[Vec<usize>], n: usize) {
+        let mut all: Vec<usize> = shards.iter().flatten().copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..n).collect::<Vec<_>>());
+    }
+
+    fn positive_share(data: &Dataset, shard: &[usize]) -> f64 {
+        shard.iter().filter(|&&i| data.labels[i]).count() as f64 / shard.len() as f64
+    }
+
+    #[test]
+    fn iid_shards_are_near_equal_and_balanced() {
+        let data = gaussian_blobs(1003, 3, 0.4, 1.0, 1);
+        let shards = Partition::Iid.split(&data, 5, 9).unwrap();
+        covers_every_row_once(&shards, 1003);
+        for s in &shards {
+            assert!(s.len() == 200 || s.len() == 201);
+            assert!((positive_share(&data, s) - 0.4).abs() < 0.1);
+        }
+    }
+
+    #[test]
+    fn sorted_shards_are_contiguous_in_the_feature() {
+        let data = gaussian_blobs(500, 3, 0.4, 3.0, 1);
+        let p = Partition::Sorted { feature: "x0".into() };
+        let shards = p.split(&data, 5, 0).unwrap();
+        covers_every_row_once(&shards, 500);
+        for pair in shards.windows(2) {
+            let max_left = pair[0]
+                .iter()
+                .map(|&i| data.features[[i, 0]])
+                .fold(f64::MIN, f64::max);
+            let min_right = pair[1]
+                .iter()
+                .map(|&i| data.features[[i, 0]])
+                .fold(f64::MAX, f64::min);
+            assert!(max_left <= min_right);
+            assert_eq!(pair[0].len(), 100);
+        }
+        // The feature separates the classes, so the shards are label-skewed.
+        assert!(positive_share(&data, &shards[0]) < 0.1);
+        assert!(positive_share(&data, &shards[4]) > 0.9);
+        let missing = Partition::Sorted {
+            feature: "nope".into(),
+        };
+        assert!(missing
+            .split(&data, 5, 0)
+            .unwrap_err()
+            .to_string()
+            .contains("'nope'"));
+    }
+
+    #[test]
+    fn dirichlet_skews_labels_more_for_small_alpha() {
+        let data = gaussian_blobs(2000, 3, 0.5, 1.0, 3);
+        let spread = |alpha: f64| {
+            let shards = Partition::Dirichlet { alpha }.split(&data, 5, 4).unwrap();
+            covers_every_row_once(&shards, 2000);
+            assert!(shards.iter().all(|s| s.len() >= MIN_DIRICHLET_SHARD));
+            let shares: Vec<f64> = shards.iter().map(|s| positive_share(&data, s)).collect();
+            shares.iter().cloned().fold(f64::MIN, f64::max) - shares.iter().cloned().fold(f64::MAX, f64::min)
+        };
+        assert!(spread(0.1) > spread(100.0));
+        assert!(spread(100.0) < 0.15);
+        assert_eq!(
+            Partition::Dirichlet { alpha: 0.5 }.split(&data, 5, 4).unwrap(),
+            Partition::Dirichlet { alpha: 0.5 }.split(&data, 5, 4).unwrap()
+        );
+        assert!(Partition::Dirichlet { alpha: 0.0 }.split(&data, 5, 4).is_err());
+    }
+
+    #[test]
+    fn too_many_hospitals_is_an_error() {
+        let data = gaussian_blobs(3, 2, 0.5, 1.0, 0);
+        assert!(Partition::Iid.split(&data, 4, 0).is_err());
+        assert!(Partition::Iid.split(&data, 0, 0).is_err());
+    }
+}

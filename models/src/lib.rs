@@ -1,0 +1,14 @@
+//! medfed-models: the math of federated learning for hospitals — datasets,
+//! learners, aggregation strategies, update checks and metrics. It knows
+//! nothing of actors, networks or HTTP.
+
+pub mod aggregate;
+pub mod data;
+pub mod error;
+pub mod learner;
+pub mod metrics;
+pub mod params;
+pub mod seed;
+
+pub use error::{ModelError, Result};
+pub use params::{Layout, Params, TensorSpec};

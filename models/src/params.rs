@@ -1,0 +1,341 @@
+//! `Params`: an ordered list of named f32 tensors stored in one contiguous
+//! buffer, so aggregation streams over a flat slice while checkpoints and the
+//! wire format still see names and shapes (the same shape as a safetensors file).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+/// Name and shape of one tensor inside a [`Params`] buffer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    pub fn new(name: impl Into<String>, shape: &[usize]) -> Self {
+        Self {
+            name: name.into(),
+            shape: shape.to_vec(),
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// The ordered tensor specs of a model; shared (`Arc`) between all `Params`
+/// of one model so copies of a model move only their values.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    specs: Vec<TensorSpec>,
+    offsets: Vec<usize>,
+    len: usize,
+}
+
+impl Layout {
+    pub fn new(specs: Vec<TensorSpec>) -> Result<Self> {
+        let mut seen = std::collections::HashSet::new();
+        let mut offsets = Vec::with_capacity(specs.len());
+        let mut len = 0usize;
+        for spec in &specs {
+            if spec.name.is_empty() {
+                return Err(ModelError::Params("a tensor has an empty name".into()));
+            }
+            if !seen.insert(spec.name.clone()) {
+                return Err(ModelError::Params(format!(
+                    "tensor name '{}' appears twice",
+                    spec.name
+                )));
+            }
+            offsets.push(len);
+            len = len
+                .checked_add(spec.numel())
+                .ok_or_else(|| ModelError::Params("layout size overflows usize".into()))?;
+        }
+        Ok(Self { specs, offsets, len })
+    }
+
+    pub fn specs(&self) -> &[TensorSpec] {
+        &self.specs
+    }
+
+    /// Total number of scalars.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Range of tensor `index` inside the flat buffer.
+    pub fn range(&self, index: usize) -> std::ops::Range<usize> {
+        let start = self.offsets[index];
+        start..start + self.specs[index].numel()
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.specs.iter().position(|s| s.name == name)
+    }
+}
+
+/// Model parameters: a layout and one flat f32 buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Params {
+    layout: Arc<Layout>,
+    values: Vec<f32>,
+}
+
+impl Params {
+    pub fn new(layout: Arc<Layout>, values: Vec<f32>) -> Result<Self> {
+        if values.len() != layout.len() {
+            return Err(ModelError::Params(format!(
+                "layout holds {} values but {} were given",
+                layout.len(),
+                values.len()
+            )));
+        }
+        Ok(Self { layout, values })
+    }
+
+    pub fn zeros(layout: Arc<Layout>) -> Self {
+        let values = vec![0.0; layout.len()];
+        Self { layout, values }
+    }
+
+    pub fn layout(&self) -> &Arc<Layout> {
+        &self.layout
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        &self.values
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.values
+    }
+
+    pub fn into_values(self) -> Vec<f32> {
+        self.values
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&[f32]> {
+        let index = self.layout.index_of(name)?;
+        Some(&self.values[self.layout.range(index)])
+    }
+
+    /// Iterate `(spec, values)` in layout order.
+    pub fn tensors(&self) -> impl Iterator<Item = (&TensorSpec, &[f32])> {
+        self.layout
+            .specs()
+            .iter()
+            .enumerate()
+            .map(move |(i, spec)| (spec, &self.values[self.layout.range(i)]))
+    }
+
+    /// True when `other` has the same names and shapes in the same order.
+    pub fn same_layout(&self, other: &Params) -> bool {
+        Arc::ptr_eq(&self.layout, &other.layout) || *self.layout == *other.layout
+    }
+
+    /// L2 norm of the flat vector, accumulated in f64.
+    pub fn l2_norm(&self) -> f64 {
+        l2_norm(&self.values)
+    }
+
+    /// `self - other`, element-wise (the model delta of a local update).
+    pub fn sub(&self, other: &Params) -> Result<Params> {
+        self.check_same_layout(other)?;
+        let values = self
+            .values
+            .iter()
+            .zip(&other.values)
+            .map(|(a, b)| a - b)
+            .collect();
+        Ok(Params {
+            layout: self.layout.clone(),
+            values,
+        })
+    }
+
+    /// `self += other`, element-wise.
+    pub fn add_assign(&mut self, other: &Params) -> Result<()> {
+        self.check_same_layout(other)?;
+        for (a, b) in self.values.iter_mut().zip(&other.values) {
+            *a += b;
+        }
+        Ok(())
+    }
+
+    fn check_same_layout(&self, other: &Params) -> Result<()> {
+        if self.same_layout(other) {
+            Ok(())
+        } else {
+            Err(ModelError::Params(
+                "the two parameter sets have different tensor names or shapes".into(),
+            ))
+        }
+    }
+
+    /// Serialise as a safetensors file (F32, little-endian) with optional metadata.
+    pub fn to_safetensors(&self, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
+        let buffers: Vec<(&TensorSpec, Vec<u8>)> = self
+            .tensors()
+            .map(|(spec, values)| (spec, f32_bytes(values)))
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = buffers
+            .iter()
+            .map(|(spec, bytes)| {
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, spec.shape.clone(), bytes)
+                    .map(|view| (spec.name.clone(), view))
+                    .map_err(|e| ModelError::Safetensors(e.to_string()))
+            })
+            .collect::<Result<_>>()?;
+        safetensors::serialize(views, metadata).map_err(|e| ModelError::Safetensors(e.to_string()))
+    }
+
+    /// Parse a safetensors file. Tensors keep the order of `expected` when it
+    /// is given (and must match it exactly); otherwise they are sorted by name,
+    /// since safetensors itself does not preserve order.
+    pub fn from_safetensors(bytes: &[u8], expected: Option<&Arc<Layout>>) -> Result<Params> {
+        let file = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| ModelError::Safetensors(e.to_string()))?;
+        let layout = match expected {
+            Some(layout) => layout.clone(),
+            None => {
+                let mut specs: Vec<TensorSpec> = file
+                    .iter()
+                    .map(|(name, view)| TensorSpec::new(name, view.shape()))
+                    .collect();
+                specs.sort_by(|a, b| a.name.cmp(&b.name));
+                Arc::new(Layout::new(specs)?)
+            }
+        };
+        if file.len() != layout.specs().len() {
+            return Err(ModelError::Safetensors(format!(
+                "file holds {} tensors, the model has {}",
+                file.len(),
+                layout.specs().len()
+            )));
+        }
+        let mut values = Vec::with_capacity(layout.len());
+        for spec in layout.specs() {
+            let view = file
+                .tensor(&spec.name)
+                .map_err(|_| ModelError::Safetensors(format!("tensor '{}' is missing", spec.name)))?;
+            if view.dtype() != safetensors::Dtype::F32 {
+                return Err(ModelError::Safetensors(format!(
+                    "tensor '{}' has dtype {:?}, expected F32",
+                    spec.name,
+                    view.dtype()
+                )));
+            }
+            if view.shape() != spec.shape.as_slice() {
+                return Err(ModelError::Safetensors(format!(
+                    "tensor '{}' has shape {:?}, expected {:?}",
+                    spec.name,
+                    view.shape(),
+                    spec.shape
+                )));
+            }
+            values.extend(
+                view.data()
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
+        }
+        Params::new(layout, values)
+    }
+}
+
+/// L2 norm of a slice, accumulated in f64 for stability on large models.
+pub fn l2_norm(values: &[f32]) -> f64 {
+    values
+        .iter()
+        .map(|&v| f64::from(v) * f64::from(v))
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// The little-endian bytes of an f32 slice, copied once.
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * 4);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout() -> Arc<Layout> {
+        Arc::new(
+            Layout::new(vec![
+                TensorSpec::new("weight", &[2, 3]),
+                TensorSpec::new("bias", &[1]),
+            ])
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn tensors_are_views_into_the_flat_buffer() {
+        let p = Params::new(layout(), vec![1., 2., 3., 4., 5., 6., 7.]).unwrap();
+        assert_eq!(p.tensor("weight").unwrap(), &[1., 2., 3., 4., 5., 6.]);
+        assert_eq!(p.tensor("bias").unwrap(), &[7.]);
+        assert!(p.tensor("nope").is_none());
+    }
+
+    #[test]
+    fn wrong_length_and_duplicate_names_are_refused() {
+        assert!(Params::new(layout(), vec![1.0; 6]).is_err());
+        let dup = Layout::new(vec![TensorSpec::new("a", &[1]), TensorSpec::new("a", &[2])]);
+        assert!(dup.unwrap_err().to_string().contains("'a' appears twice"));
+    }
+
+    #[test]
+    fn safetensors_round_trip_is_exact() {
+        let values = vec![1.5, -2.25, f32::MIN_POSITIVE, 1e-30, 3.0e30, -0.0, 7.125];
+        let p = Params::new(layout(), values).unwrap();
+        let bytes = p.to_safetensors(None).unwrap();
+        let q = Params::from_safetensors(&bytes, Some(p.layout())).unwrap();
+        assert_eq!(p.as_slice(), q.as_slice());
+        let unordered = Params::from_safetensors(&bytes, None).unwrap();
+        assert_eq!(unordered.tensor("bias").unwrap(), &[7.125]);
+    }
+
+    #[test]
+    fn safetensors_with_wrong_shape_is_refused() {
+        let other = Arc::new(
+            Layout::new(vec![
+                TensorSpec::new("weight", &[3, 2]),
+                TensorSpec::new("bias", &[1]),
+            ])
+            .unwrap(),
+        );
+        let p = Params::zeros(layout());
+        let bytes = p.to_safetensors(None).unwrap();
+        let err = Params::from_safetensors(&bytes, Some(&other)).unwrap_err();
+        assert!(err.to_string().contains("'weight' has shape [2, 3]"), "{err}");
+        assert!(Params::from_safetensors(b"garbage", None).is_err());
+    }
+
+    #[test]
+    fn delta_and_norm() {
+        let a = Params::new(layout(), vec![3., 4., 0., 0., 0., 0., 0.]).unwrap();
+        let b = Params::zeros(layout());
+        let d = a.sub(&b).unwrap();
+        assert_eq!(d.l2_norm(), 5.0);
+        let mut c = b.clone();
+        c.add_assign(&d).unwrap();
+        assert_eq!(c, a);
+    }
+}
