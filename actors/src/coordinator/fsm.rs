@@ -209,6 +209,8 @@ pub struct TaskFsm {
     /// Answers that can be used: valid updates, or statistics.
     usable: BTreeSet<HospitalId>,
     target_rounds: u32,
+    /// The latest (round, attempt) hospitals were asked to train for.
+    last_asked: Option<(u32, u32)>,
     next_timer: u64,
     live_timer: Option<TimerId>,
     drops: DropCounts,
@@ -225,6 +227,7 @@ impl TaskFsm {
             answered: BTreeSet::new(),
             usable: BTreeSet::new(),
             target_rounds,
+            last_asked: None,
             next_timer: 0,
             live_timer: None,
             drops: DropCounts::default(),
@@ -347,21 +350,15 @@ impl TaskFsm {
         verdict: Verdict,
         fx: &mut Vec<Effect>,
     ) {
-        let current = match self.phase {
-            Phase::Training { round, attempt } => Some((round, attempt)),
-            Phase::Evaluating { round } => Some((round + 1, 0)),
-            _ => None,
-        };
-        let Some(current) = current else {
-            self.drop_msg(from, DropReason::Unexpected, fx);
-            return;
-        };
-        if (round, attempt) < current || !matches!(self.phase, Phase::Training { .. }) {
-            self.drop_msg(from, DropReason::Late, fx);
-            return;
-        }
-        if (round, attempt) > current {
-            self.drop_msg(from, DropReason::Unexpected, fx);
+        let collecting =
+            matches!(self.phase, Phase::Training { round: r, attempt: a } if (r, a) == (round, attempt));
+        if !collecting {
+            // Answers to an attempt already closed are late; anything else was never asked for.
+            let reason = match self.last_asked {
+                Some(last) if (round, attempt) <= last => DropReason::Late,
+                _ => DropReason::Unexpected,
+            };
+            self.drop_msg(from, reason, fx);
             return;
         }
         if let Some(reason) = self.admit(&from) {
@@ -498,6 +495,7 @@ impl TaskFsm {
     fn begin_round(&mut self, round: u32, attempt: u32, fx: &mut Vec<Effect>) {
         self.start_collection(fx);
         self.phase = Phase::Training { round, attempt };
+        self.last_asked = Some((round, attempt));
         let participants: Vec<HospitalId> = self.awaiting.iter().cloned().collect();
         fx.push(Effect::RoundStarted {
             round,

@@ -416,3 +416,31 @@ fn shell_failure_aborts_an_active_run_only() {
     });
     assert!(matches!(fsm.phase(), Phase::Aborted { reason } if reason == "feature statistics disagree"));
 }
+
+#[test]
+fn answers_after_the_run_are_late_and_unasked_rounds_unexpected() {
+    let (mut fsm, _) = in_round_one();
+    assert_eq!(
+        fsm.handle(valid("a", 7, 0)),
+        vec![Effect::Drop {
+            from: "a".into(),
+            reason: DropReason::Unexpected
+        }]
+    );
+    fsm.handle(Event::Stop);
+    assert_eq!(
+        fsm.handle(valid("a", 1, 0)),
+        vec![Effect::Drop {
+            from: "a".into(),
+            reason: DropReason::Late
+        }]
+    );
+    let mut fresh = TaskFsm::new(config());
+    assert_eq!(
+        fresh.handle(valid("a", 1, 0)),
+        vec![Effect::Drop {
+            from: "a".into(),
+            reason: DropReason::Unexpected
+        }]
+    );
+}

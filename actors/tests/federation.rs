@@ -1,0 +1,439 @@
+//! Whole federations of real actors in one process, on labelled synthetic
+//! data (two Gaussian blobs), exercising the runtime's fault handling.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use tokio::sync::broadcast::Receiver;
+
+use medfed_actors::coordinator::fsm::{FsmConfig, Phase};
+use medfed_actors::{
+    Coordinator, CoordinatorArgs, CoordinatorMsg, EventBus, FederationEvent, Hospital, HospitalArgs,
+    HospitalMsg, RunReport, RunRequest, TaskSetup,
+};
+use medfed_models::aggregate::{FedAvg, UpdateCheck};
+use medfed_models::data::synthetic::gaussian_blobs;
+use medfed_models::data::{Dataset, MomentSums, Partition};
+use medfed_models::learner::logistic::{LogisticEvaluator, LogisticLearner};
+use medfed_models::learner::{GlobalModel, Learner, LocalUpdate, TrainPlan};
+use medfed_models::metrics::Metrics;
+use medfed_models::{Layout, Result as ModelResult};
+
+const TASK: &str = "synthetic";
+
+/// How a test hospital misbehaves.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Honest,
+    /// Sends NaN in its update.
+    Poisoned,
+    /// Takes this long per round.
+    Slow(Duration),
+}
+
+struct TestLearner {
+    inner: LogisticLearner,
+    behaviour: Behaviour,
+}
+
+impl Learner for TestLearner {
+    fn layout(&self) -> Arc<Layout> {
+        self.inner.layout()
+    }
+    fn num_examples(&self) -> usize {
+        self.inner.num_examples()
+    }
+    fn feature_stats(&self) -> Option<MomentSums> {
+        self.inner.feature_stats()
+    }
+    fn train(&mut self, global: &GlobalModel, plan: &TrainPlan) -> ModelResult<LocalUpdate> {
+        if let Behaviour::Slow(d) = self.behaviour {
+            std::thread::sleep(d);
+        }
+        let mut update = self.inner.train(global, plan)?;
+        if let Behaviour::Poisoned = self.behaviour {
+            update.delta.as_mut_slice()[0] = f32::NAN;
+        }
+        Ok(update)
+    }
+    fn evaluate(&mut self, global: &GlobalModel) -> ModelResult<Metrics> {
+        self.inner.evaluate(global)
+    }
+}
+
+struct Fed {
+    coordinator: ActorRef<CoordinatorMsg>,
+    hospitals: Vec<ActorRef<HospitalMsg>>,
+    events: Receiver<FederationEvent>,
+}
+
+fn data() -> (Vec<Dataset>, Dataset) {
+    let all = gaussian_blobs(1200, 6, 0.4, 1.5, 11);
+    let train = all.select(&(0..1000).collect::<Vec<_>>());
+    let test = all.select(&(1000..1200).collect::<Vec<_>>());
+    let shards = Partition::Iid
+        .split(&train, 3, 5)
+        .unwrap()
+        .iter()
+        .map(|rows| train.select(rows))
+        .collect();
+    (shards, test)
+}
+
+async fn federation(behaviours: &[Behaviour], min_hospitals: usize, rounds: u32, timeout: Duration) -> Fed {
+    let (mut shards, test) = data();
+    let bus = EventBus::default();
+    let events = bus.subscribe();
+    let setup = TaskSetup {
+        name: TASK.into(),
+        fsm: FsmConfig {
+            min_hospitals,
+            rounds,
+            max_retries: 1,
+            round_timeout: timeout,
+            assemble_timeout: Duration::from_secs(30),
+        },
+        plan: TrainPlan {
+            round: 0,
+            local_epochs: 2,
+            batch_size: 16,
+            learning_rate: 0.1,
+            l2: 0.0,
+            seed: 7,
+        },
+        check: UpdateCheck {
+            max_norm: Some(100.0),
+        },
+        evaluator: Box::new(LogisticEvaluator::new(test).unwrap()),
+        strategy: Box::new(FedAvg),
+        federated_scaling: true,
+    };
+    let (coordinator, _) = Actor::spawn(
+        None,
+        Coordinator,
+        CoordinatorArgs {
+            tasks: vec![setup],
+            events: bus,
+        },
+    )
+    .await
+    .unwrap();
+    let mut hospitals = Vec::new();
+    for (i, behaviour) in behaviours.iter().enumerate() {
+        let name = format!("h{}", i + 1);
+        let shard = shards.remove(0);
+        hospitals.push(spawn_hospital(&coordinator, &name, shard, *behaviour).await);
+    }
+    Fed {
+        coordinator,
+        hospitals,
+        events,
+    }
+}
+
+async fn spawn_hospital(
+    coordinator: &ActorRef<CoordinatorMsg>,
+    name: &str,
+    shard: Dataset,
+    behaviour: Behaviour,
+) -> ActorRef<HospitalMsg> {
+    let learner = TestLearner {
+        inner: LogisticLearner::new(name, shard).unwrap(),
+        behaviour,
+    };
+    let (actor, _) = Actor::spawn(
+        None,
+        Hospital,
+        HospitalArgs {
+            name: name.into(),
+            task: TASK.into(),
+            kind: "tabular".into(),
+            learner: Box::new(learner),
+            coordinator: coordinator.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    actor
+}
+
+impl Fed {
+    async fn start(&self, rounds: Option<u32>) {
+        ractor::call!(self.coordinator, |reply| CoordinatorMsg::StartRun {
+            request: RunRequest { rounds, tasks: None },
+            reply
+        })
+        .unwrap()
+        .unwrap();
+    }
+
+    /// Events until the run ends (bounded by a generous deadline).
+    async fn until_end(&mut self) -> Vec<FederationEvent> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let event = tokio::time::timeout_at(deadline, self.events.recv())
+                .await
+                .expect("run did not end within 60 s")
+                .expect("event bus closed");
+            let end = matches!(event, FederationEvent::RunEnded { .. });
+            seen.push(event);
+            if end {
+                return seen;
+            }
+        }
+    }
+
+    async fn report(&self) -> RunReport {
+        ractor::call!(self.coordinator, CoordinatorMsg::Report).unwrap()
+    }
+}
+
+fn final_accuracy(report: &RunReport) -> f64 {
+    report.tasks[TASK]
+        .rounds
+        .last()
+        .expect("at least one round")
+        .metrics
+        .accuracy
+}
+
+#[tokio::test]
+async fn honest_federation_trains_and_publishes_events_in_order() {
+    let mut fed = federation(&[Behaviour::Honest; 3], 3, 4, Duration::from_secs(30)).await;
+    fed.start(None).await;
+    let events = fed.until_end().await;
+    let report = fed.report().await;
+    assert_eq!(report.tasks[TASK].phase, Phase::Finished { rounds: 4 });
+    assert_eq!(report.tasks[TASK].rounds.len(), 4);
+    assert!(
+        final_accuracy(&report) > 0.85,
+        "accuracy {}",
+        final_accuracy(&report)
+    );
+    let started = events
+        .iter()
+        .position(|e| matches!(e, FederationEvent::RunStarted { .. }))
+        .expect("run started");
+    let first_round = events
+        .iter()
+        .position(|e| matches!(e, FederationEvent::RoundStarted { .. }))
+        .expect("a round started");
+    assert!(started < first_round);
+    assert!(matches!(
+        events.last(),
+        Some(FederationEvent::RunEnded { aborted: false, .. })
+    ));
+    let rounds: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            FederationEvent::RoundAggregated { round, .. } => Some(*round),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rounds, vec![1, 2, 3, 4]);
+    let accepted = events
+        .iter()
+        .filter(|e| matches!(e, FederationEvent::UpdateAccepted { .. }))
+        .count();
+    assert_eq!(accepted, 12);
+}
+
+#[tokio::test]
+async fn same_seed_gives_identical_results() {
+    let mut a = federation(&[Behaviour::Honest; 3], 3, 3, Duration::from_secs(30)).await;
+    a.start(None).await;
+    a.until_end().await;
+    let mut b = federation(&[Behaviour::Honest; 3], 3, 3, Duration::from_secs(30)).await;
+    b.start(None).await;
+    b.until_end().await;
+    let (ra, rb) = (a.report().await, b.report().await);
+    let metrics = |r: &RunReport| {
+        r.tasks[TASK]
+            .rounds
+            .iter()
+            .map(|x| x.metrics.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(metrics(&ra), metrics(&rb));
+}
+
+#[tokio::test]
+async fn poisoned_update_is_rejected_and_the_run_completes_with_quorum() {
+    let mut fed = federation(
+        &[Behaviour::Honest, Behaviour::Poisoned, Behaviour::Honest],
+        2,
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
+    fed.start(None).await;
+    let events = fed.until_end().await;
+    let report = fed.report().await;
+    let task = &report.tasks[TASK];
+    assert_eq!(task.phase, Phase::Finished { rounds: 2 });
+    assert_eq!(task.rejected.get("non_finite"), Some(&2));
+    assert!(task.rounds.iter().all(|r| r.participants == 2));
+    assert!(events.iter().any(|e| matches!(e,
+        FederationEvent::UpdateRejected { hospital, reason, .. } if hospital == "h2" && reason.contains("not finite"))));
+}
+
+#[tokio::test]
+async fn slow_hospital_misses_the_deadline_and_its_late_update_is_dropped() {
+    let mut fed = federation(
+        &[
+            Behaviour::Honest,
+            Behaviour::Honest,
+            Behaviour::Slow(Duration::from_millis(1500)),
+        ],
+        2,
+        2,
+        Duration::from_millis(500),
+    )
+    .await;
+    fed.start(None).await;
+    fed.until_end().await;
+    // Let the slow hospital's answers arrive after the run.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let report = fed.report().await;
+    let task = &report.tasks[TASK];
+    assert_eq!(task.phase, Phase::Finished { rounds: 2 });
+    assert!(task.rounds.iter().all(|r| r.participants == 2));
+    assert!(task.drops.late >= 1, "drops: {:?}", task.drops);
+}
+
+#[tokio::test]
+async fn hospital_killed_mid_round_is_counted_out_and_the_run_completes() {
+    let mut fed = federation(
+        &[
+            Behaviour::Honest,
+            Behaviour::Honest,
+            Behaviour::Slow(Duration::from_millis(400)),
+        ],
+        2,
+        3,
+        Duration::from_secs(30),
+    )
+    .await;
+    fed.start(None).await;
+    // Wait until round 2 starts, then kill the slow hospital while it trains.
+    loop {
+        if let FederationEvent::RoundStarted { round: 2, .. } = fed.events.recv().await.unwrap() {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fed.hospitals[2].kill();
+    let events = fed.until_end().await;
+    let report = fed.report().await;
+    let task = &report.tasks[TASK];
+    assert_eq!(task.phase, Phase::Finished { rounds: 3 });
+    assert_eq!(task.rounds[1].participants, 2);
+    assert_eq!(task.hospitals, 2);
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, FederationEvent::HospitalLeft { hospital, .. } if hospital == "h3")));
+}
+
+#[tokio::test]
+async fn below_quorum_retries_then_aborts_with_reason() {
+    let mut fed = federation(
+        &[Behaviour::Honest, Behaviour::Poisoned, Behaviour::Poisoned],
+        2,
+        2,
+        Duration::from_secs(30),
+    )
+    .await;
+    fed.start(None).await;
+    let events = fed.until_end().await;
+    assert!(matches!(
+        events.last(),
+        Some(FederationEvent::RunEnded { aborted: true, .. })
+    ));
+    let retries = events
+        .iter()
+        .filter(|e| matches!(e, FederationEvent::RoundBelowQuorum { .. }))
+        .count();
+    assert_eq!(retries, 2); // attempt 0 and the one retry
+    let report = fed.report().await;
+    let Phase::Aborted { reason } = &report.tasks[TASK].phase else {
+        panic!("expected aborted");
+    };
+    assert!(
+        reason.contains("round 1: 1 of 2 required updates accepted after 2 attempts"),
+        "{reason}"
+    );
+}
+
+#[tokio::test]
+async fn stop_ends_the_run_and_a_new_run_can_start() {
+    let mut fed = federation(
+        &[Behaviour::Slow(Duration::from_millis(200)); 3],
+        3,
+        50,
+        Duration::from_secs(30),
+    )
+    .await;
+    fed.start(None).await;
+    loop {
+        if let FederationEvent::RoundStarted { round: 2, .. } = fed.events.recv().await.unwrap() {
+            break;
+        }
+    }
+    fed.coordinator.cast(CoordinatorMsg::Stop).unwrap();
+    let events = fed.until_end().await;
+    assert!(matches!(
+        events.last(),
+        Some(FederationEvent::RunEnded { aborted: true, .. })
+    ));
+    let report = fed.report().await;
+    assert_eq!(
+        report.tasks[TASK].phase,
+        Phase::Aborted {
+            reason: "stopped by operator".into()
+        }
+    );
+    // A second start while idle works; while active it is refused.
+    fed.start(Some(1)).await;
+    let refused = ractor::call!(fed.coordinator, |reply| CoordinatorMsg::StartRun {
+        request: RunRequest::default(),
+        reply
+    })
+    .unwrap();
+    assert!(refused.unwrap_err().contains("still active"));
+    fed.until_end().await;
+    let report = fed.report().await;
+    assert_eq!(report.tasks[TASK].phase, Phase::Finished { rounds: 1 });
+    assert_eq!(report.tasks[TASK].rounds.len(), 1);
+}
+
+#[tokio::test]
+async fn duplicate_hospital_name_is_refused() {
+    let mut fed = federation(&[Behaviour::Honest; 2], 2, 1, Duration::from_secs(30)).await;
+    let (mut shards, _) = data();
+    let impostor = spawn_hospital(&fed.coordinator, "h1", shards.remove(2), Behaviour::Honest).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let e = tokio::time::timeout_at(deadline, fed.events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        if let FederationEvent::HospitalRefused { hospital, reason, .. } = e {
+            assert_eq!(hospital, "h1");
+            assert!(reason.contains("already in use"), "{reason}");
+            break;
+        }
+    }
+    // The refused hospital stops itself.
+    for _ in 0..100 {
+        if impostor.get_status() == ractor::ActorStatus::Stopped {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(impostor.get_status(), ractor::ActorStatus::Stopped);
+    fed.start(None).await;
+    fed.until_end().await;
+    assert_eq!(fed.report().await.tasks[TASK].hospitals, 2);
+}

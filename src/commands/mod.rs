@@ -1,0 +1,5 @@
+//! One module per CLI command.
+
+pub mod config_check;
+pub mod overrides;
+pub mod run;

@@ -1,0 +1,69 @@
+//! Applies command-line overrides to a loaded configuration.
+
+use anyhow::{bail, Result};
+
+use crate::cli::Overrides;
+use crate::config::{self, Loaded};
+
+/// Load `path` with the process environment, apply `flags`, re-validate, and
+/// return the configuration with the selected task names.
+pub fn load_with(path: &std::path::Path, flags: &Overrides) -> Result<(Loaded, Vec<String>)> {
+    let mut loaded = config::load(path, std::env::vars()).map_err(|e| {
+        let hint = if matches!(e, config::ConfigError::Read { .. })
+            && path == std::path::Path::new(crate::cli::DEFAULT_CONFIG)
+        {
+            " (run from the medfed checkout, or pass --config FILE)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("{e}{hint}")
+    })?;
+    let selected = select_tasks(&loaded, &flags.tasks)?;
+    let c = &mut loaded.config;
+    if let Some(seed) = flags.seed {
+        c.run.seed = seed;
+    }
+    for name in &selected {
+        let task = c.tasks.get_mut(name).expect("selected tasks exist");
+        if let Some(rounds) = flags.rounds {
+            task.rounds = Some(rounds);
+        }
+        if let Some(k) = flags.hospitals {
+            task.hospitals = k as usize;
+            if task.min_hospitals.is_some_and(|m| m > task.hospitals) {
+                eprintln!("note: task {name}: quorum lowered to {k} to match --hospitals {k}");
+                task.min_hospitals = Some(task.hospitals);
+            }
+        }
+        if let Some(scheme) = flags.partition {
+            task.partition.scheme = scheme;
+        }
+    }
+    let text = config::to_toml(&loaded.config);
+    loaded.config = config::parse(
+        &text,
+        "the configuration after command-line flags",
+        std::iter::empty(),
+    )?;
+    Ok((loaded, selected))
+}
+
+fn select_tasks(loaded: &Loaded, requested: &[String]) -> Result<Vec<String>> {
+    if requested.is_empty() {
+        return Ok(loaded.config.tasks.keys().cloned().collect());
+    }
+    let mut selected = Vec::new();
+    for name in requested {
+        if !loaded.config.tasks.contains_key(name) {
+            bail!(
+                "--task {name}: no such task in {} (tasks: {})",
+                loaded.source,
+                loaded.config.tasks.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+        if !selected.contains(name) {
+            selected.push(name.clone());
+        }
+    }
+    Ok(selected)
+}

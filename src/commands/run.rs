@@ -1,0 +1,85 @@
+//! `medfed run`: one whole federation in this process.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use medfed_actors::FederationEvent;
+
+use crate::cli::RunArgs;
+use crate::federation::{centralized_baseline, prepare_task, run_to_end};
+use crate::output::{run_json, task_table, TaskContext};
+
+/// Runs the federation; returns whether it completed (no task aborted).
+pub async fn execute(args: &RunArgs) -> Result<bool> {
+    let (loaded, selected) = super::overrides::load_with(&args.config, &args.overrides)?;
+    let tasks = selected
+        .iter()
+        .map(|name| prepare_task(&loaded, name))
+        .collect::<Result<Vec<_>>>()?;
+    let mut contexts = BTreeMap::new();
+    for task in &tasks {
+        let centralized = if args.baseline {
+            Some(centralized_baseline(task)?)
+        } else {
+            None
+        };
+        contexts.insert(
+            task.name.clone(),
+            TaskContext {
+                hospitals: task.shards.len(),
+                partition: task.config.partition.scheme_name().to_string(),
+                train_rows: task.train.len(),
+                test_rows: task.held_out.len(),
+                centralized,
+            },
+        );
+    }
+
+    let total_rounds: u64 = tasks
+        .iter()
+        .map(|t| u64::from(t.config.effective_rounds(&loaded.config.run)))
+        .sum();
+    let bar = progress_bar(total_rounds, args.json);
+    let outcome = run_to_end(&loaded, &tasks, None, |event| match event {
+        FederationEvent::RoundAggregated {
+            task, round, metrics, ..
+        } => {
+            bar.inc(1);
+            bar.set_message(format!("{task} round {round}: accuracy {:.4}", metrics.accuracy));
+        }
+        FederationEvent::RoundBelowQuorum { task, round, .. } => {
+            bar.println(format!("{task} round {round}: below quorum, retrying"));
+        }
+        FederationEvent::TaskAborted { task, reason } => bar.println(format!("{task}: aborted: {reason}")),
+        _ => {}
+    })
+    .await?;
+    bar.finish_and_clear();
+
+    if args.json {
+        let json = run_json(&outcome.report, &contexts, outcome.wall_seconds);
+        println!("{}", serde_json::to_string(&json)?);
+    } else {
+        for (name, ctx) in &contexts {
+            if let Some(report) = outcome.report.tasks.get(name) {
+                print!("{}", task_table(name, report, ctx));
+            }
+        }
+        println!("\nwall time {:.2} s", outcome.wall_seconds);
+    }
+    Ok(!outcome.aborted)
+}
+
+fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    if quiet || !std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} rounds  {msg}") {
+        bar.set_style(style);
+    }
+    bar
+}

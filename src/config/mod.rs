@@ -1,0 +1,103 @@
+//! One typed configuration for every mode. Precedence: the TOML file, then
+//! `MEDFED_<SECTION>__<KEY>` environment variables, then command-line flags.
+//! Unknown keys and bad values are errors that name the key.
+
+mod env;
+mod schema;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use schema::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("config {path}: key `{key}`: {message}")]
+    Key {
+        path: String,
+        key: String,
+        message: String,
+    },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The loaded configuration and the directory its relative paths start from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub base_dir: PathBuf,
+    pub source: String,
+}
+
+impl Loaded {
+    /// A path from the config, resolved against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+}
+
+/// Read `path`, apply environment overrides from `vars`, and validate.
+pub fn load(path: &Path, vars: impl IntoIterator<Item = (String, String)>) -> Result<Loaded, ConfigError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    let config = parse(&text, &shown, vars)?;
+    let base_dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ok(Loaded {
+        config,
+        base_dir,
+        source: shown,
+    })
+}
+
+/// Parse TOML text with environment overrides into a validated `Config`.
+pub fn parse(
+    text: &str,
+    origin: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+        path: origin.to_string(),
+        message: e.to_string(),
+    })?;
+    env::apply_overrides(&mut table, vars)?;
+    let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError::Key {
+            path: origin.to_string(),
+            key,
+            message: e.into_inner().to_string(),
+        }
+    })?;
+    validate::validate(&config)?;
+    Ok(config)
+}
+
+/// The effective configuration as TOML.
+pub fn to_toml(config: &Config) -> String {
+    toml::to_string_pretty(config).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,68 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[tasks.t]
+kind = "tabular"
+hospitals = 2
+[tasks.t.data]
+path = "x.csv"
+label_column = "y"
+positive_class = "1"
+"#;
+
+#[test]
+fn defaults_fill_unset_keys() {
+    let c = parse(MINIMAL, "t.toml", std::iter::empty()).unwrap();
+    assert_eq!(c.run, RunConfig::default());
+    assert_eq!(c.tasks["t"].training, TrainingConfig::default());
+    assert_eq!(c.tasks["t"].effective_min_hospitals(), 2);
+    assert_eq!(c.tasks["t"].data.test_fraction, 0.2);
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let vars = vec![
+        ("MEDFED_RUN__ROUNDS".to_string(), "3".to_string()),
+        (
+            "MEDFED_TASKS__T__TRAINING__LEARNING_RATE".to_string(),
+            "0.5".to_string(),
+        ),
+    ];
+    let c = parse(MINIMAL, "t.toml", vars).unwrap();
+    assert_eq!(c.run.rounds, 3);
+    assert_eq!(c.tasks["t"].training.learning_rate, 0.5);
+}
+
+#[test]
+fn errors_name_the_key_or_variable() {
+    let e = parse(
+        &format!("{MINIMAL}\n[federation]\nround_timeout = 3\n"),
+        "t.toml",
+        std::iter::empty(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("federation.round_timeout"), "{e}");
+    let e = parse(
+        MINIMAL,
+        "t.toml",
+        vec![("MEDFED_RUN__ROUNDS".into(), "many".into())],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("run.rounds"), "{e}");
+    let e = parse(MINIMAL, "t.toml", vec![("MEDFED_RUN__ROUNDS".into(), "0".into())]).unwrap_err();
+    assert!(e.to_string().contains("`run.rounds`: must be at least 1"), "{e}");
+    let e = parse(
+        &MINIMAL.replace("tasks.t", "tasks.T-1"),
+        "t.toml",
+        std::iter::empty(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("task names use"), "{e}");
+}
+
+#[test]
+fn effective_config_round_trips_through_toml() {
+    let c = parse(MINIMAL, "t.toml", std::iter::empty()).unwrap();
+    let again = parse(&to_toml(&c), "again", std::iter::empty()).unwrap();
+    assert_eq!(c, again);
+}

@@ -1,0 +1,10 @@
+//! The medfed application: CLI, configuration, the in-process federation
+//! builder and result output. The runtime lives in `medfed-actors`, the
+//! math in `medfed-models`.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod federation;
+pub mod logging;
+pub mod output;

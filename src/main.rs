@@ -1,0 +1,38 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use medfed::cli::{Cli, Command, ConfigCommand};
+use medfed::{commands, logging};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => {
+            logging::init(cli.log_format, "warn");
+            let runtime = tokio::runtime::Runtime::new()?;
+            let completed = runtime.block_on(commands::run::execute(&args))?;
+            // An aborted run printed what it had; the exit code says it did not complete.
+            Ok(if completed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Command::Config(ConfigCommand::Check(args)) => {
+            logging::init(cli.log_format, "warn");
+            commands::config_check::execute(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! What `medfed run` prints: a per-round table per task, or one JSON object.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use medfed_actors::coordinator::fsm::Phase;
+use medfed_actors::{RunReport, TaskReport};
+use medfed_models::metrics::Metrics;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MetricsJson {
+    pub accuracy: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub auc: Option<f64>,
+    pub loss: f64,
+}
+
+impl From<&Metrics> for MetricsJson {
+    fn from(m: &Metrics) -> Self {
+        Self {
+            accuracy: m.accuracy,
+            precision: m.precision,
+            recall: m.recall,
+            f1: m.f1,
+            auc: m.auc,
+            loss: m.loss,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RoundJson {
+    pub round: u32,
+    pub participants: usize,
+    #[serde(flatten)]
+    pub metrics: MetricsJson,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TaskJson {
+    pub hospitals: usize,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abort_reason: Option<String>,
+    pub rounds: Vec<RoundJson>,
+    #[serde(rename = "final")]
+    pub final_metrics: Option<MetricsJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub centralized: Option<MetricsJson>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RunJson {
+    pub wall_seconds: f64,
+    pub tasks: BTreeMap<String, TaskJson>,
+}
+
+/// Extra, per-task facts the table shows beside the coordinator's report.
+#[derive(Debug, Clone, Default)]
+pub struct TaskContext {
+    pub hospitals: usize,
+    pub partition: String,
+    pub train_rows: usize,
+    pub test_rows: usize,
+    pub centralized: Option<Metrics>,
+}
+
+pub fn task_json(report: &TaskReport, context: &TaskContext) -> TaskJson {
+    let (status, abort_reason) = match &report.phase {
+        Phase::Finished { .. } => ("finished", None),
+        Phase::Aborted { reason } => ("aborted", Some(reason.clone())),
+        other => (other.name(), None),
+    };
+    TaskJson {
+        hospitals: context.hospitals,
+        status,
+        abort_reason,
+        rounds: report
+            .rounds
+            .iter()
+            .map(|r| RoundJson {
+                round: r.round,
+                participants: r.participants,
+                metrics: (&r.metrics).into(),
+                seconds: r.seconds,
+            })
+            .collect(),
+        final_metrics: report.rounds.last().map(|r| (&r.metrics).into()),
+        centralized: context.centralized.as_ref().map(Into::into),
+    }
+}
+
+pub fn run_json(report: &RunReport, contexts: &BTreeMap<String, TaskContext>, wall_seconds: f64) -> RunJson {
+    RunJson {
+        wall_seconds,
+        tasks: contexts
+            .iter()
+            .filter_map(|(name, ctx)| report.tasks.get(name).map(|r| (name.clone(), task_json(r, ctx))))
+            .collect(),
+    }
+}
+
+fn auc_text(auc: Option<f64>) -> String {
+    auc.map_or_else(|| "n/a".to_string(), |a| format!("{a:.4}"))
+}
+
+/// The human-readable result of one task.
+pub fn task_table(name: &str, report: &TaskReport, context: &TaskContext) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{name}: {} hospitals ({} partition), {} training rows, held-out test set of {} rows",
+        context.hospitals, context.partition, context.train_rows, context.test_rows
+    );
+    let _ = writeln!(
+        out,
+        "{:>5} {:>5} {:>9} {:>9} {:>7} {:>7} {:>7} {:>8}",
+        "round", "hosp", "accuracy", "precision", "recall", "auc", "loss", "seconds"
+    );
+    for r in &report.rounds {
+        let m = &r.metrics;
+        let _ = writeln!(
+            out,
+            "{:>5} {:>5} {:>9.4} {:>9.4} {:>7.4} {:>7} {:>7.4} {:>8.3}",
+            r.round,
+            r.participants,
+            m.accuracy,
+            m.precision,
+            m.recall,
+            auc_text(m.auc),
+            m.loss,
+            r.seconds
+        );
+    }
+    match &report.phase {
+        Phase::Finished { rounds } => {
+            let _ = write!(out, "finished after {rounds} rounds");
+        }
+        Phase::Aborted { reason } => {
+            let _ = write!(out, "ABORTED: {reason}");
+        }
+        other => {
+            let _ = write!(out, "ended in phase {}", other.name());
+        }
+    }
+    if let Some(last) = report.rounds.last() {
+        let m = &last.metrics;
+        let _ = write!(
+            out,
+            "; final held-out accuracy {:.4}, F1 {:.4}, AUC {}",
+            m.accuracy,
+            m.f1,
+            auc_text(m.auc)
+        );
+    }
+    out.push('\n');
+    if let Some(c) = &context.centralized {
+        let _ = writeln!(
+            out,
+            "centralized baseline (linfa L-BFGS on all training rows): accuracy {:.4}, F1 {:.4}, AUC {}",
+            c.accuracy,
+            c.f1,
+            auc_text(c.auc)
+        );
+    }
+    let rejected: u64 = report.rejected.values().sum();
+    let d = &report.drops;
+    if rejected + report.declined + d.late + d.duplicate + d.unknown_sender > 0 {
+        let _ = writeln!(
+            out,
+            "updates rejected {rejected}, declined {}; messages dropped: late {}, duplicate {}, unknown sender {}",
+            report.declined, d.late, d.duplicate, d.unknown_sender
+        );
+    }
+    out
+}
