@@ -33,6 +33,79 @@ pub enum Command {
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Differential-privacy calculators and the hospitals' privacy ledgers.
+    #[command(subcommand)]
+    Privacy(PrivacyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PrivacyCommand {
+    /// Epsilon of DP-SGD (Poisson-subsampled Gaussian) after T steps, RDP accountant.
+    Epsilon(EpsilonArgs),
+    /// Smallest noise multiplier that keeps T steps within a target epsilon.
+    Noise(NoiseArgs),
+    /// Show the privacy spent in every ledger of a directory.
+    LedgerShow(LedgerShowArgs),
+    /// Forget what a hospital has spent on a dataset: deletes its ledger file.
+    /// Its next run starts from a full budget, which weakens the guarantee for
+    /// every patient already used; only for a dataset that is retired or replaced.
+    LedgerReset(LedgerResetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EpsilonArgs {
+    /// Poisson sampling rate q, in (0, 1].
+    #[arg(long)]
+    pub sampling_rate: f64,
+    /// Noise standard deviation over the clipping norm (sigma), > 0.
+    #[arg(long)]
+    pub noise_multiplier: f64,
+    /// Number of steps (rounds x local steps), >= 1.
+    #[arg(long)]
+    pub steps: u64,
+    /// Target delta, in (0, 1).
+    #[arg(long)]
+    pub delta: f64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NoiseArgs {
+    #[arg(long)]
+    pub target_epsilon: f64,
+    #[arg(long)]
+    pub sampling_rate: f64,
+    #[arg(long)]
+    pub steps: u64,
+    #[arg(long)]
+    pub delta: f64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerShowArgs {
+    #[arg(long)]
+    pub ledger_dir: PathBuf,
+    /// Delta at which to express the spent budget as epsilon.
+    #[arg(long, default_value_t = 1e-5)]
+    pub delta: f64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerResetArgs {
+    #[arg(long)]
+    pub ledger_dir: PathBuf,
+    #[arg(long)]
+    pub hospital: String,
+    #[arg(long)]
+    pub dataset: String,
+    /// Confirm: the spent budget is forgotten.
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,6 +134,9 @@ pub struct Overrides {
     /// Seed of the split, partition and training.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Train with DP-SGD under this per-hospital epsilon budget.
+    #[arg(long, value_name = "EPSILON")]
+    pub dp_epsilon: Option<f64>,
 }
 
 fn parse_partition(s: &str) -> Result<PartitionScheme, String> {

@@ -11,19 +11,22 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::broadcast::error::RecvError;
 
 use medfed_actors::coordinator::fsm::FsmConfig;
+use medfed_actors::coordinator::Scaling;
 use medfed_actors::{
     Coordinator, CoordinatorArgs, CoordinatorMsg, EventBus, FederationEvent, Hospital, HospitalArgs,
     RunReport, RunRequest, TaskSetup,
 };
-use medfed_models::aggregate::{FedAvg, UpdateCheck};
+use medfed_models::aggregate::{FedAdam, FedAvg, UpdateCheck};
 use medfed_models::data::csv::{load_csv, CsvSpec};
 use medfed_models::data::{stratified_split, Dataset, MomentSums, Partition, Standardizer};
 use medfed_models::learner::baseline::fit_centralized;
-use medfed_models::learner::logistic::{LogisticEvaluator, LogisticLearner};
+use medfed_models::learner::logistic::LogisticEvaluator;
 use medfed_models::learner::{Evaluator, GlobalModel, TrainPlan};
 use medfed_models::metrics::Metrics;
+use medfed_models::privacy::bounds::FeatureBounds;
 
-use crate::config::{Loaded, PartitionScheme, TaskConfig};
+use crate::config::{DpScaling, Loaded, PartitionScheme, PrivacyMode, StrategyName, TaskConfig};
+use crate::hospital_learner;
 
 /// One task's data, split and partitioned, ready to be federated.
 pub struct PreparedTask {
@@ -33,6 +36,8 @@ pub struct PreparedTask {
     pub held_out: Dataset,
     /// One dataset per hospital, partitioned from `train`.
     pub shards: Vec<Dataset>,
+    /// Public per-feature bounds, when the config names them.
+    pub bounds: Option<FeatureBounds>,
 }
 
 impl PreparedTask {
@@ -75,12 +80,20 @@ pub fn prepare_task(loaded: &Loaded, name: &str) -> Result<PreparedTask> {
         .iter()
         .map(|rows| train.select(rows))
         .collect();
+    let bounds = match &config.data.feature_bounds {
+        Some(path) => Some(
+            FeatureBounds::load(&loaded.resolve(path), &data.feature_names)
+                .with_context(|| format!("task '{name}'"))?,
+        ),
+        None => None,
+    };
     Ok(PreparedTask {
         name: name.to_string(),
         config,
         train,
         held_out,
         shards,
+        bounds,
     })
 }
 
@@ -108,9 +121,26 @@ pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
             max_norm: c.max_update_norm,
         },
         evaluator: Box::new(LogisticEvaluator::new(task.held_out.clone())?),
-        strategy: Box::new(FedAvg),
-        federated_scaling: true,
+        strategy: match c.strategy {
+            StrategyName::Fedavg => Box::new(FedAvg),
+            StrategyName::Fedadam => Box::new(FedAdam::new(c.fedadam)),
+        },
+        scaling: scaling_of(loaded, task)?,
     })
+}
+
+/// Exact federated standardisation without DP; under DP either the public
+/// bounds (no budget) or noised statistics (charged at each hospital).
+fn scaling_of(loaded: &Loaded, task: &PreparedTask) -> Result<Scaling> {
+    let privacy = &loaded.config.privacy;
+    if privacy.mode == PrivacyMode::Off || privacy.scaling == DpScaling::DpStats {
+        return Ok(Scaling::Federated);
+    }
+    let bounds = task
+        .bounds
+        .as_ref()
+        .with_context(|| format!("task '{}': differential privacy needs feature bounds", task.name))?;
+    Ok(Scaling::Fixed(Arc::new(bounds.standardizer())))
 }
 
 /// The same model trained centrally on all training rows (linfa L-BFGS),
@@ -161,10 +191,44 @@ impl Federation {
         .context("starting the coordinator")?;
         let mut handles = vec![handle];
         let mut hospitals = Vec::new();
+        let require_private = loaded.config.privacy.mode != PrivacyMode::Off;
+        let all_names: Vec<String> = tasks
+            .iter()
+            .flat_map(|t| (0..t.shards.len()).map(|i| t.hospital_name(i)))
+            .collect();
+        if let Some(unknown) = loaded
+            .config
+            .privacy
+            .hospitals
+            .keys()
+            .find(|n| !all_names.contains(n))
+        {
+            bail!(
+                "privacy.hospitals.{unknown}: no such hospital (hospitals: {})",
+                all_names.join(", ")
+            );
+        }
         for task in tasks {
+            let rounds = task.config.effective_rounds(&loaded.config.run);
             for (i, shard) in task.shards.iter().enumerate() {
                 let name = task.hospital_name(i);
-                let learner = LogisticLearner::new(name.clone(), shard.clone())?;
+                let dataset = format!(
+                    "{}-{}-shard{}of{}-seed{}",
+                    task.name,
+                    task.config.partition.scheme_name(),
+                    i + 1,
+                    task.shards.len(),
+                    loaded.config.run.seed
+                );
+                let built = hospital_learner::build(
+                    loaded,
+                    &name,
+                    &dataset,
+                    shard.clone(),
+                    task.bounds.as_ref(),
+                    rounds,
+                    "in-process",
+                )?;
                 let (hospital, handle) = Actor::spawn(
                     None,
                     Hospital,
@@ -172,8 +236,9 @@ impl Federation {
                         name: name.clone(),
                         task: task.name.clone(),
                         kind: task.config.kind.name().to_string(),
-                        learner: Box::new(learner),
+                        learner: built.learner,
                         coordinator: coordinator.clone(),
+                        require_private,
                     },
                 )
                 .await

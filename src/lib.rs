@@ -6,5 +6,6 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod federation;
+pub mod hospital_learner;
 pub mod logging;
 pub mod output;

@@ -29,6 +29,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
+        Command::Privacy(command) => {
+            logging::init(cli.log_format, "warn");
+            commands::privacy::execute(&command)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Config(ConfigCommand::Check(args)) => {
             logging::init(cli.log_format, "warn");
             commands::config_check::execute(&args)?;

@@ -52,6 +52,19 @@ pub struct TaskJson {
     pub final_metrics: Option<MetricsJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub centralized: Option<MetricsJson>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<PrivacyJson>,
+}
+
+/// What differential privacy cost each hospital (present only with DP on).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PrivacyJson {
+    pub mode: String,
+    pub accountant: &'static str,
+    pub delta: f64,
+    pub noise_multiplier: BTreeMap<String, f64>,
+    pub epsilon_spent: BTreeMap<String, f64>,
+    pub epsilon_budget: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -68,6 +81,8 @@ pub struct TaskContext {
     pub train_rows: usize,
     pub test_rows: usize,
     pub centralized: Option<Metrics>,
+    /// DP mode and delta, when DP is on.
+    pub privacy: Option<(String, f64)>,
 }
 
 pub fn task_json(report: &TaskReport, context: &TaskContext) -> TaskJson {
@@ -92,6 +107,26 @@ pub fn task_json(report: &TaskReport, context: &TaskContext) -> TaskJson {
             .collect(),
         final_metrics: report.rounds.last().map(|r| (&r.metrics).into()),
         centralized: context.centralized.as_ref().map(Into::into),
+        privacy: context.privacy.as_ref().map(|(mode, delta)| PrivacyJson {
+            mode: mode.clone(),
+            accountant: "rdp",
+            delta: *delta,
+            noise_multiplier: report
+                .privacy
+                .iter()
+                .map(|(h, p)| (h.clone(), p.noise_multiplier))
+                .collect(),
+            epsilon_spent: report
+                .privacy
+                .iter()
+                .map(|(h, p)| (h.clone(), p.epsilon))
+                .collect(),
+            epsilon_budget: report
+                .privacy
+                .iter()
+                .map(|(h, p)| (h.clone(), p.budget))
+                .collect(),
+        }),
     }
 }
 
@@ -166,6 +201,27 @@ pub fn task_table(name: &str, report: &TaskReport, context: &TaskContext) -> Str
             c.accuracy,
             c.f1,
             auc_text(c.auc)
+        );
+    }
+    if let Some((mode, delta)) = &context.privacy {
+        let spent: Vec<String> = report
+            .privacy
+            .iter()
+            .map(|(h, p)| {
+                format!(
+                    "{h} {:.3}/{} (sigma {:.3})",
+                    p.epsilon, p.budget, p.noise_multiplier
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "differential privacy ({mode}, delta {delta:e}, RDP accountant): epsilon spent {}",
+            if spent.is_empty() {
+                "nothing reported".to_string()
+            } else {
+                spent.join(", ")
+            }
         );
     }
     let rejected: u64 = report.rejected.values().sum();

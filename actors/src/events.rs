@@ -50,7 +50,10 @@ pub enum FederationEvent {
         round: u32,
         hospital: String,
         num_examples: usize,
-        train_loss: f64,
+        /// Withheld (None) under differential privacy.
+        train_loss: Option<f64>,
+        /// Epsilon the hospital has spent on its dataset so far (DP only).
+        epsilon_spent: Option<f64>,
     },
     UpdateRejected {
         task: String,

@@ -28,6 +28,15 @@ pub enum TrainOutcome {
     Declined(String),
 }
 
+/// A hospital's answer to a statistics request.
+#[derive(Debug)]
+pub enum StatsOutcome {
+    /// Feature sums (noised when DP is on), or `None` when the hospital
+    /// releases none (a public scaler is in use).
+    Released(Option<MomentSums>),
+    Declined(String),
+}
+
 /// What `StartRun` asks for; `None` fields take the configured defaults.
 #[derive(Debug, Clone, Default)]
 pub struct RunRequest {
@@ -44,7 +53,7 @@ pub enum CoordinatorMsg {
         from: String,
         task: String,
         attempt: u32,
-        stats: Option<MomentSums>,
+        outcome: StatsOutcome,
     },
     Update {
         from: String,

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use medfed_models::learner::PrivacySpent;
 use medfed_models::metrics::Metrics;
 
 use crate::coordinator::fsm::{DropCounts, Phase};
@@ -26,6 +27,8 @@ pub struct TaskReport {
     /// Updates refused by `UpdateCheck` or failed training, by reason label.
     pub rejected: BTreeMap<String, u64>,
     pub declined: u64,
+    /// Latest epsilon spent per hospital (only with differential privacy on).
+    pub privacy: BTreeMap<String, PrivacySpent>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

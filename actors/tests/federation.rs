@@ -8,6 +8,7 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::broadcast::Receiver;
 
 use medfed_actors::coordinator::fsm::{FsmConfig, Phase};
+use medfed_actors::coordinator::Scaling;
 use medfed_actors::{
     Coordinator, CoordinatorArgs, CoordinatorMsg, EventBus, FederationEvent, Hospital, HospitalArgs,
     HospitalMsg, RunReport, RunRequest, TaskSetup,
@@ -16,7 +17,7 @@ use medfed_models::aggregate::{FedAvg, UpdateCheck};
 use medfed_models::data::synthetic::gaussian_blobs;
 use medfed_models::data::{Dataset, MomentSums, Partition};
 use medfed_models::learner::logistic::{LogisticEvaluator, LogisticLearner};
-use medfed_models::learner::{GlobalModel, Learner, LocalUpdate, TrainPlan};
+use medfed_models::learner::{GlobalModel, Learner, LocalUpdate, Release, TrainPlan};
 use medfed_models::metrics::Metrics;
 use medfed_models::{Layout, Result as ModelResult};
 
@@ -44,7 +45,7 @@ impl Learner for TestLearner {
     fn num_examples(&self) -> usize {
         self.inner.num_examples()
     }
-    fn feature_stats(&self) -> Option<MomentSums> {
+    fn feature_stats(&mut self) -> ModelResult<Option<(MomentSums, Release)>> {
         self.inner.feature_stats()
     }
     fn train(&mut self, global: &GlobalModel, plan: &TrainPlan) -> ModelResult<LocalUpdate> {
@@ -107,7 +108,7 @@ async fn federation(behaviours: &[Behaviour], min_hospitals: usize, rounds: u32,
         },
         evaluator: Box::new(LogisticEvaluator::new(test).unwrap()),
         strategy: Box::new(FedAvg),
-        federated_scaling: true,
+        scaling: Scaling::Federated,
     };
     let (coordinator, _) = Actor::spawn(
         None,
@@ -138,6 +139,16 @@ async fn spawn_hospital(
     shard: Dataset,
     behaviour: Behaviour,
 ) -> ActorRef<HospitalMsg> {
+    spawn_hospital_with(coordinator, name, shard, behaviour, false).await
+}
+
+async fn spawn_hospital_with(
+    coordinator: &ActorRef<CoordinatorMsg>,
+    name: &str,
+    shard: Dataset,
+    behaviour: Behaviour,
+    require_private: bool,
+) -> ActorRef<HospitalMsg> {
     let learner = TestLearner {
         inner: LogisticLearner::new(name, shard).unwrap(),
         behaviour,
@@ -151,6 +162,7 @@ async fn spawn_hospital(
             kind: "tabular".into(),
             learner: Box::new(learner),
             coordinator: coordinator.clone(),
+            require_private,
         },
     )
     .await
@@ -436,4 +448,40 @@ async fn duplicate_hospital_name_is_refused() {
     fed.start(None).await;
     fed.until_end().await;
     assert_eq!(fed.report().await.tasks[TASK].hospitals, 2);
+}
+
+/// With DP on, a hospital whose learner hands it an un-noised update (here a
+/// plain learner) sends nothing of it: the coordinator sees a refusal.
+#[tokio::test]
+async fn with_dp_on_no_un_noised_update_leaves_a_hospital() {
+    let mut fed = federation(&[Behaviour::Honest; 2], 2, 1, Duration::from_secs(30)).await;
+    let (mut shards, _) = data();
+    spawn_hospital_with(
+        &fed.coordinator,
+        "guarded",
+        shards.remove(2),
+        Behaviour::Honest,
+        true,
+    )
+    .await;
+    fed.start(None).await;
+    let events = fed.until_end().await;
+    let from_guarded = |e: &FederationEvent| match e {
+        FederationEvent::UpdateAccepted { hospital, .. } => hospital == "guarded",
+        _ => false,
+    };
+    assert!(
+        !events.iter().any(from_guarded),
+        "an un-noised update was accepted"
+    );
+    assert!(events.iter().any(|e| matches!(e,
+        FederationEvent::UpdateRejected { hospital, reason, .. }
+            if hospital == "guarded" && reason.contains("refusing to release an un-noised update"))));
+    // Its exact feature statistics were withheld too.
+    assert!(events.iter().any(|e| matches!(e,
+        FederationEvent::UpdateDeclined { hospital, reason, round: 0, .. }
+            if hospital == "guarded" && reason.contains("un-noised statistics"))));
+    let report = fed.report().await;
+    assert_eq!(report.tasks[TASK].phase, Phase::Finished { rounds: 1 });
+    assert_eq!(report.tasks[TASK].rounds[0].participants, 2);
 }

@@ -22,6 +22,9 @@ pub enum ModelError {
     Training(String),
     #[error("invalid setting: {0}")]
     Invalid(String),
+    /// A hospital declines: the release would exceed its privacy budget.
+    #[error("privacy budget exhausted: {0}")]
+    BudgetExhausted(String),
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

@@ -8,6 +8,7 @@ pub mod error;
 pub mod learner;
 pub mod metrics;
 pub mod params;
+pub mod privacy;
 pub mod seed;
 
 pub use error::{ModelError, Result};

@@ -2,4 +2,5 @@
 
 pub mod config_check;
 pub mod overrides;
+pub mod privacy;
 pub mod run;

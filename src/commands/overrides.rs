@@ -23,6 +23,12 @@ pub fn load_with(path: &std::path::Path, flags: &Overrides) -> Result<(Loaded, V
     if let Some(seed) = flags.seed {
         c.run.seed = seed;
     }
+    if let Some(epsilon) = flags.dp_epsilon {
+        if c.privacy.mode == crate::config::PrivacyMode::Off {
+            c.privacy.mode = crate::config::PrivacyMode::DpSgd;
+        }
+        c.privacy.epsilon = epsilon;
+    }
     for name in &selected {
         let task = c.tasks.get_mut(name).expect("selected tasks exist");
         if let Some(rounds) = flags.rounds {

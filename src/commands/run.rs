@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use medfed_actors::FederationEvent;
 
 use crate::cli::RunArgs;
+use crate::config::PrivacyMode;
 use crate::federation::{centralized_baseline, prepare_task, run_to_end};
 use crate::output::{run_json, task_table, TaskContext};
 
@@ -34,6 +35,12 @@ pub async fn execute(args: &RunArgs) -> Result<bool> {
                 train_rows: task.train.len(),
                 test_rows: task.held_out.len(),
                 centralized,
+                privacy: (loaded.config.privacy.mode != PrivacyMode::Off).then(|| {
+                    (
+                        loaded.config.privacy.mode.name().to_string(),
+                        loaded.config.privacy.delta,
+                    )
+                }),
             },
         );
     }

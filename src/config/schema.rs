@@ -12,6 +12,8 @@ pub struct Config {
     pub run: RunConfig,
     #[serde(default)]
     pub federation: FederationConfig,
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
     pub tasks: BTreeMap<String, TaskConfig>,
 }
 
@@ -70,6 +72,7 @@ impl HospitalKind {
 #[serde(rename_all = "lowercase")]
 pub enum StrategyName {
     Fedavg,
+    Fedadam,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,6 +88,9 @@ pub struct TaskConfig {
     pub rounds: Option<u32>,
     #[serde(default = "default_strategy")]
     pub strategy: StrategyName,
+    /// Server optimiser settings of `strategy = "fedadam"`.
+    #[serde(default)]
+    pub fedadam: medfed_models::aggregate::FedAdamConfig,
     /// Largest accepted L2 norm of an update (model delta); absent: no bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_update_norm: Option<f64>,
@@ -118,6 +124,10 @@ pub struct DataConfig {
     pub positive_class: String,
     #[serde(default = "default_test_fraction")]
     pub test_fraction: f64,
+    /// Public per-feature bounds (TOML `[bounds] name = [lo, hi]`); needed
+    /// with differential privacy on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_bounds: Option<PathBuf>,
 }
 
 fn default_test_fraction() -> f64 {
@@ -198,6 +208,134 @@ impl Default for TrainingConfig {
             learning_rate: 0.1,
             l2: 0.0,
             baseline_alpha: 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PrivacyMode {
+    #[serde(rename = "off")]
+    Off,
+    /// DP-SGD at every hospital: a patient-level guarantee.
+    #[serde(rename = "dp-sgd")]
+    DpSgd,
+    /// Clip and noise each round's model delta: a hospital-level guarantee.
+    #[serde(rename = "update")]
+    Update,
+}
+
+impl PrivacyMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            PrivacyMode::Off => "off",
+            PrivacyMode::DpSgd => "dp-sgd",
+            PrivacyMode::Update => "update",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DpScaling {
+    /// Scale by the public feature bounds: no budget spent.
+    PublicBounds,
+    /// Federated standardisation from noised, clipped statistics: charged.
+    DpStats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoiseKind {
+    /// ChaCha20 seeded from the operating system: for real data.
+    Secure,
+    /// ChaCha20 seeded from run.seed: reproducible experiments only.
+    Seeded,
+}
+
+/// Settings a single hospital may override.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HospitalPrivacy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_grad_norm: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_multiplier: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_steps: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    pub mode: PrivacyMode,
+    /// Budget per hospital and dataset, over all runs.
+    pub epsilon: f64,
+    pub delta: f64,
+    /// Clipping norm: per example (dp-sgd) or per update (update).
+    pub max_grad_norm: f64,
+    /// Fixed noise multiplier; absent: calibrated from the budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noise_multiplier: Option<f64>,
+    /// Poisson sampling rate of DP-SGD.
+    pub sampling_rate: f64,
+    /// DP-SGD steps per round.
+    pub local_steps: u64,
+    pub scaling: DpScaling,
+    pub stats_noise_multiplier: f64,
+    /// Where hospitals keep their ledgers; absent: in memory (simulation only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ledger_dir: Option<PathBuf>,
+    pub noise: NoiseKind,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub hospitals: BTreeMap<String, HospitalPrivacy>,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        Self {
+            mode: PrivacyMode::Off,
+            epsilon: 3.0,
+            delta: 1e-5,
+            max_grad_norm: 1.0,
+            noise_multiplier: None,
+            sampling_rate: 0.2,
+            local_steps: 10,
+            scaling: DpScaling::PublicBounds,
+            stats_noise_multiplier: 10.0,
+            ledger_dir: None,
+            noise: NoiseKind::Secure,
+            hospitals: BTreeMap::new(),
+        }
+    }
+}
+
+/// The privacy settings in force at one hospital.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EffectivePrivacy {
+    pub epsilon: f64,
+    pub delta: f64,
+    pub max_grad_norm: f64,
+    pub noise_multiplier: Option<f64>,
+    pub sampling_rate: f64,
+    pub local_steps: u64,
+}
+
+impl PrivacyConfig {
+    pub fn for_hospital(&self, name: &str) -> EffectivePrivacy {
+        let o = self.hospitals.get(name).cloned().unwrap_or_default();
+        EffectivePrivacy {
+            epsilon: o.epsilon.unwrap_or(self.epsilon),
+            delta: o.delta.unwrap_or(self.delta),
+            max_grad_norm: o.max_grad_norm.unwrap_or(self.max_grad_norm),
+            noise_multiplier: o.noise_multiplier.or(self.noise_multiplier),
+            sampling_rate: o.sampling_rate.unwrap_or(self.sampling_rate),
+            local_steps: o.local_steps.unwrap_or(self.local_steps),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Semantic checks that the schema's types cannot express.
 
-use super::{Config, ConfigError, HospitalKind, PartitionScheme};
+use super::{Config, ConfigError, EffectivePrivacy, HospitalKind, PartitionScheme, PrivacyMode};
 
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     let bad = |key: String, message: String| Err(ConfigError::Invalid(format!("`{key}`: {message}")));
@@ -19,8 +19,15 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             return bad(key.into(), format!("must be in (0, 86400] seconds, got {v}"));
         }
     }
+    validate_privacy(config)?;
     for (name, task) in &config.tasks {
         let key = |k: &str| format!("tasks.{name}.{k}");
+        if config.privacy.mode != PrivacyMode::Off && task.data.feature_bounds.is_none() {
+            return bad(
+                key("data.feature_bounds"),
+                "is required with differential privacy on (public per-feature bounds)".into(),
+            );
+        }
         if name.is_empty()
             || !name
                 .chars()
@@ -109,6 +116,54 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(key(k), format!("must be zero or positive, got {v}"));
             }
+        }
+    }
+    Ok(())
+}
+
+fn validate_privacy(config: &Config) -> Result<(), ConfigError> {
+    let p = &config.privacy;
+    let bad = |key: String, message: String| Err(ConfigError::Invalid(format!("`{key}`: {message}")));
+    if !(p.stats_noise_multiplier.is_finite() && p.stats_noise_multiplier > 0.0) {
+        return bad(
+            "privacy.stats_noise_multiplier".into(),
+            format!("must be positive, got {}", p.stats_noise_multiplier),
+        );
+    }
+    let mut scopes: Vec<(String, EffectivePrivacy)> = vec![("privacy".into(), p.for_hospital(""))];
+    for name in p.hospitals.keys() {
+        scopes.push((format!("privacy.hospitals.{name}"), p.for_hospital(name)));
+    }
+    for (scope, e) in scopes {
+        let key = |k: &str| format!("{scope}.{k}");
+        if !(e.epsilon.is_finite() && e.epsilon > 0.0) {
+            return bad(key("epsilon"), format!("must be positive, got {}", e.epsilon));
+        }
+        if !(e.delta > 0.0 && e.delta < 1.0) {
+            return bad(key("delta"), format!("must be in (0, 1), got {}", e.delta));
+        }
+        if !(e.max_grad_norm.is_finite() && e.max_grad_norm > 0.0) {
+            return bad(
+                key("max_grad_norm"),
+                format!("must be positive, got {}", e.max_grad_norm),
+            );
+        }
+        if let Some(s) = e.noise_multiplier {
+            if !(s.is_finite() && s > 0.0) {
+                return bad(key("noise_multiplier"), format!("must be positive, got {s}"));
+            }
+        }
+        if !(e.sampling_rate > 0.0 && e.sampling_rate <= 1.0) {
+            return bad(
+                key("sampling_rate"),
+                format!("must be in (0, 1], got {}", e.sampling_rate),
+            );
+        }
+        if e.local_steps == 0 || e.local_steps > 100_000 {
+            return bad(
+                key("local_steps"),
+                format!("must be 1..=100000, got {}", e.local_steps),
+            );
         }
     }
     Ok(())

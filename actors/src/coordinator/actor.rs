@@ -15,7 +15,7 @@ use super::fsm::{Effect, Event, Phase, Verdict};
 use super::task::{aggregate_and_evaluate, TaskRuntime, TaskSetup};
 use super::task_group;
 use crate::events::{EventBus, FederationEvent};
-use crate::messages::{CoordinatorMsg, HospitalInfo, HospitalMsg, RunRequest, TrainOutcome};
+use crate::messages::{CoordinatorMsg, HospitalInfo, HospitalMsg, RunRequest, StatsOutcome, TrainOutcome};
 use crate::report::{RoundRecord, RunReport};
 
 pub struct Coordinator;
@@ -97,10 +97,34 @@ impl Actor for Coordinator {
                 from,
                 task,
                 attempt,
-                stats,
+                outcome,
             } => {
-                state.incoming = Some(Incoming::Stats(stats));
-                apply(&myself, state, &task, Event::StatsArrived { from, attempt });
+                let usable = match outcome {
+                    StatsOutcome::Released(stats) => {
+                        state.incoming = Some(Incoming::Stats(stats));
+                        true
+                    }
+                    StatsOutcome::Declined(reason) => {
+                        info!(task = %task, hospital = %from, "feature statistics declined: {reason}");
+                        state.events.publish(FederationEvent::UpdateDeclined {
+                            task: task.clone(),
+                            round: 0,
+                            hospital: from.clone(),
+                            reason,
+                        });
+                        false
+                    }
+                };
+                apply(
+                    &myself,
+                    state,
+                    &task,
+                    Event::StatsArrived {
+                        from,
+                        attempt,
+                        usable,
+                    },
+                );
             }
             CoordinatorMsg::Update {
                 from,
@@ -440,7 +464,7 @@ fn execute(
             let rt = state.tasks.get_mut(task).expect("task exists");
             if let Some(Incoming::Stats(Some(stats))) = state.incoming.take() {
                 rt.kept_stats.insert(from, stats);
-            } else if rt.federated_scaling {
+            } else if matches!(rt.scaling, super::task::Scaling::Federated) {
                 return Err(format!("hospital '{from}' sent no feature statistics"));
             }
         }
@@ -481,7 +505,11 @@ fn execute(
                     hospital: from.clone(),
                     num_examples: update.num_examples,
                     train_loss: update.train_loss,
+                    epsilon_spent: update.privacy.as_ref().map(|p| p.epsilon),
                 });
+                if let Some(spent) = &update.privacy {
+                    rt.privacy.insert(from.clone(), spent.clone());
+                }
                 rt.kept_updates.insert(from, update);
             }
         }

@@ -87,9 +87,11 @@ pub enum Event {
     },
     Joined(HospitalId),
     Left(HospitalId),
+    /// `usable` is false when the hospital declined (e.g. privacy budget).
     StatsArrived {
         from: HospitalId,
         attempt: u32,
+        usable: bool,
     },
     UpdateArrived {
         from: HospitalId,
@@ -211,6 +213,8 @@ pub struct TaskFsm {
     target_rounds: u32,
     /// The latest (round, attempt) hospitals were asked to train for.
     last_asked: Option<(u32, u32)>,
+    /// Distinct reasons hospitals declined with in the current round.
+    declines: BTreeSet<String>,
     next_timer: u64,
     live_timer: Option<TimerId>,
     drops: DropCounts,
@@ -228,6 +232,7 @@ impl TaskFsm {
             usable: BTreeSet::new(),
             target_rounds,
             last_asked: None,
+            declines: BTreeSet::new(),
             next_timer: 0,
             live_timer: None,
             drops: DropCounts::default(),
@@ -261,7 +266,11 @@ impl TaskFsm {
             Event::Start { rounds } => self.on_start(rounds, &mut fx),
             Event::Joined(id) => self.on_joined(id, &mut fx),
             Event::Left(id) => self.on_left(&id, &mut fx),
-            Event::StatsArrived { from, attempt } => self.on_stats(from, attempt, &mut fx),
+            Event::StatsArrived {
+                from,
+                attempt,
+                usable,
+            } => self.on_stats(from, attempt, usable, &mut fx),
             Event::UpdateArrived {
                 from,
                 round,
@@ -321,15 +330,17 @@ impl TaskFsm {
         }
     }
 
-    fn on_stats(&mut self, from: HospitalId, attempt: u32, fx: &mut Vec<Effect>) {
+    fn on_stats(&mut self, from: HospitalId, attempt: u32, usable: bool, fx: &mut Vec<Effect>) {
         match self.phase {
             Phase::Preparing { attempt: current } if attempt == current => {
                 if let Some(reason) = self.admit(&from) {
                     self.drop_msg(from, reason, fx);
                     return;
                 }
-                self.usable.insert(from.clone());
-                fx.push(Effect::KeepStats { from });
+                if usable {
+                    self.usable.insert(from.clone());
+                    fx.push(Effect::KeepStats { from });
+                }
                 if self.awaiting.is_empty() {
                     self.close_collection(fx);
                 }
@@ -370,7 +381,12 @@ impl TaskFsm {
                 self.usable.insert(from.clone());
                 fx.push(Effect::KeepUpdate { from });
             }
-            other => fx.push(Effect::RefuseUpdate { from, verdict: other }),
+            other => {
+                if let Verdict::Declined(reason) = &other {
+                    self.declines.insert(reason.clone());
+                }
+                fx.push(Effect::RefuseUpdate { from, verdict: other });
+            }
         }
         if self.awaiting.is_empty() {
             self.close_collection(fx);
@@ -466,15 +482,17 @@ impl TaskFsm {
                     if attempt < self.config.max_retries {
                         self.begin_round(round, attempt + 1, fx);
                     } else {
-                        self.abort(
-                            format!(
-                                "round {round}: {} of {} required updates accepted after {} attempts",
-                                usable.len(),
-                                self.config.min_hospitals,
-                                attempt + 1
-                            ),
-                            fx,
+                        let mut reason = format!(
+                            "round {round}: {} of {} required updates accepted after {} attempts",
+                            usable.len(),
+                            self.config.min_hospitals,
+                            attempt + 1
                         );
+                        if !self.declines.is_empty() {
+                            let why: Vec<&str> = self.declines.iter().map(String::as_str).collect();
+                            reason.push_str(&format!("; hospitals declined: {}", why.join("; ")));
+                        }
+                        self.abort(reason, fx);
                     }
                 }
             }
@@ -493,6 +511,7 @@ impl TaskFsm {
     }
 
     fn begin_round(&mut self, round: u32, attempt: u32, fx: &mut Vec<Effect>) {
+        self.begin_attempt_bookkeeping(attempt);
         self.start_collection(fx);
         self.phase = Phase::Training { round, attempt };
         self.last_asked = Some((round, attempt));
@@ -520,6 +539,13 @@ impl TaskFsm {
         self.awaiting.clear();
         self.answered.clear();
         self.usable.clear();
+    }
+
+    fn begin_attempt_bookkeeping(&mut self, attempt: u32) {
+        // Decline reasons are kept across the retries of one round only.
+        if attempt == 0 {
+            self.declines.clear();
+        }
     }
 
     fn arm(&mut self, after: Duration, fx: &mut Vec<Effect>) {

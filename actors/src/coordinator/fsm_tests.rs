@@ -33,6 +33,7 @@ fn stats(from: &str, attempt: u32) -> Event {
     Event::StatsArrived {
         from: from.into(),
         attempt,
+        usable: true,
     }
 }
 
@@ -442,5 +443,59 @@ fn answers_after_the_run_are_late_and_unasked_rounds_unexpected() {
             from: "a".into(),
             reason: DropReason::Unexpected
         }]
+    );
+}
+
+#[test]
+fn declined_statistics_count_as_answers_but_not_toward_quorum() {
+    let mut fsm = TaskFsm::new(config());
+    joined(&mut fsm, &["a", "b", "c"]);
+    fsm.handle(Event::Start { rounds: 1 });
+    fsm.handle(stats("a", 0));
+    let fx = fsm.handle(Event::StatsArrived {
+        from: "b".into(),
+        attempt: 0,
+        usable: false,
+    });
+    assert!(fx.is_empty());
+    let fx = fsm.handle(Event::StatsArrived {
+        from: "c".into(),
+        attempt: 0,
+        usable: false,
+    });
+    assert!(fx.contains(&Effect::RoundBelowQuorum {
+        round: 0,
+        attempt: 0,
+        accepted: 1,
+        needed: 2
+    }));
+}
+
+#[test]
+fn abort_after_declines_names_the_reason() {
+    let (mut fsm, _) = in_round_one();
+    let decline = |fsm: &mut TaskFsm, h: &str, attempt: u32| {
+        fsm.handle(Event::UpdateArrived {
+            from: h.into(),
+            round: 1,
+            attempt,
+            verdict: Verdict::Declined("privacy budget exhausted: epsilon spent 3 of 3".into()),
+        })
+    };
+    for attempt in 0..2 {
+        for h in ["a", "b", "c"] {
+            decline(&mut fsm, h, attempt);
+        }
+    }
+    let Phase::Aborted { reason } = fsm.phase() else {
+        panic!("expected aborted, got {:?}", fsm.phase());
+    };
+    assert!(
+        reason.contains("0 of 2 required updates accepted after 2 attempts"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("hospitals declined: privacy budget exhausted"),
+        "{reason}"
     );
 }

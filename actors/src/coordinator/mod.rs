@@ -7,7 +7,7 @@ pub mod fsm;
 pub mod task;
 
 pub use actor::{Coordinator, CoordinatorArgs};
-pub use task::TaskSetup;
+pub use task::{Scaling, TaskSetup};
 
 /// The process group a hospital of `task` joins.
 pub fn task_group(task: &str) -> String {

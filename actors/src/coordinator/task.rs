@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use medfed_models::aggregate::{Strategy, UpdateCheck, WeightedDelta};
 use medfed_models::data::{MomentSums, Standardizer};
-use medfed_models::learner::{Evaluator, GlobalModel, LocalUpdate, TrainPlan};
+use medfed_models::learner::{Evaluator, GlobalModel, LocalUpdate, PrivacySpent, TrainPlan};
 use medfed_models::metrics::Metrics;
 use medfed_models::Params;
 
@@ -23,8 +23,18 @@ pub struct TaskSetup {
     pub check: UpdateCheck,
     pub evaluator: Box<dyn Evaluator>,
     pub strategy: Box<dyn Strategy>,
-    /// Whether hospitals' feature statistics are combined into a scaler.
-    pub federated_scaling: bool,
+    pub scaling: Scaling,
+}
+
+/// How a task's features are scaled.
+#[derive(Debug, Clone)]
+pub enum Scaling {
+    /// Combine the hospitals' feature statistics (noised under DP).
+    Federated,
+    /// A public, data-independent scaler (e.g. from published feature ranges).
+    Fixed(Arc<Standardizer>),
+    /// No scaling.
+    None,
 }
 
 pub struct TaskRuntime {
@@ -34,7 +44,7 @@ pub struct TaskRuntime {
     pub check: UpdateCheck,
     pub evaluator: Arc<Mutex<Box<dyn Evaluator>>>,
     pub strategy: Arc<Mutex<Box<dyn Strategy>>>,
-    pub federated_scaling: bool,
+    pub scaling: Scaling,
     pub global: GlobalModel,
     pub kept_updates: BTreeMap<HospitalId, LocalUpdate>,
     pub kept_stats: BTreeMap<HospitalId, MomentSums>,
@@ -42,6 +52,8 @@ pub struct TaskRuntime {
     pub round_started: Option<Instant>,
     pub rejected: BTreeMap<String, u64>,
     pub declined: u64,
+    /// The latest privacy report of each hospital (kept across runs: budgets are lifetime).
+    pub privacy: BTreeMap<HospitalId, PrivacySpent>,
 }
 
 impl TaskRuntime {
@@ -54,26 +66,31 @@ impl TaskRuntime {
             check: setup.check,
             evaluator: Arc::new(Mutex::new(setup.evaluator)),
             strategy: Arc::new(Mutex::new(setup.strategy)),
-            federated_scaling: setup.federated_scaling,
             global: GlobalModel {
                 params,
-                standardizer: None,
+                standardizer: fixed_scaler(&setup.scaling),
             },
+            scaling: setup.scaling,
             kept_updates: BTreeMap::new(),
             kept_stats: BTreeMap::new(),
             history: Vec::new(),
             round_started: None,
             rejected: BTreeMap::new(),
             declined: 0,
+            privacy: BTreeMap::new(),
         }
     }
 
     /// Reset the model and history for a new run.
     pub fn reset_for_run(&mut self) -> Result<(), String> {
+        self.strategy
+            .lock()
+            .map_err(|_| "strategy lock poisoned")?
+            .reset();
         let evaluator = self.evaluator.lock().map_err(|_| "evaluator lock poisoned")?;
         self.global = GlobalModel {
             params: Arc::new(evaluator.init_params()),
-            standardizer: None,
+            standardizer: fixed_scaler(&self.scaling),
         };
         self.kept_updates.clear();
         self.kept_stats.clear();
@@ -85,7 +102,7 @@ impl TaskRuntime {
     }
 
     pub fn combine_stats(&mut self, from: &[HospitalId]) -> Result<(), String> {
-        if !self.federated_scaling {
+        if !matches!(self.scaling, Scaling::Federated) {
             return Ok(());
         }
         let parts: Vec<&MomentSums> = from.iter().filter_map(|h| self.kept_stats.get(h)).collect();
@@ -117,7 +134,15 @@ impl TaskRuntime {
             drops: self.fsm.drops().clone(),
             rejected: self.rejected.clone(),
             declined: self.declined,
+            privacy: self.privacy.clone(),
         }
+    }
+}
+
+fn fixed_scaler(scaling: &Scaling) -> Option<Arc<Standardizer>> {
+    match scaling {
+        Scaling::Fixed(s) => Some(s.clone()),
+        _ => None,
     }
 }
 

@@ -4,9 +4,10 @@ use ractor::{pg, Actor, ActorProcessingErr, ActorRef};
 use tracing::{error, info, warn};
 
 use medfed_models::learner::Learner;
+use medfed_models::ModelError;
 
 use crate::coordinator::task_group;
-use crate::messages::{CoordinatorMsg, HospitalInfo, HospitalMsg, TrainOutcome};
+use crate::messages::{CoordinatorMsg, HospitalInfo, HospitalMsg, StatsOutcome, TrainOutcome};
 
 pub struct Hospital;
 
@@ -16,10 +17,13 @@ pub struct HospitalArgs {
     pub kind: String,
     pub learner: Box<dyn Learner>,
     pub coordinator: ActorRef<CoordinatorMsg>,
+    /// Differential privacy is on: nothing un-noised may leave this actor.
+    pub require_private: bool,
 }
 
 pub struct HospitalState {
     info: HospitalInfo,
+    require_private: bool,
     learner: Arc<Mutex<Box<dyn Learner>>>,
     coordinator: ActorRef<CoordinatorMsg>,
 }
@@ -48,6 +52,7 @@ impl Actor for Hospital {
         info!(hospital = %info.name, task = %info.task, "hospital started");
         Ok(HospitalState {
             info,
+            require_private: args.require_private,
             learner: Arc::new(Mutex::new(args.learner)),
             coordinator: args.coordinator,
         })
@@ -61,12 +66,18 @@ impl Actor for Hospital {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             HospitalMsg::CollectStats { task, attempt } => {
-                let stats = lock(&state.learner)?.feature_stats();
+                let outcome = match lock(&state.learner)?.feature_stats() {
+                    Ok(Some((_, release))) if state.require_private && !release.is_noised() => {
+                        StatsOutcome::Declined("refusing to release un-noised statistics with DP on".into())
+                    }
+                    Ok(stats) => StatsOutcome::Released(stats.map(|(sums, _)| sums)),
+                    Err(e) => StatsOutcome::Declined(e.to_string()),
+                };
                 state.coordinator.cast(CoordinatorMsg::Stats {
                     from: state.info.name.clone(),
                     task,
                     attempt,
-                    stats,
+                    outcome,
                 })?;
             }
             HospitalMsg::Train {
@@ -77,10 +88,18 @@ impl Actor for Hospital {
                 plan,
             } => {
                 let learner = state.learner.clone();
+                let require_private = state.require_private;
                 // Training is CPU-bound: keep it off the actor runtime's threads.
                 let outcome = tokio::task::spawn_blocking(move || match lock(&learner) {
                     Ok(mut l) => match l.train(&model, &plan) {
+                        // The last gate: with DP on, an un-noised update never leaves.
+                        Ok(update) if require_private && !update.release.is_noised() => {
+                            TrainOutcome::Failed("refusing to release an un-noised update with DP on".into())
+                        }
                         Ok(update) => TrainOutcome::Trained(update),
+                        Err(ModelError::BudgetExhausted(reason)) => {
+                            TrainOutcome::Declined(format!("privacy budget exhausted: {reason}"))
+                        }
                         Err(e) => TrainOutcome::Failed(e.to_string()),
                     },
                     Err(e) => TrainOutcome::Failed(e.to_string()),

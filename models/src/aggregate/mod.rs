@@ -2,9 +2,11 @@
 //! updates into the next global model, and the checks an update must pass.
 
 pub mod check;
+pub mod fedadam;
 pub mod fedavg;
 
 pub use check::{RejectReason, UpdateCheck};
+pub use fedadam::{FedAdam, FedAdamConfig};
 pub use fedavg::FedAvg;
 
 use crate::error::Result;
@@ -21,4 +23,6 @@ pub struct WeightedDelta<'a> {
 pub trait Strategy: Send {
     fn name(&self) -> &'static str;
     fn aggregate(&mut self, global: &Params, updates: &[WeightedDelta<'_>]) -> Result<Params>;
+    /// Forget any state carried between rounds (a new run starts).
+    fn reset(&mut self) {}
 }

@@ -2,6 +2,7 @@
 
 pub mod baseline;
 pub mod logistic;
+pub mod private;
 pub mod tabular;
 
 use std::sync::Arc;
@@ -34,25 +35,76 @@ pub struct TrainPlan {
     pub seed: u64,
 }
 
+/// How something that leaves a hospital was protected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "release", rename_all = "snake_case")]
+pub enum Release {
+    /// Exact values: only allowed with differential privacy off.
+    NonPrivate,
+    /// Released through a differentially private mechanism.
+    Noised {
+        mechanism: String,
+        noise_multiplier: f64,
+    },
+}
+
+impl Release {
+    pub fn is_noised(&self) -> bool {
+        matches!(self, Release::Noised { .. })
+    }
+}
+
+/// Privacy spent by a hospital, as it reports it with an update.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrivacySpent {
+    pub mechanism: String,
+    pub noise_multiplier: f64,
+    /// Epsilon spent on this dataset so far, all runs included.
+    pub epsilon: f64,
+    pub budget: f64,
+    pub delta: f64,
+}
+
+/// The privacy cost of one release, as Rényi-DP over the accountant's orders.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoundCost {
+    pub rdp: Vec<f64>,
+    pub mechanism: String,
+    pub sampling_rate: f64,
+    pub noise_multiplier: f64,
+    pub steps: u64,
+}
+
 /// All that leaves a hospital after a round.
 #[derive(Debug, Clone)]
 pub struct LocalUpdate {
     /// Trained parameters minus the global parameters.
     pub delta: Params,
     pub num_examples: usize,
-    /// Mean training loss over the last local epoch.
-    pub train_loss: f64,
+    /// Mean training loss over the last local epoch; withheld under DP.
+    pub train_loss: Option<f64>,
+    pub release: Release,
+    pub privacy: Option<PrivacySpent>,
 }
 
 /// A hospital's model trainer over its own data.
 pub trait Learner: Send {
     fn layout(&self) -> Arc<Layout>;
     fn num_examples(&self) -> usize;
-    /// Sufficient statistics for federated feature scaling, if the model uses it.
-    fn feature_stats(&self) -> Option<MomentSums>;
+    /// Sufficient statistics for federated feature scaling, if the model
+    /// uses them, and how they were protected.
+    fn feature_stats(&mut self) -> Result<Option<(MomentSums, Release)>>;
     fn train(&mut self, global: &GlobalModel, plan: &TrainPlan) -> Result<LocalUpdate>;
-    /// Metrics of `global` on this hospital's local data.
+    /// Metrics of `global` on this hospital's local data (not private).
     fn evaluate(&mut self, global: &GlobalModel) -> Result<Metrics>;
+    /// The privacy cost of one `train`; `None` when training is not private.
+    fn round_cost(&self) -> Option<RoundCost> {
+        None
+    }
+    /// The privacy cost of `feature_stats`; `None` when nothing private is released.
+    fn stats_cost(&self) -> Option<RoundCost> {
+        None
+    }
 }
 
 /// The coordinator side of a task: the initial model and evaluation on the
