@@ -2,18 +2,12 @@
 //! calculator, private runs on the shipped data, and ledgers that persist.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::medfed;
 
 use serde_json::Value;
-
-fn medfed(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_medfed"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(args);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("medfed runs")
-}
 
 fn json_of(out: &Output) -> Value {
     assert!(

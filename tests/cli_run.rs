@@ -2,18 +2,11 @@
 //! on the held-out test set, and clear errors for bad input.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+
+mod common;
+use common::medfed;
 
 use serde_json::Value;
-
-fn medfed(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_medfed"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(args);
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("medfed runs")
-}
 
 fn run_json(args: &[&str]) -> Value {
     let out = medfed(args, &[]);

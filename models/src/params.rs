@@ -104,6 +104,12 @@ impl Params {
         Ok(Self { layout, values })
     }
 
+    /// One tensor named `name` holding `values` as a vector.
+    pub fn single(name: &str, values: Vec<f32>) -> Result<Self> {
+        let layout = Layout::new(vec![TensorSpec::new(name, &[values.len()])])?;
+        Params::new(Arc::new(layout), values)
+    }
+
     pub fn zeros(layout: Arc<Layout>) -> Self {
         let values = vec![0.0; layout.len()];
         Self { layout, values }

@@ -59,12 +59,9 @@ impl UpdateCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::{Layout, TensorSpec};
-    use std::sync::Arc;
 
     fn params(values: Vec<f32>) -> Params {
-        let layout = Arc::new(Layout::new(vec![TensorSpec::new("w", &[values.len()])]).unwrap());
-        Params::new(layout, values).unwrap()
+        Params::single("w", values).unwrap()
     }
 
     #[test]

@@ -74,12 +74,9 @@ pub fn weighted_sum(base: &[f32], inputs: &[&[f32]], weights: &[f32]) -> Vec<f32
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::params::{Layout, TensorSpec};
-    use std::sync::Arc;
 
     fn params(values: Vec<f32>) -> Params {
-        let layout = Arc::new(Layout::new(vec![TensorSpec::new("w", &[values.len()])]).unwrap());
-        Params::new(layout, values).unwrap()
+        Params::single("w", values).unwrap()
     }
 
     #[test]
