@@ -36,6 +36,58 @@ pub enum Command {
     /// Differential-privacy calculators and the hospitals' privacy ledgers.
     #[command(subcommand)]
     Privacy(PrivacyCommand),
+    /// Datasets: synthetic chest X-rays, and checks of image datasets.
+    #[command(subcommand)]
+    Data(DataCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Write SYNTHETIC chest-X-ray-like images (not patient data) in the
+    /// Kaggle folder layout or as a MedMNIST-style .npz, split 70/15/15.
+    SynthXray(SynthXrayArgs),
+    /// Load an image dataset as training would and report its class balance
+    /// and every unreadable file.
+    CheckImages(CheckImagesArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImageFormat {
+    Folder,
+    Npz,
+}
+
+#[derive(Debug, Args)]
+pub struct SynthXrayArgs {
+    /// Output folder (format folder) or .npz file (format npz).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(3..=1_000_000))]
+    pub count: u64,
+    /// Image side in pixels.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=1024))]
+    pub size: u64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, value_enum, default_value = "folder")]
+    pub format: ImageFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckImagesArgs {
+    /// A Kaggle-layout folder or a MedMNIST .npz file.
+    #[arg(long)]
+    pub path: PathBuf,
+    #[arg(long, value_enum)]
+    pub format: ImageFormat,
+    /// Split to load: train, val or test.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// Side the images are resized to.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(8..=1024))]
+    pub size: u64,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -29,6 +29,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
+        Command::Data(command) => {
+            logging::init(cli.log_format, "warn");
+            commands::data::execute(&command)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Privacy(command) => {
             logging::init(cli.log_format, "warn");
             commands::privacy::execute(&command)?;

@@ -3,6 +3,7 @@
 
 pub mod csv;
 pub mod dataset;
+pub mod images;
 pub mod partition;
 pub mod scaling;
 pub mod split;
