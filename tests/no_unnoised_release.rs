@@ -1,8 +1,8 @@
 //! A guard against anyone adding a code path that releases exact values.
 //!
 //! `Release::NonPrivate` marks something that leaves a hospital un-noised.
-//! Only the non-private branches of the plain logistic learner may create it
-//! (they run only with differential privacy off; with DP on, `PrivateLearner`
+//! Only the reviewed non-private learners below may create it (they run only
+//! with differential privacy off; with DP on, `PrivateLearner`
 //! and the hospital actor refuse anything so marked, which tests elsewhere
 //! exercise). This test fails when the marker appears anywhere else in the
 //! non-test code, so that a new release path gets a deliberate review.
@@ -10,7 +10,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-const ALLOWED: [(&str, usize); 1] = [("models/src/learner/logistic.rs", 2)];
+/// Reviewed: the plain logistic learner's two non-private branches, and the
+/// CNN learner, which has no private path yet (`round_cost()` is `None`, so
+/// `PrivateLearner::new` refuses it: it cannot run with DP on).
+const ALLOWED: [(&str, usize); 2] = [("models/src/learner/cnn.rs", 1), ("models/src/learner/logistic.rs", 2)];
 const MARKER: &str = "Release::NonPrivate";
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

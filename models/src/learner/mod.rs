@@ -1,6 +1,7 @@
 //! Learners: what a hospital trains, and what the coordinator evaluates with.
 
 pub mod baseline;
+pub mod cnn;
 pub mod logistic;
 pub mod private;
 pub mod tabular;

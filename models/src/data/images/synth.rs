@@ -71,8 +71,8 @@ fn one_image(rng: &mut ChaCha8Rng, size: usize, pneumonia: bool, out: &mut Vec<f
             blobs.push(Blob {
                 cx: cx + jitter(rng, rx * 0.6),
                 cy: cy + jitter(rng, ry * 0.6),
-                r: 0.05 + rng.random::<f64>() * 0.10,
-                contrast: 0.08 + rng.random::<f64>() * 0.20,
+                r: 0.06 + rng.random::<f64>() * 0.10,
+                contrast: 0.15 + rng.random::<f64>() * 0.25,
             });
         }
     }
