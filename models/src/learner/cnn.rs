@@ -293,16 +293,7 @@ impl Learner for CnnLearner {
     }
 
     fn train(&mut self, global: &GlobalModel, plan: &TrainPlan) -> Result<LocalUpdate> {
-        if plan.local_epochs == 0
-            || plan.batch_size == 0
-            || plan.learning_rate.is_nan()
-            || plan.learning_rate <= 0.0
-        {
-            return Err(ModelError::Training(format!(
-                "local epochs, batch size and learning rate must be positive (got {}, {}, {})",
-                plan.local_epochs, plan.batch_size, plan.learning_rate
-            )));
-        }
+        plan.validate()?;
         if !global.params.same_layout(&self.config.init_params(0)) {
             return Err(ModelError::Params("the global model is not this CNN".into()));
         }

@@ -341,16 +341,7 @@ impl Learner for LogisticLearner {
     }
 
     fn train(&mut self, global: &GlobalModel, plan: &TrainPlan) -> Result<LocalUpdate> {
-        if plan.local_epochs == 0
-            || plan.batch_size == 0
-            || plan.learning_rate.is_nan()
-            || plan.learning_rate <= 0.0
-        {
-            return Err(ModelError::Training(format!(
-                "local epochs, batch size and learning rate must be positive (got {}, {}, {})",
-                plan.local_epochs, plan.batch_size, plan.learning_rate
-            )));
-        }
+        plan.validate()?;
         let mut coef = Coefficients::from_params(&global.params)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed::derive(plan.seed, &self.name, u64::from(plan.round)));
         let labels = self.data.raw().labels.clone();

@@ -76,6 +76,23 @@ pub struct RoundCost {
     pub steps: u64,
 }
 
+impl TrainPlan {
+    /// Refuse a plan no learner can follow.
+    pub fn validate(&self) -> Result<()> {
+        if self.local_epochs == 0
+            || self.batch_size == 0
+            || self.learning_rate.is_nan()
+            || self.learning_rate <= 0.0
+        {
+            return Err(crate::error::ModelError::Training(format!(
+                "local epochs, batch size and learning rate must be positive (got {}, {}, {})",
+                self.local_epochs, self.batch_size, self.learning_rate
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// All that leaves a hospital after a round.
 #[derive(Debug, Clone)]
 pub struct LocalUpdate {
