@@ -17,12 +17,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::{Evaluator, GlobalModel, Learner, LocalUpdate, Release, TrainPlan};
+use super::logistic::LocalDp;
+use super::{Evaluator, GlobalModel, Learner, LocalUpdate, Release, RoundCost, TrainPlan};
 use crate::data::images::ImageSet;
 use crate::data::MomentSums;
 use crate::error::{ModelError, Result};
 use crate::metrics::{binary_metrics, Metrics};
 use crate::params::{Layout, Params, TensorSpec};
+use crate::privacy::mechanisms::{clip_l2, NoiseSource};
 use crate::seed;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -262,6 +264,8 @@ pub struct CnnLearner {
     name: String,
     images: ImageSet,
     config: CnnConfig,
+    /// Update-level DP: the round's delta is clipped and noised once.
+    privacy: Option<(LocalDp, NoiseSource)>,
 }
 
 impl CnnLearner {
@@ -274,7 +278,29 @@ impl CnnLearner {
             name: name.into(),
             images,
             config,
+            privacy: None,
         })
+    }
+
+    /// Train with update-level DP (a hospital-level guarantee). Per-example
+    /// DP-SGD is not offered for the CNN: candle has no per-example gradients,
+    /// and one backward pass per image would multiply the cost by the batch size.
+    pub fn with_privacy(mut self, dp: LocalDp, noise: NoiseSource) -> Result<Self> {
+        match dp {
+            LocalDp::Update {
+                max_update_norm,
+                noise_multiplier,
+            } if max_update_norm > 0.0 && noise_multiplier > 0.0 => {
+                self.privacy = Some((dp, noise));
+                Ok(self)
+            }
+            LocalDp::Update { .. } => Err(ModelError::Invalid(
+                "update-level DP needs a positive clipping norm and noise multiplier".into(),
+            )),
+            LocalDp::DpSgd { .. } => Err(ModelError::Invalid(
+                "imaging hospitals support update-level DP (privacy.mode = \"update\"), not DP-SGD".into(),
+            )),
+        }
     }
 }
 
@@ -301,11 +327,38 @@ impl Learner for CnnLearner {
         let mut rng = ChaCha8Rng::seed_from_u64(seed::derive(plan.seed, &self.name, u64::from(plan.round)));
         let loss = train_net(&net, &self.images, &self.config, plan, &mut rng)?;
         let trained = net.to_params(global.params.layout())?;
+        let delta = trained.sub(&global.params)?;
+        let Some((dp, noise)) = self.privacy.as_mut() else {
+            return Ok(LocalUpdate {
+                delta,
+                num_examples: self.images.len(),
+                train_loss: Some(loss),
+                release: Release::NonPrivate,
+                privacy: None,
+            });
+        };
+        let (clip, sigma) = match *dp {
+            LocalDp::Update {
+                max_update_norm,
+                noise_multiplier,
+            } => (max_update_norm, noise_multiplier),
+            LocalDp::DpSgd { .. } => unreachable!("refused by with_privacy"),
+        };
+        let mut flat: Vec<f64> = delta.as_slice().iter().map(|&v| f64::from(v)).collect();
+        clip_l2(&mut flat, clip);
+        noise.add_gaussian(&mut flat, sigma * clip);
+        let noised = Params::new(
+            delta.layout().clone(),
+            flat.into_iter().map(|v| v as f32).collect(),
+        )?;
         Ok(LocalUpdate {
-            delta: trained.sub(&global.params)?,
+            delta: noised,
             num_examples: self.images.len(),
-            train_loss: Some(loss),
-            release: Release::NonPrivate,
+            train_loss: None,
+            release: Release::Noised {
+                mechanism: dp.mechanism().into(),
+                noise_multiplier: sigma,
+            },
             privacy: None,
         })
     }
@@ -313,6 +366,10 @@ impl Learner for CnnLearner {
     fn evaluate(&mut self, global: &GlobalModel) -> Result<Metrics> {
         let net = Net::from_params(&global.params)?;
         Ok(binary_metrics(&predict(&net, &self.images)?, &self.images.labels))
+    }
+
+    fn round_cost(&self) -> Option<RoundCost> {
+        self.privacy.as_ref().map(|(dp, _)| dp.round_cost())
     }
 }
 
@@ -431,6 +488,70 @@ mod tests {
         // One hospital, 8 epochs: well above chance (0.5); the federated
         // test in actors/tests/imaging.rs holds the 0.90 bar.
         assert!(m.accuracy > 0.75, "held-out accuracy {}", m.accuracy);
+    }
+
+    #[test]
+    fn update_level_dp_clips_noises_and_passes_the_budget_guard() {
+        use crate::learner::private::{Budget, PrivateLearner};
+        use crate::privacy::ledger::Ledger;
+        let cfg = config(16);
+        let dp = LocalDp::Update {
+            max_update_norm: 0.5,
+            noise_multiplier: 1e-9,
+        };
+        let global = GlobalModel {
+            params: Arc::new(cfg.init_params(1)),
+            standardizer: None,
+        };
+        // Negligible noise: the clipped delta has exactly the clipping norm.
+        let mut clipped = CnnLearner::new("h1", images(120, 16, 2), cfg)
+            .unwrap()
+            .with_privacy(dp, NoiseSource::seeded(1))
+            .unwrap();
+        let u = clipped.train(&global, &plan(2)).unwrap();
+        assert!(
+            (u.delta.l2_norm() - 0.5).abs() < 1e-3,
+            "norm {}",
+            u.delta.l2_norm()
+        );
+        assert!(u.release.is_noised() && u.train_loss.is_none());
+        // A real noise level passes the budget guard, which charges it.
+        let noisy = CnnLearner::new("h1", images(120, 16, 2), cfg)
+            .unwrap()
+            .with_privacy(
+                LocalDp::Update {
+                    max_update_norm: 0.5,
+                    noise_multiplier: 5.0,
+                },
+                NoiseSource::seeded(1),
+            )
+            .unwrap();
+        let mut guarded = PrivateLearner::new(
+            Box::new(noisy),
+            Ledger::in_memory("h1", "x"),
+            Budget {
+                epsilon: 10.0,
+                delta: 1e-5,
+            },
+            "t",
+        )
+        .unwrap();
+        let u = guarded.train(&global, &plan(1)).unwrap();
+        let spent = u.privacy.unwrap();
+        assert!(spent.epsilon > 0.0 && spent.epsilon <= 10.0);
+        assert_eq!(spent.mechanism, "update");
+        let no_sgd = CnnLearner::new("h", images(10, 16, 1), cfg)
+            .unwrap()
+            .with_privacy(
+                LocalDp::DpSgd {
+                    sampling_rate: 0.1,
+                    max_grad_norm: 1.0,
+                    noise_multiplier: 1.0,
+                    local_steps: 1,
+                },
+                NoiseSource::seeded(1),
+            );
+        assert!(no_sgd.err().unwrap().to_string().contains("update-level DP"));
     }
 
     #[test]
