@@ -24,7 +24,7 @@ use crate::data::MomentSums;
 use crate::error::{ModelError, Result};
 use crate::metrics::{binary_metrics, Metrics};
 use crate::params::{Layout, Params, TensorSpec};
-use crate::privacy::mechanisms::{clip_l2, NoiseSource};
+use crate::privacy::mechanisms::NoiseSource;
 use crate::seed;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -286,21 +286,14 @@ impl CnnLearner {
     /// DP-SGD is not offered for the CNN: candle has no per-example gradients,
     /// and one backward pass per image would multiply the cost by the batch size.
     pub fn with_privacy(mut self, dp: LocalDp, noise: NoiseSource) -> Result<Self> {
-        match dp {
-            LocalDp::Update {
-                max_update_norm,
-                noise_multiplier,
-            } if max_update_norm > 0.0 && noise_multiplier > 0.0 => {
-                self.privacy = Some((dp, noise));
-                Ok(self)
-            }
-            LocalDp::Update { .. } => Err(ModelError::Invalid(
-                "update-level DP needs a positive clipping norm and noise multiplier".into(),
-            )),
-            LocalDp::DpSgd { .. } => Err(ModelError::Invalid(
+        if let LocalDp::DpSgd { .. } = dp {
+            return Err(ModelError::Invalid(
                 "imaging hospitals support update-level DP (privacy.mode = \"update\"), not DP-SGD".into(),
-            )),
+            ));
         }
+        dp.validate()?;
+        self.privacy = Some((dp, noise));
+        Ok(self)
     }
 }
 
@@ -337,27 +330,14 @@ impl Learner for CnnLearner {
                 privacy: None,
             });
         };
-        let (clip, sigma) = match *dp {
-            LocalDp::Update {
-                max_update_norm,
-                noise_multiplier,
-            } => (max_update_norm, noise_multiplier),
-            LocalDp::DpSgd { .. } => unreachable!("refused by with_privacy"),
-        };
-        let mut flat: Vec<f64> = delta.as_slice().iter().map(|&v| f64::from(v)).collect();
-        clip_l2(&mut flat, clip);
-        noise.add_gaussian(&mut flat, sigma * clip);
-        let noised = Params::new(
-            delta.layout().clone(),
-            flat.into_iter().map(|v| v as f32).collect(),
-        )?;
+        let noised = dp.noise_update(&delta, noise)?;
         Ok(LocalUpdate {
             delta: noised,
             num_examples: self.images.len(),
             train_loss: None,
             release: Release::Noised {
                 mechanism: dp.mechanism().into(),
-                noise_multiplier: sigma,
+                noise_multiplier: dp.noise_multiplier(),
             },
             privacy: None,
         })

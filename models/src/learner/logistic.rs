@@ -175,6 +175,58 @@ impl LocalDp {
         }
     }
 
+    /// Refuse parameters no mechanism can use.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            LocalDp::DpSgd {
+                sampling_rate,
+                max_grad_norm,
+                noise_multiplier,
+                local_steps,
+            } => {
+                crate::privacy::rdp::check_sampling_rate(sampling_rate)
+                    .map_err(|e| ModelError::Invalid(e.to_string()))?;
+                if !(max_grad_norm > 0.0 && noise_multiplier > 0.0 && local_steps > 0) {
+                    return Err(ModelError::Invalid(
+                        "DP-SGD needs a positive clipping norm, noise multiplier and step count".into(),
+                    ));
+                }
+            }
+            LocalDp::Update {
+                max_update_norm,
+                noise_multiplier,
+            } => {
+                if !(max_update_norm > 0.0 && noise_multiplier > 0.0) {
+                    return Err(ModelError::Invalid(
+                        "update-level DP needs a positive clipping norm and noise multiplier".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Update-level release of a model delta: clip it to `max_update_norm`
+    /// and add Gaussian noise of `noise_multiplier * max_update_norm`.
+    pub fn noise_update(&self, delta: &Params, noise: &mut NoiseSource) -> Result<Params> {
+        let LocalDp::Update {
+            max_update_norm,
+            noise_multiplier,
+        } = *self
+        else {
+            return Err(ModelError::Invalid(
+                "only update-level DP noises whole updates".into(),
+            ));
+        };
+        let mut flat: Vec<f64> = delta.as_slice().iter().map(|&v| f64::from(v)).collect();
+        clip_l2(&mut flat, max_update_norm);
+        noise.add_gaussian(&mut flat, noise_multiplier * max_update_norm);
+        Params::new(
+            delta.layout().clone(),
+            flat.into_iter().map(|v| v as f32).collect(),
+        )
+    }
+
     /// The Rényi-DP cost of one round.
     pub fn round_cost(&self) -> RoundCost {
         let (q, sigma, steps) = match *self {
@@ -274,32 +326,7 @@ impl LogisticLearner {
                 "exact feature statistics cannot be released with differential privacy on".into(),
             ));
         }
-        match dp {
-            LocalDp::DpSgd {
-                sampling_rate,
-                max_grad_norm,
-                noise_multiplier,
-                local_steps,
-            } => {
-                crate::privacy::rdp::check_sampling_rate(sampling_rate)
-                    .map_err(|e| ModelError::Invalid(e.to_string()))?;
-                if !(max_grad_norm > 0.0 && noise_multiplier > 0.0 && local_steps > 0) {
-                    return Err(ModelError::Invalid(
-                        "DP-SGD needs a positive clipping norm, noise multiplier and step count".into(),
-                    ));
-                }
-            }
-            LocalDp::Update {
-                max_update_norm,
-                noise_multiplier,
-            } => {
-                if !(max_update_norm > 0.0 && noise_multiplier > 0.0) {
-                    return Err(ModelError::Invalid(
-                        "update-level DP needs a positive clipping norm and noise multiplier".into(),
-                    ));
-                }
-            }
-        }
+        dp.validate()?;
         self.privacy = Some((dp, noise));
         self.stats = stats;
         Ok(self)
@@ -385,23 +412,9 @@ impl Learner for LogisticLearner {
                         );
                         coef.to_params().sub(&global.params)?
                     }
-                    LocalDp::Update {
-                        max_update_norm,
-                        noise_multiplier,
-                    } => {
+                    LocalDp::Update { .. } => {
                         sgd(&mut coef, x, &labels, plan, &mut rng);
-                        let start = Coefficients::from_params(&global.params)?;
-                        let mut d: Vec<f64> = coef
-                            .weight
-                            .iter()
-                            .zip(&start.weight)
-                            .map(|(a, b)| a - b)
-                            .chain(std::iter::once(coef.bias - start.bias))
-                            .collect();
-                        clip_l2(&mut d, max_update_norm);
-                        noise.add_gaussian(&mut d, noise_multiplier * max_update_norm);
-                        let bias = d.pop().unwrap_or(0.0);
-                        Coefficients { weight: d, bias }.to_params()
+                        dp.noise_update(&coef.to_params().sub(&global.params)?, noise)?
                     }
                 };
                 Ok(LocalUpdate {
