@@ -7,7 +7,6 @@
 //! at the machine's copy bandwidth.
 
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput};
@@ -25,23 +24,8 @@ fn params(layout: &Arc<Layout>, seed: u32) -> Params {
     Params::new(layout.clone(), values).expect("layout fits")
 }
 
-fn output_dir() -> PathBuf {
-    std::env::var_os("CRITERION_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
-                .join("criterion")
-        })
-}
-
-fn mean_ns(dir: &std::path::Path, group: &str, bench: &str) -> Option<f64> {
-    let path = dir.join(group).join(bench).join("new/estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v["mean"]["point_estimate"].as_f64()
-}
+mod support;
+use support::{mean_ns, output_dir};
 
 fn main() {
     let dir = output_dir();

@@ -189,6 +189,9 @@ pub struct Overrides {
     /// Train with DP-SGD under this per-hospital epsilon budget.
     #[arg(long, value_name = "EPSILON")]
     pub dp_epsilon: Option<f64>,
+    /// Write every task's global model after each round to DIR/<task>/round-NNNN.safetensors.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint_dir: Option<PathBuf>,
 }
 
 fn parse_partition(s: &str) -> Result<PartitionScheme, String> {
@@ -208,6 +211,9 @@ pub struct RunArgs {
     /// Also train the same model centrally on all training rows and report it.
     #[arg(long)]
     pub baseline: bool,
+    /// Write each task's final global model to DIR/<task>.safetensors.
+    #[arg(long, value_name = "DIR")]
+    pub save_model: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -1,9 +1,8 @@
-//! Builds a whole federation in one process from the configuration: loads
-//! each task's data, holds out the test set, partitions the training rows
-//! into hospitals, spawns the coordinator and hospital actors and drives a
-//! run to its end.
+//! Builds a whole federation in one process from prepared tasks (see
+//! `tasks`): spawns the coordinator and hospital actors and drives a run to
+//! its end.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -11,91 +10,17 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::broadcast::error::RecvError;
 
 use medfed_actors::coordinator::fsm::FsmConfig;
-use medfed_actors::coordinator::Scaling;
 use medfed_actors::{
     Coordinator, CoordinatorArgs, CoordinatorMsg, EventBus, FederationEvent, Hospital, HospitalArgs,
     RunReport, RunRequest, TaskSetup,
 };
 use medfed_models::aggregate::{FedAdam, FedAvg, UpdateCheck};
-use medfed_models::data::csv::{load_csv, CsvSpec};
-use medfed_models::data::{stratified_split, Dataset, MomentSums, Partition, Standardizer};
-use medfed_models::learner::baseline::fit_centralized;
-use medfed_models::learner::logistic::LogisticEvaluator;
-use medfed_models::learner::{Evaluator, GlobalModel, TrainPlan};
-use medfed_models::metrics::Metrics;
-use medfed_models::privacy::bounds::FeatureBounds;
+use medfed_models::checkpoint::Checkpoint;
+use medfed_models::learner::TrainPlan;
 
-use crate::config::{DpScaling, Loaded, PartitionScheme, PrivacyMode, StrategyName, TaskConfig};
+use crate::config::{Loaded, PrivacyMode, StrategyName};
 use crate::hospital_learner;
-
-/// One task's data, split and partitioned, ready to be federated.
-pub struct PreparedTask {
-    pub name: String,
-    pub config: TaskConfig,
-    pub train: Dataset,
-    pub held_out: Dataset,
-    /// One dataset per hospital, partitioned from `train`.
-    pub shards: Vec<Dataset>,
-    /// Public per-feature bounds, when the config names them.
-    pub bounds: Option<FeatureBounds>,
-}
-
-impl PreparedTask {
-    pub fn hospital_name(&self, index: usize) -> String {
-        format!("{}-{}", self.name, index + 1)
-    }
-}
-
-pub fn partition_of(config: &TaskConfig) -> Partition {
-    match config.partition.scheme {
-        PartitionScheme::Iid => Partition::Iid,
-        PartitionScheme::Sorted => Partition::Sorted {
-            feature: config.partition.feature.clone().unwrap_or_default(),
-        },
-        PartitionScheme::Dirichlet => Partition::Dirichlet {
-            alpha: config.partition.alpha,
-        },
-    }
-}
-
-pub fn prepare_task(loaded: &Loaded, name: &str) -> Result<PreparedTask> {
-    let config = loaded
-        .config
-        .tasks
-        .get(name)
-        .with_context(|| format!("no task '{name}' in {}", loaded.source))?
-        .clone();
-    let seed = loaded.config.run.seed;
-    let path = loaded.resolve(&config.data.path);
-    let spec = CsvSpec {
-        label_column: config.data.label_column.clone(),
-        positive_class: config.data.positive_class.clone(),
-    };
-    let data = load_csv(&path, &spec).with_context(|| format!("task '{name}': loading its data"))?;
-    let (train, held_out) = stratified_split(&data, config.data.test_fraction, seed)
-        .with_context(|| format!("task '{name}': held-out split"))?;
-    let shards = partition_of(&config)
-        .split(&train, config.hospitals, seed)
-        .with_context(|| format!("task '{name}': partitioning into {} hospitals", config.hospitals))?
-        .iter()
-        .map(|rows| train.select(rows))
-        .collect();
-    let bounds = match &config.data.feature_bounds {
-        Some(path) => Some(
-            FeatureBounds::load(&loaded.resolve(path), &data.feature_names)
-                .with_context(|| format!("task '{name}'"))?,
-        ),
-        None => None,
-    };
-    Ok(PreparedTask {
-        name: name.to_string(),
-        config,
-        train,
-        held_out,
-        shards,
-        bounds,
-    })
-}
+use crate::tasks::PreparedTask;
 
 pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
     let c = &task.config;
@@ -120,45 +45,25 @@ pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
         check: UpdateCheck {
             max_norm: c.max_update_norm,
         },
-        evaluator: Box::new(LogisticEvaluator::new(task.held_out.clone())?),
+        evaluator: task.evaluator(loaded.config.run.seed)?,
         strategy: match c.strategy {
             StrategyName::Fedavg => Box::new(FedAvg),
             StrategyName::Fedadam => Box::new(FedAdam::new(c.fedadam)),
         },
-        scaling: scaling_of(loaded, task)?,
+        scaling: task.scaling(loaded)?,
+        checkpoint_dir: loaded
+            .config
+            .run
+            .checkpoint_dir
+            .as_ref()
+            .map(|dir| loaded.resolve(dir).join(&task.name)),
     })
-}
-
-/// Exact federated standardisation without DP; under DP either the public
-/// bounds (no budget) or noised statistics (charged at each hospital).
-fn scaling_of(loaded: &Loaded, task: &PreparedTask) -> Result<Scaling> {
-    let privacy = &loaded.config.privacy;
-    if privacy.mode == PrivacyMode::Off || privacy.scaling == DpScaling::DpStats {
-        return Ok(Scaling::Federated);
-    }
-    let bounds = task
-        .bounds
-        .as_ref()
-        .with_context(|| format!("task '{}': differential privacy needs feature bounds", task.name))?;
-    Ok(Scaling::Fixed(Arc::new(bounds.standardizer())))
-}
-
-/// The same model trained centrally on all training rows (linfa L-BFGS),
-/// evaluated on the same held-out set. For comparison only: it pools data.
-pub fn centralized_baseline(task: &PreparedTask) -> Result<Metrics> {
-    let scaler = Arc::new(Standardizer::from_sums(&MomentSums::of(&task.train.features))?);
-    let z = scaler.apply(&task.train.features)?;
-    let params = fit_centralized(&z, &task.train.labels, task.config.training.baseline_alpha, 500)
-        .with_context(|| format!("task '{}'", task.name))?;
-    let mut evaluator = LogisticEvaluator::new(task.held_out.clone())?;
-    Ok(evaluator.evaluate(&GlobalModel {
-        params: Arc::new(params),
-        standardizer: Some(scaler),
-    })?)
 }
 
 pub struct RunOutcome {
     pub report: RunReport,
+    /// Each task's final global model.
+    pub models: BTreeMap<String, Checkpoint>,
     pub wall_seconds: f64,
     pub aborted: bool,
 }
@@ -194,7 +99,7 @@ impl Federation {
         let require_private = loaded.config.privacy.mode != PrivacyMode::Off;
         let all_names: Vec<String> = tasks
             .iter()
-            .flat_map(|t| (0..t.shards.len()).map(|i| t.hospital_name(i)))
+            .flat_map(|t| (0..t.hospital_count()).map(|i| t.hospital_name(i)))
             .collect();
         if let Some(unknown) = loaded
             .config
@@ -210,25 +115,18 @@ impl Federation {
         }
         for task in tasks {
             let rounds = task.config.effective_rounds(&loaded.config.run);
-            for (i, shard) in task.shards.iter().enumerate() {
+            for i in 0..task.hospital_count() {
                 let name = task.hospital_name(i);
                 let dataset = format!(
                     "{}-{}-shard{}of{}-seed{}",
                     task.name,
                     task.config.partition.scheme_name(),
                     i + 1,
-                    task.shards.len(),
+                    task.hospital_count(),
                     loaded.config.run.seed
                 );
-                let built = hospital_learner::build(
-                    loaded,
-                    &name,
-                    &dataset,
-                    shard.clone(),
-                    task.bounds.as_ref(),
-                    rounds,
-                    "in-process",
-                )?;
+                let shard = task.shard(i).context("shard index within the hospital count")?;
+                let built = hospital_learner::build(loaded, &name, &dataset, shard, rounds, "in-process")?;
                 let (hospital, handle) = Actor::spawn(
                     None,
                     Hospital,
@@ -267,6 +165,15 @@ impl Federation {
     pub async fn report(&self) -> Result<RunReport> {
         ractor::call!(self.coordinator, CoordinatorMsg::Report)
             .context("coordinator did not answer the report request")
+    }
+
+    pub async fn model(&self, task: &str) -> Result<Checkpoint> {
+        ractor::call!(self.coordinator, |reply| CoordinatorMsg::Model {
+            task: task.to_string(),
+            reply
+        })
+        .context("coordinator did not answer the model request")?
+        .with_context(|| format!("the coordinator has no task '{task}'"))
     }
 
     /// Stop the coordinator first, so that hospitals stopping afterwards are
@@ -325,9 +232,14 @@ pub async fn run_to_end(
         }
     };
     let report = federation.report().await?;
+    let mut models = BTreeMap::new();
+    for task in tasks {
+        models.insert(task.name.clone(), federation.model(&task.name).await?);
+    }
     federation.shutdown().await;
     Ok(RunOutcome {
         report,
+        models,
         wall_seconds: started.elapsed().as_secs_f64(),
         aborted,
     })

@@ -1,15 +1,15 @@
-//! Builds one hospital's learner from the configuration: plain logistic
-//! regression, or — with differential privacy on — the same learner training
-//! with DP-SGD or update-level DP behind the budget guard and its ledger.
+//! Builds one hospital's learner from the configuration: logistic regression
+//! (tabular) or the CNN (imaging), and — with differential privacy on — the
+//! same learner training with DP-SGD or update-level DP behind the budget
+//! guard and its ledger.
 
 use anyhow::{Context, Result};
 use tracing::{info, warn};
 
-use medfed_models::data::Dataset;
+use medfed_models::learner::cnn::CnnLearner;
 use medfed_models::learner::logistic::{LocalDp, LogisticLearner, StatsPolicy};
 use medfed_models::learner::private::{Budget, PrivateLearner};
 use medfed_models::learner::Learner;
-use medfed_models::privacy::bounds::FeatureBounds;
 use medfed_models::privacy::ledger::Ledger;
 use medfed_models::privacy::mechanisms::NoiseSource;
 use medfed_models::privacy::rdp::{compose, default_orders, noise_for_epsilon};
@@ -17,6 +17,7 @@ use medfed_models::privacy::PrivacyError;
 use medfed_models::seed;
 
 use crate::config::{DpScaling, Loaded, NoiseKind, PrivacyMode};
+use crate::tasks::Shard;
 
 /// A hospital's learner and, under DP, the noise multiplier it trains with.
 pub struct BuiltLearner {
@@ -30,35 +31,30 @@ pub fn build(
     loaded: &Loaded,
     name: &str,
     dataset: &str,
-    data: Dataset,
-    bounds: Option<&FeatureBounds>,
+    shard: Shard<'_>,
     rounds: u32,
     run: &str,
 ) -> Result<BuiltLearner> {
-    let learner = LogisticLearner::new(name, data)?;
     let privacy = &loaded.config.privacy;
     if privacy.mode == PrivacyMode::Off {
+        let learner: Box<dyn Learner> = match shard {
+            Shard::Tabular { data, .. } => Box::new(LogisticLearner::new(name, data)?),
+            Shard::Imaging { images, cnn } => Box::new(CnnLearner::new(name, images, cnn)?),
+        };
         return Ok(BuiltLearner {
-            learner: Box::new(learner),
+            learner,
             noise_multiplier: None,
         });
     }
     let p = privacy.for_hospital(name);
-    let bounds = bounds.context("differential privacy needs public feature bounds")?;
     let ledger = match &privacy.ledger_dir {
         Some(dir) => Ledger::open(&loaded.resolve(dir), name, dataset)?,
         None => Ledger::in_memory(name, dataset),
     };
-    let stats = match privacy.scaling {
-        DpScaling::PublicBounds => StatsPolicy::Withheld,
-        DpScaling::DpStats => StatsPolicy::Noised {
-            bounds: bounds.clone(),
-            noise_multiplier: privacy.stats_noise_multiplier,
-        },
-    };
     let orders = default_orders();
     let mut prior = ledger.spent_rdp().to_vec();
-    if privacy.scaling == DpScaling::DpStats {
+    let tabular = matches!(shard, Shard::Tabular { .. });
+    if tabular && privacy.scaling == DpScaling::DpStats {
         let stats_cost = compose(1.0, privacy.stats_noise_multiplier, 1, &orders);
         prior.iter_mut().zip(&stats_cost).for_each(|(a, b)| *a += b);
     }
@@ -98,13 +94,29 @@ pub fn build(
         NoiseKind::Secure => NoiseSource::secure(),
         NoiseKind::Seeded => NoiseSource::seeded(seed::derive(loaded.config.run.seed, name, 0x0D9)),
     };
-    let private = learner.with_privacy(dp, stats, noise)?;
+    let private: Box<dyn Learner> = match shard {
+        Shard::Tabular { data, bounds } => {
+            let stats = match privacy.scaling {
+                DpScaling::PublicBounds => StatsPolicy::Withheld,
+                DpScaling::DpStats => StatsPolicy::Noised {
+                    bounds: bounds
+                        .context("differential privacy needs public feature bounds")?
+                        .clone(),
+                    noise_multiplier: privacy.stats_noise_multiplier,
+                },
+            };
+            Box::new(LogisticLearner::new(name, data)?.with_privacy(dp, stats, noise)?)
+        }
+        Shard::Imaging { images, cnn } => {
+            Box::new(CnnLearner::new(name, images, cnn)?.with_privacy(dp, noise)?)
+        }
+    };
     let budget = Budget {
         epsilon: p.epsilon,
         delta: p.delta,
     };
-    let guarded = PrivateLearner::new(Box::new(private), ledger, budget, run)
-        .with_context(|| format!("hospital {name}"))?;
+    let guarded =
+        PrivateLearner::new(private, ledger, budget, run).with_context(|| format!("hospital {name}"))?;
     Ok(BuiltLearner {
         learner: Box::new(guarded),
         noise_multiplier: Some(sigma),

@@ -9,3 +9,4 @@ pub mod federation;
 pub mod hospital_learner;
 pub mod logging;
 pub mod output;
+pub mod tasks;

@@ -80,6 +80,9 @@ pub struct TaskContext {
     pub partition: String,
     pub train_rows: usize,
     pub test_rows: usize,
+    /// What one example is ("rows", "images") and how the baseline was trained.
+    pub unit: &'static str,
+    pub baseline_method: &'static str,
     pub centralized: Option<Metrics>,
     /// DP mode and delta, when DP is on.
     pub privacy: Option<(String, f64)>,
@@ -149,8 +152,12 @@ pub fn task_table(name: &str, report: &TaskReport, context: &TaskContext) -> Str
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n{name}: {} hospitals ({} partition), {} training rows, held-out test set of {} rows",
-        context.hospitals, context.partition, context.train_rows, context.test_rows
+        "\n{name}: {} hospitals ({} partition), {} training {unit}, held-out test set of {} {unit}",
+        context.hospitals,
+        context.partition,
+        context.train_rows,
+        context.test_rows,
+        unit = context.unit
     );
     let _ = writeln!(
         out,
@@ -197,7 +204,9 @@ pub fn task_table(name: &str, report: &TaskReport, context: &TaskContext) -> Str
     if let Some(c) = &context.centralized {
         let _ = writeln!(
             out,
-            "centralized baseline (linfa L-BFGS on all training rows): accuracy {:.4}, F1 {:.4}, AUC {}",
+            "centralized baseline ({} on all training {}): accuracy {:.4}, F1 {:.4}, AUC {}",
+            context.baseline_method,
+            context.unit,
             c.accuracy,
             c.f1,
             auc_text(c.auc)

@@ -2,21 +2,11 @@
 //! calculator, private runs on the shipped data, and ledgers that persist.
 
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 mod common;
-use common::medfed;
+use common::{json_of, medfed};
 
 use serde_json::Value;
-
-fn json_of(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("one JSON object")
-}
 
 #[test]
 fn epsilon_and_noise_calculators_match_the_reference() {
@@ -235,6 +225,8 @@ fn ledgers_persist_across_runs_and_an_exhausted_budget_aborts_with_that_reason()
             "2",
             "--rounds",
             "3",
+            "--task",
+            "breast_cancer",
         ],
         &[SEEDED],
     ));
@@ -250,6 +242,8 @@ fn ledgers_persist_across_runs_and_an_exhausted_budget_aborts_with_that_reason()
             "2",
             "--rounds",
             "3",
+            "--task",
+            "breast_cancer",
         ],
         &[SEEDED],
     );
@@ -328,16 +322,22 @@ fn privacy_config_errors_name_the_key() {
             "privacy.hospitals.nobody",
         ),
     ];
+    let one_private_round = [
+        "run",
+        "--dp-epsilon",
+        "3",
+        "--rounds",
+        "1",
+        "--task",
+        "breast_cancer",
+    ];
     for ((k, v), expected) in cases {
-        let out = medfed(&["run", "--dp-epsilon", "3", "--rounds", "1"], &[(k, v)]);
+        let out = medfed(&one_private_round, &[(k, v)]);
         assert!(!out.status.success(), "{k}={v} should fail");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expected), "{k}={v}: {err}");
     }
     // delta must be below 1/n for each hospital (about 91 records here).
-    let out = medfed(
-        &["run", "--dp-epsilon", "3", "--rounds", "1"],
-        &[("MEDFED_PRIVACY__DELTA", "0.05")],
-    );
+    let out = medfed(&one_private_round, &[("MEDFED_PRIVACY__DELTA", "0.05")]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be below 1/n"));
 }

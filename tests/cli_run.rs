@@ -32,7 +32,15 @@ fn stderr_of(args: &[&str], envs: &[(&str, &str)]) -> String {
 
 #[test]
 fn demo_federation_matches_the_centralized_baseline_on_held_out_data() {
+    // The demo trains both tasks in one run, each with its own section.
     let v = run_json(&["run", "--json", "--baseline"]);
+    let xray = &v["tasks"]["pneumonia_xray"];
+    assert_eq!(xray["hospitals"], 3);
+    assert_eq!(xray["status"], "finished");
+    assert_eq!(xray["rounds"].as_array().unwrap().len(), 10);
+    let xray_acc = xray["final"]["accuracy"].as_f64().unwrap();
+    assert!(xray_acc >= 0.85, "imaging federated accuracy {xray_acc}");
+    assert!(xray["centralized"]["accuracy"].as_f64().unwrap() >= 0.85);
     let task = &v["tasks"]["breast_cancer"];
     assert_eq!(task["hospitals"], 5);
     assert_eq!(task["status"], "finished");
@@ -58,7 +66,14 @@ fn demo_federation_matches_the_centralized_baseline_on_held_out_data() {
 #[test]
 fn iid_and_dirichlet_partitions_also_train() {
     for partition in ["iid", "dirichlet"] {
-        let v = run_json(&["run", "--json", "--partition", partition]);
+        let v = run_json(&[
+            "run",
+            "--json",
+            "--task",
+            "breast_cancer",
+            "--partition",
+            partition,
+        ]);
         let task = &v["tasks"]["breast_cancer"];
         let fed = task["final"]["accuracy"].as_f64().unwrap();
         assert!(fed >= 0.95, "{partition}: accuracy {fed}");
@@ -70,6 +85,8 @@ fn iid_and_dirichlet_partitions_also_train() {
 fn flags_override_config_and_same_seed_repeats() {
     let a = run_json(&[
         "run",
+        "--task",
+        "breast_cancer",
         "--json",
         "--rounds",
         "3",
@@ -80,6 +97,8 @@ fn flags_override_config_and_same_seed_repeats() {
     ]);
     let b = run_json(&[
         "run",
+        "--task",
+        "breast_cancer",
         "--json",
         "--rounds",
         "3",
@@ -105,6 +124,12 @@ fn table_output_shows_rounds_and_summary() {
         "{text}"
     );
     assert!(text.contains("centralized baseline"), "{text}");
+    // Both tasks of the demo, one table each.
+    assert!(text.contains("breast_cancer: 5 hospitals"), "{text}");
+    assert!(
+        text.contains("pneumonia_xray: 3 hospitals (iid partition), 700 training images"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -150,8 +175,12 @@ fn bad_config_files_name_the_key() {
             "positive class 'X' never occurs",
         ),
         (
-            demo.replace("kind = \"tabular\"", "kind = \"imaging\""),
+            demo.replace("kind = \"tabular\"", "kind = \"columnar\""),
             "tasks.breast_cancer.kind",
+        ),
+        (
+            demo.replace("kind = \"tabular\"", "kind = \"imaging\""),
+            "tasks.breast_cancer.data.format",
         ),
         ("[run\n".to_string(), "not valid TOML"),
     ];
@@ -161,7 +190,18 @@ fn bad_config_files_name_the_key() {
         let text = text.replace("../data/breast_cancer_wisconsin.csv", data.to_str().unwrap());
         let path = dir.path().join(format!("case{i}.toml"));
         std::fs::write(&path, text).unwrap();
-        let e = stderr_of(&["run", "--config", path.to_str().unwrap(), "--rounds", "1"], &[]);
+        let e = stderr_of(
+            &[
+                "run",
+                "--config",
+                path.to_str().unwrap(),
+                "--rounds",
+                "1",
+                "--task",
+                "breast_cancer",
+            ],
+            &[],
+        );
         assert!(e.contains(expected), "case {i}: expected '{expected}' in: {e}");
     }
 }

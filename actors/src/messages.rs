@@ -3,6 +3,7 @@
 use ractor::{ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 
+use medfed_models::checkpoint::Checkpoint;
 use medfed_models::data::MomentSums;
 use medfed_models::learner::{GlobalModel, LocalUpdate, TrainPlan};
 use medfed_models::metrics::Metrics;
@@ -78,6 +79,11 @@ pub enum CoordinatorMsg {
         result: Result<(Params, Metrics), String>,
     },
     Report(RpcReplyPort<RunReport>),
+    /// The task's latest global model (None: no such task).
+    Model {
+        task: String,
+        reply: RpcReplyPort<Option<Checkpoint>>,
+    },
 }
 
 // ractor's `cluster` feature is on in this build: local messages say so explicitly.

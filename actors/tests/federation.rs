@@ -109,6 +109,7 @@ async fn federation(behaviours: &[Behaviour], min_hospitals: usize, rounds: u32,
         evaluator: Box::new(LogisticEvaluator::new(test).unwrap()),
         strategy: Box::new(FedAvg),
         scaling: Scaling::Federated,
+        checkpoint_dir: None,
     };
     let (coordinator, _) = Actor::spawn(
         None,

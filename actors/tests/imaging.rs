@@ -56,6 +56,7 @@ async fn run_federation(rounds: u32) -> RunReport {
         evaluator: Box::new(CnnEvaluator::new(held_out, config, 3).unwrap()),
         strategy: Box::new(FedAvg),
         scaling: Scaling::None,
+        checkpoint_dir: None,
     };
     let (coordinator, _) = Actor::spawn(
         None,

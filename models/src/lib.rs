@@ -3,6 +3,7 @@
 //! nothing of actors, networks or HTTP.
 
 pub mod aggregate;
+pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod learner;

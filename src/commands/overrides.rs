@@ -20,6 +20,12 @@ pub fn load_with(path: &std::path::Path, flags: &Overrides) -> Result<(Loaded, V
     })?;
     let selected = select_tasks(&loaded, &flags.tasks)?;
     let c = &mut loaded.config;
+    // Only the selected tasks are part of this run, and only they are validated again.
+    c.tasks.retain(|name, _| selected.contains(name));
+    if let Some(dir) = &flags.checkpoint_dir {
+        // Relative to where the command runs, like every path given on the command line.
+        c.run.checkpoint_dir = Some(std::env::current_dir()?.join(dir));
+    }
     if let Some(seed) = flags.seed {
         c.run.seed = seed;
     }

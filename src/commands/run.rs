@@ -3,15 +3,19 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 
-use anyhow::Result;
+use std::path::Path;
+
+use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use medfed_actors::FederationEvent;
+use medfed_models::checkpoint::Checkpoint;
 
 use crate::cli::RunArgs;
 use crate::config::PrivacyMode;
-use crate::federation::{centralized_baseline, prepare_task, run_to_end};
+use crate::federation::run_to_end;
 use crate::output::{run_json, task_table, TaskContext};
+use crate::tasks::prepare_task;
 
 /// Runs the federation; returns whether it completed (no task aborted).
 pub async fn execute(args: &RunArgs) -> Result<bool> {
@@ -23,17 +27,20 @@ pub async fn execute(args: &RunArgs) -> Result<bool> {
     let mut contexts = BTreeMap::new();
     for task in &tasks {
         let centralized = if args.baseline {
-            Some(centralized_baseline(task)?)
+            Some(task.centralized_baseline(&loaded)?)
         } else {
             None
         };
+        let (train_rows, test_rows) = task.sizes();
         contexts.insert(
             task.name.clone(),
             TaskContext {
-                hospitals: task.shards.len(),
+                hospitals: task.hospital_count(),
                 partition: task.config.partition.scheme_name().to_string(),
-                train_rows: task.train.len(),
-                test_rows: task.held_out.len(),
+                train_rows,
+                test_rows,
+                unit: task.unit(),
+                baseline_method: task.baseline_method(),
                 centralized,
                 privacy: (loaded.config.privacy.mode != PrivacyMode::Off).then(|| {
                     (
@@ -77,7 +84,24 @@ pub async fn execute(args: &RunArgs) -> Result<bool> {
         }
         println!("\nwall time {:.2} s", outcome.wall_seconds);
     }
+    // After the results are printed: a failed write loses nothing already shown.
+    if let Some(dir) = &args.save_model {
+        save_models(dir, &outcome.models)?;
+    }
     Ok(!outcome.aborted)
+}
+
+/// `DIR/<task>.safetensors` for every task; loadable with `Checkpoint::load`.
+fn save_models(dir: &Path, models: &BTreeMap<String, Checkpoint>) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("--save-model: creating {}", dir.display()))?;
+    for (task, checkpoint) in models {
+        let path = dir.join(format!("{task}.safetensors"));
+        checkpoint
+            .save(&path)
+            .with_context(|| format!("--save-model: writing {}", path.display()))?;
+        eprintln!("saved {task} (round {}) to {}", checkpoint.round, path.display());
+    }
+    Ok(())
 }
 
 fn progress_bar(total: u64, quiet: bool) -> ProgressBar {

@@ -24,11 +24,24 @@ pub struct RunConfig {
     pub seed: u64,
     /// Rounds of a task that does not set its own.
     pub rounds: u32,
+    /// Where generated data (synthetic images) is cached; absent:
+    /// `$XDG_CACHE_HOME/medfed`, else `~/.cache/medfed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_dir: Option<PathBuf>,
+    /// Write each task's global model after every round here, as
+    /// `<dir>/<task>/round-NNNN.safetensors`; absent: no checkpoints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_dir: Option<PathBuf>,
 }
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self { seed: 42, rounds: 10 }
+        Self {
+            seed: 42,
+            rounds: 10,
+            cache_dir: None,
+            checkpoint_dir: None,
+        }
     }
 }
 
@@ -99,6 +112,9 @@ pub struct TaskConfig {
     pub partition: PartitionConfig,
     #[serde(default)]
     pub training: TrainingConfig,
+    /// The CNN of imaging tasks.
+    #[serde(default)]
+    pub model: ModelConfig,
 }
 
 fn default_strategy() -> StrategyName {
@@ -115,23 +131,101 @@ impl TaskConfig {
     }
 }
 
+/// The layout of a task's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataFormat {
+    /// One CSV file with a header (tabular tasks).
+    Csv,
+    /// The Kaggle `chest_xray` folder: `{train,val,test}/{NORMAL,PNEUMONIA}/*`.
+    Folder,
+    /// A MedMNIST `.npz` (`train_images`, `train_labels`, `test_*`, ...).
+    Npz,
+    /// SYNTHETIC chest-X-ray-like images, generated on first use into the
+    /// cache directory (demos and tests; not patient data).
+    Synthetic,
+}
+
+impl DataFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            DataFormat::Csv => "csv",
+            DataFormat::Folder => "folder",
+            DataFormat::Npz => "npz",
+            DataFormat::Synthetic => "synthetic",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// CSV file; relative paths start at the config file's directory.
-    pub path: PathBuf,
-    pub label_column: String,
-    pub positive_class: String,
+    /// "csv" for tabular tasks; "folder", "npz" or "synthetic" for imaging.
+    #[serde(default = "default_format")]
+    pub format: DataFormat,
+    /// The CSV file, image folder or .npz; relative paths start at the config
+    /// file's directory. Not used by "synthetic".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// CSV: the label column and its positive class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_column: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positive_class: Option<String>,
+    /// CSV: share of rows held out as the test set. Image layouts bring
+    /// their own `test` split, which is the held-out set.
     #[serde(default = "default_test_fraction")]
     pub test_fraction: f64,
     /// Public per-feature bounds (TOML `[bounds] name = [lo, hi]`); needed
-    /// with differential privacy on.
+    /// for tabular tasks with differential privacy on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub feature_bounds: Option<PathBuf>,
+    /// Images: side in pixels every image is resized to.
+    #[serde(default = "default_image_size")]
+    pub image_size: usize,
+    /// "synthetic": how many images to generate (70/15/15 train/val/test) and from which seed.
+    #[serde(default = "default_synthetic_count")]
+    pub synthetic_count: usize,
+    #[serde(default = "default_synthetic_seed")]
+    pub synthetic_seed: u64,
+}
+
+fn default_format() -> DataFormat {
+    DataFormat::Csv
 }
 
 fn default_test_fraction() -> f64 {
     0.2
+}
+
+fn default_image_size() -> usize {
+    64
+}
+
+fn default_synthetic_count() -> usize {
+    1200
+}
+
+fn default_synthetic_seed() -> u64 {
+    7
+}
+
+/// The imaging CNN: channels of its three convolutions and the local optimiser.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub channels: [usize; 3],
+    pub optimizer: medfed_models::learner::cnn::Optimizer,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        let cnn = medfed_models::learner::cnn::CnnConfig::default();
+        Self {
+            channels: cnn.channels,
+            optimizer: cnn.optimizer,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

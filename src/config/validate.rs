@@ -1,6 +1,8 @@
 //! Semantic checks that the schema's types cannot express.
 
-use super::{Config, ConfigError, EffectivePrivacy, HospitalKind, PartitionScheme, PrivacyMode};
+use super::{
+    Config, ConfigError, DataFormat, EffectivePrivacy, HospitalKind, PartitionScheme, PrivacyMode, TaskConfig,
+};
 
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     let bad = |key: String, message: String| Err(ConfigError::Invalid(format!("`{key}`: {message}")));
@@ -22,12 +24,6 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     validate_privacy(config)?;
     for (name, task) in &config.tasks {
         let key = |k: &str| format!("tasks.{name}.{k}");
-        if config.privacy.mode != PrivacyMode::Off && task.data.feature_bounds.is_none() {
-            return bad(
-                key("data.feature_bounds"),
-                "is required with differential privacy on (public per-feature bounds)".into(),
-            );
-        }
         if name.is_empty()
             || !name
                 .chars()
@@ -38,14 +34,16 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                 "task names use a-z, 0-9 and _ only".into(),
             );
         }
-        if task.kind != HospitalKind::Tabular {
-            return bad(
-                key("kind"),
-                format!(
-                    "'{}' hospitals are not available in this build yet (available: tabular)",
-                    task.kind.name()
-                ),
-            );
+        match task.kind {
+            HospitalKind::Tabular => validate_tabular(name, task, config.privacy.mode)?,
+            HospitalKind::Imaging => validate_imaging(name, task)?,
+            HospitalKind::Columnar => {
+                return bad(
+                    key("kind"),
+                    "'columnar' hospitals are not available in this build yet (available: tabular, imaging)"
+                        .into(),
+                )
+            }
         }
         if task.hospitals == 0 || task.hospitals > 1000 {
             return bad(
@@ -117,6 +115,85 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                 return bad(key(k), format!("must be zero or positive, got {v}"));
             }
         }
+    }
+    Ok(())
+}
+
+fn validate_tabular(name: &str, task: &TaskConfig, privacy: PrivacyMode) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("tasks.{name}.{k}");
+    let bad = |key: String, message: &str| Err(ConfigError::Invalid(format!("`{key}`: {message}")));
+    let d = &task.data;
+    if d.format != DataFormat::Csv {
+        return bad(
+            key("data.format"),
+            &format!("tabular tasks read \"csv\", not \"{}\"", d.format.name()),
+        );
+    }
+    for (k, missing) in [
+        ("data.path", d.path.is_none()),
+        ("data.label_column", d.label_column.is_none()),
+        ("data.positive_class", d.positive_class.is_none()),
+    ] {
+        if missing {
+            return bad(key(k), "is required for a tabular task");
+        }
+    }
+    if privacy != PrivacyMode::Off && d.feature_bounds.is_none() {
+        return bad(
+            key("data.feature_bounds"),
+            "is required with differential privacy on (public per-feature bounds)",
+        );
+    }
+    Ok(())
+}
+
+fn validate_imaging(name: &str, task: &TaskConfig) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("tasks.{name}.{k}");
+    let bad = |key: String, message: String| Err(ConfigError::Invalid(format!("`{key}`: {message}")));
+    let d = &task.data;
+    match d.format {
+        DataFormat::Csv => {
+            return bad(
+                key("data.format"),
+                "imaging tasks read \"folder\" (Kaggle chest_xray), \"npz\" (MedMNIST) or \"synthetic\""
+                    .into(),
+            )
+        }
+        DataFormat::Folder | DataFormat::Npz if d.path.is_none() => {
+            return bad(
+                key("data.path"),
+                format!("is required for data.format = \"{}\"", d.format.name()),
+            )
+        }
+        _ => {}
+    }
+    if !(8..=1024).contains(&d.image_size) {
+        return bad(
+            key("data.image_size"),
+            format!("must be 8..=1024, got {}", d.image_size),
+        );
+    }
+    if d.format == DataFormat::Synthetic {
+        // 70% of the generated images are the training pool.
+        let train = d.synthetic_count * 70 / 100;
+        if train < task.hospitals || d.synthetic_count > 1_000_000 {
+            return bad(
+                key("data.synthetic_count"),
+                format!(
+                    "{} images leave {train} for training, fewer than the {} hospitals (or more than 1000000)",
+                    d.synthetic_count, task.hospitals
+                ),
+            );
+        }
+    }
+    if task.partition.scheme == PartitionScheme::Sorted {
+        return bad(
+            key("partition.scheme"),
+            "\"sorted\" sorts by a table column; imaging tasks use \"iid\" or \"dirichlet\"".into(),
+        );
+    }
+    if let Some(c) = task.model.channels.iter().find(|&&c| c == 0 || c > 512) {
+        return bad(key("model.channels"), format!("each must be 1..=512, got {c}"));
     }
     Ok(())
 }

@@ -8,11 +8,12 @@ use ractor::pg::{self, GroupChangeMessage};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::{debug, info, warn};
 
+use medfed_models::checkpoint::Checkpoint;
 use medfed_models::data::MomentSums;
-use medfed_models::learner::LocalUpdate;
+use medfed_models::learner::{GlobalModel, LocalUpdate};
 
 use super::fsm::{Effect, Event, Phase, Verdict};
-use super::task::{aggregate_and_evaluate, TaskRuntime, TaskSetup};
+use super::task::{aggregate_and_evaluate, write_checkpoint, TaskRuntime, TaskSetup};
 use super::task_group;
 use crate::events::{EventBus, FederationEvent};
 use crate::messages::{CoordinatorMsg, HospitalInfo, HospitalMsg, RunRequest, StatsOutcome, TrainOutcome};
@@ -152,6 +153,9 @@ impl Actor for Coordinator {
                 round,
                 result,
             } => on_round_done(&myself, state, task, generation, round, result),
+            CoordinatorMsg::Model { task, reply } => {
+                let _ = reply.send(state.tasks.get(&task).map(TaskRuntime::checkpoint));
+            }
             CoordinatorMsg::Report(reply) => {
                 let report = RunReport {
                     run_id: state.run_id.clone(),
@@ -562,11 +566,25 @@ fn execute(
             let strategy = rt.strategy.clone();
             let evaluator = rt.evaluator.clone();
             let global = rt.global.clone();
+            let checkpoints = rt.checkpoint_dir.clone();
             let me = myself.clone();
             let task = task.to_string();
+            let task_name = task.clone();
             tokio::spawn(async move {
                 let result = tokio::task::spawn_blocking(move || {
-                    aggregate_and_evaluate(&strategy, &evaluator, &global, &updates)
+                    let result = aggregate_and_evaluate(&strategy, &evaluator, &global, &updates);
+                    if let (Ok((params, _)), Some(dir)) = (&result, checkpoints) {
+                        let checkpoint = Checkpoint {
+                            task: task_name,
+                            round,
+                            model: GlobalModel {
+                                params: std::sync::Arc::new(params.clone()),
+                                standardizer: global.standardizer.clone(),
+                            },
+                        };
+                        write_checkpoint(&dir, &checkpoint);
+                    }
+                    result
                 })
                 .await
                 .unwrap_or_else(|e| Err(format!("aggregation task failed: {e}")));

@@ -2,10 +2,12 @@
 //! strategy, the updates collected in the current attempt and the history.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use medfed_models::aggregate::{Strategy, UpdateCheck, WeightedDelta};
+use medfed_models::checkpoint::Checkpoint;
 use medfed_models::data::{MomentSums, Standardizer};
 use medfed_models::learner::{Evaluator, GlobalModel, LocalUpdate, PrivacySpent, TrainPlan};
 use medfed_models::metrics::Metrics;
@@ -24,6 +26,8 @@ pub struct TaskSetup {
     pub evaluator: Box<dyn Evaluator>,
     pub strategy: Box<dyn Strategy>,
     pub scaling: Scaling,
+    /// Write the global model after every round into this directory.
+    pub checkpoint_dir: Option<PathBuf>,
 }
 
 /// How a task's features are scaled.
@@ -45,6 +49,7 @@ pub struct TaskRuntime {
     pub evaluator: Arc<Mutex<Box<dyn Evaluator>>>,
     pub strategy: Arc<Mutex<Box<dyn Strategy>>>,
     pub scaling: Scaling,
+    pub checkpoint_dir: Option<PathBuf>,
     pub global: GlobalModel,
     pub kept_updates: BTreeMap<HospitalId, LocalUpdate>,
     pub kept_stats: BTreeMap<HospitalId, MomentSums>,
@@ -71,6 +76,7 @@ impl TaskRuntime {
                 standardizer: fixed_scaler(&setup.scaling),
             },
             scaling: setup.scaling,
+            checkpoint_dir: setup.checkpoint_dir,
             kept_updates: BTreeMap::new(),
             kept_stats: BTreeMap::new(),
             history: Vec::new(),
@@ -119,6 +125,15 @@ impl TaskRuntime {
         TrainPlan {
             round,
             ..self.plan.clone()
+        }
+    }
+
+    /// The latest global model and the round that produced it (0: initial).
+    pub fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            task: self.name.clone(),
+            round: self.history.last().map(|r| r.round).unwrap_or(0),
+            model: self.global.clone(),
         }
     }
 
@@ -176,4 +191,16 @@ pub fn aggregate_and_evaluate(
         .evaluate(&candidate)
         .map_err(|e| e.to_string())?;
     Ok((next, metrics))
+}
+
+/// Save a round's global model into `dir`. A failure is logged, not fatal:
+/// training goes on, and the final model can still be fetched from the coordinator.
+pub fn write_checkpoint(dir: &std::path::Path, checkpoint: &Checkpoint) {
+    let path = dir.join(Checkpoint::file_name(checkpoint.round));
+    if let Err(e) = std::fs::create_dir_all(dir)
+        .map_err(|e| e.to_string())
+        .and_then(|_| checkpoint.save(&path).map_err(|e| e.to_string()))
+    {
+        tracing::error!(task = %checkpoint.task, round = checkpoint.round, path = %path.display(), "cannot write checkpoint: {e}");
+    }
 }

@@ -36,32 +36,48 @@ impl Partition {
 
     /// Row indices of each of `k` shards of `data`. Every row lands in exactly one shard.
     pub fn split(&self, data: &Dataset, k: usize, seed: u64) -> Result<Vec<Vec<usize>>> {
-        if k == 0 {
-            return Err(ModelError::Invalid("hospital count must be at least 1".into()));
-        }
-        if data.len() < k {
-            return Err(ModelError::Invalid(format!(
-                "{} rows cannot be split into {k} hospitals",
-                data.len()
-            )));
-        }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         match self {
-            Partition::Iid => {
-                let mut idx: Vec<usize> = (0..data.len()).collect();
-                idx.shuffle(&mut rng);
-                Ok(contiguous_shards(&idx, k))
-            }
             Partition::Sorted { feature } => {
+                check_count(data.len(), k)?;
                 let col = data.feature_index(feature)?;
                 let mut idx: Vec<usize> = (0..data.len()).collect();
                 // Stable sort: ties keep file order, so the result is deterministic.
                 idx.sort_by(|&a, &b| data.features[[a, col]].total_cmp(&data.features[[b, col]]));
                 Ok(contiguous_shards(&idx, k))
             }
-            Partition::Dirichlet { alpha } => dirichlet(data, k, *alpha, &mut rng),
+            _ => self.split_labels(&data.labels, k, seed),
         }
     }
+
+    /// Partition examples known only by their labels (e.g. images): IID or
+    /// Dirichlet label skew. `Sorted` needs a feature column and is refused.
+    pub fn split_labels(&self, labels: &[bool], k: usize, seed: u64) -> Result<Vec<Vec<usize>>> {
+        check_count(labels.len(), k)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        match self {
+            Partition::Iid => {
+                let mut idx: Vec<usize> = (0..labels.len()).collect();
+                idx.shuffle(&mut rng);
+                Ok(contiguous_shards(&idx, k))
+            }
+            Partition::Sorted { feature } => Err(ModelError::Invalid(format!(
+                "a sorted partition needs the feature column '{feature}'; these examples have labels only"
+            ))),
+            Partition::Dirichlet { alpha } => dirichlet(labels, k, *alpha, &mut rng),
+        }
+    }
+}
+
+fn check_count(n: usize, k: usize) -> Result<()> {
+    if k == 0 {
+        return Err(ModelError::Invalid("hospital count must be at least 1".into()));
+    }
+    if n < k {
+        return Err(ModelError::Invalid(format!(
+            "{n} rows cannot be split into {k} hospitals"
+        )));
+    }
+    Ok(())
 }
 
 fn contiguous_shards(order: &[usize], k: usize) -> Vec<Vec<usize>> {
@@ -71,17 +87,17 @@ fn contiguous_shards(order: &[usize], k: usize) -> Vec<Vec<usize>> {
         .collect()
 }
 
-fn dirichlet(data: &Dataset, k: usize, alpha: f64, rng: &mut ChaCha8Rng) -> Result<Vec<Vec<usize>>> {
+fn dirichlet(labels: &[bool], k: usize, alpha: f64, rng: &mut ChaCha8Rng) -> Result<Vec<Vec<usize>>> {
     if !(alpha.is_finite() && alpha > 0.0) {
         return Err(ModelError::Invalid(format!(
             "dirichlet alpha must be a positive number, got {alpha}"
         )));
     }
-    let min_shard = MIN_DIRICHLET_SHARD.min(data.len() / k);
+    let min_shard = MIN_DIRICHLET_SHARD.min(labels.len() / k);
     let gamma = Gamma::new(alpha, 1.0).map_err(|e| ModelError::Invalid(e.to_string()))?;
     let classes: Vec<Vec<usize>> = [false, true]
         .iter()
-        .map(|&c| (0..data.len()).filter(|&i| data.labels[i] == c).collect())
+        .map(|&c| (0..labels.len()).filter(|&i| labels[i] == c).collect())
         .collect();
     for _ in 0..MAX_DIRICHLET_DRAWS {
         let mut shards = vec![Vec::new(); k];

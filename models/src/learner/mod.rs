@@ -17,7 +17,7 @@ use crate::params::{Layout, Params};
 
 /// The global model a round starts from: parameters plus the federated
 /// preprocessing every participant must apply to its features.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GlobalModel {
     pub params: Arc<Params>,
     pub standardizer: Option<Arc<Standardizer>>,
