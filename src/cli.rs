@@ -30,6 +30,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Run one whole federation in this process and print its results.
     Run(RunArgs),
+    /// Serve the control panel, REST API, live events and /metrics over the
+    /// config's coordinator and hospitals (in this process); runs start from
+    /// the panel or `POST /api/runs`.
+    Serve(ServeArgs),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -214,6 +218,18 @@ pub struct RunArgs {
     /// Write each task's final global model to DIR/<task>.safetensors.
     #[arg(long, value_name = "DIR")]
     pub save_model: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration file.
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub overrides: Overrides,
+    /// Address to listen on (default: web.http, 127.0.0.1:8080); port 0 picks a free one.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Args)]

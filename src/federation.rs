@@ -12,7 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 use medfed_actors::coordinator::fsm::FsmConfig;
 use medfed_actors::{
     Coordinator, CoordinatorArgs, CoordinatorMsg, EventBus, FederationEvent, Hospital, HospitalArgs,
-    RunReport, RunRequest, TaskSetup,
+    RunReport, RunRequest, StartRefused, TaskSetup,
 };
 use medfed_models::aggregate::{FedAdam, FedAvg, UpdateCheck};
 use medfed_models::checkpoint::Checkpoint;
@@ -77,9 +77,9 @@ pub struct Federation {
 }
 
 impl Federation {
-    /// Spawn the coordinator for `tasks` and one hospital per shard.
-    pub async fn spawn(loaded: &Loaded, tasks: &[PreparedTask]) -> Result<Federation> {
-        let events = EventBus::default();
+    /// Spawn the coordinator for `tasks` and one hospital per shard,
+    /// publishing on `events` (subscribe before, to see the joins).
+    pub async fn spawn(loaded: &Loaded, tasks: &[PreparedTask], events: EventBus) -> Result<Federation> {
         let setups = tasks
             .iter()
             .map(|t| task_setup(loaded, t))
@@ -153,27 +153,11 @@ impl Federation {
         })
     }
 
-    pub async fn start(&self, request: RunRequest) -> Result<String> {
-        let reply = ractor::call!(self.coordinator, |reply| CoordinatorMsg::StartRun {
-            request,
-            reply
-        })
-        .context("coordinator did not answer the start request")?;
-        reply.map_err(anyhow::Error::msg)
-    }
-
-    pub async fn report(&self) -> Result<RunReport> {
-        ractor::call!(self.coordinator, CoordinatorMsg::Report)
-            .context("coordinator did not answer the report request")
-    }
-
-    pub async fn model(&self, task: &str) -> Result<Checkpoint> {
-        ractor::call!(self.coordinator, |reply| CoordinatorMsg::Model {
-            task: task.to_string(),
-            reply
-        })
-        .context("coordinator did not answer the model request")?
-        .with_context(|| format!("the coordinator has no task '{task}'"))
+    /// A cheap, cloneable handle for talking to the coordinator.
+    pub fn client(&self) -> CoordinatorClient {
+        CoordinatorClient {
+            coordinator: self.coordinator.clone(),
+        }
     }
 
     /// Stop the coordinator first, so that hospitals stopping afterwards are
@@ -193,6 +177,47 @@ impl Federation {
     }
 }
 
+/// Requests to a running coordinator (shared by the CLI and web handlers).
+#[derive(Clone)]
+pub struct CoordinatorClient {
+    coordinator: ActorRef<CoordinatorMsg>,
+}
+
+impl CoordinatorClient {
+    /// Ask for a run; the inner error says why the coordinator refused.
+    pub async fn try_start(&self, request: RunRequest) -> Result<Result<String, StartRefused>> {
+        ractor::call!(self.coordinator, |reply| CoordinatorMsg::StartRun {
+            request,
+            reply
+        })
+        .context("coordinator did not answer the start request")
+    }
+
+    pub async fn start(&self, request: RunRequest) -> Result<String> {
+        Ok(self.try_start(request).await??)
+    }
+
+    pub fn stop(&self) -> Result<()> {
+        self.coordinator
+            .cast(CoordinatorMsg::Stop)
+            .context("the coordinator is not running")
+    }
+
+    pub async fn report(&self) -> Result<RunReport> {
+        ractor::call!(self.coordinator, CoordinatorMsg::Report)
+            .context("coordinator did not answer the report request")
+    }
+
+    pub async fn model(&self, task: &str) -> Result<Checkpoint> {
+        ractor::call!(self.coordinator, |reply| CoordinatorMsg::Model {
+            task: task.to_string(),
+            reply
+        })
+        .context("coordinator did not answer the model request")?
+        .with_context(|| format!("the coordinator has no task '{task}'"))
+    }
+}
+
 /// Run one federation of `tasks` to its end. Every event goes to `on_event`;
 /// Ctrl-C stops the run cleanly (it ends as aborted, with what it has).
 pub async fn run_to_end(
@@ -202,10 +227,12 @@ pub async fn run_to_end(
     mut on_event: impl FnMut(&FederationEvent),
 ) -> Result<RunOutcome> {
     let started = Instant::now();
-    let federation = Federation::spawn(loaded, tasks).await?;
-    let mut events = federation.events.subscribe();
+    let bus = EventBus::default();
+    let mut events = bus.subscribe();
+    let federation = Federation::spawn(loaded, tasks, bus).await?;
+    let client = federation.client();
     let names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
-    federation
+    client
         .start(RunRequest {
             rounds,
             tasks: Some(names),
@@ -226,15 +253,15 @@ pub async fn run_to_end(
             },
             _ = tokio::signal::ctrl_c(), if !stop_sent => {
                 eprintln!("stopping the run (Ctrl-C)...");
-                federation.coordinator.cast(CoordinatorMsg::Stop)?;
+                client.stop()?;
                 stop_sent = true;
             }
         }
     };
-    let report = federation.report().await?;
+    let report = client.report().await?;
     let mut models = BTreeMap::new();
     for task in tasks {
-        models.insert(task.name.clone(), federation.model(&task.name).await?);
+        models.insert(task.name.clone(), client.model(&task.name).await?);
     }
     federation.shutdown().await;
     Ok(RunOutcome {

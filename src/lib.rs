@@ -10,3 +10,4 @@ pub mod hospital_learner;
 pub mod logging;
 pub mod output;
 pub mod tasks;
+pub mod web;

@@ -29,6 +29,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
+        Command::Serve(args) => {
+            logging::init(cli.log_format, "info");
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(commands::serve::execute(&args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Data(command) => {
             logging::init(cli.log_format, "warn");
             commands::data::execute(&command)?;

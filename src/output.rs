@@ -9,6 +9,9 @@ use medfed_actors::coordinator::fsm::Phase;
 use medfed_actors::{RunReport, TaskReport};
 use medfed_models::metrics::Metrics;
 
+use crate::config::{Loaded, PrivacyMode};
+use crate::tasks::PreparedTask;
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct MetricsJson {
     pub accuracy: f64,
@@ -86,6 +89,24 @@ pub struct TaskContext {
     pub centralized: Option<Metrics>,
     /// DP mode and delta, when DP is on.
     pub privacy: Option<(String, f64)>,
+}
+
+impl TaskContext {
+    pub fn of(task: &PreparedTask, loaded: &Loaded, centralized: Option<Metrics>) -> Self {
+        let (train_rows, test_rows) = task.sizes();
+        let privacy = &loaded.config.privacy;
+        TaskContext {
+            hospitals: task.hospital_count(),
+            partition: task.config.partition.scheme_name().to_string(),
+            train_rows,
+            test_rows,
+            unit: task.unit(),
+            baseline_method: task.baseline_method(),
+            centralized,
+            privacy: (privacy.mode != PrivacyMode::Off)
+                .then(|| (privacy.mode.name().to_string(), privacy.delta)),
+        }
+    }
 }
 
 pub fn task_json(report: &TaskReport, context: &TaskContext) -> TaskJson {

@@ -11,5 +11,5 @@ pub mod report;
 pub use coordinator::{Coordinator, CoordinatorArgs, TaskSetup};
 pub use events::{EventBus, FederationEvent};
 pub use hospital::{Hospital, HospitalArgs};
-pub use messages::{CoordinatorMsg, HospitalMsg, RunRequest};
+pub use messages::{CoordinatorMsg, HospitalMsg, RunRequest, StartRefused};
 pub use report::{RoundRecord, RunReport, TaskReport};

@@ -45,6 +45,15 @@ pub struct RunRequest {
     pub tasks: Option<Vec<String>>,
 }
 
+/// Why the coordinator would not start a run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartRefused {
+    #[error("run {0} is still active; stop it first")]
+    RunActive(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
 pub enum CoordinatorMsg {
     Join {
         info: HospitalInfo,
@@ -65,7 +74,7 @@ pub enum CoordinatorMsg {
     },
     StartRun {
         request: RunRequest,
-        reply: RpcReplyPort<Result<String, String>>,
+        reply: RpcReplyPort<Result<String, StartRefused>>,
     },
     Stop,
     Deadline {

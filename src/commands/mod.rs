@@ -5,3 +5,4 @@ pub mod data;
 pub mod overrides;
 pub mod privacy;
 pub mod run;
+pub mod serve;

@@ -12,7 +12,6 @@ use medfed_actors::FederationEvent;
 use medfed_models::checkpoint::Checkpoint;
 
 use crate::cli::RunArgs;
-use crate::config::PrivacyMode;
 use crate::federation::run_to_end;
 use crate::output::{run_json, task_table, TaskContext};
 use crate::tasks::prepare_task;
@@ -31,25 +30,7 @@ pub async fn execute(args: &RunArgs) -> Result<bool> {
         } else {
             None
         };
-        let (train_rows, test_rows) = task.sizes();
-        contexts.insert(
-            task.name.clone(),
-            TaskContext {
-                hospitals: task.hospital_count(),
-                partition: task.config.partition.scheme_name().to_string(),
-                train_rows,
-                test_rows,
-                unit: task.unit(),
-                baseline_method: task.baseline_method(),
-                centralized,
-                privacy: (loaded.config.privacy.mode != PrivacyMode::Off).then(|| {
-                    (
-                        loaded.config.privacy.mode.name().to_string(),
-                        loaded.config.privacy.delta,
-                    )
-                }),
-            },
-        );
+        contexts.insert(task.name.clone(), TaskContext::of(task, &loaded, centralized));
     }
 
     let total_rounds: u64 = tasks

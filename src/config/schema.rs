@@ -14,7 +14,35 @@ pub struct Config {
     pub federation: FederationConfig,
     #[serde(default)]
     pub privacy: PrivacyConfig,
+    #[serde(default)]
+    pub web: WebConfig,
     pub tasks: BTreeMap<String, TaskConfig>,
+}
+
+/// `medfed serve`: the control panel, REST API and /metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Address the web server listens on (`--http` overrides it).
+    pub http: String,
+    /// Bearer token of the control endpoints (POST). Unset and no
+    /// MEDFED_API_TOKEN: `serve` generates one and writes it to `token_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_token: Option<String>,
+    /// Where a generated token is written (mode 0600); default
+    /// `<cache dir>/api-token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self {
+            http: "127.0.0.1:8080".into(),
+            api_token: None,
+            token_file: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -22,6 +22,20 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         }
     }
     validate_privacy(config)?;
+    if config.web.http.parse::<std::net::SocketAddr>().is_err() {
+        return bad(
+            "web.http".into(),
+            format!("must be HOST:PORT with an IP address, got '{}'", config.web.http),
+        );
+    }
+    if let Some(token) = &config.web.api_token {
+        if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return bad(
+                "web.api_token".into(),
+                "must be at least 16 printable characters without spaces".into(),
+            );
+        }
+    }
     for (name, task) in &config.tasks {
         let key = |k: &str| format!("tasks.{name}.{k}");
         if name.is_empty()

@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests that run the real binary.
 
+#[allow(dead_code)] // only the web tests serve
+pub mod server;
+
 use std::process::{Command, Output};
 
 /// Generated data (the demo's synthetic X-rays) is cached under the build
@@ -7,6 +10,7 @@ use std::process::{Command, Output};
 pub const CACHE_DIR: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/medfed-cache");
 
 /// Run `medfed` from the repository root with extra environment variables.
+#[allow(dead_code)] // not every test binary uses it
 pub fn medfed(args: &[&str], envs: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_medfed"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))

@@ -16,7 +16,9 @@ use super::fsm::{Effect, Event, Phase, Verdict};
 use super::task::{aggregate_and_evaluate, write_checkpoint, TaskRuntime, TaskSetup};
 use super::task_group;
 use crate::events::{EventBus, FederationEvent};
-use crate::messages::{CoordinatorMsg, HospitalInfo, HospitalMsg, RunRequest, StatsOutcome, TrainOutcome};
+use crate::messages::{
+    CoordinatorMsg, HospitalInfo, HospitalMsg, RunRequest, StartRefused, StatsOutcome, TrainOutcome,
+};
 use crate::report::{RoundRecord, RunReport};
 
 pub struct Coordinator;
@@ -303,32 +305,34 @@ fn start_run(
     myself: &ActorRef<CoordinatorMsg>,
     state: &mut CoordinatorState,
     request: RunRequest,
-) -> Result<String, String> {
+) -> Result<String, StartRefused> {
     if state.run_active {
-        return Err(format!(
-            "run {} is still active; stop it first",
-            state.run_id.as_deref().unwrap_or("?")
-        ));
+        return Err(StartRefused::RunActive(state.run_id.clone().unwrap_or_default()));
     }
     let tasks = request
         .tasks
         .unwrap_or_else(|| state.tasks.keys().cloned().collect());
     if tasks.is_empty() {
-        return Err("a run needs at least one task".into());
+        return Err(StartRefused::Invalid("a run needs at least one task".into()));
     }
     for t in &tasks {
         if !state.tasks.contains_key(t) {
-            return Err(format!(
+            return Err(StartRefused::Invalid(format!(
                 "unknown task '{t}' (tasks: {})",
                 state.tasks.keys().cloned().collect::<Vec<_>>().join(", ")
-            ));
+            )));
         }
     }
     if request.rounds == Some(0) {
-        return Err("rounds must be at least 1".into());
+        return Err(StartRefused::Invalid("rounds must be at least 1".into()));
     }
     for t in &tasks {
-        state.tasks.get_mut(t).expect("checked above").reset_for_run()?;
+        state
+            .tasks
+            .get_mut(t)
+            .expect("checked above")
+            .reset_for_run()
+            .map_err(StartRefused::Invalid)?;
     }
     state.generation += 1;
     let millis = SystemTime::now()

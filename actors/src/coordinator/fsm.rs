@@ -128,6 +128,18 @@ pub enum DropReason {
     Unexpected,
 }
 
+impl DropReason {
+    /// The snake_case name used in events and metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            DropReason::Late => "late",
+            DropReason::Duplicate => "duplicate",
+            DropReason::UnknownSender => "unknown_sender",
+            DropReason::Unexpected => "unexpected",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     RequestStats {

@@ -1,0 +1,166 @@
+//! `medfed serve`: the config's coordinator and hospitals in this process,
+//! with the control panel, REST API, event stream and /metrics.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use medfed_actors::EventBus;
+
+use crate::cli::ServeArgs;
+use crate::config::{Loaded, PrivacyMode, StrategyName};
+use crate::federation::{CoordinatorClient, Federation};
+use crate::output::TaskContext;
+use crate::tasks::{imaging::cache_dir, prepare_task, PreparedTask};
+use crate::web::auth::{self, TokenSource};
+use crate::web::live::{LiveView, TaskView};
+use crate::web::metrics::Metrics;
+use crate::web::state::{follow, mark_ready, AppState};
+
+/// Events buffered for slow subscribers (SSE clients) before they lag.
+const BUS_CAPACITY: usize = 4096;
+
+pub async fn execute(args: &ServeArgs) -> Result<()> {
+    let (loaded, selected) = super::overrides::load_with(&args.config, &args.overrides)?;
+    let tasks = selected
+        .iter()
+        .map(|name| prepare_task(&loaded, name))
+        .collect::<Result<Vec<_>>>()?;
+    let addr = match args.http {
+        Some(a) => a,
+        None => loaded.config.web.http.parse().context("web.http")?,
+    };
+    let token_file = match &loaded.config.web.token_file {
+        Some(f) => loaded.resolve(f),
+        None => cache_dir(&loaded)?.join("api-token"),
+    };
+    let (token, source) = auth::resolve(
+        std::env::var("MEDFED_API_TOKEN").ok(),
+        loaded.config.web.api_token.as_deref(),
+        &token_file,
+    )?;
+
+    let bus = EventBus::new(BUS_CAPACITY);
+    // Subscribed before the hospitals spawn, so their joins are seen.
+    let followed = bus.subscribe();
+    let federation = Federation::spawn(&loaded, &tasks, bus.clone()).await?;
+    let client = federation.client();
+    let state = Arc::new(app_state(&loaded, &tasks, bus, client, token)?);
+    tokio::spawn(follow(state.clone(), followed));
+    let (server, bound) = crate::web::server(state.clone(), addr)?;
+    let handle = server.handle();
+    let serving = tokio::spawn(server);
+
+    // One write, errors ignored: a closed stdout must not take the server down.
+    let token_line = match source {
+        TokenSource::Generated(file) => format!(
+            "API token (shown once; also in {}, readable only by you): {}",
+            file.display(),
+            state.token
+        ),
+        TokenSource::Environment => "API token: from MEDFED_API_TOKEN".into(),
+        TokenSource::Config => "API token: from web.api_token in the config".into(),
+    };
+    let mut out = std::io::stdout();
+    let _ = write!(out, "medfed control panel: http://{bound}/\n{token_line}\n");
+    let _ = out.flush();
+
+    wait_for_hospitals(&state, tasks.iter().map(PreparedTask::hospital_count).sum()).await;
+    mark_ready(&state);
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    eprintln!("shutting down...");
+    let _ = state.client.stop();
+    handle.stop(true).await;
+    let _ = serving.await;
+    federation.shutdown().await;
+    Ok(())
+}
+
+fn app_state(
+    loaded: &Loaded,
+    tasks: &[PreparedTask],
+    events: EventBus,
+    client: CoordinatorClient,
+    token: String,
+) -> Result<AppState> {
+    let privacy = &loaded.config.privacy;
+    let seed = loaded.config.run.seed;
+    let mut live = LiveView::default();
+    let mut contexts = BTreeMap::new();
+    let mut model_bytes = BTreeMap::new();
+    let mut budgets = BTreeMap::new();
+    let mut settings = serde_json::Map::new();
+    for task in tasks {
+        let rounds = task.config.effective_rounds(&loaded.config.run);
+        live.tasks.insert(
+            task.name.clone(),
+            TaskView {
+                kind: task.config.kind.name().into(),
+                phase: "idle".into(),
+                abort_reason: None,
+                round: 0,
+                target_rounds: rounds,
+                default_rounds: rounds,
+                last_metrics: None,
+            },
+        );
+        contexts.insert(task.name.clone(), TaskContext::of(task, loaded, None));
+        let params = task.evaluator(seed)?.init_params().as_slice().len() as u64;
+        model_bytes.insert(task.name.clone(), params * 4);
+        if privacy.mode != PrivacyMode::Off {
+            for i in 0..task.hospital_count() {
+                let name = task.hospital_name(i);
+                budgets.insert(name.clone(), privacy.for_hospital(&name).epsilon);
+            }
+        }
+        settings.insert(
+            task.name.clone(),
+            json!({
+                "kind": task.config.kind.name(),
+                "hospitals": task.hospital_count(),
+                "min_hospitals": task.config.effective_min_hospitals(),
+                "rounds": rounds,
+                "strategy": match task.config.strategy { StrategyName::Fedavg => "fedavg", StrategyName::Fedadam => "fedadam" },
+                "partition": task.config.partition.scheme_name(),
+                "privacy": {
+                    "mode": privacy.mode.name(),
+                    "epsilon": (privacy.mode != PrivacyMode::Off).then_some(privacy.epsilon),
+                    "delta": (privacy.mode != PrivacyMode::Off).then_some(privacy.delta),
+                },
+            }),
+        );
+    }
+    Ok(AppState {
+        client,
+        events,
+        live: RwLock::new(live),
+        runs: RwLock::new(Default::default()),
+        metrics: Metrics::new(model_bytes, &budgets),
+        token,
+        contexts,
+        settings: serde_json::Value::Object(settings),
+        ready: AtomicBool::new(false),
+    })
+}
+
+/// Hospitals join asynchronously; ready when all are online (or after 30 s,
+/// when /readyz still says whether the coordinator answers).
+async fn wait_for_hospitals(state: &AppState, expected: usize) {
+    for _ in 0..300 {
+        let online = state
+            .live
+            .read()
+            .map(|l| l.hospitals.values().filter(|h| h.status == "online").count())
+            .unwrap_or(0);
+        if online >= expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::warn!(expected, "not every hospital joined within 30 s");
+}

@@ -1,0 +1,335 @@
+//! REST handlers. Every error is a 4xx/5xx with `{"error": "..."}` that
+//! names the problem; control endpoints need the bearer token.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use medfed_actors::{RunRequest, StartRefused};
+
+use super::auth::authorized;
+use super::state::AppState;
+
+/// Largest accepted request body.
+pub const MAX_BODY: usize = 16 * 1024;
+/// Largest number of rounds a run may ask for.
+pub const MAX_ROUNDS: u32 = 10_000;
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    fn internal(e: anyhow::Error) -> Self {
+        tracing::error!("request failed: {e:#}");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.message)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(json!({ "error": self.message }))
+    }
+}
+
+type ApiResult = Result<HttpResponse, ApiError>;
+
+fn require_token(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let header = req.headers().get("Authorization").and_then(|h| h.to_str().ok());
+    if authorized(header, &state.token) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token: send Authorization: Bearer <token>",
+        ))
+    }
+}
+
+/// Read a JSON body of at most `MAX_BODY` bytes.
+async fn json_body<T: serde::de::DeserializeOwned>(mut payload: web::Payload) -> Result<T, ApiError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body larger than {MAX_BODY} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("a JSON body is required"));
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+pub async fn state(state: web::Data<Arc<AppState>>) -> ApiResult {
+    let live = state
+        .live
+        .read()
+        .map_err(|_| ApiError::internal(anyhow::anyhow!("view lock poisoned")))?;
+    Ok(HttpResponse::Ok().json(json!({
+        "run_id": live.run_id,
+        "run_active": live.run_active,
+        "tasks": live.tasks,
+        "settings": state.settings,
+    })))
+}
+
+pub async fn hospitals(state: web::Data<Arc<AppState>>) -> ApiResult {
+    let live = state
+        .live
+        .read()
+        .map_err(|_| ApiError::internal(anyhow::anyhow!("view lock poisoned")))?;
+    let list: Vec<_> = live.hospitals.values().collect();
+    Ok(HttpResponse::Ok().json(json!({ "hospitals": list })))
+}
+
+pub async fn runs(state: web::Data<Arc<AppState>>) -> ApiResult {
+    let runs = state
+        .runs
+        .read()
+        .map_err(|_| ApiError::internal(anyhow::anyhow!("run lock poisoned")))?;
+    let list: Vec<_> = runs
+        .iter()
+        .rev()
+        .map(|r| {
+            let finals: BTreeMap<&String, _> = r
+                .report
+                .iter()
+                .flatten()
+                .map(|(t, j)| (t, j.final_metrics.as_ref().map(|m| m.accuracy)))
+                .collect();
+            json!({"id": r.id, "status": r.status, "started_at": r.started_at, "ended_at": r.ended_at,
+                   "rounds": r.rounds, "tasks": r.tasks, "final_accuracy": finals})
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "runs": list })))
+}
+
+pub async fn run(state: web::Data<Arc<AppState>>, id: web::Path<String>) -> ApiResult {
+    let mut record = state
+        .run(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no run '{id}'")))?;
+    if record.report.is_none() {
+        // Still running: the coordinator's report so far.
+        record.report = Some(
+            state
+                .live_report(&record.tasks)
+                .await
+                .map_err(ApiError::internal)?,
+        );
+    }
+    Ok(HttpResponse::Ok().json(record))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartBody {
+    rounds: Option<u32>,
+    tasks: Option<Vec<String>>,
+}
+
+pub async fn start_run(
+    req: HttpRequest,
+    state: web::Data<Arc<AppState>>,
+    payload: web::Payload,
+) -> ApiResult {
+    require_token(&req, &state)?;
+    let body: StartBody = json_body(payload).await?;
+    if let Some(r) = body.rounds {
+        if r == 0 || r > MAX_ROUNDS {
+            return Err(ApiError::bad_request(format!(
+                "rounds must be 1..={MAX_ROUNDS}, got {r}"
+            )));
+        }
+    }
+    if let Some(tasks) = &body.tasks {
+        if tasks.is_empty() {
+            return Err(ApiError::bad_request("tasks must name at least one task"));
+        }
+        if let Some(unknown) = tasks.iter().find(|t| !state.contexts.contains_key(*t)) {
+            return Err(ApiError::bad_request(format!(
+                "unknown task '{unknown}' (tasks: {})",
+                state.contexts.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    let tasks = body
+        .tasks
+        .clone()
+        .unwrap_or_else(|| state.contexts.keys().cloned().collect());
+    // Targets first, so the panel shows n/N from the run's first event on.
+    if let Ok(mut live) = state.live.write() {
+        if live.run_active {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "run {} is still active; stop it first",
+                    live.run_id.clone().unwrap_or_default()
+                ),
+            ));
+        }
+        live.set_targets(&tasks, body.rounds);
+    }
+    let request = RunRequest {
+        rounds: body.rounds,
+        tasks: Some(tasks.clone()),
+    };
+    match state
+        .client
+        .try_start(request)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Ok(id) => {
+            state.record_start(&id, &tasks, body.rounds);
+            Ok(HttpResponse::Accepted().json(json!({ "id": id })))
+        }
+        Err(e @ StartRefused::RunActive(_)) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+        Err(StartRefused::Invalid(message)) => Err(ApiError::bad_request(message)),
+    }
+}
+
+pub async fn stop_run(req: HttpRequest, state: web::Data<Arc<AppState>>, id: web::Path<String>) -> ApiResult {
+    require_token(&req, &state)?;
+    let record = state
+        .run(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no run '{id}'")))?;
+    if record.status != "running" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("run '{id}' has already ended ({})", record.status),
+        ));
+    }
+    state.client.stop().map_err(ApiError::internal)?;
+    Ok(HttpResponse::Accepted().json(json!({ "id": record.id, "status": "stopping" })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelQuery {
+    task: String,
+}
+
+pub async fn model(req: HttpRequest, state: web::Data<Arc<AppState>>, id: web::Path<String>) -> ApiResult {
+    let query = web::Query::<ModelQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::bad_request(format!("expected ?task=TASK: {e}")))?;
+    let record = state
+        .run(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no run '{id}'")))?;
+    if !record.tasks.contains(&query.task) {
+        return Err(ApiError::not_found(format!(
+            "run '{id}' has no task '{}' (tasks: {})",
+            query.task,
+            record.tasks.join(", ")
+        )));
+    }
+    let bytes = match record.models.get(&query.task) {
+        Some(bytes) => bytes.clone(),
+        // Running: the current global model.
+        None => state
+            .client
+            .model(&query.task)
+            .await
+            .and_then(|c| Ok(c.to_bytes()?))
+            .map_err(ApiError::internal)?,
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header((
+            "Content-Disposition",
+            format!(
+                "attachment; filename=\"{}-{}.safetensors\"",
+                record.id, query.task
+            ),
+        ))
+        .body(bytes))
+}
+
+/// OpenMetrics for clients that ask for it (Prometheus does), else the
+/// Prometheus text format.
+pub async fn metrics(req: HttpRequest, state: web::Data<Arc<AppState>>) -> HttpResponse {
+    let wants_openmetrics = req
+        .headers()
+        .get("Accept")
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    let text = state.metrics.encode();
+    if wants_openmetrics {
+        HttpResponse::Ok()
+            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(text)
+    } else {
+        HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(super::metrics::to_prometheus_text(&text))
+    }
+}
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// Ready once every hospital has joined and the coordinator answers.
+pub async fn readyz(state: web::Data<Arc<AppState>>) -> HttpResponse {
+    let answering = tokio::time::timeout(std::time::Duration::from_secs(2), state.client.report())
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if answering && state.ready.load(Ordering::SeqCst) {
+        HttpResponse::Ok().json(json!({ "status": "ready" }))
+    } else {
+        HttpResponse::ServiceUnavailable().json(json!({ "status": "starting" }))
+    }
+}
+
+pub async fn asset(req: HttpRequest) -> HttpResponse {
+    let path = req.match_info().get("path").unwrap_or("");
+    match super::assets::find(path) {
+        Some(a) => HttpResponse::Ok()
+            .content_type(a.content_type)
+            .insert_header(("Cache-Control", "no-cache"))
+            .body(Bytes::from_static(a.body)),
+        None => ApiError::not_found(format!("no file '{path}'")).error_response(),
+    }
+}
+
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    ApiError::not_found(format!("no route {} {}", req.method(), req.path())).error_response()
+}

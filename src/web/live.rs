@@ -1,0 +1,312 @@
+//! The live picture the panel and `/api/state` show: what each task and
+//! hospital is doing, built only from `FederationEvent`s by a pure `apply`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use medfed_actors::coordinator::fsm::Phase;
+use medfed_actors::FederationEvent;
+
+use crate::output::MetricsJson;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TaskView {
+    pub kind: String,
+    /// Phase name: idle, assembling, preparing, training, evaluating, finished, aborted.
+    pub phase: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abort_reason: Option<String>,
+    /// Rounds aggregated in the current (or last) run.
+    pub round: u32,
+    /// Rounds the current (or last) run asked for.
+    pub target_rounds: u32,
+    /// The configured rounds, used when a run does not ask for a number.
+    pub default_rounds: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_metrics: Option<MetricsJson>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HospitalView {
+    pub name: String,
+    pub task: String,
+    pub kind: String,
+    /// Where the hospital runs ("in-process" in `medfed serve`).
+    pub node: String,
+    /// online, offline or refused.
+    pub status: String,
+    /// Unix seconds of the last event from or about this hospital.
+    pub last_seen: Option<f64>,
+    pub samples: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epsilon_spent: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epsilon_budget: Option<f64>,
+    /// The hospital's own training loss of its last accepted update:
+    /// NOT private (withheld under DP, where this stays empty).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_train_loss: Option<f64>,
+    /// The hospital's last update: accepted, rejected: ..., declined: ...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct LiveView {
+    pub run_id: Option<String>,
+    pub run_active: bool,
+    pub tasks: BTreeMap<String, TaskView>,
+    pub hospitals: BTreeMap<String, HospitalView>,
+}
+
+impl LiveView {
+    /// Record a run's target rounds per task before its events arrive.
+    pub fn set_targets(&mut self, tasks: &[String], rounds: Option<u32>) {
+        for name in tasks {
+            if let Some(t) = self.tasks.get_mut(name) {
+                t.target_rounds = rounds.unwrap_or(t.default_rounds);
+            }
+        }
+    }
+
+    /// Fold one event into the view; `now` is Unix seconds.
+    pub fn apply(&mut self, event: &FederationEvent, now: f64) {
+        use FederationEvent as E;
+        match event {
+            E::RunStarted { run_id, tasks } => {
+                self.run_id = Some(run_id.clone());
+                self.run_active = true;
+                for name in tasks {
+                    if let Some(t) = self.tasks.get_mut(name) {
+                        t.round = 0;
+                        t.last_metrics = None;
+                        t.abort_reason = None;
+                        if t.target_rounds == 0 {
+                            t.target_rounds = t.default_rounds;
+                        }
+                    }
+                }
+            }
+            E::RunEnded { .. } => self.run_active = false,
+            E::HospitalJoined {
+                task,
+                hospital,
+                kind,
+                samples,
+            } => {
+                let h = self
+                    .hospitals
+                    .entry(hospital.clone())
+                    .or_insert_with(|| HospitalView {
+                        name: hospital.clone(),
+                        task: task.clone(),
+                        kind: kind.clone(),
+                        node: "in-process".into(),
+                        status: String::new(),
+                        last_seen: None,
+                        samples: *samples,
+                        epsilon_spent: None,
+                        epsilon_budget: None,
+                        last_train_loss: None,
+                        last_update: None,
+                    });
+                h.status = "online".into();
+                h.samples = *samples;
+                h.last_seen = Some(now);
+            }
+            E::HospitalLeft { hospital, reason, .. } => self.hospital(hospital, now, |h| {
+                h.status = "offline".into();
+                h.last_update = Some(format!("left: {reason}"));
+            }),
+            E::HospitalRefused { hospital, reason, .. } => self.hospital(hospital, now, |h| {
+                h.status = "refused".into();
+                h.last_update = Some(format!("refused: {reason}"));
+            }),
+            E::PhaseChanged { task, phase } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.phase = phase.name().into();
+                    if let Phase::Aborted { reason } = phase {
+                        t.abort_reason = Some(reason.clone());
+                    }
+                }
+            }
+            E::UpdateAccepted {
+                round,
+                hospital,
+                train_loss,
+                epsilon_spent,
+                ..
+            } => self.hospital(hospital, now, |h| {
+                h.last_train_loss = *train_loss;
+                if epsilon_spent.is_some() {
+                    h.epsilon_spent = *epsilon_spent;
+                }
+                h.last_update = Some(format!("round {round}: accepted"));
+            }),
+            E::UpdateRejected {
+                round,
+                hospital,
+                reason,
+                ..
+            } => self.hospital(hospital, now, |h| {
+                h.last_update = Some(format!("round {round}: rejected: {reason}"));
+            }),
+            E::UpdateDeclined {
+                round,
+                hospital,
+                reason,
+                ..
+            } => self.hospital(hospital, now, |h| {
+                h.last_update = Some(format!("round {round}: declined: {reason}"));
+            }),
+            E::RoundAggregated {
+                task, round, metrics, ..
+            } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.round = *round;
+                    t.last_metrics = Some(metrics.into());
+                }
+            }
+            E::RoundStarted { .. }
+            | E::MessageDropped { .. }
+            | E::RoundBelowQuorum { .. }
+            | E::TaskFinished { .. }
+            | E::TaskAborted { .. } => {}
+        }
+    }
+
+    fn hospital(&mut self, name: &str, now: f64, update: impl FnOnce(&mut HospitalView)) {
+        if let Some(h) = self.hospitals.get_mut(name) {
+            h.last_seen = Some(now);
+            update(h);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medfed_models::metrics::Metrics;
+
+    fn view() -> LiveView {
+        let mut v = LiveView::default();
+        v.tasks.insert(
+            "t".into(),
+            TaskView {
+                kind: "tabular".into(),
+                phase: "idle".into(),
+                abort_reason: None,
+                round: 0,
+                target_rounds: 0,
+                default_rounds: 10,
+                last_metrics: None,
+            },
+        );
+        v
+    }
+
+    fn metrics(accuracy: f64) -> Metrics {
+        Metrics {
+            count: 10,
+            accuracy,
+            precision: 1.0,
+            recall: 0.8,
+            f1: 0.89,
+            auc: Some(0.95),
+            loss: 0.2,
+            confusion: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_run_moves_phase_round_and_hospital_status() {
+        let mut v = view();
+        v.apply(
+            &FederationEvent::HospitalJoined {
+                task: "t".into(),
+                hospital: "t-1".into(),
+                kind: "tabular".into(),
+                samples: 90,
+            },
+            1.0,
+        );
+        v.set_targets(&["t".into()], Some(5));
+        v.apply(
+            &FederationEvent::RunStarted {
+                run_id: "r".into(),
+                tasks: vec!["t".into()],
+            },
+            2.0,
+        );
+        assert!(v.run_active);
+        assert_eq!(v.tasks["t"].target_rounds, 5);
+        v.apply(
+            &FederationEvent::PhaseChanged {
+                task: "t".into(),
+                phase: Phase::Training { round: 1, attempt: 0 },
+            },
+            3.0,
+        );
+        v.apply(
+            &FederationEvent::UpdateAccepted {
+                task: "t".into(),
+                round: 1,
+                hospital: "t-1".into(),
+                num_examples: 90,
+                train_loss: Some(0.3),
+                epsilon_spent: Some(0.5),
+            },
+            4.0,
+        );
+        v.apply(
+            &FederationEvent::RoundAggregated {
+                task: "t".into(),
+                round: 1,
+                participants: 1,
+                metrics: metrics(0.9),
+                seconds: 0.1,
+            },
+            5.0,
+        );
+        let t = &v.tasks["t"];
+        assert_eq!((t.phase.as_str(), t.round), ("training", 1));
+        assert_eq!(t.last_metrics.as_ref().unwrap().accuracy, 0.9);
+        let h = &v.hospitals["t-1"];
+        assert_eq!(
+            (h.status.as_str(), h.samples, h.last_seen),
+            ("online", 90, Some(4.0))
+        );
+        assert_eq!((h.epsilon_spent, h.last_train_loss), (Some(0.5), Some(0.3)));
+        v.apply(
+            &FederationEvent::HospitalLeft {
+                task: "t".into(),
+                hospital: "t-1".into(),
+                reason: "stopped".into(),
+            },
+            6.0,
+        );
+        assert_eq!(v.hospitals["t-1"].status, "offline");
+        v.apply(
+            &FederationEvent::PhaseChanged {
+                task: "t".into(),
+                phase: Phase::Aborted {
+                    reason: "below quorum".into(),
+                },
+            },
+            7.0,
+        );
+        v.apply(
+            &FederationEvent::RunEnded {
+                run_id: "r".into(),
+                aborted: true,
+            },
+            8.0,
+        );
+        assert!(!v.run_active);
+        assert_eq!(v.tasks["t"].abort_reason.as_deref(), Some("below quorum"));
+        // A new run without a number of rounds takes the configured default.
+        v.set_targets(&["t".into()], None);
+        assert_eq!(v.tasks["t"].target_rounds, 10);
+    }
+}

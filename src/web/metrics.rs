@@ -1,0 +1,416 @@
+//! `/metrics`: Prometheus/OpenMetrics families, all named `medfed_*`, kept
+//! up to date from the event stream and the HTTP middleware.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use medfed_actors::FederationEvent;
+
+use super::live::LiveView;
+
+const PHASES: [&str; 7] = [
+    "idle",
+    "assembling",
+    "preparing",
+    "training",
+    "evaluating",
+    "finished",
+    "aborted",
+];
+const STATUSES: [&str; 3] = ["online", "offline", "refused"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabel {
+    task: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    task: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HospitalLabels {
+    task: String,
+    kind: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    task: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HospitalLabel {
+    hospital: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    route: String,
+    method: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabel {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: String,
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn round_histogram() -> Histogram {
+    // 1 ms .. ~65 s: a tabular round takes milliseconds, an imaging round seconds.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+fn http_histogram() -> Histogram {
+    // 50 us .. ~1.6 s.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    phase: Family<PhaseLabels, Gauge>,
+    round: Family<TaskLabel, Gauge>,
+    target_rounds: Family<TaskLabel, Gauge>,
+    hospitals: Family<HospitalLabels, Gauge>,
+    round_duration: Family<TaskLabel, Histogram, fn() -> Histogram>,
+    updates: Family<OutcomeLabels, Counter>,
+    accuracy: Family<TaskLabel, FloatGauge>,
+    auc: Family<TaskLabel, FloatGauge>,
+    loss: Family<TaskLabel, FloatGauge>,
+    bytes_sent: Family<TaskLabel, Counter>,
+    bytes_received: Family<TaskLabel, Counter>,
+    epsilon_spent: Family<HospitalLabel, FloatGauge>,
+    epsilon_budget: Family<HospitalLabel, FloatGauge>,
+    runs: Family<StatusLabel, Counter>,
+    http_requests: Family<HttpLabels, Counter>,
+    http_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    /// Bytes of one model (or update) of each task, as f32 payload.
+    model_bytes: BTreeMap<String, u64>,
+}
+
+impl Metrics {
+    /// `model_bytes`: payload size of each task's model; `budgets`: each
+    /// hospital's epsilon budget when differential privacy is on.
+    pub fn new(model_bytes: BTreeMap<String, u64>, budgets: &BTreeMap<String, f64>) -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            registry: Registry::default(),
+            phase: Family::default(),
+            round: Family::default(),
+            target_rounds: Family::default(),
+            hospitals: Family::default(),
+            round_duration: Family::new_with_constructor(round_histogram),
+            updates: Family::default(),
+            accuracy: Family::default(),
+            auc: Family::default(),
+            loss: Family::default(),
+            bytes_sent: Family::default(),
+            bytes_received: Family::default(),
+            epsilon_spent: Family::default(),
+            epsilon_budget: Family::default(),
+            runs: Family::default(),
+            http_requests: Family::default(),
+            http_duration: Family::new_with_constructor(http_histogram),
+            model_bytes,
+        };
+        registry.register(
+            "medfed_phase",
+            "1 for the phase each task's coordinator state machine is in, else 0",
+            m.phase.clone(),
+        );
+        registry.register(
+            "medfed_round",
+            "Rounds aggregated in the current run",
+            m.round.clone(),
+        );
+        registry.register(
+            "medfed_target_rounds",
+            "Rounds the current run asked for",
+            m.target_rounds.clone(),
+        );
+        registry.register(
+            "medfed_hospitals",
+            "Hospitals by task, kind and status",
+            m.hospitals.clone(),
+        );
+        registry.register(
+            "medfed_round_duration_seconds",
+            "Wall time of a round, from its first request to its aggregated model",
+            m.round_duration.clone(),
+        );
+        registry.register(
+            "medfed_updates",
+            "Hospital updates by outcome: accepted, rejected, declined, late, duplicate, unknown_sender, unexpected",
+            m.updates.clone(),
+        );
+        registry.register(
+            "medfed_global_accuracy",
+            "Held-out accuracy of the latest global model",
+            m.accuracy.clone(),
+        );
+        registry.register(
+            "medfed_global_auc",
+            "Held-out ROC-AUC of the latest global model",
+            m.auc.clone(),
+        );
+        registry.register(
+            "medfed_global_loss",
+            "Held-out log-loss of the latest global model",
+            m.loss.clone(),
+        );
+        registry.register(
+            "medfed_bytes_sent",
+            "Model payload bytes sent to hospitals",
+            m.bytes_sent.clone(),
+        );
+        registry.register(
+            "medfed_bytes_received",
+            "Update payload bytes received from hospitals",
+            m.bytes_received.clone(),
+        );
+        registry.register(
+            "medfed_privacy_epsilon_spent",
+            "Epsilon each hospital has spent on its dataset (all runs)",
+            m.epsilon_spent.clone(),
+        );
+        registry.register(
+            "medfed_privacy_epsilon_budget",
+            "Each hospital's epsilon budget",
+            m.epsilon_budget.clone(),
+        );
+        registry.register("medfed_runs", "Runs that ended, by status", m.runs.clone());
+        registry.register(
+            "medfed_http_requests",
+            "HTTP requests by route, method and status",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "medfed_http_request_duration_seconds",
+            "HTTP request latency by route",
+            m.http_duration.clone(),
+        );
+        for (hospital, budget) in budgets {
+            m.epsilon_budget
+                .get_or_create(&HospitalLabel {
+                    hospital: hospital.clone(),
+                })
+                .set(*budget);
+        }
+        Metrics { registry, ..m }
+    }
+
+    /// Update from one event, after `live` has applied it.
+    pub fn observe(&self, event: &FederationEvent, live: &LiveView) {
+        use FederationEvent as E;
+        let task_label = |task: &str| TaskLabel { task: task.into() };
+        let outcome = |task: &str, outcome: &str| {
+            self.updates
+                .get_or_create(&OutcomeLabels {
+                    task: task.into(),
+                    outcome: outcome.into(),
+                })
+                .inc();
+        };
+        match event {
+            E::RoundStarted {
+                task, participants, ..
+            } => {
+                let bytes = self.model_bytes.get(task).copied().unwrap_or(0);
+                self.bytes_sent
+                    .get_or_create(&task_label(task))
+                    .inc_by(bytes * participants.len() as u64);
+            }
+            E::UpdateAccepted {
+                task,
+                hospital,
+                epsilon_spent,
+                ..
+            } => {
+                outcome(task, "accepted");
+                self.received(task);
+                if let Some(eps) = epsilon_spent {
+                    self.epsilon_spent
+                        .get_or_create(&HospitalLabel {
+                            hospital: hospital.clone(),
+                        })
+                        .set(*eps);
+                }
+            }
+            E::UpdateRejected { task, .. } => {
+                outcome(task, "rejected");
+                self.received(task);
+            }
+            E::UpdateDeclined { task, .. } => outcome(task, "declined"),
+            E::MessageDropped { task, reason, .. } => outcome(task, reason.label()),
+            E::RoundAggregated {
+                task,
+                round,
+                metrics,
+                seconds,
+                ..
+            } => {
+                let l = task_label(task);
+                self.round.get_or_create(&l).set(i64::from(*round));
+                self.round_duration.get_or_create(&l).observe(*seconds);
+                self.accuracy.get_or_create(&l).set(metrics.accuracy);
+                self.loss.get_or_create(&l).set(metrics.loss);
+                if let Some(auc) = metrics.auc {
+                    self.auc.get_or_create(&l).set(auc);
+                }
+            }
+            E::RunEnded { aborted, .. } => {
+                let status = if *aborted { "aborted" } else { "finished" };
+                self.runs
+                    .get_or_create(&StatusLabel {
+                        status: status.into(),
+                    })
+                    .inc();
+            }
+            _ => {}
+        }
+        self.sync_with(live);
+    }
+
+    fn received(&self, task: &str) {
+        let bytes = self.model_bytes.get(task).copied().unwrap_or(0);
+        self.bytes_received
+            .get_or_create(&TaskLabel { task: task.into() })
+            .inc_by(bytes);
+    }
+
+    /// Gauges that mirror the live view: phases, rounds, hospitals.
+    pub fn sync_with(&self, live: &LiveView) {
+        for (name, t) in &live.tasks {
+            for phase in PHASES {
+                self.phase
+                    .get_or_create(&PhaseLabels {
+                        task: name.clone(),
+                        phase: phase.into(),
+                    })
+                    .set(i64::from(t.phase == phase));
+            }
+            let l = TaskLabel { task: name.clone() };
+            self.round.get_or_create(&l).set(i64::from(t.round));
+            self.target_rounds
+                .get_or_create(&l)
+                .set(i64::from(t.target_rounds));
+        }
+        let mut counts: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+        for h in live.hospitals.values() {
+            for status in STATUSES {
+                counts
+                    .entry((h.task.clone(), h.kind.clone(), status.into()))
+                    .or_insert(0);
+            }
+            *counts
+                .entry((h.task.clone(), h.kind.clone(), h.status.clone()))
+                .or_insert(0) += 1;
+        }
+        for ((task, kind, status), n) in counts {
+            self.hospitals
+                .get_or_create(&HospitalLabels { task, kind, status })
+                .set(n);
+        }
+    }
+
+    pub fn observe_http(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                route: route.into(),
+                method: method.into(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabel { route: route.into() })
+            .observe(seconds);
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The Prometheus text format (0.0.4) of an OpenMetrics exposition, for
+/// clients that do not ask for OpenMetrics (promtool, curl): counter
+/// families are named with their `_total` samples, and there is no `# EOF`.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: Vec<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text_names_counters_by_their_samples() {
+        let om = "# HELP medfed_runs Runs that ended.\n# TYPE medfed_runs counter\nmedfed_runs_total{status=\"finished\"} 1\n\
+                  # HELP medfed_round Rounds.\n# TYPE medfed_round gauge\nmedfed_round{task=\"t\"} 3\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP medfed_runs_total Runs that ended.\n# TYPE medfed_runs_total counter\nmedfed_runs_total{status=\"finished\"} 1\n\
+             # HELP medfed_round Rounds.\n# TYPE medfed_round gauge\nmedfed_round{task=\"t\"} 3\n"
+        );
+    }
+
+    #[test]
+    fn a_run_shows_up_in_the_exposition() {
+        let m = Metrics::new(BTreeMap::from([("t".to_string(), 400)]), &BTreeMap::new());
+        let mut live = LiveView::default();
+        let event = FederationEvent::RoundStarted {
+            task: "t".into(),
+            round: 1,
+            attempt: 0,
+            participants: vec!["a".into(), "b".into()],
+        };
+        live.apply(&event, 0.0);
+        m.observe(&event, &live);
+        let text = m.encode();
+        assert!(text.contains("medfed_bytes_sent_total{task=\"t\"} 800"), "{text}");
+        m.observe_http("/api/state", "GET", 200, 0.001);
+        assert!(m
+            .encode()
+            .contains("medfed_http_requests_total{route=\"/api/state\",method=\"GET\",status=\"200\"} 1"));
+    }
+}

@@ -1,0 +1,70 @@
+//! The web side of `medfed serve`: the control panel, the REST API, the
+//! event stream and `/metrics` (actix-web).
+
+pub mod api;
+pub mod assets;
+pub mod auth;
+pub mod live;
+pub mod metrics;
+pub mod sse;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::dev::{Server, Service};
+use actix_web::{web, App, HttpServer};
+use anyhow::{Context, Result};
+
+use state::AppState;
+
+/// Bind `addr` and return the server (not yet awaited) and the bound address.
+pub fn server(state: Arc<AppState>, addr: SocketAddr) -> Result<(Server, SocketAddr)> {
+    let data = web::Data::new(state);
+    let http = HttpServer::new(move || {
+        let observed = data.clone();
+        App::new()
+            .app_data(data.clone())
+            .wrap_fn(move |req, srv| {
+                let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+                let method = req.method().to_string();
+                let started = Instant::now();
+                let observed = observed.clone();
+                let call = srv.call(req);
+                async move {
+                    let response = call.await?;
+                    observed.metrics.observe_http(
+                        &route,
+                        &method,
+                        response.status().as_u16(),
+                        started.elapsed().as_secs_f64(),
+                    );
+                    Ok(response)
+                }
+            })
+            .route("/", web::get().to(api::asset))
+            .route("/static/{path:.*}", web::get().to(api::asset))
+            .route("/healthz", web::get().to(api::healthz))
+            .route("/readyz", web::get().to(api::readyz))
+            .route("/metrics", web::get().to(api::metrics))
+            .route("/api/state", web::get().to(api::state))
+            .route("/api/hospitals", web::get().to(api::hospitals))
+            .route("/api/events", web::get().to(sse::events))
+            .service(
+                web::resource("/api/runs")
+                    .route(web::get().to(api::runs))
+                    .route(web::post().to(api::start_run)),
+            )
+            .route("/api/runs/{id}", web::get().to(api::run))
+            .route("/api/runs/{id}/stop", web::post().to(api::stop_run))
+            .route("/api/runs/{id}/model", web::get().to(api::model))
+            .default_service(web::to(api::not_found))
+    })
+    .workers(2)
+    .disable_signals()
+    .bind(addr)
+    .with_context(|| format!("cannot listen on {addr}"))?;
+    let bound = *http.addrs().first().context("the server bound no address")?;
+    Ok((http.run(), bound))
+}

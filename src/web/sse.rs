@@ -1,0 +1,39 @@
+//! `GET /api/events`: every `FederationEvent` as a server-sent event, in
+//! the order the coordinator published them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web::{self, Bytes};
+use actix_web::HttpResponse;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::state::AppState;
+
+/// A comment line keeps idle connections open through proxies.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+pub async fn events(state: web::Data<Arc<AppState>>) -> HttpResponse {
+    let receiver = state.events.subscribe();
+    let tick = tokio::time::interval(KEEP_ALIVE);
+    let stream = futures_util::stream::unfold((receiver, tick), |(mut receiver, mut tick)| async move {
+        let frame = tokio::select! {
+            event = receiver.recv() => match event {
+                Ok(event) => match serde_json::to_string(&event) {
+                    Ok(json) => format!("data: {json}\n\n"),
+                    Err(e) => format!(": unserialisable event: {e}\n\n"),
+                },
+                // A slow client misses events; it is told how many.
+                Err(RecvError::Lagged(n)) => format!("data: {{\"type\":\"lagged\",\"missed\":{n}}}\n\n"),
+                Err(RecvError::Closed) => return None,
+            },
+            _ = tick.tick() => ": keep-alive\n\n".to_string(),
+        };
+        Some((Ok::<_, actix_web::Error>(Bytes::from(frame)), (receiver, tick)))
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream)
+}

@@ -1,0 +1,69 @@
+//! A real `medfed serve` process on a free port, killed when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+pub struct Served {
+    child: Child,
+    pub base: String,
+}
+
+impl Served {
+    /// Start `medfed serve --http 127.0.0.1:0 ARGS` and wait until it is ready.
+    pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Served {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_medfed"));
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["serve", "--http", "127.0.0.1:0"])
+            .args(args)
+            .env("MEDFED_RUN__CACHE_DIR", super::CACHE_DIR)
+            .env("MEDFED_API_TOKEN", TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("medfed serve starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut reader = BufReader::new(stdout);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("first line");
+        // Keep draining stdout so the server never writes into a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        let base = line
+            .trim()
+            .strip_prefix("medfed control panel: ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+            .trim_end_matches('/')
+            .to_string();
+        let served = Served { child, base };
+        served.wait_ready();
+        served
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::blocking::get(self.url("/readyz")) {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("medfed serve not ready within 120 s");
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,448 @@
+//! The real `medfed serve`: every REST endpoint with its errors, the event
+//! stream of a whole run, and /metrics (promtool, the Grafana dashboard's
+//! metric names, a real Prometheus scraping it).
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+mod common;
+use common::server::{Served, TOKEN};
+
+use medfed_models::checkpoint::Checkpoint;
+use reqwest::blocking::{Client, Response};
+use serde_json::{json, Value};
+
+fn client() -> Client {
+    Client::builder().timeout(None).build().unwrap()
+}
+
+fn post(s: &Served, path: &str, token: Option<&str>, body: &str) -> Response {
+    let mut r = client()
+        .post(s.url(path))
+        .header("Content-Type", "application/json")
+        .body(body.to_string());
+    if let Some(t) = token {
+        r = r.header("Authorization", format!("Bearer {t}"));
+    }
+    r.send().unwrap()
+}
+
+fn get_json(s: &Served, path: &str) -> (u16, Value) {
+    let r = client().get(s.url(path)).send().unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().unwrap_or(Value::Null))
+}
+
+/// Status and the `error` message of a response that must be a JSON error.
+fn error_of(r: Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let body: Value = r.json().expect("errors are JSON");
+    (
+        status,
+        body["error"].as_str().expect("an error message").to_string(),
+    )
+}
+
+fn start_run(s: &Served, body: Value) -> String {
+    let r = post(s, "/api/runs", Some(TOKEN), &body.to_string());
+    assert_eq!(r.status().as_u16(), 202);
+    let v: Value = r.json().unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn wait_ended(s: &Served, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while Instant::now() < deadline {
+        let (_, run) = get_json(s, &format!("/api/runs/{id}"));
+        if run["status"] != "running" {
+            return run;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("run {id} did not end");
+}
+
+#[test]
+fn every_endpoint_answers_and_every_bad_request_gets_a_named_4xx() {
+    let s = Served::start(&["--task", "breast_cancer"], &[]);
+    let (code, health) = get_json(&s, "/healthz");
+    assert_eq!((code, health["status"].as_str()), (200, Some("ok")));
+    let (_, state) = get_json(&s, "/api/state");
+    assert_eq!(state["tasks"]["breast_cancer"]["phase"], "idle");
+    assert_eq!(state["tasks"]["breast_cancer"]["target_rounds"], 10);
+    assert_eq!(state["settings"]["breast_cancer"]["strategy"], "fedavg");
+    let (_, hospitals) = get_json(&s, "/api/hospitals");
+    let hospitals = hospitals["hospitals"].as_array().unwrap();
+    assert_eq!(hospitals.len(), 5);
+    assert!(hospitals
+        .iter()
+        .all(|h| h["status"] == "online" && h["samples"].as_u64() > Some(0)));
+
+    // The panel's files are served from the binary.
+    let index = client().get(s.url("/")).send().unwrap();
+    assert!(index.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(index.text().unwrap().contains("/static/app.js"));
+    for path in [
+        "/static/app.js",
+        "/static/style.css",
+        "/static/vendor/uplot/uPlot.iife.min.js",
+    ] {
+        assert_eq!(client().get(s.url(path)).send().unwrap().status(), 200, "{path}");
+    }
+    let license = client()
+        .get(s.url("/static/vendor/uplot/LICENSE"))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(license.contains("MIT License"));
+
+    // Control endpoints need the token.
+    for token in [None, Some("wrong-token-0123456789abcdef")] {
+        assert_eq!(error_of(post(&s, "/api/runs", token, "{}")).0, 401);
+        assert_eq!(error_of(post(&s, "/api/runs/x/stop", token, "")).0, 401);
+    }
+    // Malformed requests: a 4xx naming the problem.
+    let big = format!("{{\"tasks\": [\"{}\"]}}", "x".repeat(20_000));
+    let cases: [(&str, u16, &str); 9] = [
+        ("{\"rounds\": 3", 400, "invalid JSON body"),
+        ("", 400, "a JSON body is required"),
+        ("{\"rounds\": 0}", 400, "rounds must be 1..=10000, got 0"),
+        ("{\"rounds\": 1000000}", 400, "rounds must be 1..=10000"),
+        ("{\"rounds\": \"five\"}", 400, "invalid type"),
+        ("{\"tasks\": []}", 400, "at least one task"),
+        ("{\"tasks\": [\"nope\"]}", 400, "unknown task 'nope'"),
+        ("{\"rounds\": 3, \"colour\": 1}", 400, "unknown field `colour`"),
+        (&big, 413, "larger than 16384 bytes"),
+    ];
+    for (body, status, message) in cases {
+        let (code, error) = error_of(post(&s, "/api/runs", Some(TOKEN), body));
+        assert_eq!(code, status, "{body:.60}: {error}");
+        assert!(error.contains(message), "{body:.60}: {error}");
+    }
+    for path in [
+        "/api/runs/nope",
+        "/api/runs/nope/model?task=breast_cancer",
+        "/nothing-here",
+        "/static/nope.js",
+    ] {
+        let (code, error) = error_of(client().get(s.url(path)).send().unwrap());
+        assert_eq!(code, 404, "{path}: {error}");
+    }
+    assert_eq!(error_of(post(&s, "/api/runs/nope/stop", Some(TOKEN), "")).0, 404);
+
+    // A long run: 409 while it is active, live report and model, then stop.
+    let id = start_run(&s, json!({"rounds": 10000}));
+    let (code, busy) = error_of(post(&s, "/api/runs", Some(TOKEN), "{\"rounds\": 2}"));
+    assert_eq!(code, 409, "{busy}");
+    assert!(busy.contains("still active"), "{busy}");
+    let (code, running) = get_json(&s, &format!("/api/runs/{id}"));
+    assert_eq!((code, running["status"].as_str()), (200, Some("running")));
+    assert!(running["report"]["breast_cancer"]["rounds"].is_array());
+    let (code, _) = error_of(
+        client()
+            .get(s.url(&format!("/api/runs/{id}/model")))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(code, 400, "the model needs ?task=");
+    let (code, _) = error_of(
+        client()
+            .get(s.url(&format!("/api/runs/{id}/model?task=nope")))
+            .send()
+            .unwrap(),
+    );
+    assert_eq!(code, 404);
+    let live = client()
+        .get(s.url(&format!("/api/runs/{id}/model?task=breast_cancer")))
+        .send()
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    Checkpoint::from_bytes(&live.bytes().unwrap(), None).expect("a safetensors checkpoint");
+
+    let r = post(&s, &format!("/api/runs/{id}/stop"), Some(TOKEN), "");
+    assert_eq!(r.status().as_u16(), 202);
+    let ended = wait_ended(&s, &id);
+    assert_eq!(ended["status"], "aborted");
+    let task = &ended["report"]["breast_cancer"];
+    assert_eq!(task["status"], "aborted");
+    assert!(task["abort_reason"].as_str().unwrap().contains("stop"), "{task}");
+    let (code, again) = error_of(post(&s, &format!("/api/runs/{id}/stop"), Some(TOKEN), ""));
+    assert_eq!(code, 409, "{again}");
+
+    // The history and the final model of the ended run.
+    let (_, runs) = get_json(&s, "/api/runs");
+    assert_eq!(runs["runs"][0]["id"], id.as_str());
+    let bytes = client()
+        .get(s.url(&format!("/api/runs/{id}/model?task=breast_cancer")))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    let model = Checkpoint::from_bytes(&bytes, None).unwrap();
+    assert_eq!(
+        u64::from(model.round),
+        task["rounds"].as_array().unwrap().len() as u64,
+        "the final model is the last aggregated round"
+    );
+    // A new run can start once the last one ended.
+    let next = start_run(&s, json!({"rounds": 2, "tasks": ["breast_cancer"]}));
+    assert_eq!(wait_ended(&s, &next)["status"], "finished");
+}
+
+#[test]
+fn the_event_stream_carries_a_whole_run_in_order() {
+    let s = Served::start(&["--task", "breast_cancer"], &[]);
+    let response = client().get(s.url("/api/events")).send().unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let (tx, rx) = mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(response).lines() {
+            let Ok(line) = line else { return };
+            if let Some(data) = line.strip_prefix("data: ") {
+                let event: Value = serde_json::from_str(data).unwrap();
+                let end = event["type"] == "run_ended";
+                if tx.send(event).is_err() || end {
+                    return;
+                }
+            }
+        }
+    });
+    // The stream is open before the run starts: nothing is missed.
+    std::thread::sleep(Duration::from_millis(300));
+    let id = start_run(&s, json!({"rounds": 5}));
+    let mut events = Vec::new();
+    loop {
+        let event = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("events keep coming");
+        let end = event["type"] == "run_ended";
+        events.push(event);
+        if end {
+            break;
+        }
+    }
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types[0], "run_started");
+    assert_eq!(events[0]["run_id"], id.as_str());
+    assert_eq!(*types.last().unwrap(), "run_ended");
+    let aggregated: Vec<u64> = events
+        .iter()
+        .filter(|e| e["type"] == "round_aggregated")
+        .map(|e| e["round"].as_u64().unwrap())
+        .collect();
+    assert_eq!(aggregated, vec![1, 2, 3, 4, 5]);
+    assert_eq!(types.iter().filter(|t| **t == "update_accepted").count(), 25);
+    // Each round starts before it is aggregated; the task finishes after its last round.
+    for round in 1..=5u64 {
+        let started = events
+            .iter()
+            .position(|e| e["type"] == "round_started" && e["round"] == round)
+            .unwrap();
+        let done = events
+            .iter()
+            .position(|e| e["type"] == "round_aggregated" && e["round"] == round)
+            .unwrap();
+        assert!(started < done, "round {round}");
+    }
+    let finished = types.iter().position(|t| *t == "task_finished").unwrap();
+    let last_round = types.iter().rposition(|t| *t == "round_aggregated").unwrap();
+    assert!(last_round < finished && finished < types.len() - 1);
+}
+
+fn external_tool(name: &str) -> bool {
+    let found = Command::new(name)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found && std::env::var("MEDFED_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
+        panic!("{name} is required (MEDFED_REQUIRE_EXTERNAL=1); scripts/test installs it");
+    }
+    if !found {
+        eprintln!("SKIPPED: {name} is not installed");
+    }
+    found
+}
+
+/// Every `medfed_*` name the Grafana dashboard queries.
+fn dashboard_metric_names() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/grafana/dashboards/medfed.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let vars = dashboard["templating"]["list"].as_array().unwrap();
+    assert!(vars
+        .iter()
+        .any(|v| v["type"] == "datasource" && v["query"] == "prometheus"));
+    let mut names = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{}", panel["title"]);
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(at) = rest.find("medfed_") {
+                let name: String = rest[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[at + name.len()..];
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+    }
+    names
+}
+
+fn dashboard_exprs() -> Vec<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/grafana/dashboards/medfed.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().clone())
+        .map(|t| t["expr"].as_str().unwrap().replace("$__rate_interval", "1m"))
+        .collect()
+}
+
+struct Prometheus(Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn metrics_pass_promtool_cover_the_dashboard_and_are_scraped_by_prometheus() {
+    // DP on, so the privacy families have samples too.
+    let s = Served::start(
+        &["--task", "breast_cancer", "--dp-epsilon", "8"],
+        &[("MEDFED_PRIVACY__NOISE", "seeded")],
+    );
+    let id = start_run(&s, json!({"rounds": 3}));
+    assert_eq!(wait_ended(&s, &id)["status"], "finished");
+    get_json(&s, "/api/state");
+
+    let r = client().get(s.url("/metrics")).send().unwrap();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let text = r.text().unwrap();
+    assert!(text.contains("medfed_round{task=\"breast_cancer\"} 3"), "{text}");
+    assert!(text.contains("medfed_privacy_epsilon_budget{hospital=\"breast_cancer-1\"} 8"));
+    let om = client()
+        .get(s.url("/metrics"))
+        .header("Accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .unwrap();
+    assert!(om.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    assert!(om.text().unwrap().trim_end().ends_with("# EOF"));
+
+    for name in dashboard_metric_names() {
+        let exported = text.lines().any(|l| {
+            l.strip_prefix(name.as_str())
+                .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        });
+        assert!(
+            exported,
+            "the dashboard queries {name}, which /metrics does not export"
+        );
+    }
+
+    if external_tool("promtool") {
+        let mut check = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(check.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+        let out = check.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    if !external_tool("prometheus") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let target = s.base.trim_start_matches("http://");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: medfed\n    static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let _prometheus = Prometheus(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let query = |q: &str| -> Option<Value> {
+        let url = reqwest::Url::parse_with_params(
+            &format!("http://127.0.0.1:{port}/api/v1/query"),
+            &[("query", q)],
+        )
+        .ok()?;
+        let r = client().get(url).send().ok()?;
+        r.json().ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let round = loop {
+        if let Some(v) = query("medfed_round{task=\"breast_cancer\"}") {
+            if let Some(value) = v["data"]["result"][0]["value"][1].as_str() {
+                break value.to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "Prometheus never scraped medfed_round");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(round, "3");
+    // Every dashboard query is valid PromQL against the real scrape.
+    for expr in dashboard_exprs() {
+        let v = query(&expr).unwrap_or(Value::Null);
+        assert_eq!(v["status"], "success", "{expr}: {v}");
+    }
+}
