@@ -82,7 +82,7 @@ function chartFor(name) {
   const chart = new uPlot({
     width, height: 260,
     scales: { x: { time: false }, y: { range: [0, 1] } },
-    axes: [{ label: "round" }, { label: "metric" }],
+    axes: [{ label: "round", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] }, { label: "metric" }],
     series: [{ label: "round" },
       { label: "accuracy", stroke: "#1f6feb", width: 2 },
       { label: "AUC", stroke: "#1a7f37", width: 2 },
@@ -171,7 +171,7 @@ function recordPrivacy(event) {
     box.innerHTML = "<h2>Epsilon spent per hospital, by round</h2>";
     state.privacyChart = new uPlot({
       width: Math.max(380, box.clientWidth - 20), height: 240, scales: { x: { time: false } },
-      axes: [{ label: "round (all tasks)" }, { label: "epsilon" }],
+      axes: [{ label: "round (all tasks)", incrs: [1, 2, 5, 10, 20, 50, 100] }, { label: "epsilon" }],
       series: [{ label: "round" }, ...hospitals.map((h, i) => ({ label: h, stroke: `hsl(${i * 47} 70% 45%)`, width: 2 }))],
     }, data, box);
   } else if (state.privacyChart.series.length - 1 !== hospitals.length) {

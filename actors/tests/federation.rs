@@ -414,7 +414,10 @@ async fn stop_ends_the_run_and_a_new_run_can_start() {
         reply
     })
     .unwrap();
-    assert!(refused.unwrap_err().contains("still active"));
+    assert!(matches!(
+        refused.unwrap_err(),
+        medfed_actors::StartRefused::RunActive(_)
+    ));
     fed.until_end().await;
     let report = fed.report().await;
     assert_eq!(report.tasks[TASK].phase, Phase::Finished { rounds: 1 });
