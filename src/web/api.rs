@@ -118,7 +118,13 @@ pub async fn hospitals(state: web::Data<Arc<AppState>>) -> ApiResult {
         .read()
         .map_err(|_| ApiError::internal(anyhow::anyhow!("view lock poisoned")))?;
     let list: Vec<_> = live.hospitals.values().collect();
-    Ok(HttpResponse::Ok().json(json!({ "hospitals": list })))
+    Ok(HttpResponse::Ok().json(json!({
+        "hospitals": list,
+        "notes": {
+            "last_train_loss": "the hospital's own training loss: NOT differentially private (withheld when DP is on)",
+            "epsilon_spent": "lifetime spending on the hospital's dataset, from its ledger (DP only)",
+        },
+    })))
 }
 
 pub async fn runs(state: web::Data<Arc<AppState>>) -> ApiResult {

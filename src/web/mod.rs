@@ -19,10 +19,29 @@ use anyhow::{Context, Result};
 
 use state::AppState;
 
+/// Nice value of the HTTP worker threads: a busy control plane must not
+/// slow the training it watches (measured by scripts/web_load.py).
+const HTTP_NICE: i32 = 19;
+
+/// Lower this thread's scheduling priority (Linux: nice is per thread).
+fn yield_to_training() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain syscalls on the calling thread's own id; no memory is shared.
+        let result =
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, HTTP_NICE) };
+        if result != 0 {
+            tracing::debug!("could not lower the HTTP worker's priority");
+        }
+    }
+}
+
 /// Bind `addr` and return the server (not yet awaited) and the bound address.
 pub fn server(state: Arc<AppState>, addr: SocketAddr) -> Result<(Server, SocketAddr)> {
     let data = web::Data::new(state);
     let http = HttpServer::new(move || {
+        // Called once on each worker thread as it starts.
+        yield_to_training();
         let observed = data.clone();
         App::new()
             .app_data(data.clone())
@@ -61,7 +80,7 @@ pub fn server(state: Arc<AppState>, addr: SocketAddr) -> Result<(Server, SocketA
             .route("/api/runs/{id}/model", web::get().to(api::model))
             .default_service(web::to(api::not_found))
     })
-    .workers(2)
+    .workers(1)
     .disable_signals()
     .bind(addr)
     .with_context(|| format!("cannot listen on {addr}"))?;
