@@ -7,6 +7,7 @@ pub mod events;
 pub mod hospital;
 pub mod messages;
 pub mod report;
+pub mod wire;
 
 pub use coordinator::{Coordinator, CoordinatorArgs, TaskSetup};
 pub use events::{EventBus, FederationEvent};
