@@ -57,8 +57,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=8)
-    ap.add_argument("--client-nice", type=int, default=19,
-                    help="nice value of the wrk processes (0: compete with training as equals)")
+    ap.add_argument("--client-idle", type=int, default=1,
+                    help="1: run wrk under SCHED_IDLE like a remote client; 0: compete with training as equals")
     ap.add_argument("--binary", default=os.path.join(ROOT, "target/release/medfed"))
     args = ap.parse_args()
     port = free_port()
@@ -79,9 +79,9 @@ def main():
         run_once(base, 1)  # warm-up: caches, synthetic data
         quiet, _ = run_once(base, args.rounds)
         duration = int(quiet * 1.5) + 5
-        # The load generator stands for remote clients: niced, so that it
+        # The load generator stands for remote clients: SCHED_IDLE, so that it
         # does not take the cores from training on this shared machine.
-        nice = ["nice", "-n", str(args.client_nice)] if args.client_nice else []
+        nice = ["chrt", "--idle", "0"] if args.client_idle else []
         wrks = [subprocess.Popen(nice + ["wrk", "-t1", f"-c{args.connections}", f"-d{duration}s", "--latency",
                                   f"{base}{path}"], stdout=subprocess.PIPE, text=True)
                 for path in ("/api/state", "/metrics")]
@@ -93,7 +93,7 @@ def main():
             rps, p99 = parse_wrk(out)
             results[path] = {"requests_per_s": rps, "p99_ms": p99}
         print(json.dumps({"rounds": args.rounds, "connections_per_endpoint": args.connections,
-                          "client_nice": args.client_nice,
+                          "client_idle": bool(args.client_idle),
                           "run_seconds_no_load": round(quiet, 2), "run_seconds_under_load": round(loaded, 2),
                           "slowdown": round(loaded / quiet - 1, 3), "endpoints": results}, indent=1))
     finally:

@@ -19,19 +19,19 @@ use anyhow::{Context, Result};
 
 use state::AppState;
 
-/// Nice value of the HTTP worker threads: a busy control plane must not
-/// slow the training it watches (measured by scripts/web_load.py).
-const HTTP_NICE: i32 = 19;
-
-/// Lower this thread's scheduling priority (Linux: nice is per thread).
+/// Lower this thread's scheduling class to SCHED_IDLE (Linux): the HTTP
+/// workers run when training leaves a core free, and a waking training
+/// thread preempts them at once, so a busy control plane does not slow the
+/// training it watches (measured by scripts/web_load.py). Lowering needs no
+/// privilege; elsewhere this does nothing.
 fn yield_to_training() {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: plain syscalls on the calling thread's own id; no memory is shared.
-        let result =
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, HTTP_NICE) };
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: plain syscall on the calling thread (pid 0) with a valid parameter.
+        let result = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
         if result != 0 {
-            tracing::debug!("could not lower the HTTP worker's priority");
+            tracing::debug!("could not lower the HTTP worker's scheduling class");
         }
     }
 }
