@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
+use common::external_available;
 use common::server::{Served, TOKEN};
 
 use fantoccini::{ClientBuilder, Locator};
@@ -22,17 +23,15 @@ impl Drop for Driver {
     }
 }
 
-fn available(program: &str) -> bool {
-    let found = Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found && std::env::var("MEDFED_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
-        panic!("{program} is required (MEDFED_REQUIRE_EXTERNAL=1); scripts/test installs it");
-    }
-    found
+/// Click the element at `css`.
+async fn click(browser: &fantoccini::Client, css: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
 }
 
 /// The text of the element at `css` now (the panel re-renders its cards,
@@ -55,8 +54,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_a_run_from_the_panel_and_watch_it_finish() {
-    if !available("chromedriver") || !available("chromium") {
-        eprintln!("SKIPPED: chromium / chromedriver not installed");
+    if !external_available("chromedriver") || !external_available("chromium") {
         return;
     }
     // Served::start polls with a blocking client: off the async workers.
@@ -173,13 +171,7 @@ async fn start_a_run_from_the_panel_and_watch_it_finish() {
         .expect("the chart is drawn on a canvas");
 
     // The hospitals view lists all five.
-    browser
-        .find(Locator::Css("button[data-view=hospitals]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "button[data-view=hospitals]").await;
     eventually("5 hospitals", Duration::from_secs(10), || async {
         browser
             .find_all(Locator::Css("#hospital-table tbody tr"))
@@ -192,13 +184,7 @@ async fn start_a_run_from_the_panel_and_watch_it_finish() {
     let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
     std::fs::write(artifacts.join("control-panel.png"), &png).unwrap();
-    browser
-        .find(Locator::Css("button[data-view=overview]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "button[data-view=overview]").await;
     let png = browser.screenshot().await.unwrap();
     std::fs::write(artifacts.join("control-panel-overview.png"), &png).unwrap();
     assert!(png.starts_with(b"\x89PNG"));

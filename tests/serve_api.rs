@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod common;
+use common::external_available;
 use common::server::{Served, TOKEN};
 
 use medfed_models::checkpoint::Checkpoint;
@@ -260,61 +261,48 @@ fn the_event_stream_carries_a_whole_run_in_order() {
     assert!(last_round < finished && finished < types.len() - 1);
 }
 
-fn external_tool(name: &str) -> bool {
-    let found = Command::new(name)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found && std::env::var("MEDFED_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
-        panic!("{name} is required (MEDFED_REQUIRE_EXTERNAL=1); scripts/test installs it");
-    }
-    if !found {
-        eprintln!("SKIPPED: {name} is not installed");
-    }
-    found
-}
-
-/// Every `medfed_*` name the Grafana dashboard queries.
-fn dashboard_metric_names() -> Vec<String> {
+/// The Grafana dashboard, checked for its datasource variable.
+fn dashboard() -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/grafana/dashboards/medfed.json");
     let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let vars = dashboard["templating"]["list"].as_array().unwrap();
     assert!(vars
         .iter()
         .any(|v| v["type"] == "datasource" && v["query"] == "prometheus"));
-    let mut names = Vec::new();
     for panel in dashboard["panels"].as_array().unwrap() {
         assert_eq!(panel["datasource"]["uid"], "${datasource}", "{}", panel["title"]);
-        for target in panel["targets"].as_array().unwrap() {
-            let expr = target["expr"].as_str().unwrap();
-            let mut rest = expr;
-            while let Some(at) = rest.find("medfed_") {
-                let name: String = rest[at..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                rest = &rest[at + name.len()..];
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-            }
-        }
     }
-    names
+    dashboard
 }
 
+/// Every panel query, with Grafana's `$__rate_interval` made concrete.
 fn dashboard_exprs() -> Vec<String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/grafana/dashboards/medfed.json");
-    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    dashboard["panels"]
+    dashboard()["panels"]
         .as_array()
         .unwrap()
         .iter()
         .flat_map(|p| p["targets"].as_array().unwrap().clone())
         .map(|t| t["expr"].as_str().unwrap().replace("$__rate_interval", "1m"))
         .collect()
+}
+
+/// Every `medfed_*` name the dashboard queries.
+fn dashboard_metric_names() -> Vec<String> {
+    let mut names = Vec::new();
+    for expr in dashboard_exprs() {
+        let mut rest = expr.as_str();
+        while let Some(at) = rest.find("medfed_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
 }
 
 struct Prometheus(Child);
@@ -375,7 +363,7 @@ fn metrics_pass_promtool_cover_the_dashboard_and_are_scraped_by_prometheus() {
         );
     }
 
-    if external_tool("promtool") {
+    if external_available("promtool") {
         let mut check = Command::new("promtool")
             .args(["check", "metrics"])
             .stdin(Stdio::piped())
@@ -393,7 +381,7 @@ fn metrics_pass_promtool_cover_the_dashboard_and_are_scraped_by_prometheus() {
         );
     }
 
-    if !external_tool("prometheus") {
+    if !external_available("prometheus") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
-use medfed_models::data::images::synth::{generate, split, SynthSpec};
+use medfed_models::data::images::synth::{generate, split, write_npz, SynthSpec};
 use medfed_models::data::images::{folder, npz};
 
 use crate::cli::{CheckImagesArgs, DataCommand, ImageFormat, SynthXrayArgs};
@@ -41,8 +41,7 @@ fn synth_xray(a: &SynthXrayArgs) -> Result<()> {
             if a.out.exists() {
                 bail!("{} exists; choose a new file", a.out.display());
             }
-            let refs: Vec<(&str, &_)> = parts.iter().map(|(n, p)| (*n, p)).collect();
-            npz::write(&a.out, &refs, true)?;
+            write_npz(&a.out, &parts)?;
         }
     }
     let b = set.balance();

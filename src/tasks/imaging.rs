@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tracing::{info, warn};
 
-use medfed_models::data::images::synth::{generate, split, SynthSpec};
+use medfed_models::data::images::synth::{generate, split, write_npz, SynthSpec};
 use medfed_models::data::images::{folder, npz, ImageSet, LoadReport};
 use medfed_models::learner::cnn::{CnnConfig, CnnEvaluator, CnnLearner};
 use medfed_models::learner::{Evaluator, GlobalModel, Learner, TrainPlan};
@@ -130,14 +130,13 @@ fn synthetic_file(loaded: &Loaded, config: &TaskConfig) -> Result<PathBuf> {
         pneumonia_share: 0.5,
     })?;
     let parts = split(&set);
-    let refs: Vec<(&str, &ImageSet)> = parts.iter().map(|(n, p)| (*n, p)).collect();
     // Written under a unique name and renamed: concurrent runs never read half a file.
     let partial = dir.join(format!(
         ".{}.{}.partial",
         std::process::id(),
         path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
     ));
-    npz::write(&partial, &refs, true)?;
+    write_npz(&partial, &parts)?;
     std::fs::rename(&partial, &path)
         .with_context(|| format!("moving the synthetic set to {}", path.display()))?;
     eprintln!(

@@ -68,6 +68,13 @@ impl ResponseError for ApiError {
 
 type ApiResult = Result<HttpResponse, ApiError>;
 
+fn read_view(state: &AppState) -> Result<std::sync::RwLockReadGuard<'_, super::live::LiveView>, ApiError> {
+    state
+        .live
+        .read()
+        .map_err(|_| ApiError::internal(anyhow::anyhow!("view lock poisoned")))
+}
+
 fn require_token(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let header = req.headers().get("Authorization").and_then(|h| h.to_str().ok());
     if authorized(header, &state.token) {
@@ -100,10 +107,7 @@ async fn json_body<T: serde::de::DeserializeOwned>(mut payload: web::Payload) ->
 }
 
 pub async fn state(state: web::Data<Arc<AppState>>) -> ApiResult {
-    let live = state
-        .live
-        .read()
-        .map_err(|_| ApiError::internal(anyhow::anyhow!("view lock poisoned")))?;
+    let live = read_view(&state)?;
     Ok(HttpResponse::Ok().json(json!({
         "run_id": live.run_id,
         "run_active": live.run_active,
@@ -113,10 +117,7 @@ pub async fn state(state: web::Data<Arc<AppState>>) -> ApiResult {
 }
 
 pub async fn hospitals(state: web::Data<Arc<AppState>>) -> ApiResult {
-    let live = state
-        .live
-        .read()
-        .map_err(|_| ApiError::internal(anyhow::anyhow!("view lock poisoned")))?;
+    let live = read_view(&state)?;
     let list: Vec<_> = live.hospitals.values().collect();
     Ok(HttpResponse::Ok().json(json!({
         "hospitals": list,

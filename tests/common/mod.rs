@@ -32,3 +32,23 @@ pub fn json_of(out: &Output) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).expect("one JSON object")
 }
+
+/// Whether an external program the test needs is installed. Missing with
+/// MEDFED_REQUIRE_EXTERNAL=1 (as scripts/test sets): the test fails; else
+/// it says it skips that part.
+#[allow(dead_code)] // only the web tests need external programs
+pub fn external_available(program: &str) -> bool {
+    let found = Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found && std::env::var("MEDFED_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
+        panic!("{program} is required (MEDFED_REQUIRE_EXTERNAL=1); scripts/test installs it");
+    }
+    if !found {
+        eprintln!("SKIPPED: {program} is not installed");
+    }
+    found
+}

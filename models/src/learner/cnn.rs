@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::logistic::LocalDp;
+use super::logistic::{DpSgdSettings, LocalDp};
 use super::{Evaluator, GlobalModel, Learner, LocalUpdate, Release, RoundCost, TrainPlan};
 use crate::data::images::ImageSet;
 use crate::data::MomentSums;
@@ -311,14 +311,6 @@ fn train_net(
     Ok(last)
 }
 
-/// DP-SGD settings: sampling rate q, clipping norm C, noise multiplier sigma, steps.
-struct DpSgdSettings {
-    sampling_rate: f64,
-    max_grad_norm: f64,
-    noise_multiplier: f64,
-    local_steps: u64,
-}
-
 /// DP-SGD (Abadi et al. 2016) for the CNN: each step Poisson-samples images
 /// at rate q, takes each one's gradient (one backward pass per image: candle
 /// has no vectorised per-example gradients, and at this model size batches
@@ -477,20 +469,8 @@ impl Learner for CnnLearner {
         }
         let net = Net::from_params(&global.params)?;
         if let Some((dp, noise)) = self.privacy.as_mut() {
-            let LocalDp::DpSgd {
-                sampling_rate,
-                max_grad_norm,
-                noise_multiplier,
-                local_steps,
-            } = *dp
-            else {
+            let Some(settings) = dp.dp_sgd_settings() else {
                 return self.train_update_level(global, plan, net);
-            };
-            let settings = DpSgdSettings {
-                sampling_rate,
-                max_grad_norm,
-                noise_multiplier,
-                local_steps,
             };
             dp_sgd_net(&net, &self.images, &self.config, plan, &settings, noise)?;
             let delta = net.to_params(global.params.layout())?.sub(&global.params)?;

@@ -159,7 +159,34 @@ pub enum LocalDp {
     },
 }
 
+/// The settings of one hospital's DP-SGD, shared by every learner that runs it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpSgdSettings {
+    pub sampling_rate: f64,
+    pub max_grad_norm: f64,
+    pub noise_multiplier: f64,
+    pub local_steps: u64,
+}
+
 impl LocalDp {
+    /// DP-SGD's settings, or None for update-level DP.
+    pub fn dp_sgd_settings(&self) -> Option<DpSgdSettings> {
+        match *self {
+            LocalDp::DpSgd {
+                sampling_rate,
+                max_grad_norm,
+                noise_multiplier,
+                local_steps,
+            } => Some(DpSgdSettings {
+                sampling_rate,
+                max_grad_norm,
+                noise_multiplier,
+                local_steps,
+            }),
+            LocalDp::Update { .. } => None,
+        }
+    }
+
     pub fn mechanism(&self) -> &'static str {
         match self {
             LocalDp::DpSgd { .. } => "dp-sgd",
@@ -256,10 +283,15 @@ pub fn dp_sgd(
     x: &Array2<f64>,
     y: &[bool],
     plan: &TrainPlan,
-    dp: (f64, f64, f64, u64),
+    dp: &DpSgdSettings,
     noise: &mut NoiseSource,
 ) {
-    let (q, clip, sigma, steps) = dp;
+    let (q, clip, sigma, steps) = (
+        dp.sampling_rate,
+        dp.max_grad_norm,
+        dp.noise_multiplier,
+        dp.local_steps,
+    );
     let d = coef.weight.len();
     let expected_batch = q * y.len() as f64;
     let mut sum = vec![0.0; d + 1];
@@ -395,24 +427,12 @@ impl Learner for LogisticLearner {
             }
             Some((dp, noise)) => {
                 let dp = *dp;
-                let delta = match dp {
-                    LocalDp::DpSgd {
-                        sampling_rate,
-                        max_grad_norm,
-                        noise_multiplier,
-                        local_steps,
-                    } => {
-                        dp_sgd(
-                            &mut coef,
-                            x,
-                            &labels,
-                            plan,
-                            (sampling_rate, max_grad_norm, noise_multiplier, local_steps),
-                            noise,
-                        );
+                let delta = match dp.dp_sgd_settings() {
+                    Some(settings) => {
+                        dp_sgd(&mut coef, x, &labels, plan, &settings, noise);
                         coef.to_params().sub(&global.params)?
                     }
-                    LocalDp::Update { .. } => {
+                    None => {
                         sgd(&mut coef, x, &labels, plan, &mut rng);
                         dp.noise_update(&coef.to_params().sub(&global.params)?, noise)?
                     }

@@ -137,6 +137,13 @@ pub fn split(set: &ImageSet) -> [(&'static str, ImageSet); 3] {
     ]
 }
 
+/// Write split parts as a MedMNIST-style `.npz` marked SYNTHETIC (it holds
+/// a `synthetic` array), the one way generated images are saved as npz.
+pub fn write_npz(path: &std::path::Path, parts: &[(&str, ImageSet)]) -> Result<()> {
+    let refs: Vec<(&str, &ImageSet)> = parts.iter().map(|(name, part)| (*name, part)).collect();
+    super::npz::write(path, &refs, true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
