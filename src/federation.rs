@@ -127,6 +127,7 @@ impl Federation {
                 );
                 let shard = task.shard(i).context("shard index within the hospital count")?;
                 let built = hospital_learner::build(loaded, &name, &dataset, shard, rounds, "in-process")?;
+                let local_test = task.local_test(i, loaded.config.run.seed)?;
                 let (hospital, handle) = Actor::spawn(
                     None,
                     Hospital,
@@ -137,6 +138,7 @@ impl Federation {
                         learner: built.learner,
                         coordinator: coordinator.clone(),
                         require_private,
+                        local_test,
                     },
                 )
                 .await
@@ -208,6 +210,23 @@ impl CoordinatorClient {
             .context("coordinator did not answer the report request")
     }
 
+    /// The report once every task's last round has all its federated
+    /// evaluations (they arrive after the round closes), or after `patience`.
+    pub async fn settled_report(&self, patience: Duration) -> Result<RunReport> {
+        let deadline = Instant::now() + patience;
+        loop {
+            let report = self.report().await?;
+            let settled = report
+                .tasks
+                .values()
+                .all(|t| t.rounds.last().is_none_or(|r| r.federated.complete()));
+            if settled || Instant::now() >= deadline {
+                return Ok(report);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn model(&self, task: &str) -> Result<Checkpoint> {
         ractor::call!(self.coordinator, |reply| CoordinatorMsg::Model {
             task: task.to_string(),
@@ -258,7 +277,7 @@ pub async fn run_to_end(
             }
         }
     };
-    let report = client.report().await?;
+    let report = client.settled_report(Duration::from_secs(30)).await?;
     let mut models = BTreeMap::new();
     for task in tasks {
         models.insert(task.name.clone(), client.model(&task.name).await?);

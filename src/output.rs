@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use medfed_actors::coordinator::fsm::Phase;
+use medfed_actors::report::FederatedEval;
 use medfed_actors::{RunReport, TaskReport};
 use medfed_models::metrics::Metrics;
 
@@ -42,6 +43,34 @@ pub struct RoundJson {
     #[serde(flatten)]
     pub metrics: MetricsJson,
     pub seconds: f64,
+    /// The same model on the hospitals' own test splits.
+    pub federated: FederatedJson,
+}
+
+/// Federated evaluation of one round's model (reported apart from the
+/// coordinator's held-out metrics): pooled over the hospitals that answered.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FederatedJson {
+    pub requested: usize,
+    pub evaluated: usize,
+    pub examples: u64,
+    pub pooled: Option<MetricsJson>,
+    pub accuracy_by_hospital: BTreeMap<String, f64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub declined: BTreeMap<String, String>,
+}
+
+impl From<&FederatedEval> for FederatedJson {
+    fn from(f: &FederatedEval) -> Self {
+        Self {
+            requested: f.requested,
+            evaluated: f.hospitals.len(),
+            examples: f.pooled.as_ref().map_or(0, |m| m.count),
+            pooled: f.pooled.as_ref().map(Into::into),
+            accuracy_by_hospital: f.hospitals.iter().map(|(h, m)| (h.clone(), m.accuracy)).collect(),
+            declined: f.declined.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -53,6 +82,8 @@ pub struct TaskJson {
     pub rounds: Vec<RoundJson>,
     #[serde(rename = "final")]
     pub final_metrics: Option<MetricsJson>,
+    /// The final model on the hospitals' local test splits.
+    pub final_federated: Option<FederatedJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub centralized: Option<MetricsJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -127,9 +158,11 @@ pub fn task_json(report: &TaskReport, context: &TaskContext) -> TaskJson {
                 participants: r.participants,
                 metrics: (&r.metrics).into(),
                 seconds: r.seconds,
+                federated: (&r.federated).into(),
             })
             .collect(),
         final_metrics: report.rounds.last().map(|r| (&r.metrics).into()),
+        final_federated: report.rounds.last().map(|r| (&r.federated).into()),
         centralized: context.centralized.as_ref().map(Into::into),
         privacy: context.privacy.as_ref().map(|(mode, delta)| PrivacyJson {
             mode: mode.clone(),
@@ -222,6 +255,28 @@ pub fn task_table(name: &str, report: &TaskReport, context: &TaskContext) -> Str
         );
     }
     out.push('\n');
+    if let Some(f) = report.rounds.last().map(|r| &r.federated) {
+        match &f.pooled {
+            Some(m) => {
+                let _ = writeln!(
+                    out,
+                    "federated evaluation (the final model on {} of {} hospitals' local test splits, {} {}): accuracy {:.4}, F1 {:.4}",
+                    f.hospitals.len(),
+                    f.requested,
+                    m.count,
+                    context.unit,
+                    m.accuracy,
+                    m.f1
+                );
+            }
+            None if !f.declined.is_empty() => {
+                let reasons: std::collections::BTreeSet<&String> = f.declined.values().collect();
+                let reasons: Vec<&str> = reasons.into_iter().map(String::as_str).collect();
+                let _ = writeln!(out, "federated evaluation: declined ({})", reasons.join("; "));
+            }
+            None => {}
+        }
+    }
     if let Some(c) = &context.centralized {
         let _ = writeln!(
             out,

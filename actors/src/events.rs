@@ -24,6 +24,8 @@ pub enum FederationEvent {
         hospital: String,
         kind: String,
         samples: usize,
+        /// Where it runs: "in-process", or its cluster node and address.
+        node: String,
     },
     HospitalLeft {
         task: String,
@@ -85,6 +87,15 @@ pub enum FederationEvent {
         participants: usize,
         metrics: Metrics,
         seconds: f64,
+    },
+    /// A hospital's federated evaluation of a round's global model on its
+    /// local test split (`metrics` is None when it declined, with `reason`).
+    HospitalEvaluated {
+        task: String,
+        round: u32,
+        hospital: String,
+        metrics: Option<Metrics>,
+        reason: Option<String>,
     },
     TaskFinished {
         task: String,

@@ -19,6 +19,8 @@ pub struct HospitalInfo {
     pub task: String,
     pub kind: String,
     pub samples: usize,
+    /// Where it runs; the cluster gateway fills in the node it came from.
+    pub node: String,
 }
 
 /// A hospital's answer to a training request.
@@ -36,6 +38,15 @@ pub enum StatsOutcome {
     /// releases none (a public scaler is in use).
     Released(Option<MomentSums>),
     Declined(String),
+}
+
+/// A hospital's answer to a federated-evaluation request: the global
+/// model's metrics on its local test split, or why it gave none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum EvalOutcome {
+    Evaluated { metrics: Metrics },
+    Declined { reason: String },
 }
 
 /// What `StartRun` asks for; `None` fields take the configured defaults.
@@ -71,6 +82,13 @@ pub enum CoordinatorMsg {
         round: u32,
         attempt: u32,
         outcome: TrainOutcome,
+    },
+    /// A hospital's federated evaluation of the global model after `round`.
+    Evaluated {
+        from: String,
+        task: String,
+        round: u32,
+        outcome: EvalOutcome,
     },
     StartRun {
         request: RunRequest,
@@ -109,6 +127,12 @@ pub enum HospitalMsg {
         attempt: u32,
         model: GlobalModel,
         plan: TrainPlan,
+    },
+    /// Evaluate the global model after `round` on the local test split.
+    Evaluate {
+        task: String,
+        round: u32,
+        model: GlobalModel,
     },
     /// The coordinator refused this hospital (e.g. its name is taken).
     Refused {

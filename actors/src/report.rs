@@ -16,6 +16,42 @@ pub struct RoundRecord {
     /// Global model on the held-out test set after this round.
     pub metrics: Metrics,
     pub seconds: f64,
+    /// The same model on the hospitals' local test splits (federated evaluation).
+    pub federated: FederatedEval,
+}
+
+/// Federated evaluation of one round's global model: each hospital's
+/// metrics on its own test split, and their pooled confusion matrix.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FederatedEval {
+    /// Hospitals asked to evaluate.
+    pub requested: usize,
+    /// Hospitals that answered, with metrics or a reason not to.
+    pub answered: usize,
+    /// Metrics over the union of the local test splits (AUC is not poolable).
+    pub pooled: Option<Metrics>,
+    pub hospitals: BTreeMap<String, Metrics>,
+    pub declined: BTreeMap<String, String>,
+}
+
+impl FederatedEval {
+    pub fn complete(&self) -> bool {
+        self.answered >= self.requested
+    }
+
+    pub fn record(&mut self, hospital: String, outcome: crate::messages::EvalOutcome) {
+        match outcome {
+            crate::messages::EvalOutcome::Evaluated { metrics } => {
+                self.hospitals.insert(hospital, metrics);
+            }
+            crate::messages::EvalOutcome::Declined { reason } => {
+                self.declined.insert(hospital, reason);
+            }
+        }
+        self.answered = self.hospitals.len() + self.declined.len();
+        let parts: Vec<&Metrics> = self.hospitals.values().collect();
+        self.pooled = medfed_models::metrics::pooled(&parts);
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

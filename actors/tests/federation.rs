@@ -164,6 +164,7 @@ async fn spawn_hospital_with(
             learner: Box::new(learner),
             coordinator: coordinator.clone(),
             require_private,
+            local_test: None,
         },
     )
     .await

@@ -81,6 +81,7 @@ async fn run_federation(rounds: u32) -> RunReport {
                 learner: Box::new(CnnLearner::new(name, shard, config).unwrap()),
                 coordinator: coordinator.clone(),
                 require_private: false,
+                local_test: None,
             },
         )
         .await

@@ -45,6 +45,16 @@ pub fn binary_metrics(probs: &[f64], labels: &[bool]) -> Metrics {
         loss -= if y { p.ln() } else { (1.0 - p).ln() };
     }
     let n = probs.len() as u64;
+    from_counts(
+        c,
+        if n == 0 { 0.0 } else { loss / n as f64 },
+        roc_auc(probs, labels),
+    )
+}
+
+/// Ratios of a confusion matrix, with the mean loss and AUC given.
+fn from_counts(c: Confusion, loss: f64, auc: Option<f64>) -> Metrics {
+    let n = c.tp + c.fp + c.tn + c.fn_;
     let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     let precision = ratio(c.tp, c.tp + c.fp);
     let recall = ratio(c.tp, c.tp + c.fn_);
@@ -59,10 +69,34 @@ pub fn binary_metrics(probs: &[f64], labels: &[bool]) -> Metrics {
         precision,
         recall,
         f1,
-        auc: roc_auc(probs, labels),
-        loss: if n == 0 { 0.0 } else { loss / n as f64 },
+        auc,
+        loss,
         confusion: c,
     }
+}
+
+/// The metrics of the union of the parts' examples, from their confusion
+/// matrices and mean losses (federated evaluation). AUC needs the scores
+/// themselves, so the pooled AUC is `None`. `None` for no parts.
+pub fn pooled(parts: &[&Metrics]) -> Option<Metrics> {
+    if parts.is_empty() {
+        return None;
+    }
+    let mut c = Confusion::default();
+    let mut loss_sum = 0.0;
+    for m in parts {
+        c.tp += m.confusion.tp;
+        c.fp += m.confusion.fp;
+        c.tn += m.confusion.tn;
+        c.fn_ += m.confusion.fn_;
+        loss_sum += m.loss * m.count as f64;
+    }
+    let n = c.tp + c.fp + c.tn + c.fn_;
+    Some(from_counts(
+        c,
+        if n == 0 { 0.0 } else { loss_sum / n as f64 },
+        None,
+    ))
 }
 
 /// ROC-AUC as the Mann-Whitney statistic, ties sharing their average rank.
@@ -147,6 +181,27 @@ mod tests {
         assert!((m.loss - 0.164_252_033_486_018_2).abs() < 1e-12);
         let m = binary_metrics(&[0.0], &[true]);
         assert!(m.loss.is_finite() && (m.loss - 34.538_776_394_910_684).abs() < 1e-6);
+    }
+
+    #[test]
+    fn pooled_parts_equal_the_metrics_of_their_union() {
+        let (probs, labels) = (
+            [0.9, 0.2, 0.7, 0.4, 0.6, 0.1, 0.8],
+            [true, false, false, true, true, false, true],
+        );
+        let whole = binary_metrics(&probs, &labels);
+        let a = binary_metrics(&probs[..3], &labels[..3]);
+        let b = binary_metrics(&probs[3..], &labels[3..]);
+        let p = pooled(&[&a, &b]).unwrap();
+        assert_eq!(p.confusion, whole.confusion);
+        assert_eq!(p.count, 7);
+        close(p.accuracy, whole.accuracy);
+        close(p.precision, whole.precision);
+        close(p.recall, whole.recall);
+        close(p.f1, whole.f1);
+        close(p.loss, whole.loss);
+        assert_eq!(p.auc, None);
+        assert!(pooled(&[]).is_none());
     }
 
     #[test]

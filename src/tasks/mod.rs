@@ -137,6 +137,32 @@ impl PreparedTask {
         }
     }
 
+    /// Hospital `index`'s local test split for federated evaluation: its
+    /// share of the held-out set, partitioned like the training data. With
+    /// IID partitioning the shares together are exactly the held-out set.
+    /// `None` when its share is empty.
+    pub fn local_test(&self, index: usize, seed: u64) -> Result<Option<Box<dyn Evaluator>>> {
+        let count = self.hospital_count();
+        let partition = partition_of(&self.config);
+        let evaluator: Box<dyn Evaluator> = match &self.data {
+            TaskData::Tabular { held_out, .. } => {
+                let rows = partition.split(held_out, count, seed)?;
+                let Some(rows) = rows.get(index).filter(|r| !r.is_empty()) else {
+                    return Ok(None);
+                };
+                Box::new(LogisticEvaluator::new(held_out.select(rows))?)
+            }
+            TaskData::Imaging { held_out, cnn, .. } => {
+                let rows = partition.split_labels(&held_out.labels, count, seed)?;
+                let Some(rows) = rows.get(index).filter(|r| !r.is_empty()) else {
+                    return Ok(None);
+                };
+                Box::new(CnnEvaluator::new(held_out.select(rows), *cnn, seed)?)
+            }
+        };
+        Ok(Some(evaluator))
+    }
+
     /// The coordinator's evaluation on the held-out set; `seed` fixes the
     /// initial global model.
     pub fn evaluator(&self, seed: u64) -> Result<Box<dyn Evaluator>> {

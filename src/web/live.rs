@@ -94,6 +94,7 @@ impl LiveView {
                 hospital,
                 kind,
                 samples,
+                node,
             } => {
                 let h = self
                     .hospitals
@@ -102,7 +103,7 @@ impl LiveView {
                         name: hospital.clone(),
                         task: task.clone(),
                         kind: kind.clone(),
-                        node: "in-process".into(),
+                        node: node.clone(),
                         status: String::new(),
                         last_seen: None,
                         samples: *samples,
@@ -112,6 +113,7 @@ impl LiveView {
                         last_update: None,
                     });
                 h.status = "online".into();
+                h.node = node.clone();
                 h.samples = *samples;
                 h.last_seen = Some(now);
             }
@@ -168,7 +170,16 @@ impl LiveView {
                     t.last_metrics = Some(metrics.into());
                 }
             }
+            E::HospitalEvaluated {
+                round,
+                hospital,
+                metrics: Some(m),
+                ..
+            } => self.hospital(hospital, now, |h| {
+                h.last_update = Some(format!("round {round}: local test accuracy {:.4}", m.accuracy));
+            }),
             E::RoundStarted { .. }
+            | E::HospitalEvaluated { .. }
             | E::MessageDropped { .. }
             | E::RoundBelowQuorum { .. }
             | E::TaskFinished { .. }
@@ -228,6 +239,7 @@ mod tests {
                 hospital: "t-1".into(),
                 kind: "tabular".into(),
                 samples: 90,
+                node: "in-process".into(),
             },
             1.0,
         );

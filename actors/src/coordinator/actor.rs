@@ -17,9 +17,10 @@ use super::task::{aggregate_and_evaluate, write_checkpoint, TaskRuntime, TaskSet
 use super::task_group;
 use crate::events::{EventBus, FederationEvent};
 use crate::messages::{
-    CoordinatorMsg, HospitalInfo, HospitalMsg, RunRequest, StartRefused, StatsOutcome, TrainOutcome,
+    CoordinatorMsg, EvalOutcome, HospitalInfo, HospitalMsg, RunRequest, StartRefused, StatsOutcome,
+    TrainOutcome,
 };
-use crate::report::{RoundRecord, RunReport};
+use crate::report::{FederatedEval, RoundRecord, RunReport};
 
 pub struct Coordinator;
 
@@ -136,6 +137,12 @@ impl Actor for Coordinator {
                 attempt,
                 outcome,
             } => on_update(&myself, state, from, task, round, attempt, outcome),
+            CoordinatorMsg::Evaluated {
+                from,
+                task,
+                round,
+                outcome,
+            } => on_evaluated(state, from, task, round, outcome),
             CoordinatorMsg::StartRun { request, reply } => {
                 let result = start_run(&myself, state, request);
                 let _ = reply.send(result);
@@ -241,6 +248,7 @@ fn on_join(
         hospital: info.name.clone(),
         kind: info.kind.clone(),
         samples: info.samples,
+        node: info.node.clone(),
     });
     let (task, name) = (info.task.clone(), info.name.clone());
     state.hospitals.insert(
@@ -299,6 +307,33 @@ fn on_update(
             verdict,
         },
     );
+}
+
+fn on_evaluated(state: &mut CoordinatorState, from: String, task: String, round: u32, outcome: EvalOutcome) {
+    let known = state
+        .hospitals
+        .values()
+        .any(|r| r.info.name == from && r.info.task == task);
+    let record = state
+        .tasks
+        .get_mut(&task)
+        .and_then(|rt| rt.history.iter_mut().find(|r| r.round == round));
+    let (true, Some(record)) = (known, record) else {
+        debug!(task = %task, hospital = %from, round, "federated evaluation for no current round dropped");
+        return;
+    };
+    let (metrics, reason) = match &outcome {
+        EvalOutcome::Evaluated { metrics } => (Some(metrics.clone()), None),
+        EvalOutcome::Declined { reason } => (None, Some(reason.clone())),
+    };
+    record.federated.record(from.clone(), outcome);
+    state.events.publish(FederationEvent::HospitalEvaluated {
+        task,
+        round,
+        hospital: from,
+        metrics,
+        reason,
+    });
 }
 
 fn start_run(
@@ -384,11 +419,30 @@ fn on_round_done(
             let participants = rt.kept_updates.len();
             rt.kept_updates.clear();
             rt.global.params = std::sync::Arc::new(params);
+            // Federated evaluation: every hospital of the task tests the new
+            // model on its own test split; answers arrive in `on_evaluated`.
+            let model = rt.global.clone();
+            let mut asked = 0;
+            for r in state.hospitals.values().filter(|r| r.info.task == task) {
+                let request = HospitalMsg::Evaluate {
+                    task: task.clone(),
+                    round,
+                    model: model.clone(),
+                };
+                if r.actor.cast(request).is_ok() {
+                    asked += 1;
+                }
+            }
+            let rt = state.tasks.get_mut(&task).expect("task exists");
             rt.history.push(RoundRecord {
                 round,
                 participants,
                 metrics: metrics.clone(),
                 seconds,
+                federated: FederatedEval {
+                    requested: asked,
+                    ..FederatedEval::default()
+                },
             });
             info!(task = %task, round, accuracy = metrics.accuracy, loss = metrics.loss, "round aggregated");
             state.events.publish(FederationEvent::RoundAggregated {

@@ -3,11 +3,11 @@ use std::sync::{Arc, Mutex};
 use ractor::{pg, Actor, ActorProcessingErr, ActorRef};
 use tracing::{error, info, warn};
 
-use medfed_models::learner::Learner;
+use medfed_models::learner::{Evaluator, Learner};
 use medfed_models::ModelError;
 
 use crate::coordinator::task_group;
-use crate::messages::{CoordinatorMsg, HospitalInfo, HospitalMsg, StatsOutcome, TrainOutcome};
+use crate::messages::{CoordinatorMsg, EvalOutcome, HospitalInfo, HospitalMsg, StatsOutcome, TrainOutcome};
 
 pub struct Hospital;
 
@@ -19,12 +19,15 @@ pub struct HospitalArgs {
     pub coordinator: ActorRef<CoordinatorMsg>,
     /// Differential privacy is on: nothing un-noised may leave this actor.
     pub require_private: bool,
+    /// This hospital's own test split, for federated evaluation.
+    pub local_test: Option<Box<dyn Evaluator>>,
 }
 
 pub struct HospitalState {
     info: HospitalInfo,
     require_private: bool,
     learner: Arc<Mutex<Box<dyn Learner>>>,
+    local_test: Option<Arc<Mutex<Box<dyn Evaluator>>>>,
     coordinator: ActorRef<CoordinatorMsg>,
 }
 
@@ -43,6 +46,7 @@ impl Actor for Hospital {
             task: args.task,
             kind: args.kind,
             samples: args.learner.num_examples(),
+            node: "in-process".into(),
         };
         pg::join(task_group(&info.task), vec![myself.get_cell()]);
         args.coordinator.cast(CoordinatorMsg::Join {
@@ -54,6 +58,7 @@ impl Actor for Hospital {
             info,
             require_private: args.require_private,
             learner: Arc::new(Mutex::new(args.learner)),
+            local_test: args.local_test.map(|e| Arc::new(Mutex::new(e))),
             coordinator: args.coordinator,
         })
     }
@@ -114,6 +119,40 @@ impl Actor for Hospital {
                     task,
                     round,
                     attempt,
+                    outcome,
+                })?;
+            }
+            HospitalMsg::Evaluate { task, round, model } => {
+                let outcome = match (&state.local_test, state.require_private) {
+                    // Test-set metrics describe patients too, and no mechanism noises them.
+                    (_, true) => EvalOutcome::Declined {
+                        reason: "local test metrics are not private: withheld under differential privacy"
+                            .into(),
+                    },
+                    (None, false) => EvalOutcome::Declined {
+                        reason: "this hospital has no local test split".into(),
+                    },
+                    (Some(evaluator), false) => {
+                        let evaluator = evaluator.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let mut e = evaluator
+                                .lock()
+                                .map_err(|_| "evaluator lock poisoned by an earlier panic".to_string())?;
+                            e.evaluate(&model).map_err(|e| e.to_string())
+                        })
+                        .await
+                        .map_err(|e| format!("evaluation thread failed: {e}"))
+                        .and_then(|r| r)
+                        .map(|metrics| EvalOutcome::Evaluated { metrics })
+                        .unwrap_or_else(|reason| EvalOutcome::Declined {
+                            reason: format!("local evaluation failed: {reason}"),
+                        })
+                    }
+                };
+                state.coordinator.cast(CoordinatorMsg::Evaluated {
+                    from: state.info.name.clone(),
+                    task,
+                    round,
                     outcome,
                 })?;
             }
