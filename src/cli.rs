@@ -34,6 +34,13 @@ pub enum Command {
     /// config's coordinator and hospitals (in this process); runs start from
     /// the panel or `POST /api/runs`.
     Serve(ServeArgs),
+    /// Cluster mode: the coordinator node (hospitals connect to it).
+    Coordinator(CoordinatorArgs),
+    /// Cluster mode: one hospital node next to its own data.
+    Hospital(HospitalNodeArgs),
+    /// Cluster tooling.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -239,4 +246,86 @@ pub struct ConfigCheckArgs {
     pub file: PathBuf,
     #[command(flatten)]
     pub overrides: Overrides,
+}
+
+/// Cookie and TLS of a cluster node (each also a `[cluster]` config key).
+#[derive(Debug, Clone, Args, Default)]
+pub struct ClusterSecurity {
+    /// File holding the cluster's shared cookie (else MEDFED_CLUSTER_COOKIE).
+    #[arg(long, value_name = "PATH")]
+    pub cookie_file: Option<PathBuf>,
+    /// This node's certificate (PEM); mutual TLS when cert, key and CA are given.
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA every peer's certificate must be signed by (PEM).
+    #[arg(long, value_name = "PATH")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub overrides: Overrides,
+    /// The cluster port hospitals connect to.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Start a run as soon as every task has min_hospitals joined.
+    #[arg(long)]
+    pub auto_start: bool,
+    /// Exit when the run ends (non-zero if it aborted).
+    #[arg(long)]
+    pub exit_after_run: bool,
+    /// With --exit-after-run: print the result as `medfed run --json` does.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub security: ClusterSecurity,
+}
+
+#[derive(Debug, Args)]
+pub struct HospitalNodeArgs {
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub overrides: Overrides,
+    /// The coordinator's cluster address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub coordinator: Option<String>,
+    /// This hospital's name, unique in the federation.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// This hospital's own CSV (tabular tasks; its local test split is held out of it).
+    #[arg(long, value_name = "PATH", conflicts_with = "shard")]
+    pub data: Option<PathBuf>,
+    /// Shard I of K of the task's shipped data, exactly as `medfed run` partitions it.
+    #[arg(long, value_name = "I/K")]
+    pub shard: Option<String>,
+    #[command(flatten)]
+    pub security: ClusterSecurity,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Write a THROWAWAY CA and node certificates for development and tests.
+    /// Not for production: the CA key is written next to the certificates.
+    GenCerts(GenCertsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenCertsArgs {
+    /// Directory to write ca.pem, ca-key.pem, and <node>.pem / <node>-key.pem.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Node names, comma-separated (e.g. coordinator,h1,h2); each certificate
+    /// is valid for its name, localhost and 127.0.0.1.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub nodes: Vec<String>,
+    /// Extra host names or IPs every node certificate is valid for.
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
 }

@@ -186,6 +186,10 @@ pub struct CoordinatorClient {
 }
 
 impl CoordinatorClient {
+    pub fn new(coordinator: ActorRef<CoordinatorMsg>) -> Self {
+        Self { coordinator }
+    }
+
     /// Ask for a run; the inner error says why the coordinator refused.
     pub async fn try_start(&self, request: RunRequest) -> Result<Result<String, StartRefused>> {
         ractor::call!(self.coordinator, |reply| CoordinatorMsg::StartRun {

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use medfed::cli::{Cli, Command, ConfigCommand};
+use medfed::cli::{Cli, ClusterCommand, Command, ConfigCommand};
 use medfed::{commands, logging};
 
 fn main() -> ExitCode {
@@ -33,6 +33,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             logging::init(cli.log_format, "info");
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(commands::serve::execute(&args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Coordinator(args) => {
+            logging::init(cli.log_format, "info");
+            let runtime = tokio::runtime::Runtime::new()?;
+            let completed = runtime.block_on(commands::coordinator::execute(&args))?;
+            Ok(if completed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Command::Hospital(args) => {
+            logging::init(cli.log_format, "info");
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(commands::hospital::execute(&args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cluster(ClusterCommand::GenCerts(args)) => {
+            logging::init(cli.log_format, "warn");
+            commands::gen_certs::execute(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Data(command) => {

@@ -2,6 +2,7 @@
 //! per-task state machine; hospital actors train on their own data. It knows
 //! nothing of HTTP, SQLite or MLflow: observers subscribe to `FederationEvent`s.
 
+pub mod cluster;
 pub mod coordinator;
 pub mod events;
 pub mod hospital;

@@ -1,7 +1,11 @@
 //! One module per CLI command.
 
+pub mod cluster_node;
 pub mod config_check;
+pub mod coordinator;
 pub mod data;
+pub mod gen_certs;
+pub mod hospital;
 pub mod overrides;
 pub mod privacy;
 pub mod run;

@@ -16,6 +16,8 @@ pub struct Config {
     pub privacy: PrivacyConfig,
     #[serde(default)]
     pub web: WebConfig,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     pub tasks: BTreeMap<String, TaskConfig>,
 }
 
@@ -43,6 +45,63 @@ impl Default for WebConfig {
             token_file: None,
         }
     }
+}
+
+/// Cluster mode: `medfed coordinator` and `medfed hospital` (flags override).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The coordinator's cluster port.
+    pub listen: String,
+    /// Where hospitals reach the coordinator.
+    pub coordinator: String,
+    /// File holding the shared cookie (else MEDFED_CLUSTER_COOKIE).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookie_file: Option<PathBuf>,
+    /// This node's certificate, key, and the cluster CA: mutual TLS when all three are set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// Coordinator: start a run once every task has `min_hospitals` joined.
+    pub auto_start: bool,
+    /// Coordinator: exit when the run ends (non-zero if it aborted).
+    pub exit_after_run: bool,
+    pub hospital: ClusterHospitalConfig,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7400".into(),
+            coordinator: "127.0.0.1:7400".into(),
+            cookie_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            auto_start: false,
+            exit_after_run: false,
+            hospital: ClusterHospitalConfig::default(),
+        }
+    }
+}
+
+/// `medfed hospital`: who this hospital is and which data it trains on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterHospitalConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    /// The hospital's own CSV (tabular tasks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<PathBuf>,
+    /// "I/K": shard I of K of the task's shipped data, as `medfed run` partitions it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

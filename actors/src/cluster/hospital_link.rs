@@ -1,0 +1,285 @@
+//! The hospital node's side of cluster mode. `HospitalLink` is the
+//! remotely addressable actor (named uniquely per process, member of the
+//! task's link group); it hands the coordinator's requests to the local
+//! `Hospital`. `Uplink` stands in for the coordinator: the unchanged
+//! hospital actor talks to it, and it forwards over the current connection,
+//! saying hello again whenever a coordinator (re)appears.
+
+use std::sync::{Arc, Mutex};
+
+use ractor::pg::{self, GroupChangeMessage};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{info, warn};
+
+use super::envelope::Envelope;
+use super::link::{send, Inbox, WireStats};
+use super::protocol::ClusterMessage;
+use super::{link_group, COORDINATOR_GROUP};
+use crate::messages::{CoordinatorMsg, HospitalInfo, HospitalMsg, StartRefused};
+
+/// What the link tells the process that runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkStatus {
+    CoordinatorUp,
+    CoordinatorDown,
+    Refused(String),
+}
+
+/// State shared by the link and the uplink of one hospital process.
+pub struct Shared {
+    link: String,
+    coordinator: Mutex<Option<ActorRef<Envelope>>>,
+    hello: Mutex<Option<HospitalInfo>>,
+    stats: Arc<WireStats>,
+}
+
+impl Shared {
+    /// `link` must be unique in the cluster (the name plus a random suffix).
+    pub fn new(link: String, stats: Arc<WireStats>) -> Arc<Self> {
+        Arc::new(Self {
+            link,
+            coordinator: Mutex::new(None),
+            hello: Mutex::new(None),
+            stats,
+        })
+    }
+
+    pub fn link_name(&self) -> &str {
+        &self.link
+    }
+
+    fn coordinator(&self) -> Option<ActorRef<Envelope>> {
+        self.coordinator.lock().ok().and_then(|c| c.clone())
+    }
+
+    fn set_coordinator(&self, to: Option<ActorRef<Envelope>>) {
+        if let Ok(mut c) = self.coordinator.lock() {
+            *c = to;
+        }
+    }
+
+    /// Say hello when both the hospital's info and a coordinator are known.
+    fn say_hello(&self) {
+        let info = self.hello.lock().ok().and_then(|h| h.clone());
+        if let (Some(info), Some(to)) = (info, self.coordinator()) {
+            let hello = ClusterMessage::Hello {
+                link: self.link.clone(),
+                info,
+            };
+            if let Err(e) = send(&to, &hello, &self.stats) {
+                warn!("could not say hello to the coordinator: {e}");
+            }
+        }
+    }
+}
+
+pub struct HospitalLink;
+
+pub struct LinkArgs {
+    pub task: String,
+    pub hospital: ActorRef<HospitalMsg>,
+    pub shared: Arc<Shared>,
+    pub status: UnboundedSender<LinkStatus>,
+}
+
+pub struct LinkState {
+    args: LinkArgs,
+    inbox: Inbox,
+}
+
+impl Actor for HospitalLink {
+    type Msg = Envelope;
+    type State = LinkState;
+    type Arguments = LinkArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        pg::monitor(COORDINATOR_GROUP.to_string(), myself.get_cell());
+        pg::join(link_group(&args.task), vec![myself.get_cell()]);
+        let state = LinkState {
+            inbox: Inbox::new(args.shared.stats.clone()),
+            args,
+        };
+        if let Some(cell) = pg::get_members(&COORDINATOR_GROUP.to_string())
+            .into_iter()
+            .find(|c| !c.get_id().is_local())
+        {
+            adopt(&state.args, ActorRef::from(cell));
+        }
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        envelope: Envelope,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(message) = state.inbox.accept(envelope) else {
+            return Ok(());
+        };
+        let msg = match message {
+            ClusterMessage::CollectStats { task, attempt } => HospitalMsg::CollectStats { task, attempt },
+            ClusterMessage::Train {
+                task,
+                round,
+                attempt,
+                model,
+                plan,
+            } => HospitalMsg::Train {
+                task,
+                round,
+                attempt,
+                model,
+                plan,
+            },
+            ClusterMessage::Evaluate { task, round, model } => HospitalMsg::Evaluate { task, round, model },
+            ClusterMessage::Refused { reason } => {
+                let _ = state.args.status.send(LinkStatus::Refused(reason.clone()));
+                HospitalMsg::Refused { reason }
+            }
+            other => {
+                warn!(
+                    message = other.name(),
+                    "dropped a hospital-bound message of the wrong direction"
+                );
+                state.inbox.stats().count_drop("wrong_direction");
+                return Ok(());
+            }
+        };
+        state.args.hospital.cast(msg)?;
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ProcessGroupChanged(GroupChangeMessage::Join(_, group, cells))
+                if group == COORDINATOR_GROUP =>
+            {
+                if let Some(cell) = cells.into_iter().find(|c| !c.get_id().is_local()) {
+                    adopt(&state.args, ActorRef::from(cell));
+                }
+            }
+            SupervisionEvent::ProcessGroupChanged(GroupChangeMessage::Leave(_, group, cells))
+                if group == COORDINATOR_GROUP =>
+            {
+                let current = state.args.shared.coordinator().map(|c| c.get_id());
+                if cells.iter().any(|c| Some(c.get_id()) == current) {
+                    warn!("lost the coordinator (its node disconnected)");
+                    state.args.shared.set_coordinator(None);
+                    let _ = state.args.status.send(LinkStatus::CoordinatorDown);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn adopt(args: &LinkArgs, coordinator: ActorRef<Envelope>) {
+    info!(coordinator = %coordinator.get_id(), "coordinator found");
+    args.shared.set_coordinator(Some(coordinator));
+    args.shared.say_hello();
+    let _ = args.status.send(LinkStatus::CoordinatorUp);
+}
+
+/// The hospital actor's coordinator, in cluster mode.
+pub struct Uplink;
+
+impl Actor for Uplink {
+    type Msg = CoordinatorMsg;
+    type State = Arc<Shared>;
+    type Arguments = Arc<Shared>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        shared: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(shared)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        shared: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let link = shared.link.clone();
+        let message = match msg {
+            CoordinatorMsg::Join { info, .. } => {
+                if let Ok(mut hello) = shared.hello.lock() {
+                    *hello = Some(info);
+                }
+                shared.say_hello();
+                return Ok(());
+            }
+            CoordinatorMsg::Stats {
+                from,
+                task,
+                attempt,
+                outcome,
+            } => ClusterMessage::Stats {
+                link,
+                from,
+                task,
+                attempt,
+                outcome,
+            },
+            CoordinatorMsg::Update {
+                from,
+                task,
+                round,
+                attempt,
+                outcome,
+            } => ClusterMessage::Update {
+                link,
+                from,
+                task,
+                round,
+                attempt,
+                outcome,
+            },
+            CoordinatorMsg::Evaluated {
+                from,
+                task,
+                round,
+                outcome,
+            } => ClusterMessage::Evaluated {
+                link,
+                from,
+                task,
+                round,
+                outcome,
+            },
+            CoordinatorMsg::StartRun { reply, .. } => {
+                let _ = reply.send(Err(StartRefused::Invalid(
+                    "runs are started on the coordinator, not on a hospital".into(),
+                )));
+                return Ok(());
+            }
+            _ => return Ok(()),
+        };
+        match shared.coordinator() {
+            Some(to) => {
+                if let Err(e) = send(&to, &message, &shared.stats) {
+                    warn!(message = message.name(), "could not send to the coordinator: {e}");
+                }
+            }
+            None => warn!(
+                message = message.name(),
+                "not connected to a coordinator: message dropped"
+            ),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,150 @@
+//! Sending and receiving `ClusterMessage`s as envelopes: frames above the
+//! chunk limit are split, and inbound frames are reassembled, checked and
+//! decoded. A frame that fails is dropped with a logged reason and counted.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ractor::ActorRef;
+use tracing::warn;
+
+use super::envelope::Envelope;
+use super::protocol::{ClusterMessage, KIND_CHUNK, KIND_MESSAGE};
+use crate::wire::chunks::{self, Reassembler};
+use crate::wire::{Frame, WireError};
+
+/// The largest envelope sent: half of ractor_cluster's default 16 MiB
+/// inbound frame limit, which leaves room for its own framing.
+pub const MAX_ENVELOPE: usize = 8 << 20;
+/// The largest message reassembled from chunks.
+pub const MAX_MESSAGE: u64 = 2 << 30;
+/// Incomplete chunked messages kept at once (from departed senders, say).
+const MAX_IN_FLIGHT: usize = 32;
+/// Frame header bytes around a chunk (see `wire`).
+const FRAME_OVERHEAD: usize = 16;
+
+/// Traffic and drop counters of one node, shared with whoever reports them.
+#[derive(Debug, Default)]
+pub struct WireStats {
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub messages_received: AtomicU64,
+    dropped: Mutex<BTreeMap<String, u64>>,
+}
+
+impl WireStats {
+    pub fn count_drop(&self, label: &str) {
+        if let Ok(mut d) = self.dropped.lock() {
+            *d.entry(label.to_string()).or_default() += 1;
+        }
+    }
+
+    /// Dropped inbound frames by reason.
+    pub fn dropped(&self) -> BTreeMap<String, u64> {
+        self.dropped.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("cannot encode the {0} message: {1}")]
+    Encode(&'static str, WireError),
+    #[error("the receiving actor is gone: {0}")]
+    Gone(String),
+}
+
+/// Encode `message` and cast it to `to`, in chunks when it is large.
+pub fn send(to: &ActorRef<Envelope>, message: &ClusterMessage, stats: &WireStats) -> Result<(), SendError> {
+    let encode = |e| SendError::Encode(message.name(), e);
+    let bytes = message.to_frame().and_then(|f| f.encode()).map_err(encode)?;
+    let envelopes = if bytes.len() <= MAX_ENVELOPE {
+        vec![bytes]
+    } else {
+        let id: u64 = rand::random();
+        chunks::split(id, &bytes, MAX_ENVELOPE - FRAME_OVERHEAD)
+            .and_then(|parts| {
+                parts
+                    .into_iter()
+                    .map(|payload| {
+                        Frame {
+                            kind: KIND_CHUNK,
+                            payload,
+                        }
+                        .encode()
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(encode)?
+    };
+    for envelope in envelopes {
+        let n = envelope.len() as u64;
+        to.cast(Envelope(envelope))
+            .map_err(|e| SendError::Gone(e.to_string()))?;
+        stats.bytes_sent.fetch_add(n, Ordering::Relaxed);
+    }
+    stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// One receiving actor's decoder.
+pub struct Inbox {
+    reassembler: Reassembler,
+    stats: Arc<WireStats>,
+}
+
+impl Inbox {
+    pub fn new(stats: Arc<WireStats>) -> Self {
+        Self {
+            reassembler: Reassembler::new(MAX_MESSAGE, MAX_IN_FLIGHT),
+            stats,
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<WireStats> {
+        &self.stats
+    }
+
+    /// The message, once complete; `None` while chunks are outstanding or
+    /// when the envelope was dropped (logged and counted here).
+    pub fn accept(&mut self, envelope: Envelope) -> Option<ClusterMessage> {
+        self.stats
+            .bytes_received
+            .fetch_add(envelope.0.len() as u64, Ordering::Relaxed);
+        match self.decode(&envelope.0) {
+            Ok(Some(message)) => {
+                self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
+                Some(message)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                warn!(
+                    reason = e.label(),
+                    bytes = envelope.0.len(),
+                    "dropped an inbound cluster frame: {e}"
+                );
+                self.stats.count_drop(e.label());
+                None
+            }
+        }
+    }
+
+    fn decode(&mut self, bytes: &[u8]) -> Result<Option<ClusterMessage>, WireError> {
+        let frame = Frame::decode(bytes)?;
+        match frame.kind {
+            KIND_MESSAGE => ClusterMessage::from_frame(&frame).map(Some),
+            KIND_CHUNK => match self.reassembler.push(&frame.payload)? {
+                Some((_, whole)) => {
+                    let inner = Frame::decode(&whole)?;
+                    if inner.kind != KIND_MESSAGE {
+                        return Err(WireError::Malformed("a chunked frame must hold a message".into()));
+                    }
+                    ClusterMessage::from_frame(&inner).map(Some)
+                }
+                None => Ok(None),
+            },
+            other => Err(WireError::Malformed(format!("unknown frame kind {other}"))),
+        }
+    }
+}

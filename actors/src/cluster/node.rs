@@ -1,0 +1,210 @@
+//! A cluster node: ractor_cluster's `NodeServer` with the cookie, optional
+//! mutual TLS and Isolated connection mode (hospitals connect to the
+//! coordinator only, never to each other), plus its session events.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
+use ractor_cluster::{IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio_rustls::TlsConnector;
+use tracing::{info, warn};
+
+use super::gateway::NodeDirectory;
+use super::tls::{self, TlsFiles};
+use super::ClusterError;
+
+pub struct NodeOptions {
+    /// This node's name in the cluster (the hospital's name, or "coordinator").
+    pub name: String,
+    pub cookie: String,
+    pub listen: SocketAddr,
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEventKind {
+    Opened,
+    Authenticated,
+    Disconnected,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionEvent {
+    pub kind: SessionEventKind,
+    pub node_id: u64,
+    pub peer_addr: String,
+    pub peer_name: Option<String>,
+    /// An inbound session (we are its server).
+    pub inbound: bool,
+}
+
+struct Forward {
+    to: UnboundedSender<SessionEvent>,
+    directory: NodeDirectory,
+}
+
+impl Forward {
+    fn send(&self, kind: SessionEventKind, ses: NodeServerSessionInformation) {
+        let peer_name = ses.peer_name.map(|p| p.name);
+        if kind == SessionEventKind::Authenticated {
+            let name = peer_name.clone().unwrap_or_else(|| "unnamed".into());
+            self.directory
+                .set(ses.node_id, format!("{name} at {}", ses.peer_addr));
+        }
+        let _ = self.to.send(SessionEvent {
+            kind,
+            node_id: ses.node_id,
+            peer_addr: ses.peer_addr,
+            peer_name,
+            inbound: ses.is_server,
+        });
+    }
+}
+
+impl NodeEventSubscription for Forward {
+    fn node_session_opened(&self, ses: NodeServerSessionInformation) {
+        self.send(SessionEventKind::Opened, ses);
+    }
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        self.send(SessionEventKind::Disconnected, ses);
+    }
+    fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
+        self.send(SessionEventKind::Authenticated, ses);
+    }
+}
+
+pub struct Node {
+    pub server: ActorRef<NodeServerMessage>,
+    pub events: UnboundedReceiver<SessionEvent>,
+    pub directory: NodeDirectory,
+    connector: Option<TlsConnector>,
+}
+
+/// Start the node server and subscribe to its session events.
+pub async fn start(options: NodeOptions) -> Result<Node, ClusterError> {
+    if options.cookie.trim().is_empty() {
+        return Err(ClusterError::Config("the cluster cookie is empty".into()));
+    }
+    let (encryption, connector) = match &options.tls {
+        Some(files) => (
+            Some(IncomingEncryptionMode::Tls(tls::acceptor(files)?)),
+            Some(tls::connector(files)?),
+        ),
+        None => (None, None),
+    };
+    let server = NodeServer::new(
+        options.listen.port(),
+        options.cookie.trim().to_string(),
+        options.name.clone(),
+        options.listen.ip().to_string(),
+        encryption,
+        Some(NodeConnectionMode::Isolated),
+    )
+    .with_listen_addr(options.listen.ip());
+    let (server, _) = Actor::spawn(None, server, ())
+        .await
+        .map_err(|e| ClusterError::Start(format!("cluster node on {}: {e}", options.listen)))?;
+    let (to, events) = unbounded_channel();
+    let directory = NodeDirectory::default();
+    server
+        .cast(NodeServerMessage::SubscribeToEvents {
+            id: "medfed".into(),
+            subscription: Box::new(Forward {
+                to,
+                directory: directory.clone(),
+            }),
+        })
+        .map_err(|e| ClusterError::Start(e.to_string()))?;
+    Ok(Node {
+        server,
+        events,
+        directory,
+        connector,
+    })
+}
+
+impl Node {
+    /// Open a session to `addr` (TLS when this node has certificates).
+    /// Ok means the connection is open, not that the peer accepted us:
+    /// authentication is reported by the session events.
+    pub async fn connect(&self, addr: &str) -> Result<(), ClusterError> {
+        let result = match &self.connector {
+            Some(connector) => {
+                ractor_cluster::client_connect_enc(
+                    &self.server,
+                    addr,
+                    connector.clone(),
+                    tls::server_name(addr)?,
+                )
+                .await
+            }
+            None => ractor_cluster::client_connect(&self.server, addr).await,
+        };
+        result.map_err(|e| ClusterError::Connect(format!("{addr}: {e}")))
+    }
+
+    /// Connect, retrying with exponential backoff (200 ms doubling to 5 s).
+    pub async fn connect_with_backoff(&self, addr: &str) {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            match self.connect(addr).await {
+                Ok(()) => return,
+                Err(e) => {
+                    warn!(
+                        retry_in_ms = wait.as_millis() as u64,
+                        "cannot reach the coordinator: {e}"
+                    );
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    pub fn stop(&self) {
+        self.server.stop(None);
+    }
+}
+
+/// Logs session events and recognises refusals: a session that closes
+/// before it authenticated (a wrong cookie on either side, a TLS peer
+/// that was not accepted, or something that is not a medfed node).
+#[derive(Default)]
+pub struct SessionLog {
+    authenticated: HashSet<u64>,
+}
+
+impl SessionLog {
+    /// Log `event`; returns the refusal's description when a session closed unauthenticated.
+    pub fn observe(&mut self, event: &SessionEvent) -> Option<String> {
+        let peer = event.peer_name.as_deref().unwrap_or("unnamed node");
+        match event.kind {
+            SessionEventKind::Opened => {
+                info!(node = event.node_id, addr = %event.peer_addr, inbound = event.inbound, "cluster session opened");
+                None
+            }
+            SessionEventKind::Authenticated => {
+                self.authenticated.insert(event.node_id);
+                info!(node = event.node_id, peer, addr = %event.peer_addr, "cluster node authenticated");
+                None
+            }
+            SessionEventKind::Disconnected => {
+                if self.authenticated.remove(&event.node_id) {
+                    warn!(node = event.node_id, peer, addr = %event.peer_addr, "cluster node disconnected");
+                    None
+                } else {
+                    let refusal = format!(
+                        "the session with {} closed before authenticating: refused (wrong cookie, a certificate the peer does not trust, or not a medfed node)",
+                        event.peer_addr
+                    );
+                    warn!(node = event.node_id, addr = %event.peer_addr, "{refusal}");
+                    Some(refusal)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! `medfed coordinator`: the coordinator actor behind a cluster node.
+//! Hospitals connect from their own processes (`medfed hospital`); the
+//! coordinator evaluates each global model on its held-out set and the
+//! hospitals on their local test splits.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ractor::Actor;
+use tokio::sync::broadcast::error::RecvError;
+use tracing::{info, warn};
+
+use medfed_actors::cluster::{node, Gateway, GatewayArgs, NodeOptions, SessionLog, WireStats};
+use medfed_actors::{Coordinator, CoordinatorArgs, EventBus, FederationEvent, RunRequest};
+
+use super::cluster_node;
+use crate::cli::CoordinatorArgs as Args;
+use crate::federation::{task_setup, CoordinatorClient};
+use crate::output::{run_json, task_table, TaskContext};
+use crate::tasks::prepare_task;
+
+/// Runs until Ctrl-C, or with --exit-after-run until the run ends;
+/// returns whether the run completed (false: it aborted).
+pub async fn execute(args: &Args) -> Result<bool> {
+    let (mut loaded, selected) = super::overrides::load_with(&args.config, &args.overrides)?;
+    cluster_node::apply_flags(&mut loaded, &args.security)?;
+    let c = &mut loaded.config.cluster;
+    if let Some(listen) = args.listen {
+        c.listen = listen.to_string();
+    }
+    c.auto_start |= args.auto_start;
+    c.exit_after_run |= args.exit_after_run;
+    let cluster = loaded.config.cluster.clone();
+    let listen = cluster
+        .listen
+        .parse()
+        .with_context(|| format!("cluster.listen: '{}' is not HOST:PORT", cluster.listen))?;
+    let cookie = cluster_node::cookie(&loaded)?;
+    let tls = cluster_node::tls(&loaded)?;
+
+    let tasks = selected
+        .iter()
+        .map(|name| prepare_task(&loaded, name))
+        .collect::<Result<Vec<_>>>()?;
+    let contexts: BTreeMap<String, TaskContext> = tasks
+        .iter()
+        .map(|t| (t.name.clone(), TaskContext::of(t, &loaded, None)))
+        .collect();
+    let min_hospitals: BTreeMap<String, usize> = tasks
+        .iter()
+        .map(|t| (t.name.clone(), t.config.effective_min_hospitals()))
+        .collect();
+    let setups = tasks
+        .iter()
+        .map(|t| task_setup(&loaded, t))
+        .collect::<Result<Vec<_>>>()?;
+
+    let bus = EventBus::default();
+    let mut events = bus.subscribe();
+    let (coordinator, _) = Actor::spawn(
+        None,
+        Coordinator,
+        CoordinatorArgs {
+            tasks: setups,
+            events: bus.clone(),
+        },
+    )
+    .await
+    .context("starting the coordinator")?;
+    let client = CoordinatorClient::new(coordinator.clone());
+
+    let mut node = node::start(NodeOptions {
+        name: "coordinator".into(),
+        cookie,
+        listen,
+        tls: tls.clone(),
+    })
+    .await?;
+    let stats = Arc::new(WireStats::default());
+    Actor::spawn(
+        None,
+        Gateway,
+        GatewayArgs {
+            coordinator: coordinator.clone(),
+            tasks: selected.clone(),
+            stats: stats.clone(),
+            nodes: node.directory.clone(),
+        },
+    )
+    .await
+    .context("starting the cluster gateway")?;
+    info!(listen = %listen, tls = tls.is_some(), tasks = ?selected, "coordinator listening for hospitals");
+
+    let started = Instant::now();
+    let mut sessions = SessionLog::default();
+    let mut run_started = false;
+    let mut stop_sent = false;
+    let aborted = loop {
+        tokio::select! {
+            Some(event) = node.events.recv() => {
+                sessions.observe(&event);
+            }
+            event = events.recv() => match event {
+                Ok(FederationEvent::HospitalJoined { .. }) if cluster.auto_start && !run_started => {
+                    let report = client.report().await?;
+                    let ready = min_hospitals.iter().all(|(task, min)| {
+                        report.tasks.get(task).is_some_and(|t| t.hospitals >= *min)
+                    });
+                    if ready {
+                        let run = client
+                            .start(RunRequest { rounds: None, tasks: Some(selected.clone()) })
+                            .await?;
+                        info!(run = %run, "every task has its minimum of hospitals: run started");
+                        run_started = true;
+                    }
+                }
+                Ok(FederationEvent::RunStarted { .. }) => run_started = true,
+                Ok(FederationEvent::RoundAggregated { task, round, metrics, participants, .. }) => {
+                    info!(task = %task, round, participants, accuracy = metrics.accuracy, "round complete");
+                }
+                Ok(FederationEvent::RunEnded { aborted, .. }) if cluster.exit_after_run => break aborted,
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => warn!(missed = n, "event log fell behind"),
+                Err(RecvError::Closed) => bail!("the coordinator stopped"),
+            },
+            _ = tokio::signal::ctrl_c(), if !stop_sent => {
+                info!("Ctrl-C: stopping");
+                if !run_started || !cluster.exit_after_run {
+                    node.stop();
+                    log_traffic(&stats);
+                    return Ok(true);
+                }
+                client.stop()?;
+                stop_sent = true;
+            }
+        }
+    };
+    let report = client.settled_report(Duration::from_secs(30)).await?;
+    log_traffic(&stats);
+    let wall_seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&run_json(&report, &contexts, wall_seconds))?
+        );
+    } else {
+        for (name, ctx) in &contexts {
+            if let Some(r) = report.tasks.get(name) {
+                print!("{}", task_table(name, r, ctx));
+            }
+        }
+        println!("\nwall time {wall_seconds:.2} s (since the coordinator started)");
+    }
+    node.stop();
+    coordinator.stop(None);
+    Ok(!aborted)
+}
+
+fn log_traffic(stats: &WireStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    info!(
+        bytes_sent = stats.bytes_sent.load(Relaxed),
+        bytes_received = stats.bytes_received.load(Relaxed),
+        messages_sent = stats.messages_sent.load(Relaxed),
+        messages_received = stats.messages_received.load(Relaxed),
+        dropped = ?stats.dropped(),
+        "cluster traffic"
+    );
+}

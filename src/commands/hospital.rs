@@ -1,0 +1,266 @@
+//! `medfed hospital`: one hospital's agent next to its own data. It
+//! connects to the coordinator (retrying with backoff), joins its task's
+//! process group, trains when asked, and reconnects by itself when the
+//! coordinator goes away and comes back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ractor::Actor;
+use tracing::{info, warn};
+
+use medfed_actors::cluster::{
+    node, HospitalLink, LinkArgs, LinkStatus, NodeOptions, SessionEventKind, SessionLog, Shared, Uplink,
+    WireStats,
+};
+use medfed_actors::{Hospital, HospitalArgs};
+use medfed_models::data::csv::{load_csv, CsvSpec};
+use medfed_models::data::stratified_split;
+use medfed_models::learner::logistic::LogisticEvaluator;
+use medfed_models::learner::Evaluator;
+use medfed_models::privacy::bounds::FeatureBounds;
+
+use super::cluster_node;
+use crate::cli::HospitalNodeArgs as Args;
+use crate::config::{HospitalKind, Loaded, PrivacyMode};
+use crate::hospital_learner::{self, BuiltLearner};
+use crate::tasks::{prepare_task, Shard};
+
+/// How long a connected session may take to show the coordinator before
+/// the hospital reconnects.
+const FIND_COORDINATOR: Duration = Duration::from_secs(30);
+
+pub async fn execute(args: &Args) -> Result<()> {
+    let (mut loaded, selected) = super::overrides::load_with(&args.config, &args.overrides)?;
+    cluster_node::apply_flags(&mut loaded, &args.security)?;
+    let h = loaded.config.cluster.hospital.clone();
+    let task = match (selected.as_slice(), &h.task) {
+        ([one], _) if !args.overrides.tasks.is_empty() => one.clone(),
+        (_, Some(task)) => task.clone(),
+        ([one], None) => one.clone(),
+        _ => bail!(
+            "a hospital serves one task: pass --task TASK (tasks: {})",
+            selected.join(", ")
+        ),
+    };
+    let coordinator_addr = args
+        .coordinator
+        .clone()
+        .unwrap_or_else(|| loaded.config.cluster.coordinator.clone());
+    let cookie = cluster_node::cookie(&loaded)?;
+    let tls = cluster_node::tls(&loaded)?;
+    let shard = args.shard.clone().or(h.shard.clone());
+    let data = args
+        .data
+        .as_ref()
+        .map(|p| std::env::current_dir().map(|d| d.join(p)))
+        .transpose()?
+        .or_else(|| h.data.as_ref().map(|p| loaded.resolve(p)));
+
+    let local = match (shard, data) {
+        (Some(_), Some(_)) => bail!("give either --shard or --data, not both"),
+        (Some(spec), None) => from_shard(&mut loaded, &task, &spec, args.name.clone().or(h.name.clone()))?,
+        (None, Some(path)) => {
+            let name = args
+                .name
+                .clone()
+                .or(h.name.clone())
+                .context("--name is required with --data")?;
+            from_csv(&loaded, &task, &name, &path)?
+        }
+        (None, None) => bail!("this hospital has no data: pass --data PATH (its own CSV) or --shard I/K"),
+    };
+    let kind = loaded.config.tasks[&task].kind.name().to_string();
+    let require_private = loaded.config.privacy.mode != PrivacyMode::Off;
+
+    let mut node = node::start(NodeOptions {
+        name: local.name.clone(),
+        cookie,
+        listen: "127.0.0.1:0".parse().expect("a valid address"),
+        tls,
+    })
+    .await?;
+    let stats = Arc::new(WireStats::default());
+    let link_name = format!("medfed.hospital.{}.{:016x}", local.name, rand::random::<u64>());
+    let shared = Shared::new(link_name, stats.clone());
+    let (uplink, _) = Actor::spawn(None, Uplink, shared.clone()).await?;
+    let (hospital, hospital_done) = Actor::spawn(
+        None,
+        Hospital,
+        HospitalArgs {
+            name: local.name.clone(),
+            task: task.clone(),
+            kind,
+            learner: local.built.learner,
+            coordinator: uplink,
+            require_private,
+            local_test: local.local_test,
+        },
+    )
+    .await
+    .with_context(|| format!("starting hospital {}", local.name))?;
+    let (status_tx, mut status) = tokio::sync::mpsc::unbounded_channel();
+    Actor::spawn(
+        Some(shared.link_name().to_string()),
+        HospitalLink,
+        LinkArgs {
+            task: task.clone(),
+            hospital,
+            shared,
+            status: status_tx,
+        },
+    )
+    .await?;
+
+    info!(hospital = %local.name, task = %task, coordinator = %coordinator_addr, "connecting");
+    node.connect_with_backoff(&coordinator_addr).await;
+    let mut sessions = SessionLog::default();
+    let mut connected = false;
+    let mut hospital_done = hospital_done;
+    let find_deadline = tokio::time::sleep(FIND_COORDINATOR);
+    tokio::pin!(find_deadline);
+    loop {
+        tokio::select! {
+            Some(event) = node.events.recv() => {
+                if let Some(refusal) = sessions.observe(&event) {
+                    if !event.inbound {
+                        bail!("the coordinator at {coordinator_addr} did not accept this node: {refusal}");
+                    }
+                }
+                if event.kind == SessionEventKind::Disconnected && !event.inbound && connected {
+                    // The pg leave that follows reports CoordinatorDown.
+                    info!("session with the coordinator closed");
+                }
+            }
+            Some(s) = status.recv() => match s {
+                LinkStatus::CoordinatorUp => {
+                    connected = true;
+                    info!(hospital = %local.name, "connected to the coordinator");
+                }
+                LinkStatus::CoordinatorDown => {
+                    connected = false;
+                    warn!(hospital = %local.name, "coordinator gone: reconnecting");
+                    node.connect_with_backoff(&coordinator_addr).await;
+                    find_deadline.as_mut().reset(tokio::time::Instant::now() + FIND_COORDINATOR);
+                }
+                LinkStatus::Refused(reason) => bail!("the coordinator refused this hospital: {reason}"),
+            },
+            _ = &mut find_deadline, if !connected => {
+                warn!("connected, but no coordinator appeared within {} s: reconnecting", FIND_COORDINATOR.as_secs());
+                node.connect_with_backoff(&coordinator_addr).await;
+                find_deadline.as_mut().reset(tokio::time::Instant::now() + FIND_COORDINATOR);
+            }
+            _ = &mut hospital_done => bail!("the hospital agent stopped"),
+            _ = tokio::signal::ctrl_c() => {
+                info!("Ctrl-C: leaving the federation");
+                node.stop();
+                return Ok(());
+            }
+        }
+    }
+}
+
+struct LocalData {
+    name: String,
+    built: BuiltLearner,
+    local_test: Option<Box<dyn Evaluator>>,
+}
+
+/// Shard I of K of the shipped data under the config's split, partition
+/// and seed: the same rows `medfed run` gives its hospital I.
+fn from_shard(loaded: &mut Loaded, task: &str, spec: &str, name: Option<String>) -> Result<LocalData> {
+    let (i, k) = parse_shard(spec)?;
+    let t = loaded
+        .config
+        .tasks
+        .get_mut(task)
+        .with_context(|| format!("no task '{task}'"))?;
+    t.hospitals = k;
+    let prepared = prepare_task(loaded, task)?;
+    let index = i - 1;
+    let name = name.unwrap_or_else(|| prepared.hospital_name(index));
+    let seed = loaded.config.run.seed;
+    let dataset = format!(
+        "{task}-{}-shard{i}of{k}-seed{seed}",
+        prepared.config.partition.scheme_name()
+    );
+    let rounds = prepared.config.effective_rounds(&loaded.config.run);
+    let shard = prepared
+        .shard(index)
+        .context("shard index within the hospital count")?;
+    let built = hospital_learner::build(loaded, &name, &dataset, shard, rounds, "cluster")?;
+    let local_test = prepared.local_test(index, seed)?;
+    Ok(LocalData {
+        name,
+        built,
+        local_test,
+    })
+}
+
+/// The hospital's own CSV: its local test split is held out of it
+/// (stratified, the task's test_fraction and the run's seed).
+fn from_csv(loaded: &Loaded, task: &str, name: &str, path: &std::path::Path) -> Result<LocalData> {
+    let config = &loaded.config.tasks[task];
+    if config.kind != HospitalKind::Tabular {
+        bail!(
+            "--data takes a CSV, for tabular tasks; '{task}' is {} (use --shard)",
+            config.kind.name()
+        );
+    }
+    let d = &config.data;
+    let (Some(label_column), Some(positive_class)) = (&d.label_column, &d.positive_class) else {
+        bail!("tasks.{task}.data needs label_column and positive_class to read --data");
+    };
+    let spec = CsvSpec {
+        label_column: label_column.clone(),
+        positive_class: positive_class.clone(),
+    };
+    let all = load_csv(path, &spec).with_context(|| format!("--data {}", path.display()))?;
+    let seed = loaded.config.run.seed;
+    let (train, test) = stratified_split(&all, d.test_fraction, seed).context("local test split")?;
+    let bounds = match &d.feature_bounds {
+        Some(b) => Some(FeatureBounds::load(&loaded.resolve(b), &all.feature_names)?),
+        None => None,
+    };
+    let dataset = format!("{task}-file-{}", path.display());
+    let rounds = config.effective_rounds(&loaded.config.run);
+    let shard = Shard::Tabular {
+        data: train,
+        bounds: bounds.as_ref(),
+    };
+    let built = hospital_learner::build(loaded, name, &dataset, shard, rounds, "cluster")?;
+    Ok(LocalData {
+        name: name.to_string(),
+        built,
+        local_test: Some(Box::new(LogisticEvaluator::new(test)?)),
+    })
+}
+
+fn parse_shard(spec: &str) -> Result<(usize, usize)> {
+    let bad = || anyhow::anyhow!("--shard '{spec}': expected I/K with 1 <= I <= K, e.g. 2/5");
+    let (i, k) = spec.split_once('/').ok_or_else(bad)?;
+    let (i, k): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        k.trim().parse().map_err(|_| bad())?,
+    );
+    if i == 0 || k == 0 || i > k {
+        return Err(bad());
+    }
+    Ok((i, k))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_shard;
+
+    #[test]
+    fn shard_specs() {
+        assert_eq!(parse_shard("2/5").unwrap(), (2, 5));
+        assert_eq!(parse_shard(" 5 / 5 ").unwrap(), (5, 5));
+        for bad in ["0/5", "6/5", "1/0", "1", "a/b", "1/2/3", ""] {
+            let e = parse_shard(bad).unwrap_err().to_string();
+            assert!(e.contains("expected I/K"), "{bad}: {e}");
+        }
+    }
+}
