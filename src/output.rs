@@ -88,6 +88,8 @@ pub struct TaskJson {
     pub centralized: Option<MetricsJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub privacy: Option<PrivacyJson>,
+    /// Hospitals that left during the run.
+    pub departures: u64,
 }
 
 /// What differential privacy cost each hospital (present only with DP on).
@@ -163,6 +165,7 @@ pub fn task_json(report: &TaskReport, context: &TaskContext) -> TaskJson {
             .collect(),
         final_metrics: report.rounds.last().map(|r| (&r.metrics).into()),
         final_federated: report.rounds.last().map(|r| (&r.federated).into()),
+        departures: report.departures,
         centralized: context.centralized.as_ref().map(Into::into),
         privacy: context.privacy.as_ref().map(|(mode, delta)| PrivacyJson {
             mode: mode.clone(),

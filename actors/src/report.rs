@@ -63,6 +63,8 @@ pub struct TaskReport {
     /// Updates refused by `UpdateCheck` or failed training, by reason label.
     pub rejected: BTreeMap<String, u64>,
     pub declined: u64,
+    /// Hospitals that left during the run.
+    pub departures: u64,
     /// Latest epsilon spent per hospital (only with differential privacy on).
     pub privacy: BTreeMap<String, PrivacySpent>,
 }

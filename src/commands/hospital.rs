@@ -74,15 +74,17 @@ pub async fn execute(args: &Args) -> Result<()> {
     let kind = loaded.config.tasks[&task].kind.name().to_string();
     let require_private = loaded.config.privacy.mode != PrivacyMode::Off;
 
+    // Unique per process: ractor_cluster refuses a second session under a
+    // node name it already has, before the coordinator could say why.
+    let link_name = format!("medfed.hospital.{}.{:016x}", local.name, rand::random::<u64>());
     let mut node = node::start(NodeOptions {
-        name: local.name.clone(),
+        name: link_name.clone(),
         cookie,
         listen: "127.0.0.1:0".parse().expect("a valid address"),
         tls,
     })
     .await?;
     let stats = Arc::new(WireStats::default());
-    let link_name = format!("medfed.hospital.{}.{:016x}", local.name, rand::random::<u64>());
     let shared = Shared::new(link_name, stats.clone());
     let (uplink, _) = Actor::spawn(None, Uplink, shared.clone()).await?;
     let (hospital, hospital_done) = Actor::spawn(
@@ -114,7 +116,7 @@ pub async fn execute(args: &Args) -> Result<()> {
     .await?;
 
     info!(hospital = %local.name, task = %task, coordinator = %coordinator_addr, "connecting");
-    node.connect_with_backoff(&coordinator_addr).await;
+    node.connect_with_backoff(&coordinator_addr).await?;
     let mut sessions = SessionLog::default();
     let mut connected = false;
     let mut hospital_done = hospital_done;
@@ -141,14 +143,14 @@ pub async fn execute(args: &Args) -> Result<()> {
                 LinkStatus::CoordinatorDown => {
                     connected = false;
                     warn!(hospital = %local.name, "coordinator gone: reconnecting");
-                    node.connect_with_backoff(&coordinator_addr).await;
+                    node.connect_with_backoff(&coordinator_addr).await?;
                     find_deadline.as_mut().reset(tokio::time::Instant::now() + FIND_COORDINATOR);
                 }
                 LinkStatus::Refused(reason) => bail!("the coordinator refused this hospital: {reason}"),
             },
             _ = &mut find_deadline, if !connected => {
                 warn!("connected, but no coordinator appeared within {} s: reconnecting", FIND_COORDINATOR.as_secs());
-                node.connect_with_backoff(&coordinator_addr).await;
+                node.connect_with_backoff(&coordinator_addr).await?;
                 find_deadline.as_mut().reset(tokio::time::Instant::now() + FIND_COORDINATOR);
             }
             _ = &mut hospital_done => bail!("the hospital agent stopped"),

@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests that run the real binary.
 
+#[allow(dead_code)] // only the cluster tests start nodes
+pub mod cluster;
 #[allow(dead_code)] // only the web tests serve
 pub mod server;
 

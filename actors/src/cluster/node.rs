@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
+use ractor_cluster::ClientConnectErr;
 use ractor_cluster::{IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio_rustls::TlsConnector;
@@ -144,15 +145,23 @@ impl Node {
             }
             None => ractor_cluster::client_connect(&self.server, addr).await,
         };
-        result.map_err(|e| ClusterError::Connect(format!("{addr}: {e}")))
+        result.map_err(|e| match e {
+            ClientConnectErr::Encryption(e) => {
+                ClusterError::Tls(format!("handshake with {addr} failed: {e}"))
+            }
+            other => ClusterError::Connect(format!("{addr}: {other}")),
+        })
     }
 
-    /// Connect, retrying with exponential backoff (200 ms doubling to 5 s).
-    pub async fn connect_with_backoff(&self, addr: &str) {
+    /// Connect, retrying with exponential backoff (200 ms doubling to 5 s)
+    /// while the coordinator is unreachable. A failed TLS handshake is not
+    /// retried: certificates do not fix themselves.
+    pub async fn connect_with_backoff(&self, addr: &str) -> Result<(), ClusterError> {
         let mut wait = Duration::from_millis(200);
         loop {
             match self.connect(addr).await {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
+                Err(e @ ClusterError::Tls(_)) => return Err(e),
                 Err(e) => {
                     warn!(
                         retry_in_ms = wait.as_millis() as u64,

@@ -194,6 +194,9 @@ impl Actor for Coordinator {
                     };
                     let reason = "left its process group (actor stopped or node disconnected)".to_string();
                     warn!(hospital = %gone.info.name, task = %gone.info.task, actor = %cell.get_id(), group = %group, "hospital departed: {reason}");
+                    if let Some(rt) = state.tasks.get_mut(&gone.info.task) {
+                        rt.departures += 1;
+                    }
                     state.events.publish(FederationEvent::HospitalLeft {
                         task: gone.info.task.clone(),
                         hospital: gone.info.name.clone(),

@@ -57,6 +57,8 @@ pub struct TaskRuntime {
     pub round_started: Option<Instant>,
     pub rejected: BTreeMap<String, u64>,
     pub declined: u64,
+    /// Hospitals that left during this run.
+    pub departures: u64,
     /// The latest privacy report of each hospital (kept across runs: budgets are lifetime).
     pub privacy: BTreeMap<HospitalId, PrivacySpent>,
 }
@@ -83,6 +85,7 @@ impl TaskRuntime {
             round_started: None,
             rejected: BTreeMap::new(),
             declined: 0,
+            departures: 0,
             privacy: BTreeMap::new(),
         }
     }
@@ -104,6 +107,7 @@ impl TaskRuntime {
         self.round_started = None;
         self.rejected.clear();
         self.declined = 0;
+        self.departures = 0;
         Ok(())
     }
 
@@ -149,6 +153,7 @@ impl TaskRuntime {
             drops: self.fsm.drops().clone(),
             rejected: self.rejected.clone(),
             declined: self.declined,
+            departures: self.departures,
             privacy: self.privacy.clone(),
         }
     }

@@ -1,0 +1,459 @@
+//! Cluster mode with real processes on 127.0.0.1: one `medfed coordinator`
+//! and `medfed hospital` processes, each its own cluster node.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use common::cluster::{free_port, spawn, Process, COOKIE};
+use common::{json_of, medfed};
+use serde_json::Value;
+
+const TASK: &str = "breast_cancer";
+const LONG: Duration = Duration::from_secs(180);
+const SHORT: Duration = Duration::from_secs(60);
+
+/// TLS flags for node `name` from certificates made by `cluster gen-certs`.
+fn tls_args(certs: &Path, ca: &Path, name: &str) -> Vec<String> {
+    vec![
+        "--tls-cert".into(),
+        certs.join(format!("{name}.pem")).display().to_string(),
+        "--tls-key".into(),
+        certs.join(format!("{name}-key.pem")).display().to_string(),
+        "--tls-ca".into(),
+        ca.display().to_string(),
+    ]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn start_coordinator(dir: &Path, name: &str, addr: &str, extra: &[String], envs: &[(&str, &str)]) -> Process {
+    let mut args: Vec<String> = ["coordinator", "--task", TASK, "--listen", addr]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.extend(extra.iter().cloned());
+    let p = spawn(dir, name, &strs(&args), envs);
+    p.wait_for(&["coordinator listening for hospitals"], 1, SHORT);
+    p
+}
+
+fn start_hospital(
+    dir: &Path,
+    name: &str,
+    addr: &str,
+    shard: usize,
+    extra: &[String],
+    envs: &[(&str, &str)],
+) -> Process {
+    let shard = format!("{shard}/5");
+    let mut args: Vec<String> = [
+        "hospital",
+        "--task",
+        TASK,
+        "--coordinator",
+        addr,
+        "--shard",
+        &shard,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend(extra.iter().cloned());
+    spawn(dir, name, &strs(&args), envs)
+}
+
+/// 1 coordinator + 5 hospital processes, 10 rounds, the run's JSON.
+/// `tls`: (certificates directory) for mutual TLS.
+fn six_process_run(dir: &Path, tls: Option<&Path>) -> Value {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let tls_of = |name: &str| {
+        tls.map(|c| tls_args(c, &c.join("ca.pem"), name))
+            .unwrap_or_default()
+    };
+    let mut extra: Vec<String> = ["--rounds", "10", "--auto-start", "--exit-after-run", "--json"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    extra.extend(tls_of("coordinator"));
+    // All five must have joined before round 1, as in `medfed run`.
+    let mut coordinator = start_coordinator(
+        dir,
+        "coordinator",
+        &addr,
+        &extra,
+        &[("MEDFED_TASKS__BREAST_CANCER__MIN_HOSPITALS", "5")],
+    );
+    let _hospitals: Vec<Process> = (1..=5)
+        .map(|i| start_hospital(dir, &format!("h{i}"), &addr, i, &tls_of(&format!("h{i}")), &[]))
+        .collect();
+    let status = coordinator.wait_exit(LONG);
+    assert!(
+        status.success(),
+        "coordinator failed: {status}; log:\n{}",
+        coordinator.log()
+    );
+    assert_eq!(
+        coordinator.count(&["hospital said hello"]),
+        5,
+        "{}",
+        coordinator.log()
+    );
+    coordinator.json()
+}
+
+fn in_process_run() -> Value {
+    json_of(&medfed(&["run", "--task", TASK, "--rounds", "10", "--json"], &[]))
+}
+
+fn task(run: &Value) -> &Value {
+    &run["tasks"][TASK]
+}
+
+/// Every round's held-out metrics agree (the model crosses the wire
+/// bit-exactly and every hospital trains on the same shard and seed).
+fn assert_same_rounds(cluster: &Value, local: &Value) {
+    let (c, l) = (
+        task(cluster)["rounds"].as_array().unwrap(),
+        task(local)["rounds"].as_array().unwrap(),
+    );
+    assert_eq!(c.len(), 10);
+    assert_eq!(c.len(), l.len());
+    for (a, b) in c.iter().zip(l) {
+        assert_eq!(a["participants"], 5);
+        for key in ["accuracy", "loss", "auc", "f1"] {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!(
+                (x - y).abs() <= 1e-6,
+                "round {}: {key} {x} (cluster) vs {y} (in-process)",
+                a["round"]
+            );
+        }
+    }
+}
+
+#[test]
+fn five_hospital_processes_reproduce_the_in_process_run() {
+    let local = in_process_run();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = six_process_run(dir.path(), None);
+    assert_eq!(task(&cluster)["status"], "finished");
+    assert_same_rounds(&cluster, &local);
+    // Federated evaluation is reported apart from the held-out metrics: the
+    // hospitals' local test splits are an IID partition of the held-out set,
+    // so their pooled confusion matrix gives exactly the held-out accuracy.
+    let fed = &task(&cluster)["final_federated"];
+    assert_eq!(fed["requested"], 5);
+    assert_eq!(fed["evaluated"], 5);
+    assert_eq!(
+        fed["examples"],
+        task(&cluster)["rounds"][9]["federated"]["examples"]
+    );
+    assert_eq!(fed["pooled"]["accuracy"], task(&cluster)["final"]["accuracy"]);
+    assert_eq!(fed["accuracy_by_hospital"].as_object().unwrap().len(), 5);
+}
+
+#[test]
+fn a_killed_hospital_is_counted_out_and_rejoins() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    // Longer local training, so that rounds last long enough to kill a
+    // hospital in the middle of one (quorum stays the demo's 4 of 5).
+    let envs = [("MEDFED_TASKS__BREAST_CANCER__TRAINING__LOCAL_EPOCHS", "1000")];
+    let extra: Vec<String> = ["--rounds", "12", "--auto-start", "--exit-after-run", "--json"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut coordinator = start_coordinator(d, "coordinator", &addr, &extra, &envs);
+    let mut hospitals: Vec<Process> = (1..=5)
+        .map(|i| start_hospital(d, &format!("h{i}"), &addr, i, &[], &envs))
+        .collect();
+    coordinator.wait_for(&["round complete", "\"round\":2,"], 1, LONG);
+    hospitals[2].kill();
+    coordinator.wait_for(&["hospital departed", "breast_cancer-3"], 1, SHORT);
+    let _back = start_hospital(d, "h3-restarted", &addr, 3, &[], &envs);
+    coordinator.wait_for(&["hospital said hello", "breast_cancer-3"], 2, SHORT);
+    let status = coordinator.wait_exit(LONG);
+    assert!(status.success(), "{}", coordinator.log());
+    let run = coordinator.json();
+    let t = task(&run);
+    assert_eq!(t["status"], "finished", "{t}");
+    assert!(t["departures"].as_u64().unwrap() >= 1, "{t}");
+    let participants: Vec<u64> = t["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["participants"].as_u64().unwrap())
+        .collect();
+    eprintln!("participants per round: {participants:?}");
+    assert_eq!(participants.len(), 12);
+    let killed_round = participants.iter().position(|&p| p == 4);
+    assert!(
+        killed_round.is_some(),
+        "a round closed with the 4 left: {participants:?}"
+    );
+    assert_eq!(
+        participants.last(),
+        Some(&5),
+        "the restarted hospital took part again: {participants:?}"
+    );
+    assert!(participants[killed_round.unwrap()..].contains(&5));
+}
+
+#[test]
+fn hospitals_reconnect_after_the_coordinator_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut first = start_coordinator(d, "coordinator-1", &addr, &[], &[]);
+    let hospitals: Vec<Process> = (1..=5)
+        .map(|i| start_hospital(d, &format!("h{i}"), &addr, i, &[], &[]))
+        .collect();
+    first.wait_for(&["hospital said hello"], 5, LONG);
+    first.kill();
+    for h in &hospitals {
+        h.wait_for(&["coordinator gone: reconnecting"], 1, SHORT);
+    }
+    let extra: Vec<String> = ["--rounds", "3", "--auto-start", "--exit-after-run", "--json"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut second = start_coordinator(
+        d,
+        "coordinator-2",
+        &addr,
+        &extra,
+        &[("MEDFED_TASKS__BREAST_CANCER__MIN_HOSPITALS", "5")],
+    );
+    let status = second.wait_exit(LONG);
+    assert!(status.success(), "{}", second.log());
+    assert_eq!(second.count(&["hospital said hello"]), 5);
+    let run = second.json();
+    assert_eq!(task(&run)["status"], "finished");
+    assert_eq!(task(&run)["rounds"][2]["participants"], 5);
+}
+
+#[test]
+fn a_node_with_the_wrong_cookie_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut coordinator = start_coordinator(d, "coordinator", &addr, &[], &[]);
+    let mut intruder = start_hospital(
+        d,
+        "intruder",
+        &addr,
+        1,
+        &[],
+        &[("MEDFED_CLUSTER_COOKIE", "not-the-cookie")],
+    );
+    let status = intruder.wait_exit(SHORT);
+    assert!(!status.success());
+    assert!(
+        intruder.log().contains("did not accept this node"),
+        "{}",
+        intruder.log()
+    );
+    coordinator.wait_for(&["closed before authenticating: refused"], 1, SHORT);
+    assert_eq!(coordinator.count(&["hospital said hello"]), 0);
+    assert!(coordinator.is_running());
+
+    // No cookie at all: neither side starts.
+    for command in [
+        vec!["coordinator", "--task", TASK, "--listen", "127.0.0.1:1"],
+        vec![
+            "hospital",
+            "--task",
+            TASK,
+            "--coordinator",
+            &addr,
+            "--shard",
+            "1/5",
+        ],
+    ] {
+        let out = medfed(&command, &[("MEDFED_CLUSTER_COOKIE", "")]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cluster mode needs a cookie"), "{err}");
+    }
+}
+
+#[test]
+fn a_duplicate_hospital_name_is_refused_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let coordinator = start_coordinator(d, "coordinator", &addr, &[], &[]);
+    let _first = start_hospital(d, "h1", &addr, 1, &[], &[]);
+    coordinator.wait_for(&["hospital said hello"], 1, SHORT);
+    let mut twin = start_hospital(
+        d,
+        "twin",
+        &addr,
+        2,
+        &["--name".into(), "breast_cancer-1".into()],
+        &[],
+    );
+    let status = twin.wait_exit(SHORT);
+    assert!(!status.success());
+    assert!(
+        twin.log()
+            .contains("hospital name 'breast_cancer-1' is already in use"),
+        "{}",
+        twin.log()
+    );
+    coordinator.wait_for(&["join refused", "already in use"], 1, SHORT);
+}
+
+#[test]
+fn mutual_tls_refuses_plaintext_and_foreign_certificates_and_runs_the_federation() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let certs = d.join("certs");
+    let rogue = d.join("rogue");
+    for (out, nodes) in [(&certs, "coordinator,h1,h2,h3,h4,h5"), (&rogue, "rogue")] {
+        let made = medfed(
+            &[
+                "cluster",
+                "gen-certs",
+                "--out",
+                &out.display().to_string(),
+                "--nodes",
+                nodes,
+            ],
+            &[],
+        );
+        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    }
+    let ca = certs.join("ca.pem");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut coordinator = start_coordinator(
+        d,
+        "coordinator",
+        &addr,
+        &tls_args(&certs, &ca, "coordinator"),
+        &[],
+    );
+    // A plaintext node, and one whose certificate another CA signed (it
+    // trusts the right CA, so only the coordinator's check can stop it).
+    let mut plaintext = start_hospital(d, "plaintext", &addr, 1, &[], &[]);
+    let mut foreign = start_hospital(d, "foreign", &addr, 2, &tls_args(&rogue, &ca, "rogue"), &[]);
+    for p in [&mut plaintext, &mut foreign] {
+        let status = p.wait_exit(SHORT);
+        assert!(!status.success(), "{} was let in:\n{}", p.name, p.log());
+    }
+    coordinator.wait_for(&["Error establishing secure socket"], 2, SHORT);
+    assert_eq!(coordinator.count(&["hospital said hello"]), 0);
+    assert!(coordinator.is_running());
+    drop(coordinator);
+
+    std::fs::create_dir_all(d.join("run")).unwrap();
+    let run = six_process_run(&d.join("run"), Some(&certs));
+    assert_same_rounds(&run, &in_process_run());
+}
+
+#[test]
+fn garbage_on_the_cluster_port_and_bad_frames_do_not_crash_the_coordinator() {
+    use medfed_actors::cluster::node::{self, NodeOptions};
+    use medfed_actors::cluster::{Envelope, COORDINATOR_GROUP};
+    use medfed_actors::wire::Frame;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let extra: Vec<String> = ["--rounds", "3", "--auto-start", "--exit-after-run", "--json"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut coordinator = start_coordinator(
+        d,
+        "coordinator",
+        &addr,
+        &extra,
+        &[("MEDFED_TASKS__BREAST_CANCER__MIN_HOSPITALS", "5")],
+    );
+    // Below the cluster protocol: random bytes, a truncated frame, a frame
+    // claiming 1 TiB, and a well-sized frame of garbage.
+    let garbage: Vec<u8> = (0..65_536u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut truncated = 1000u64.to_be_bytes().to_vec();
+    truncated.extend_from_slice(&[7; 10]);
+    let mut huge = (1u64 << 40).to_be_bytes().to_vec();
+    huge.extend_from_slice(&[1; 64]);
+    let mut junk_protobuf = 32u64.to_be_bytes().to_vec();
+    junk_protobuf.extend_from_slice(&[0xff; 32]);
+    for bytes in [garbage, truncated, huge, junk_protobuf] {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        let _ = s.write_all(&bytes);
+        drop(s);
+    }
+    // Inside an authenticated session: envelopes that are not medfed frames.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let prober = node::start(NodeOptions {
+            name: "prober".into(),
+            cookie: COOKIE.into(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls: None,
+        })
+        .await
+        .unwrap();
+        prober.connect(&addr).await.unwrap();
+        let gateway = loop {
+            if let Some(c) = ractor::pg::get_members(&COORDINATOR_GROUP.to_string())
+                .into_iter()
+                .find(|c| !c.get_id().is_local())
+            {
+                break ractor::ActorRef::<Envelope>::from(c);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let good = Frame {
+            kind: 1,
+            payload: b"\x02\x00\x00\x00{}".to_vec(),
+        }
+        .encode()
+        .unwrap();
+        let mut bad_checksum = good.clone();
+        *bad_checksum.last_mut().unwrap() ^= 1;
+        for bytes in [
+            b"definitely not a frame".to_vec(),
+            good[..good.len() - 3].to_vec(),
+            bad_checksum,
+            good, // a frame, but its header is not a medfed message
+        ] {
+            gateway.cast(Envelope(bytes)).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        prober.stop();
+    });
+    coordinator.wait_for(&["dropped an inbound cluster frame"], 4, SHORT);
+    for reason in ["bad_magic", "truncated", "bad_checksum", "malformed"] {
+        assert_eq!(
+            coordinator.count(&["dropped an inbound cluster frame", reason]),
+            1,
+            "{reason}:\n{}",
+            coordinator.log()
+        );
+    }
+    assert!(coordinator.is_running());
+    // And it still runs a federation.
+    let _hospitals: Vec<Process> = (1..=5)
+        .map(|i| start_hospital(d, &format!("h{i}"), &addr, i, &[], &[]))
+        .collect();
+    let status = coordinator.wait_exit(LONG);
+    assert!(status.success(), "{}", coordinator.log());
+    assert_eq!(task(&coordinator.json())["status"], "finished");
+    assert!(
+        coordinator.log().contains("bad_magic"),
+        "the traffic summary counts drops"
+    );
+}

@@ -1,0 +1,130 @@
+//! Real `medfed coordinator` / `medfed hospital` processes on 127.0.0.1,
+//! logging JSON lines to files the tests read; killed when dropped.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::CACHE_DIR;
+
+pub const COOKIE: &str = "test-cluster-cookie";
+
+/// A port free right now (the OS may hand it out again, but rarely at once).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub struct Process {
+    pub name: String,
+    child: Child,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// Start `medfed <args>` from the repository root; its output goes to
+/// `<dir>/<name>.out` and `.log`.
+pub fn spawn(dir: &Path, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Process {
+    let stdout = dir.join(format!("{name}.out"));
+    let stderr = dir.join(format!("{name}.log"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_medfed"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("--log-format")
+        .arg("json")
+        .args(args)
+        .env("MEDFED_RUN__CACHE_DIR", CACHE_DIR)
+        .env("MEDFED_CLUSTER_COOKIE", COOKIE)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(File::create(&stdout).expect("stdout file"))
+        .stderr(File::create(&stderr).expect("stderr file"));
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    Process {
+        name: name.to_string(),
+        child: cmd.spawn().expect("medfed starts"),
+        stdout,
+        stderr,
+    }
+}
+
+impl Process {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// How many log lines contain every one of `needles`.
+    pub fn count(&self, needles: &[&str]) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    }
+
+    /// Wait until `count(needles) >= n`; panics with the log after `timeout`.
+    pub fn wait_for(&self, needles: &[&str], n: usize, timeout: Duration) {
+        let start = Instant::now();
+        while self.count(needles) < n {
+            if start.elapsed() > timeout {
+                panic!(
+                    "{}: no {n} log lines with {needles:?} within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Wait for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if start.elapsed() > timeout {
+                let _ = self.child.kill();
+                panic!(
+                    "{} did not exit within {timeout:?}; log:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL: no clean shutdown, as when a machine dies.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(&self.stdout).expect("stdout");
+        serde_json::from_str(&text).unwrap_or_else(|e| {
+            panic!(
+                "{}: stdout is not one JSON object ({e}): {text}\nlog:\n{}",
+                self.name,
+                self.log()
+            )
+        })
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
