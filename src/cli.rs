@@ -283,6 +283,9 @@ pub struct CoordinatorArgs {
     /// With --exit-after-run: print the result as `medfed run --json` does.
     #[arg(long)]
     pub json: bool,
+    /// Also serve the control panel, REST API and /metrics here.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub security: ClusterSecurity,
 }

@@ -289,9 +289,19 @@ fn a_duplicate_hospital_name_is_refused_on_both_sides() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let addr = format!("127.0.0.1:{}", free_port());
-    let coordinator = start_coordinator(d, "coordinator", &addr, &[], &[]);
+    let http = format!("127.0.0.1:{}", free_port());
+    let coordinator = start_coordinator(d, "coordinator", &addr, &["--http".into(), http.clone()], &[]);
     let _first = start_hospital(d, "h1", &addr, 1, &[], &[]);
     coordinator.wait_for(&["hospital said hello"], 1, SHORT);
+    // The control panel's API shows the cluster hospital and its node.
+    let hospitals: Value = reqwest::blocking::get(format!("http://{http}/api/hospitals"))
+        .and_then(|r| r.json())
+        .expect("the coordinator serves /api/hospitals");
+    let text = hospitals.to_string();
+    assert!(
+        text.contains("breast_cancer-1") && text.contains("at 127.0.0.1:"),
+        "{text}"
+    );
     let mut twin = start_hospital(
         d,
         "twin",
@@ -398,7 +408,7 @@ fn garbage_on_the_cluster_port_and_bad_frames_do_not_crash_the_coordinator() {
     // Inside an authenticated session: envelopes that are not medfed frames.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let prober = node::start(NodeOptions {
+        let (prober, _events) = node::start(NodeOptions {
             name: "prober".into(),
             cookie: COOKIE.into(),
             listen: "127.0.0.1:0".parse().unwrap(),

@@ -16,10 +16,12 @@ use medfed_actors::cluster::{node, Gateway, GatewayArgs, NodeOptions, SessionLog
 use medfed_actors::{Coordinator, CoordinatorArgs, EventBus, FederationEvent, RunRequest};
 
 use super::cluster_node;
+use super::serve::Panel;
 use crate::cli::CoordinatorArgs as Args;
 use crate::federation::{task_setup, CoordinatorClient};
 use crate::output::{run_json, task_table, TaskContext};
 use crate::tasks::prepare_task;
+use crate::web::state::mark_ready;
 
 /// Runs until Ctrl-C, or with --exit-after-run until the run ends;
 /// returns whether the run completed (false: it aborted).
@@ -59,6 +61,7 @@ pub async fn execute(args: &Args) -> Result<bool> {
 
     let bus = EventBus::default();
     let mut events = bus.subscribe();
+    let followed = bus.subscribe();
     let (coordinator, _) = Actor::spawn(
         None,
         Coordinator,
@@ -70,8 +73,18 @@ pub async fn execute(args: &Args) -> Result<bool> {
     .await
     .context("starting the coordinator")?;
     let client = CoordinatorClient::new(coordinator.clone());
+    let panel = match args.http {
+        Some(addr) => {
+            let panel = Panel::start(&loaded, &tasks, bus.clone(), followed, client.clone(), Some(addr))?;
+            // Not stdout: with --json, stdout holds exactly the run's JSON.
+            eprint!("{}", panel.announcement);
+            mark_ready(&panel.state);
+            Some(panel)
+        }
+        None => None,
+    };
 
-    let mut node = node::start(NodeOptions {
+    let (node, mut node_events) = node::start(NodeOptions {
         name: "coordinator".into(),
         cookie,
         listen,
@@ -99,7 +112,7 @@ pub async fn execute(args: &Args) -> Result<bool> {
     let mut stop_sent = false;
     let aborted = loop {
         tokio::select! {
-            Some(event) = node.events.recv() => {
+            Some(event) = node_events.recv() => {
                 sessions.observe(&event);
             }
             event = events.recv() => match event {
@@ -130,6 +143,9 @@ pub async fn execute(args: &Args) -> Result<bool> {
                 if !run_started || !cluster.exit_after_run {
                     node.stop();
                     log_traffic(&stats);
+                    if let Some(panel) = panel {
+                        panel.stop().await;
+                    }
                     return Ok(true);
                 }
                 client.stop()?;
@@ -154,6 +170,9 @@ pub async fn execute(args: &Args) -> Result<bool> {
         println!("\nwall time {wall_seconds:.2} s (since the coordinator started)");
     }
     node.stop();
+    if let Some(panel) = panel {
+        panel.stop().await;
+    }
     coordinator.stop(None);
     Ok(!aborted)
 }

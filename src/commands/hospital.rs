@@ -11,8 +11,7 @@ use ractor::Actor;
 use tracing::{info, warn};
 
 use medfed_actors::cluster::{
-    node, HospitalLink, LinkArgs, LinkStatus, NodeOptions, SessionEventKind, SessionLog, Shared, Uplink,
-    WireStats,
+    node, HospitalLink, LinkArgs, LinkStatus, NodeOptions, SessionLog, Shared, Uplink, WireStats,
 };
 use medfed_actors::{Hospital, HospitalArgs};
 use medfed_models::data::csv::{load_csv, CsvSpec};
@@ -77,7 +76,7 @@ pub async fn execute(args: &Args) -> Result<()> {
     // Unique per process: ractor_cluster refuses a second session under a
     // node name it already has, before the coordinator could say why.
     let link_name = format!("medfed.hospital.{}.{:016x}", local.name, rand::random::<u64>());
-    let mut node = node::start(NodeOptions {
+    let (node, mut node_events) = node::start(NodeOptions {
         name: link_name.clone(),
         cookie,
         listen: "127.0.0.1:0".parse().expect("a valid address"),
@@ -116,7 +115,15 @@ pub async fn execute(args: &Args) -> Result<()> {
     .await?;
 
     info!(hospital = %local.name, task = %task, coordinator = %coordinator_addr, "connecting");
-    node.connect_with_backoff(&coordinator_addr).await?;
+    // Connecting (with backoff) runs in its own task so that Ctrl-C and
+    // session events are handled meanwhile; its outcome arrives here.
+    let (connected_tx, mut connection) = tokio::sync::mpsc::unbounded_channel();
+    let connect = |node: node::Node, addr: String, to: tokio::sync::mpsc::UnboundedSender<_>| {
+        tokio::spawn(async move {
+            let _ = to.send(node.connect_with_backoff(&addr).await);
+        })
+    };
+    connect(node.clone(), coordinator_addr.clone(), connected_tx.clone());
     let mut sessions = SessionLog::default();
     let mut connected = false;
     let mut hospital_done = hospital_done;
@@ -124,16 +131,11 @@ pub async fn execute(args: &Args) -> Result<()> {
     tokio::pin!(find_deadline);
     loop {
         tokio::select! {
-            Some(event) = node.events.recv() => {
-                if let Some(refusal) = sessions.observe(&event) {
-                    if !event.inbound {
-                        bail!("the coordinator at {coordinator_addr} did not accept this node: {refusal}");
-                    }
-                }
-                if event.kind == SessionEventKind::Disconnected && !event.inbound && connected {
-                    // The pg leave that follows reports CoordinatorDown.
-                    info!("session with the coordinator closed");
-                }
+            biased;
+            _ = tokio::signal::ctrl_c() => {
+                info!("Ctrl-C: leaving the federation");
+                node.stop();
+                return Ok(());
             }
             Some(s) = status.recv() => match s {
                 LinkStatus::CoordinatorUp => {
@@ -143,22 +145,25 @@ pub async fn execute(args: &Args) -> Result<()> {
                 LinkStatus::CoordinatorDown => {
                     connected = false;
                     warn!(hospital = %local.name, "coordinator gone: reconnecting");
-                    node.connect_with_backoff(&coordinator_addr).await?;
+                    connect(node.clone(), coordinator_addr.clone(), connected_tx.clone());
                     find_deadline.as_mut().reset(tokio::time::Instant::now() + FIND_COORDINATOR);
                 }
                 LinkStatus::Refused(reason) => bail!("the coordinator refused this hospital: {reason}"),
             },
+            Some(result) = connection.recv() => result?,
+            Some(event) = node_events.recv() => {
+                if let Some(refusal) = sessions.observe(&event) {
+                    if !event.inbound {
+                        bail!("the coordinator at {coordinator_addr} did not accept this node: {refusal}");
+                    }
+                }
+            }
             _ = &mut find_deadline, if !connected => {
                 warn!("connected, but no coordinator appeared within {} s: reconnecting", FIND_COORDINATOR.as_secs());
-                node.connect_with_backoff(&coordinator_addr).await?;
+                connect(node.clone(), coordinator_addr.clone(), connected_tx.clone());
                 find_deadline.as_mut().reset(tokio::time::Instant::now() + FIND_COORDINATOR);
             }
             _ = &mut hospital_done => bail!("the hospital agent stopped"),
-            _ = tokio::signal::ctrl_c() => {
-                info!("Ctrl-C: leaving the federation");
-                node.stop();
-                return Ok(());
-            }
         }
     }
 }

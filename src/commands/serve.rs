@@ -31,54 +31,85 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
         .iter()
         .map(|name| prepare_task(&loaded, name))
         .collect::<Result<Vec<_>>>()?;
-    let addr = match args.http {
-        Some(a) => a,
-        None => loaded.config.web.http.parse().context("web.http")?,
-    };
-    let token_file = match &loaded.config.web.token_file {
-        Some(f) => loaded.resolve(f),
-        None => cache_dir(&loaded)?.join("api-token"),
-    };
-    let (token, source) = auth::resolve(
-        std::env::var("MEDFED_API_TOKEN").ok(),
-        loaded.config.web.api_token.as_deref(),
-        &token_file,
-    )?;
-
     let bus = EventBus::new(BUS_CAPACITY);
     // Subscribed before the hospitals spawn, so their joins are seen.
     let followed = bus.subscribe();
     let federation = Federation::spawn(&loaded, &tasks, bus.clone()).await?;
-    let client = federation.client();
-    let state = Arc::new(app_state(&loaded, &tasks, bus, client, token)?);
-    tokio::spawn(follow(state.clone(), followed));
-    let (server, bound) = crate::web::server(state.clone(), addr)?;
-    let handle = server.handle();
-    let serving = tokio::spawn(server);
-
+    let panel = Panel::start(&loaded, &tasks, bus, followed, federation.client(), args.http)?;
     // One write, errors ignored: a closed stdout must not take the server down.
-    let token_line = match source {
-        TokenSource::Generated(file) => format!(
-            "API token (shown once; also in {}, readable only by you): {}",
-            file.display(),
-            state.token
-        ),
-        TokenSource::Environment => "API token: from MEDFED_API_TOKEN".into(),
-        TokenSource::Config => "API token: from web.api_token in the config".into(),
-    };
     let mut out = std::io::stdout();
-    let _ = write!(out, "medfed control panel: http://{bound}/\n{token_line}\n");
+    let _ = write!(out, "{}", panel.announcement);
     let _ = out.flush();
-
-    wait_for_hospitals(&state, tasks.iter().map(PreparedTask::hospital_count).sum()).await;
-    mark_ready(&state);
+    wait_for_hospitals(&panel.state, tasks.iter().map(PreparedTask::hospital_count).sum()).await;
+    mark_ready(&panel.state);
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     eprintln!("shutting down...");
-    let _ = state.client.stop();
-    handle.stop(true).await;
-    let _ = serving.await;
+    let _ = panel.state.client.stop();
+    panel.stop().await;
     federation.shutdown().await;
     Ok(())
+}
+
+/// The control panel, REST API, event stream and /metrics over a
+/// coordinator (in-process hospitals or cluster mode alike).
+pub struct Panel {
+    pub state: Arc<AppState>,
+    /// Where the panel is and how the API token was chosen (print it once).
+    pub announcement: String,
+    handle: actix_web::dev::ServerHandle,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Panel {
+    /// Serve on `http` (else `web.http`). `followed` must be subscribed
+    /// before hospitals join.
+    pub fn start(
+        loaded: &Loaded,
+        tasks: &[PreparedTask],
+        bus: EventBus,
+        followed: tokio::sync::broadcast::Receiver<medfed_actors::FederationEvent>,
+        client: CoordinatorClient,
+        http: Option<std::net::SocketAddr>,
+    ) -> Result<Panel> {
+        let addr = match http {
+            Some(a) => a,
+            None => loaded.config.web.http.parse().context("web.http")?,
+        };
+        let token_file = match &loaded.config.web.token_file {
+            Some(f) => loaded.resolve(f),
+            None => cache_dir(loaded)?.join("api-token"),
+        };
+        let (token, source) = auth::resolve(
+            std::env::var("MEDFED_API_TOKEN").ok(),
+            loaded.config.web.api_token.as_deref(),
+            &token_file,
+        )?;
+        let state = Arc::new(app_state(loaded, tasks, bus, client, token)?);
+        tokio::spawn(follow(state.clone(), followed));
+        let (server, bound) = crate::web::server(state.clone(), addr)?;
+        let handle = server.handle();
+        let serving = tokio::spawn(server);
+        let token_line = match source {
+            TokenSource::Generated(file) => format!(
+                "API token (shown once; also in {}, readable only by you): {}",
+                file.display(),
+                state.token
+            ),
+            TokenSource::Environment => "API token: from MEDFED_API_TOKEN".into(),
+            TokenSource::Config => "API token: from web.api_token in the config".into(),
+        };
+        Ok(Panel {
+            announcement: format!("medfed control panel: http://{bound}/\n{token_line}\n"),
+            state,
+            handle,
+            serving,
+        })
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(true).await;
+        let _ = self.serving.await;
+    }
 }
 
 fn app_state(

@@ -19,6 +19,9 @@ use super::{link_group, COORDINATOR_GROUP};
 use crate::coordinator::task_group;
 use crate::messages::{CoordinatorMsg, HospitalInfo, HospitalMsg};
 
+/// Hellos kept while waiting for their sender's group membership.
+const MAX_PENDING_HELLOS: usize = 1024;
+
 /// Node ids of the cluster's sessions, described for logs ("h3 at 127.0.0.1:40112").
 #[derive(Debug, Clone, Default)]
 pub struct NodeDirectory(Arc<Mutex<HashMap<u64, String>>>);
@@ -245,7 +248,11 @@ async fn on_hello(
     // coordinator then refuses it with the list of its tasks.
     let Some(cell) = member_named(&link_group(&info.task), &link) else {
         debug!(link = %link, "hello before the link's group membership arrived; waiting");
-        state.pending.insert(link, info);
+        if state.pending.len() < MAX_PENDING_HELLOS {
+            state.pending.insert(link, info);
+        } else {
+            warn!(link = %link, "too many hellos from unknown links: dropped");
+        }
         return;
     };
     info.node = state.nodes.describe(&cell.get_id());

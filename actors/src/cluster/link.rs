@@ -12,13 +12,13 @@ use tracing::warn;
 use super::envelope::Envelope;
 use super::protocol::{ClusterMessage, KIND_CHUNK, KIND_MESSAGE};
 use crate::wire::chunks::{self, Reassembler};
-use crate::wire::{Frame, WireError};
+use crate::wire::{encode_frame, parse, WireError};
 
 /// The largest envelope sent: half of ractor_cluster's default 16 MiB
 /// inbound frame limit, which leaves room for its own framing.
 pub const MAX_ENVELOPE: usize = 8 << 20;
-/// The largest message reassembled from chunks.
-pub const MAX_MESSAGE: u64 = 2 << 30;
+/// The largest message reassembled from chunks (a model of 256M parameters).
+pub const MAX_MESSAGE: u64 = 1 << 30;
 /// Incomplete chunked messages kept at once (from departed senders, say).
 const MAX_IN_FLIGHT: usize = 32;
 /// Frame header bytes around a chunk (see `wire`).
@@ -58,22 +58,15 @@ pub enum SendError {
 /// Encode `message` and cast it to `to`, in chunks when it is large.
 pub fn send(to: &ActorRef<Envelope>, message: &ClusterMessage, stats: &WireStats) -> Result<(), SendError> {
     let encode = |e| SendError::Encode(message.name(), e);
-    let bytes = message.to_frame().and_then(|f| f.encode()).map_err(encode)?;
+    let bytes = message.encode().map_err(encode)?;
     let envelopes = if bytes.len() <= MAX_ENVELOPE {
         vec![bytes]
     } else {
         let id: u64 = rand::random();
-        chunks::split(id, &bytes, MAX_ENVELOPE - FRAME_OVERHEAD)
-            .and_then(|parts| {
-                parts
-                    .into_iter()
-                    .map(|payload| {
-                        Frame {
-                            kind: KIND_CHUNK,
-                            payload,
-                        }
-                        .encode()
-                    })
+        chunks::plan(id, bytes.len(), MAX_ENVELOPE - FRAME_OVERHEAD)
+            .and_then(|plan| {
+                plan.into_iter()
+                    .map(|(header, range)| encode_frame(KIND_CHUNK, &[&header, &bytes[range]]))
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(encode)?
@@ -131,16 +124,16 @@ impl Inbox {
     }
 
     fn decode(&mut self, bytes: &[u8]) -> Result<Option<ClusterMessage>, WireError> {
-        let frame = Frame::decode(bytes)?;
+        let frame = parse(bytes)?;
         match frame.kind {
-            KIND_MESSAGE => ClusterMessage::from_frame(&frame).map(Some),
-            KIND_CHUNK => match self.reassembler.push(&frame.payload)? {
+            KIND_MESSAGE => ClusterMessage::decode(frame.payload).map(Some),
+            KIND_CHUNK => match self.reassembler.push(frame.payload)? {
                 Some((_, whole)) => {
-                    let inner = Frame::decode(&whole)?;
+                    let inner = parse(&whole)?;
                     if inner.kind != KIND_MESSAGE {
                         return Err(WireError::Malformed("a chunked frame must hold a message".into()));
                     }
-                    ClusterMessage::from_frame(&inner).map(Some)
+                    ClusterMessage::decode(inner.payload).map(Some)
                 }
                 None => Ok(None),
             },

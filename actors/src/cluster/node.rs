@@ -78,15 +78,16 @@ impl NodeEventSubscription for Forward {
     }
 }
 
+/// A running node; cheap to clone (connecting can run in its own task).
+#[derive(Clone)]
 pub struct Node {
     pub server: ActorRef<NodeServerMessage>,
-    pub events: UnboundedReceiver<SessionEvent>,
     pub directory: NodeDirectory,
     connector: Option<TlsConnector>,
 }
 
-/// Start the node server and subscribe to its session events.
-pub async fn start(options: NodeOptions) -> Result<Node, ClusterError> {
+/// Start the node server; its session events arrive on the receiver.
+pub async fn start(options: NodeOptions) -> Result<(Node, UnboundedReceiver<SessionEvent>), ClusterError> {
     if options.cookie.trim().is_empty() {
         return Err(ClusterError::Config("the cluster cookie is empty".into()));
     }
@@ -120,12 +121,14 @@ pub async fn start(options: NodeOptions) -> Result<Node, ClusterError> {
             }),
         })
         .map_err(|e| ClusterError::Start(e.to_string()))?;
-    Ok(Node {
-        server,
+    Ok((
+        Node {
+            server,
+            directory,
+            connector,
+        },
         events,
-        directory,
-        connector,
-    })
+    ))
 }
 
 impl Node {

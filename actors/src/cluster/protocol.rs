@@ -15,7 +15,7 @@ use medfed_models::learner::{GlobalModel, LocalUpdate, PrivacySpent, Release, Tr
 use medfed_models::Params;
 
 use crate::messages::{EvalOutcome, HospitalInfo, StatsOutcome, TrainOutcome};
-use crate::wire::{tensors, Frame, Reader, WireError};
+use crate::wire::{encode_frame, tensors, Reader, WireError};
 
 /// Frame kinds.
 pub const KIND_MESSAGE: u8 = 1;
@@ -161,7 +161,8 @@ impl ClusterMessage {
         }
     }
 
-    pub fn to_frame(&self) -> Result<Frame, WireError> {
+    /// The message as one wire frame: header and tensors copied once, into it.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
         let (header, tensors): (Header, Option<&Params>) = match self {
             ClusterMessage::Hello { link, info } => (
                 Header::Hello {
@@ -291,25 +292,19 @@ impl ClusterMessage {
             ),
         };
         let json = serde_json::to_vec(&header).map_err(|e| WireError::Malformed(format!("header: {e}")))?;
-        let block = tensors.map(tensors::encode).unwrap_or_default();
-        let mut payload = Vec::with_capacity(4 + json.len() + block.len());
-        payload.extend_from_slice(&(json.len() as u32).to_le_bytes());
-        payload.extend_from_slice(&json);
-        payload.extend_from_slice(&block);
-        Ok(Frame {
-            kind: KIND_MESSAGE,
-            payload,
-        })
+        let len = (json.len() as u32).to_le_bytes();
+        match tensors {
+            Some(params) => {
+                let (names, values) = (tensors::header(params), tensors::values_le(params));
+                encode_frame(KIND_MESSAGE, &[&len, &json, &names, &values])
+            }
+            None => encode_frame(KIND_MESSAGE, &[&len, &json]),
+        }
     }
 
-    pub fn from_frame(frame: &Frame) -> Result<ClusterMessage, WireError> {
-        if frame.kind != KIND_MESSAGE {
-            return Err(WireError::Malformed(format!(
-                "frame kind {} is not a message",
-                frame.kind
-            )));
-        }
-        let mut r = Reader::new(&frame.payload);
+    /// Decode the payload of a `KIND_MESSAGE` frame.
+    pub fn decode(payload: &[u8]) -> Result<ClusterMessage, WireError> {
+        let mut r = Reader::new(payload);
         let len = r.u32()? as usize;
         if len > MAX_HEADER {
             return Err(WireError::TooLarge(format!("a header of {len} bytes")));

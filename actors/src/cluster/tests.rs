@@ -35,7 +35,7 @@ fn inbox() -> Inbox {
 }
 
 fn through_inbox(message: &ClusterMessage) -> ClusterMessage {
-    let bytes = message.to_frame().unwrap().encode().unwrap();
+    let bytes = message.encode().unwrap();
     inbox().accept(Envelope(bytes)).expect("decodes")
 }
 
@@ -169,7 +169,7 @@ fn a_model_above_the_envelope_limit_arrives_whole_from_shuffled_chunks() {
         round: 1,
         model: model.clone(),
     };
-    let whole = message.to_frame().unwrap().encode().unwrap();
+    let whole = message.encode().unwrap();
     let mut envelopes: Vec<Vec<u8>> = chunks::split(7, &whole, MAX_ENVELOPE - 16)
         .unwrap()
         .into_iter()
@@ -202,11 +202,7 @@ fn a_model_above_the_envelope_limit_arrives_whole_from_shuffled_chunks() {
 fn bad_envelopes_are_dropped_counted_and_never_panic() {
     let stats = Arc::new(WireStats::default());
     let mut inbox = Inbox::new(stats.clone());
-    let good = ClusterMessage::Refused { reason: "x".into() }
-        .to_frame()
-        .unwrap()
-        .encode()
-        .unwrap();
+    let good = ClusterMessage::Refused { reason: "x".into() }.encode().unwrap();
     // Truncated, corrupted, garbage, wrong version, a header that is not ours.
     assert!(inbox.accept(Envelope(good[..good.len() - 1].to_vec())).is_none());
     let mut flipped = good.clone();

@@ -9,11 +9,24 @@ use std::collections::BTreeMap;
 
 use super::{Reader, WireError};
 
-const CHUNK_HEADER: usize = 8 + 4 + 4 + 8;
+pub const CHUNK_HEADER: usize = 8 + 4 + 4 + 8;
 
 /// Split `payload` into chunk payloads of at most `max_chunk` bytes each
 /// (header included).
 pub fn split(message_id: u64, payload: &[u8], max_chunk: usize) -> Result<Vec<Vec<u8>>, WireError> {
+    Ok(plan(message_id, payload.len(), max_chunk)?
+        .into_iter()
+        .map(|(header, range)| [&header[..], &payload[range]].concat())
+        .collect())
+}
+
+/// One chunk's header and the payload range it carries.
+pub type ChunkPlan = ([u8; CHUNK_HEADER], std::ops::Range<usize>);
+
+/// The chunks of a payload of `len` bytes: each chunk's header and the
+/// range of the payload it carries (so a sender can frame them without
+/// copying the payload first).
+pub fn plan(message_id: u64, len: usize, max_chunk: usize) -> Result<Vec<ChunkPlan>, WireError> {
     let body = max_chunk
         .checked_sub(CHUNK_HEADER)
         .filter(|&b| b > 0)
@@ -22,23 +35,17 @@ pub fn split(message_id: u64, payload: &[u8], max_chunk: usize) -> Result<Vec<Ve
                 "a chunk limit of {max_chunk} bytes leaves no room for data"
             ))
         })?;
-    let pieces: Vec<&[u8]> = if payload.is_empty() {
-        vec![&[]]
-    } else {
-        payload.chunks(body).collect()
-    };
-    let count = u32::try_from(pieces.len()).map_err(|_| WireError::TooLarge("too many chunks".into()))?;
-    Ok(pieces
-        .iter()
-        .enumerate()
-        .map(|(i, piece)| {
-            let mut out = Vec::with_capacity(CHUNK_HEADER + piece.len());
-            out.extend_from_slice(&message_id.to_le_bytes());
-            out.extend_from_slice(&(i as u32).to_le_bytes());
-            out.extend_from_slice(&count.to_le_bytes());
-            out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-            out.extend_from_slice(piece);
-            out
+    let count = len.div_ceil(body).max(1);
+    let count32 = u32::try_from(count).map_err(|_| WireError::TooLarge("too many chunks".into()))?;
+    Ok((0..count)
+        .map(|i| {
+            let range = (i * body).min(len)..((i + 1) * body).min(len);
+            let mut header = [0u8; CHUNK_HEADER];
+            header[..8].copy_from_slice(&message_id.to_le_bytes());
+            header[8..12].copy_from_slice(&(i as u32).to_le_bytes());
+            header[12..16].copy_from_slice(&count32.to_le_bytes());
+            header[16..24].copy_from_slice(&(len as u64).to_le_bytes());
+            (header, range)
         })
         .collect())
 }
@@ -46,7 +53,12 @@ pub fn split(message_id: u64, payload: &[u8], max_chunk: usize) -> Result<Vec<Ve
 struct Partial {
     count: u32,
     total: u64,
-    parts: BTreeMap<u32, Vec<u8>>,
+    /// The chunks 0..next, in order: over one connection chunks arrive in
+    /// order, so the message is assembled in place, copied once.
+    whole: Vec<u8>,
+    next: u32,
+    /// Chunks that arrived ahead of their turn.
+    ahead: BTreeMap<u32, Vec<u8>>,
     received: u64,
 }
 
@@ -97,14 +109,16 @@ impl Reassembler {
         let p = self.partial.entry(id).or_insert_with(|| Partial {
             count,
             total,
-            parts: BTreeMap::new(),
+            whole: Vec::new(),
+            next: 0,
+            ahead: BTreeMap::new(),
             received: 0,
         });
         if p.count != count || p.total != total {
             self.partial.remove(&id);
             return Err(bad(format!("message {id}: chunks disagree on its size")));
         }
-        if p.parts.contains_key(&index) {
+        if index < p.next || p.ahead.contains_key(&index) {
             return Err(bad(format!("message {id}: chunk {index} arrived twice")));
         }
         p.received += data.len() as u64;
@@ -112,19 +126,28 @@ impl Reassembler {
             self.partial.remove(&id);
             return Err(bad(format!("message {id}: more bytes than announced")));
         }
-        p.parts.insert(index, data.to_vec());
-        if p.parts.len() < count as usize {
+        if index == p.next {
+            if p.whole.capacity() == 0 {
+                // Capped: a peer's announced size alone must not reserve gigabytes.
+                p.whole.reserve_exact(total.min(256 << 20) as usize);
+            }
+            p.whole.extend_from_slice(data);
+            p.next += 1;
+            while let Some(part) = p.ahead.remove(&p.next) {
+                p.whole.extend_from_slice(&part);
+                p.next += 1;
+            }
+        } else {
+            p.ahead.insert(index, data.to_vec());
+        }
+        if p.next < count {
             return Ok(None);
         }
         let p = self.partial.remove(&id).expect("present");
         if p.received != p.total {
             return Err(bad(format!("message {id}: {} of {} bytes", p.received, p.total)));
         }
-        let mut whole = Vec::with_capacity(p.total as usize);
-        for (_, part) in p.parts {
-            whole.extend_from_slice(&part);
-        }
-        Ok(Some((id, whole)))
+        Ok(Some((id, p.whole)))
     }
 
     pub fn in_flight(&self) -> usize {

@@ -60,51 +60,73 @@ pub struct Frame {
     pub payload: Vec<u8>,
 }
 
+/// Encode one frame whose payload is the concatenation of `parts`, in a
+/// single allocation and with one copy of each part.
+pub fn encode_frame(kind: u8, parts: &[&[u8]]) -> Result<Vec<u8>, WireError> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let len = u32::try_from(total).map_err(|_| WireError::TooLarge(format!("a payload of {total} bytes")))?;
+    let mut crc = crc32fast::Hasher::new();
+    parts.iter().for_each(|p| crc.update(p));
+    let mut out = Vec::with_capacity(HEADER + total);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.push(kind);
+    out.push(0);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    parts.iter().for_each(|p| out.extend_from_slice(p));
+    Ok(out)
+}
+
+/// A checked frame borrowing its payload from the received bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameRef<'a> {
+    pub kind: u8,
+    pub payload: &'a [u8],
+}
+
+/// Check exactly one frame (magic, version, length, checksum); trailing
+/// bytes are an error.
+pub fn parse(bytes: &[u8]) -> Result<FrameRef<'_>, WireError> {
+    let mut r = Reader::new(bytes);
+    if r.take(4)? != MAGIC {
+        return Err(WireError::BadMagic);
+    }
+    let version = r.u16()?;
+    if version != VERSION {
+        return Err(WireError::UnsupportedVersion {
+            got: version,
+            supported: VERSION,
+        });
+    }
+    let kind = r.u8()?;
+    let _reserved = r.u8()?;
+    let len = r.u32()? as usize;
+    let crc = r.u32()?;
+    let payload = r.take(len)?;
+    if !r.is_empty() {
+        return Err(WireError::Malformed(format!(
+            "{} bytes after the frame",
+            r.remaining()
+        )));
+    }
+    if crc32fast::hash(payload) != crc {
+        return Err(WireError::BadChecksum);
+    }
+    Ok(FrameRef { kind, payload })
+}
+
 impl Frame {
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
-        let len = u32::try_from(self.payload.len())
-            .map_err(|_| WireError::TooLarge(format!("a payload of {} bytes", self.payload.len())))?;
-        let mut out = Vec::with_capacity(HEADER + self.payload.len());
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.push(self.kind);
-        out.push(0);
-        out.extend_from_slice(&len.to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&self.payload).to_le_bytes());
-        out.extend_from_slice(&self.payload);
-        Ok(out)
+        encode_frame(self.kind, &[&self.payload])
     }
 
     /// Decode exactly one frame; trailing bytes are an error.
     pub fn decode(bytes: &[u8]) -> Result<Frame, WireError> {
-        let mut r = Reader::new(bytes);
-        if r.take(4)? != MAGIC {
-            return Err(WireError::BadMagic);
-        }
-        let version = r.u16()?;
-        if version != VERSION {
-            return Err(WireError::UnsupportedVersion {
-                got: version,
-                supported: VERSION,
-            });
-        }
-        let kind = r.u8()?;
-        let _reserved = r.u8()?;
-        let len = r.u32()? as usize;
-        let crc = r.u32()?;
-        let payload = r.take(len)?;
-        if !r.is_empty() {
-            return Err(WireError::Malformed(format!(
-                "{} bytes after the frame",
-                r.remaining()
-            )));
-        }
-        if crc32fast::hash(payload) != crc {
-            return Err(WireError::BadChecksum);
-        }
+        let f = parse(bytes)?;
         Ok(Frame {
-            kind,
-            payload: payload.to_vec(),
+            kind: f.kind,
+            payload: f.payload.to_vec(),
         })
     }
 }

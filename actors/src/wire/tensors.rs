@@ -5,6 +5,7 @@
 //! count u32 | count x (name length u16 | name UTF-8 | rank u8 | rank x dim u64) | values f32 LE
 //! ```
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use medfed_models::{Layout, Params, TensorSpec};
@@ -16,13 +17,19 @@ const MAX_NAME: usize = 1024;
 const MAX_RANK: usize = 8;
 
 pub fn encode(params: &Params) -> Vec<u8> {
+    let mut out = header(params);
+    out.extend_from_slice(&values_le(params));
+    out
+}
+
+/// Names and shapes: the part of `encode` in front of the values.
+pub fn header(params: &Params) -> Vec<u8> {
     let specs = params.layout().specs();
-    let values = params.as_slice();
-    let header: usize = specs
+    let size: usize = specs
         .iter()
         .map(|s| 2 + s.name.len() + 1 + 8 * s.shape.len())
         .sum();
-    let mut out = Vec::with_capacity(4 + header + 4 * values.len());
+    let mut out = Vec::with_capacity(4 + size);
     out.extend_from_slice(&(specs.len() as u32).to_le_bytes());
     for spec in specs {
         out.extend_from_slice(&(spec.name.len() as u16).to_le_bytes());
@@ -32,10 +39,18 @@ pub fn encode(params: &Params) -> Vec<u8> {
             out.extend_from_slice(&(d as u64).to_le_bytes());
         }
     }
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
     out
+}
+
+/// The values as little-endian bytes: borrowed as they are in memory on
+/// little-endian machines (no copy), converted on others.
+pub fn values_le(params: &Params) -> Cow<'_, [u8]> {
+    let values = params.as_slice();
+    if cfg!(target_endian = "little") {
+        Cow::Borrowed(bytemuck::cast_slice(values))
+    } else {
+        Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
 }
 
 /// Decode, and with `expected` require exactly that layout (names, shapes, order).
@@ -84,11 +99,16 @@ pub fn decode(bytes: &[u8], expected: Option<&Arc<Layout>>) -> Result<Params, Wi
             got: bytes.len(),
         });
     }
-    let values: Vec<f32> = r
-        .take(data_len)?
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let data = r.take(data_len)?;
+    let values: Vec<f32> = if cfg!(target_endian = "little") {
+        let mut values = vec![0f32; total];
+        bytemuck::cast_slice_mut::<f32, u8>(&mut values).copy_from_slice(data);
+        values
+    } else {
+        data.chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
     let layout = match expected {
         Some(layout) => {
             if layout.specs() != specs.as_slice() {

@@ -1,0 +1,379 @@
+//! A model's round trip over the cluster, coordinator -> hospital ->
+//! coordinator, as a ratio to raw loopback TCP measured in the same run.
+//!
+//! The "coordinator" is this process; the "hospital" is this benchmark
+//! binary started again as an echo node (MEDFED_BENCH_ECHO), so the bytes
+//! cross a real socket between two processes. One round trip is the whole
+//! path: encode the Train message (JSON header + raw tensors), chunk it,
+//! ractor_cluster, decode and reassemble; the echo node sends the same
+//! tensors back as an Update. Raw TCP echoes the same number of bytes.
+//! Plain and mutual TLS; 4 MiB and 64 MiB models.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use ractor::pg::{self, GroupChangeMessage};
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+use medfed_actors::cluster::link::{send, Inbox};
+use medfed_actors::cluster::node::{self, NodeOptions};
+use medfed_actors::cluster::protocol::ClusterMessage;
+use medfed_actors::cluster::{Envelope, TlsFiles, WireStats};
+use medfed_actors::messages::TrainOutcome;
+use medfed_models::learner::{GlobalModel, LocalUpdate, Release, TrainPlan};
+use medfed_models::{Layout, Params, TensorSpec};
+
+mod support;
+use support::{mean_ns, output_dir};
+
+const COOKIE: &str = "bench-cookie";
+const SIZES_MIB: [usize; 2] = [4, 64];
+
+fn main() {
+    if let Ok(spec) = std::env::var("MEDFED_BENCH_ECHO") {
+        echo_node(&spec);
+        return;
+    }
+    let dir = output_dir();
+    let mut c = Criterion::default().output_directory(&dir).configure_from_args();
+    let certs = tempfile::tempdir().expect("a temporary directory");
+    let made = Command::new(env!("CARGO_BIN_EXE_medfed"))
+        .args(["cluster", "gen-certs", "--nodes", "coordinator,hospital", "--out"])
+        .arg(certs.path())
+        .output()
+        .expect("medfed gen-certs runs");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    let mut group = c.benchmark_group("cluster_transfer");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(8));
+    for mib in SIZES_MIB {
+        group.throughput(Throughput::Bytes((2 * mib as u64) << 20));
+        group.bench_function(format!("raw_tcp_{mib}MiB"), |b| {
+            b.iter_custom(|iters| raw_tcp_round_trips(mib << 20, iters))
+        });
+    }
+    for tls in [false, true] {
+        let mode = if tls { "tls" } else { "plain" };
+        let files = tls.then(|| files(certs.path(), "coordinator"));
+        let mut bench = runtime.block_on(Echo::start(mode, files, certs.path()));
+        for mib in SIZES_MIB {
+            let message = train_message(mib);
+            group.throughput(Throughput::Bytes((2 * mib as u64) << 20));
+            group.bench_function(format!("cluster_{mode}_{mib}MiB"), |b| {
+                b.iter_custom(|iters| runtime.block_on(bench.round_trips(&message, iters)))
+            });
+        }
+        bench.stop();
+    }
+    group.finish();
+    c.final_summary();
+
+    for mib in SIZES_MIB {
+        let Some(raw) = mean_ns(&dir, "cluster_transfer", &format!("raw_tcp_{mib}MiB")) else {
+            continue;
+        };
+        let raw_gbs = 2.0 * (mib << 20) as f64 / raw;
+        for mode in ["plain", "tls"] {
+            if let Some(t) = mean_ns(&dir, "cluster_transfer", &format!("cluster_{mode}_{mib}MiB")) {
+                println!(
+                    "{mib} MiB model round trip, cluster {mode}: {:.1} ms ({:.2} GB/s); raw loopback TCP {:.1} ms ({raw_gbs:.2} GB/s); ratio {:.3}",
+                    t / 1e6,
+                    2.0 * (mib << 20) as f64 / t,
+                    raw / 1e6,
+                    raw / t
+                );
+            }
+        }
+    }
+}
+
+fn files(dir: &Path, name: &str) -> TlsFiles {
+    TlsFiles {
+        cert: dir.join(format!("{name}.pem")),
+        key: dir.join(format!("{name}-key.pem")),
+        ca: dir.join("ca.pem"),
+    }
+}
+
+fn model(mib: usize) -> Params {
+    let n = (mib << 20) / 4;
+    let layout = Arc::new(Layout::new(vec![TensorSpec::new("w", &[n])]).expect("one tensor"));
+    let values = (0..n).map(|i| (i as f32) * 1e-7).collect();
+    Params::new(layout, values).expect("fits")
+}
+
+fn train_message(mib: usize) -> ClusterMessage {
+    ClusterMessage::Train {
+        task: "bench".into(),
+        round: 1,
+        attempt: 0,
+        model: GlobalModel {
+            params: Arc::new(model(mib)),
+            standardizer: None,
+        },
+        plan: TrainPlan {
+            round: 1,
+            local_epochs: 1,
+            batch_size: 32,
+            learning_rate: 0.1,
+            l2: 0.0,
+            seed: 1,
+        },
+    }
+}
+
+/// Echo `size` bytes through a loopback socket `iters` times.
+fn raw_tcp_round_trips(size: usize, iters: u64) -> Duration {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let client = TcpStream::connect(addr).expect("connect");
+    client.set_nodelay(true).expect("nodelay");
+    let payload = vec![7u8; size];
+    let mut back = vec![0u8; size];
+    let start = Instant::now();
+    for _ in 0..iters {
+        let mut writer = client.try_clone().expect("clone");
+        std::thread::scope(|s| {
+            s.spawn(|| writer.write_all(&payload).expect("write"));
+            (&client).read_exact(&mut back).expect("read");
+        });
+    }
+    let elapsed = start.elapsed();
+    drop(client);
+    let _ = server.join();
+    elapsed
+}
+
+/// This process's end: a node the echo process connects to.
+struct Echo {
+    node: node::Node,
+    child: Child,
+    echo: ActorRef<Envelope>,
+    replies: UnboundedReceiver<()>,
+    stats: Arc<WireStats>,
+}
+
+impl Echo {
+    async fn start(mode: &str, tls: Option<TlsFiles>, certs: &Path) -> Echo {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let (node, _events) = node::start(NodeOptions {
+            name: format!("bench-coordinator-{mode}"),
+            cookie: COOKIE.into(),
+            listen: format!("127.0.0.1:{port}").parse().expect("address"),
+            tls: tls.clone(),
+        })
+        .await
+        .expect("node starts");
+        let (tx, replies) = unbounded_channel();
+        let stats = Arc::new(WireStats::default());
+        Actor::spawn(None, Receiver, (group("origin", mode), tx, stats.clone(), None))
+            .await
+            .expect("receiver starts");
+        let certs_arg = if tls.is_some() {
+            certs.display().to_string()
+        } else {
+            String::new()
+        };
+        let child = Command::new(std::env::current_exe().expect("this binary"))
+            .env("MEDFED_BENCH_ECHO", format!("{port}|{mode}|{certs_arg}"))
+            .spawn()
+            .expect("echo node starts");
+        let echo_group = group("echo", mode);
+        let start = Instant::now();
+        let echo = loop {
+            if let Some(c) = pg::get_members(&echo_group)
+                .into_iter()
+                .find(|c| !c.get_id().is_local())
+            {
+                break ActorRef::<Envelope>::from(c);
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the echo node did not connect"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        Echo {
+            node,
+            child,
+            echo,
+            replies,
+            stats,
+        }
+    }
+
+    async fn round_trips(&mut self, message: &ClusterMessage, iters: u64) -> Duration {
+        let start = Instant::now();
+        for _ in 0..iters {
+            send(&self.echo, message, &self.stats).expect("sent");
+            self.replies.recv().await.expect("a reply");
+        }
+        start.elapsed()
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.node.stop();
+    }
+}
+
+fn group(role: &str, mode: &str) -> String {
+    format!("medfed.bench.{role}.{mode}")
+}
+
+/// Decodes whole messages; on the echo node it answers each Train with an
+/// Update carrying the same tensors, on this side it signals the bench.
+struct Receiver;
+
+type ReceiverArgs = (String, UnboundedSender<()>, Arc<WireStats>, Option<String>);
+
+struct ReceiverState {
+    inbox: Inbox,
+    done: UnboundedSender<()>,
+    stats: Arc<WireStats>,
+    /// On the echo node: the group of the origin to answer.
+    answer_to: Option<String>,
+    origin: Option<ActorRef<Envelope>>,
+}
+
+impl Actor for Receiver {
+    type Msg = Envelope;
+    type State = ReceiverState;
+    type Arguments = ReceiverArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Envelope>,
+        (own_group, done, stats, answer_to): ReceiverArgs,
+    ) -> Result<ReceiverState, ActorProcessingErr> {
+        pg::join(own_group, vec![myself.get_cell()]);
+        if let Some(g) = &answer_to {
+            pg::monitor(g.clone(), myself.get_cell());
+        }
+        Ok(ReceiverState {
+            inbox: Inbox::new(stats.clone()),
+            done,
+            stats,
+            answer_to,
+            origin: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Envelope>,
+        envelope: Envelope,
+        state: &mut ReceiverState,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(message) = state.inbox.accept(envelope) else {
+            return Ok(());
+        };
+        match (message, &state.origin) {
+            (ClusterMessage::Train { model, .. }, Some(origin)) => {
+                let update = ClusterMessage::Update {
+                    link: "bench".into(),
+                    from: "bench".into(),
+                    task: "bench".into(),
+                    round: 1,
+                    attempt: 0,
+                    outcome: TrainOutcome::Trained(LocalUpdate {
+                        delta: (*model.params).clone(),
+                        num_examples: 1,
+                        train_loss: None,
+                        release: Release::NonPrivate,
+                        privacy: None,
+                    }),
+                };
+                send(origin, &update, &state.stats)?;
+            }
+            _ => {
+                let _ = state.done.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Envelope>,
+        event: SupervisionEvent,
+        state: &mut ReceiverState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ProcessGroupChanged(GroupChangeMessage::Join(_, g, cells)) = event {
+            if Some(&g) == state.answer_to.as_ref() {
+                state.origin = cells
+                    .into_iter()
+                    .find(|c| !c.get_id().is_local())
+                    .map(ActorRef::from);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The echo process: connect to the bench's node and answer every model.
+fn echo_node(spec: &str) {
+    let mut parts = spec.splitn(3, '|');
+    let (port, mode, certs) = (
+        parts.next().unwrap_or_default().to_string(),
+        parts.next().unwrap_or_default().to_string(),
+        parts.next().unwrap_or_default().to_string(),
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async move {
+        let tls = (!certs.is_empty()).then(|| files(&PathBuf::from(&certs), "hospital"));
+        let (node, _events) = node::start(NodeOptions {
+            name: format!("bench-hospital-{mode}"),
+            cookie: COOKIE.into(),
+            listen: "127.0.0.1:0".parse().expect("address"),
+            tls,
+        })
+        .await
+        .expect("echo node starts");
+        let (tx, _rx) = unbounded_channel();
+        Actor::spawn(
+            None,
+            Receiver,
+            (
+                group("echo", &mode),
+                tx,
+                Arc::new(WireStats::default()),
+                Some(group("origin", &mode)),
+            ),
+        )
+        .await
+        .expect("echo starts");
+        node.connect(&format!("127.0.0.1:{port}"))
+            .await
+            .expect("connects");
+        // Until the benchmark kills this process.
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(node);
+    });
+}

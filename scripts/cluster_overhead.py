@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Per-round overhead of cluster mode versus in-process (issue #3).
+
+Usage: cargo build --release && scripts/cluster_overhead.py [--repeats 3]
+
+For each demo task, runs the federation in one process (`medfed run`) and as
+separate processes on 127.0.0.1 (`medfed coordinator` + one `medfed
+hospital --shard I/K` per hospital, all joined before round 1), with the
+same seed, and compares the mean seconds per round the coordinator reports
+(request sent to global model aggregated and evaluated). Also checks that
+both give the same final held-out accuracy.
+"""
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "medfed")
+TASKS = {"breast_cancer": 5, "pneumonia_xray": 3}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mean_round(run, task):
+    return statistics.mean(r["seconds"] for r in run["tasks"][task]["rounds"])
+
+
+def in_process(task, env):
+    out = subprocess.run([BIN, "run", "--task", task, "--json"], cwd=ROOT, env=env,
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
+
+
+def cluster(task, hospitals, env):
+    addr = f"127.0.0.1:{free_port()}"
+    env = dict(env, MEDFED_CLUSTER_COOKIE="overhead-measurement",
+               **{f"MEDFED_TASKS__{task.upper()}__MIN_HOSPITALS": str(hospitals)})
+    with tempfile.TemporaryFile() as log:
+        coord = subprocess.Popen([BIN, "coordinator", "--task", task, "--listen", addr,
+                                  "--auto-start", "--exit-after-run", "--json"],
+                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log)
+        procs = [subprocess.Popen([BIN, "hospital", "--task", task, "--coordinator", addr,
+                                   "--shard", f"{i}/{hospitals}"],
+                                  cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+                 for i in range(1, hospitals + 1)]
+        try:
+            out, _ = coord.communicate(timeout=600)
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+        if coord.returncode != 0:
+            log.seek(0)
+            raise SystemExit(f"coordinator failed:\n{log.read().decode()[-3000:]}")
+        return json.loads(out)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    env = dict(os.environ, RUST_LOG="warn")
+    for task, hospitals in TASKS.items():
+        local, remote = [], []
+        for _ in range(args.repeats):
+            a = in_process(task, env)
+            b = cluster(task, hospitals, env)
+            fa = a["tasks"][task]["final"]["accuracy"]
+            fb = b["tasks"][task]["final"]["accuracy"]
+            if abs(fa - fb) > 1e-6:
+                print(f"  NOTE {task}: final accuracy differs: {fa} in-process vs {fb} cluster")
+            local.append(mean_round(a, task))
+            remote.append(mean_round(b, task))
+        lm, rm = statistics.median(local), statistics.median(remote)
+        print(f"{task} ({hospitals} hospitals): in-process {lm * 1000:.1f} ms/round, "
+              f"cluster {rm * 1000:.1f} ms/round, overhead {(rm - lm) * 1000:+.1f} ms/round "
+              f"(medians of {args.repeats}; per run in-process "
+              f"{[round(x * 1000, 1) for x in local]}, cluster {[round(x * 1000, 1) for x in remote]})")
+
+
+if __name__ == "__main__":
+    main()
