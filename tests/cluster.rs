@@ -467,3 +467,117 @@ fn garbage_on_the_cluster_port_and_bad_frames_do_not_crash_the_coordinator() {
         "the traffic summary counts drops"
     );
 }
+
+#[test]
+fn bad_cluster_flags_are_refused_with_the_reason() {
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["coordinator", "--task", TASK, "--tls-cert", "x.pem"],
+            "missing --tls-key, --tls-ca",
+        ),
+        (
+            &[
+                "coordinator",
+                "--task",
+                TASK,
+                "--tls-cert",
+                "no.pem",
+                "--tls-key",
+                "no.pem",
+                "--tls-ca",
+                "no.pem",
+            ],
+            "no.pem",
+        ),
+        (&["hospital", "--task", TASK], "this hospital has no data"),
+        (&["hospital", "--task", TASK, "--shard", "6/5"], "expected I/K"),
+        (
+            &[
+                "hospital",
+                "--task",
+                TASK,
+                "--data",
+                "data/breast_cancer_wisconsin.csv",
+            ],
+            "--name is required",
+        ),
+        (
+            &["cluster", "gen-certs", "--out", "/tmp/unused", "--nodes", "a/b"],
+            "not a usable node name",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = medfed(args, &[("MEDFED_CLUSTER_COOKIE", COOKIE)]);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn hospitals_with_their_own_csv_files_train_and_evaluate_locally() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Two sites' files: the shipped rows dealt alternately (header kept).
+    let csv = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/breast_cancer_wisconsin.csv"
+    ))
+    .unwrap();
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap();
+    let (mut a, mut b) = (vec![header], vec![header]);
+    for (i, line) in lines.enumerate() {
+        if i % 2 == 0 {
+            a.push(line)
+        } else {
+            b.push(line)
+        }
+    }
+    let rows_a = a.len() - 1;
+    for (name, rows) in [("site-a.csv", &a), ("site-b.csv", &b)] {
+        std::fs::write(d.join(name), rows.join("\n") + "\n").unwrap();
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    let extra: Vec<String> = ["--rounds", "3", "--auto-start", "--exit-after-run", "--json"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let envs = [("MEDFED_TASKS__BREAST_CANCER__MIN_HOSPITALS", "2")];
+    let mut coordinator = start_coordinator(d, "coordinator", &addr, &extra, &envs);
+    let _sites: Vec<Process> = ["site-a", "site-b"]
+        .iter()
+        .map(|site| {
+            let file = d.join(format!("{site}.csv")).display().to_string();
+            let args = [
+                "hospital",
+                "--task",
+                TASK,
+                "--coordinator",
+                &addr,
+                "--name",
+                site,
+                "--data",
+                &file,
+            ];
+            spawn(d, site, &args, &envs)
+        })
+        .collect();
+    let status = coordinator.wait_exit(LONG);
+    assert!(status.success(), "{}", coordinator.log());
+    let run = coordinator.json();
+    let t = task(&run);
+    assert_eq!(t["status"], "finished");
+    assert_eq!(t["rounds"][2]["participants"], 2);
+    assert!(t["final"]["accuracy"].as_f64().unwrap() > 0.9, "{t}");
+    // Each site's local test split is 20% of its own file (stratified).
+    let fed = &t["final_federated"];
+    assert_eq!(fed["evaluated"], 2);
+    let examples = fed["examples"].as_u64().unwrap() as f64;
+    let expected = 0.2 * (rows_a + b.len() - 1) as f64;
+    assert!(
+        (examples - expected).abs() <= 2.0,
+        "{examples} local test rows, expected ~{expected}"
+    );
+    assert!(fed["accuracy_by_hospital"]["site-a"].as_f64().is_some(), "{fed}");
+}
