@@ -568,6 +568,7 @@ fn hospitals_with_their_own_csv_files_train_and_evaluate_locally() {
     let run = coordinator.json();
     let t = task(&run);
     assert_eq!(t["status"], "finished");
+    assert_eq!(t["hospitals"], 2);
     assert_eq!(t["rounds"][2]["participants"], 2);
     assert!(t["final"]["accuracy"].as_f64().unwrap() > 0.9, "{t}");
     // Each site's local test split is 20% of its own file (stratified).

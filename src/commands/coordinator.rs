@@ -46,7 +46,7 @@ pub async fn execute(args: &Args) -> Result<bool> {
         .iter()
         .map(|name| prepare_task(&loaded, name))
         .collect::<Result<Vec<_>>>()?;
-    let contexts: BTreeMap<String, TaskContext> = tasks
+    let mut contexts: BTreeMap<String, TaskContext> = tasks
         .iter()
         .map(|t| (t.name.clone(), TaskContext::of(t, &loaded, None)))
         .collect();
@@ -61,7 +61,7 @@ pub async fn execute(args: &Args) -> Result<bool> {
 
     let bus = EventBus::default();
     let mut events = bus.subscribe();
-    let followed = bus.subscribe();
+    let followed = args.http.map(|_| bus.subscribe());
     let (coordinator, _) = Actor::spawn(
         None,
         Coordinator,
@@ -73,15 +73,15 @@ pub async fn execute(args: &Args) -> Result<bool> {
     .await
     .context("starting the coordinator")?;
     let client = CoordinatorClient::new(coordinator.clone());
-    let panel = match args.http {
-        Some(addr) => {
+    let panel = match (args.http, followed) {
+        (Some(addr), Some(followed)) => {
             let panel = Panel::start(&loaded, &tasks, bus.clone(), followed, client.clone(), Some(addr))?;
             // Not stdout: with --json, stdout holds exactly the run's JSON.
             eprint!("{}", panel.announcement);
             mark_ready(&panel.state);
             Some(panel)
         }
-        None => None,
+        _ => None,
     };
 
     let (node, mut node_events) = node::start(NodeOptions {
@@ -154,6 +154,12 @@ pub async fn execute(args: &Args) -> Result<bool> {
         }
     };
     let report = client.settled_report(Duration::from_secs(30)).await?;
+    // The hospitals that are joined, not the config's count (sites bring their own data).
+    for (name, ctx) in contexts.iter_mut() {
+        if let Some(t) = report.tasks.get(name) {
+            ctx.hospitals = t.hospitals;
+        }
+    }
     log_traffic(&stats);
     let wall_seconds = started.elapsed().as_secs_f64();
     if args.json {

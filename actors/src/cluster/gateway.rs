@@ -155,7 +155,7 @@ impl Actor for Gateway {
                     "dropped a coordinator-bound message of the wrong direction"
                 );
                 state.inbox.stats().count_drop("wrong_direction");
-                None
+                return Ok(());
             }
         };
         match forward {
