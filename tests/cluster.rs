@@ -378,10 +378,19 @@ fn garbage_on_the_cluster_port_and_bad_frames_do_not_crash_the_coordinator() {
     let d = dir.path();
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let extra: Vec<String> = ["--rounds", "3", "--auto-start", "--exit-after-run", "--json"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let http = format!("127.0.0.1:{}", free_port());
+    let extra: Vec<String> = [
+        "--rounds",
+        "3",
+        "--auto-start",
+        "--exit-after-run",
+        "--json",
+        "--http",
+        &http,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let mut coordinator = start_coordinator(
         d,
         "coordinator",
@@ -455,6 +464,15 @@ fn garbage_on_the_cluster_port_and_bad_frames_do_not_crash_the_coordinator() {
         );
     }
     assert!(coordinator.is_running());
+    // The drops are on /metrics too, by reason.
+    let metrics = reqwest::blocking::get(format!("http://{http}/metrics"))
+        .and_then(|r| r.text())
+        .expect("/metrics");
+    for reason in ["bad_magic", "truncated", "bad_checksum", "malformed"] {
+        let line = format!("medfed_cluster_frames_dropped_total{{reason=\"{reason}\"}} 1");
+        assert!(metrics.contains(&line), "no '{line}' in:\n{metrics}");
+    }
+    assert!(metrics.contains("medfed_cluster_bytes_total{direction=\"received\"}"));
     // And it still runs a federation.
     let _hospitals: Vec<Process> = (1..=5)
         .map(|i| start_hospital(d, &format!("h{i}"), &addr, i, &[], &[]))

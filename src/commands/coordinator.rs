@@ -73,9 +73,18 @@ pub async fn execute(args: &Args) -> Result<bool> {
     .await
     .context("starting the coordinator")?;
     let client = CoordinatorClient::new(coordinator.clone());
+    let stats = Arc::new(WireStats::default());
     let panel = match (args.http, followed) {
         (Some(addr), Some(followed)) => {
-            let panel = Panel::start(&loaded, &tasks, bus.clone(), followed, client.clone(), Some(addr))?;
+            let panel = Panel::start(
+                &loaded,
+                &tasks,
+                bus.clone(),
+                followed,
+                client.clone(),
+                Some(addr),
+                Some(stats.clone()),
+            )?;
             // Not stdout: with --json, stdout holds exactly the run's JSON.
             eprint!("{}", panel.announcement);
             mark_ready(&panel.state);
@@ -91,7 +100,6 @@ pub async fn execute(args: &Args) -> Result<bool> {
         tls: tls.clone(),
     })
     .await?;
-    let stats = Arc::new(WireStats::default());
     Actor::spawn(
         None,
         Gateway,

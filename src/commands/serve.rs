@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde_json::json;
 
+use medfed_actors::cluster::WireStats;
 use medfed_actors::EventBus;
 
 use crate::cli::ServeArgs;
@@ -35,7 +36,15 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
     // Subscribed before the hospitals spawn, so their joins are seen.
     let followed = bus.subscribe();
     let federation = Federation::spawn(&loaded, &tasks, bus.clone()).await?;
-    let panel = Panel::start(&loaded, &tasks, bus, followed, federation.client(), args.http)?;
+    let panel = Panel::start(
+        &loaded,
+        &tasks,
+        bus,
+        followed,
+        federation.client(),
+        args.http,
+        None,
+    )?;
     // One write, errors ignored: a closed stdout must not take the server down.
     let mut out = std::io::stdout();
     let _ = write!(out, "{}", panel.announcement);
@@ -70,6 +79,7 @@ impl Panel {
         followed: tokio::sync::broadcast::Receiver<medfed_actors::FederationEvent>,
         client: CoordinatorClient,
         http: Option<std::net::SocketAddr>,
+        cluster: Option<Arc<WireStats>>,
     ) -> Result<Panel> {
         let addr = match http {
             Some(a) => a,
@@ -84,7 +94,7 @@ impl Panel {
             loaded.config.web.api_token.as_deref(),
             &token_file,
         )?;
-        let state = Arc::new(app_state(loaded, tasks, bus, client, token)?);
+        let state = Arc::new(app_state(loaded, tasks, bus, client, token, cluster)?);
         tokio::spawn(follow(state.clone(), followed));
         let (server, bound) = crate::web::server(state.clone(), addr)?;
         let handle = server.handle();
@@ -118,6 +128,7 @@ fn app_state(
     events: EventBus,
     client: CoordinatorClient,
     token: String,
+    cluster: Option<Arc<WireStats>>,
 ) -> Result<AppState> {
     let privacy = &loaded.config.privacy;
     let seed = loaded.config.run.seed;
@@ -171,7 +182,10 @@ fn app_state(
         events,
         live: RwLock::new(live),
         runs: RwLock::new(Default::default()),
-        metrics: Metrics::new(model_bytes, &budgets),
+        metrics: match cluster {
+            Some(stats) => Metrics::new(model_bytes, &budgets).with_cluster(stats),
+            None => Metrics::new(model_bytes, &budgets),
+        },
         token,
         contexts,
         settings: serde_json::Value::Object(settings),

@@ -3,14 +3,19 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use medfed_actors::cluster::WireStats;
 use medfed_actors::FederationEvent;
 
 use super::live::LiveView;
@@ -344,12 +349,54 @@ impl Metrics {
             .observe(seconds);
     }
 
+    /// Also export a cluster node's traffic and dropped frames (cluster mode).
+    pub fn with_cluster(mut self, stats: Arc<WireStats>) -> Self {
+        self.registry.register_collector(Box::new(ClusterTraffic(stats)));
+        self
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Read at every scrape from the node's `WireStats`:
+/// `medfed_cluster_bytes_total{direction}` and
+/// `medfed_cluster_frames_dropped_total{reason}`.
+#[derive(Debug)]
+struct ClusterTraffic(Arc<WireStats>);
+
+impl Collector for ClusterTraffic {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = &self.0;
+        let mut bytes = encoder.encode_descriptor(
+            "medfed_cluster_bytes",
+            "Bytes of cluster envelopes this node sent and received",
+            None,
+            MetricType::Counter,
+        )?;
+        for (direction, value) in [
+            ("sent", stats.bytes_sent.load(Relaxed)),
+            ("received", stats.bytes_received.load(Relaxed)),
+        ] {
+            ConstCounter::new(value).encode(bytes.encode_family(&[("direction", direction)])?)?;
+        }
+        let dropped = stats.dropped();
+        let mut frames = encoder.encode_descriptor(
+            "medfed_cluster_frames_dropped",
+            "Inbound cluster frames dropped, by reason",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, count) in &dropped {
+            ConstCounter::new(*count).encode(frames.encode_family(&[("reason", reason.as_str())])?)?;
+        }
+        Ok(())
     }
 }
 
