@@ -43,6 +43,13 @@ pub async fn execute(args: &Args) -> Result<()> {
             selected.join(", ")
         ),
     };
+    if !loaded.config.tasks.contains_key(&task) {
+        bail!(
+            "no task '{task}' in {} (tasks: {})",
+            loaded.source,
+            loaded.config.tasks.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    }
     let coordinator_addr = args
         .coordinator
         .clone()
