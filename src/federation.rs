@@ -57,6 +57,7 @@ pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
             .checkpoint_dir
             .as_ref()
             .map(|dir| loaded.resolve(dir).join(&task.name)),
+        held_out: Some(task.held_out_fingerprint()),
     })
 }
 
@@ -139,6 +140,7 @@ impl Federation {
                         coordinator: coordinator.clone(),
                         require_private,
                         local_test,
+                        held_out: None,
                     },
                 )
                 .await

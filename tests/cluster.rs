@@ -319,6 +319,15 @@ fn a_duplicate_hospital_name_is_refused_on_both_sides() {
         twin.log()
     );
     coordinator.wait_for(&["join refused", "already in use"], 1, SHORT);
+
+    // A shard split with another seed could hold the coordinator's held-out rows.
+    let mut other_split = start_hospital(d, "other-split", &addr, 3, &["--seed".into(), "7".into()], &[]);
+    assert!(!other_split.wait_exit(SHORT).success());
+    assert!(
+        other_split.log().contains("split from a different held-out set"),
+        "{}",
+        other_split.log()
+    );
 }
 
 #[test]

@@ -21,6 +21,10 @@ pub struct HospitalInfo {
     pub samples: usize,
     /// Where it runs; the cluster gateway fills in the node it came from.
     pub node: String,
+    /// Fingerprint of the held-out set its shard was split from (cluster
+    /// `--shard` hospitals); checked against the coordinator's.
+    #[serde(default)]
+    pub held_out: Option<String>,
 }
 
 /// A hospital's answer to a training request.

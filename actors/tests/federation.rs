@@ -110,6 +110,7 @@ async fn federation(behaviours: &[Behaviour], min_hospitals: usize, rounds: u32,
         strategy: Box::new(FedAvg),
         scaling: Scaling::Federated,
         checkpoint_dir: None,
+        held_out: None,
     };
     let (coordinator, _) = Actor::spawn(
         None,
@@ -165,6 +166,7 @@ async fn spawn_hospital_with(
             coordinator: coordinator.clone(),
             require_private,
             local_test: None,
+            held_out: None,
         },
     )
     .await

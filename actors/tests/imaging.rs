@@ -57,6 +57,7 @@ async fn run_federation(rounds: u32) -> RunReport {
         strategy: Box::new(FedAvg),
         scaling: Scaling::None,
         checkpoint_dir: None,
+        held_out: None,
     };
     let (coordinator, _) = Actor::spawn(
         None,
@@ -82,6 +83,7 @@ async fn run_federation(rounds: u32) -> RunReport {
                 coordinator: coordinator.clone(),
                 require_private: false,
                 local_test: None,
+                held_out: None,
             },
         )
         .await

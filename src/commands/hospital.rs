@@ -104,6 +104,7 @@ pub async fn execute(args: &Args) -> Result<()> {
             coordinator: uplink,
             require_private,
             local_test: local.local_test,
+            held_out: local.held_out,
         },
     )
     .await
@@ -179,6 +180,8 @@ struct LocalData {
     name: String,
     built: BuiltLearner,
     local_test: Option<Box<dyn Evaluator>>,
+    /// The held-out set its shard was split from (shipped data only).
+    held_out: Option<String>,
 }
 
 /// Shard I of K of the shipped data under the config's split, partition
@@ -209,6 +212,7 @@ fn from_shard(loaded: &mut Loaded, task: &str, spec: &str, name: Option<String>)
         name,
         built,
         local_test,
+        held_out: Some(prepared.held_out_fingerprint()),
     })
 }
 
@@ -248,6 +252,7 @@ fn from_csv(loaded: &Loaded, task: &str, name: &str, path: &std::path::Path) -> 
         name: name.to_string(),
         built,
         local_test: Some(Box::new(LogisticEvaluator::new(test)?)),
+        held_out: None,
     })
 }
 

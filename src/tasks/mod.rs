@@ -163,6 +163,28 @@ impl PreparedTask {
         Ok(Some(evaluator))
     }
 
+    /// Identifies the held-out set: its size and a CRC-32 of its examples.
+    /// Equal on every node that split the same data with the same seed and
+    /// test fraction.
+    pub fn held_out_fingerprint(&self) -> String {
+        let mut crc = crc32fast::Hasher::new();
+        let (n, labels) = match &self.data {
+            TaskData::Tabular { held_out, .. } => {
+                held_out
+                    .features
+                    .iter()
+                    .for_each(|v| crc.update(&v.to_le_bytes()));
+                (held_out.len(), &held_out.labels)
+            }
+            TaskData::Imaging { held_out, .. } => {
+                held_out.pixels.iter().for_each(|v| crc.update(&v.to_le_bytes()));
+                (held_out.len(), &held_out.labels)
+            }
+        };
+        crc.update(&labels.iter().map(|&l| u8::from(l)).collect::<Vec<_>>());
+        format!("{n} examples, crc32 {:08x}", crc.finalize())
+    }
+
     /// The coordinator's evaluation on the held-out set; `seed` fixes the
     /// initial global model.
     pub fn evaluator(&self, seed: u64) -> Result<Box<dyn Evaluator>> {

@@ -152,6 +152,7 @@ fn updates_stats_and_evaluations_round_trip() {
             kind: "tabular".into(),
             samples: 91,
             node: String::new(),
+            held_out: Some("113 examples, crc32 0badf00d".into()),
         },
     };
     assert!(matches!(through_inbox(&hello), ClusterMessage::Hello { info, .. } if info.samples == 91));

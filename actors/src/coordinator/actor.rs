@@ -232,6 +232,13 @@ fn on_join(
         .any(|(id, r)| r.info.name == info.name && *id != hospital.get_id())
     {
         Some(format!("hospital name '{}' is already in use", info.name))
+    } else if let (Some(theirs), Some(ours)) = (&info.held_out, &state.tasks[&info.task].held_out) {
+        (theirs != ours).then(|| {
+            format!(
+                "its data was split from a different held-out set ({theirs}; the coordinator's is {ours}): \
+                 seed, test fraction or data differ, so it could be training on held-out rows"
+            )
+        })
     } else {
         None
     };

@@ -28,6 +28,9 @@ pub struct TaskSetup {
     pub scaling: Scaling,
     /// Write the global model after every round into this directory.
     pub checkpoint_dir: Option<PathBuf>,
+    /// Fingerprint of the held-out set; a hospital that derived its shard
+    /// from a different one could be training on the held-out rows.
+    pub held_out: Option<String>,
 }
 
 /// How a task's features are scaled.
@@ -50,6 +53,7 @@ pub struct TaskRuntime {
     pub strategy: Arc<Mutex<Box<dyn Strategy>>>,
     pub scaling: Scaling,
     pub checkpoint_dir: Option<PathBuf>,
+    pub held_out: Option<String>,
     pub global: GlobalModel,
     pub kept_updates: BTreeMap<HospitalId, LocalUpdate>,
     pub kept_stats: BTreeMap<HospitalId, MomentSums>,
@@ -79,6 +83,7 @@ impl TaskRuntime {
             },
             scaling: setup.scaling,
             checkpoint_dir: setup.checkpoint_dir,
+            held_out: setup.held_out,
             kept_updates: BTreeMap::new(),
             kept_stats: BTreeMap::new(),
             history: Vec::new(),

@@ -21,6 +21,8 @@ pub struct HospitalArgs {
     pub require_private: bool,
     /// This hospital's own test split, for federated evaluation.
     pub local_test: Option<Box<dyn Evaluator>>,
+    /// See `HospitalInfo::held_out`.
+    pub held_out: Option<String>,
 }
 
 pub struct HospitalState {
@@ -47,6 +49,7 @@ impl Actor for Hospital {
             kind: args.kind,
             samples: args.learner.num_examples(),
             node: "in-process".into(),
+            held_out: args.held_out,
         };
         pg::join(task_group(&info.task), vec![myself.get_cell()]);
         args.coordinator.cast(CoordinatorMsg::Join {
