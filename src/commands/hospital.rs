@@ -35,6 +35,11 @@ pub async fn execute(args: &Args) -> Result<()> {
     cluster_node::apply_flags(&mut loaded, &args.security)?;
     let h = loaded.config.cluster.hospital.clone();
     let task = match (selected.as_slice(), &h.task) {
+        (many, _) if args.overrides.tasks.len() > 1 => bail!(
+            "a hospital serves one task, not {} (--task {})",
+            many.len(),
+            many.join(" --task ")
+        ),
         ([one], _) if !args.overrides.tasks.is_empty() => one.clone(),
         (_, Some(task)) => task.clone(),
         ([one], None) => one.clone(),
