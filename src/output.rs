@@ -200,6 +200,31 @@ pub fn run_json(report: &RunReport, contexts: &BTreeMap<String, TaskContext>, wa
     }
 }
 
+/// Print a run's result on stdout: one JSON object, or a table per task
+/// and the wall time (`wall_note` says what it counts, when not obvious).
+pub fn print_run(
+    report: &RunReport,
+    contexts: &BTreeMap<String, TaskContext>,
+    wall_seconds: f64,
+    json: bool,
+    wall_note: &str,
+) -> serde_json::Result<()> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&run_json(report, contexts, wall_seconds))?
+        );
+    } else {
+        for (name, ctx) in contexts {
+            if let Some(r) = report.tasks.get(name) {
+                print!("{}", task_table(name, r, ctx));
+            }
+        }
+        println!("\nwall time {wall_seconds:.2} s{wall_note}");
+    }
+    Ok(())
+}
+
 fn auc_text(auc: Option<f64>) -> String {
     auc.map_or_else(|| "n/a".to_string(), |a| format!("{a:.4}"))
 }

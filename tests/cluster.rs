@@ -8,8 +8,8 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use common::cluster::{free_port, spawn, Process, COOKIE};
-use common::{json_of, medfed};
+use common::cluster::{spawn, Process, COOKIE};
+use common::{free_port, json_of, medfed};
 use serde_json::Value;
 
 const TASK: &str = "breast_cancer";
@@ -28,15 +28,16 @@ fn tls_args(certs: &Path, ca: &Path, name: &str) -> Vec<String> {
     ]
 }
 
+fn owned(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
 fn start_coordinator(dir: &Path, name: &str, addr: &str, extra: &[String], envs: &[(&str, &str)]) -> Process {
-    let mut args: Vec<String> = ["coordinator", "--task", TASK, "--listen", addr]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> = owned(&["coordinator", "--task", TASK, "--listen", addr]);
     args.extend(extra.iter().cloned());
     let p = spawn(dir, name, &strs(&args), envs);
     p.wait_for(&["coordinator listening for hospitals"], 1, SHORT);
@@ -52,7 +53,7 @@ fn start_hospital(
     envs: &[(&str, &str)],
 ) -> Process {
     let shard = format!("{shard}/5");
-    let mut args: Vec<String> = [
+    let mut args: Vec<String> = owned(&[
         "hospital",
         "--task",
         TASK,
@@ -60,10 +61,7 @@ fn start_hospital(
         addr,
         "--shard",
         &shard,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     args.extend(extra.iter().cloned());
     spawn(dir, name, &strs(&args), envs)
 }
@@ -76,10 +74,7 @@ fn six_process_run(dir: &Path, tls: Option<&Path>) -> Value {
         tls.map(|c| tls_args(c, &c.join("ca.pem"), name))
             .unwrap_or_default()
     };
-    let mut extra: Vec<String> = ["--rounds", "10", "--auto-start", "--exit-after-run", "--json"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut extra: Vec<String> = owned(&["--rounds", "10", "--auto-start", "--exit-after-run", "--json"]);
     extra.extend(tls_of("coordinator"));
     // All five must have joined before round 1, as in `medfed run`.
     let mut coordinator = start_coordinator(
@@ -166,10 +161,7 @@ fn a_killed_hospital_is_counted_out_and_rejoins() {
     // Longer local training, so that rounds last long enough to kill a
     // hospital in the middle of one (quorum stays the demo's 4 of 5).
     let envs = [("MEDFED_TASKS__BREAST_CANCER__TRAINING__LOCAL_EPOCHS", "1000")];
-    let extra: Vec<String> = ["--rounds", "12", "--auto-start", "--exit-after-run", "--json"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let extra: Vec<String> = owned(&["--rounds", "12", "--auto-start", "--exit-after-run", "--json"]);
     let mut coordinator = start_coordinator(d, "coordinator", &addr, &extra, &envs);
     let mut hospitals: Vec<Process> = (1..=5)
         .map(|i| start_hospital(d, &format!("h{i}"), &addr, i, &[], &envs))
@@ -220,10 +212,7 @@ fn hospitals_reconnect_after_the_coordinator_restarts() {
     for h in &hospitals {
         h.wait_for(&["coordinator gone: reconnecting"], 1, SHORT);
     }
-    let extra: Vec<String> = ["--rounds", "3", "--auto-start", "--exit-after-run", "--json"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let extra: Vec<String> = owned(&["--rounds", "3", "--auto-start", "--exit-after-run", "--json"]);
     let mut second = start_coordinator(
         d,
         "coordinator-2",
@@ -388,7 +377,7 @@ fn garbage_on_the_cluster_port_and_bad_frames_do_not_crash_the_coordinator() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let http = format!("127.0.0.1:{}", free_port());
-    let extra: Vec<String> = [
+    let extra: Vec<String> = owned(&[
         "--rounds",
         "3",
         "--auto-start",
@@ -396,10 +385,7 @@ fn garbage_on_the_cluster_port_and_bad_frames_do_not_crash_the_coordinator() {
         "--json",
         "--http",
         &http,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    ]);
     let mut coordinator = start_coordinator(
         d,
         "coordinator",
@@ -566,10 +552,7 @@ fn hospitals_with_their_own_csv_files_train_and_evaluate_locally() {
         std::fs::write(d.join(name), rows.join("\n") + "\n").unwrap();
     }
     let addr = format!("127.0.0.1:{}", free_port());
-    let extra: Vec<String> = ["--rounds", "3", "--auto-start", "--exit-after-run", "--json"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let extra: Vec<String> = owned(&["--rounds", "3", "--auto-start", "--exit-after-run", "--json"]);
     let envs = [("MEDFED_TASKS__BREAST_CANCER__MIN_HOSPITALS", "2")];
     let mut coordinator = start_coordinator(d, "coordinator", &addr, &extra, &envs);
     let _sites: Vec<Process> = ["site-a", "site-b"]

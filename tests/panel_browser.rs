@@ -3,13 +3,12 @@
 //! the round counter reach 5/5 and the chart draw, see the 5 hospitals.
 //! A screenshot is saved as an artifact.
 
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::external_available;
 use common::server::{Served, TOKEN};
+use common::{external_available, free_port};
 
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::{json, Value};
@@ -61,11 +60,7 @@ async fn start_a_run_from_the_panel_and_watch_it_finish() {
     let served = tokio::task::spawn_blocking(|| Served::start(&["--task", "breast_cancer"], &[]))
         .await
         .unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let _driver = Driver(
         Command::new("chromedriver")
             .arg(format!("--port={port}"))

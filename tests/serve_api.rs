@@ -3,14 +3,13 @@
 //! metric names, a real Prometheus scraping it).
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::external_available;
 use common::server::{Served, TOKEN};
+use common::{external_available, free_port};
 
 use medfed_models::checkpoint::Checkpoint;
 use reqwest::blocking::{Client, Response};
@@ -312,14 +311,6 @@ impl Drop for Prometheus {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

@@ -19,7 +19,7 @@ use super::cluster_node;
 use super::serve::Panel;
 use crate::cli::CoordinatorArgs as Args;
 use crate::federation::{task_setup, CoordinatorClient};
-use crate::output::{run_json, task_table, TaskContext};
+use crate::output::{print_run, TaskContext};
 use crate::tasks::prepare_task;
 use crate::web::state::mark_ready;
 
@@ -170,19 +170,13 @@ pub async fn execute(args: &Args) -> Result<bool> {
     }
     log_traffic(&stats);
     let wall_seconds = started.elapsed().as_secs_f64();
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&run_json(&report, &contexts, wall_seconds))?
-        );
-    } else {
-        for (name, ctx) in &contexts {
-            if let Some(r) = report.tasks.get(name) {
-                print!("{}", task_table(name, r, ctx));
-            }
-        }
-        println!("\nwall time {wall_seconds:.2} s (since the coordinator started)");
-    }
+    print_run(
+        &report,
+        &contexts,
+        wall_seconds,
+        args.json,
+        " (since the coordinator started)",
+    )?;
     node.stop();
     if let Some(panel) = panel {
         panel.stop().await;

@@ -13,7 +13,7 @@ use medfed_models::checkpoint::Checkpoint;
 
 use crate::cli::RunArgs;
 use crate::federation::run_to_end;
-use crate::output::{run_json, task_table, TaskContext};
+use crate::output::{print_run, TaskContext};
 use crate::tasks::prepare_task;
 
 /// Runs the federation; returns whether it completed (no task aborted).
@@ -54,17 +54,7 @@ pub async fn execute(args: &RunArgs) -> Result<bool> {
     .await?;
     bar.finish_and_clear();
 
-    if args.json {
-        let json = run_json(&outcome.report, &contexts, outcome.wall_seconds);
-        println!("{}", serde_json::to_string(&json)?);
-    } else {
-        for (name, ctx) in &contexts {
-            if let Some(report) = outcome.report.tasks.get(name) {
-                print!("{}", task_table(name, report, ctx));
-            }
-        }
-        println!("\nwall time {:.2} s", outcome.wall_seconds);
-    }
+    print_run(&outcome.report, &contexts, outcome.wall_seconds, args.json, "")?;
     // After the results are printed: a failed write loses nothing already shown.
     if let Some(dir) = &args.save_model {
         save_models(dir, &outcome.models)?;

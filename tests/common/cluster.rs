@@ -2,7 +2,6 @@
 //! logging JSON lines to files the tests read; killed when dropped.
 
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -10,14 +9,6 @@ use std::time::{Duration, Instant};
 use super::CACHE_DIR;
 
 pub const COOKIE: &str = "test-cluster-cookie";
-
-/// A port free right now (the OS may hand it out again, but rarely at once).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 pub struct Process {
     pub name: String,

@@ -11,6 +11,15 @@ use std::process::{Command, Output};
 /// directory, shared by all tests, never in the user's home.
 pub const CACHE_DIR: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/medfed-cache");
 
+/// A loopback port free right now (the OS may hand it out again, but rarely at once).
+#[allow(dead_code)] // not every test binary uses it
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// Run `medfed` from the repository root with extra environment variables.
 #[allow(dead_code)] // not every test binary uses it
 pub fn medfed(args: &[&str], envs: &[(&str, &str)]) -> Output {
