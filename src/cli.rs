@@ -109,46 +109,74 @@ pub struct CheckImagesArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum PrivacyCommand {
-    /// Epsilon of DP-SGD (Poisson-subsampled Gaussian) after T steps, RDP accountant.
+    /// Epsilon of DP-SGD (Poisson-subsampled Gaussian) or update-level DP
+    /// after T steps, RDP accountant.
     Epsilon(EpsilonArgs),
     /// Smallest noise multiplier that keeps T steps within a target epsilon.
     Noise(NoiseArgs),
     /// Show the privacy spent in every ledger of a directory.
     LedgerShow(LedgerShowArgs),
-    /// Forget what a hospital has spent on a dataset: deletes its ledger file.
+    /// Forget what was spent on a dataset: deletes its ledger file.
     /// Its next run starts from a full budget, which weakens the guarantee for
     /// every patient already used; only for a dataset that is retired or replaced.
     LedgerReset(LedgerResetArgs),
 }
 
+/// Which release the calculators account for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CalculatorMode {
+    /// DP-SGD: Poisson-subsampled Gaussian steps, add/remove one record.
+    #[value(name = "dp-sgd")]
+    DpSgd,
+    /// Update-level DP: one Gaussian per round at sensitivity 2C (the whole
+    /// local dataset replaced); sampling rate 1.
+    Update,
+}
+
 #[derive(Debug, Args)]
 pub struct EpsilonArgs {
-    /// Poisson sampling rate q, in (0, 1].
+    /// dp-sgd (per-record) or update (per-hospital).
+    #[arg(long, value_enum, default_value = "dp-sgd")]
+    pub mode: CalculatorMode,
+    /// Poisson sampling rate q, in (0, 1]; required for dp-sgd, 1 for update.
     #[arg(long)]
-    pub sampling_rate: f64,
-    /// Noise standard deviation over the clipping norm (sigma), > 0.
+    pub sampling_rate: Option<f64>,
+    /// Noise standard deviation over the sensitivity (sigma), > 0. The
+    /// sensitivity is the clipping norm C for dp-sgd and 2C for update.
     #[arg(long)]
     pub noise_multiplier: f64,
-    /// Number of steps (rounds x local steps), >= 1.
+    /// Number of steps (dp-sgd: rounds x local steps; update: rounds), >= 1.
     #[arg(long)]
     pub steps: u64,
     /// Target delta, in (0, 1).
     #[arg(long)]
     pub delta: f64,
+    /// dp-sgd: also the one-off release of the record count at this noise
+    /// multiplier (privacy.count_noise_multiplier; a hospital's first run pays it).
+    #[arg(long)]
+    pub count_noise_multiplier: Option<f64>,
     #[arg(long)]
     pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct NoiseArgs {
+    /// dp-sgd (per-record) or update (per-hospital).
+    #[arg(long, value_enum, default_value = "dp-sgd")]
+    pub mode: CalculatorMode,
     #[arg(long)]
     pub target_epsilon: f64,
+    /// Poisson sampling rate q, in (0, 1]; required for dp-sgd, 1 for update.
     #[arg(long)]
-    pub sampling_rate: f64,
+    pub sampling_rate: Option<f64>,
     #[arg(long)]
     pub steps: u64,
     #[arg(long)]
     pub delta: f64,
+    /// dp-sgd: include the one-off release of the record count at this noise
+    /// multiplier, as a hospital's first run calibrates.
+    #[arg(long)]
+    pub count_noise_multiplier: Option<f64>,
     #[arg(long)]
     pub json: bool,
 }
@@ -168,10 +196,10 @@ pub struct LedgerShowArgs {
 pub struct LedgerResetArgs {
     #[arg(long)]
     pub ledger_dir: PathBuf,
+    /// The ledger's file name, as `ledger-show` lists it
+    /// (e.g. breast_cancer__0123456789abcdef.json).
     #[arg(long)]
-    pub hospital: String,
-    #[arg(long)]
-    pub dataset: String,
+    pub ledger: String,
     /// Confirm: the spent budget is forgotten.
     #[arg(long)]
     pub yes: bool,

@@ -18,8 +18,8 @@ use medfed_models::aggregate::{FedAdam, FedAvg, UpdateCheck};
 use medfed_models::checkpoint::Checkpoint;
 use medfed_models::learner::TrainPlan;
 
-use crate::config::{Loaded, PrivacyMode, StrategyName};
-use crate::hospital_learner;
+use crate::config::{Loaded, StrategyName};
+use crate::hospital_learner::{self, Site};
 use crate::tasks::PreparedTask;
 
 pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
@@ -97,7 +97,6 @@ impl Federation {
         .context("starting the coordinator")?;
         let mut handles = vec![handle];
         let mut hospitals = Vec::new();
-        let require_private = loaded.config.privacy.mode != PrivacyMode::Off;
         let all_names: Vec<String> = tasks
             .iter()
             .flat_map(|t| (0..t.hospital_count()).map(|i| t.hospital_name(i)))
@@ -118,16 +117,9 @@ impl Federation {
             let rounds = task.config.effective_rounds(&loaded.config.run);
             for i in 0..task.hospital_count() {
                 let name = task.hospital_name(i);
-                let dataset = format!(
-                    "{}-{}-shard{}of{}-seed{}",
-                    task.name,
-                    task.config.partition.scheme_name(),
-                    i + 1,
-                    task.hospital_count(),
-                    loaded.config.run.seed
-                );
                 let shard = task.shard(i).context("shard index within the hospital count")?;
-                let built = hospital_learner::build(loaded, &name, &dataset, shard, rounds, "in-process")?;
+                let built =
+                    hospital_learner::build(loaded, &name, &task.name, shard, rounds, Site::InProcess)?;
                 let local_test = task.local_test(i, loaded.config.run.seed)?;
                 let (hospital, handle) = Actor::spawn(
                     None,
@@ -138,7 +130,6 @@ impl Federation {
                         kind: task.config.kind.name().to_string(),
                         learner: built.learner,
                         coordinator: coordinator.clone(),
-                        require_private,
                         local_test,
                         held_out: None,
                     },

@@ -1,16 +1,18 @@
 //! Builds one hospital's learner from the configuration: logistic regression
 //! (tabular) or the CNN (imaging), and — with differential privacy on — the
 //! same learner training with DP-SGD or update-level DP behind the budget
-//! guard and its ledger.
+//! guard and its ledger, keyed by the content of the hospital's records.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use tracing::{info, warn};
 
+use medfed_actors::HospitalLearner;
 use medfed_models::learner::cnn::CnnLearner;
 use medfed_models::learner::logistic::{LocalDp, LogisticLearner, StatsPolicy};
-use medfed_models::learner::private::{Budget, PrivateLearner};
-use medfed_models::learner::Learner;
-use medfed_models::privacy::ledger::Ledger;
+use medfed_models::learner::private::{Budget, CountRelease, PrivateLearner};
+use medfed_models::learner::DpLearner;
+use medfed_models::privacy::fingerprint::DataFingerprint;
+use medfed_models::privacy::ledger::{Ledger, LedgerKey};
 use medfed_models::privacy::mechanisms::NoiseSource;
 use medfed_models::privacy::rdp::{compose, default_orders, noise_for_epsilon};
 use medfed_models::privacy::PrivacyError;
@@ -21,42 +23,96 @@ use crate::tasks::Shard;
 
 /// A hospital's learner and, under DP, the noise multiplier it trains with.
 pub struct BuiltLearner {
-    pub learner: Box<dyn Learner>,
+    pub learner: HospitalLearner,
     pub noise_multiplier: Option<f64>,
 }
 
-/// `dataset` names the hospital's data in its ledger; `rounds` is the
-/// planned number of rounds the noise is calibrated for.
+/// Where a hospital runs: `Cluster` hospitals face a remote coordinator,
+/// so reproducible (`seeded`) noise is refused for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    InProcess,
+    Cluster,
+}
+
+impl Site {
+    /// As the ledger records it beside each charge.
+    pub fn name(self) -> &'static str {
+        match self {
+            Site::InProcess => "in-process",
+            Site::Cluster => "cluster",
+        }
+    }
+}
+
+/// `dataset` names what the hospital's data is (its task); together with
+/// the records' fingerprint it keys the ledger. `rounds` is the planned
+/// number of rounds the noise is calibrated for.
 pub fn build(
     loaded: &Loaded,
     name: &str,
     dataset: &str,
     shard: Shard<'_>,
     rounds: u32,
-    run: &str,
+    site: Site,
 ) -> Result<BuiltLearner> {
     let privacy = &loaded.config.privacy;
     if privacy.mode == PrivacyMode::Off {
-        let learner: Box<dyn Learner> = match shard {
+        let learner: Box<dyn medfed_models::learner::Learner> = match shard {
             Shard::Tabular { data, .. } => Box::new(LogisticLearner::new(name, data)?),
             Shard::Imaging { images, cnn } => Box::new(CnnLearner::new(name, images, cnn)?),
         };
         return Ok(BuiltLearner {
-            learner,
+            learner: HospitalLearner::Open(learner),
             noise_multiplier: None,
         });
     }
+    if privacy.noise == NoiseKind::Seeded && site == Site::Cluster {
+        bail!(
+            "privacy.noise = \"seeded\" is refused for a cluster hospital: seeded noise is \
+             reproducible, so anyone who knows the seed can subtract it. It exists for simulations \
+             in one process (`medfed run`) on data that is not real; use \"secure\""
+        );
+    }
     let p = privacy.for_hospital(name);
+    // The noise streams never derive from anything the coordinator sends.
+    let noise_stream = |purpose: u64| match privacy.noise {
+        NoiseKind::Secure => NoiseSource::secure(),
+        NoiseKind::Seeded => NoiseSource::seeded(seed::derive(privacy.noise_seed, name, purpose)),
+    };
+    let (fingerprint, records) = match &shard {
+        Shard::Tabular { data, .. } => (DataFingerprint::of_dataset(data), data.len()),
+        Shard::Imaging { images, .. } => (DataFingerprint::of_images(images), images.len()),
+    };
+    let key = LedgerKey {
+        dataset: dataset.to_string(),
+        fingerprint,
+    };
+    let budget = Budget {
+        epsilon: p.epsilon,
+        delta: p.delta,
+    };
+    budget
+        .check(records)
+        .with_context(|| format!("hospital {name}"))?;
+    if let Some(advice) = budget.advice(records) {
+        warn!(hospital = %name, "{advice}");
+    }
     let ledger = match &privacy.ledger_dir {
-        Some(dir) => Ledger::open(&loaded.resolve(dir), name, dataset)?,
-        None => Ledger::in_memory(name, dataset),
+        Some(dir) => Ledger::open(&loaded.resolve(dir), &key)?,
+        None => Ledger::in_memory(&key),
+    };
+    let count = CountRelease {
+        noise_multiplier: privacy.count_noise_multiplier,
     };
     let orders = default_orders();
     let mut prior = ledger.spent_rdp().to_vec();
-    let tabular = matches!(shard, Shard::Tabular { .. });
-    if tabular && privacy.scaling == DpScaling::DpStats {
-        let stats_cost = compose(1.0, privacy.stats_noise_multiplier, 1, &orders);
-        prior.iter_mut().zip(&stats_cost).for_each(|(a, b)| *a += b);
+    let mut add = |cost: Vec<f64>| prior.iter_mut().zip(&cost).for_each(|(a, b)| *a += b);
+    if matches!(shard, Shard::Tabular { .. }) && privacy.scaling == DpScaling::DpStats {
+        add(compose(1.0, privacy.stats_noise_multiplier, 1, &orders));
+    }
+    if privacy.mode == PrivacyMode::DpSgd && ledger.released_count().is_none() {
+        add(count.cost());
     }
     let (q, steps_per_round) = match privacy.mode {
         PrivacyMode::DpSgd => (p.sampling_rate, p.local_steps),
@@ -77,7 +133,7 @@ pub fn build(
             Err(e) => return Err(e).with_context(|| format!("hospital {name}: calibrating the noise")),
         },
     };
-    info!(hospital = %name, mode = privacy.mode.name(), sigma, q, steps = total_steps, "privacy calibrated");
+    info!(hospital = %name, mode = privacy.mode.name(), sigma, q, steps = total_steps, ledger = %key.file_name(), "privacy calibrated");
     let dp = match privacy.mode {
         PrivacyMode::DpSgd => LocalDp::DpSgd {
             sampling_rate: p.sampling_rate,
@@ -90,11 +146,7 @@ pub fn build(
             noise_multiplier: sigma,
         },
     };
-    let noise = match privacy.noise {
-        NoiseKind::Secure => NoiseSource::secure(),
-        NoiseKind::Seeded => NoiseSource::seeded(seed::derive(loaded.config.run.seed, name, 0x0D9)),
-    };
-    let private: Box<dyn Learner> = match shard {
+    let inner: Box<dyn DpLearner> = match shard {
         Shard::Tabular { data, bounds } => {
             let stats = match privacy.scaling {
                 DpScaling::PublicBounds => StatsPolicy::Withheld,
@@ -105,20 +157,24 @@ pub fn build(
                     noise_multiplier: privacy.stats_noise_multiplier,
                 },
             };
-            Box::new(LogisticLearner::new(name, data)?.with_privacy(dp, stats, noise)?)
+            Box::new(LogisticLearner::new(name, data)?.with_privacy(dp, stats, noise_stream(0x0D9))?)
         }
         Shard::Imaging { images, cnn } => {
-            Box::new(CnnLearner::new(name, images, cnn)?.with_privacy(dp, noise)?)
+            Box::new(CnnLearner::new(name, images, cnn)?.with_privacy(dp, noise_stream(0x0D9))?)
         }
     };
-    let budget = Budget {
-        epsilon: p.epsilon,
-        delta: p.delta,
-    };
-    let guarded =
-        PrivateLearner::new(private, ledger, budget, run).with_context(|| format!("hospital {name}"))?;
+    let guarded = PrivateLearner::new(
+        inner,
+        ledger,
+        budget,
+        name,
+        site.name(),
+        count,
+        &mut noise_stream(0xC0),
+    )
+    .with_context(|| format!("hospital {name}"))?;
     Ok(BuiltLearner {
-        learner: Box::new(guarded),
+        learner: HospitalLearner::Private(Box::new(guarded)),
         noise_multiplier: Some(sigma),
     })
 }

@@ -10,7 +10,7 @@ use medfed_actors::report::FederatedEval;
 use medfed_actors::{RunReport, TaskReport};
 use medfed_models::metrics::Metrics;
 
-use crate::config::{Loaded, PrivacyMode};
+use crate::config::{DpScaling, Loaded, PrivacyMode};
 use crate::tasks::PreparedTask;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -96,6 +96,11 @@ pub struct TaskJson {
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct PrivacyJson {
     pub mode: String,
+    /// Neighbouring datasets of the guarantee: "add/remove one record"
+    /// (dp-sgd) or "replace the whole local dataset" (update).
+    pub relation: &'static str,
+    /// What leaves each hospital, every item through a mechanism.
+    pub released: Vec<&'static str>,
     pub accountant: &'static str,
     pub delta: f64,
     pub noise_multiplier: BTreeMap<String, f64>,
@@ -121,7 +126,7 @@ pub struct TaskContext {
     pub baseline_method: &'static str,
     pub centralized: Option<Metrics>,
     /// DP mode and delta, when DP is on.
-    pub privacy: Option<(String, f64)>,
+    pub privacy: Option<PrivacyContext>,
 }
 
 impl TaskContext {
@@ -136,10 +141,40 @@ impl TaskContext {
             unit: task.unit(),
             baseline_method: task.baseline_method(),
             centralized,
-            privacy: (privacy.mode != PrivacyMode::Off)
-                .then(|| (privacy.mode.name().to_string(), privacy.delta)),
+            privacy: privacy.mode.relation().map(|relation| PrivacyContext {
+                mode: privacy.mode.name().to_string(),
+                relation,
+                delta: privacy.delta,
+                released: released_items(privacy.mode, privacy.scaling, task.unit()),
+            }),
         }
     }
+}
+
+/// The privacy facts a task's output states.
+#[derive(Debug, Clone)]
+pub struct PrivacyContext {
+    pub mode: String,
+    pub relation: &'static str,
+    pub delta: f64,
+    pub released: Vec<&'static str>,
+}
+
+/// What leaves a hospital under `mode`, as the README lists it.
+fn released_items(mode: PrivacyMode, scaling: DpScaling, unit: &str) -> Vec<&'static str> {
+    let mut items = match mode {
+        PrivacyMode::DpSgd => vec![
+            "record count (Gaussian, once per dataset)",
+            "model updates (DP-SGD)",
+        ],
+        PrivacyMode::Update => vec!["model updates (clipped, Gaussian at sensitivity 2C)"],
+        PrivacyMode::Off => Vec::new(),
+    };
+    if unit == "rows" && scaling == DpScaling::DpStats {
+        items.push("feature counts, sums and sums of squares (Gaussian)");
+    }
+    items.push("epsilon spent");
+    items
 }
 
 pub fn task_json(report: &TaskReport, context: &TaskContext) -> TaskJson {
@@ -167,10 +202,12 @@ pub fn task_json(report: &TaskReport, context: &TaskContext) -> TaskJson {
         final_federated: report.rounds.last().map(|r| (&r.federated).into()),
         departures: report.departures,
         centralized: context.centralized.as_ref().map(Into::into),
-        privacy: context.privacy.as_ref().map(|(mode, delta)| PrivacyJson {
-            mode: mode.clone(),
+        privacy: context.privacy.as_ref().map(|p| PrivacyJson {
+            mode: p.mode.clone(),
+            relation: p.relation,
+            released: p.released.clone(),
             accountant: "rdp",
-            delta: *delta,
+            delta: p.delta,
             noise_multiplier: report
                 .privacy
                 .iter()
@@ -316,7 +353,13 @@ pub fn task_table(name: &str, report: &TaskReport, context: &TaskContext) -> Str
             auc_text(c.auc)
         );
     }
-    if let Some((mode, delta)) = &context.privacy {
+    if let Some(PrivacyContext {
+        mode,
+        relation,
+        delta,
+        ..
+    }) = &context.privacy
+    {
         let spent: Vec<String> = report
             .privacy
             .iter()
@@ -329,7 +372,7 @@ pub fn task_table(name: &str, report: &TaskReport, context: &TaskContext) -> Str
             .collect();
         let _ = writeln!(
             out,
-            "differential privacy ({mode}, delta {delta:e}, RDP accountant): epsilon spent {}",
+            "differential privacy ({mode}, {relation}, delta {delta:e}, RDP accountant): epsilon spent {}",
             if spent.is_empty() {
                 "nothing reported".to_string()
             } else {

@@ -65,7 +65,7 @@ function renderForm() {
   }
   const lines = Object.entries(state.settings).map(([name, s]) => {
     const p = s.privacy.mode === "off" ? "privacy off" :
-      `privacy ${s.privacy.mode}, epsilon ${s.privacy.epsilon}, delta ${s.privacy.delta}`;
+      `privacy ${s.privacy.mode} (${s.privacy.relation}), epsilon ${s.privacy.epsilon}, delta ${s.privacy.delta}`;
     return `${name}: ${s.hospitals} ${s.kind} hospitals (quorum ${s.min_hospitals}), ${s.strategy}, ${s.partition} partition, ${p}`;
   });
   $("#settings").innerHTML = "Settings from the configuration: " + lines.join("; ");

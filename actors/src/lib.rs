@@ -12,6 +12,6 @@ pub mod wire;
 
 pub use coordinator::{Coordinator, CoordinatorArgs, TaskSetup};
 pub use events::{EventBus, FederationEvent};
-pub use hospital::{Hospital, HospitalArgs};
+pub use hospital::{Hospital, HospitalArgs, HospitalLearner};
 pub use messages::{CoordinatorMsg, HospitalMsg, RunRequest, StartRefused};
 pub use report::{RoundRecord, RunReport, TaskReport};

@@ -11,14 +11,18 @@ use medfed_actors::coordinator::fsm::{FsmConfig, Phase};
 use medfed_actors::coordinator::Scaling;
 use medfed_actors::{
     Coordinator, CoordinatorArgs, CoordinatorMsg, EventBus, FederationEvent, Hospital, HospitalArgs,
-    HospitalMsg, RunReport, RunRequest, TaskSetup,
+    HospitalLearner, HospitalMsg, RunReport, RunRequest, TaskSetup,
 };
 use medfed_models::aggregate::{FedAvg, UpdateCheck};
 use medfed_models::data::synthetic::gaussian_blobs;
 use medfed_models::data::{Dataset, MomentSums, Partition};
-use medfed_models::learner::logistic::{LogisticEvaluator, LogisticLearner};
-use medfed_models::learner::{GlobalModel, Learner, LocalUpdate, Release, TrainPlan};
+use medfed_models::learner::logistic::{LocalDp, LogisticEvaluator, LogisticLearner, StatsPolicy};
+use medfed_models::learner::private::{Budget, CountRelease, PrivateLearner};
+use medfed_models::learner::{DpLearner, GlobalModel, Learner, LocalUpdate, TrainPlan};
 use medfed_models::metrics::Metrics;
+use medfed_models::privacy::bounds::FeatureBounds;
+use medfed_models::privacy::ledger::{Ledger, LedgerKey};
+use medfed_models::privacy::mechanisms::NoiseSource;
 use medfed_models::{Layout, Result as ModelResult};
 
 const TASK: &str = "synthetic";
@@ -45,7 +49,7 @@ impl Learner for TestLearner {
     fn num_examples(&self) -> usize {
         self.inner.num_examples()
     }
-    fn feature_stats(&mut self) -> ModelResult<Option<(MomentSums, Release)>> {
+    fn feature_stats(&mut self) -> ModelResult<Option<MomentSums>> {
         self.inner.feature_stats()
     }
     fn train(&mut self, global: &GlobalModel, plan: &TrainPlan) -> ModelResult<LocalUpdate> {
@@ -141,20 +145,18 @@ async fn spawn_hospital(
     shard: Dataset,
     behaviour: Behaviour,
 ) -> ActorRef<HospitalMsg> {
-    spawn_hospital_with(coordinator, name, shard, behaviour, false).await
+    let learner = TestLearner {
+        inner: LogisticLearner::new(name, shard).unwrap(),
+        behaviour,
+    };
+    spawn_hospital_with(coordinator, name, HospitalLearner::Open(Box::new(learner))).await
 }
 
 async fn spawn_hospital_with(
     coordinator: &ActorRef<CoordinatorMsg>,
     name: &str,
-    shard: Dataset,
-    behaviour: Behaviour,
-    require_private: bool,
+    learner: HospitalLearner,
 ) -> ActorRef<HospitalMsg> {
-    let learner = TestLearner {
-        inner: LogisticLearner::new(name, shard).unwrap(),
-        behaviour,
-    };
     let (actor, _) = Actor::spawn(
         None,
         Hospital,
@@ -162,9 +164,8 @@ async fn spawn_hospital_with(
             name: name.into(),
             task: TASK.into(),
             kind: "tabular".into(),
-            learner: Box::new(learner),
+            learner,
             coordinator: coordinator.clone(),
-            require_private,
             local_test: None,
             held_out: None,
         },
@@ -457,38 +458,73 @@ async fn duplicate_hospital_name_is_refused() {
     assert_eq!(fed.report().await.tasks[TASK].hospitals, 2);
 }
 
-/// With DP on, a hospital whose learner hands it an un-noised update (here a
-/// plain learner) sends nothing of it: the coordinator sees a refusal.
+/// With DP on, a hospital's actor holds a private learner: it announces
+/// the noised count, sends noised statistics and noised updates weighted by
+/// that count, and no loss.
 #[tokio::test]
-async fn with_dp_on_no_un_noised_update_leaves_a_hospital() {
+async fn with_dp_on_a_hospital_sends_only_noised_releases() {
     let mut fed = federation(&[Behaviour::Honest; 2], 2, 1, Duration::from_secs(30)).await;
     let (mut shards, _) = data();
+    let shard = shards.remove(2);
+    let exact = shard.len();
+    let inner = LogisticLearner::new("guarded", shard)
+        .unwrap()
+        .with_privacy(
+            LocalDp::DpSgd {
+                sampling_rate: 0.5,
+                max_grad_norm: 1.0,
+                noise_multiplier: 1.0,
+                local_steps: 5,
+            },
+            // The federation scales features from every hospital's sums: noised ones here.
+            StatsPolicy::Noised {
+                bounds: FeatureBounds {
+                    lo: vec![-6.0; 6],
+                    hi: vec![8.0; 6],
+                },
+                noise_multiplier: 5.0,
+            },
+            NoiseSource::seeded(3),
+        )
+        .unwrap();
+    let key = LedgerKey {
+        dataset: TASK.into(),
+        fingerprint: inner.fingerprint(),
+    };
+    let private = PrivateLearner::new(
+        Box::new(inner),
+        Ledger::in_memory(&key),
+        Budget {
+            epsilon: 50.0,
+            delta: 1e-5,
+        },
+        "guarded",
+        "test",
+        CountRelease {
+            noise_multiplier: 10.0,
+        },
+        &mut NoiseSource::seeded(4),
+    )
+    .unwrap();
+    let announced = private.announced_samples();
     spawn_hospital_with(
         &fed.coordinator,
         "guarded",
-        shards.remove(2),
-        Behaviour::Honest,
-        true,
+        HospitalLearner::Private(Box::new(private)),
     )
     .await;
     fed.start(None).await;
     let events = fed.until_end().await;
-    let from_guarded = |e: &FederationEvent| match e {
-        FederationEvent::UpdateAccepted { hospital, .. } => hospital == "guarded",
-        _ => false,
-    };
-    assert!(
-        !events.iter().any(from_guarded),
-        "an un-noised update was accepted"
+    assert!(events.iter().any(|e| matches!(e,
+        FederationEvent::HospitalJoined { hospital, samples, .. } if hospital == "guarded" && *samples == announced)));
+    assert_ne!(
+        announced, exact,
+        "the exact count left the hospital (or the noise was zero)"
     );
     assert!(events.iter().any(|e| matches!(e,
-        FederationEvent::UpdateRejected { hospital, reason, .. }
-            if hospital == "guarded" && reason.contains("refusing to release an un-noised update"))));
-    // Its exact feature statistics were withheld too.
-    assert!(events.iter().any(|e| matches!(e,
-        FederationEvent::UpdateDeclined { hospital, reason, round: 0, .. }
-            if hospital == "guarded" && reason.contains("un-noised statistics"))));
+        FederationEvent::UpdateAccepted { hospital, num_examples, train_loss: None, epsilon_spent: Some(_), .. }
+            if hospital == "guarded" && *num_examples == announced)));
     let report = fed.report().await;
     assert_eq!(report.tasks[TASK].phase, Phase::Finished { rounds: 1 });
-    assert_eq!(report.tasks[TASK].rounds[0].participants, 2);
+    assert_eq!(report.tasks[TASK].rounds[0].participants, 3);
 }

@@ -10,7 +10,7 @@ use medfed_actors::coordinator::fsm::{FsmConfig, Phase};
 use medfed_actors::coordinator::Scaling;
 use medfed_actors::{
     Coordinator, CoordinatorArgs, CoordinatorMsg, EventBus, FederationEvent, Hospital, HospitalArgs,
-    RunReport, RunRequest, TaskSetup,
+    HospitalLearner, RunReport, RunRequest, TaskSetup,
 };
 use medfed_models::aggregate::{FedAvg, UpdateCheck};
 use medfed_models::data::images::synth::{generate, SynthSpec};
@@ -79,9 +79,8 @@ async fn run_federation(rounds: u32) -> RunReport {
                 name: name.clone(),
                 task: TASK.into(),
                 kind: "imaging".into(),
-                learner: Box::new(CnnLearner::new(name, shard, config).unwrap()),
+                learner: HospitalLearner::Open(Box::new(CnnLearner::new(name, shard, config).unwrap())),
                 coordinator: coordinator.clone(),
-                require_private: false,
                 local_test: None,
                 held_out: None,
             },

@@ -22,8 +22,8 @@ use medfed_models::privacy::bounds::FeatureBounds;
 
 use super::cluster_node;
 use crate::cli::HospitalNodeArgs as Args;
-use crate::config::{HospitalKind, Loaded, PrivacyMode};
-use crate::hospital_learner::{self, BuiltLearner};
+use crate::config::{HospitalKind, Loaded};
+use crate::hospital_learner::{self, BuiltLearner, Site};
 use crate::tasks::{prepare_task, Shard};
 
 /// How long a connected session may take to show the coordinator before
@@ -83,7 +83,6 @@ pub async fn execute(args: &Args) -> Result<()> {
         (None, None) => bail!("this hospital has no data: pass --data PATH (its own CSV) or --shard I/K"),
     };
     let kind = loaded.config.tasks[&task].kind.name().to_string();
-    let require_private = loaded.config.privacy.mode != PrivacyMode::Off;
 
     // Unique per process: ractor_cluster refuses a second session under a
     // node name it already has, before the coordinator could say why.
@@ -107,7 +106,6 @@ pub async fn execute(args: &Args) -> Result<()> {
             kind,
             learner: local.built.learner,
             coordinator: uplink,
-            require_private,
             local_test: local.local_test,
             held_out: local.held_out,
         },
@@ -203,15 +201,11 @@ fn from_shard(loaded: &mut Loaded, task: &str, spec: &str, name: Option<String>)
     let index = i - 1;
     let name = name.unwrap_or_else(|| prepared.hospital_name(index));
     let seed = loaded.config.run.seed;
-    let dataset = format!(
-        "{task}-{}-shard{i}of{k}-seed{seed}",
-        prepared.config.partition.scheme_name()
-    );
     let rounds = prepared.config.effective_rounds(&loaded.config.run);
     let shard = prepared
         .shard(index)
         .context("shard index within the hospital count")?;
-    let built = hospital_learner::build(loaded, &name, &dataset, shard, rounds, "cluster")?;
+    let built = hospital_learner::build(loaded, &name, task, shard, rounds, Site::Cluster)?;
     let local_test = prepared.local_test(index, seed)?;
     Ok(LocalData {
         name,
@@ -246,13 +240,12 @@ fn from_csv(loaded: &Loaded, task: &str, name: &str, path: &std::path::Path) -> 
         Some(b) => Some(FeatureBounds::load(&loaded.resolve(b), &all.feature_names)?),
         None => None,
     };
-    let dataset = format!("{task}-file-{}", path.display());
     let rounds = config.effective_rounds(&loaded.config.run);
     let shard = Shard::Tabular {
         data: train,
         bounds: bounds.as_ref(),
     };
-    let built = hospital_learner::build(loaded, name, &dataset, shard, rounds, "cluster")?;
+    let built = hospital_learner::build(loaded, name, task, shard, rounds, Site::Cluster)?;
     Ok(LocalData {
         name: name.to_string(),
         built,

@@ -5,13 +5,14 @@ use std::io::IsTerminal;
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use medfed_actors::FederationEvent;
 use medfed_models::checkpoint::Checkpoint;
 
 use crate::cli::RunArgs;
+use crate::config::PrivacyMode;
 use crate::federation::run_to_end;
 use crate::output::{print_run, TaskContext};
 use crate::tasks::prepare_task;
@@ -23,6 +24,14 @@ pub async fn execute(args: &RunArgs) -> Result<bool> {
         .iter()
         .map(|name| prepare_task(&loaded, name))
         .collect::<Result<Vec<_>>>()?;
+    if args.baseline && loaded.config.privacy.mode != PrivacyMode::Off {
+        bail!(
+            "--baseline trains a non-private model on the pooled data of every hospital, which \
+             differential privacy exists to prevent; it is refused with privacy.mode = \"{}\". \
+             Run the baseline without DP (a simulation-only comparison)",
+            loaded.config.privacy.mode.name()
+        );
+    }
     let mut contexts = BTreeMap::new();
     for task in &tasks {
         let centralized = if args.baseline {

@@ -171,6 +171,7 @@ fn app_state(
                 "partition": task.config.partition.scheme_name(),
                 "privacy": {
                     "mode": privacy.mode.name(),
+                    "relation": privacy.mode.relation(),
                     "epsilon": (privacy.mode != PrivacyMode::Off).then_some(privacy.epsilon),
                     "delta": (privacy.mode != PrivacyMode::Off).then_some(privacy.delta),
                 },

@@ -397,15 +397,25 @@ impl Default for TrainingConfig {
 pub enum PrivacyMode {
     #[serde(rename = "off")]
     Off,
-    /// DP-SGD at every hospital: a patient-level guarantee.
+    /// DP-SGD at every hospital: a record-level guarantee (add/remove one).
     #[serde(rename = "dp-sgd")]
     DpSgd,
-    /// Clip and noise each round's model delta: a hospital-level guarantee.
+    /// Clip and noise each round's model delta at sensitivity 2C: a
+    /// hospital-level guarantee (the whole local dataset replaced).
     #[serde(rename = "update")]
     Update,
 }
 
 impl PrivacyMode {
+    /// The neighbouring relation of the guarantee, when DP is on.
+    pub fn relation(self) -> Option<&'static str> {
+        match self {
+            PrivacyMode::Off => None,
+            PrivacyMode::DpSgd => Some(medfed_models::privacy::RECORD_RELATION),
+            PrivacyMode::Update => Some(medfed_models::privacy::DATASET_RELATION),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             PrivacyMode::Off => "off",
@@ -429,7 +439,9 @@ pub enum DpScaling {
 pub enum NoiseKind {
     /// ChaCha20 seeded from the operating system: for real data.
     Secure,
-    /// ChaCha20 seeded from run.seed: reproducible experiments only.
+    /// ChaCha20 seeded from privacy.noise_seed and the hospital's name:
+    /// reproducible simulations in one process only (refused with a ledger
+    /// directory and in cluster mode).
     Seeded,
 }
 
@@ -469,10 +481,15 @@ pub struct PrivacyConfig {
     pub local_steps: u64,
     pub scaling: DpScaling,
     pub stats_noise_multiplier: f64,
+    /// Noise multiplier of the record count DP-SGD hospitals release once
+    /// per dataset (sensitivity 1): it weighs FedAvg and normalises DP-SGD.
+    pub count_noise_multiplier: f64,
     /// Where hospitals keep their ledgers; absent: in memory (simulation only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ledger_dir: Option<PathBuf>,
     pub noise: NoiseKind,
+    /// Seed of `noise = "seeded"`: the hospital's own, never the run's seed.
+    pub noise_seed: u64,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub hospitals: BTreeMap<String, HospitalPrivacy>,
 }
@@ -489,8 +506,10 @@ impl Default for PrivacyConfig {
             local_steps: 10,
             scaling: DpScaling::PublicBounds,
             stats_noise_multiplier: 10.0,
+            count_noise_multiplier: 10.0,
             ledger_dir: None,
             noise: NoiseKind::Secure,
+            noise_seed: 0,
             hospitals: BTreeMap::new(),
         }
     }

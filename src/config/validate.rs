@@ -1,7 +1,8 @@
 //! Semantic checks that the schema's types cannot express.
 
 use super::{
-    Config, ConfigError, DataFormat, EffectivePrivacy, HospitalKind, PartitionScheme, PrivacyMode, TaskConfig,
+    Config, ConfigError, DataFormat, DpScaling, EffectivePrivacy, HospitalKind, NoiseKind, PartitionScheme,
+    PrivacyMode, TaskConfig,
 };
 
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
@@ -219,6 +220,29 @@ fn validate_privacy(config: &Config) -> Result<(), ConfigError> {
         return bad(
             "privacy.stats_noise_multiplier".into(),
             format!("must be positive, got {}", p.stats_noise_multiplier),
+        );
+    }
+    if !(p.count_noise_multiplier.is_finite() && p.count_noise_multiplier > 0.0) {
+        return bad(
+            "privacy.count_noise_multiplier".into(),
+            format!("must be positive, got {}", p.count_noise_multiplier),
+        );
+    }
+    if p.mode != PrivacyMode::Off && p.noise == NoiseKind::Seeded && p.ledger_dir.is_some() {
+        return bad(
+            "privacy.noise".into(),
+            "\"seeded\" is refused together with privacy.ledger_dir: seeded noise is reproducible \
+             (anyone who knows the seed can subtract it) and exists for simulations on data that is \
+             not real, whose budgets need no ledger; use \"secure\""
+                .into(),
+        );
+    }
+    if p.mode == PrivacyMode::Update && p.scaling == DpScaling::DpStats {
+        return bad(
+            "privacy.scaling".into(),
+            "\"dp_stats\" protects single records, not the whole dataset that update-level DP \
+             protects; use \"public_bounds\" with privacy.mode = \"update\""
+                .into(),
         );
     }
     let mut scopes: Vec<(String, EffectivePrivacy)> = vec![("privacy".into(), p.for_hospital(""))];

@@ -3,11 +3,11 @@ use std::sync::{Arc, Mutex};
 use ractor::{pg, Actor, ActorProcessingErr, ActorRef};
 use tracing::{error, info, warn};
 
-use medfed_models::learner::{Evaluator, Learner};
-use medfed_models::ModelError;
+use medfed_models::learner::Evaluator;
 
+use super::learner::HospitalLearner;
 use crate::coordinator::task_group;
-use crate::messages::{CoordinatorMsg, EvalOutcome, HospitalInfo, HospitalMsg, StatsOutcome, TrainOutcome};
+use crate::messages::{CoordinatorMsg, EvalOutcome, HospitalInfo, HospitalMsg, TrainOutcome};
 
 pub struct Hospital;
 
@@ -15,10 +15,9 @@ pub struct HospitalArgs {
     pub name: String,
     pub task: String,
     pub kind: String,
-    pub learner: Box<dyn Learner>,
+    /// Private whenever differential privacy is on.
+    pub learner: HospitalLearner,
     pub coordinator: ActorRef<CoordinatorMsg>,
-    /// Differential privacy is on: nothing un-noised may leave this actor.
-    pub require_private: bool,
     /// This hospital's own test split, for federated evaluation.
     pub local_test: Option<Box<dyn Evaluator>>,
     /// See `HospitalInfo::held_out`.
@@ -27,8 +26,9 @@ pub struct HospitalArgs {
 
 pub struct HospitalState {
     info: HospitalInfo,
-    require_private: bool,
-    learner: Arc<Mutex<Box<dyn Learner>>>,
+    /// Differential privacy is on: nothing but noised releases leaves.
+    private: bool,
+    learner: Arc<Mutex<HospitalLearner>>,
     local_test: Option<Arc<Mutex<Box<dyn Evaluator>>>>,
     coordinator: ActorRef<CoordinatorMsg>,
 }
@@ -47,7 +47,7 @@ impl Actor for Hospital {
             name: args.name,
             task: args.task,
             kind: args.kind,
-            samples: args.learner.num_examples(),
+            samples: args.learner.announced_samples(),
             node: "in-process".into(),
             held_out: args.held_out,
         };
@@ -59,7 +59,7 @@ impl Actor for Hospital {
         info!(hospital = %info.name, task = %info.task, "hospital started");
         Ok(HospitalState {
             info,
-            require_private: args.require_private,
+            private: args.learner.is_private(),
             learner: Arc::new(Mutex::new(args.learner)),
             local_test: args.local_test.map(|e| Arc::new(Mutex::new(e))),
             coordinator: args.coordinator,
@@ -74,13 +74,7 @@ impl Actor for Hospital {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             HospitalMsg::CollectStats { task, attempt } => {
-                let outcome = match lock(&state.learner)?.feature_stats() {
-                    Ok(Some((_, release))) if state.require_private && !release.is_noised() => {
-                        StatsOutcome::Declined("refusing to release un-noised statistics with DP on".into())
-                    }
-                    Ok(stats) => StatsOutcome::Released(stats.map(|(sums, _)| sums)),
-                    Err(e) => StatsOutcome::Declined(e.to_string()),
-                };
+                let outcome = lock(&state.learner)?.stats();
                 state.coordinator.cast(CoordinatorMsg::Stats {
                     from: state.info.name.clone(),
                     task,
@@ -96,20 +90,9 @@ impl Actor for Hospital {
                 plan,
             } => {
                 let learner = state.learner.clone();
-                let require_private = state.require_private;
                 // Training is CPU-bound: keep it off the actor runtime's threads.
                 let outcome = tokio::task::spawn_blocking(move || match lock(&learner) {
-                    Ok(mut l) => match l.train(&model, &plan) {
-                        // The last gate: with DP on, an un-noised update never leaves.
-                        Ok(update) if require_private && !update.release.is_noised() => {
-                            TrainOutcome::Failed("refusing to release an un-noised update with DP on".into())
-                        }
-                        Ok(update) => TrainOutcome::Trained(update),
-                        Err(ModelError::BudgetExhausted(reason)) => {
-                            TrainOutcome::Declined(format!("privacy budget exhausted: {reason}"))
-                        }
-                        Err(e) => TrainOutcome::Failed(e.to_string()),
-                    },
+                    Ok(mut l) => l.train(&model, &plan),
                     Err(e) => TrainOutcome::Failed(e.to_string()),
                 })
                 .await
@@ -126,7 +109,7 @@ impl Actor for Hospital {
                 })?;
             }
             HospitalMsg::Evaluate { task, round, model } => {
-                let outcome = match (&state.local_test, state.require_private) {
+                let outcome = match (&state.local_test, state.private) {
                     // Test-set metrics describe patients too, and no mechanism noises them.
                     (_, true) => EvalOutcome::Declined {
                         reason: "local test metrics are not private: withheld under differential privacy"
@@ -169,8 +152,8 @@ impl Actor for Hospital {
 }
 
 fn lock(
-    learner: &Mutex<Box<dyn Learner>>,
-) -> Result<std::sync::MutexGuard<'_, Box<dyn Learner>>, ActorProcessingErr> {
+    learner: &Mutex<HospitalLearner>,
+) -> Result<std::sync::MutexGuard<'_, HospitalLearner>, ActorProcessingErr> {
     learner
         .lock()
         .map_err(|_| "learner lock poisoned by an earlier panic".into())

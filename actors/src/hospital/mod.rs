@@ -2,5 +2,7 @@
 //! own data. Only feature statistics and model updates leave it.
 
 mod actor;
+mod learner;
 
 pub use actor::{Hospital, HospitalArgs};
+pub use learner::HospitalLearner;

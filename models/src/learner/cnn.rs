@@ -21,14 +21,15 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use super::logistic::{DpSgdSettings, LocalDp};
-use super::{Evaluator, GlobalModel, Learner, LocalUpdate, Release, RoundCost, TrainPlan};
+use super::logistic::LocalDp;
+use super::{DpLearner, Evaluator, GlobalModel, Learner, LocalUpdate, Release, RoundCost, TrainPlan};
 use crate::data::images::ImageSet;
 use crate::data::MomentSums;
 use crate::error::{ModelError, Result};
 use crate::metrics::{binary_metrics, Metrics};
 use crate::params::{Layout, Params, TensorSpec};
-use crate::privacy::mechanisms::{clip_l2, NoiseSource};
+use crate::privacy::fingerprint::DataFingerprint;
+use crate::privacy::mechanisms::{dp_sgd, DpSgdModel, NoiseSource, Noised};
 use crate::seed;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -311,77 +312,64 @@ fn train_net(
     Ok(last)
 }
 
-/// DP-SGD (Abadi et al. 2016) for the CNN: each step Poisson-samples images
-/// at rate q, takes each one's gradient (one backward pass per image: candle
-/// has no vectorised per-example gradients, and at this model size batches
-/// of one train as fast per image as batches of 32 — benches/cnn_training.rs),
-/// clips it to C, adds Gaussian noise sigma*C to the sum and divides by the
-/// expected batch q*n; the optimiser step on that noisy gradient is
-/// post-processing. Sampling and noise come from the privacy noise source.
-fn dp_sgd_net(
-    net: &Net,
-    images: &ImageSet,
-    cfg: &CnnConfig,
-    plan: &TrainPlan,
-    dp: &DpSgdSettings,
-    noise: &mut NoiseSource,
-) -> Result<()> {
-    let mut optimizer = OptimizerState::new(net)?;
-    let sizes: Vec<usize> = net.vars.iter().map(|v| v.elem_count()).collect();
-    let total: usize = sizes.iter().sum();
-    let expected_batch = dp.sampling_rate * images.len() as f64;
-    let mut sum = vec![0.0f64; total];
-    let mut example = vec![0.0f64; total];
-    for _ in 0..dp.local_steps {
-        sum.iter_mut().for_each(|v| *v = 0.0);
-        for i in 0..images.len() {
-            if !noise.include(dp.sampling_rate) {
-                continue;
-            }
-            let (x, y) = batch(images, &[i])?;
-            let loss = bce_with_logits(&net.forward(&x).map_err(err)?, &y).map_err(err)?;
-            let mut at = 0;
-            for (g, &n) in gradients(net, &loss)?.iter().zip(&sizes) {
-                match g {
-                    Some(g) => {
-                        let values = g.flatten_all().map_err(err)?.to_vec1::<f32>().map_err(err)?;
-                        example[at..at + n]
-                            .iter_mut()
-                            .zip(values)
-                            .for_each(|(e, v)| *e = f64::from(v));
-                    }
-                    None => example[at..at + n].iter_mut().for_each(|e| *e = 0.0),
-                }
-                at += n;
-            }
-            clip_l2(&mut example, dp.max_grad_norm);
-            sum.iter_mut().zip(&example).for_each(|(s, e)| *s += e);
-        }
-        noise.add_gaussian(&mut sum, dp.noise_multiplier * dp.max_grad_norm);
+/// DP-SGD (Abadi et al. 2016) for the CNN, as `mechanisms::dp_sgd` drives
+/// it: one backward pass per sampled image (candle has no vectorised
+/// per-example gradients, and at this model size batches of one train as
+/// fast per image as batches of 32 — benches/cnn_training.rs) and the
+/// configured optimiser's step on the noisy mean gradient (post-processing).
+struct CnnDpSgd<'a> {
+    net: Net,
+    images: &'a ImageSet,
+    cfg: &'a CnnConfig,
+    plan: &'a TrainPlan,
+    optimizer: OptimizerState,
+    sizes: Vec<usize>,
+}
+
+impl DpSgdModel for CnnDpSgd<'_> {
+    fn dim(&self) -> usize {
+        self.sizes.iter().sum()
+    }
+
+    fn example_gradient(&mut self, i: usize, out: &mut [f64]) -> Result<()> {
+        let (x, y) = batch(self.images, &[i])?;
+        let loss = bce_with_logits(&self.net.forward(&x).map_err(err)?, &y).map_err(err)?;
         let mut at = 0;
-        let mut noisy = Vec::with_capacity(sizes.len());
-        for (var, &n) in net.vars.iter().zip(&sizes) {
-            let values: Vec<f32> = sum[at..at + n]
-                .iter()
-                .map(|v| (v / expected_batch) as f32)
-                .collect();
+        for (g, &n) in gradients(&self.net, &loss)?.iter().zip(&self.sizes) {
+            match g {
+                Some(g) => {
+                    let values = g.flatten_all().map_err(err)?.to_vec1::<f32>().map_err(err)?;
+                    out[at..at + n]
+                        .iter_mut()
+                        .zip(values)
+                        .for_each(|(e, v)| *e = f64::from(v));
+                }
+                None => out[at..at + n].iter_mut().for_each(|e| *e = 0.0),
+            }
+            at += n;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, mean: &[f64]) -> Result<()> {
+        let mut at = 0;
+        let mut noisy = Vec::with_capacity(self.sizes.len());
+        for (var, &n) in self.net.vars.iter().zip(&self.sizes) {
+            let values: Vec<f32> = mean[at..at + n].iter().map(|&v| v as f32).collect();
             noisy.push(Some(
                 Tensor::from_vec(values, var.shape(), &Device::Cpu).map_err(err)?,
             ));
             at += n;
         }
-        optimizer.apply(net, &noisy, cfg, plan)?;
+        self.optimizer.apply(&self.net, &noisy, self.cfg, self.plan)
     }
-    Ok(())
 }
 
-/// A hospital's CNN learner over its own images.
+/// A hospital's CNN learner over its own images (DP off).
 pub struct CnnLearner {
     name: String,
     images: ImageSet,
     config: CnnConfig,
-    /// Update-level DP: the round's delta is clipped and noised once.
-    privacy: Option<(LocalDp, NoiseSource)>,
 }
 
 impl CnnLearner {
@@ -394,57 +382,35 @@ impl CnnLearner {
             name: name.into(),
             images,
             config,
-            privacy: None,
         })
     }
 
-    /// Train with DP-SGD (a patient-level guarantee) or update-level DP (a
-    /// hospital-level guarantee).
-    pub fn with_privacy(mut self, dp: LocalDp, noise: NoiseSource) -> Result<Self> {
+    /// The same learner training with DP-SGD (a record-level guarantee) or
+    /// update-level DP (a hospital-level guarantee).
+    pub fn with_privacy(self, dp: LocalDp, noise: NoiseSource) -> Result<DpCnnLearner> {
         dp.validate()?;
-        self.privacy = Some((dp, noise));
-        Ok(self)
+        Ok(DpCnnLearner {
+            open: self,
+            dp,
+            noise,
+        })
     }
-}
 
-impl CnnLearner {
-    /// Mini-batch training, released as is (no DP) or clipped and noised
-    /// once (update-level DP).
-    fn train_update_level(
-        &mut self,
-        global: &GlobalModel,
-        plan: &TrainPlan,
-        net: Net,
-    ) -> Result<LocalUpdate> {
+    fn check_global(&self, global: &GlobalModel, plan: &TrainPlan) -> Result<Net> {
+        plan.validate()?;
+        if !global.params.same_layout(&self.config.init_params(0)) {
+            return Err(ModelError::Params("the global model is not this CNN".into()));
+        }
+        Net::from_params(&global.params)
+    }
+
+    /// Mini-batch training; returns the exact delta and the last epoch's loss.
+    fn train_exact(&self, global: &GlobalModel, plan: &TrainPlan) -> Result<(Params, f64)> {
+        let net = self.check_global(global, plan)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed::derive(plan.seed, &self.name, u64::from(plan.round)));
         let loss = train_net(&net, &self.images, &self.config, plan, &mut rng)?;
-        let trained = net.to_params(global.params.layout())?;
-        let delta = trained.sub(&global.params)?;
-        let Some((dp, noise)) = self.privacy.as_mut() else {
-            return Ok(LocalUpdate {
-                delta,
-                num_examples: self.images.len(),
-                train_loss: Some(loss),
-                release: Release::NonPrivate,
-                privacy: None,
-            });
-        };
-        let noised = dp.noise_update(&delta, noise)?;
-        Ok(noised_update(noised, self.images.len(), dp))
-    }
-}
-
-/// A delta that left training through `dp`'s mechanism.
-fn noised_update(delta: Params, num_examples: usize, dp: &LocalDp) -> LocalUpdate {
-    LocalUpdate {
-        delta,
-        num_examples,
-        train_loss: None,
-        release: Release::Noised {
-            mechanism: dp.mechanism().into(),
-            noise_multiplier: dp.noise_multiplier(),
-        },
-        privacy: None,
+        let delta = net.to_params(global.params.layout())?.sub(&global.params)?;
+        Ok((delta, loss))
     }
 }
 
@@ -458,34 +424,81 @@ impl Learner for CnnLearner {
     }
 
     /// Pixels are already on a fixed [0, 1] scale: nothing to release.
-    fn feature_stats(&mut self) -> Result<Option<(MomentSums, Release)>> {
+    fn feature_stats(&mut self) -> Result<Option<MomentSums>> {
         Ok(None)
     }
 
     fn train(&mut self, global: &GlobalModel, plan: &TrainPlan) -> Result<LocalUpdate> {
-        plan.validate()?;
-        if !global.params.same_layout(&self.config.init_params(0)) {
-            return Err(ModelError::Params("the global model is not this CNN".into()));
-        }
-        let net = Net::from_params(&global.params)?;
-        if let Some((dp, noise)) = self.privacy.as_mut() {
-            let Some(settings) = dp.dp_sgd_settings() else {
-                return self.train_update_level(global, plan, net);
-            };
-            dp_sgd_net(&net, &self.images, &self.config, plan, &settings, noise)?;
-            let delta = net.to_params(global.params.layout())?.sub(&global.params)?;
-            return Ok(noised_update(delta, self.images.len(), dp));
-        }
-        self.train_update_level(global, plan, net)
+        let (delta, loss) = self.train_exact(global, plan)?;
+        Ok(LocalUpdate {
+            delta,
+            num_examples: self.images.len(),
+            train_loss: Some(loss),
+            release: Release::NonPrivate,
+            privacy: None,
+        })
     }
 
     fn evaluate(&mut self, global: &GlobalModel) -> Result<Metrics> {
         let net = Net::from_params(&global.params)?;
         Ok(binary_metrics(&predict(&net, &self.images)?, &self.images.labels))
     }
+}
 
-    fn round_cost(&self) -> Option<RoundCost> {
-        self.privacy.as_ref().map(|(dp, _)| dp.round_cost())
+/// A hospital's CNN learner training under DP.
+pub struct DpCnnLearner {
+    open: CnnLearner,
+    dp: LocalDp,
+    noise: NoiseSource,
+}
+
+impl DpLearner for DpCnnLearner {
+    fn layout(&self) -> Arc<Layout> {
+        self.open.config.layout()
+    }
+
+    fn local_records(&self) -> usize {
+        self.open.images.len()
+    }
+
+    fn fingerprint(&self) -> DataFingerprint {
+        DataFingerprint::of_images(&self.open.images)
+    }
+
+    fn round_cost(&self) -> RoundCost {
+        self.dp.round_cost()
+    }
+
+    fn needs_count(&self) -> bool {
+        self.dp.dp_sgd_settings().is_some()
+    }
+
+    fn train_private(
+        &mut self,
+        global: &GlobalModel,
+        plan: &TrainPlan,
+        public_count: Option<u64>,
+    ) -> Result<Noised<Params>> {
+        let Some(settings) = self.dp.dp_sgd_settings() else {
+            let (delta, _) = self.open.train_exact(global, plan)?;
+            return self.dp.release_update(&delta, &mut self.noise);
+        };
+        let count = public_count
+            .ok_or_else(|| ModelError::Invalid("DP-SGD needs the released record count".into()))?;
+        let net = self.open.check_global(global, plan)?;
+        let model = CnnDpSgd {
+            optimizer: OptimizerState::new(&net)?,
+            sizes: net.vars.iter().map(|v| v.elem_count()).collect(),
+            net,
+            images: &self.open.images,
+            cfg: &self.open.config,
+            plan,
+        };
+        let layout = global.params.layout().clone();
+        let n = self.open.images.len();
+        dp_sgd(model, n, count as f64, &settings, &mut self.noise, |m| {
+            m.net.to_params(&layout)?.sub(&global.params)
+        })
     }
 }
 
@@ -608,8 +621,8 @@ mod tests {
 
     #[test]
     fn update_level_dp_clips_noises_and_passes_the_budget_guard() {
-        use crate::learner::private::{Budget, PrivateLearner};
-        use crate::privacy::ledger::Ledger;
+        use crate::learner::private::{Budget, CountRelease, PrivateLearner};
+        use crate::privacy::ledger::{Ledger, LedgerKey};
         let cfg = config(16);
         let dp = LocalDp::Update {
             max_update_norm: 0.5,
@@ -624,13 +637,13 @@ mod tests {
             .unwrap()
             .with_privacy(dp, NoiseSource::seeded(1))
             .unwrap();
-        let u = clipped.train(&global, &plan(2)).unwrap();
+        let u = clipped.train_private(&global, &plan(2), None).unwrap();
         assert!(
-            (u.delta.l2_norm() - 0.5).abs() < 1e-3,
+            (u.value().l2_norm() - 0.5).abs() < 1e-3,
             "norm {}",
-            u.delta.l2_norm()
+            u.value().l2_norm()
         );
-        assert!(u.release.is_noised() && u.train_loss.is_none());
+        assert_eq!(u.mechanism(), "update");
         // A real noise level passes the budget guard, which charges it.
         let noisy = CnnLearner::new("h1", images(120, 16, 2), cfg)
             .unwrap()
@@ -642,20 +655,28 @@ mod tests {
                 NoiseSource::seeded(1),
             )
             .unwrap();
+        let key = LedgerKey {
+            dataset: "x".into(),
+            fingerprint: noisy.fingerprint(),
+        };
         let mut guarded = PrivateLearner::new(
             Box::new(noisy),
-            Ledger::in_memory("h1", "x"),
+            Ledger::in_memory(&key),
             Budget {
                 epsilon: 10.0,
                 delta: 1e-5,
             },
+            "h1",
             "t",
+            CountRelease {
+                noise_multiplier: 10.0,
+            },
+            &mut NoiseSource::seeded(2),
         )
         .unwrap();
         let u = guarded.train(&global, &plan(1)).unwrap();
-        let spent = u.privacy.unwrap();
-        assert!(spent.epsilon > 0.0 && spent.epsilon <= 10.0);
-        assert_eq!(spent.mechanism, "update");
+        assert!(u.privacy.epsilon > 0.0 && u.privacy.epsilon <= 10.0);
+        assert_eq!(u.privacy.mechanism, "update");
     }
 
     fn dp_sgd(q: f64, clip: f64, sigma: f64) -> LocalDp {
@@ -699,14 +720,15 @@ mod tests {
             .unwrap()
             .train(&global, &sgd_plan(24))
             .unwrap();
+        // Normalised by the count itself: the step is the batch mean.
         let private = CnnLearner::new("h", set, cfg)
             .unwrap()
             .with_privacy(dp_sgd(1.0, 1e6, 1e-12), NoiseSource::seeded(1))
             .unwrap()
-            .train(&global, &sgd_plan(24))
+            .train_private(&global, &sgd_plan(24), Some(24))
             .unwrap();
-        assert!(private.release.is_noised() && private.train_loss.is_none());
-        let diff = private.delta.sub(&batch.delta).unwrap().l2_norm();
+        assert_eq!(private.mechanism(), "dp-sgd");
+        let diff = private.value().sub(&batch.delta).unwrap().l2_norm();
         assert!(
             diff < 1e-4 * batch.delta.l2_norm(),
             "{diff} vs {}",
@@ -715,7 +737,7 @@ mod tests {
     }
 
     /// With a clipping norm so small that gradients vanish, a step is
-    /// -lr * N(0, (sigma C)^2) / (q n) per coordinate: the noise has exactly
+    /// -lr * N(0, (sigma C)^2) / (q n~) per coordinate (n~ the released count): the noise has exactly
     /// the calibrated scale (fixed seed; 5921 coordinates).
     #[test]
     fn dp_sgd_noise_has_the_calibrated_scale() {
@@ -729,9 +751,9 @@ mod tests {
             .unwrap()
             .with_privacy(dp_sgd(1.0, clip, sigma), NoiseSource::seeded(7))
             .unwrap()
-            .train(&global, &sgd_plan(n))
+            .train_private(&global, &sgd_plan(n), Some(n as u64))
             .unwrap();
-        let values = u.delta.as_slice();
+        let values = u.value().as_slice();
         let mean_sq = values.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / values.len() as f64;
         let expected = 0.1 * sigma * clip / n as f64;
         // The clipped gradients add at most lr * C / n * sqrt(n) in norm: negligible here.

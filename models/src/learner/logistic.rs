@@ -9,13 +9,15 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::tabular::StandardizedData;
-use super::{Evaluator, GlobalModel, Learner, LocalUpdate, Release, RoundCost, TrainPlan};
+use super::{DpLearner, Evaluator, GlobalModel, Learner, LocalUpdate, Release, RoundCost, TrainPlan};
 use crate::data::{Dataset, MomentSums};
 use crate::error::{ModelError, Result};
 use crate::metrics::{binary_metrics, Metrics};
 use crate::params::{Layout, Params, TensorSpec};
 use crate::privacy::bounds::FeatureBounds;
-use crate::privacy::mechanisms::{clip_l2, NoiseSource};
+use crate::privacy::fingerprint::DataFingerprint;
+pub use crate::privacy::mechanisms::DpSgdSettings;
+use crate::privacy::mechanisms::{dp_sgd, release_update, DpSgdModel, NoiseSource, Noised};
 use crate::privacy::rdp::{compose, default_orders};
 use crate::seed;
 
@@ -143,7 +145,8 @@ pub fn sgd(
 pub enum LocalDp {
     /// DP-SGD (Abadi et al. 2016): Poisson sampling at `sampling_rate`,
     /// per-example gradients clipped to `max_grad_norm`, Gaussian noise of
-    /// `noise_multiplier * max_grad_norm` on their sum; a patient-level guarantee.
+    /// `noise_multiplier * max_grad_norm` on their sum; a record-level
+    /// guarantee (add/remove one record).
     DpSgd {
         sampling_rate: f64,
         max_grad_norm: f64,
@@ -151,21 +154,12 @@ pub enum LocalDp {
         local_steps: u64,
     },
     /// Update-level DP: the round's model delta is clipped to `max_update_norm`
-    /// and noised once; a hospital-level guarantee (it covers any change of
-    /// the whole local dataset, hence of any one patient).
+    /// and noised once at sensitivity `2 * max_update_norm`; a hospital-level
+    /// guarantee (the whole local dataset replaced by any other).
     Update {
         max_update_norm: f64,
         noise_multiplier: f64,
     },
-}
-
-/// The settings of one hospital's DP-SGD, shared by every learner that runs it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DpSgdSettings {
-    pub sampling_rate: f64,
-    pub max_grad_norm: f64,
-    pub noise_multiplier: f64,
-    pub local_steps: u64,
 }
 
 impl LocalDp {
@@ -233,9 +227,8 @@ impl LocalDp {
         Ok(())
     }
 
-    /// Update-level release of a model delta: clip it to `max_update_norm`
-    /// and add Gaussian noise of `noise_multiplier * max_update_norm`.
-    pub fn noise_update(&self, delta: &Params, noise: &mut NoiseSource) -> Result<Params> {
+    /// Update-level release of a model delta (see `mechanisms::release_update`).
+    pub fn release_update(&self, delta: &Params, noise: &mut NoiseSource) -> Result<Noised<Params>> {
         let LocalDp::Update {
             max_update_norm,
             noise_multiplier,
@@ -245,16 +238,12 @@ impl LocalDp {
                 "only update-level DP noises whole updates".into(),
             ));
         };
-        let mut flat: Vec<f64> = delta.as_slice().iter().map(|&v| f64::from(v)).collect();
-        clip_l2(&mut flat, max_update_norm);
-        noise.add_gaussian(&mut flat, noise_multiplier * max_update_norm);
-        Params::new(
-            delta.layout().clone(),
-            flat.into_iter().map(|v| v as f32).collect(),
-        )
+        release_update(delta, max_update_norm, noise_multiplier, noise)
     }
 
-    /// The Rényi-DP cost of one round.
+    /// The Rényi-DP cost of one round: DP-SGD's subsampled Gaussian steps,
+    /// or one Gaussian at the update's noise multiplier (its noise is already
+    /// scaled to the sensitivity 2C, see `release_update`).
     pub fn round_cost(&self) -> RoundCost {
         let (q, sigma, steps) = match *self {
             LocalDp::DpSgd {
@@ -275,50 +264,38 @@ impl LocalDp {
     }
 }
 
-/// DP-SGD steps on the mean log-loss plus `l2/2 * |w|^2` (the penalty is
-/// data-independent). Each step's noisy gradient sum is divided by the
-/// expected batch size `q * n`, so the batch size itself is never revealed.
-pub fn dp_sgd(
-    coef: &mut Coefficients,
-    x: &Array2<f64>,
-    y: &[bool],
-    plan: &TrainPlan,
-    dp: &DpSgdSettings,
-    noise: &mut NoiseSource,
-) {
-    let (q, clip, sigma, steps) = (
-        dp.sampling_rate,
-        dp.max_grad_norm,
-        dp.noise_multiplier,
-        dp.local_steps,
-    );
-    let d = coef.weight.len();
-    let expected_batch = q * y.len() as f64;
-    let mut sum = vec![0.0; d + 1];
-    let mut g_i = vec![0.0; d + 1];
-    for _ in 0..steps {
-        sum.iter_mut().for_each(|s| *s = 0.0);
-        for (i, &label) in y.iter().enumerate() {
-            if !noise.include(q) {
-                continue;
-            }
-            coef.example_gradient(x.row(i), label, &mut g_i);
-            clip_l2(&mut g_i, clip);
-            sum.iter_mut().zip(&g_i).for_each(|(s, g)| *s += g);
+/// Logistic regression as DP-SGD sees it: per-example gradients of the mean
+/// log-loss, and a step that adds the data-independent L2 penalty.
+struct LogisticDpSgd<'a> {
+    coef: Coefficients,
+    x: &'a Array2<f64>,
+    y: &'a [bool],
+    plan: &'a TrainPlan,
+}
+
+impl DpSgdModel for LogisticDpSgd<'_> {
+    fn dim(&self) -> usize {
+        self.coef.weight.len() + 1
+    }
+
+    fn example_gradient(&mut self, i: usize, out: &mut [f64]) -> Result<()> {
+        self.coef.example_gradient(self.x.row(i), self.y[i], out);
+        Ok(())
+    }
+
+    fn step(&mut self, g: &[f64]) -> Result<()> {
+        let (lr, l2) = (self.plan.learning_rate, self.plan.l2);
+        let d = self.coef.weight.len();
+        for (w, g) in self.coef.weight.iter_mut().zip(&g[..d]) {
+            *w -= lr * g + lr * l2 * *w;
         }
-        noise.add_gaussian(&mut sum, sigma * clip);
-        let scale = plan.learning_rate / expected_batch;
-        for (w, g) in coef.weight.iter_mut().zip(&sum[..d]) {
-            *w -= scale * g + plan.learning_rate * plan.l2 * *w;
-        }
-        coef.bias -= scale * sum[d];
+        self.coef.bias -= lr * g[d];
+        Ok(())
     }
 }
 
-/// What a hospital releases about its features for scaling.
+/// What a private hospital releases about its features for scaling.
 pub enum StatsPolicy {
-    /// Exact counts, sums and sums of squares (not private).
-    Exact,
     /// Nothing: a public, data-independent scaler is used instead.
     Withheld,
     /// Clipped to public bounds and released through the Gaussian mechanism.
@@ -328,16 +305,14 @@ pub enum StatsPolicy {
     },
 }
 
-/// A hospital's logistic-regression learner over its own rows.
+/// A hospital's logistic-regression learner over its own rows (DP off).
 pub struct LogisticLearner {
     name: String,
     data: StandardizedData,
-    privacy: Option<(LocalDp, NoiseSource)>,
-    stats: StatsPolicy,
 }
 
 impl LogisticLearner {
-    /// `name` seeds this hospital's own random stream.
+    /// `name` seeds this hospital's own shuffling stream.
     pub fn new(name: impl Into<String>, data: Dataset) -> Result<Self> {
         if data.is_empty() {
             return Err(ModelError::Data("a hospital needs at least one record".into()));
@@ -345,23 +320,51 @@ impl LogisticLearner {
         Ok(Self {
             name: name.into(),
             data: StandardizedData::new(data),
-            privacy: None,
-            stats: StatsPolicy::Exact,
         })
     }
 
-    /// Train privately: every update is noised by `dp` with randomness from
-    /// `noise`; feature statistics follow `stats`.
-    pub fn with_privacy(mut self, dp: LocalDp, stats: StatsPolicy, noise: NoiseSource) -> Result<Self> {
-        if let StatsPolicy::Exact = stats {
+    /// The same learner training privately: every update is noised by `dp`
+    /// with randomness from `noise`; feature statistics follow `stats`.
+    pub fn with_privacy(
+        self,
+        dp: LocalDp,
+        stats: StatsPolicy,
+        noise: NoiseSource,
+    ) -> Result<DpLogisticLearner> {
+        dp.validate()?;
+        if matches!(dp, LocalDp::Update { .. }) && matches!(stats, StatsPolicy::Noised { .. }) {
             return Err(ModelError::Invalid(
-                "exact feature statistics cannot be released with differential privacy on".into(),
+                "noised feature statistics protect single records, not the whole dataset that \
+                 update-level DP protects: use the public feature bounds with update-level DP"
+                    .into(),
             ));
         }
-        dp.validate()?;
-        self.privacy = Some((dp, noise));
-        self.stats = stats;
-        Ok(self)
+        Ok(DpLogisticLearner {
+            name: self.name,
+            data: self.data,
+            dp,
+            noise,
+            stats,
+        })
+    }
+
+    /// The global model's features and coefficients, checked against this data.
+    fn prepare<'a>(
+        data: &'a mut StandardizedData,
+        global: &GlobalModel,
+        plan: &TrainPlan,
+    ) -> Result<(Coefficients, &'a Array2<f64>)> {
+        plan.validate()?;
+        let coef = Coefficients::from_params(&global.params)?;
+        let x = data.features(global.standardizer.as_ref())?;
+        if x.ncols() != coef.weight.len() {
+            return Err(ModelError::Params(format!(
+                "global model has {} weights, this hospital has {} features",
+                coef.weight.len(),
+                x.ncols()
+            )));
+        }
+        Ok((coef, x))
     }
 }
 
@@ -374,89 +377,97 @@ impl Learner for LogisticLearner {
         self.data.raw().len()
     }
 
-    fn feature_stats(&mut self) -> Result<Option<(MomentSums, Release)>> {
-        match &self.stats {
-            StatsPolicy::Exact => Ok(Some((self.data.moment_sums(), Release::NonPrivate))),
-            StatsPolicy::Withheld => Ok(None),
-            StatsPolicy::Noised {
-                bounds,
-                noise_multiplier,
-            } => {
-                let Some((_, noise)) = self.privacy.as_mut() else {
-                    return Err(ModelError::Invalid(
-                        "noised statistics need a noise source".into(),
-                    ));
-                };
-                let sums = bounds.private_sums(&self.data.raw().features, *noise_multiplier, noise);
-                Ok(Some((
-                    sums,
-                    Release::Noised {
-                        mechanism: "feature-stats".into(),
-                        noise_multiplier: *noise_multiplier,
-                    },
-                )))
-            }
-        }
+    fn feature_stats(&mut self) -> Result<Option<MomentSums>> {
+        Ok(Some(self.data.moment_sums()))
     }
 
     fn train(&mut self, global: &GlobalModel, plan: &TrainPlan) -> Result<LocalUpdate> {
-        plan.validate()?;
-        let mut coef = Coefficients::from_params(&global.params)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed::derive(plan.seed, &self.name, u64::from(plan.round)));
         let labels = self.data.raw().labels.clone();
-        let x = self.data.features(global.standardizer.as_ref())?;
-        if x.ncols() != coef.weight.len() {
-            return Err(ModelError::Params(format!(
-                "global model has {} weights, this hospital has {} features",
-                coef.weight.len(),
-                x.ncols()
-            )));
-        }
-        let n = labels.len();
-        match self.privacy.as_mut() {
-            None => {
-                // A single-class shard is fine: the gradient simply pushes one way.
-                let train_loss = sgd(&mut coef, x, &labels, plan, &mut rng);
-                Ok(LocalUpdate {
-                    delta: coef.to_params().sub(&global.params)?,
-                    num_examples: n,
-                    train_loss: Some(train_loss),
-                    release: Release::NonPrivate,
-                    privacy: None,
-                })
-            }
-            Some((dp, noise)) => {
-                let dp = *dp;
-                let delta = match dp.dp_sgd_settings() {
-                    Some(settings) => {
-                        dp_sgd(&mut coef, x, &labels, plan, &settings, noise);
-                        coef.to_params().sub(&global.params)?
-                    }
-                    None => {
-                        sgd(&mut coef, x, &labels, plan, &mut rng);
-                        dp.noise_update(&coef.to_params().sub(&global.params)?, noise)?
-                    }
-                };
-                Ok(LocalUpdate {
-                    delta,
-                    num_examples: n,
-                    train_loss: None,
-                    release: Release::Noised {
-                        mechanism: dp.mechanism().into(),
-                        noise_multiplier: dp.noise_multiplier(),
-                    },
-                    privacy: None,
-                })
-            }
-        }
+        let (mut coef, x) = Self::prepare(&mut self.data, global, plan)?;
+        // A single-class shard is fine: the gradient simply pushes one way.
+        let train_loss = sgd(&mut coef, x, &labels, plan, &mut rng);
+        Ok(LocalUpdate {
+            delta: coef.to_params().sub(&global.params)?,
+            num_examples: labels.len(),
+            train_loss: Some(train_loss),
+            release: Release::NonPrivate,
+            privacy: None,
+        })
     }
 
     fn evaluate(&mut self, global: &GlobalModel) -> Result<Metrics> {
         evaluate_on(&mut self.data, global)
     }
+}
 
-    fn round_cost(&self) -> Option<RoundCost> {
-        self.privacy.as_ref().map(|(dp, _)| dp.round_cost())
+/// A hospital's logistic-regression learner training under DP.
+pub struct DpLogisticLearner {
+    name: String,
+    data: StandardizedData,
+    dp: LocalDp,
+    noise: NoiseSource,
+    stats: StatsPolicy,
+}
+
+impl DpLearner for DpLogisticLearner {
+    fn layout(&self) -> Arc<Layout> {
+        layout(self.data.raw().n_features())
+    }
+
+    fn local_records(&self) -> usize {
+        self.data.raw().len()
+    }
+
+    fn fingerprint(&self) -> DataFingerprint {
+        DataFingerprint::of_dataset(self.data.raw())
+    }
+
+    fn round_cost(&self) -> RoundCost {
+        self.dp.round_cost()
+    }
+
+    fn needs_count(&self) -> bool {
+        self.dp.dp_sgd_settings().is_some()
+    }
+
+    fn train_private(
+        &mut self,
+        global: &GlobalModel,
+        plan: &TrainPlan,
+        public_count: Option<u64>,
+    ) -> Result<Noised<Params>> {
+        let labels = self.data.raw().labels.clone();
+        let (mut coef, x) = LogisticLearner::prepare(&mut self.data, global, plan)?;
+        match self.dp.dp_sgd_settings() {
+            Some(settings) => {
+                let count = public_count
+                    .ok_or_else(|| ModelError::Invalid("DP-SGD needs the released record count".into()))?;
+                let model = LogisticDpSgd {
+                    coef,
+                    x,
+                    y: &labels,
+                    plan,
+                };
+                let global_params = &global.params;
+                dp_sgd(
+                    model,
+                    labels.len(),
+                    count as f64,
+                    &settings,
+                    &mut self.noise,
+                    |m| m.coef.to_params().sub(global_params),
+                )
+            }
+            None => {
+                // Shuffling is not private and need not be: the whole delta is noised.
+                let mut rng =
+                    ChaCha8Rng::seed_from_u64(seed::derive(plan.seed, &self.name, u64::from(plan.round)));
+                sgd(&mut coef, x, &labels, plan, &mut rng);
+                self.dp
+                    .release_update(&coef.to_params().sub(&global.params)?, &mut self.noise)
+            }
+        }
     }
 
     fn stats_cost(&self) -> Option<RoundCost> {
@@ -468,7 +479,21 @@ impl Learner for LogisticLearner {
                 noise_multiplier: *noise_multiplier,
                 steps: 1,
             }),
-            _ => None,
+            StatsPolicy::Withheld => None,
+        }
+    }
+
+    fn private_stats(&mut self) -> Result<Option<Noised<MomentSums>>> {
+        match &self.stats {
+            StatsPolicy::Withheld => Ok(None),
+            StatsPolicy::Noised {
+                bounds,
+                noise_multiplier,
+            } => Ok(Some(bounds.private_sums(
+                &self.data.raw().features,
+                *noise_multiplier,
+                &mut self.noise,
+            )?)),
         }
     }
 }
@@ -619,7 +644,7 @@ mod dp_tests {
         }
     }
 
-    fn learner(sigma: f64, seed: u64) -> LogisticLearner {
+    fn learner(sigma: f64, seed: u64) -> DpLogisticLearner {
         LogisticLearner::new("h", gaussian_blobs(100, 3, 0.5, 2.0, 4))
             .unwrap()
             .with_privacy(
@@ -635,20 +660,25 @@ mod dp_tests {
             .unwrap()
     }
 
-    /// One DP-SGD step from zero: delta = -lr/(q n) * (sum of clipped
-    /// gradients + N(0, (sigma C)^2)). With sigma = 1000 the noise dominates,
-    /// so over many seeds the delta's spread is lr * sigma * C / (q n) = 20.
+    fn zeros(l: &impl DpLearner) -> GlobalModel {
+        GlobalModel {
+            params: Arc::new(Params::zeros(l.layout())),
+            standardizer: None,
+        }
+    }
+
+    /// One DP-SGD step from zero: delta = -lr/(q n~) * (sum of clipped
+    /// gradients + N(0, (sigma C)^2)), n~ the released count. With sigma =
+    /// 1000 the noise dominates, so over many seeds the delta's spread is
+    /// lr * sigma * C / (q n~) = 1000 / (0.5 * 100) = 20.
     #[test]
     fn dp_sgd_noise_has_the_calibrated_scale() {
         let mut values = Vec::new();
         for seed in 0..400 {
             let mut l = learner(1000.0, seed);
-            let g = GlobalModel {
-                params: Arc::new(Params::zeros(l.layout())),
-                standardizer: None,
-            };
-            let u = l.train(&g, &plan()).unwrap();
-            values.extend(u.delta.as_slice().iter().map(|&v| f64::from(v)));
+            let g = zeros(&l);
+            let u = l.train_private(&g, &plan(), Some(100)).unwrap();
+            values.extend(u.value().as_slice().iter().map(|&v| f64::from(v)));
         }
         let n = values.len() as f64;
         let mean = values.iter().sum::<f64>() / n;
@@ -658,22 +688,27 @@ mod dp_tests {
     }
 
     #[test]
+    fn dp_sgd_needs_the_released_count() {
+        let mut l = learner(1.0, 1);
+        let g = zeros(&l);
+        assert!(l.needs_count());
+        let e = l.train_private(&g, &plan(), None).unwrap_err();
+        assert!(e.to_string().contains("released record count"), "{e}");
+    }
+
+    #[test]
     fn every_private_update_differs_from_the_noiseless_one() {
         let mut noisy = learner(1.0, 7);
         let mut almost_exact = learner(1e-12, 7);
-        let g = GlobalModel {
-            params: Arc::new(Params::zeros(noisy.layout())),
-            standardizer: None,
-        };
-        let a = noisy.train(&g, &plan()).unwrap();
-        let b = almost_exact.train(&g, &plan()).unwrap();
-        assert!(a.release.is_noised() && b.release.is_noised());
-        let diff: f64 = a.delta.sub(&b.delta).unwrap().l2_norm();
+        let g = zeros(&noisy);
+        let a = noisy.train_private(&g, &plan(), Some(100)).unwrap();
+        let b = almost_exact.train_private(&g, &plan(), Some(100)).unwrap();
+        let diff: f64 = a.value().sub(b.value()).unwrap().l2_norm();
         assert!(diff > 1e-3, "noise was not added: {diff}");
     }
 
     #[test]
-    fn update_level_dp_clips_then_noises_the_delta() {
+    fn update_level_dp_clips_then_noises_the_delta_at_sensitivity_2c() {
         let mut l = LogisticLearner::new("h", gaussian_blobs(100, 3, 0.5, 2.0, 4))
             .unwrap()
             .with_privacy(
@@ -685,31 +720,73 @@ mod dp_tests {
                 NoiseSource::seeded(1),
             )
             .unwrap();
-        let g = GlobalModel {
-            params: Arc::new(Params::zeros(l.layout())),
-            standardizer: None,
-        };
+        let g = zeros(&l);
         let u = l
-            .train(
+            .train_private(
                 &g,
                 &TrainPlan {
                     local_epochs: 5,
                     ..plan()
                 },
+                None,
             )
             .unwrap();
         assert!(
-            (u.delta.l2_norm() - 0.5).abs() < 1e-4,
+            (u.value().l2_norm() - 0.5).abs() < 1e-4,
             "norm {}",
-            u.delta.l2_norm()
+            u.value().l2_norm()
         );
-        let cost = l.round_cost().unwrap();
-        assert_eq!(cost.sampling_rate, 1.0);
-        assert_eq!(cost.steps, 1);
+        assert!(!l.needs_count(), "update-level DP releases no count");
+        // One Gaussian release at the multiplier, as `medfed privacy epsilon
+        // --sampling-rate 1 --steps 1` charges it: alpha / (2 sigma^2).
+        let cost = l.round_cost();
+        assert_eq!((cost.sampling_rate, cost.steps), (1.0, 1));
+        for (alpha, rdp) in default_orders().iter().zip(&cost.rdp) {
+            let want = alpha / (2.0 * 1e-9f64.powi(2));
+            assert!(
+                (rdp - want).abs() <= 1e-9 * want,
+                "order {alpha}: {rdp} vs {want}"
+            );
+        }
+    }
+
+    /// The noise std of an update release is 2 sigma C: measured over many
+    /// coordinates of a zero delta (the learner adds 2 * 2 * 0.25 = 1.0).
+    #[test]
+    fn update_level_noise_is_calibrated_to_twice_the_clipping_norm() {
+        let mut values = Vec::new();
+        for seed in 0..500 {
+            let mut l = LogisticLearner::new("h", gaussian_blobs(30, 40, 0.5, 2.0, 4))
+                .unwrap()
+                .with_privacy(
+                    LocalDp::Update {
+                        max_update_norm: 0.25,
+                        noise_multiplier: 2.0,
+                    },
+                    StatsPolicy::Withheld,
+                    NoiseSource::seeded(seed),
+                )
+                .unwrap();
+            let g = zeros(&l);
+            let tiny = TrainPlan {
+                learning_rate: 1e-12,
+                ..plan()
+            };
+            let u = l.train_private(&g, &tiny, None).unwrap();
+            values.extend(u.value().as_slice().iter().map(|&v| f64::from(v)));
+        }
+        let n = values.len() as f64;
+        let std = (values.iter().map(|v| v * v).sum::<f64>() / n).sqrt();
+        // 20,500 samples: 3% is > 6 standard errors.
+        assert!((std - 1.0).abs() < 0.03, "std {std}");
     }
 
     #[test]
-    fn exact_statistics_cannot_be_combined_with_privacy() {
+    fn noised_statistics_are_refused_with_update_level_dp() {
+        let bounds = FeatureBounds {
+            lo: vec![-5.0; 2],
+            hi: vec![5.0; 2],
+        };
         let e = LogisticLearner::new("h", gaussian_blobs(10, 2, 0.5, 1.0, 1))
             .unwrap()
             .with_privacy(
@@ -717,11 +794,14 @@ mod dp_tests {
                     max_update_norm: 1.0,
                     noise_multiplier: 1.0,
                 },
-                StatsPolicy::Exact,
+                StatsPolicy::Noised {
+                    bounds,
+                    noise_multiplier: 5.0,
+                },
                 NoiseSource::seeded(1),
             )
             .err()
             .unwrap();
-        assert!(e.to_string().contains("exact feature statistics"), "{e}");
+        assert!(e.to_string().contains("public feature bounds"), "{e}");
     }
 }

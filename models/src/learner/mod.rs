@@ -14,6 +14,8 @@ use crate::data::{MomentSums, Standardizer};
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::params::{Layout, Params};
+use crate::privacy::fingerprint::DataFingerprint;
+use crate::privacy::mechanisms::Noised;
 
 /// The global model a round starts from: parameters plus the federated
 /// preprocessing every participant must apply to its features.
@@ -32,11 +34,16 @@ pub struct TrainPlan {
     pub learning_rate: f64,
     /// L2 penalty on the weights (not the bias).
     pub l2: f64,
-    /// Base seed of the run; each hospital derives its own stream from it.
+    /// Base seed of the run; each hospital derives its own stream from it
+    /// (for shuffling; never for privacy noise, which the coordinator must
+    /// not be able to predict).
     pub seed: u64,
 }
 
-/// How something that leaves a hospital was protected.
+/// How something that left a hospital was protected: the label an update
+/// carries on the wire. The protection itself is [`Noised`], which only the
+/// mechanisms can make; this label is derived from it (see
+/// `private::PrivateUpdate`) or, with DP off, says `NonPrivate`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "release", rename_all = "snake_case")]
 pub enum Release {
@@ -93,11 +100,13 @@ impl TrainPlan {
     }
 }
 
-/// All that leaves a hospital after a round.
+/// All that leaves a hospital after a round, as the coordinator receives it.
 #[derive(Debug, Clone)]
 pub struct LocalUpdate {
     /// Trained parameters minus the global parameters.
     pub delta: Params,
+    /// The FedAvg weight: the record count, noised under DP-SGD, 1 under
+    /// update-level DP (which withholds the count).
     pub num_examples: usize,
     /// Mean training loss over the last local epoch; withheld under DP.
     pub train_loss: Option<f64>,
@@ -105,23 +114,49 @@ pub struct LocalUpdate {
     pub privacy: Option<PrivacySpent>,
 }
 
-/// A hospital's model trainer over its own data.
+/// A hospital's model trainer over its own data, with differential privacy
+/// off: what it returns is exact.
 pub trait Learner: Send {
     fn layout(&self) -> Arc<Layout>;
     fn num_examples(&self) -> usize;
-    /// Sufficient statistics for federated feature scaling, if the model
-    /// uses them, and how they were protected.
-    fn feature_stats(&mut self) -> Result<Option<(MomentSums, Release)>>;
+    /// Exact sufficient statistics for federated feature scaling, if the
+    /// model uses them.
+    fn feature_stats(&mut self) -> Result<Option<MomentSums>>;
     fn train(&mut self, global: &GlobalModel, plan: &TrainPlan) -> Result<LocalUpdate>;
     /// Metrics of `global` on this hospital's local data (not private).
     fn evaluate(&mut self, global: &GlobalModel) -> Result<Metrics>;
-    /// The privacy cost of one `train`; `None` when training is not private.
-    fn round_cost(&self) -> Option<RoundCost> {
-        None
-    }
-    /// The privacy cost of `feature_stats`; `None` when nothing private is released.
+}
+
+/// A hospital's model trainer built to train under differential privacy.
+/// Everything it returns came out of a mechanism (`Noised`); it never hands
+/// out exact updates, statistics or metrics. `PrivateLearner` wraps one
+/// with the budget and the ledger.
+pub trait DpLearner: Send {
+    fn layout(&self) -> Arc<Layout>;
+    /// The exact number of local records, for local checks only (e.g. delta
+    /// against 1/n); it is never released.
+    fn local_records(&self) -> usize;
+    /// The content fingerprint of the records it trains on (its ledger key).
+    fn fingerprint(&self) -> DataFingerprint;
+    /// The privacy cost of one `train_private`.
+    fn round_cost(&self) -> RoundCost;
+    /// Whether DP-SGD needs a released record count to normalise by.
+    fn needs_count(&self) -> bool;
+    /// One round of private training. `public_count` is the released
+    /// (noised) record count, when `needs_count`.
+    fn train_private(
+        &mut self,
+        global: &GlobalModel,
+        plan: &TrainPlan,
+        public_count: Option<u64>,
+    ) -> Result<Noised<Params>>;
+    /// The cost of `private_stats`; `None` when nothing is released.
     fn stats_cost(&self) -> Option<RoundCost> {
         None
+    }
+    /// Noised feature statistics, or `None` when a public scaler is used.
+    fn private_stats(&mut self) -> Result<Option<Noised<MomentSums>>> {
+        Ok(None)
     }
 }
 

@@ -1,19 +1,23 @@
-//! `PrivateLearner`: the budget guard around a hospital's learner. Before any
-//! release it checks the release fits the remaining budget (else it declines
-//! with "privacy budget exhausted" and releases nothing), it refuses anything
-//! that was not noised, and it writes the cost to the ledger before the
-//! release leaves.
+//! `PrivateLearner`: the budget guard around a hospital's private learner.
+//! It releases the record count once per dataset (noised, charged, kept in
+//! the ledger), and before every release it checks that the release fits the
+//! remaining budget (else it declines with "privacy budget exhausted" and
+//! releases nothing) and writes the cost to the ledger before the release
+//! leaves. It hands out only `Noised` values: there is no exact update,
+//! statistic or metric to be had from it.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{GlobalModel, Learner, LocalUpdate, PrivacySpent, Release, RoundCost, TrainPlan};
+use super::{DpLearner, GlobalModel, LocalUpdate, PrivacySpent, Release, RoundCost, TrainPlan};
 use crate::data::MomentSums;
 use crate::error::{ModelError, Result};
 use crate::metrics::Metrics;
-use crate::params::Layout;
-use crate::privacy::ledger::{Ledger, LedgerEntry};
-use crate::privacy::rdp::check_delta;
+use crate::params::{Layout, Params};
+use crate::privacy::ledger::{Charge, Ledger, LedgerEntry, Limit, ReleasedCount};
+use crate::privacy::mechanisms::{count_released_before, release_count, NoiseSource, Noised};
+use crate::privacy::rdp::{check_delta, compose, default_orders};
+use crate::privacy::PrivacyError;
 
 /// A hospital's privacy budget for one dataset, over all runs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,34 +45,152 @@ impl Budget {
         }
         Ok(())
     }
+
+    /// A warning when delta is not far below 1/n: a mechanism may then
+    /// release one whole record with probability delta per record.
+    pub fn advice(&self, records: usize) -> Option<String> {
+        let limit = 1.0 / (10.0 * records as f64);
+        (self.delta > limit).then(|| {
+            format!(
+                "delta {} is above 1/(10 n) = {limit:.3e} for {records} records; choose delta far \
+                 below 1/n (e.g. {:.0e})",
+                self.delta,
+                1.0 / (100.0 * records as f64)
+            )
+        })
+    }
+
+    fn limit(&self) -> Limit {
+        Limit {
+            epsilon: self.epsilon,
+            delta: self.delta,
+        }
+    }
+}
+
+/// How a private hospital releases its record count (DP-SGD only; under
+/// update-level DP the count is withheld and every update weighs 1).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CountRelease {
+    pub noise_multiplier: f64,
+}
+
+impl CountRelease {
+    /// The Rényi-DP cost of releasing the count once.
+    pub fn cost(&self) -> Vec<f64> {
+        compose(1.0, self.noise_multiplier, 1, &default_orders())
+    }
+}
+
+/// One round's private release, as it leaves the hospital.
+#[derive(Debug)]
+pub struct PrivateUpdate {
+    pub delta: Noised<Params>,
+    /// The FedAvg weight: the released count (DP-SGD) or 1 (update-level).
+    pub weight: usize,
+    pub privacy: PrivacySpent,
+}
+
+impl PrivateUpdate {
+    /// The update as the coordinator receives it, labelled with the
+    /// mechanism that produced it.
+    pub fn into_message(self) -> LocalUpdate {
+        let release = Release::Noised {
+            mechanism: self.delta.mechanism().to_string(),
+            noise_multiplier: self.delta.noise_multiplier(),
+        };
+        LocalUpdate {
+            delta: self.delta.into_value(),
+            num_examples: self.weight,
+            train_loss: None,
+            release,
+            privacy: Some(self.privacy),
+        }
+    }
 }
 
 pub struct PrivateLearner {
-    inner: Box<dyn Learner>,
+    inner: Box<dyn DpLearner>,
     ledger: Ledger,
     budget: Budget,
+    hospital: String,
     run: String,
+    /// The released record count; `None` when withheld (update-level DP) or
+    /// when the budget could not pay for it.
+    count: Option<Noised<u64>>,
+}
+
+fn unix_time() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl PrivateLearner {
+    /// Guard `inner` with `ledger` and `budget`. Under DP-SGD the record
+    /// count is released here, once per dataset: a count the ledger already
+    /// holds is reused at no cost; otherwise it is noised with
+    /// `count_noise` and charged.
     pub fn new(
-        inner: Box<dyn Learner>,
+        inner: Box<dyn DpLearner>,
         ledger: Ledger,
         budget: Budget,
+        hospital: impl Into<String>,
         run: impl Into<String>,
+        count: CountRelease,
+        count_noise: &mut NoiseSource,
     ) -> Result<Self> {
-        budget.check(inner.num_examples())?;
-        if inner.round_cost().is_none() {
-            return Err(ModelError::Invalid(
-                "the learner is not configured to train privately".into(),
-            ));
-        }
-        Ok(Self {
+        budget.check(inner.local_records())?;
+        let mut guarded = Self {
             inner,
             ledger,
             budget,
+            hospital: hospital.into(),
             run: run.into(),
-        })
+            count: None,
+        };
+        if guarded.inner.needs_count() {
+            guarded.count = guarded.release_count(count, count_noise)?;
+        }
+        Ok(guarded)
+    }
+
+    fn release_count(
+        &mut self,
+        policy: CountRelease,
+        noise: &mut NoiseSource,
+    ) -> Result<Option<Noised<u64>>> {
+        if let Some(c) = self.ledger.released_count() {
+            return Ok(Some(count_released_before(c.value, c.noise_multiplier)));
+        }
+        let released = release_count(self.inner.local_records(), policy.noise_multiplier, noise)?;
+        let cost = policy.cost();
+        let charge = Charge {
+            cost: &cost,
+            entry: self.entry("record-count", 0, 1.0, policy.noise_multiplier, 1),
+            count: Some(ReleasedCount {
+                value: *released.value(),
+                noise_multiplier: policy.noise_multiplier,
+            }),
+        };
+        match self.ledger.charge(charge, self.budget.limit()) {
+            Ok(()) => Ok(Some(released)),
+            // Nothing more can be released: the hospital will decline every round.
+            Err(PrivacyError::BudgetExhausted(_)) => Ok(None),
+            // Another process released it meanwhile: reuse that one.
+            Err(e @ PrivacyError::Invalid(_)) => match self.ledger.released_count() {
+                Some(c) => Ok(Some(count_released_before(c.value, c.noise_multiplier))),
+                None => Err(ModelError::Invalid(e.to_string())),
+            },
+            Err(e) => Err(ModelError::Invalid(format!(
+                "cannot record the privacy cost, nothing released: {e}"
+            ))),
+        }
+    }
+
+    pub fn layout(&self) -> Arc<Layout> {
+        self.inner.layout()
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -79,8 +201,28 @@ impl PrivateLearner {
         self.ledger.epsilon(self.budget.delta)
     }
 
-    /// Refuse `cost` if it does not fit the remaining budget.
-    fn admit(&self, cost: &RoundCost) -> Result<f64> {
+    /// The record count this hospital announces: the released count, or 0
+    /// when it is withheld.
+    pub fn announced_samples(&self) -> usize {
+        self.count.as_ref().map_or(0, |c| *c.value() as usize)
+    }
+
+    fn entry(&self, mechanism: &str, round: u32, q: f64, sigma: f64, steps: u64) -> LedgerEntry {
+        LedgerEntry {
+            unix_time: unix_time(),
+            run: self.run.clone(),
+            hospital: self.hospital.clone(),
+            round,
+            mechanism: mechanism.into(),
+            sampling_rate: q,
+            noise_multiplier: sigma,
+            steps,
+        }
+    }
+
+    /// Refuse `cost` early if it does not fit what this process last saw
+    /// (the authoritative check runs again under the ledger's lock).
+    fn admit(&self, cost: &RoundCost) -> Result<()> {
         let after = self.ledger.epsilon_after(&cost.rdp, self.budget.delta);
         if after > self.budget.epsilon * (1.0 + 1e-9) {
             return Err(ModelError::BudgetExhausted(format!(
@@ -91,93 +233,78 @@ impl PrivateLearner {
                 after
             )));
         }
-        Ok(after)
+        Ok(())
     }
 
     fn charge(&mut self, cost: &RoundCost, round: u32) -> Result<()> {
-        let entry = LedgerEntry {
-            unix_time: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            run: self.run.clone(),
-            round,
-            mechanism: cost.mechanism.clone(),
-            sampling_rate: cost.sampling_rate,
-            noise_multiplier: cost.noise_multiplier,
-            steps: cost.steps,
+        let charge = Charge {
+            cost: &cost.rdp,
+            entry: self.entry(
+                &cost.mechanism,
+                round,
+                cost.sampling_rate,
+                cost.noise_multiplier,
+                cost.steps,
+            ),
+            count: None,
         };
-        self.ledger.charge(&cost.rdp, entry).map_err(|e| {
-            ModelError::Invalid(format!("cannot record the privacy cost, nothing released: {e}"))
+        self.ledger
+            .charge(charge, self.budget.limit())
+            .map_err(|e| match e {
+                PrivacyError::BudgetExhausted(m) => ModelError::BudgetExhausted(m),
+                e => ModelError::Invalid(format!("cannot record the privacy cost, nothing released: {e}")),
+            })
+    }
+
+    /// Noised feature statistics, charged; `None` when a public scaler is used.
+    pub fn feature_stats(&mut self) -> Result<Option<Noised<MomentSums>>> {
+        let Some(cost) = self.inner.stats_cost() else {
+            return Ok(None);
+        };
+        self.admit(&cost)?;
+        let Some(stats) = self.inner.private_stats()? else {
+            return Ok(None);
+        };
+        self.charge(&cost, 0)?;
+        Ok(Some(stats))
+    }
+
+    /// One round of private training, charged before it is returned.
+    pub fn train(&mut self, global: &GlobalModel, plan: &TrainPlan) -> Result<PrivateUpdate> {
+        let cost = self.inner.round_cost();
+        self.admit(&cost)?;
+        let (public_count, weight) = match (&self.count, self.inner.needs_count()) {
+            (_, false) => (None, 1),
+            (Some(c), true) => (Some(*c.value()), *c.value() as usize),
+            (None, true) => {
+                return Err(ModelError::BudgetExhausted(
+                    "the budget could not pay for releasing the record count, so nothing can be \
+                     released"
+                        .into(),
+                ))
+            }
+        };
+        let delta = self.inner.train_private(global, plan, public_count)?;
+        self.charge(&cost, plan.round)?;
+        Ok(PrivateUpdate {
+            delta,
+            weight,
+            privacy: PrivacySpent {
+                mechanism: cost.mechanism.clone(),
+                noise_multiplier: cost.noise_multiplier,
+                epsilon: self.epsilon_spent(),
+                budget: self.budget.epsilon,
+                delta: self.budget.delta,
+            },
         })
     }
-}
 
-fn unnoised(what: &str) -> ModelError {
-    ModelError::Invalid(format!(
-        "refusing to release un-noised {what} with differential privacy on"
-    ))
-}
-
-impl Learner for PrivateLearner {
-    fn layout(&self) -> Arc<Layout> {
-        self.inner.layout()
-    }
-
-    /// The cohort size is treated as public (it weights FedAvg); see README.
-    fn num_examples(&self) -> usize {
-        self.inner.num_examples()
-    }
-
-    fn feature_stats(&mut self) -> Result<Option<(MomentSums, Release)>> {
-        match self.inner.stats_cost() {
-            None => match self.inner.feature_stats()? {
-                None => Ok(None),
-                Some(_) => Err(unnoised("feature statistics")),
-            },
-            Some(cost) => {
-                self.admit(&cost)?;
-                let Some((sums, release)) = self.inner.feature_stats()? else {
-                    return Ok(None);
-                };
-                if !release.is_noised() {
-                    return Err(unnoised("feature statistics"));
-                }
-                self.charge(&cost, 0)?;
-                Ok(Some((sums, release)))
-            }
-        }
-    }
-
-    fn train(&mut self, global: &GlobalModel, plan: &TrainPlan) -> Result<LocalUpdate> {
-        let cost = self.inner.round_cost().ok_or_else(|| unnoised("model updates"))?;
-        self.admit(&cost)?;
-        let mut update = self.inner.train(global, plan)?;
-        if !update.release.is_noised() {
-            return Err(unnoised("model updates"));
-        }
-        self.charge(&cost, plan.round)?;
-        update.train_loss = None;
-        update.privacy = Some(PrivacySpent {
-            mechanism: cost.mechanism.clone(),
-            noise_multiplier: cost.noise_multiplier,
-            epsilon: self.epsilon_spent(),
-            budget: self.budget.epsilon,
-            delta: self.budget.delta,
-        });
-        Ok(update)
-    }
-
-    fn evaluate(&mut self, global: &GlobalModel) -> Result<Metrics> {
-        self.inner.evaluate(global)
-    }
-
-    fn round_cost(&self) -> Option<RoundCost> {
-        self.inner.round_cost()
-    }
-
-    fn stats_cost(&self) -> Option<RoundCost> {
-        self.inner.stats_cost()
+    /// Local metrics describe patients and no mechanism noises them: under
+    /// differential privacy they are never released.
+    pub fn evaluate(&mut self, _global: &GlobalModel) -> Result<Metrics> {
+        Err(ModelError::Invalid(
+            "local evaluation metrics are not private: withheld under differential privacy".into(),
+        ))
     }
 }
 
@@ -186,25 +313,55 @@ mod tests {
     use super::*;
     use crate::data::synthetic::gaussian_blobs;
     use crate::learner::logistic::{LocalDp, LogisticLearner, StatsPolicy};
-    use crate::params::Params;
-    use crate::privacy::mechanisms::NoiseSource;
+    use crate::privacy::fingerprint::DataFingerprint;
+    use crate::privacy::ledger::LedgerKey;
+    use crate::privacy::rdp::epsilon;
 
-    fn dp_learner(sigma: f64) -> Box<dyn Learner> {
+    const COUNT: CountRelease = CountRelease {
+        noise_multiplier: 10.0,
+    };
+
+    fn dp_learner(dp: LocalDp) -> Box<dyn DpLearner> {
         let data = gaussian_blobs(200, 4, 0.5, 2.0, 3);
-        let learner = LogisticLearner::new("h1", data)
-            .unwrap()
-            .with_privacy(
-                LocalDp::DpSgd {
-                    sampling_rate: 0.2,
-                    max_grad_norm: 1.0,
-                    noise_multiplier: sigma,
-                    local_steps: 10,
-                },
-                StatsPolicy::Withheld,
-                NoiseSource::seeded(1),
-            )
-            .unwrap();
-        Box::new(learner)
+        Box::new(
+            LogisticLearner::new("h1", data)
+                .unwrap()
+                .with_privacy(dp, StatsPolicy::Withheld, NoiseSource::seeded(1))
+                .unwrap(),
+        )
+    }
+
+    fn dp_sgd(sigma: f64) -> LocalDp {
+        LocalDp::DpSgd {
+            sampling_rate: 0.2,
+            max_grad_norm: 1.0,
+            noise_multiplier: sigma,
+            local_steps: 10,
+        }
+    }
+
+    fn key(l: &dyn DpLearner) -> LedgerKey {
+        LedgerKey {
+            dataset: "d".into(),
+            fingerprint: l.fingerprint(),
+        }
+    }
+
+    fn guard(inner: Box<dyn DpLearner>, ledger: Ledger, epsilon: f64) -> Result<PrivateLearner> {
+        PrivateLearner::new(
+            inner,
+            ledger,
+            Budget { epsilon, delta: 1e-5 },
+            "h1",
+            "t",
+            COUNT,
+            &mut NoiseSource::seeded(9),
+        )
+    }
+
+    fn in_memory(inner: Box<dyn DpLearner>, epsilon: f64) -> PrivateLearner {
+        let ledger = Ledger::in_memory(&key(inner.as_ref()));
+        guard(inner, ledger, epsilon).unwrap()
     }
 
     fn global(layout: Arc<Layout>) -> GlobalModel {
@@ -227,28 +384,18 @@ mod tests {
 
     #[test]
     fn declines_once_the_budget_is_spent_and_releases_nothing() {
-        let inner = dp_learner(3.0);
-        // Budget for a few rounds at sigma 1, q 0.2, 10 steps per round.
-        let mut p = PrivateLearner::new(
-            inner,
-            Ledger::in_memory("h1", "d"),
-            Budget {
-                epsilon: 3.0,
-                delta: 1e-5,
-            },
-            "t",
-        )
-        .unwrap();
+        let mut p = in_memory(dp_learner(dp_sgd(3.0)), 3.0);
         let g = global(p.layout());
         let mut trained = 0;
         let err = loop {
             match p.train(&g, &plan(trained + 1)) {
                 Ok(u) => {
                     trained += 1;
-                    let spent = u.privacy.as_ref().unwrap();
-                    assert!(spent.epsilon <= 3.0 + 1e-9);
-                    assert!(u.train_loss.is_none(), "the loss is data-dependent and withheld");
-                    assert!(u.release.is_noised());
+                    assert!(u.privacy.epsilon <= 3.0 + 1e-9);
+                    assert_eq!(u.delta.mechanism(), "dp-sgd");
+                    let m = u.into_message();
+                    assert!(m.train_loss.is_none(), "the loss is data-dependent and withheld");
+                    assert!(m.release.is_noised());
                 }
                 Err(e) => break e,
             }
@@ -257,28 +404,66 @@ mod tests {
         assert!(trained >= 1);
         assert!(matches!(err, ModelError::BudgetExhausted(_)), "{err}");
         assert!(err.to_string().contains("privacy budget exhausted"));
-        // Nothing was charged for the declined round.
-        assert_eq!(p.ledger().entries().len(), trained as usize);
+        // The count release plus one charge per round; nothing for the declined one.
+        assert_eq!(p.ledger().entries().len(), trained as usize + 1);
         assert!(p.epsilon_spent() <= 3.0);
     }
 
+    /// DP-SGD releases a noised record count once, charges it, weighs
+    /// FedAvg by it, and the total charged equals the accountant's figure
+    /// for the count's Gaussian composed with the rounds.
     #[test]
-    fn the_ledger_survives_a_restart() {
+    fn the_count_is_noised_charged_once_and_weighs_the_update() {
+        let mut p = in_memory(dp_learner(dp_sgd(3.0)), 50.0);
+        let announced = p.announced_samples();
+        assert!(announced >= 1 && announced != 0);
+        let first = &p.ledger().entries()[0];
+        assert_eq!(
+            (first.mechanism.as_str(), first.noise_multiplier),
+            ("record-count", 10.0)
+        );
+        let g = global(p.layout());
+        let u = p.train(&g, &plan(1)).unwrap();
+        assert_eq!(u.weight, announced);
+        assert_eq!(u.into_message().num_examples, announced);
+        let orders = default_orders();
+        let mut want = compose(1.0, 10.0, 1, &orders);
+        want.iter_mut()
+            .zip(compose(0.2, 3.0, 10, &orders))
+            .for_each(|(a, b)| *a += b);
+        assert!((p.epsilon_spent() - epsilon(&orders, &want, 1e-5).0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn update_level_dp_withholds_the_count_and_weighs_one() {
+        let mut p = in_memory(
+            dp_learner(LocalDp::Update {
+                max_update_norm: 1.0,
+                noise_multiplier: 2.0,
+            }),
+            50.0,
+        );
+        assert_eq!(p.announced_samples(), 0);
+        assert!(
+            p.ledger().entries().is_empty(),
+            "no count released, nothing charged"
+        );
+        let g = global(p.layout());
+        let u = p.train(&g, &plan(1)).unwrap();
+        assert_eq!(u.weight, 1);
+        assert_eq!(u.delta.mechanism(), "update");
+    }
+
+    #[test]
+    fn the_ledger_and_its_count_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let budget = Budget {
-            epsilon: 2.0,
-            delta: 1e-5,
-        };
         let open = || {
-            PrivateLearner::new(
-                dp_learner(3.0),
-                Ledger::open(dir.path(), "h1", "d").unwrap(),
-                budget,
-                "t",
-            )
-            .unwrap()
+            let inner = dp_learner(dp_sgd(3.0));
+            let ledger = Ledger::open(dir.path(), &key(inner.as_ref())).unwrap();
+            guard(inner, ledger, 2.0).unwrap()
         };
         let mut first = open();
+        let count = first.announced_samples();
         let g = global(first.layout());
         let mut rounds = 0;
         while first.train(&g, &plan(1)).is_ok() {
@@ -288,96 +473,85 @@ mod tests {
         let spent = first.epsilon_spent();
         assert!(spent > 0.0);
         drop(first);
-        // The restarted hospital remembers and declines at once.
+        // The restarted hospital remembers, reuses its count and declines at once.
         let mut second = open();
         assert_eq!(second.epsilon_spent(), spent);
+        assert_eq!(second.announced_samples(), count);
         assert!(matches!(
             second.train(&g, &plan(1)),
             Err(ModelError::BudgetExhausted(_))
         ));
     }
 
-    /// A learner that claims to be private but releases exact values.
-    struct Leaky(Box<dyn Learner>);
-
-    impl Learner for Leaky {
-        fn layout(&self) -> Arc<Layout> {
-            self.0.layout()
-        }
-        fn num_examples(&self) -> usize {
-            self.0.num_examples()
-        }
-        fn feature_stats(&mut self) -> Result<Option<(MomentSums, Release)>> {
-            Ok(Some((
-                MomentSums {
-                    count: 1.0,
-                    sum: vec![0.0; 4],
-                    sum_sq: vec![0.0; 4],
-                },
-                Release::NonPrivate,
-            )))
-        }
-        fn train(&mut self, global: &GlobalModel, plan: &TrainPlan) -> Result<LocalUpdate> {
-            let mut u = self.0.train(global, plan)?;
-            u.release = Release::NonPrivate;
-            Ok(u)
-        }
-        fn evaluate(&mut self, global: &GlobalModel) -> Result<Metrics> {
-            self.0.evaluate(global)
-        }
-        fn round_cost(&self) -> Option<RoundCost> {
-            self.0.round_cost()
-        }
-    }
-
+    /// The same records under another hospital name, in another order, find
+    /// the same ledger and the budget already spent.
     #[test]
-    fn un_noised_releases_are_refused_and_not_charged() {
-        let mut p = PrivateLearner::new(
-            Box::new(Leaky(dp_learner(3.0))),
-            Ledger::in_memory("h1", "d"),
-            Budget {
-                epsilon: 3.0,
-                delta: 1e-5,
-            },
-            "t",
-        )
-        .unwrap();
+    fn renaming_or_reordering_the_data_finds_the_same_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = gaussian_blobs(200, 4, 0.5, 2.0, 3);
+        let build = |name: &str, rows: &[usize]| -> Box<dyn DpLearner> {
+            Box::new(
+                LogisticLearner::new(name, data.select(rows))
+                    .unwrap()
+                    .with_privacy(dp_sgd(3.0), StatsPolicy::Withheld, NoiseSource::seeded(2))
+                    .unwrap(),
+            )
+        };
+        let forward: Vec<usize> = (0..200).collect();
+        let backward: Vec<usize> = (0..200).rev().collect();
+        let a = build("st-marys", &forward);
+        let ledger = Ledger::open(dir.path(), &key(a.as_ref())).unwrap();
+        let mut p = guard(a, ledger, 20.0).unwrap();
         let g = global(p.layout());
-        let e = p.train(&g, &plan(1)).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("refusing to release un-noised model updates"),
-            "{e}"
-        );
-        let e = p.feature_stats().unwrap_err();
-        assert!(e.to_string().contains("un-noised feature statistics"), "{e}");
-        assert!(p.ledger().entries().is_empty());
+        p.train(&g, &plan(1)).unwrap();
+        let spent = p.epsilon_spent();
+        let b = build("renamed-hospital", &backward);
+        assert_eq!(b.fingerprint(), DataFingerprint::of_dataset(&data));
+        let ledger = Ledger::open(dir.path(), &key(b.as_ref())).unwrap();
+        let q = guard(b, ledger, 20.0).unwrap();
+        assert_eq!(q.epsilon_spent(), spent);
     }
 
     #[test]
-    fn delta_must_be_below_one_over_n_and_learner_must_be_private() {
+    fn evaluation_is_refused_under_dp() {
+        let mut p = in_memory(dp_learner(dp_sgd(3.0)), 3.0);
+        let g = global(p.layout());
+        let e = p.evaluate(&g).unwrap_err();
+        assert!(e.to_string().contains("not private"), "{e}");
+    }
+
+    #[test]
+    fn delta_must_be_below_one_over_n_and_far_below_is_advised() {
+        let inner = dp_learner(dp_sgd(3.0));
+        let ledger = Ledger::in_memory(&key(inner.as_ref()));
         let e = PrivateLearner::new(
-            dp_learner(3.0),
-            Ledger::in_memory("h", "d"),
+            inner,
+            ledger,
             Budget {
                 epsilon: 1.0,
                 delta: 0.01,
             },
+            "h",
             "t",
+            COUNT,
+            &mut NoiseSource::seeded(1),
         )
         .err()
         .unwrap();
         assert!(e.to_string().contains("must be below 1/n"), "{e}");
-        let plain = LogisticLearner::new("h", gaussian_blobs(200, 4, 0.5, 2.0, 3)).unwrap();
-        assert!(PrivateLearner::new(
-            Box::new(plain),
-            Ledger::in_memory("h", "d"),
+        let b = Budget {
+            epsilon: 1.0,
+            delta: 1e-3,
+        };
+        assert!(b.advice(200).unwrap().contains("1/(10 n)"));
+        assert!(b.advice(50).is_none(), "1e-3 is below 1/500");
+        assert_eq!(
             Budget {
                 epsilon: 1.0,
                 delta: 1e-5
-            },
-            "t"
-        )
-        .is_err());
+            }
+            .advice(200),
+            None
+        );
     }
 }

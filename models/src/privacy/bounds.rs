@@ -8,9 +8,10 @@ use std::path::Path;
 use ndarray::Array2;
 use serde::Deserialize;
 
-use super::mechanisms::{GaussianMechanism, NoiseSource};
+use super::mechanisms::{release_sums, NoiseSource, Noised};
 use super::PrivacyError;
 use crate::data::{MomentSums, Standardizer};
+use crate::error::ModelError;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureBounds {
@@ -70,36 +71,34 @@ impl FeatureBounds {
         features: &Array2<f64>,
         noise_multiplier: f64,
         noise: &mut NoiseSource,
-    ) -> MomentSums {
+    ) -> Result<Noised<MomentSums>, ModelError> {
         let d = self.lo.len();
-        let mut count = features.nrows() as f64;
-        let mut su = vec![0.0; d];
-        let mut su2 = vec![0.0; d];
+        // [count, normalised sums (d), normalised sums of squares (d)]
+        let mut exact = vec![0.0; 1 + 2 * d];
+        exact[0] = features.nrows() as f64;
         for row in features.rows() {
             for j in 0..d {
                 let range = self.hi[j] - self.lo[j];
                 let u = (row[j].clamp(self.lo[j], self.hi[j]) - self.lo[j]) / range;
-                su[j] += u;
-                su2[j] += u * u;
+                exact[1 + j] += u;
+                exact[1 + d + j] += u * u;
             }
         }
-        let mech = GaussianMechanism {
-            sensitivity: (1.0 + 2.0 * d as f64).sqrt(),
-            noise_multiplier,
-        };
-        let mut c = [count];
-        mech.release(&mut c, noise);
-        mech.release(&mut su, noise);
-        mech.release(&mut su2, noise);
-        count = c[0].max(1.0);
-        let mut sum = vec![0.0; d];
-        let mut sum_sq = vec![0.0; d];
-        for j in 0..d {
-            let (l, r) = (self.lo[j], self.hi[j] - self.lo[j]);
-            sum[j] = count * l + r * su[j];
-            sum_sq[j] = count * l * l + 2.0 * l * r * su[j] + r * r * su2[j];
-        }
-        MomentSums { count, sum, sum_sq }
+        let sensitivity = (1.0 + 2.0 * d as f64).sqrt();
+        let released = release_sums(exact, sensitivity, noise_multiplier, noise)?;
+        let (lo, hi) = (self.lo.clone(), self.hi.clone());
+        Ok(released.map(move |v| {
+            let count = v[0].max(1.0);
+            let (su, su2) = (&v[1..=d], &v[1 + d..]);
+            let mut sum = vec![0.0; d];
+            let mut sum_sq = vec![0.0; d];
+            for j in 0..d {
+                let (l, r) = (lo[j], hi[j] - lo[j]);
+                sum[j] = count * l + r * su[j];
+                sum_sq[j] = count * l * l + 2.0 * l * r * su[j] + r * r * su2[j];
+            }
+            MomentSums { count, sum, sum_sq }
+        }))
     }
 }
 
@@ -135,7 +134,10 @@ mod tests {
         };
         let x = Array2::from_shape_vec((4, 1), vec![1.0, 2.0, 3.0, 40.0]).unwrap();
         // Tiny noise: the clipped truth comes back (40 is clipped to 10).
-        let s = b.private_sums(&x, 1e-9, &mut NoiseSource::seeded(1));
+        let s = b
+            .private_sums(&x, 1e-9, &mut NoiseSource::seeded(1))
+            .unwrap()
+            .into_value();
         assert!((s.count - 4.0).abs() < 1e-6);
         assert!((s.sum[0] - 16.0).abs() < 1e-6);
         assert!((s.sum_sq[0] - (1.0 + 4.0 + 9.0 + 100.0)).abs() < 1e-6);

@@ -1,17 +1,47 @@
-//! Clipping and noise. Noise comes from ChaCha20, a cryptographically secure
-//! generator, seeded from the operating system in production (`secure`) or
-//! from a seed for reproducible experiments (`seeded`, never for real data).
+//! The mechanisms: the only code that turns exact values into releases.
 //!
-//! Known limitation: floating-point Gaussian and Laplace samples are not the
-//! discrete mechanisms of Canonne, Kamath & Steinke 2020; see the README.
+//! A [`Noised`] value can be made here and nowhere else (its fields are
+//! private and it has no `Deserialize`), so a learner that must release
+//! privately can only hand out what one of these functions returned:
+//! clipped-and-noised updates, DP-SGD's result, a noised record count or
+//! noised sums. Noise comes from ChaCha20, seeded from the operating system
+//! (`secure`) or, for simulations on data that is not real, from a seed the
+//! hospital chooses (`seeded`).
+//!
+//! The Gaussian samples are floating-point (rand_distr's Ziggurat), not the
+//! discrete Gaussian of Canonne, Kamath & Steinke 2020: the formal guarantee
+//! is stated for exact Gaussian noise and does not strictly hold for this
+//! sampler (see the README, "Sampling").
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rand_distr::StandardNormal;
 
+use crate::error::{ModelError, Result};
+use crate::params::Params;
+
+/// Vectors whose norm was not finite, zeroed by [`clip_l2`] (process-wide).
+static NON_FINITE_ZEROED: AtomicU64 = AtomicU64::new(0);
+
+/// How many non-finite vectors [`clip_l2`] has replaced by zero in this process.
+pub fn non_finite_zeroed() -> u64 {
+    NON_FINITE_ZEROED.load(Ordering::Relaxed)
+}
+
 /// Scale `v` down to L2 norm at most `bound`; returns the norm before clipping.
+///
+/// A vector with a NaN or infinite entry has no meaningful direction and
+/// would pass a NaN through the noise: it becomes the zero vector (counted
+/// in [`non_finite_zeroed`]), so its contribution stays within the bound.
 pub fn clip_l2(v: &mut [f64], bound: f64) -> f64 {
     let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if !norm.is_finite() {
+        v.iter_mut().for_each(|x| *x = 0.0);
+        NON_FINITE_ZEROED.fetch_add(1, Ordering::Relaxed);
+        return norm;
+    }
     if norm > bound {
         let scale = bound / norm;
         v.iter_mut().for_each(|x| *x *= scale);
@@ -32,23 +62,17 @@ impl NoiseSource {
         }
     }
 
-    /// Reproducible: for experiments and tests on data that is not real.
+    /// Reproducible: for simulations on data that is not real. The seed must
+    /// come from the hospital's own configuration, never from the coordinator.
     pub fn seeded(seed: u64) -> Self {
         Self {
             rng: ChaCha20Rng::seed_from_u64(seed),
         }
     }
 
-    pub fn gaussian(&mut self, std: f64) -> f64 {
+    fn gaussian(&mut self, std: f64) -> f64 {
         let z: f64 = self.rng.sample(StandardNormal);
         z * std
-    }
-
-    /// Laplace(0, scale) by inverting its CDF.
-    pub fn laplace(&mut self, scale: f64) -> f64 {
-        // u uniform in (-1/2, 1/2); 1 - 2|u| stays in (0, 1].
-        let u: f64 = self.rng.random::<f64>() - 0.5;
-        -scale * u.signum() * (1.0 - 2.0 * u.abs()).ln()
     }
 
     /// Bernoulli(q): Poisson sampling of one record.
@@ -56,53 +80,218 @@ impl NoiseSource {
         self.rng.random::<f64>() < q
     }
 
-    pub fn add_gaussian(&mut self, v: &mut [f64], std: f64) {
+    fn add_gaussian(&mut self, v: &mut [f64], std: f64) {
         for x in v {
             *x += self.gaussian(std);
         }
     }
 }
 
-/// The Gaussian mechanism: noise of standard deviation `noise_multiplier * sensitivity`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GaussianMechanism {
-    pub sensitivity: f64,
-    pub noise_multiplier: f64,
+/// A value released through a differentially private mechanism. Only this
+/// module constructs one; everyone may read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Noised<T> {
+    value: T,
+    mechanism: &'static str,
+    noise_multiplier: f64,
 }
 
-impl GaussianMechanism {
-    pub fn std(&self) -> f64 {
-        self.noise_multiplier * self.sensitivity
+impl<T> Noised<T> {
+    pub fn value(&self) -> &T {
+        &self.value
     }
 
-    pub fn release(&self, v: &mut [f64], noise: &mut NoiseSource) {
-        noise.add_gaussian(v, self.std());
-    }
-}
-
-/// The Laplace mechanism: (epsilon, 0)-DP for L1 sensitivity `sensitivity`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LaplaceMechanism {
-    pub sensitivity: f64,
-    pub epsilon: f64,
-}
-
-impl LaplaceMechanism {
-    pub fn scale(&self) -> f64 {
-        self.sensitivity / self.epsilon
+    pub fn into_value(self) -> T {
+        self.value
     }
 
-    pub fn release(&self, v: &mut [f64], noise: &mut NoiseSource) {
-        let b = self.scale();
-        for x in v {
-            *x += noise.laplace(b);
+    /// "dp-sgd", "update", "feature-stats" or "record-count".
+    pub fn mechanism(&self) -> &'static str {
+        self.mechanism
+    }
+
+    pub fn noise_multiplier(&self) -> f64 {
+        self.noise_multiplier
+    }
+
+    /// Post-processing: a function of a private release is as private as the
+    /// release, provided `f` uses nothing but the released value and public
+    /// constants (which is what a reviewer checks at each call).
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Noised<U> {
+        Noised {
+            value: f(self.value),
+            mechanism: self.mechanism,
+            noise_multiplier: self.noise_multiplier,
         }
     }
+
+    /// Fallible post-processing; see [`Noised::map`].
+    pub fn try_map<U>(self, f: impl FnOnce(T) -> Result<U>) -> Result<Noised<U>> {
+        Ok(Noised {
+            value: f(self.value)?,
+            mechanism: self.mechanism,
+            noise_multiplier: self.noise_multiplier,
+        })
+    }
+}
+
+fn check_noise(noise_multiplier: f64, what: &str) -> Result<()> {
+    if noise_multiplier.is_finite() && noise_multiplier > 0.0 {
+        Ok(())
+    } else {
+        Err(ModelError::Invalid(format!(
+            "{what}: the noise multiplier must be positive, got {noise_multiplier}"
+        )))
+    }
+}
+
+/// Update-level release: clip the delta to `max_norm`, then add Gaussian
+/// noise of standard deviation `2 * noise_multiplier * max_norm`.
+///
+/// The guarantee is hospital-level (the whole local dataset replaced by any
+/// other): two clipped deltas then differ by up to `2 * max_norm` in L2, so
+/// that is the sensitivity, and `noise_multiplier` is noise std over it —
+/// the accountant charges one Gaussian at that multiplier.
+pub fn release_update(
+    delta: &Params,
+    max_norm: f64,
+    noise_multiplier: f64,
+    noise: &mut NoiseSource,
+) -> Result<Noised<Params>> {
+    check_noise(noise_multiplier, "update-level DP")?;
+    let mut flat: Vec<f64> = delta.as_slice().iter().map(|&v| f64::from(v)).collect();
+    clip_l2(&mut flat, max_norm);
+    let sensitivity = 2.0 * max_norm;
+    noise.add_gaussian(&mut flat, noise_multiplier * sensitivity);
+    let value = Params::new(
+        delta.layout().clone(),
+        flat.into_iter().map(|v| v as f32).collect(),
+    )?;
+    Ok(Noised {
+        value,
+        mechanism: "update",
+        noise_multiplier,
+    })
+}
+
+/// The Gaussian mechanism on a vector of sums whose L2 sensitivity (under
+/// adding or removing one record) the caller has bounded by clipping each
+/// record's contribution to `l2_sensitivity`.
+pub fn release_sums(
+    mut sums: Vec<f64>,
+    l2_sensitivity: f64,
+    noise_multiplier: f64,
+    noise: &mut NoiseSource,
+) -> Result<Noised<Vec<f64>>> {
+    check_noise(noise_multiplier, "feature statistics")?;
+    noise.add_gaussian(&mut sums, noise_multiplier * l2_sensitivity);
+    Ok(Noised {
+        value: sums,
+        mechanism: "feature-stats",
+        noise_multiplier,
+    })
+}
+
+/// The record count through the Gaussian mechanism (sensitivity 1 under
+/// adding or removing a record), rounded and kept at least 1 (post-processing).
+pub fn release_count(count: usize, noise_multiplier: f64, noise: &mut NoiseSource) -> Result<Noised<u64>> {
+    check_noise(noise_multiplier, "the record count")?;
+    let noisy = count as f64 + noise.gaussian(noise_multiplier);
+    Ok(Noised {
+        value: noisy.round().max(1.0) as u64,
+        mechanism: "record-count",
+        noise_multiplier,
+    })
+}
+
+/// A count that was released before (kept in the hospital's ledger). Using it
+/// again is post-processing of that earlier release and costs nothing.
+pub fn count_released_before(value: u64, noise_multiplier: f64) -> Noised<u64> {
+    Noised {
+        value,
+        mechanism: "record-count",
+        noise_multiplier,
+    }
+}
+
+/// The settings of one hospital's DP-SGD, shared by every learner that runs it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpSgdSettings {
+    pub sampling_rate: f64,
+    pub max_grad_norm: f64,
+    pub noise_multiplier: f64,
+    pub local_steps: u64,
+}
+
+/// What DP-SGD needs from a learner: its per-example gradients and an
+/// optimiser step. The model being trained lives in the implementor.
+pub trait DpSgdModel {
+    /// Number of gradient coordinates.
+    fn dim(&self) -> usize;
+    /// Gradient of example `i`'s loss at the current model, into `out`.
+    fn example_gradient(&mut self, i: usize, out: &mut [f64]) -> Result<()>;
+    /// One optimiser step on the noisy mean gradient.
+    fn step(&mut self, noisy_mean_gradient: &[f64]) -> Result<()>;
+}
+
+/// DP-SGD (Abadi et al. 2016) over `n` records: in every step each record is
+/// included with probability `sampling_rate`, its gradient clipped to
+/// `max_grad_norm`, Gaussian noise of `noise_multiplier * max_grad_norm` added
+/// to the sum, and the sum divided by `sampling_rate * public_count` — the
+/// expected batch size computed from a released (noised) count, so the exact
+/// number of records never shapes the update. `finish` reads the trained
+/// model out (post-processing).
+pub fn dp_sgd<M: DpSgdModel, U>(
+    mut model: M,
+    n: usize,
+    public_count: f64,
+    dp: &DpSgdSettings,
+    noise: &mut NoiseSource,
+    finish: impl FnOnce(M) -> Result<U>,
+) -> Result<Noised<U>> {
+    check_noise(dp.noise_multiplier, "DP-SGD")?;
+    if !(public_count.is_finite() && public_count >= 1.0) {
+        return Err(ModelError::Invalid(format!(
+            "DP-SGD needs a released record count of at least 1, got {public_count}"
+        )));
+    }
+    let dim = model.dim();
+    let expected_batch = dp.sampling_rate * public_count;
+    let mut sum = vec![0.0; dim];
+    let mut example = vec![0.0; dim];
+    for _ in 0..dp.local_steps {
+        sum.iter_mut().for_each(|s| *s = 0.0);
+        for i in 0..n {
+            if !noise.include(dp.sampling_rate) {
+                continue;
+            }
+            model.example_gradient(i, &mut example)?;
+            clip_l2(&mut example, dp.max_grad_norm);
+            sum.iter_mut().zip(&example).for_each(|(s, g)| *s += g);
+        }
+        noise.add_gaussian(&mut sum, dp.noise_multiplier * dp.max_grad_norm);
+        sum.iter_mut().for_each(|s| *s /= expected_batch);
+        model.step(&sum)?;
+    }
+    Ok(Noised {
+        value: finish(model)?,
+        mechanism: "dp-sgd",
+        noise_multiplier: dp.noise_multiplier,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::params::{Layout, TensorSpec};
+    use std::sync::Arc;
+
+    fn std_of(v: &[f64]) -> (f64, f64) {
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+        (mean, std)
+    }
 
     #[test]
     fn clipping_bounds_the_norm_and_keeps_direction() {
@@ -114,41 +303,108 @@ mod tests {
         assert_eq!(small, vec![0.1, 0.2]);
     }
 
+    #[test]
+    fn non_finite_vectors_are_zeroed_and_counted() {
+        for bad in [
+            vec![f64::NAN, 1.0],
+            vec![f64::INFINITY, 0.0],
+            vec![f64::NEG_INFINITY, 2.0],
+            vec![1e200, 1e200], // the norm overflows
+        ] {
+            let before = non_finite_zeroed();
+            let mut v = bad.clone();
+            clip_l2(&mut v, 1.0);
+            assert_eq!(v, vec![0.0, 0.0], "{bad:?}");
+            assert!(non_finite_zeroed() > before, "{bad:?} not counted");
+        }
+    }
+
     /// Sample moments with a fixed seed: the noise has the calibrated scale.
     /// With n = 200,000 the standard error of the sample std is std/sqrt(2n)
     /// (0.16% of it), so 1% bounds are > 6 standard errors.
     #[test]
-    fn gaussian_noise_has_the_calibrated_standard_deviation() {
-        let mech = GaussianMechanism {
-            sensitivity: 2.0,
-            noise_multiplier: 1.5,
-        };
-        let mut v = vec![0.0; 200_000];
-        mech.release(&mut v, &mut NoiseSource::seeded(1));
-        let n = v.len() as f64;
-        let mean = v.iter().sum::<f64>() / n;
-        let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+    fn summed_noise_has_the_calibrated_standard_deviation() {
+        let r = release_sums(vec![0.0; 200_000], 2.0, 1.5, &mut NoiseSource::seeded(1)).unwrap();
+        let (mean, std) = std_of(r.value());
         assert!(mean.abs() < 0.02, "mean {mean}");
         assert!((std - 3.0).abs() / 3.0 < 0.01, "std {std}");
-        // Kurtosis of a Gaussian is 3.
-        let kurt = v.iter().map(|x| ((x - mean) / std).powi(4)).sum::<f64>() / n;
+        let kurt = r.value().iter().map(|x| ((x - mean) / std).powi(4)).sum::<f64>() / 200_000.0;
         assert!((kurt - 3.0).abs() < 0.1, "kurtosis {kurt}");
+        assert_eq!((r.mechanism(), r.noise_multiplier()), ("feature-stats", 1.5));
+    }
+
+    /// Update-level noise is calibrated to sensitivity 2C (replace the whole
+    /// dataset): std = 2 * sigma * C, here 2 * 1.5 * 0.5 = 1.5.
+    #[test]
+    fn update_noise_is_twice_sigma_times_the_clipping_norm() {
+        let layout = Arc::new(Layout::new(vec![TensorSpec::new("w", &[200_000])]).unwrap());
+        let delta = Params::zeros(layout);
+        let r = release_update(&delta, 0.5, 1.5, &mut NoiseSource::seeded(3)).unwrap();
+        let v: Vec<f64> = r.value().as_slice().iter().map(|&x| f64::from(x)).collect();
+        let (_, std) = std_of(&v);
+        assert!((std - 1.5).abs() / 1.5 < 0.01, "std {std}");
+        assert_eq!(r.mechanism(), "update");
     }
 
     #[test]
-    fn laplace_noise_has_the_calibrated_scale() {
-        let mech = LaplaceMechanism {
-            sensitivity: 1.0,
-            epsilon: 0.5,
+    fn the_count_is_noised_rounded_and_at_least_one() {
+        let mut noise = NoiseSource::seeded(4);
+        let values: Vec<f64> = (0..20_000)
+            .map(|_| *release_count(1000, 20.0, &mut noise).unwrap().value() as f64)
+            .collect();
+        let (mean, std) = std_of(&values);
+        assert!((mean - 1000.0).abs() < 1.0, "mean {mean}");
+        // Rounding adds variance 1/12: sqrt(400 + 1/12) = 20.002.
+        assert!((std - 20.0).abs() / 20.0 < 0.02, "std {std}");
+        assert!((0..1000).all(|_| *release_count(1, 50.0, &mut noise).unwrap().value() >= 1));
+        assert!(release_count(10, 0.0, &mut noise).is_err());
+    }
+
+    struct Constant {
+        grad: Vec<f64>,
+        steps: Vec<Vec<f64>>,
+    }
+
+    impl DpSgdModel for Constant {
+        fn dim(&self) -> usize {
+            self.grad.len()
+        }
+        fn example_gradient(&mut self, _i: usize, out: &mut [f64]) -> Result<()> {
+            out.copy_from_slice(&self.grad);
+            Ok(())
+        }
+        fn step(&mut self, g: &[f64]) -> Result<()> {
+            self.steps.push(g.to_vec());
+            Ok(())
+        }
+    }
+
+    /// With q = 1 and negligible noise each step sees the mean of the clipped
+    /// gradients over the public count.
+    #[test]
+    fn dp_sgd_divides_the_clipped_sum_by_the_public_count() {
+        let model = Constant {
+            grad: vec![3.0, 4.0],
+            steps: Vec::new(),
         };
-        let mut v = vec![0.0; 200_000];
-        mech.release(&mut v, &mut NoiseSource::seeded(2));
-        let n = v.len() as f64;
-        // E|X| = b = 2 and Var = 2 b^2 = 8 for Laplace(0, 2).
-        let mean_abs = v.iter().map(|x| x.abs()).sum::<f64>() / n;
-        let var = v.iter().map(|x| x * x).sum::<f64>() / n;
-        assert!((mean_abs - 2.0).abs() / 2.0 < 0.01, "E|X| {mean_abs}");
-        assert!((var - 8.0).abs() / 8.0 < 0.03, "var {var}");
+        let dp = DpSgdSettings {
+            sampling_rate: 1.0,
+            max_grad_norm: 1.0,
+            noise_multiplier: 1e-12,
+            local_steps: 2,
+        };
+        let out = dp_sgd(model, 10, 20.0, &dp, &mut NoiseSource::seeded(1), |m| Ok(m.steps)).unwrap();
+        assert_eq!(out.value().len(), 2);
+        for g in out.value() {
+            // 10 clipped gradients (0.6, 0.8) summed, over 20.
+            assert!((g[0] - 0.3).abs() < 1e-9 && (g[1] - 0.4).abs() < 1e-9, "{g:?}");
+        }
+        assert_eq!(out.mechanism(), "dp-sgd");
+        let bad = Constant {
+            grad: vec![1.0],
+            steps: Vec::new(),
+        };
+        assert!(dp_sgd(bad, 1, 0.0, &dp, &mut NoiseSource::seeded(1), |_| Ok(())).is_err());
     }
 
     #[test]

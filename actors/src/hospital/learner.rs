@@ -1,0 +1,57 @@
+//! What a hospital actor trains with: an open learner (DP off, exact
+//! releases) or a `PrivateLearner` (DP on). The variant decides what can
+//! leave: from a private learner the actor can only obtain `Noised`
+//! releases, so there is no exact update for it to send by mistake.
+
+use medfed_models::learner::private::PrivateLearner;
+use medfed_models::learner::{GlobalModel, Learner, TrainPlan};
+use medfed_models::ModelError;
+
+use crate::messages::{StatsOutcome, TrainOutcome};
+
+pub enum HospitalLearner {
+    /// Differential privacy off: updates and statistics are exact.
+    Open(Box<dyn Learner>),
+    /// Differential privacy on.
+    Private(Box<PrivateLearner>),
+}
+
+impl HospitalLearner {
+    pub fn is_private(&self) -> bool {
+        matches!(self, HospitalLearner::Private(_))
+    }
+
+    /// The record count the hospital announces when it joins: exact with DP
+    /// off, the released (noised) count with DP on, 0 where it is withheld.
+    pub fn announced_samples(&self) -> usize {
+        match self {
+            HospitalLearner::Open(l) => l.num_examples(),
+            HospitalLearner::Private(p) => p.announced_samples(),
+        }
+    }
+
+    pub fn stats(&mut self) -> StatsOutcome {
+        let released = match self {
+            HospitalLearner::Open(l) => l.feature_stats(),
+            HospitalLearner::Private(p) => p.feature_stats().map(|s| s.map(|n| n.into_value())),
+        };
+        match released {
+            Ok(stats) => StatsOutcome::Released(stats),
+            Err(e) => StatsOutcome::Declined(e.to_string()),
+        }
+    }
+
+    pub fn train(&mut self, model: &GlobalModel, plan: &TrainPlan) -> TrainOutcome {
+        let trained = match self {
+            HospitalLearner::Open(l) => l.train(model, plan),
+            HospitalLearner::Private(p) => p.train(model, plan).map(|u| u.into_message()),
+        };
+        match trained {
+            Ok(update) => TrainOutcome::Trained(update),
+            Err(ModelError::BudgetExhausted(reason)) => {
+                TrainOutcome::Declined(format!("privacy budget exhausted: {reason}"))
+            }
+            Err(e) => TrainOutcome::Failed(e.to_string()),
+        }
+    }
+}
