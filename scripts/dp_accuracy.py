@@ -4,7 +4,9 @@
 Runs `medfed run` (5 hospitals, sorted non-IID, the demo config) for each
 epsilon and seed with seeded noise, and prints mean +- std over the seeds of
 the final held-out accuracy, beside the no-DP figure and the update-level-DP
-comparison. Usage (after `cargo build --release`):
+comparison. The seed changes the split, the partition, the training and
+(through privacy.noise_seed) the noise. Usage (after `cargo build --release`;
+MEDFED_BINARY=target/debug/medfed runs a debug build, same results):
 
     scripts/dp_accuracy.py [--seeds 1,2,3,4,5] [--epsilons 1,3,8]
 """
@@ -16,7 +18,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BINARY = os.path.join(ROOT, "target", "release", "medfed")
+BINARY = os.environ.get("MEDFED_BINARY", os.path.join(ROOT, "target", "release", "medfed"))
 
 # DP-SGD: config/dp.toml (the tuned private federation). Update-level DP (the
 # original platform's approach, done right: clipped, calibrated, accounted):
@@ -34,7 +36,7 @@ def run(seed, epsilon=None, env_extra=None):
     update_level = env_extra is not None
     config = "config/dp.toml" if epsilon is not None and not update_level else "config/demo.toml"
     args = [BINARY, "run", "--config", os.path.join(ROOT, config), "--json", "--seed", str(seed)]
-    env = dict(os.environ, MEDFED_PRIVACY__NOISE="seeded")
+    env = dict(os.environ, MEDFED_PRIVACY__NOISE="seeded", MEDFED_PRIVACY__NOISE_SEED=str(seed))
     if epsilon is not None:
         args += ["--dp-epsilon", str(epsilon)]
         env.update(env_extra or {})

@@ -39,6 +39,42 @@ INVERSE = [  # (target epsilon, q, steps, delta)
 ]
 
 
+# DP-SGD composed with the one-off release of the record count (a Gaussian
+# of sensitivity 1), both under add/remove-one: (q, sigma, steps, count
+# sigma, delta). And update-level DP, whose noise std is sigma * 2C for the
+# replace-the-dataset relation: a Gaussian of multiplier sigma per round,
+# (sigma, rounds, delta).
+WITH_COUNT = [
+    (1.0, 30.0, 400, 10.0, 1e-5),
+    (0.2, 1.2, 100, 10.0, 1e-5),
+    (0.01, 1.0, 1000, 20.0, 1e-5),
+    (1.0, 5.0, 50, 5.0, 1e-6),
+]
+UPDATE_LEVEL = [
+    (4.0, 5, 1e-5),
+    (2.0, 5, 1e-5),
+    (10.0, 40, 1e-5),
+    (1.5, 10, 1e-6),
+]
+
+
+def epsilon_with_count(q, sigma, steps, count_sigma, delta):
+    acc = rdp.RdpAccountant()
+    event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+    acc.compose(
+        dp_accounting.ComposedDpEvent(
+            [dp_accounting.SelfComposedDpEvent(event, steps), dp_accounting.GaussianDpEvent(count_sigma)]
+        )
+    )
+    return acc.get_epsilon_and_optimal_order(delta)
+
+
+def epsilon_update_level(sigma, rounds, delta):
+    acc = rdp.RdpAccountant()
+    acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(sigma), rounds))
+    return acc.get_epsilon_and_optimal_order(delta)
+
+
 def epsilon(q, sigma, steps, delta):
     acc = rdp.RdpAccountant()
     event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
@@ -62,8 +98,16 @@ def noise(target, q, steps, delta):
 print("// (q, sigma, steps, delta, epsilon, optimal order)")
 for q, s, t, d in CASES:
     eps, order = epsilon(q, s, t, d)
-    print(f"({q!r}, {s!r}, {t}, {d!r}, {eps!r}, {float(order)!r}),")
+    print(f"({q!r}, {s!r}, {t}, {d!r}, {float(eps)!r}, {float(order)!r}),")
 print("// (target epsilon, q, steps, delta, noise multiplier)")
 for e, q, t, d in INVERSE:
     print(f"({e!r}, {q!r}, {t}, {d!r}, {noise(e, q, t, d)!r}),")
+print("// (q, sigma, steps, count sigma, delta, epsilon, optimal order)")
+for q, s, t, c, d in WITH_COUNT:
+    eps, order = epsilon_with_count(q, s, t, c, d)
+    print(f"({q!r}, {s!r}, {t}, {c!r}, {d!r}, {float(eps)!r}, {float(order)!r}),")
+print("// (sigma, rounds, delta, epsilon, optimal order)")
+for s, t, d in UPDATE_LEVEL:
+    eps, order = epsilon_update_level(s, t, d)
+    print(f"({s!r}, {t}, {d!r}, {float(eps)!r}, {float(order)!r}),")
 print("// log erfc(30):", math.log(2) + special.log_ndtr(-30 * 2 ** 0.5))

@@ -291,6 +291,52 @@ mod tests {
         }
     }
 
+    /// DP-SGD composed with the record count's one-off Gaussian release
+    /// (add/remove one record): (q, sigma, steps, count sigma, delta,
+    /// epsilon, order), dp-accounting 0.6.0's ComposedDpEvent, same script.
+    const WITH_COUNT_REFERENCE: [(f64, f64, u64, f64, f64, f64, f64); 4] = [
+        (1.0, 30.0, 400, 10.0, 1e-05, 3.0223000452456805, 7.5),
+        (0.2, 1.2, 100, 10.0, 1e-05, 11.831179007831741, 2.8),
+        (0.01, 1.0, 1000, 20.0, 1e-05, 2.1111165254202735, 7.8),
+        (1.0, 5.0, 50, 5.0, 1e-06, 7.856237903487095, 4.5),
+    ];
+
+    /// Update-level DP (noise std sigma * 2C, the whole dataset replaced):
+    /// one Gaussian of multiplier sigma per round. (sigma, rounds, delta,
+    /// epsilon, order), same script.
+    const UPDATE_LEVEL_REFERENCE: [(f64, u64, f64, f64, f64); 4] = [
+        (4.0, 5, 1e-05, 2.451506386226333, 8.7),
+        (2.0, 5, 1e-05, 5.377728336819822, 5.0),
+        (10.0, 40, 1e-05, 2.8136532471298397, 7.9),
+        (1.5, 10, 1e-06, 12.453805163929907, 3.4),
+    ];
+
+    #[test]
+    fn dp_sgd_with_the_count_release_matches_dp_accounting() {
+        let orders = default_orders();
+        for (q, sigma, steps, count, delta, want, order) in WITH_COUNT_REFERENCE {
+            let mut rdp = compose(q, sigma, steps, &orders);
+            rdp.iter_mut()
+                .zip(compose(1.0, count, 1, &orders))
+                .for_each(|(a, b)| *a += b);
+            let (eps, got_order) = epsilon(&orders, &rdp, delta);
+            assert!(
+                (eps - want).abs() / want < 1e-6,
+                "q {q} sigma {sigma}: {eps} vs {want}"
+            );
+            assert_eq!(got_order, order, "q {q} sigma {sigma}");
+        }
+    }
+
+    #[test]
+    fn update_level_dp_matches_dp_accounting() {
+        for (sigma, rounds, delta, want, order) in UPDATE_LEVEL_REFERENCE {
+            let (eps, got_order) = epsilon_of(1.0, sigma, rounds, delta).unwrap();
+            assert!((eps - want).abs() / want < 1e-6, "sigma {sigma}: {eps} vs {want}");
+            assert_eq!(got_order, order, "sigma {sigma}");
+        }
+    }
+
     #[test]
     fn plain_gaussian_rdp_is_alpha_over_two_sigma_squared() {
         assert_eq!(subsampled_gaussian(1.0, 2.0, 8.0), 1.0);
