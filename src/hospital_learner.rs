@@ -74,6 +74,13 @@ pub fn build(
              in one process (`medfed run`) on data that is not real; use \"secure\""
         );
     }
+    if privacy.ledger_dir.is_none() && site == Site::Cluster {
+        bail!(
+            "a cluster hospital with differential privacy on needs privacy.ledger_dir: without a \
+             ledger every restart would start from a full budget and release a freshly noised \
+             record count, and averaging those reveals the count"
+        );
+    }
     let p = privacy.for_hospital(name);
     // The noise streams never derive from anything the coordinator sends.
     let noise_stream = |purpose: u64| match privacy.noise {

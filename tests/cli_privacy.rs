@@ -346,11 +346,13 @@ fn unsafe_privacy_combinations_are_refused_with_the_reason() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("non-private model on the pooled data"));
-    // A cluster hospital with seeded noise: refused before it connects anywhere.
+    // A cluster hospital with seeded noise, or without a ledger directory:
+    // refused before it connects anywhere.
     let cookie = dir.path().join("cookie");
     std::fs::write(&cookie, "a-test-cookie-of-sufficient-length").unwrap();
-    let out = medfed(
-        &[
+    let cookie = cookie.to_str().unwrap();
+    let hospital = |env: &[(&str, &str)]| {
+        let args = [
             "hospital",
             "--config",
             "config/dp.toml",
@@ -361,13 +363,56 @@ fn unsafe_privacy_combinations_are_refused_with_the_reason() {
             "--shard",
             "1/5",
             "--cookie-file",
-            cookie.to_str().unwrap(),
-        ],
-        &[SEEDED],
-    );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+            cookie,
+        ];
+        let out = medfed(&args, env);
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let err = hospital(&[SEEDED]);
     assert!(err.contains("refused for a cluster hospital"), "{err}");
+    let err = hospital(&[]);
+    assert!(err.contains("needs privacy.ledger_dir"), "{err}");
+}
+
+/// Spending is keyed to the data, and so is the budget: a second run that
+/// asks for a larger epsilon on the same records is refused, and data that
+/// made record-level releases cannot switch to update-level DP.
+#[test]
+fn a_ledger_keeps_its_budget_and_its_relation() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = dir.path().join("ledgers");
+    let ledger = ledger.to_str().unwrap();
+    let dp = ["run", "--config", "config/dp.toml", "--json", "--rounds", "2"];
+    let first = medfed(
+        &[&dp[..], &["--dp-epsilon", "3"]].concat(),
+        &[("MEDFED_PRIVACY__LEDGER_DIR", ledger)],
+    );
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let larger = medfed(
+        &[&dp[..], &["--dp-epsilon", "8"]].concat(),
+        &[("MEDFED_PRIVACY__LEDGER_DIR", ledger)],
+    );
+    assert!(!larger.status.success());
+    let err = String::from_utf8_lossy(&larger.stderr);
+    assert!(
+        err.contains("a larger one") && err.contains("ledger-reset"),
+        "{err}"
+    );
+    let update = medfed(
+        &[&dp[..], &["--dp-epsilon", "3"]].concat(),
+        &[
+            ("MEDFED_PRIVACY__LEDGER_DIR", ledger),
+            ("MEDFED_PRIVACY__MODE", "update"),
+        ],
+    );
+    assert!(!update.status.success());
+    let err = String::from_utf8_lossy(&update.stderr);
+    assert!(err.contains("hospital-level guarantee"), "{err}");
 }
 
 fn config_with_ledger(dir: &Path) -> PathBuf {

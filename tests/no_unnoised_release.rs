@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The tokens that make or label a release without a mechanism.
-const TOKENS: [&str; 4] = [
+const TOKENS: [&str; 5] = [
     // The exact-release label (any alias or glob import still spells it).
     "NonPrivate",
     // A hospital trainer whose releases are exact.
@@ -24,6 +24,8 @@ const TOKENS: [&str; 4] = [
     "Release::Noised",
     // A wire update built by hand (its label and contents must agree).
     "LocalUpdate {",
+    // A count treated as released without a mechanism (it must come from the ledger).
+    "count_released_before",
 ];
 
 /// Reviewed: (file, token, count, why it cannot release un-noised data with DP on).

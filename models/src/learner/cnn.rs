@@ -22,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::logistic::LocalDp;
-use super::{DpLearner, Evaluator, GlobalModel, Learner, LocalUpdate, Release, RoundCost, TrainPlan};
+use super::{DpLearner, Evaluator, GlobalModel, Learner, LocalUpdate, Release, TrainPlan};
 use crate::data::images::ImageSet;
 use crate::data::MomentSums;
 use crate::error::{ModelError, Result};
@@ -465,12 +465,8 @@ impl DpLearner for DpCnnLearner {
         DataFingerprint::of_images(&self.open.images)
     }
 
-    fn round_cost(&self) -> RoundCost {
-        self.dp.round_cost()
-    }
-
-    fn needs_count(&self) -> bool {
-        self.dp.dp_sgd_settings().is_some()
+    fn local_dp(&self) -> LocalDp {
+        self.dp
     }
 
     fn train_private(

@@ -423,12 +423,8 @@ impl DpLearner for DpLogisticLearner {
         DataFingerprint::of_dataset(self.data.raw())
     }
 
-    fn round_cost(&self) -> RoundCost {
-        self.dp.round_cost()
-    }
-
-    fn needs_count(&self) -> bool {
-        self.dp.dp_sgd_settings().is_some()
+    fn local_dp(&self) -> LocalDp {
+        self.dp
     }
 
     fn train_private(

@@ -138,10 +138,16 @@ pub trait DpLearner: Send {
     fn local_records(&self) -> usize;
     /// The content fingerprint of the records it trains on (its ledger key).
     fn fingerprint(&self) -> DataFingerprint;
+    /// How its training is made private.
+    fn local_dp(&self) -> logistic::LocalDp;
     /// The privacy cost of one `train_private`.
-    fn round_cost(&self) -> RoundCost;
-    /// Whether DP-SGD needs a released record count to normalise by.
-    fn needs_count(&self) -> bool;
+    fn round_cost(&self) -> RoundCost {
+        self.local_dp().round_cost()
+    }
+    /// Whether it needs a released record count to normalise by (DP-SGD).
+    fn needs_count(&self) -> bool {
+        self.local_dp().dp_sgd_settings().is_some()
+    }
     /// One round of private training. `public_count` is the released
     /// (noised) record count, when `needs_count`.
     fn train_private(

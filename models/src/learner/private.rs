@@ -120,6 +120,18 @@ pub struct PrivateLearner {
     count: Option<Noised<u64>>,
 }
 
+/// A ledger failure as the coordinator may hear it: the reason without the
+/// file's path (its name carries the data's fingerprint) or directory.
+fn ledger_error(e: PrivacyError) -> ModelError {
+    match e {
+        PrivacyError::Ledger { message, .. } => ModelError::Invalid(format!(
+            "cannot use the privacy ledger ({message}); nothing released"
+        )),
+        PrivacyError::BudgetExhausted(m) => ModelError::BudgetExhausted(m),
+        PrivacyError::Invalid(m) => ModelError::Invalid(m),
+    }
+}
+
 fn unix_time() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -142,6 +154,17 @@ impl PrivateLearner {
         count_noise: &mut NoiseSource,
     ) -> Result<Self> {
         budget.check(inner.local_records())?;
+        let mut ledger = ledger;
+        ledger.bind_limit(budget.limit()).map_err(ledger_error)?;
+        if inner.round_cost().mechanism == "update" {
+            if let Some(e) = ledger.entries().iter().find(|e| e.mechanism != "update") {
+                return Err(ModelError::Invalid(format!(
+                    "this data already made record-level releases ({}), so update-level DP cannot give \
+                     its hospital-level guarantee for it; keep privacy.mode = \"dp-sgd\" for this data",
+                    e.mechanism
+                )));
+            }
+        }
         let mut guarded = Self {
             inner,
             ledger,
@@ -183,9 +206,7 @@ impl PrivateLearner {
                 Some(c) => Ok(Some(count_released_before(c.value, c.noise_multiplier))),
                 None => Err(ModelError::Invalid(e.to_string())),
             },
-            Err(e) => Err(ModelError::Invalid(format!(
-                "cannot record the privacy cost, nothing released: {e}"
-            ))),
+            Err(e) => Err(ledger_error(e)),
         }
     }
 
@@ -224,7 +245,8 @@ impl PrivateLearner {
     /// (the authoritative check runs again under the ledger's lock).
     fn admit(&self, cost: &RoundCost) -> Result<()> {
         let after = self.ledger.epsilon_after(&cost.rdp, self.budget.delta);
-        if after > self.budget.epsilon * (1.0 + 1e-9) {
+        // A NaN refuses too.
+        if after.is_nan() || after > self.budget.epsilon * (1.0 + 1e-9) {
             return Err(ModelError::BudgetExhausted(format!(
                 "epsilon spent {:.4} of {}; this {} release would bring it to {:.4}",
                 self.epsilon_spent(),
@@ -252,7 +274,7 @@ impl PrivateLearner {
             .charge(charge, self.budget.limit())
             .map_err(|e| match e {
                 PrivacyError::BudgetExhausted(m) => ModelError::BudgetExhausted(m),
-                e => ModelError::Invalid(format!("cannot record the privacy cost, nothing released: {e}")),
+                e => ledger_error(e),
             })
     }
 
@@ -261,6 +283,7 @@ impl PrivateLearner {
         let Some(cost) = self.inner.stats_cost() else {
             return Ok(None);
         };
+        self.check_count()?;
         self.admit(&cost)?;
         let Some(stats) = self.inner.private_stats()? else {
             return Ok(None);
@@ -269,20 +292,25 @@ impl PrivateLearner {
         Ok(Some(stats))
     }
 
+    /// Nothing is released (or charged) once the count a DP-SGD learner
+    /// needs could not be paid for: no round could follow.
+    fn check_count(&self) -> Result<()> {
+        if self.inner.needs_count() && self.count.is_none() {
+            return Err(ModelError::BudgetExhausted(
+                "the budget could not pay for releasing the record count, so nothing can be released".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// One round of private training, charged before it is returned.
     pub fn train(&mut self, global: &GlobalModel, plan: &TrainPlan) -> Result<PrivateUpdate> {
         let cost = self.inner.round_cost();
         self.admit(&cost)?;
-        let (public_count, weight) = match (&self.count, self.inner.needs_count()) {
-            (_, false) => (None, 1),
-            (Some(c), true) => (Some(*c.value()), *c.value() as usize),
-            (None, true) => {
-                return Err(ModelError::BudgetExhausted(
-                    "the budget could not pay for releasing the record count, so nothing can be \
-                     released"
-                        .into(),
-                ))
-            }
+        self.check_count()?;
+        let (public_count, weight) = match &self.count {
+            Some(c) if self.inner.needs_count() => (Some(*c.value()), *c.value() as usize),
+            _ => (None, 1),
         };
         let delta = self.inner.train_private(global, plan, public_count)?;
         self.charge(&cost, plan.round)?;
@@ -510,6 +538,70 @@ mod tests {
         let ledger = Ledger::open(dir.path(), &key(b.as_ref())).unwrap();
         let q = guard(b, ledger, 20.0).unwrap();
         assert_eq!(q.epsilon_spent(), spent);
+    }
+
+    /// Two hospitals processes open the same data's ledger before either
+    /// released the count: the second finds the first one's count under the
+    /// lock and reuses it instead of releasing (and charging) another.
+    #[test]
+    fn a_count_released_meanwhile_by_another_process_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dp_learner(dp_sgd(3.0));
+        let b = dp_learner(dp_sgd(3.0));
+        let ledger_a = Ledger::open(dir.path(), &key(a.as_ref())).unwrap();
+        let ledger_b = Ledger::open(dir.path(), &key(b.as_ref())).unwrap();
+        let first = guard(a, ledger_a, 20.0).unwrap();
+        let second = PrivateLearner::new(
+            b,
+            ledger_b,
+            Budget {
+                epsilon: 20.0,
+                delta: 1e-5,
+            },
+            "h2",
+            "t",
+            COUNT,
+            &mut NoiseSource::seeded(77),
+        )
+        .unwrap();
+        assert_eq!(second.announced_samples(), first.announced_samples());
+        let counts = second
+            .ledger()
+            .entries()
+            .iter()
+            .filter(|e| e.mechanism == "record-count")
+            .count();
+        assert_eq!(counts, 1);
+    }
+
+    #[test]
+    fn when_the_count_cannot_be_paid_for_nothing_is_released() {
+        let data = gaussian_blobs(200, 4, 0.5, 2.0, 3);
+        let bounds = crate::privacy::bounds::FeatureBounds {
+            lo: vec![-10.0; 4],
+            hi: vec![10.0; 4],
+        };
+        let inner = LogisticLearner::new("h1", data)
+            .unwrap()
+            .with_privacy(
+                dp_sgd(3.0),
+                StatsPolicy::Noised {
+                    bounds,
+                    noise_multiplier: 100.0,
+                },
+                NoiseSource::seeded(1),
+            )
+            .unwrap();
+        // The count alone (sigma 10) costs far more than epsilon 0.01.
+        let mut p = in_memory(Box::new(inner), 0.01);
+        assert_eq!(p.announced_samples(), 0);
+        assert!(matches!(p.feature_stats(), Err(ModelError::BudgetExhausted(_))));
+        let g = global(p.layout());
+        assert!(matches!(
+            p.train(&g, &plan(1)),
+            Err(ModelError::BudgetExhausted(_))
+        ));
+        assert!(p.ledger().entries().is_empty(), "nothing was charged");
     }
 
     #[test]

@@ -24,6 +24,8 @@ use super::rdp::{default_orders, epsilon};
 use super::PrivacyError;
 
 const VERSION: u32 = 2;
+/// The mechanism name of update-level (hospital-level) releases.
+const UPDATE_LEVEL: &str = "update";
 /// One line per ledger ever created in the directory (its file name).
 const INDEX: &str = "ledgers.index";
 
@@ -86,6 +88,10 @@ struct LedgerFile {
     rdp: Vec<f64>,
     #[serde(default)]
     released_count: Option<ReleasedCount>,
+    /// The budget the ledger was first charged against; a larger one is
+    /// refused later (a renamed hospital must not bring a bigger budget).
+    #[serde(default)]
+    limit: Option<Limit>,
     entries: Vec<LedgerEntry>,
 }
 
@@ -105,7 +111,7 @@ mod infinite_as_null {
 }
 
 /// The limit a charge must stay within: epsilon at delta.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Limit {
     pub epsilon: f64,
     pub delta: f64,
@@ -152,6 +158,7 @@ impl Ledger {
                 orders: default_orders(),
                 rdp: vec![0.0; default_orders().len()],
                 released_count: None,
+                limit: None,
                 entries: Vec::new(),
             },
         }
@@ -172,6 +179,10 @@ impl Ledger {
         let name = key.file_name();
         match read(&path)? {
             Some(file) => {
+                // A crash between writing the file and indexing it leaves it unlisted.
+                if !index_lists(dir, &name)? {
+                    append_to_index(dir, &name)?;
+                }
                 if file.fingerprint != key.fingerprint.as_str() || file.dataset != key.dataset {
                     return Err(ledger_err(
                         &path,
@@ -199,8 +210,9 @@ impl Ledger {
                     path: Some(path.clone()),
                     file: Self::in_memory(key).file,
                 };
-                write_atomically(&path, &ledger.file)?;
+                // Indexed first: from then on a missing file is an error.
                 append_to_index(dir, &name)?;
+                write_atomically(&path, &ledger.file)?;
                 Ok(ledger)
             }
         }
@@ -290,8 +302,25 @@ impl Ledger {
             }
             None => None,
         };
+        if charge.count.is_some() && self.file.released_count.is_some() {
+            return Err(PrivacyError::Invalid(
+                "the record count of this dataset was already released".into(),
+            ));
+        }
+        // A hospital-level (replace-the-dataset) guarantee cannot cover
+        // record-level releases already made from the same data.
+        if charge.entry.mechanism == UPDATE_LEVEL {
+            if let Some(e) = self.file.entries.iter().find(|e| e.mechanism != UPDATE_LEVEL) {
+                return Err(PrivacyError::Invalid(format!(
+                    "this data already made record-level releases ({}), so update-level DP cannot \
+                     give its hospital-level guarantee for it; keep using dp-sgd for this data",
+                    e.mechanism
+                )));
+            }
+        }
         let after = self.epsilon_after(charge.cost, limit.delta);
-        if after > limit.epsilon * (1.0 + 1e-9) {
+        // A NaN refuses too.
+        if after.is_nan() || after > limit.epsilon * (1.0 + 1e-9) {
             return Err(PrivacyError::BudgetExhausted(format!(
                 "epsilon spent {:.4} of {}; this {} release would bring it to {:.4}",
                 self.epsilon(limit.delta),
@@ -299,11 +328,6 @@ impl Ledger {
                 charge.entry.mechanism,
                 after
             )));
-        }
-        if charge.count.is_some() && self.file.released_count.is_some() {
-            return Err(PrivacyError::Invalid(
-                "the record count of this dataset was already released".into(),
-            ));
         }
         let mut next = self.file.clone();
         next.rdp.iter_mut().zip(charge.cost).for_each(|(a, b)| *a += b);
@@ -318,16 +342,43 @@ impl Ledger {
         Ok(())
     }
 
-    /// Read the ledger again from disk (under its lock): what other
-    /// processes charged meanwhile becomes visible.
-    pub fn refresh(&mut self) -> Result<(), PrivacyError> {
-        if let Some(path) = &self.path {
-            let _lock = lock(&lock_path(path))?;
-            if let Some(file) = read(path)? {
-                self.file = file;
+    /// The budget this ledger was first bound to.
+    pub fn limit(&self) -> Option<Limit> {
+        self.file.limit
+    }
+
+    /// Bind the ledger to `limit` the first time; later, refuse a larger
+    /// epsilon or delta than it was bound to (spending is keyed to the data,
+    /// so the budget must be too).
+    pub fn bind_limit(&mut self, limit: Limit) -> Result<(), PrivacyError> {
+        let _lock = match &self.path {
+            Some(path) => {
+                let guard = lock(&lock_path(path))?;
+                self.file = read(path)?.ok_or_else(|| ledger_err(path, "disappeared while in use"))?;
+                Some(guard)
+            }
+            None => None,
+        };
+        match self.file.limit {
+            Some(bound) if limit.epsilon > bound.epsilon || limit.delta > bound.delta => {
+                Err(PrivacyError::Invalid(format!(
+                    "this data's budget is epsilon {} at delta {}; a larger one (epsilon {} at delta \
+                     {}) is refused. Lower the configured budget, or forget the spending on purpose \
+                     with `medfed privacy ledger-reset`",
+                    bound.epsilon, bound.delta, limit.epsilon, limit.delta
+                )))
+            }
+            Some(_) => Ok(()),
+            None => {
+                let mut next = self.file.clone();
+                next.limit = Some(limit);
+                if let Some(path) = &self.path {
+                    write_atomically(path, &next)?;
+                }
+                self.file = next;
+                Ok(())
             }
         }
-        Ok(())
     }
 
     /// Delete the ledger file `file_name` under `dir` and its index line:
@@ -582,6 +633,71 @@ mod tests {
         std::fs::write(Ledger::path_for(dir.path(), &k), r#"{"version": 1}"#).unwrap();
         let e = Ledger::open(dir.path(), &k).unwrap_err();
         assert!(e.to_string().contains("version 1 ledger"), "{e}");
+    }
+
+    #[test]
+    fn update_level_charges_are_refused_after_record_level_ones() {
+        let k = key("bc", '1');
+        let mut ledger = Ledger::in_memory(&k);
+        let cost = compose(1.0, 3.0, 1, &default_orders());
+        ledger.charge(charge(&cost, 1), WIDE).unwrap();
+        let mut update = charge(&cost, 2);
+        update.entry.mechanism = "update".into();
+        let e = ledger.charge(update, WIDE).unwrap_err().to_string();
+        assert!(e.contains("hospital-level guarantee"), "{e}");
+        // The other way round is fine: a hospital-level guarantee covers records.
+        let mut fresh = Ledger::in_memory(&key("bc", '2'));
+        let mut update = charge(&cost, 1);
+        update.entry.mechanism = "update".into();
+        fresh.charge(update, WIDE).unwrap();
+        fresh.charge(charge(&cost, 2), WIDE).unwrap();
+    }
+
+    #[test]
+    fn a_nan_cost_is_refused() {
+        let mut ledger = Ledger::in_memory(&key("bc", '3'));
+        let cost = vec![f64::NAN; default_orders().len()];
+        assert!(ledger.charge(charge(&cost, 1), WIDE).is_err());
+        assert!(ledger.entries().is_empty());
+    }
+
+    #[test]
+    fn the_budget_is_bound_to_the_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key("bc", '4');
+        let three = Limit {
+            epsilon: 3.0,
+            delta: 1e-5,
+        };
+        Ledger::open(dir.path(), &k).unwrap().bind_limit(three).unwrap();
+        let mut again = Ledger::open(dir.path(), &k).unwrap();
+        assert_eq!(again.limit(), Some(three));
+        again
+            .bind_limit(Limit {
+                epsilon: 2.0,
+                ..three
+            })
+            .unwrap();
+        let e = again
+            .bind_limit(Limit {
+                epsilon: 8.0,
+                ..three
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a larger one") && e.contains("ledger-reset"), "{e}");
+        assert!(again.bind_limit(Limit { delta: 1e-3, ..three }).is_err());
+    }
+
+    #[test]
+    fn a_ledger_written_but_not_indexed_is_indexed_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key("bc", '5');
+        Ledger::open(dir.path(), &k).unwrap();
+        std::fs::write(dir.path().join(INDEX), "").unwrap();
+        Ledger::open(dir.path(), &k).unwrap();
+        std::fs::remove_file(Ledger::path_for(dir.path(), &k)).unwrap();
+        assert!(Ledger::open(dir.path(), &k).is_err());
     }
 
     #[test]

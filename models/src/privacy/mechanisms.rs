@@ -116,22 +116,14 @@ impl<T> Noised<T> {
 
     /// Post-processing: a function of a private release is as private as the
     /// release, provided `f` uses nothing but the released value and public
-    /// constants (which is what a reviewer checks at each call).
-    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Noised<U> {
+    /// constants (which is what a reviewer checks at each call; crate-private
+    /// so that every call is in this crate).
+    pub(crate) fn map<U>(self, f: impl FnOnce(T) -> U) -> Noised<U> {
         Noised {
             value: f(self.value),
             mechanism: self.mechanism,
             noise_multiplier: self.noise_multiplier,
         }
-    }
-
-    /// Fallible post-processing; see [`Noised::map`].
-    pub fn try_map<U>(self, f: impl FnOnce(T) -> Result<U>) -> Result<Noised<U>> {
-        Ok(Noised {
-            value: f(self.value)?,
-            mechanism: self.mechanism,
-            noise_multiplier: self.noise_multiplier,
-        })
     }
 }
 
@@ -205,8 +197,9 @@ pub fn release_count(count: usize, noise_multiplier: f64, noise: &mut NoiseSourc
 }
 
 /// A count that was released before (kept in the hospital's ledger). Using it
-/// again is post-processing of that earlier release and costs nothing.
-pub fn count_released_before(value: u64, noise_multiplier: f64) -> Noised<u64> {
+/// again is post-processing of that earlier release and costs nothing. Only
+/// `PrivateLearner` calls it, with what the ledger holds.
+pub(crate) fn count_released_before(value: u64, noise_multiplier: f64) -> Noised<u64> {
     Noised {
         value,
         mechanism: "record-count",
@@ -225,7 +218,7 @@ pub struct DpSgdSettings {
 
 /// What DP-SGD needs from a learner: its per-example gradients and an
 /// optimiser step. The model being trained lives in the implementor.
-pub trait DpSgdModel {
+pub(crate) trait DpSgdModel {
     /// Number of gradient coordinates.
     fn dim(&self) -> usize;
     /// Gradient of example `i`'s loss at the current model, into `out`.
@@ -240,8 +233,9 @@ pub trait DpSgdModel {
 /// to the sum, and the sum divided by `sampling_rate * public_count` — the
 /// expected batch size computed from a released (noised) count, so the exact
 /// number of records never shapes the update. `finish` reads the trained
-/// model out (post-processing).
-pub fn dp_sgd<M: DpSgdModel, U>(
+/// model out (post-processing); crate-private, since `finish` sees the model
+/// and is trusted to return only what training made of the noised steps.
+pub(crate) fn dp_sgd<M: DpSgdModel, U>(
     mut model: M,
     n: usize,
     public_count: f64,
