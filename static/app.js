@@ -152,7 +152,7 @@ async function loadHospitals() {
     const privacy = h.epsilon_budget ? `${fmt(h.epsilon_spent || 0, 3)} / ${fmt(h.epsilon_budget, 2)}` : "DP off";
     const row = document.createElement("tr");
     row.innerHTML = `<td>${h.name}</td><td>${h.task}</td><td>${h.kind}</td><td>${h.node}</td>
-      <td class="status-${h.status}">${h.status}</td><td>${time(h.last_seen)}</td><td>${h.samples}</td>
+      <td class="status-${h.status}">${h.status}</td><td>${time(h.last_seen)}</td><td>${h.samples === 0 ? "withheld (DP)" : h.epsilon_budget ? `${h.samples} (noised)` : h.samples}</td>
       <td>${privacy}</td><td>${h.last_update || "—"}</td><td>${fmt(h.last_train_loss)}</td>`;
     body.appendChild(row);
   }
