@@ -2,6 +2,10 @@
 //! builder and result output. The runtime lives in `medfed-actors`, the
 //! math in `medfed-models`.
 
+// A dependency no code uses fails the lint (with -D warnings); not in unit-test
+// builds, which also see the dev-dependencies of the integration tests.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 pub mod cli;
 pub mod commands;
 pub mod config;

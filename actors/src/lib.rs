@@ -2,6 +2,10 @@
 //! per-task state machine; hospital actors train on their own data. It knows
 //! nothing of HTTP, SQLite or MLflow: observers subscribe to `FederationEvent`s.
 
+// A dependency no code uses fails the lint (with -D warnings); not in unit-test
+// builds, which also see the dev-dependencies of the integration tests.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 pub mod cluster;
 pub mod coordinator;
 pub mod events;

@@ -2,6 +2,10 @@
 //! learners, aggregation strategies, update checks and metrics. It knows
 //! nothing of actors, networks or HTTP.
 
+// A dependency no code uses fails the lint (with -D warnings); not in unit-test
+// builds, which also see the dev-dependencies of the integration tests.
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 pub mod aggregate;
 pub mod checkpoint;
 pub mod data;
