@@ -99,6 +99,7 @@ pub fn build(
         epsilon: p.epsilon,
         delta: p.delta,
     };
+    // Checked again by PrivateLearner::new; here so that a bad delta creates no ledger.
     budget
         .check(records)
         .with_context(|| format!("hospital {name}"))?;
