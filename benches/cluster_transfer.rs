@@ -23,9 +23,9 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use medfed_actors::cluster::link::{send, Inbox};
 use medfed_actors::cluster::node::{self, NodeOptions};
-use medfed_actors::cluster::protocol::ClusterMessage;
 use medfed_actors::cluster::{Envelope, TlsFiles, WireStats};
-use medfed_actors::messages::TrainOutcome;
+use medfed_actors::messages::wire::Uplinked;
+use medfed_actors::messages::{ToCoordinator, ToHospital, TrainOutcome};
 use medfed_models::learner::{GlobalModel, LocalUpdate, Release, TrainPlan};
 use medfed_models::{Layout, Params, TensorSpec};
 
@@ -110,9 +110,8 @@ fn model(mib: usize) -> Params {
     Params::new(layout, values).expect("fits")
 }
 
-fn train_message(mib: usize) -> ClusterMessage {
-    ClusterMessage::Train {
-        task: "bench".into(),
+fn train_message(mib: usize) -> ToHospital {
+    ToHospital::Train {
         round: 1,
         attempt: 0,
         model: GlobalModel {
@@ -227,7 +226,7 @@ impl Echo {
         }
     }
 
-    async fn round_trips(&mut self, message: &ClusterMessage, iters: u64) -> Duration {
+    async fn round_trips(&mut self, message: &ToHospital, iters: u64) -> Duration {
         let start = Instant::now();
         for _ in 0..iters {
             send(&self.echo, message, &self.stats).expect("sent");
@@ -254,7 +253,9 @@ struct Receiver;
 type ReceiverArgs = (String, UnboundedSender<()>, Arc<WireStats>, Option<String>);
 
 struct ReceiverState {
-    inbox: Inbox,
+    /// The echo node decodes requests; this side decodes the answers.
+    requests: Inbox<ToHospital>,
+    answers: Inbox<Uplinked>,
     done: UnboundedSender<()>,
     stats: Arc<WireStats>,
     /// On the echo node: the group of the origin to answer.
@@ -277,7 +278,8 @@ impl Actor for Receiver {
             pg::monitor(g.clone(), myself.get_cell());
         }
         Ok(ReceiverState {
-            inbox: Inbox::new(stats.clone()),
+            requests: Inbox::new(stats.clone()),
+            answers: Inbox::new(stats.clone()),
             done,
             stats,
             answer_to,
@@ -291,26 +293,31 @@ impl Actor for Receiver {
         envelope: Envelope,
         state: &mut ReceiverState,
     ) -> Result<(), ActorProcessingErr> {
-        let Some(message) = state.inbox.accept(envelope) else {
+        if state.answer_to.is_none() {
+            if state.answers.accept(envelope).is_some() {
+                let _ = state.done.send(());
+            }
             return Ok(());
-        };
-        match (message, &state.origin) {
-            (ClusterMessage::Train { model, .. }, Some(origin)) => {
-                let update = ClusterMessage::Update {
+        }
+        match (state.requests.accept(envelope), state.origin.clone()) {
+            (Some(ToHospital::Train { model, .. }), Some(origin)) => {
+                let update = Uplinked {
                     link: "bench".into(),
-                    from: "bench".into(),
-                    task: "bench".into(),
-                    round: 1,
-                    attempt: 0,
-                    outcome: TrainOutcome::Trained(LocalUpdate {
-                        delta: (*model.params).clone(),
-                        num_examples: 1,
-                        train_loss: None,
-                        release: Release::NonPrivate,
-                        privacy: None,
-                    }),
+                    message: ToCoordinator::Update {
+                        round: 1,
+                        attempt: 0,
+                        outcome: TrainOutcome::Trained {
+                            update: LocalUpdate {
+                                delta: (*model.params).clone(),
+                                num_examples: 1,
+                                train_loss: None,
+                                release: Release::NonPrivate,
+                                privacy: None,
+                            },
+                        },
+                    },
                 };
-                send(origin, &update, &state.stats)?;
+                send(&origin, &update, &state.stats)?;
             }
             _ => {
                 let _ = state.done.send(());

@@ -73,7 +73,7 @@ pub struct RunOutcome {
 pub struct Federation {
     pub coordinator: ActorRef<CoordinatorMsg>,
     pub events: EventBus,
-    hospitals: Vec<ActorRef<medfed_actors::HospitalMsg>>,
+    hospitals: Vec<ActorRef<medfed_actors::ToHospital>>,
     handles: Vec<tokio::task::JoinHandle<()>>,
 }
 

@@ -98,10 +98,10 @@ const REVIEWED: &[(&str, &str, usize, &str)] = &[
         "the match arms that dispatch on the variant",
     ),
     (
-        "actors/src/cluster/protocol.rs",
+        "actors/src/messages/wire.rs",
         "LocalUpdate {",
         1,
-        "decoding at the coordinator: a received update, nothing leaves",
+        "decoding at the coordinator: a received update's header, nothing leaves",
     ),
     (
         "actors/src/cluster/tests.rs",
@@ -112,8 +112,8 @@ const REVIEWED: &[(&str, &str, usize, &str)] = &[
     (
         "actors/src/cluster/tests.rs",
         "LocalUpdate {",
-        1,
-        "wire round-trip test data",
+        2,
+        "wire round-trip test data: the sample's constructor and its signature",
     ),
     (
         "actors/tests/federation.rs",

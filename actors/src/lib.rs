@@ -17,5 +17,5 @@ pub mod wire;
 pub use coordinator::{Coordinator, CoordinatorArgs, TaskSetup};
 pub use events::{EventBus, FederationEvent};
 pub use hospital::{Hospital, HospitalArgs, HospitalLearner};
-pub use messages::{CoordinatorMsg, HospitalMsg, RunRequest, StartRefused};
+pub use messages::{CoordinatorMsg, RunRequest, StartRefused, ToCoordinator, ToHospital};
 pub use report::{RoundRecord, RunReport, TaskReport};

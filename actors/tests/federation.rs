@@ -11,7 +11,7 @@ use medfed_actors::coordinator::fsm::{FsmConfig, Phase};
 use medfed_actors::coordinator::Scaling;
 use medfed_actors::{
     Coordinator, CoordinatorArgs, CoordinatorMsg, EventBus, FederationEvent, Hospital, HospitalArgs,
-    HospitalLearner, HospitalMsg, RunReport, RunRequest, TaskSetup,
+    HospitalLearner, RunReport, RunRequest, TaskSetup, ToHospital,
 };
 use medfed_models::aggregate::{FedAvg, UpdateCheck};
 use medfed_models::data::synthetic::gaussian_blobs;
@@ -69,7 +69,7 @@ impl Learner for TestLearner {
 
 struct Fed {
     coordinator: ActorRef<CoordinatorMsg>,
-    hospitals: Vec<ActorRef<HospitalMsg>>,
+    hospitals: Vec<ActorRef<ToHospital>>,
     events: Receiver<FederationEvent>,
 }
 
@@ -144,7 +144,7 @@ async fn spawn_hospital(
     name: &str,
     shard: Dataset,
     behaviour: Behaviour,
-) -> ActorRef<HospitalMsg> {
+) -> ActorRef<ToHospital> {
     let learner = TestLearner {
         inner: LogisticLearner::new(name, shard).unwrap(),
         behaviour,
@@ -156,7 +156,7 @@ async fn spawn_hospital_with(
     coordinator: &ActorRef<CoordinatorMsg>,
     name: &str,
     learner: HospitalLearner,
-) -> ActorRef<HospitalMsg> {
+) -> ActorRef<ToHospital> {
     let (actor, _) = Actor::spawn(
         None,
         Hospital,

@@ -110,6 +110,19 @@ impl Params {
         Params::new(Arc::new(layout), values)
     }
 
+    /// No tensors at all: a placeholder until a model's values arrive.
+    pub fn empty() -> Self {
+        let layout = Layout {
+            specs: Vec::new(),
+            offsets: Vec::new(),
+            len: 0,
+        };
+        Self {
+            layout: Arc::new(layout),
+            values: Vec::new(),
+        }
+    }
+
     pub fn zeros(layout: Arc<Layout>) -> Self {
         let values = vec![0.0; layout.len()];
         Self { layout, values }

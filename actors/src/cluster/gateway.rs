@@ -13,11 +13,12 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Supervisio
 use tracing::{debug, info, warn};
 
 use super::envelope::Envelope;
-use super::link::{send, Inbox, WireStats};
-use super::protocol::ClusterMessage;
-use super::{link_group, COORDINATOR_GROUP};
+use super::link::{send, Inbox, Received, WireStats};
+use super::{link_group, version_mismatch, Side, COORDINATOR_GROUP};
 use crate::coordinator::task_group;
-use crate::messages::{CoordinatorMsg, HospitalInfo, HospitalMsg};
+use crate::messages::wire::Uplinked;
+use crate::messages::{CoordinatorMsg, HospitalInfo, ToCoordinator, ToHospital};
+use crate::wire::WireError;
 
 /// Hellos kept while waiting for their sender's group membership.
 const MAX_PENDING_HELLOS: usize = 1024;
@@ -59,12 +60,12 @@ pub struct GatewayArgs {
 struct Link {
     hospital: String,
     remote: ActorId,
-    proxy: ActorRef<HospitalMsg>,
+    proxy: ActorRef<ToHospital>,
 }
 
 pub struct GatewayState {
     coordinator: ActorRef<CoordinatorMsg>,
-    inbox: Inbox,
+    inbox: Inbox<Uplinked>,
     nodes: NodeDirectory,
     /// By link name (unique per hospital process).
     links: HashMap<String, Link>,
@@ -84,6 +85,10 @@ impl Actor for Gateway {
     ) -> Result<Self::State, ActorProcessingErr> {
         for task in &args.tasks {
             pg::monitor(link_group(task), myself.get_cell());
+            // Hospitals already waiting learn this coordinator's wire version too.
+            for cell in pg::get_members(&link_group(task)) {
+                welcome(&cell, &args.stats);
+            }
         }
         pg::join(COORDINATOR_GROUP.to_string(), vec![myself.get_cell()]);
         Ok(GatewayState {
@@ -101,66 +106,32 @@ impl Actor for Gateway {
         envelope: Envelope,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let Some(message) = state.inbox.accept(envelope) else {
-            return Ok(());
-        };
-        let forward = match message {
-            ClusterMessage::Hello { link, info } => {
-                on_hello(&myself, state, link, info).await;
-                return Ok(());
-            }
-            ClusterMessage::Stats {
-                link,
-                from,
-                task,
-                attempt,
-                outcome,
-            } => state.sender_is(&link, &from).then_some(CoordinatorMsg::Stats {
-                from,
-                task,
-                attempt,
-                outcome,
-            }),
-            ClusterMessage::Update {
-                link,
-                from,
-                task,
-                round,
-                attempt,
-                outcome,
-            } => state.sender_is(&link, &from).then_some(CoordinatorMsg::Update {
-                from,
-                task,
-                round,
-                attempt,
-                outcome,
-            }),
-            ClusterMessage::Evaluated {
-                link,
-                from,
-                task,
-                round,
-                outcome,
-            } => state
-                .sender_is(&link, &from)
-                .then_some(CoordinatorMsg::Evaluated {
-                    from,
-                    task,
-                    round,
-                    outcome,
-                }),
-            other => {
+        let Uplinked { link, message } = match state.inbox.receive(envelope) {
+            Received::Message(m) => m,
+            Received::Dropped(WireError::UnsupportedVersion { got, supported }) => {
                 warn!(
-                    message = other.name(),
-                    "dropped a coordinator-bound message of the wrong direction"
+                    "refused a hospital node's frame: {}",
+                    version_mismatch(Side::Coordinator, got, supported)
                 );
-                state.inbox.stats().count_drop("wrong_direction");
                 return Ok(());
             }
+            Received::Pending | Received::Dropped(_) => return Ok(()),
         };
-        match forward {
-            Some(msg) => state.coordinator.cast(msg)?,
-            None => state.inbox.stats().count_drop("unknown_link"),
+        if let ToCoordinator::Hello { info } = message {
+            on_hello(&myself, state, link, info).await;
+            return Ok(());
+        }
+        // Bound to the link it came from: the coordinator sees it from that
+        // hospital's proxy, whatever the message says.
+        match state.links.get(&link) {
+            Some(l) => state.coordinator.cast(CoordinatorMsg::FromHospital {
+                sender: l.proxy.clone(),
+                message,
+            })?,
+            None => {
+                warn!(link = %link, message = message.name(), "dropped a message from a link that has not said hello");
+                state.inbox.stats().count_drop("unknown_link");
+            }
         }
         Ok(())
     }
@@ -176,6 +147,7 @@ impl Actor for Gateway {
                 for cell in cells.iter().filter(|c| !c.get_id().is_local()) {
                     let name = cell.get_name().unwrap_or_default();
                     info!(group = %group, link = %name, node = %state.nodes.describe(&cell.get_id()), "hospital node joined its task group");
+                    welcome(cell, state.inbox.stats());
                     if let Some(info) = state.pending.remove(&name) {
                         on_hello(&myself, state, name, info).await;
                     }
@@ -217,18 +189,17 @@ impl Actor for Gateway {
     }
 }
 
-impl GatewayState {
-    /// Messages are accepted only from a registered link, for its own hospital.
-    fn sender_is(&self, link: &str, from: &str) -> bool {
-        let ok = self.links.get(link).is_some_and(|l| l.hospital == from);
-        if !ok {
-            warn!(
-                link,
-                hospital = from,
-                "dropped a message from an unregistered link or for another hospital"
-            );
-        }
-        ok
+/// Tell a hospital node this coordinator is here, in this node's wire version.
+fn welcome(cell: &ActorCell, stats: &WireStats) {
+    if cell.get_id().is_local() {
+        return;
+    }
+    if let Err(e) = send(
+        &ActorRef::<Envelope>::from(cell.clone()),
+        &ToHospital::Welcome,
+        stats,
+    ) {
+        debug!("could not welcome a hospital node: {e}");
     }
 }
 
@@ -282,9 +253,9 @@ async fn on_hello(
             proxy: proxy.clone(),
         },
     );
-    let _ = state.coordinator.cast(CoordinatorMsg::Join {
-        info,
-        hospital: proxy,
+    let _ = state.coordinator.cast(CoordinatorMsg::FromHospital {
+        sender: proxy,
+        message: ToCoordinator::Hello { info },
     });
 }
 
@@ -298,7 +269,7 @@ pub struct ProxyArgs {
 }
 
 impl Actor for HospitalProxy {
-    type Msg = HospitalMsg;
+    type Msg = ToHospital;
     type State = ProxyArgs;
     type Arguments = ProxyArgs;
 
@@ -314,32 +285,13 @@ impl Actor for HospitalProxy {
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
+        message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let refused = matches!(msg, HospitalMsg::Refused { .. });
-        let message = match msg {
-            HospitalMsg::CollectStats { task, attempt } => ClusterMessage::CollectStats { task, attempt },
-            HospitalMsg::Train {
-                task,
-                round,
-                attempt,
-                model,
-                plan,
-            } => ClusterMessage::Train {
-                task,
-                round,
-                attempt,
-                model,
-                plan,
-            },
-            HospitalMsg::Evaluate { task, round, model } => ClusterMessage::Evaluate { task, round, model },
-            HospitalMsg::Refused { reason } => ClusterMessage::Refused { reason },
-        };
         if let Err(e) = send(&state.remote, &message, &state.stats) {
             warn!(message = message.name(), "could not send to the hospital: {e}");
         }
-        if refused {
+        if matches!(message, ToHospital::Refused { .. }) {
             myself.stop(Some("hospital refused".into()));
         }
         Ok(())

@@ -13,10 +13,11 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
 use super::envelope::Envelope;
-use super::link::{send, Inbox, WireStats};
-use super::protocol::ClusterMessage;
-use super::{link_group, COORDINATOR_GROUP};
-use crate::messages::{CoordinatorMsg, HospitalInfo, HospitalMsg, StartRefused};
+use super::link::{send, Inbox, Received, WireStats};
+use super::{link_group, version_mismatch, Side, COORDINATOR_GROUP};
+use crate::messages::wire::Uplinked;
+use crate::messages::{CoordinatorMsg, HospitalInfo, StartRefused, ToCoordinator, ToHospital};
+use crate::wire::WireError;
 
 /// What the link tells the process that runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,9 +64,9 @@ impl Shared {
     fn say_hello(&self) {
         let info = self.hello.lock().ok().and_then(|h| h.clone());
         if let (Some(info), Some(to)) = (info, self.coordinator()) {
-            let hello = ClusterMessage::Hello {
+            let hello = Uplinked {
                 link: self.link.clone(),
-                info,
+                message: ToCoordinator::Hello { info },
             };
             if let Err(e) = send(&to, &hello, &self.stats) {
                 warn!("could not say hello to the coordinator: {e}");
@@ -78,14 +79,14 @@ pub struct HospitalLink;
 
 pub struct LinkArgs {
     pub task: String,
-    pub hospital: ActorRef<HospitalMsg>,
+    pub hospital: ActorRef<ToHospital>,
     pub shared: Arc<Shared>,
     pub status: UnboundedSender<LinkStatus>,
 }
 
 pub struct LinkState {
     args: LinkArgs,
-    inbox: Inbox,
+    inbox: Inbox<ToHospital>,
 }
 
 impl Actor for HospitalLink {
@@ -119,39 +120,24 @@ impl Actor for HospitalLink {
         envelope: Envelope,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let Some(message) = state.inbox.accept(envelope) else {
-            return Ok(());
-        };
-        let msg = match message {
-            ClusterMessage::CollectStats { task, attempt } => HospitalMsg::CollectStats { task, attempt },
-            ClusterMessage::Train {
-                task,
-                round,
-                attempt,
-                model,
-                plan,
-            } => HospitalMsg::Train {
-                task,
-                round,
-                attempt,
-                model,
-                plan,
-            },
-            ClusterMessage::Evaluate { task, round, model } => HospitalMsg::Evaluate { task, round, model },
-            ClusterMessage::Refused { reason } => {
-                let _ = state.args.status.send(LinkStatus::Refused(reason.clone()));
-                HospitalMsg::Refused { reason }
-            }
-            other => {
-                warn!(
-                    message = other.name(),
-                    "dropped a hospital-bound message of the wrong direction"
-                );
-                state.inbox.stats().count_drop("wrong_direction");
+        let message = match state.inbox.receive(envelope) {
+            Received::Message(m) => m,
+            Received::Dropped(WireError::UnsupportedVersion { got, supported }) => {
+                let reason = version_mismatch(Side::Hospital, got, supported);
+                let _ = state.args.status.send(LinkStatus::Refused(reason));
                 return Ok(());
             }
+            Received::Pending | Received::Dropped(_) => return Ok(()),
         };
-        state.args.hospital.cast(msg)?;
+        match &message {
+            // Presence is known from the process group; the welcome's work was its version.
+            ToHospital::Welcome => return Ok(()),
+            ToHospital::Refused { reason } => {
+                let _ = state.args.status.send(LinkStatus::Refused(reason.clone()));
+            }
+            _ => {}
+        }
+        state.args.hospital.cast(message)?;
         Ok(())
     }
 
@@ -214,52 +200,20 @@ impl Actor for Uplink {
         msg: Self::Msg,
         shared: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let link = shared.link.clone();
         let message = match msg {
-            CoordinatorMsg::Join { info, .. } => {
+            CoordinatorMsg::FromHospital {
+                message: ToCoordinator::Hello { info },
+                ..
+            } => {
                 if let Ok(mut hello) = shared.hello.lock() {
                     *hello = Some(info);
                 }
                 shared.say_hello();
                 return Ok(());
             }
-            CoordinatorMsg::Stats {
-                from,
-                task,
-                attempt,
-                outcome,
-            } => ClusterMessage::Stats {
-                link,
-                from,
-                task,
-                attempt,
-                outcome,
-            },
-            CoordinatorMsg::Update {
-                from,
-                task,
-                round,
-                attempt,
-                outcome,
-            } => ClusterMessage::Update {
-                link,
-                from,
-                task,
-                round,
-                attempt,
-                outcome,
-            },
-            CoordinatorMsg::Evaluated {
-                from,
-                task,
-                round,
-                outcome,
-            } => ClusterMessage::Evaluated {
-                link,
-                from,
-                task,
-                round,
-                outcome,
+            CoordinatorMsg::FromHospital { message, .. } => Uplinked {
+                link: shared.link.clone(),
+                message,
             },
             CoordinatorMsg::StartRun { reply, .. } => {
                 let _ = reply.send(Err(StartRefused::Invalid(
@@ -272,11 +226,14 @@ impl Actor for Uplink {
         match shared.coordinator() {
             Some(to) => {
                 if let Err(e) = send(&to, &message, &shared.stats) {
-                    warn!(message = message.name(), "could not send to the coordinator: {e}");
+                    warn!(
+                        message = message.message.name(),
+                        "could not send to the coordinator: {e}"
+                    );
                 }
             }
             None => warn!(
-                message = message.name(),
+                message = message.message.name(),
                 "not connected to a coordinator: message dropped"
             ),
         }

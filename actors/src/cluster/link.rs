@@ -1,4 +1,4 @@
-//! Sending and receiving `ClusterMessage`s as envelopes: frames above the
+//! Sending and receiving messages of the one message set as envelopes: frames above the
 //! chunk limit are split, and inbound frames are reassembled, checked and
 //! decoded. A frame that fails is dropped with a logged reason and counted.
 
@@ -10,7 +10,7 @@ use ractor::ActorRef;
 use tracing::warn;
 
 use super::envelope::Envelope;
-use super::protocol::{ClusterMessage, KIND_CHUNK, KIND_MESSAGE};
+use crate::messages::wire::{WireMessage, KIND_CHUNK, KIND_MESSAGE};
 use crate::wire::chunks::{self, Reassembler};
 use crate::wire::{encode_frame, parse, WireError};
 
@@ -56,8 +56,12 @@ pub enum SendError {
 }
 
 /// Encode `message` and cast it to `to`, in chunks when it is large.
-pub fn send(to: &ActorRef<Envelope>, message: &ClusterMessage, stats: &WireStats) -> Result<(), SendError> {
-    let encode = |e| SendError::Encode(message.name(), e);
+pub fn send<M: WireMessage>(
+    to: &ActorRef<Envelope>,
+    message: &M,
+    stats: &WireStats,
+) -> Result<(), SendError> {
+    let encode = |e| SendError::Encode(message.label(), e);
     let bytes = message.encode().map_err(encode)?;
     let envelopes = if bytes.len() <= MAX_ENVELOPE {
         vec![bytes]
@@ -81,17 +85,29 @@ pub fn send(to: &ActorRef<Envelope>, message: &ClusterMessage, stats: &WireStats
     Ok(())
 }
 
-/// One receiving actor's decoder.
-pub struct Inbox {
+/// One receiving actor's decoder of the message family `M`.
+pub struct Inbox<M> {
     reassembler: Reassembler,
     stats: Arc<WireStats>,
+    family: std::marker::PhantomData<fn() -> M>,
 }
 
-impl Inbox {
+/// What an envelope came to.
+#[derive(Debug)]
+pub enum Received<M> {
+    Message(M),
+    /// A chunk of a message still incomplete.
+    Pending,
+    /// Dropped: logged and counted already.
+    Dropped(WireError),
+}
+
+impl<M: WireMessage> Inbox<M> {
     pub fn new(stats: Arc<WireStats>) -> Self {
         Self {
             reassembler: Reassembler::new(MAX_MESSAGE, MAX_IN_FLIGHT),
             stats,
+            family: std::marker::PhantomData,
         }
     }
 
@@ -101,16 +117,24 @@ impl Inbox {
 
     /// The message, once complete; `None` while chunks are outstanding or
     /// when the envelope was dropped (logged and counted here).
-    pub fn accept(&mut self, envelope: Envelope) -> Option<ClusterMessage> {
+    pub fn accept(&mut self, envelope: Envelope) -> Option<M> {
+        match self.receive(envelope) {
+            Received::Message(m) => Some(m),
+            Received::Pending | Received::Dropped(_) => None,
+        }
+    }
+
+    /// As `accept`, saying why nothing came of the envelope.
+    pub fn receive(&mut self, envelope: Envelope) -> Received<M> {
         self.stats
             .bytes_received
             .fetch_add(envelope.0.len() as u64, Ordering::Relaxed);
         match self.decode(&envelope.0) {
             Ok(Some(message)) => {
                 self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
-                Some(message)
+                Received::Message(message)
             }
-            Ok(None) => None,
+            Ok(None) => Received::Pending,
             Err(e) => {
                 warn!(
                     reason = e.label(),
@@ -118,22 +142,22 @@ impl Inbox {
                     "dropped an inbound cluster frame: {e}"
                 );
                 self.stats.count_drop(e.label());
-                None
+                Received::Dropped(e)
             }
         }
     }
 
-    fn decode(&mut self, bytes: &[u8]) -> Result<Option<ClusterMessage>, WireError> {
+    fn decode(&mut self, bytes: &[u8]) -> Result<Option<M>, WireError> {
         let frame = parse(bytes)?;
         match frame.kind {
-            KIND_MESSAGE => ClusterMessage::decode(frame.payload).map(Some),
+            KIND_MESSAGE => M::decode(frame.payload).map(Some),
             KIND_CHUNK => match self.reassembler.push(frame.payload)? {
                 Some((_, whole)) => {
                     let inner = parse(&whole)?;
                     if inner.kind != KIND_MESSAGE {
                         return Err(WireError::Malformed("a chunked frame must hold a message".into()));
                     }
-                    ClusterMessage::decode(inner.payload).map(Some)
+                    M::decode(inner.payload).map(Some)
                 }
                 None => Ok(None),
             },

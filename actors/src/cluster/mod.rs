@@ -1,15 +1,15 @@
 //! Cluster mode (DESIGN §3): the coordinator and each hospital in their own
 //! process, connected by ractor_cluster with cookie authentication,
 //! optional mutual TLS and Isolated connections. Only `Envelope`s cross
-//! nodes; on each side a local stand-in (`HospitalProxy`, `Uplink`) lets
-//! the coordinator and hospital actors run unchanged.
+//! nodes, each one frame of the one message set (`messages`); on each side a
+//! local stand-in (`HospitalProxy`, `Uplink`) forwards those messages
+//! unchanged, so the coordinator and hospital actors run as in process.
 
 pub mod envelope;
 pub mod gateway;
 pub mod hospital_link;
 pub mod link;
 pub mod node;
-pub mod protocol;
 pub mod tls;
 
 pub use envelope::Envelope;
@@ -25,6 +25,26 @@ pub const COORDINATOR_GROUP: &str = "medfed.coordinator";
 /// The process group of the hospital links of `task`.
 pub fn link_group(task: &str) -> String {
     format!("medfed.link.{task}")
+}
+
+/// Which end of a session speaks, for the version-mismatch message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Coordinator,
+    Hospital,
+}
+
+/// The refusal both ends log when the other speaks another wire version
+/// (hospitals upgrade at different times): both versions, and what to do.
+pub fn version_mismatch(side: Side, theirs: u16, ours: u16) -> String {
+    let (me, peer) = match side {
+        Side::Coordinator => ("this coordinator", "the hospital"),
+        Side::Hospital => ("this hospital", "the coordinator"),
+    };
+    format!(
+        "{peer} speaks wire version {theirs}, {me} speaks wire version {ours}: \
+         run the same medfed release on both (or one whose wire versions match)"
+    )
 }
 
 #[derive(Debug, thiserror::Error)]

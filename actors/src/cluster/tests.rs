@@ -7,11 +7,19 @@ use medfed_models::data::Standardizer;
 use medfed_models::learner::{GlobalModel, LocalUpdate, PrivacySpent, Release, TrainPlan};
 use medfed_models::{Layout, Params, TensorSpec};
 
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use medfed_models::data::MomentSums;
+
 use super::envelope::Envelope;
+use super::hospital_link::{HospitalLink, LinkArgs, LinkStatus, Shared};
 use super::link::{Inbox, WireStats, MAX_ENVELOPE};
-use super::protocol::{ClusterMessage, KIND_CHUNK};
-use crate::messages::{EvalOutcome, HospitalInfo, StatsOutcome, TrainOutcome};
-use crate::wire::{chunks, Frame};
+use super::{version_mismatch, Gateway, GatewayArgs, NodeDirectory, Side};
+use crate::messages::wire::{Uplinked, WireMessage, KIND_CHUNK};
+use crate::messages::{
+    CoordinatorMsg, EvalOutcome, HospitalInfo, StatsOutcome, ToCoordinator, ToHospital, TrainOutcome,
+};
+use crate::wire::{chunks, Frame, VERSION};
 
 fn params(n: usize, seed: u64) -> Params {
     let layout = Arc::new(
@@ -30,11 +38,11 @@ fn params(n: usize, seed: u64) -> Params {
     Params::new(layout, values).unwrap()
 }
 
-fn inbox() -> Inbox {
+fn inbox<M: WireMessage>() -> Inbox<M> {
     Inbox::new(Arc::new(WireStats::default()))
 }
 
-fn through_inbox(message: &ClusterMessage) -> ClusterMessage {
+fn through_inbox<M: WireMessage>(message: &M) -> M {
     let bytes = message.encode().unwrap();
     inbox().accept(Envelope(bytes)).expect("decodes")
 }
@@ -60,15 +68,13 @@ fn train_request_round_trips_bit_exactly() {
         l2: 1e-4,
         seed: u64::MAX,
     };
-    let sent = ClusterMessage::Train {
-        task: "breast_cancer".into(),
+    let sent = ToHospital::Train {
         round: 4,
         attempt: 1,
         model: model.clone(),
         plan: plan.clone(),
     };
-    let ClusterMessage::Train {
-        task,
+    let ToHospital::Train {
         round,
         attempt,
         model: got,
@@ -77,16 +83,25 @@ fn train_request_round_trips_bit_exactly() {
     else {
         panic!("wrong variant");
     };
-    assert_eq!((task.as_str(), round, attempt), ("breast_cancer", 4, 1));
+    assert_eq!((round, attempt), (4, 1));
     assert_eq!(got_plan, plan);
     assert_eq!(bits(&got.params), bits(&model.params));
     assert_eq!(got.params.layout().specs(), model.params.layout().specs());
     assert_eq!(got.standardizer, model.standardizer);
 }
 
-#[test]
-fn updates_stats_and_evaluations_round_trip() {
-    let update = LocalUpdate {
+fn model() -> GlobalModel {
+    GlobalModel {
+        params: Arc::new(params(7, 5)),
+        standardizer: Some(Arc::new(Standardizer {
+            mean: vec![0.5, -1.0],
+            std: vec![2.0, 0.25],
+        })),
+    }
+}
+
+fn update() -> LocalUpdate {
+    LocalUpdate {
         delta: params(5, 2),
         num_examples: 91,
         train_loss: None,
@@ -101,61 +116,328 @@ fn updates_stats_and_evaluations_round_trip() {
             budget: 3.0,
             delta: 1e-5,
         }),
-    };
-    let sent = ClusterMessage::Update {
-        link: "l".into(),
-        from: "h1".into(),
-        task: "t".into(),
-        round: 3,
-        attempt: 0,
-        outcome: TrainOutcome::Trained(update.clone()),
-    };
-    match through_inbox(&sent) {
-        ClusterMessage::Update {
-            outcome: TrainOutcome::Trained(u),
-            ..
-        } => {
-            assert_eq!(bits(&u.delta), bits(&update.delta));
-            assert_eq!((u.num_examples, u.train_loss), (91, None));
-            assert_eq!(u.release, update.release);
-            assert_eq!(u.privacy, update.privacy);
-        }
-        other => panic!("{other:?}"),
     }
-    let declined = ClusterMessage::Stats {
+}
+
+/// Which variant a message is. No wildcard arm: a new variant fails to
+/// compile here until it is added to the samples below.
+fn to_hospital_variant(m: &ToHospital) -> usize {
+    match m {
+        ToHospital::Welcome => 0,
+        ToHospital::CollectStats { .. } => 1,
+        ToHospital::Train { .. } => 2,
+        ToHospital::Evaluate { .. } => 3,
+        ToHospital::Refused { .. } => 4,
+    }
+}
+const TO_HOSPITAL_VARIANTS: usize = 5;
+
+fn to_coordinator_variant(m: &ToCoordinator) -> usize {
+    match m {
+        ToCoordinator::Hello { .. } => 0,
+        ToCoordinator::Stats { .. } => 1,
+        ToCoordinator::Update { .. } => 2,
+        ToCoordinator::Evaluated { .. } => 3,
+    }
+}
+const TO_COORDINATOR_VARIANTS: usize = 4;
+
+fn every_to_hospital() -> Vec<ToHospital> {
+    vec![
+        ToHospital::Welcome,
+        ToHospital::CollectStats { attempt: 2 },
+        ToHospital::Train {
+            round: 3,
+            attempt: 1,
+            model: model(),
+            plan: TrainPlan {
+                round: 3,
+                local_epochs: 1,
+                batch_size: 8,
+                learning_rate: 0.05,
+                l2: 0.0,
+                seed: 42,
+            },
+        },
+        ToHospital::Evaluate {
+            round: 9,
+            model: model(),
+        },
+        ToHospital::Refused {
+            reason: "hospital name 'h1' is already in use".into(),
+        },
+    ]
+}
+
+fn every_to_coordinator() -> Vec<ToCoordinator> {
+    let metrics = medfed_models::metrics::binary_metrics(&[0.2, 0.7, 0.9], &[false, true, false]);
+    vec![
+        ToCoordinator::Hello {
+            info: HospitalInfo {
+                name: "h1".into(),
+                task: "t".into(),
+                kind: "tabular".into(),
+                samples: 91,
+                node: String::new(),
+                held_out: Some("113 examples, crc32 0badf00d".into()),
+            },
+        },
+        ToCoordinator::Stats {
+            attempt: 2,
+            outcome: StatsOutcome::Released {
+                stats: Some(MomentSums::of(&ndarray::array![[1.0, 2.0], [3.0, 5.0]])),
+            },
+        },
+        ToCoordinator::Stats {
+            attempt: 2,
+            outcome: StatsOutcome::Released { stats: None },
+        },
+        ToCoordinator::Stats {
+            attempt: 2,
+            outcome: StatsOutcome::Declined {
+                reason: "budget".into(),
+            },
+        },
+        ToCoordinator::Update {
+            round: 3,
+            attempt: 0,
+            outcome: TrainOutcome::Trained { update: update() },
+        },
+        ToCoordinator::Update {
+            round: 3,
+            attempt: 0,
+            outcome: TrainOutcome::Failed {
+                reason: "nan loss".into(),
+            },
+        },
+        ToCoordinator::Update {
+            round: 3,
+            attempt: 1,
+            outcome: TrainOutcome::Declined {
+                reason: "budget".into(),
+            },
+        },
+        ToCoordinator::Evaluated {
+            round: 9,
+            outcome: EvalOutcome::Evaluated { metrics },
+        },
+        ToCoordinator::Evaluated {
+            round: 9,
+            outcome: EvalOutcome::Declined { reason: "dp".into() },
+        },
+    ]
+}
+
+#[test]
+fn every_message_of_the_set_round_trips_through_the_wire() {
+    let sent = every_to_hospital();
+    let covered: std::collections::BTreeSet<usize> = sent.iter().map(to_hospital_variant).collect();
+    assert_eq!(
+        covered.len(),
+        TO_HOSPITAL_VARIANTS,
+        "a ToHospital variant has no sample"
+    );
+    for m in &sent {
+        assert_eq!(&through_inbox(m), m, "{}", m.name());
+    }
+    let sent = every_to_coordinator();
+    let covered: std::collections::BTreeSet<usize> = sent.iter().map(to_coordinator_variant).collect();
+    assert_eq!(
+        covered.len(),
+        TO_COORDINATOR_VARIANTS,
+        "a ToCoordinator variant has no sample"
+    );
+    for m in sent {
+        let up = Uplinked {
+            link: "medfed.hospital.h1.0123456789abcdef".into(),
+            message: m,
+        };
+        assert_eq!(through_inbox(&up), up, "{}", up.message.name());
+    }
+    // Tensors travel bit for bit (PartialEq alone would let -0.0 == 0.0 pass).
+    let up = Uplinked {
         link: "l".into(),
-        from: "h1".into(),
-        task: "t".into(),
-        attempt: 2,
-        outcome: StatsOutcome::Declined("budget".into()),
-    };
-    assert!(matches!(
-        through_inbox(&declined),
-        ClusterMessage::Stats { outcome: StatsOutcome::Declined(r), attempt: 2, .. } if r == "budget"
-    ));
-    let eval = ClusterMessage::Evaluated {
-        link: "l".into(),
-        from: "h1".into(),
-        task: "t".into(),
-        round: 9,
-        outcome: EvalOutcome::Declined { reason: "dp".into() },
-    };
-    assert!(matches!(
-        through_inbox(&eval),
-        ClusterMessage::Evaluated { round: 9, .. }
-    ));
-    let hello = ClusterMessage::Hello {
-        link: "l".into(),
-        info: HospitalInfo {
-            name: "h1".into(),
-            task: "t".into(),
-            kind: "tabular".into(),
-            samples: 91,
-            node: String::new(),
-            held_out: Some("113 examples, crc32 0badf00d".into()),
+        message: ToCoordinator::Update {
+            round: 1,
+            attempt: 0,
+            outcome: TrainOutcome::Trained { update: update() },
         },
     };
-    assert!(matches!(through_inbox(&hello), ClusterMessage::Hello { info, .. } if info.samples == 91));
+    match through_inbox(&up).message {
+        ToCoordinator::Update {
+            outcome: TrainOutcome::Trained { update: u },
+            ..
+        } => assert_eq!(bits(&u.delta), bits(&update().delta)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn header_and_tensor_block_must_agree() {
+    // A train request whose tensors were cut off, and tensors on a message that has none.
+    let train = &every_to_hospital()[2];
+    let json = serde_json::to_vec(train).unwrap();
+    let payload = [&(json.len() as u32).to_le_bytes()[..], &json].concat();
+    let frame = Frame { kind: 1, payload }.encode().unwrap();
+    let stats = Arc::new(WireStats::default());
+    let mut inbox: Inbox<ToHospital> = Inbox::new(stats.clone());
+    assert!(inbox.accept(Envelope(frame)).is_none());
+    let json = serde_json::to_vec(&ToHospital::Welcome).unwrap();
+    let tensors = crate::wire::tensors::encode(&params(3, 1));
+    let payload = [&(json.len() as u32).to_le_bytes()[..], &json, &tensors].concat();
+    assert!(inbox
+        .accept(Envelope(Frame { kind: 1, payload }.encode().unwrap()))
+        .is_none());
+    assert_eq!(
+        stats.dropped().get("malformed"),
+        Some(&2),
+        "{:?}",
+        stats.dropped()
+    );
+    // A field the sender's version has and ours does not is refused, not ignored.
+    let mut value = serde_json::to_value(ToHospital::CollectStats { attempt: 1 }).unwrap();
+    value["unknown"] = serde_json::json!(1);
+    let json = serde_json::to_vec(&value).unwrap();
+    let payload = [&(json.len() as u32).to_le_bytes()[..], &json].concat();
+    assert!(inbox
+        .accept(Envelope(Frame { kind: 1, payload }.encode().unwrap()))
+        .is_none());
+}
+
+/// `bytes` as a node speaking wire version `version` would frame them.
+fn as_version(mut bytes: Vec<u8>, version: u16) -> Vec<u8> {
+    bytes[4..6].copy_from_slice(&version.to_le_bytes());
+    bytes
+}
+
+struct Sink;
+
+impl Actor for Sink {
+    type Msg = ToHospital;
+    type State = ();
+    type Arguments = ();
+
+    async fn pre_start(&self, _: ActorRef<ToHospital>, _: ()) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+}
+
+struct CoordinatorSink;
+
+impl Actor for CoordinatorSink {
+    type Msg = CoordinatorMsg;
+    type State = tokio::sync::mpsc::UnboundedSender<String>;
+    type Arguments = tokio::sync::mpsc::UnboundedSender<String>;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<CoordinatorMsg>,
+        to: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(to)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<CoordinatorMsg>,
+        msg: CoordinatorMsg,
+        to: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let CoordinatorMsg::FromHospital { message, .. } = msg {
+            let _ = to.send(message.name().to_string());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn another_wire_version_is_refused_at_hello_naming_both_versions_on_both_sides() {
+    let other = VERSION + 1;
+    // Hospital side: the coordinator's welcome (or any frame) in another version.
+    let (hospital, _) = Actor::spawn(None, Sink, ()).await.unwrap();
+    let (status_tx, mut status) = tokio::sync::mpsc::unbounded_channel();
+    let shared = Shared::new("medfed.hospital.h1.test".into(), Arc::new(WireStats::default()));
+    let (link, _) = Actor::spawn(
+        None,
+        HospitalLink,
+        LinkArgs {
+            task: "version_test".into(),
+            hospital,
+            shared,
+            status: status_tx,
+        },
+    )
+    .await
+    .unwrap();
+    let welcome = as_version(ToHospital::Welcome.encode().unwrap(), other);
+    link.cast(Envelope(welcome)).unwrap();
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(5), status.recv())
+        .await
+        .unwrap();
+    let expected = version_mismatch(Side::Hospital, other, VERSION);
+    assert_eq!(refused, Some(LinkStatus::Refused(expected.clone())));
+    assert!(
+        expected.contains(&format!("the coordinator speaks wire version {other}")),
+        "{expected}"
+    );
+    assert!(
+        expected.contains(&format!("this hospital speaks wire version {VERSION}")),
+        "{expected}"
+    );
+
+    // Coordinator side: a hello in another version reaches no coordinator;
+    // a hello in ours does.
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let (coordinator, _) = Actor::spawn(None, CoordinatorSink, seen_tx).await.unwrap();
+    let stats = Arc::new(WireStats::default());
+    let (gateway, _) = Actor::spawn(
+        None,
+        Gateway,
+        GatewayArgs {
+            coordinator,
+            tasks: vec!["version_test".into()],
+            stats: stats.clone(),
+            nodes: NodeDirectory::default(),
+        },
+    )
+    .await
+    .unwrap();
+    let hello = Uplinked {
+        link: "l".into(),
+        message: every_to_coordinator().remove(0),
+    };
+    gateway
+        .cast(Envelope(as_version(hello.encode().unwrap(), other)))
+        .unwrap();
+    let update = Uplinked {
+        link: "l".into(),
+        message: every_to_coordinator().remove(4),
+    };
+    gateway.cast(Envelope(update.encode().unwrap())).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        stats.dropped().get("bad_version"),
+        Some(&1),
+        "{:?}",
+        stats.dropped()
+    );
+    // The update of a link that never said hello (in our version) is not forwarded either.
+    assert_eq!(
+        stats.dropped().get("unknown_link"),
+        Some(&1),
+        "{:?}",
+        stats.dropped()
+    );
+    assert!(seen.try_recv().is_err());
+    let said = version_mismatch(Side::Coordinator, other, VERSION);
+    assert!(
+        said.contains(&format!("the hospital speaks wire version {other}")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("this coordinator speaks wire version {VERSION}")),
+        "{said}"
+    );
 }
 
 #[test]
@@ -165,8 +447,7 @@ fn a_model_above_the_envelope_limit_arrives_whole_from_shuffled_chunks() {
         params: Arc::new(params(5_000_000, 3)),
         standardizer: None,
     };
-    let message = ClusterMessage::Evaluate {
-        task: "t".into(),
+    let message = ToHospital::Evaluate {
         round: 1,
         model: model.clone(),
     };
@@ -186,13 +467,13 @@ fn a_model_above_the_envelope_limit_arrives_whole_from_shuffled_chunks() {
     assert!(envelopes.len() >= 3);
     assert!(envelopes.iter().all(|e| e.len() <= MAX_ENVELOPE));
     envelopes.reverse();
-    let mut inbox = inbox();
+    let mut inbox: Inbox<ToHospital> = inbox();
     let last = envelopes.pop().unwrap();
     for e in envelopes {
         assert!(inbox.accept(Envelope(e)).is_none());
     }
     match inbox.accept(Envelope(last)) {
-        Some(ClusterMessage::Evaluate { model: got, .. }) => {
+        Some(ToHospital::Evaluate { model: got, .. }) => {
             assert_eq!(bits(&got.params), bits(&model.params))
         }
         other => panic!("{other:?}"),
@@ -202,8 +483,8 @@ fn a_model_above_the_envelope_limit_arrives_whole_from_shuffled_chunks() {
 #[test]
 fn bad_envelopes_are_dropped_counted_and_never_panic() {
     let stats = Arc::new(WireStats::default());
-    let mut inbox = Inbox::new(stats.clone());
-    let good = ClusterMessage::Refused { reason: "x".into() }.encode().unwrap();
+    let mut inbox: Inbox<ToHospital> = Inbox::new(stats.clone());
+    let good = ToHospital::Refused { reason: "x".into() }.encode().unwrap();
     // Truncated, corrupted, garbage, wrong version, a header that is not ours.
     assert!(inbox.accept(Envelope(good[..good.len() - 1].to_vec())).is_none());
     let mut flipped = good.clone();
@@ -246,6 +527,6 @@ fn bad_envelopes_are_dropped_counted_and_never_panic() {
     // The inbox still works afterwards.
     assert!(matches!(
         inbox.accept(Envelope(good)),
-        Some(ClusterMessage::Refused { .. })
+        Some(ToHospital::Refused { .. })
     ));
 }

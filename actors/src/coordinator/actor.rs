@@ -17,8 +17,8 @@ use super::task::{aggregate_and_evaluate, write_checkpoint, TaskRuntime, TaskSet
 use super::task_group;
 use crate::events::{EventBus, FederationEvent};
 use crate::messages::{
-    CoordinatorMsg, EvalOutcome, HospitalInfo, HospitalMsg, RunRequest, StartRefused, StatsOutcome,
-    TrainOutcome,
+    CoordinatorMsg, EvalOutcome, HospitalInfo, RunRequest, StartRefused, StatsOutcome, ToCoordinator,
+    ToHospital, TrainOutcome,
 };
 use crate::report::{FederatedEval, RoundRecord, RunReport};
 
@@ -31,7 +31,7 @@ pub struct CoordinatorArgs {
 
 struct Registered {
     info: HospitalInfo,
-    actor: ActorRef<HospitalMsg>,
+    actor: ActorRef<ToHospital>,
 }
 
 /// A payload that arrived with the event being applied; `Keep*` effects claim it.
@@ -43,6 +43,8 @@ enum Incoming {
 pub struct CoordinatorState {
     tasks: BTreeMap<String, TaskRuntime>,
     hospitals: HashMap<ActorId, Registered>,
+    /// Hospital name -> its actor: keyed, so no per-message scan.
+    by_name: HashMap<String, ActorId>,
     events: EventBus,
     run_id: Option<String>,
     run_tasks: Vec<String>,
@@ -53,10 +55,10 @@ pub struct CoordinatorState {
 }
 
 impl CoordinatorState {
-    fn actor_of(&self, name: &str) -> Option<&ActorRef<HospitalMsg>> {
-        self.hospitals
-            .values()
-            .find(|r| r.info.name == name)
+    fn actor_of(&self, name: &str) -> Option<&ActorRef<ToHospital>> {
+        self.by_name
+            .get(name)
+            .and_then(|id| self.hospitals.get(id))
             .map(|r| &r.actor)
     }
 }
@@ -80,6 +82,7 @@ impl Actor for Coordinator {
         Ok(CoordinatorState {
             tasks,
             hospitals: HashMap::new(),
+            by_name: HashMap::new(),
             events: args.events,
             run_id: None,
             run_tasks: Vec::new(),
@@ -96,53 +99,35 @@ impl Actor for Coordinator {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            CoordinatorMsg::Join { info, hospital } => on_join(&myself, state, info, hospital),
-            CoordinatorMsg::Stats {
-                from,
-                task,
-                attempt,
-                outcome,
-            } => {
-                let usable = match outcome {
-                    StatsOutcome::Released(stats) => {
-                        state.incoming = Some(Incoming::Stats(stats));
-                        true
-                    }
-                    StatsOutcome::Declined(reason) => {
-                        info!(task = %task, hospital = %from, "feature statistics declined: {reason}");
-                        state.events.publish(FederationEvent::UpdateDeclined {
-                            task: task.clone(),
-                            round: 0,
-                            hospital: from.clone(),
-                            reason,
-                        });
-                        false
-                    }
+            CoordinatorMsg::FromHospital {
+                sender,
+                message: ToCoordinator::Hello { info },
+            } => on_join(&myself, state, info, sender),
+            CoordinatorMsg::FromHospital { sender, message } => {
+                // The sender is the actor it came from, never what the message says.
+                let Some(r) = state.hospitals.get(&sender.get_id()) else {
+                    debug!(
+                        message = message.name(),
+                        "message from an actor that is not a joined hospital dropped"
+                    );
+                    return Ok(());
                 };
-                apply(
-                    &myself,
-                    state,
-                    &task,
-                    Event::StatsArrived {
-                        from,
+                let (from, task) = (r.info.name.clone(), r.info.task.clone());
+                match message {
+                    ToCoordinator::Hello { .. } => {}
+                    ToCoordinator::Stats { attempt, outcome } => {
+                        on_stats(&myself, state, from, task, attempt, outcome)
+                    }
+                    ToCoordinator::Update {
+                        round,
                         attempt,
-                        usable,
-                    },
-                );
+                        outcome,
+                    } => on_update(&myself, state, from, task, round, attempt, outcome),
+                    ToCoordinator::Evaluated { round, outcome } => {
+                        on_evaluated(state, from, task, round, outcome)
+                    }
+                }
             }
-            CoordinatorMsg::Update {
-                from,
-                task,
-                round,
-                attempt,
-                outcome,
-            } => on_update(&myself, state, from, task, round, attempt, outcome),
-            CoordinatorMsg::Evaluated {
-                from,
-                task,
-                round,
-                outcome,
-            } => on_evaluated(state, from, task, round, outcome),
             CoordinatorMsg::StartRun { request, reply } => {
                 let result = start_run(&myself, state, request);
                 let _ = reply.send(result);
@@ -192,6 +177,7 @@ impl Actor for Coordinator {
                     let Some(gone) = state.hospitals.remove(&cell.get_id()) else {
                         continue;
                     };
+                    state.by_name.remove(&gone.info.name);
                     let reason = "left its process group (actor stopped or node disconnected)".to_string();
                     warn!(hospital = %gone.info.name, task = %gone.info.task, actor = %cell.get_id(), group = %group, "hospital departed: {reason}");
                     if let Some(rt) = state.tasks.get_mut(&gone.info.task) {
@@ -218,7 +204,7 @@ fn on_join(
     myself: &ActorRef<CoordinatorMsg>,
     state: &mut CoordinatorState,
     info: HospitalInfo,
-    hospital: ActorRef<HospitalMsg>,
+    hospital: ActorRef<ToHospital>,
 ) {
     let refusal = if !state.tasks.contains_key(&info.task) {
         Some(format!(
@@ -227,9 +213,9 @@ fn on_join(
             state.tasks.keys().cloned().collect::<Vec<_>>().join(", ")
         ))
     } else if state
-        .hospitals
-        .iter()
-        .any(|(id, r)| r.info.name == info.name && *id != hospital.get_id())
+        .by_name
+        .get(&info.name)
+        .is_some_and(|id| *id != hospital.get_id())
     {
         Some(format!("hospital name '{}' is already in use", info.name))
     } else if let (Some(theirs), Some(ours)) = (&info.held_out, &state.tasks[&info.task].held_out) {
@@ -249,7 +235,7 @@ fn on_join(
             hospital: info.name.clone(),
             reason: reason.clone(),
         });
-        let _ = hospital.cast(HospitalMsg::Refused { reason });
+        let _ = hospital.cast(ToHospital::Refused { reason });
         return;
     }
     info!(hospital = %info.name, task = %info.task, kind = %info.kind, samples = info.samples, "hospital joined");
@@ -261,6 +247,7 @@ fn on_join(
         node: info.node.clone(),
     });
     let (task, name) = (info.task.clone(), info.name.clone());
+    state.by_name.insert(name.clone(), hospital.get_id());
     state.hospitals.insert(
         hospital.get_id(),
         Registered {
@@ -269,6 +256,42 @@ fn on_join(
         },
     );
     apply(myself, state, &task, Event::Joined(name));
+}
+
+fn on_stats(
+    myself: &ActorRef<CoordinatorMsg>,
+    state: &mut CoordinatorState,
+    from: String,
+    task: String,
+    attempt: u32,
+    outcome: StatsOutcome,
+) {
+    let usable = match outcome {
+        StatsOutcome::Released { stats } => {
+            state.incoming = Some(Incoming::Stats(stats));
+            true
+        }
+        StatsOutcome::Declined { reason } => {
+            info!(task = %task, hospital = %from, "feature statistics declined: {reason}");
+            state.events.publish(FederationEvent::UpdateDeclined {
+                task: task.clone(),
+                round: 0,
+                hospital: from.clone(),
+                reason,
+            });
+            false
+        }
+    };
+    apply(
+        myself,
+        state,
+        &task,
+        Event::StatsArrived {
+            from,
+            attempt,
+            usable,
+        },
+    );
 }
 
 fn on_update(
@@ -285,7 +308,7 @@ fn on_update(
         return;
     };
     let verdict = match outcome {
-        TrainOutcome::Trained(update) => {
+        TrainOutcome::Trained { update } => {
             match rt
                 .check
                 .check(&rt.global.params, &update.delta, update.num_examples)
@@ -300,11 +323,11 @@ fn on_update(
                 },
             }
         }
-        TrainOutcome::Failed(reason) => Verdict::Invalid {
+        TrainOutcome::Failed { reason } => Verdict::Invalid {
             label: "training_failed".to_string(),
             reason: format!("training failed: {reason}"),
         },
-        TrainOutcome::Declined(reason) => Verdict::Declined(reason),
+        TrainOutcome::Declined { reason } => Verdict::Declined(reason),
     };
     apply(
         myself,
@@ -434,8 +457,7 @@ fn on_round_done(
             let model = rt.global.clone();
             let mut asked = 0;
             for r in state.hospitals.values().filter(|r| r.info.task == task) {
-                let request = HospitalMsg::Evaluate {
-                    task: task.clone(),
+                let request = ToHospital::Evaluate {
                     round,
                     model: model.clone(),
                 };
@@ -525,10 +547,7 @@ fn execute(
         Effect::RequestStats { to, attempt } => {
             for name in to {
                 if let Some(actor) = state.actor_of(&name) {
-                    let _ = actor.cast(HospitalMsg::CollectStats {
-                        task: task.to_string(),
-                        attempt,
-                    });
+                    let _ = actor.cast(ToHospital::CollectStats { attempt });
                 }
             }
         }
@@ -553,8 +572,7 @@ fn execute(
             let plan = rt.plan_for(round);
             for name in to {
                 if let Some(actor) = state.actor_of(&name) {
-                    let _ = actor.cast(HospitalMsg::Train {
-                        task: task.to_string(),
+                    let _ = actor.cast(ToHospital::Train {
                         round,
                         attempt,
                         model: model.clone(),

@@ -7,7 +7,7 @@ use medfed_models::learner::Evaluator;
 
 use super::learner::HospitalLearner;
 use crate::coordinator::task_group;
-use crate::messages::{CoordinatorMsg, EvalOutcome, HospitalInfo, HospitalMsg, TrainOutcome};
+use crate::messages::{CoordinatorMsg, EvalOutcome, HospitalInfo, ToCoordinator, ToHospital, TrainOutcome};
 
 pub struct Hospital;
 
@@ -34,7 +34,7 @@ pub struct HospitalState {
 }
 
 impl Actor for Hospital {
-    type Msg = HospitalMsg;
+    type Msg = ToHospital;
     type State = HospitalState;
     type Arguments = HospitalArgs;
 
@@ -52,9 +52,9 @@ impl Actor for Hospital {
             held_out: args.held_out,
         };
         pg::join(task_group(&info.task), vec![myself.get_cell()]);
-        args.coordinator.cast(CoordinatorMsg::Join {
-            info: info.clone(),
-            hospital: myself.clone(),
+        args.coordinator.cast(CoordinatorMsg::FromHospital {
+            sender: myself.clone(),
+            message: ToCoordinator::Hello { info: info.clone() },
         })?;
         info!(hospital = %info.name, task = %info.task, "hospital started");
         Ok(HospitalState {
@@ -72,18 +72,13 @@ impl Actor for Hospital {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            HospitalMsg::CollectStats { task, attempt } => {
+        let reply = match msg {
+            ToHospital::Welcome => return Ok(()),
+            ToHospital::CollectStats { attempt } => {
                 let outcome = lock(&state.learner)?.stats();
-                state.coordinator.cast(CoordinatorMsg::Stats {
-                    from: state.info.name.clone(),
-                    task,
-                    attempt,
-                    outcome,
-                })?;
+                ToCoordinator::Stats { attempt, outcome }
             }
-            HospitalMsg::Train {
-                task,
+            ToHospital::Train {
                 round,
                 attempt,
                 model,
@@ -93,22 +88,24 @@ impl Actor for Hospital {
                 // Training is CPU-bound: keep it off the actor runtime's threads.
                 let outcome = tokio::task::spawn_blocking(move || match lock(&learner) {
                     Ok(mut l) => l.train(&model, &plan),
-                    Err(e) => TrainOutcome::Failed(e.to_string()),
+                    Err(e) => TrainOutcome::Failed {
+                        reason: e.to_string(),
+                    },
                 })
                 .await
-                .unwrap_or_else(|e| TrainOutcome::Failed(format!("training thread failed: {e}")));
-                if let TrainOutcome::Failed(reason) = &outcome {
+                .unwrap_or_else(|e| TrainOutcome::Failed {
+                    reason: format!("training thread failed: {e}"),
+                });
+                if let TrainOutcome::Failed { reason } = &outcome {
                     warn!(hospital = %state.info.name, round, "local training failed: {reason}");
                 }
-                state.coordinator.cast(CoordinatorMsg::Update {
-                    from: state.info.name.clone(),
-                    task,
+                ToCoordinator::Update {
                     round,
                     attempt,
                     outcome,
-                })?;
+                }
             }
-            HospitalMsg::Evaluate { task, round, model } => {
+            ToHospital::Evaluate { round, model } => {
                 let outcome = match (&state.local_test, state.private) {
                     // Test-set metrics describe patients too, and no mechanism noises them.
                     (_, true) => EvalOutcome::Declined {
@@ -135,18 +132,18 @@ impl Actor for Hospital {
                         })
                     }
                 };
-                state.coordinator.cast(CoordinatorMsg::Evaluated {
-                    from: state.info.name.clone(),
-                    task,
-                    round,
-                    outcome,
-                })?;
+                ToCoordinator::Evaluated { round, outcome }
             }
-            HospitalMsg::Refused { reason } => {
+            ToHospital::Refused { reason } => {
                 error!(hospital = %state.info.name, "coordinator refused this hospital: {reason}");
                 myself.stop(Some(reason));
+                return Ok(());
             }
-        }
+        };
+        state.coordinator.cast(CoordinatorMsg::FromHospital {
+            sender: myself,
+            message: reply,
+        })?;
         Ok(())
     }
 }

@@ -36,8 +36,10 @@ impl HospitalLearner {
             HospitalLearner::Private(p) => p.feature_stats().map(|s| s.map(|n| n.into_value())),
         };
         match released {
-            Ok(stats) => StatsOutcome::Released(stats),
-            Err(e) => StatsOutcome::Declined(e.to_string()),
+            Ok(stats) => StatsOutcome::Released { stats },
+            Err(e) => StatsOutcome::Declined {
+                reason: e.to_string(),
+            },
         }
     }
 
@@ -47,11 +49,13 @@ impl HospitalLearner {
             HospitalLearner::Private(p) => p.train(model, plan).map(|u| u.into_message()),
         };
         match trained {
-            Ok(update) => TrainOutcome::Trained(update),
-            Err(ModelError::BudgetExhausted(reason)) => {
-                TrainOutcome::Declined(format!("privacy budget exhausted: {reason}"))
-            }
-            Err(e) => TrainOutcome::Failed(e.to_string()),
+            Ok(update) => TrainOutcome::Trained { update },
+            Err(ModelError::BudgetExhausted(reason)) => TrainOutcome::Declined {
+                reason: format!("privacy budget exhausted: {reason}"),
+            },
+            Err(e) => TrainOutcome::Failed {
+                reason: e.to_string(),
+            },
         }
     }
 }

@@ -20,7 +20,7 @@ use thiserror::Error;
 
 pub const MAGIC: [u8; 4] = *b"MDFW";
 /// Bumped whenever a frame or payload layout changes.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 const HEADER: usize = 4 + 2 + 1 + 1 + 4 + 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -220,7 +220,10 @@ mod tests {
         wrong_version[4] = 9;
         assert_eq!(
             Frame::decode(&wrong_version),
-            Err(WireError::UnsupportedVersion { got: 9, supported: 1 })
+            Err(WireError::UnsupportedVersion {
+                got: 9,
+                supported: VERSION
+            })
         );
         assert_eq!(
             Frame::decode(b"HTTP/1.1 200 OK\r\n\r\n"),

@@ -101,7 +101,7 @@ impl TrainPlan {
 }
 
 /// All that leaves a hospital after a round, as the coordinator receives it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LocalUpdate {
     /// Trained parameters minus the global parameters.
     pub delta: Params,

@@ -1,0 +1,248 @@
+//! The one message set (DESIGN §3): `ToHospital` and `ToCoordinator` are
+//! both what the actors receive in process and what crosses the wire; their
+//! encoding lives beside them in `wire`. Gateways and links forward these
+//! values unchanged. Adding a message is one variant here, plus its tensor
+//! arm in `tensors()`/`attach_tensors()` when it carries a model.
+//!
+//! A hospital's messages name no sender: the coordinator knows who sent one
+//! from the actor it came from (in process the hospital itself; in cluster
+//! mode the proxy the gateway bound to that hospital's link).
+
+pub mod wire;
+
+use ractor::{ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+
+use medfed_models::checkpoint::Checkpoint;
+use medfed_models::data::MomentSums;
+use medfed_models::learner::{GlobalModel, LocalUpdate, TrainPlan};
+use medfed_models::metrics::Metrics;
+use medfed_models::Params;
+
+use crate::coordinator::fsm::TimerId;
+use crate::report::RunReport;
+
+/// What a hospital tells the coordinator about itself when it joins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HospitalInfo {
+    pub name: String,
+    pub task: String,
+    pub kind: String,
+    pub samples: usize,
+    /// Where it runs; the cluster gateway fills in the node it came from.
+    pub node: String,
+    /// Fingerprint of the held-out set its shard was split from (cluster
+    /// `--shard` hospitals); checked against the coordinator's.
+    #[serde(default)]
+    pub held_out: Option<String>,
+}
+
+/// A hospital's answer to a training request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case", deny_unknown_fields)]
+pub enum TrainOutcome {
+    /// The update's tensors travel in the frame's tensor block.
+    Trained {
+        #[serde(with = "wire::update_without_delta")]
+        update: LocalUpdate,
+    },
+    Failed {
+        reason: String,
+    },
+    Declined {
+        reason: String,
+    },
+}
+
+/// A hospital's answer to a statistics request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StatsOutcome {
+    /// Feature sums (noised when DP is on), or `None` when the hospital
+    /// releases none (a public scaler is in use).
+    Released {
+        stats: Option<MomentSums>,
+    },
+    Declined {
+        reason: String,
+    },
+}
+
+/// A hospital's answer to a federated-evaluation request: the global
+/// model's metrics on its local test split, or why it gave none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EvalOutcome {
+    Evaluated { metrics: Metrics },
+    Declined { reason: String },
+}
+
+/// Coordinator -> hospital.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ToHospital {
+    /// A coordinator node noticed this hospital's node; sent in its own wire
+    /// version, so that a hospital speaking another one learns it at once.
+    Welcome,
+    /// Release feature statistics for federated scaling.
+    CollectStats { attempt: u32 },
+    /// Train on the local data from `model`; the tensors travel raw.
+    Train {
+        round: u32,
+        attempt: u32,
+        #[serde(with = "wire::model_without_params")]
+        model: GlobalModel,
+        plan: TrainPlan,
+    },
+    /// Evaluate the global model after `round` on the local test split.
+    Evaluate {
+        round: u32,
+        #[serde(with = "wire::model_without_params")]
+        model: GlobalModel,
+    },
+    /// The coordinator refused this hospital (e.g. its name is taken).
+    Refused { reason: String },
+}
+
+/// Hospital -> coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ToCoordinator {
+    Hello {
+        info: HospitalInfo,
+    },
+    Stats {
+        attempt: u32,
+        outcome: StatsOutcome,
+    },
+    Update {
+        round: u32,
+        attempt: u32,
+        outcome: TrainOutcome,
+    },
+    /// A hospital's federated evaluation of the global model after `round`.
+    Evaluated {
+        round: u32,
+        outcome: EvalOutcome,
+    },
+}
+
+impl ToHospital {
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ToHospital::Welcome => "welcome",
+            ToHospital::CollectStats { .. } => "collect_stats",
+            ToHospital::Train { .. } => "train",
+            ToHospital::Evaluate { .. } => "evaluate",
+            ToHospital::Refused { .. } => "refused",
+        }
+    }
+}
+
+impl ToCoordinator {
+    /// A short name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ToCoordinator::Hello { .. } => "hello",
+            ToCoordinator::Stats { .. } => "stats",
+            ToCoordinator::Update { .. } => "update",
+            ToCoordinator::Evaluated { .. } => "evaluated",
+        }
+    }
+}
+
+impl wire::CarriesTensors for ToHospital {
+    fn tensors(&self) -> Option<&Params> {
+        match self {
+            ToHospital::Train { model, .. } | ToHospital::Evaluate { model, .. } => Some(&model.params),
+            ToHospital::Welcome | ToHospital::CollectStats { .. } | ToHospital::Refused { .. } => None,
+        }
+    }
+
+    fn attach_tensors(&mut self, params: Params) -> Result<(), String> {
+        match self {
+            ToHospital::Train { model, .. } | ToHospital::Evaluate { model, .. } => {
+                model.params = std::sync::Arc::new(params);
+                Ok(())
+            }
+            other => Err(format!("a {} message carries no tensors", other.name())),
+        }
+    }
+}
+
+impl wire::CarriesTensors for ToCoordinator {
+    fn tensors(&self) -> Option<&Params> {
+        match self {
+            ToCoordinator::Update {
+                outcome: TrainOutcome::Trained { update },
+                ..
+            } => Some(&update.delta),
+            _ => None,
+        }
+    }
+
+    fn attach_tensors(&mut self, params: Params) -> Result<(), String> {
+        match self {
+            ToCoordinator::Update {
+                outcome: TrainOutcome::Trained { update },
+                ..
+            } => {
+                update.delta = params;
+                Ok(())
+            }
+            other => Err(format!("a {} message carries no tensors", other.name())),
+        }
+    }
+}
+
+/// What `StartRun` asks for; `None` fields take the configured defaults.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub rounds: Option<u32>,
+    pub tasks: Option<Vec<String>>,
+}
+
+/// Why the coordinator would not start a run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StartRefused {
+    #[error("run {0} is still active; stop it first")]
+    RunActive(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything the coordinator actor receives: hospitals' messages, bound
+/// to the actor they came from, and the local control requests.
+pub enum CoordinatorMsg {
+    FromHospital {
+        sender: ActorRef<ToHospital>,
+        message: ToCoordinator,
+    },
+    StartRun {
+        request: RunRequest,
+        reply: RpcReplyPort<Result<String, StartRefused>>,
+    },
+    Stop,
+    Deadline {
+        task: String,
+        timer: TimerId,
+    },
+    RoundDone {
+        task: String,
+        generation: u64,
+        round: u32,
+        result: Result<(Params, Metrics), String>,
+    },
+    Report(RpcReplyPort<RunReport>),
+    /// The task's latest global model (None: no such task).
+    Model {
+        task: String,
+        reply: RpcReplyPort<Option<Checkpoint>>,
+    },
+}
+
+// ractor's `cluster` feature is on in this build: local messages say so explicitly.
+impl ractor::Message for CoordinatorMsg {}
+impl ractor::Message for ToHospital {}
