@@ -59,7 +59,7 @@ fn main() {
         b.iter(|| {
             black_box(
                 FedAvg
-                    .aggregate(black_box(&global), &updates)
+                    .aggregate_train(1, black_box(&global), &updates)
                     .expect("same layout"),
             )
         })

@@ -10,6 +10,7 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::broadcast::error::RecvError;
 
 use medfed_actors::coordinator::fsm::FsmConfig;
+use medfed_actors::coordinator::{Protocol, Scaling};
 use medfed_actors::{
     Coordinator, CoordinatorArgs, CoordinatorMsg, EventBus, FederationEvent, Hospital, HospitalArgs,
     RunReport, RunRequest, StartRefused, TaskSetup,
@@ -25,14 +26,19 @@ use crate::tasks::PreparedTask;
 pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
     let c = &task.config;
     let fed = &loaded.config.federation;
+    let scaling = task.scaling(loaded)?;
     Ok(TaskSetup {
         name: task.name.clone(),
         fsm: FsmConfig {
-            min_hospitals: c.effective_min_hospitals(),
             rounds: c.effective_rounds(&loaded.config.run),
-            max_retries: fed.max_round_retries,
-            round_timeout: Duration::from_secs_f64(fed.round_timeout_secs),
+            expected_hospitals: c.hospitals,
             assemble_timeout: Duration::from_secs_f64(fed.assemble_timeout_secs),
+            protocol: Protocol::federated(
+                matches!(scaling, Scaling::Federated),
+                c.effective_min_hospitals(),
+                fed.max_round_retries,
+                Duration::from_secs_f64(fed.round_timeout_secs),
+            ),
         },
         plan: TrainPlan {
             round: 0,
@@ -50,7 +56,7 @@ pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
             StrategyName::Fedavg => Box::new(FedAvg),
             StrategyName::Fedadam => Box::new(FedAdam::new(c.fedadam)),
         },
-        scaling: task.scaling(loaded)?,
+        scaling,
         checkpoint_dir: loaded
             .config
             .run

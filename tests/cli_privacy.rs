@@ -536,7 +536,7 @@ fn privacy_config_errors_name_the_key() {
         (("MEDFED_PRIVACY__DELTA", "2"), "privacy.delta"),
         (("MEDFED_PRIVACY__SAMPLING_RATE", "0"), "privacy.sampling_rate"),
         (("MEDFED_PRIVACY__MODE", "sometimes"), "privacy.mode"),
-        (("MEDFED_PRIVACY__EPSILON", "-1"), "privacy.epsilon"),
+        (("MEDFED_PRIVACY__MAX_GRAD_NORM", "-1"), "privacy.max_grad_norm"),
         (
             ("MEDFED_PRIVACY__HOSPITALS__NOBODY__EPSILON", "1"),
             "privacy.hospitals.nobody",
@@ -557,6 +557,19 @@ fn privacy_config_errors_name_the_key() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expected), "{k}={v}: {err}");
     }
+    // Values are judged once, after the flags: --dp-epsilon 3 replaces a bad
+    // environment epsilon rather than failing on it first.
+    let out = medfed(&one_private_round, &[("MEDFED_PRIVACY__EPSILON", "-1")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = medfed(
+        &["run", "--rounds", "1", "--task", "breast_cancer"],
+        &[
+            ("MEDFED_PRIVACY__EPSILON", "-1"),
+            ("MEDFED_PRIVACY__MODE", "dp-sgd"),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("privacy.epsilon"));
     // delta must be below 1/n for each hospital (about 91 records here).
     let out = medfed(&one_private_round, &[("MEDFED_PRIVACY__DELTA", "0.05")]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be below 1/n"));

@@ -163,7 +163,7 @@ fn bad_config_files_name_the_key() {
             "tasks.breast_cancer.data.test_fraction",
         ),
         (
-            demo.replace("min_hospitals = 4", "min_hospitals = 9"),
+            demo.replace("min_hospitals = 0.8", "min_hospitals = 9"),
             "tasks.breast_cancer.min_hospitals",
         ),
         (
@@ -225,4 +225,49 @@ fn config_check_prints_the_effective_config() {
     // The default config documents every key and is itself valid.
     let out = medfed(&["config", "check", "config/default.toml"], &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn the_quorum_is_judged_after_flags_and_a_fraction_follows_the_hospital_count() {
+    let check = |args: &[&str], envs: &[(&str, &str)]| {
+        let mut all = vec!["config", "check", "--task", "breast_cancer"];
+        all.extend_from_slice(args);
+        let out = medfed(&all, envs);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (
+            out.status.success(),
+            text,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    // An environment quorum of 20 is judged with --hospitals 20, not before it.
+    let (ok, text, err) = check(
+        &["--hospitals", "20"],
+        &[("MEDFED_TASKS__BREAST_CANCER__MIN_HOSPITALS", "20")],
+    );
+    assert!(ok, "{err}");
+    assert!(text.contains("min_hospitals = 20"), "{text}");
+    // Without the flag the same value is refused, naming the key.
+    let (ok, _, err) = check(&[], &[("MEDFED_TASKS__BREAST_CANCER__MIN_HOSPITALS", "20")]);
+    assert!(!ok);
+    assert!(err.contains("tasks.breast_cancer.min_hospitals"), "{err}");
+    // The shipped quorum is a fraction: 4 of 5, and 16 of 20.
+    let (ok, text, _) = check(&["--hospitals", "20"], &[]);
+    assert!(ok && text.contains("min_hospitals = 0.8"), "{text}");
+    let run = run_json(&[
+        "run",
+        "--hospitals",
+        "20",
+        "--rounds",
+        "1",
+        "--task",
+        "breast_cancer",
+        "--json",
+    ]);
+    assert_eq!(run["tasks"]["breast_cancer"]["rounds"][0]["participants"], 20);
+    for bad in ["0", "1.5", "-3", "\"most\""] {
+        let (ok, _, err) = check(&[], &[("MEDFED_TASKS__BREAST_CANCER__MIN_HOSPITALS", bad)]);
+        assert!(!ok, "{bad}");
+        assert!(err.contains("min_hospitals"), "{bad}: {err}");
+    }
 }

@@ -552,7 +552,16 @@ fn hospitals_with_their_own_csv_files_train_and_evaluate_locally() {
         std::fs::write(d.join(name), rows.join("\n") + "\n").unwrap();
     }
     let addr = format!("127.0.0.1:{}", free_port());
-    let extra: Vec<String> = owned(&["--rounds", "3", "--auto-start", "--exit-after-run", "--json"]);
+    // Two sites: the coordinator expects two (it waits for them both).
+    let extra: Vec<String> = owned(&[
+        "--rounds",
+        "3",
+        "--hospitals",
+        "2",
+        "--auto-start",
+        "--exit-after-run",
+        "--json",
+    ]);
     let envs = [("MEDFED_TASKS__BREAST_CANCER__MIN_HOSPITALS", "2")];
     let mut coordinator = start_coordinator(d, "coordinator", &addr, &extra, &envs);
     let _sites: Vec<Process> = ["site-a", "site-b"]

@@ -97,6 +97,13 @@ pub enum FederationEvent {
         metrics: Option<Metrics>,
         reason: Option<String>,
     },
+    /// The assembly deadline passed with the quorum but not every expected
+    /// hospital: the run starts with those that joined.
+    StartingWithout {
+        task: String,
+        joined: Vec<String>,
+        expected: usize,
+    },
     TaskFinished {
         task: String,
         rounds: u32,

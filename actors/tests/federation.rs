@@ -8,7 +8,7 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::broadcast::Receiver;
 
 use medfed_actors::coordinator::fsm::{FsmConfig, Phase};
-use medfed_actors::coordinator::Scaling;
+use medfed_actors::coordinator::{Protocol, Scaling};
 use medfed_actors::{
     Coordinator, CoordinatorArgs, CoordinatorMsg, EventBus, FederationEvent, Hospital, HospitalArgs,
     HospitalLearner, RunReport, RunRequest, TaskSetup, ToHospital,
@@ -93,11 +93,10 @@ async fn federation(behaviours: &[Behaviour], min_hospitals: usize, rounds: u32,
     let setup = TaskSetup {
         name: TASK.into(),
         fsm: FsmConfig {
-            min_hospitals,
             rounds,
-            max_retries: 1,
-            round_timeout: timeout,
+            expected_hospitals: min_hospitals,
             assemble_timeout: Duration::from_secs(30),
+            protocol: Protocol::federated(true, min_hospitals, 1, timeout),
         },
         plan: TrainPlan {
             round: 0,

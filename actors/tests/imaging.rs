@@ -7,7 +7,7 @@ use std::time::Duration;
 use ractor::Actor;
 
 use medfed_actors::coordinator::fsm::{FsmConfig, Phase};
-use medfed_actors::coordinator::Scaling;
+use medfed_actors::coordinator::{Protocol, Scaling};
 use medfed_actors::{
     Coordinator, CoordinatorArgs, CoordinatorMsg, EventBus, FederationEvent, Hospital, HospitalArgs,
     HospitalLearner, RunReport, RunRequest, TaskSetup,
@@ -38,11 +38,10 @@ async fn run_federation(rounds: u32) -> RunReport {
     let setup = TaskSetup {
         name: TASK.into(),
         fsm: FsmConfig {
-            min_hospitals: 3,
             rounds,
-            max_retries: 0,
-            round_timeout: Duration::from_secs(600),
+            expected_hospitals: 3,
             assemble_timeout: Duration::from_secs(60),
+            protocol: Protocol::federated(false, 3, 0, Duration::from_secs(600)),
         },
         plan: TrainPlan {
             round: 0,

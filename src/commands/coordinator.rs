@@ -50,10 +50,6 @@ pub async fn execute(args: &Args) -> Result<bool> {
         .iter()
         .map(|t| (t.name.clone(), TaskContext::of(t, &loaded, None)))
         .collect();
-    let min_hospitals: BTreeMap<String, usize> = tasks
-        .iter()
-        .map(|t| (t.name.clone(), t.config.effective_min_hospitals()))
-        .collect();
     let setups = tasks
         .iter()
         .map(|t| task_setup(&loaded, t))
@@ -117,6 +113,18 @@ pub async fn execute(args: &Args) -> Result<bool> {
     let started = Instant::now();
     let mut sessions = SessionLog::default();
     let mut run_started = false;
+    if cluster.auto_start {
+        // The run itself waits for every expected hospital (up to the
+        // assembly timeout), so its start does not depend on join timing.
+        let run = client
+            .start(RunRequest {
+                rounds: None,
+                tasks: Some(selected.clone()),
+            })
+            .await?;
+        info!(run = %run, "run started: waiting for the expected hospitals");
+        run_started = true;
+    }
     let mut stop_sent = false;
     let aborted = loop {
         tokio::select! {
@@ -124,19 +132,6 @@ pub async fn execute(args: &Args) -> Result<bool> {
                 sessions.observe(&event);
             }
             event = events.recv() => match event {
-                Ok(FederationEvent::HospitalJoined { .. }) if cluster.auto_start && !run_started => {
-                    let report = client.report().await?;
-                    let ready = min_hospitals.iter().all(|(task, min)| {
-                        report.tasks.get(task).is_some_and(|t| t.hospitals >= *min)
-                    });
-                    if ready {
-                        let run = client
-                            .start(RunRequest { rounds: None, tasks: Some(selected.clone()) })
-                            .await?;
-                        info!(run = %run, "every task has its minimum of hospitals: run started");
-                        run_started = true;
-                    }
-                }
                 Ok(FederationEvent::RunStarted { .. }) => run_started = true,
                 Ok(FederationEvent::RoundAggregated { task, round, metrics, participants, .. }) => {
                     info!(task = %task, round, participants, accuracy = metrics.accuracy, "round complete");

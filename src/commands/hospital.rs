@@ -137,6 +137,10 @@ pub async fn execute(args: &Args) -> Result<()> {
     connect(node.clone(), coordinator_addr.clone(), connected_tx.clone());
     let mut sessions = SessionLog::default();
     let mut connected = false;
+    // A session closed before authenticating is a refusal (wrong cookie or
+    // certificate) only when it happens again: once, it may have been a
+    // coordinator dying or starting on that port.
+    let mut refusals = 0u32;
     let mut hospital_done = hospital_done;
     let find_deadline = tokio::time::sleep(FIND_COORDINATOR);
     tokio::pin!(find_deadline);
@@ -151,6 +155,7 @@ pub async fn execute(args: &Args) -> Result<()> {
             Some(s) = status.recv() => match s {
                 LinkStatus::CoordinatorUp => {
                     connected = true;
+                    refusals = 0;
                     info!(hospital = %local.name, "connected to the coordinator");
                 }
                 LinkStatus::CoordinatorDown => {
@@ -165,7 +170,12 @@ pub async fn execute(args: &Args) -> Result<()> {
             Some(event) = node_events.recv() => {
                 if let Some(refusal) = sessions.observe(&event) {
                     if !event.inbound {
-                        bail!("the coordinator at {coordinator_addr} did not accept this node: {refusal}");
+                        refusals += 1;
+                        if refusals >= 2 {
+                            bail!("the coordinator at {coordinator_addr} did not accept this node: {refusal}");
+                        }
+                        warn!("{refusal}: trying once more");
+                        connect(node.clone(), coordinator_addr.clone(), connected_tx.clone());
                     }
                 }
             }

@@ -5,10 +5,12 @@ use anyhow::{bail, Result};
 use crate::cli::Overrides;
 use crate::config::{self, Loaded};
 
-/// Load `path` with the process environment, apply `flags`, re-validate, and
-/// return the configuration with the selected task names.
+/// Load `path` with the process environment, apply `flags`, validate once
+/// (a value is judged with everything that applies to it: an environment
+/// quorum of 20 is fine with `--hospitals 20`), and return the
+/// configuration with the selected task names.
 pub fn load_with(path: &std::path::Path, flags: &Overrides) -> Result<(Loaded, Vec<String>)> {
-    let mut loaded = config::load(path, std::env::vars()).map_err(|e| {
+    let mut loaded = config::load_unvalidated(path, std::env::vars()).map_err(|e| {
         let hint = if matches!(e, config::ConfigError::Read { .. })
             && path == std::path::Path::new(crate::cli::DEFAULT_CONFIG)
         {
@@ -42,21 +44,18 @@ pub fn load_with(path: &std::path::Path, flags: &Overrides) -> Result<(Loaded, V
         }
         if let Some(k) = flags.hospitals {
             task.hospitals = k as usize;
-            if task.min_hospitals.is_some_and(|m| m > task.hospitals) {
-                eprintln!("note: task {name}: quorum lowered to {k} to match --hospitals {k}");
-                task.min_hospitals = Some(task.hospitals);
+            if let Some(crate::config::Quorum::Count(m)) = task.min_hospitals {
+                if m > task.hospitals {
+                    eprintln!("note: task {name}: quorum lowered from {m} to {k} to match --hospitals {k}");
+                    task.min_hospitals = Some(crate::config::Quorum::Count(task.hospitals));
+                }
             }
         }
         if let Some(scheme) = flags.partition {
             task.partition.scheme = scheme;
         }
     }
-    let text = config::to_toml(&loaded.config);
-    loaded.config = config::parse(
-        &text,
-        "the configuration after command-line flags",
-        std::iter::empty(),
-    )?;
+    config::validate(&loaded.config)?;
     Ok((loaded, selected))
 }
 

@@ -53,12 +53,24 @@ impl Loaded {
 
 /// Read `path`, apply environment overrides from `vars`, and validate.
 pub fn load(path: &Path, vars: impl IntoIterator<Item = (String, String)>) -> Result<Loaded, ConfigError> {
+    let loaded = load_unvalidated(path, vars)?;
+    validate(&loaded.config)?;
+    Ok(loaded)
+}
+
+/// As `load`, without the semantic checks: for callers that merge more
+/// settings (command-line flags) and then `validate` once, so that a value
+/// is judged with everything that applies to it.
+pub fn load_unvalidated(
+    path: &Path,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Loaded, ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: shown.clone(),
         source,
     })?;
-    let config = parse(&text, &shown, vars)?;
+    let config = parse_unvalidated(&text, &shown, vars)?;
     let base_dir = path
         .parent()
         .map(Path::to_path_buf)
@@ -77,6 +89,23 @@ pub fn parse(
     origin: &str,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
+    let config = parse_unvalidated(text, origin, vars)?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// The semantic checks the schema's types cannot express.
+pub fn validate(config: &Config) -> Result<(), ConfigError> {
+    validate::validate(config)
+}
+
+/// Parse TOML text with environment overrides; types and keys are checked,
+/// values are not (see `validate`).
+pub fn parse_unvalidated(
+    text: &str,
+    origin: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
     let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
         path: origin.to_string(),
         message: e.to_string(),
@@ -90,7 +119,6 @@ pub fn parse(
             message: e.into_inner().to_string(),
         }
     })?;
-    validate::validate(&config)?;
     Ok(config)
 }
 

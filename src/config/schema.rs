@@ -181,9 +181,10 @@ pub struct TaskConfig {
     pub kind: HospitalKind,
     /// Number of hospitals the training rows are partitioned into.
     pub hospitals: usize,
-    /// Quorum: fewest accepted updates that close a round (default: all).
+    /// Quorum: fewest accepted updates that close a round, as a count or a
+    /// fraction of `hospitals` (default: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub min_hospitals: Option<usize>,
+    pub min_hospitals: Option<Quorum>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rounds: Option<u32>,
     #[serde(default = "default_strategy")]
@@ -214,7 +215,62 @@ impl TaskConfig {
     }
 
     pub fn effective_min_hospitals(&self) -> usize {
-        self.min_hospitals.unwrap_or(self.hospitals)
+        self.min_hospitals
+            .map_or(self.hospitals, |q| q.of(self.hospitals))
+    }
+}
+
+/// How many hospitals a stage needs: a count (`4`), or a fraction of the
+/// task's hospitals (`0.8`), which follows `--hospitals`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Quorum {
+    Count(usize),
+    Fraction(f64),
+}
+
+impl Quorum {
+    /// The count out of `hospitals` (a fraction rounds up, at least 1).
+    pub fn of(self, hospitals: usize) -> usize {
+        match self {
+            Quorum::Count(n) => n,
+            // The epsilon keeps 0.8 x 5 at 4, not 5 from rounding noise.
+            Quorum::Fraction(f) => ((f * hospitals as f64 - 1e-9).ceil() as usize).max(1),
+        }
+    }
+}
+
+impl Serialize for Quorum {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Quorum::Count(n) => s.serialize_u64(*n as u64),
+            Quorum::Fraction(f) => s.serialize_f64(*f),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Quorum {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Quorum;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a count of hospitals (e.g. 4) or a fraction of them (e.g. 0.8)")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Quorum, E> {
+                usize::try_from(v)
+                    .map(Quorum::Count)
+                    .map_err(|_| E::custom(format!("{v} hospitals is too many")))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Quorum, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::custom(format!("a quorum cannot be negative, got {v}")))
+                    .and_then(|v| self.visit_u64(v))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Quorum, E> {
+                Ok(Quorum::Fraction(v))
+            }
+        }
+        d.deserialize_any(Visitor)
     }
 }
 

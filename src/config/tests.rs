@@ -66,3 +66,27 @@ fn effective_config_round_trips_through_toml() {
     let again = parse(&to_toml(&c), "again", std::iter::empty()).unwrap();
     assert_eq!(c, again);
 }
+
+#[test]
+fn a_quorum_is_a_count_or_a_fraction_of_the_hospitals() {
+    assert_eq!(Quorum::Fraction(0.8).of(5), 4);
+    assert_eq!(Quorum::Fraction(0.8).of(20), 16);
+    assert_eq!(Quorum::Fraction(0.6).of(3), 2);
+    assert_eq!(Quorum::Fraction(1.0).of(7), 7);
+    assert_eq!(Quorum::Fraction(0.01).of(3), 1);
+    assert_eq!(Quorum::Count(4).of(20), 4);
+    let parsed = |v: &str| -> Result<Option<Quorum>, String> {
+        let text = format!("kind = \"tabular\"\nhospitals = 5\nmin_hospitals = {v}\n[data]\npath = \"x\"\n");
+        toml::from_str::<TaskConfig>(&text)
+            .map(|t| t.min_hospitals)
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(parsed("4"), Ok(Some(Quorum::Count(4))));
+    assert_eq!(parsed("0.8"), Ok(Some(Quorum::Fraction(0.8))));
+    let err = parsed("\"most\"").unwrap_err();
+    assert!(
+        err.contains("a count of hospitals (e.g. 4) or a fraction"),
+        "{err}"
+    );
+    assert!(parsed("-2").unwrap_err().contains("cannot be negative"));
+}

@@ -2,7 +2,7 @@
 
 use super::{
     Config, ConfigError, DataFormat, DpScaling, EffectivePrivacy, HospitalKind, NoiseKind, PartitionScheme,
-    PrivacyMode, TaskConfig,
+    PrivacyMode, Quorum, TaskConfig,
 };
 
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
@@ -66,13 +66,23 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                 format!("must be 1..=1000, got {}", task.hospitals),
             );
         }
-        if let Some(m) = task.min_hospitals {
-            if m == 0 || m > task.hospitals {
+        match task.min_hospitals {
+            Some(Quorum::Count(m)) if m == 0 || m > task.hospitals => {
                 return bad(
                     key("min_hospitals"),
-                    format!("must be 1..={} (hospitals), got {m}", task.hospitals),
+                    format!(
+                        "must be 1..={} (hospitals), or a fraction of them in (0, 1], got {m}",
+                        task.hospitals
+                    ),
                 );
             }
+            Some(Quorum::Fraction(f)) if !(f > 0.0 && f <= 1.0) => {
+                return bad(
+                    key("min_hospitals"),
+                    format!("a fraction of the hospitals must be in (0, 1], got {f}"),
+                );
+            }
+            _ => {}
         }
         if task.rounds == Some(0) {
             return bad(key("rounds"), "must be at least 1".into());

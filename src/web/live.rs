@@ -13,7 +13,8 @@ use crate::output::MetricsJson;
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TaskView {
     pub kind: String,
-    /// Phase name: idle, assembling, preparing, training, evaluating, finished, aborted.
+    /// Phase name: idle, assembling, preparing, training, aggregating,
+    /// evaluating, finished, aborted.
     pub phase: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub abort_reason: Option<String>,
@@ -182,6 +183,7 @@ impl LiveView {
             | E::HospitalEvaluated { .. }
             | E::MessageDropped { .. }
             | E::RoundBelowQuorum { .. }
+            | E::StartingWithout { .. }
             | E::TaskFinished { .. }
             | E::TaskAborted { .. } => {}
         }
@@ -256,7 +258,11 @@ mod tests {
         v.apply(
             &FederationEvent::PhaseChanged {
                 task: "t".into(),
-                phase: Phase::Training { round: 1, attempt: 0 },
+                phase: Phase::Collecting {
+                    round: 1,
+                    stage: medfed_actors::coordinator::StageKind::Train,
+                    attempt: 0,
+                },
             },
             3.0,
         );

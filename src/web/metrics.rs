@@ -20,11 +20,12 @@ use medfed_actors::FederationEvent;
 
 use super::live::LiveView;
 
-const PHASES: [&str; 7] = [
+const PHASES: [&str; 8] = [
     "idle",
     "assembling",
     "preparing",
     "training",
+    "aggregating",
     "evaluating",
     "finished",
     "aborted",

@@ -1,31 +1,32 @@
-//! The coordinator's finite state machine for one task, as a pure transition
-//! function: `(state, event) -> effects`. No actors, clocks or I/O here; the
-//! actor shell executes the effects (sends requests, arms timers, aggregates).
+//! One task's federation as a pure transition function:
+//! `(state, event) -> effects`. No actors, clocks or I/O here. A run is an
+//! assembly, then rounds made of the stages the task's `Protocol` declares;
+//! each stage asks the members, collects answers until all answered or its
+//! deadline passed, and closes with a quorum — or retries, then aborts.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::stage::{Protocol, Stage, StageKind};
 
 pub type HospitalId = String;
 
 /// Where a task's federation stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "phase", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
     Idle,
-    /// Waiting for `min_hospitals` to join.
+    /// Waiting for the expected hospitals to join.
     Assembling,
-    /// Collecting the hospitals' feature statistics for federated scaling.
-    Preparing {
-        attempt: u32,
-    },
-    Training {
+    /// Collecting the answers of one stage of `round` (round 0: preparation).
+    Collecting {
         round: u32,
+        stage: StageKind,
         attempt: u32,
     },
     /// Aggregating the round's updates and evaluating on the held-out set.
-    Evaluating {
+    Aggregating {
         round: u32,
     },
     Finished {
@@ -37,13 +38,14 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Phase names: idle, assembling, preparing, training, aggregating,
+    /// evaluating, finished, aborted.
     pub fn name(&self) -> &'static str {
         match self {
             Phase::Idle => "idle",
             Phase::Assembling => "assembling",
-            Phase::Preparing { .. } => "preparing",
-            Phase::Training { .. } => "training",
-            Phase::Evaluating { .. } => "evaluating",
+            Phase::Collecting { stage, .. } => stage.phase_name(),
+            Phase::Aggregating { .. } => "aggregating",
             Phase::Finished { .. } => "finished",
             Phase::Aborted { .. } => "aborted",
         }
@@ -52,31 +54,86 @@ impl Phase {
     pub fn is_active(&self) -> bool {
         !matches!(self, Phase::Idle | Phase::Finished { .. } | Phase::Aborted { .. })
     }
+
+    /// The round this phase belongs to (0 outside rounds).
+    pub fn round(&self) -> u32 {
+        match self {
+            Phase::Collecting { round, .. } | Phase::Aggregating { round } => *round,
+            _ => 0,
+        }
+    }
+}
+
+/// As `{"phase": name, ...fields}`: the name is what the panel shows.
+impl Serialize for Phase {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct View<'a> {
+            phase: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            round: Option<u32>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            stage: Option<StageKind>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            attempt: Option<u32>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            rounds: Option<u32>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            reason: Option<&'a str>,
+        }
+        let mut view = View {
+            phase: self.name(),
+            round: None,
+            stage: None,
+            attempt: None,
+            rounds: None,
+            reason: None,
+        };
+        match self {
+            Phase::Collecting {
+                round,
+                stage,
+                attempt,
+            } => (view.round, view.stage, view.attempt) = (Some(*round), Some(*stage), Some(*attempt)),
+            Phase::Aggregating { round } => view.round = Some(*round),
+            Phase::Finished { rounds } => view.rounds = Some(*rounds),
+            Phase::Aborted { reason } => view.reason = Some(reason),
+            Phase::Idle | Phase::Assembling => {}
+        }
+        view.serialize(s)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FsmConfig {
-    pub min_hospitals: usize,
     pub rounds: u32,
-    /// Extra attempts of a round (or of preparation) that ended below quorum.
-    pub max_retries: u32,
-    pub round_timeout: Duration,
+    /// A run waits for this many hospitals until `assemble_timeout`, then
+    /// starts with at least the protocol's quorum.
+    pub expected_hospitals: usize,
     pub assemble_timeout: Duration,
+    pub protocol: Protocol,
+}
+
+impl FsmConfig {
+    /// The hospitals a run needs to start and each stage to close.
+    pub fn quorum(&self) -> usize {
+        self.protocol.quorum()
+    }
 }
 
 /// Identifies one armed deadline; only the latest one is live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TimerId(pub u64);
 
-/// What a hospital answered to a training request.
+/// What a hospital's answer is worth to its stage.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Verdict {
-    /// The update passed `UpdateCheck`; the shell holds it.
-    Valid,
-    /// The update failed `UpdateCheck` (or training failed). `label` is a
-    /// short, bounded name for counting; `reason` the full explanation.
+    /// Usable: kept for the stage's result.
+    Usable,
+    /// Failed a check (or training failed). `label` is a short, bounded name
+    /// for counting; `reason` the full explanation.
     Invalid { label: String, reason: String },
-    /// The hospital declined to train (e.g. privacy budget exhausted).
+    /// The hospital declined (e.g. privacy budget exhausted).
     Declined(String),
 }
 
@@ -87,23 +144,21 @@ pub enum Event {
     },
     Joined(HospitalId),
     Left(HospitalId),
-    /// `usable` is false when the hospital declined (e.g. privacy budget).
-    StatsArrived {
+    Answered {
         from: HospitalId,
-        attempt: u32,
-        usable: bool,
-    },
-    UpdateArrived {
-        from: HospitalId,
+        stage: StageKind,
         round: u32,
         attempt: u32,
         verdict: Verdict,
     },
+    /// Not asked in the current stage after all (the strategy left it out).
+    Excused(HospitalId),
     DeadlineExpired(TimerId),
-    Evaluated {
+    /// The training stage's updates were aggregated and the model evaluated.
+    Aggregated {
         round: u32,
     },
-    EvaluationFailed {
+    AggregationFailed {
         round: u32,
         reason: String,
     },
@@ -118,13 +173,13 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DropReason {
-    /// For an earlier round or attempt.
+    /// For an earlier round, stage or attempt.
     Late,
     /// Second answer from the same hospital in one attempt.
     Duplicate,
     /// From a hospital that was not asked in this attempt.
     UnknownSender,
-    /// Nothing is being collected now (idle, evaluating, finished...).
+    /// Nothing like it is being collected (never asked for).
     Unexpected,
 }
 
@@ -142,57 +197,60 @@ impl DropReason {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    RequestStats {
-        to: Vec<HospitalId>,
-        attempt: u32,
-    },
-    /// Keep this hospital's statistics for combination.
-    KeepStats {
-        from: HospitalId,
-    },
-    /// Combine the statistics of these hospitals into the federated scaler.
-    CombineStats {
-        from: Vec<HospitalId>,
-    },
-    RequestTraining {
-        to: Vec<HospitalId>,
+    /// Ask these hospitals for the stage's answer.
+    Request {
+        stage: StageKind,
         round: u32,
         attempt: u32,
+        to: Vec<HospitalId>,
     },
     ArmDeadline {
         timer: TimerId,
         after: Duration,
     },
-    /// Keep this hospital's update for aggregation.
-    KeepUpdate {
+    /// Keep this hospital's answer for the stage's result.
+    Keep {
         from: HospitalId,
+        stage: StageKind,
+        round: u32,
     },
-    /// The update was answered but not kept (`Verdict::Invalid`/`Declined`).
-    RefuseUpdate {
+    /// The answer counted as given but is not used.
+    Refuse {
         from: HospitalId,
+        stage: StageKind,
+        round: u32,
         verdict: Verdict,
     },
     Drop {
         from: HospitalId,
         reason: DropReason,
     },
-    /// Forget every kept update and collected statistic.
+    /// Forget every kept answer.
     DiscardCollected,
-    /// Aggregate the kept updates of these hospitals and evaluate.
-    Aggregate {
+    /// The stage closed with these usable answers: combine them (statistics),
+    /// aggregate them (training; `Aggregated` follows), or record them.
+    StageClosed {
+        stage: StageKind,
         round: u32,
         from: Vec<HospitalId>,
     },
+    StageBelowQuorum {
+        stage: StageKind,
+        round: u32,
+        attempt: u32,
+        accepted: usize,
+        needed: usize,
+    },
+    /// An attempt of a round's training stage began.
     RoundStarted {
         round: u32,
         attempt: u32,
         participants: Vec<HospitalId>,
     },
-    RoundBelowQuorum {
-        round: u32,
-        attempt: u32,
-        accepted: usize,
-        needed: usize,
+    /// The assembly deadline passed with the quorum but not everyone.
+    StartingWithout {
+        joined: Vec<HospitalId>,
+        expected: usize,
     },
     RunFinished {
         rounds: u32,
@@ -215,17 +273,18 @@ pub struct DropCounts {
 pub struct TaskFsm {
     config: FsmConfig,
     phase: Phase,
+    /// Position of the current stage in its round's list.
+    stage_index: usize,
     members: BTreeSet<HospitalId>,
     /// Asked in the current attempt and not answered yet.
     awaiting: BTreeSet<HospitalId>,
     /// Answered in the current attempt (any verdict).
     answered: BTreeSet<HospitalId>,
-    /// Answers that can be used: valid updates, or statistics.
     usable: BTreeSet<HospitalId>,
     target_rounds: u32,
-    /// The latest (round, attempt) hospitals were asked to train for.
-    last_asked: Option<(u32, u32)>,
-    /// Distinct reasons hospitals declined with in the current round.
+    /// The latest (round, attempt) each stage kind asked for.
+    last_asked: BTreeMap<StageKind, (u32, u32)>,
+    /// Distinct reasons hospitals declined with in the current stage's attempts.
     declines: BTreeSet<String>,
     next_timer: u64,
     live_timer: Option<TimerId>,
@@ -238,12 +297,13 @@ impl TaskFsm {
         Self {
             config,
             phase: Phase::Idle,
+            stage_index: 0,
             members: BTreeSet::new(),
             awaiting: BTreeSet::new(),
             answered: BTreeSet::new(),
             usable: BTreeSet::new(),
             target_rounds,
-            last_asked: None,
+            last_asked: BTreeMap::new(),
             declines: BTreeSet::new(),
             next_timer: 0,
             live_timer: None,
@@ -277,23 +337,30 @@ impl TaskFsm {
         match event {
             Event::Start { rounds } => self.on_start(rounds, &mut fx),
             Event::Joined(id) => self.on_joined(id, &mut fx),
-            Event::Left(id) => self.on_left(&id, &mut fx),
-            Event::StatsArrived {
+            Event::Left(id) => {
+                self.members.remove(&id);
+                self.excuse(&id, &mut fx);
+            }
+            Event::Answered {
                 from,
-                attempt,
-                usable,
-            } => self.on_stats(from, attempt, usable, &mut fx),
-            Event::UpdateArrived {
-                from,
+                stage,
                 round,
                 attempt,
                 verdict,
-            } => self.on_update(from, round, attempt, verdict, &mut fx),
+            } => self.on_answer(from, stage, round, attempt, verdict, &mut fx),
+            Event::Excused(id) => self.excuse(&id, &mut fx),
             Event::DeadlineExpired(timer) => self.on_deadline(timer, &mut fx),
-            Event::Evaluated { round } => self.on_evaluated(round, &mut fx),
-            Event::EvaluationFailed { round, reason } => {
-                if self.phase == (Phase::Evaluating { round }) {
-                    self.abort(format!("round {round}: evaluation failed: {reason}"), &mut fx);
+            Event::Aggregated { round } => {
+                if self.phase == (Phase::Aggregating { round }) {
+                    self.advance(round, &mut fx);
+                }
+            }
+            Event::AggregationFailed { round, reason } => {
+                if self.phase == (Phase::Aggregating { round }) {
+                    self.abort(
+                        format!("round {round}: aggregation or evaluation failed: {reason}"),
+                        &mut fx,
+                    );
                 }
             }
             Event::Failed { reason } => {
@@ -310,6 +377,10 @@ impl TaskFsm {
         fx
     }
 
+    fn expected(&self) -> usize {
+        self.config.expected_hospitals.max(self.config.quorum())
+    }
+
     fn on_start(&mut self, rounds: u32, fx: &mut Vec<Effect>) {
         if self.phase.is_active() {
             return;
@@ -319,8 +390,8 @@ impl TaskFsm {
             return;
         }
         self.target_rounds = rounds;
-        if self.members.len() >= self.config.min_hospitals {
-            self.begin_preparing(0, fx);
+        if self.members.len() >= self.expected() {
+            self.begin_run(fx);
         } else {
             self.phase = Phase::Assembling;
             self.arm(self.config.assemble_timeout, fx);
@@ -329,56 +400,31 @@ impl TaskFsm {
 
     fn on_joined(&mut self, id: HospitalId, fx: &mut Vec<Effect>) {
         self.members.insert(id);
-        if self.phase == Phase::Assembling && self.members.len() >= self.config.min_hospitals {
-            self.begin_preparing(0, fx);
+        if self.phase == Phase::Assembling && self.members.len() >= self.expected() {
+            self.begin_run(fx);
         }
         // In any other phase the newcomer takes part from the next attempt on.
     }
 
-    fn on_left(&mut self, id: &str, fx: &mut Vec<Effect>) {
-        self.members.remove(id);
-        if self.awaiting.remove(id) && self.awaiting.is_empty() {
-            self.close_collection(fx);
-        }
-    }
-
-    fn on_stats(&mut self, from: HospitalId, attempt: u32, usable: bool, fx: &mut Vec<Effect>) {
-        match self.phase {
-            Phase::Preparing { attempt: current } if attempt == current => {
-                if let Some(reason) = self.admit(&from) {
-                    self.drop_msg(from, reason, fx);
-                    return;
-                }
-                if usable {
-                    self.usable.insert(from.clone());
-                    fx.push(Effect::KeepStats { from });
-                }
-                if self.awaiting.is_empty() {
-                    self.close_collection(fx);
-                }
-            }
-            Phase::Preparing { attempt: current } if attempt < current => {
-                self.drop_msg(from, DropReason::Late, fx)
-            }
-            Phase::Training { .. } | Phase::Evaluating { .. } => self.drop_msg(from, DropReason::Late, fx),
-            _ => self.drop_msg(from, DropReason::Unexpected, fx),
-        }
-    }
-
-    fn on_update(
+    fn on_answer(
         &mut self,
         from: HospitalId,
+        stage: StageKind,
         round: u32,
         attempt: u32,
         verdict: Verdict,
         fx: &mut Vec<Effect>,
     ) {
-        let collecting =
-            matches!(self.phase, Phase::Training { round: r, attempt: a } if (r, a) == (round, attempt));
+        let collecting = self.phase
+            == Phase::Collecting {
+                round,
+                stage,
+                attempt,
+            };
         if !collecting {
             // Answers to an attempt already closed are late; anything else was never asked for.
-            let reason = match self.last_asked {
-                Some(last) if (round, attempt) <= last => DropReason::Late,
+            let reason = match self.last_asked.get(&stage) {
+                Some(&last) if (round, attempt) <= last => DropReason::Late,
                 _ => DropReason::Unexpected,
             };
             self.drop_msg(from, reason, fx);
@@ -389,15 +435,20 @@ impl TaskFsm {
             return;
         }
         match verdict {
-            Verdict::Valid => {
+            Verdict::Usable => {
                 self.usable.insert(from.clone());
-                fx.push(Effect::KeepUpdate { from });
+                fx.push(Effect::Keep { from, stage, round });
             }
             other => {
                 if let Verdict::Declined(reason) = &other {
                     self.declines.insert(reason.clone());
                 }
-                fx.push(Effect::RefuseUpdate { from, verdict: other });
+                fx.push(Effect::Refuse {
+                    from,
+                    stage,
+                    round,
+                    verdict: other,
+                });
             }
         }
         if self.awaiting.is_empty() {
@@ -417,147 +468,185 @@ impl TaskFsm {
         None
     }
 
+    /// `id` will not answer this attempt (it left, or was not asked).
+    fn excuse(&mut self, id: &str, fx: &mut Vec<Effect>) {
+        if self.awaiting.remove(id) && self.awaiting.is_empty() {
+            self.close_collection(fx);
+        }
+    }
+
     fn on_deadline(&mut self, timer: TimerId, fx: &mut Vec<Effect>) {
         if self.live_timer != Some(timer) {
             return; // a deadline of an attempt that already closed
         }
         self.live_timer = None;
         match self.phase {
+            Phase::Assembling if self.members.len() >= self.config.quorum() => {
+                fx.push(Effect::StartingWithout {
+                    joined: self.members.iter().cloned().collect(),
+                    expected: self.expected(),
+                });
+                self.begin_run(fx);
+            }
             Phase::Assembling => {
                 let reason = format!(
                     "only {} of {} required hospitals joined within {:?}",
                     self.members.len(),
-                    self.config.min_hospitals,
+                    self.config.quorum(),
                     self.config.assemble_timeout
                 );
                 self.abort(reason, fx);
             }
-            Phase::Preparing { .. } | Phase::Training { .. } => self.close_collection(fx),
+            Phase::Collecting { .. } => self.close_collection(fx),
             _ => {}
         }
     }
 
-    fn on_evaluated(&mut self, round: u32, fx: &mut Vec<Effect>) {
-        if self.phase != (Phase::Evaluating { round }) {
-            return;
-        }
-        if round >= self.target_rounds {
-            self.phase = Phase::Finished { rounds: round };
-            fx.push(Effect::RunFinished { rounds: round });
-        } else {
-            self.begin_round(round + 1, 0, fx);
-        }
+    fn current_stage(&self, round: u32) -> Option<Stage> {
+        self.config.protocol.stages(round).get(self.stage_index).copied()
     }
 
     /// The current attempt is over: everyone answered or the deadline passed.
     fn close_collection(&mut self, fx: &mut Vec<Effect>) {
+        let Phase::Collecting {
+            round,
+            stage,
+            attempt,
+        } = self.phase.clone()
+        else {
+            return;
+        };
+        let Some(rules) = self.current_stage(round).map(|s| s.rules) else {
+            return;
+        };
         self.live_timer = None;
         let usable: Vec<HospitalId> = self.usable.iter().cloned().collect();
-        let quorum = usable.len() >= self.config.min_hospitals;
-        match self.phase.clone() {
-            Phase::Preparing { attempt } => {
-                if quorum {
-                    fx.push(Effect::CombineStats { from: usable });
-                    self.begin_round(1, 0, fx);
-                } else if attempt < self.config.max_retries {
-                    fx.push(Effect::RoundBelowQuorum {
-                        round: 0,
-                        attempt,
-                        accepted: usable.len(),
-                        needed: self.config.min_hospitals,
-                    });
-                    self.begin_preparing(attempt + 1, fx);
-                } else {
-                    self.abort(
-                        format!(
-                            "preparation: {} of {} required hospitals sent statistics after {} attempts",
-                            usable.len(),
-                            self.config.min_hospitals,
-                            attempt + 1
-                        ),
-                        fx,
-                    );
-                }
+        if usable.len() >= rules.quorum {
+            fx.push(Effect::StageClosed {
+                stage,
+                round,
+                from: usable,
+            });
+            if stage == StageKind::Train {
+                self.clear_collection();
+                self.phase = Phase::Aggregating { round };
+            } else {
+                self.advance(round, fx);
             }
-            Phase::Training { round, attempt } => {
-                if quorum {
-                    self.clear_collection();
-                    self.phase = Phase::Evaluating { round };
-                    fx.push(Effect::Aggregate { round, from: usable });
-                } else {
-                    fx.push(Effect::RoundBelowQuorum {
-                        round,
-                        attempt,
-                        accepted: usable.len(),
-                        needed: self.config.min_hospitals,
-                    });
-                    if attempt < self.config.max_retries {
-                        self.begin_round(round, attempt + 1, fx);
-                    } else {
-                        let mut reason = format!(
-                            "round {round}: {} of {} required updates accepted after {} attempts",
-                            usable.len(),
-                            self.config.min_hospitals,
-                            attempt + 1
-                        );
-                        if !self.declines.is_empty() {
-                            let why: Vec<&str> = self.declines.iter().map(String::as_str).collect();
-                            reason.push_str(&format!("; hospitals declined: {}", why.join("; ")));
-                        }
-                        self.abort(reason, fx);
-                    }
-                }
-            }
-            _ => {}
+            return;
+        }
+        fx.push(Effect::StageBelowQuorum {
+            stage,
+            round,
+            attempt,
+            accepted: usable.len(),
+            needed: rules.quorum,
+        });
+        if attempt < rules.retries {
+            self.begin_stage(round, self.stage_index, attempt + 1, fx);
+            return;
+        }
+        let mut reason = match stage {
+            StageKind::Stats => format!(
+                "preparation: {} of {} required hospitals sent statistics after {} attempts",
+                usable.len(),
+                rules.quorum,
+                attempt + 1
+            ),
+            StageKind::Train => format!(
+                "round {round}: {} of {} required updates accepted after {} attempts",
+                usable.len(),
+                rules.quorum,
+                attempt + 1
+            ),
+            StageKind::Evaluate => format!(
+                "round {round}: {} of {} required evaluations after {} attempts",
+                usable.len(),
+                rules.quorum,
+                attempt + 1
+            ),
+        };
+        if !self.declines.is_empty() {
+            let why: Vec<&str> = self.declines.iter().map(String::as_str).collect();
+            reason.push_str(&format!("; hospitals declined: {}", why.join("; ")));
+        }
+        self.abort(reason, fx);
+    }
+
+    /// The current stage of `round` is done: the next stage, the next round,
+    /// or the end of the run.
+    fn advance(&mut self, round: u32, fx: &mut Vec<Effect>) {
+        let next = self.stage_index + 1;
+        if next < self.config.protocol.stages(round).len() {
+            self.begin_stage(round, next, 0, fx);
+        } else if round >= self.target_rounds {
+            self.clear_collection();
+            self.phase = Phase::Finished { rounds: round };
+            fx.push(Effect::RunFinished { rounds: round });
+        } else {
+            self.begin_round(round + 1, fx);
         }
     }
 
-    fn begin_preparing(&mut self, attempt: u32, fx: &mut Vec<Effect>) {
-        self.start_collection(fx);
-        self.phase = Phase::Preparing { attempt };
-        fx.push(Effect::RequestStats {
-            to: self.awaiting.iter().cloned().collect(),
-            attempt,
-        });
-        self.arm(self.config.round_timeout, fx);
+    fn begin_run(&mut self, fx: &mut Vec<Effect>) {
+        self.begin_round(0, fx);
     }
 
-    fn begin_round(&mut self, round: u32, attempt: u32, fx: &mut Vec<Effect>) {
-        self.begin_attempt_bookkeeping(attempt);
-        self.start_collection(fx);
-        self.phase = Phase::Training { round, attempt };
-        self.last_asked = Some((round, attempt));
-        let participants: Vec<HospitalId> = self.awaiting.iter().cloned().collect();
-        fx.push(Effect::RoundStarted {
-            round,
-            attempt,
-            participants: participants.clone(),
-        });
-        fx.push(Effect::RequestTraining {
-            to: participants,
-            round,
-            attempt,
-        });
-        self.arm(self.config.round_timeout, fx);
+    /// The first stage of `round`, skipping rounds that have none (a
+    /// protocol without preparation).
+    fn begin_round(&mut self, round: u32, fx: &mut Vec<Effect>) {
+        if self.config.protocol.stages(round).is_empty() {
+            if round == 0 {
+                return self.begin_round(1, fx);
+            }
+            self.abort(format!("round {round} has no stages"), fx);
+            return;
+        }
+        self.begin_stage(round, 0, 0, fx);
     }
 
-    fn start_collection(&mut self, fx: &mut Vec<Effect>) {
+    fn begin_stage(&mut self, round: u32, index: usize, attempt: u32, fx: &mut Vec<Effect>) {
+        self.stage_index = index;
+        let Some(stage) = self.current_stage(round) else {
+            return;
+        };
+        if attempt == 0 {
+            // Decline reasons are kept across the retries of one stage only.
+            self.declines.clear();
+        }
         self.clear_collection();
         fx.push(Effect::DiscardCollected);
         self.awaiting = self.members.clone();
+        self.phase = Phase::Collecting {
+            round,
+            stage: stage.kind,
+            attempt,
+        };
+        self.last_asked.insert(stage.kind, (round, attempt));
+        let to: Vec<HospitalId> = self.awaiting.iter().cloned().collect();
+        if stage.kind == StageKind::Train {
+            fx.push(Effect::RoundStarted {
+                round,
+                attempt,
+                participants: to.clone(),
+            });
+        }
+        fx.push(Effect::Request {
+            stage: stage.kind,
+            round,
+            attempt,
+            to,
+        });
+        self.arm(stage.rules.deadline, fx);
+        if self.awaiting.is_empty() && stage.rules.quorum == 0 {
+            self.close_collection(fx);
+        }
     }
 
     fn clear_collection(&mut self) {
         self.awaiting.clear();
         self.answered.clear();
         self.usable.clear();
-    }
-
-    fn begin_attempt_bookkeeping(&mut self, attempt: u32) {
-        // Decline reasons are kept across the retries of one round only.
-        if attempt == 0 {
-            self.declines.clear();
-        }
     }
 
     fn arm(&mut self, after: Duration, fx: &mut Vec<Effect>) {

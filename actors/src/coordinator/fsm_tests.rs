@@ -1,12 +1,14 @@
 use super::*;
+use crate::coordinator::stage::Protocol;
+
+const DEADLINE: Duration = Duration::from_secs(30);
 
 fn config() -> FsmConfig {
     FsmConfig {
-        min_hospitals: 2,
         rounds: 2,
-        max_retries: 1,
-        round_timeout: Duration::from_secs(30),
+        expected_hospitals: 2,
         assemble_timeout: Duration::from_secs(60),
+        protocol: Protocol::federated(true, 2, 1, DEADLINE),
     }
 }
 
@@ -20,20 +22,49 @@ fn joined(fsm: &mut TaskFsm, names: &[&str]) {
     }
 }
 
-fn valid(from: &str, round: u32, attempt: u32) -> Event {
-    Event::UpdateArrived {
+fn answer(from: &str, stage: StageKind, round: u32, attempt: u32, verdict: Verdict) -> Event {
+    Event::Answered {
         from: from.into(),
+        stage,
         round,
         attempt,
-        verdict: Verdict::Valid,
+        verdict,
     }
 }
 
+fn valid(from: &str, round: u32, attempt: u32) -> Event {
+    answer(from, StageKind::Train, round, attempt, Verdict::Usable)
+}
+
 fn stats(from: &str, attempt: u32) -> Event {
-    Event::StatsArrived {
-        from: from.into(),
+    answer(from, StageKind::Stats, 0, attempt, Verdict::Usable)
+}
+
+fn evaluation(from: &str, round: u32) -> Event {
+    answer(from, StageKind::Evaluate, round, 0, Verdict::Usable)
+}
+
+fn training(round: u32, attempt: u32) -> Phase {
+    Phase::Collecting {
+        round,
+        stage: StageKind::Train,
         attempt,
-        usable: true,
+    }
+}
+
+fn evaluating(round: u32) -> Phase {
+    Phase::Collecting {
+        round,
+        stage: StageKind::Evaluate,
+        attempt: 0,
+    }
+}
+
+fn preparing(attempt: u32) -> Phase {
+    Phase::Collecting {
+        round: 0,
+        stage: StageKind::Stats,
+        attempt,
     }
 }
 
@@ -55,28 +86,64 @@ fn in_round_one() -> (TaskFsm, TimerId) {
     fsm.handle(stats("a", 0));
     fsm.handle(stats("b", 0));
     let fx = fsm.handle(stats("c", 0));
-    assert_eq!(fsm.phase(), &Phase::Training { round: 1, attempt: 0 });
+    assert_eq!(fsm.phase(), &training(1, 0));
     (fsm, last_timer(&fx))
 }
 
+/// Round `round` trained by everyone and aggregated: evaluation begins.
+fn through_training(fsm: &mut TaskFsm, round: u32, names: &[&str]) -> Vec<Effect> {
+    for h in names {
+        fsm.handle(valid(h, round, 0));
+    }
+    assert_eq!(fsm.phase(), &Phase::Aggregating { round });
+    fsm.handle(Event::Aggregated { round })
+}
+
 #[test]
-fn start_without_quorum_assembles_then_prepares_when_enough_join() {
-    let mut fsm = TaskFsm::new(config());
+fn start_waits_for_every_expected_hospital_then_prepares() {
+    let mut fsm = TaskFsm::new(FsmConfig {
+        expected_hospitals: 3,
+        ..config()
+    });
     let fx = fsm.handle(Event::Start { rounds: 3 });
     assert_eq!(fsm.phase(), &Phase::Assembling);
     assert!(matches!(fx[..], [Effect::ArmDeadline { after, .. }] if after == Duration::from_secs(60)));
     assert!(fsm.handle(Event::Joined("a".into())).is_empty());
-    let fx = fsm.handle(Event::Joined("b".into()));
-    assert_eq!(fsm.phase(), &Phase::Preparing { attempt: 0 });
-    assert!(fx.contains(&Effect::RequestStats {
-        to: ids(&["a", "b"]),
-        attempt: 0
+    // The quorum (2) is there, but a third hospital is expected: keep waiting.
+    assert!(fsm.handle(Event::Joined("b".into())).is_empty());
+    assert_eq!(fsm.phase(), &Phase::Assembling);
+    let fx = fsm.handle(Event::Joined("c".into()));
+    assert_eq!(fsm.phase(), &preparing(0));
+    assert!(fx.contains(&Effect::Request {
+        stage: StageKind::Stats,
+        round: 0,
+        attempt: 0,
+        to: ids(&["a", "b", "c"]),
     }));
     assert_eq!(fsm.target_rounds(), 3);
 }
 
 #[test]
-fn assembling_deadline_aborts_with_reason() {
+fn at_the_assembly_deadline_a_quorum_starts_and_says_who_is_missing() {
+    let mut fsm = TaskFsm::new(FsmConfig {
+        expected_hospitals: 5,
+        ..config()
+    });
+    let fx = fsm.handle(Event::Start { rounds: 3 });
+    joined(&mut fsm, &["a", "b"]);
+    let fx = fsm.handle(Event::DeadlineExpired(last_timer(&fx)));
+    assert_eq!(
+        fx[0],
+        Effect::StartingWithout {
+            joined: ids(&["a", "b"]),
+            expected: 5
+        }
+    );
+    assert_eq!(fsm.phase(), &preparing(0));
+}
+
+#[test]
+fn assembling_deadline_below_quorum_aborts_with_reason() {
     let mut fsm = TaskFsm::new(config());
     let fx = fsm.handle(Event::Start { rounds: 3 });
     fsm.handle(Event::Joined("a".into()));
@@ -98,20 +165,26 @@ fn preparation_combines_stats_and_starts_round_one_with_all_members() {
     fsm.handle(Event::Start { rounds: 2 });
     assert_eq!(
         fsm.handle(stats("a", 0)),
-        vec![Effect::KeepStats { from: "a".into() }]
+        vec![Effect::Keep {
+            from: "a".into(),
+            stage: StageKind::Stats,
+            round: 0
+        }]
     );
     let fx = fsm.handle(stats("b", 0));
-    assert_eq!(fx[0], Effect::KeepStats { from: "b".into() });
     assert_eq!(
         fx[1],
-        Effect::CombineStats {
+        Effect::StageClosed {
+            stage: StageKind::Stats,
+            round: 0,
             from: ids(&["a", "b"])
         }
     );
-    assert!(fx.contains(&Effect::RequestTraining {
-        to: ids(&["a", "b"]),
+    assert!(fx.contains(&Effect::Request {
+        stage: StageKind::Train,
         round: 1,
-        attempt: 0
+        attempt: 0,
+        to: ids(&["a", "b"]),
     }));
     assert!(fx.contains(&Effect::RoundStarted {
         round: 1,
@@ -121,25 +194,75 @@ fn preparation_combines_stats_and_starts_round_one_with_all_members() {
 }
 
 #[test]
-fn full_run_of_two_rounds_finishes() {
+fn without_a_preparation_stage_the_run_starts_with_round_one() {
+    let mut fsm = TaskFsm::new(FsmConfig {
+        protocol: Protocol::federated(false, 2, 1, DEADLINE),
+        ..config()
+    });
+    joined(&mut fsm, &["a", "b"]);
+    let fx = fsm.handle(Event::Start { rounds: 1 });
+    assert_eq!(fsm.phase(), &training(1, 0));
+    assert!(!fx.iter().any(|e| matches!(
+        e,
+        Effect::Request {
+            stage: StageKind::Stats,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_round_is_train_then_aggregate_then_evaluate_and_the_run_finishes() {
     let (mut fsm, _) = in_round_one();
     fsm.handle(valid("a", 1, 0));
     fsm.handle(valid("b", 1, 0));
     let fx = fsm.handle(valid("c", 1, 0));
-    assert!(fx.contains(&Effect::Aggregate {
+    assert!(fx.contains(&Effect::StageClosed {
+        stage: StageKind::Train,
         round: 1,
         from: ids(&["a", "b", "c"])
     }));
-    assert_eq!(fsm.phase(), &Phase::Evaluating { round: 1 });
-    let fx = fsm.handle(Event::Evaluated { round: 1 });
-    assert_eq!(fsm.phase(), &Phase::Training { round: 2, attempt: 0 });
+    assert_eq!(fsm.phase(), &Phase::Aggregating { round: 1 });
+    let fx = fsm.handle(Event::Aggregated { round: 1 });
+    assert_eq!(fsm.phase(), &evaluating(1));
+    assert!(fx.contains(&Effect::Request {
+        stage: StageKind::Evaluate,
+        round: 1,
+        attempt: 0,
+        to: ids(&["a", "b", "c"]),
+    }));
+    fsm.handle(evaluation("a", 1));
+    fsm.handle(evaluation("b", 1));
+    let fx = fsm.handle(evaluation("c", 1));
+    assert_eq!(fsm.phase(), &training(2, 0));
     assert!(fx.contains(&Effect::DiscardCollected));
-    for h in ["a", "b", "c"] {
-        fsm.handle(valid(h, 2, 0));
-    }
-    let fx = fsm.handle(Event::Evaluated { round: 2 });
+    // Evaluation needs no quorum: its deadline closes it with whoever answered.
+    let fx = through_training(&mut fsm, 2, &["a", "b", "c"]);
+    fsm.handle(evaluation("b", 2));
+    let fx = fsm.handle(Event::DeadlineExpired(last_timer(&fx)));
     assert_eq!(fsm.phase(), &Phase::Finished { rounds: 2 });
-    assert_eq!(fx, vec![Effect::RunFinished { rounds: 2 }]);
+    assert_eq!(
+        fx,
+        vec![
+            Effect::StageClosed {
+                stage: StageKind::Evaluate,
+                round: 2,
+                from: ids(&["b"])
+            },
+            Effect::RunFinished { rounds: 2 }
+        ]
+    );
+}
+
+#[test]
+fn an_excused_hospital_is_not_waited_for() {
+    let (mut fsm, _) = in_round_one();
+    through_training(&mut fsm, 1, &["a", "b", "c"]);
+    fsm.handle(evaluation("a", 1));
+    fsm.handle(Event::Excused("b".into()));
+    assert_eq!(fsm.phase(), &evaluating(1));
+    fsm.handle(Event::Excused("c".into()));
+    assert_eq!(fsm.phase(), &training(2, 0));
 }
 
 #[test]
@@ -148,7 +271,8 @@ fn deadline_closes_round_with_quorum() {
     fsm.handle(valid("a", 1, 0));
     fsm.handle(valid("c", 1, 0));
     let fx = fsm.handle(Event::DeadlineExpired(timer));
-    assert!(fx.contains(&Effect::Aggregate {
+    assert!(fx.contains(&Effect::StageClosed {
+        stage: StageKind::Train,
         round: 1,
         from: ids(&["a", "c"])
     }));
@@ -159,13 +283,14 @@ fn deadline_below_quorum_retries_then_aborts() {
     let (mut fsm, timer) = in_round_one();
     fsm.handle(valid("a", 1, 0));
     let fx = fsm.handle(Event::DeadlineExpired(timer));
-    assert!(fx.contains(&Effect::RoundBelowQuorum {
+    assert!(fx.contains(&Effect::StageBelowQuorum {
+        stage: StageKind::Train,
         round: 1,
         attempt: 0,
         accepted: 1,
         needed: 2
     }));
-    assert_eq!(fsm.phase(), &Phase::Training { round: 1, attempt: 1 });
+    assert_eq!(fsm.phase(), &training(1, 1));
     assert!(fx.contains(&Effect::DiscardCollected));
     let retry_timer = last_timer(&fx);
     // The stale deadline of attempt 0 no longer counts.
@@ -203,7 +328,7 @@ fn late_duplicate_and_unknown_updates_are_dropped_and_counted() {
     );
     // Retry: attempt 0's answers are now late.
     fsm.handle(Event::DeadlineExpired(timer));
-    assert_eq!(fsm.phase(), &Phase::Training { round: 1, attempt: 1 });
+    assert_eq!(fsm.phase(), &training(1, 1));
     assert_eq!(
         fsm.handle(valid("b", 1, 0)),
         vec![Effect::Drop {
@@ -211,10 +336,18 @@ fn late_duplicate_and_unknown_updates_are_dropped_and_counted() {
             reason: DropReason::Late
         }]
     );
+    // Statistics after preparation are late too.
+    assert_eq!(
+        fsm.handle(stats("c", 0)),
+        vec![Effect::Drop {
+            from: "c".into(),
+            reason: DropReason::Late
+        }]
+    );
     assert_eq!(
         fsm.drops(),
         &DropCounts {
-            late: 1,
+            late: 2,
             duplicate: 1,
             unknown_sender: 1,
             unexpected: 0
@@ -223,13 +356,13 @@ fn late_duplicate_and_unknown_updates_are_dropped_and_counted() {
 }
 
 #[test]
-fn update_for_a_round_being_evaluated_is_late() {
+fn update_for_a_round_being_aggregated_is_late() {
     let (mut fsm, _) = in_round_one();
     for h in ["a", "b"] {
         fsm.handle(valid(h, 1, 0));
     }
     fsm.handle(Event::Left("c".into()));
-    assert_eq!(fsm.phase(), &Phase::Evaluating { round: 1 });
+    assert_eq!(fsm.phase(), &Phase::Aggregating { round: 1 });
     let fx = fsm.handle(valid("c", 1, 0));
     assert_eq!(
         fx,
@@ -246,7 +379,8 @@ fn departure_mid_round_closes_round_when_remaining_answered() {
     fsm.handle(valid("a", 1, 0));
     fsm.handle(valid("b", 1, 0));
     let fx = fsm.handle(Event::Left("c".into()));
-    assert!(fx.contains(&Effect::Aggregate {
+    assert!(fx.contains(&Effect::StageClosed {
+        stage: StageKind::Train,
         round: 1,
         from: ids(&["a", "b"])
     }));
@@ -257,34 +391,27 @@ fn departure_mid_round_closes_round_when_remaining_answered() {
 fn refused_and_declined_updates_count_as_answers_but_not_toward_quorum() {
     let (mut fsm, _) = in_round_one();
     fsm.handle(valid("a", 1, 0));
-    let fx = fsm.handle(Event::UpdateArrived {
-        from: "b".into(),
-        round: 1,
-        attempt: 0,
-        verdict: Verdict::Invalid {
-            label: "norm_too_large".into(),
-            reason: "update norm 12 exceeds the bound 10".into(),
-        },
-    });
-    assert!(matches!(&fx[0], Effect::RefuseUpdate { from, .. } if from == "b"));
-    let fx = fsm.handle(Event::UpdateArrived {
-        from: "c".into(),
-        round: 1,
-        attempt: 0,
-        verdict: Verdict::Declined("privacy budget exhausted".into()),
-    });
+    let invalid = Verdict::Invalid {
+        label: "norm_too_large".into(),
+        reason: "update norm 12 exceeds the bound 10".into(),
+    };
+    let fx = fsm.handle(answer("b", StageKind::Train, 1, 0, invalid));
+    assert!(matches!(&fx[0], Effect::Refuse { from, round: 1, .. } if from == "b"));
+    let declined = Verdict::Declined("privacy budget exhausted".into());
+    let fx = fsm.handle(answer("c", StageKind::Train, 1, 0, declined));
     // Everyone answered, one usable update: below quorum, so a retry starts.
-    assert!(fx.contains(&Effect::RoundBelowQuorum {
+    assert!(fx.contains(&Effect::StageBelowQuorum {
+        stage: StageKind::Train,
         round: 1,
         attempt: 0,
         accepted: 1,
         needed: 2
     }));
-    assert_eq!(fsm.phase(), &Phase::Training { round: 1, attempt: 1 });
+    assert_eq!(fsm.phase(), &training(1, 1));
 }
 
 #[test]
-fn a_hospital_joining_mid_round_is_asked_from_the_next_round() {
+fn a_hospital_joining_mid_round_is_asked_from_the_next_stage() {
     let (mut fsm, _) = in_round_one();
     fsm.handle(Event::Joined("d".into()));
     let fx = fsm.handle(valid("d", 1, 0));
@@ -295,14 +422,12 @@ fn a_hospital_joining_mid_round_is_asked_from_the_next_round() {
             ..
         }
     ));
-    for h in ["a", "b", "c"] {
-        fsm.handle(valid(h, 1, 0));
-    }
-    let fx = fsm.handle(Event::Evaluated { round: 1 });
-    assert!(fx.contains(&Effect::RequestTraining {
+    let fx = through_training(&mut fsm, 1, &["a", "b", "c"]);
+    assert!(fx.contains(&Effect::Request {
+        stage: StageKind::Evaluate,
+        round: 1,
+        attempt: 0,
         to: ids(&["a", "b", "c", "d"]),
-        round: 2,
-        attempt: 0
     }));
 }
 
@@ -334,20 +459,24 @@ fn stop_in_every_phase() {
     let mut fsm = TaskFsm::new(config());
     joined(&mut fsm, &["a", "b"]);
     fsm.handle(Event::Start { rounds: 2 });
-    assert!(matches!(fsm.phase(), Phase::Preparing { .. }));
+    assert_eq!(fsm.phase(), &preparing(0));
     stopped(&mut fsm);
     // Training: the live deadline is disarmed.
     let (mut fsm, timer) = in_round_one();
     stopped(&mut fsm);
     assert!(fsm.handle(Event::DeadlineExpired(timer)).is_empty());
-    // Evaluating: a late evaluation result changes nothing.
+    // Aggregating: a late aggregation result changes nothing.
     let (mut fsm, _) = in_round_one();
     for h in ["a", "b", "c"] {
         fsm.handle(valid(h, 1, 0));
     }
     stopped(&mut fsm);
-    assert!(fsm.handle(Event::Evaluated { round: 1 }).is_empty());
+    assert!(fsm.handle(Event::Aggregated { round: 1 }).is_empty());
     assert!(matches!(fsm.phase(), Phase::Aborted { .. }));
+    // Evaluating.
+    let (mut fsm, _) = in_round_one();
+    through_training(&mut fsm, 1, &["a", "b", "c"]);
+    stopped(&mut fsm);
     // Finished: stays finished.
     let mut fsm = TaskFsm::new(FsmConfig {
         rounds: 1,
@@ -357,9 +486,9 @@ fn stop_in_every_phase() {
     fsm.handle(Event::Start { rounds: 1 });
     fsm.handle(stats("a", 0));
     fsm.handle(stats("b", 0));
-    fsm.handle(valid("a", 1, 0));
-    fsm.handle(valid("b", 1, 0));
-    fsm.handle(Event::Evaluated { round: 1 });
+    through_training(&mut fsm, 1, &["a", "b"]);
+    fsm.handle(evaluation("a", 1));
+    fsm.handle(evaluation("b", 1));
     assert_eq!(fsm.phase(), &Phase::Finished { rounds: 1 });
     assert!(fsm.handle(Event::Stop).is_empty());
     assert_eq!(fsm.phase(), &Phase::Finished { rounds: 1 });
@@ -372,7 +501,7 @@ fn preparation_below_quorum_retries_then_aborts() {
     let fx = fsm.handle(Event::Start { rounds: 2 });
     fsm.handle(stats("a", 0));
     let fx2 = fsm.handle(Event::DeadlineExpired(last_timer(&fx)));
-    assert_eq!(fsm.phase(), &Phase::Preparing { attempt: 1 });
+    assert_eq!(fsm.phase(), &preparing(1));
     fsm.handle(Event::DeadlineExpired(last_timer(&fx2)));
     let Phase::Aborted { reason } = fsm.phase() else {
         panic!("expected aborted");
@@ -390,21 +519,21 @@ fn a_finished_machine_can_run_again() {
     fsm.handle(Event::Start { rounds: 1 });
     fsm.handle(Event::Stop);
     fsm.handle(Event::Start { rounds: 4 });
-    assert_eq!(fsm.phase(), &Phase::Preparing { attempt: 0 });
+    assert_eq!(fsm.phase(), &preparing(0));
     assert_eq!(fsm.target_rounds(), 4);
 }
 
 #[test]
-fn evaluation_failure_aborts() {
+fn aggregation_failure_aborts() {
     let (mut fsm, _) = in_round_one();
     for h in ["a", "b", "c"] {
         fsm.handle(valid(h, 1, 0));
     }
-    fsm.handle(Event::EvaluationFailed {
+    fsm.handle(Event::AggregationFailed {
         round: 1,
         reason: "shape".into(),
     });
-    assert!(matches!(fsm.phase(), Phase::Aborted { reason } if reason.contains("evaluation failed")));
+    assert!(matches!(fsm.phase(), Phase::Aborted { reason } if reason.contains("evaluation failed: shape")));
 }
 
 #[test]
@@ -444,6 +573,13 @@ fn answers_after_the_run_are_late_and_unasked_rounds_unexpected() {
             reason: DropReason::Unexpected
         }]
     );
+    assert_eq!(
+        fresh.handle(evaluation("a", 1)),
+        vec![Effect::Drop {
+            from: "a".into(),
+            reason: DropReason::Unexpected
+        }]
+    );
 }
 
 #[test]
@@ -452,18 +588,18 @@ fn declined_statistics_count_as_answers_but_not_toward_quorum() {
     joined(&mut fsm, &["a", "b", "c"]);
     fsm.handle(Event::Start { rounds: 1 });
     fsm.handle(stats("a", 0));
-    let fx = fsm.handle(Event::StatsArrived {
-        from: "b".into(),
-        attempt: 0,
-        usable: false,
-    });
-    assert!(fx.is_empty());
-    let fx = fsm.handle(Event::StatsArrived {
-        from: "c".into(),
-        attempt: 0,
-        usable: false,
-    });
-    assert!(fx.contains(&Effect::RoundBelowQuorum {
+    let declined = || Verdict::Declined("budget".into());
+    let fx = fsm.handle(answer("b", StageKind::Stats, 0, 0, declined()));
+    assert!(matches!(
+        &fx[..],
+        [Effect::Refuse {
+            stage: StageKind::Stats,
+            ..
+        }]
+    ));
+    let fx = fsm.handle(answer("c", StageKind::Stats, 0, 0, declined()));
+    assert!(fx.contains(&Effect::StageBelowQuorum {
+        stage: StageKind::Stats,
         round: 0,
         attempt: 0,
         accepted: 1,
@@ -475,12 +611,8 @@ fn declined_statistics_count_as_answers_but_not_toward_quorum() {
 fn abort_after_declines_names_the_reason() {
     let (mut fsm, _) = in_round_one();
     let decline = |fsm: &mut TaskFsm, h: &str, attempt: u32| {
-        fsm.handle(Event::UpdateArrived {
-            from: h.into(),
-            round: 1,
-            attempt,
-            verdict: Verdict::Declined("privacy budget exhausted: epsilon spent 3 of 3".into()),
-        })
+        let why = Verdict::Declined("privacy budget exhausted: epsilon spent 3 of 3".into());
+        fsm.handle(answer(h, StageKind::Train, 1, attempt, why))
     };
     for attempt in 0..2 {
         for h in ["a", "b", "c"] {
@@ -498,4 +630,24 @@ fn abort_after_declines_names_the_reason() {
         reason.contains("hospitals declined: privacy budget exhausted"),
         "{reason}"
     );
+}
+
+#[test]
+fn phases_serialise_with_the_name_the_panel_shows() {
+    let json = |p: &Phase| serde_json::to_value(p).unwrap();
+    assert_eq!(
+        json(&training(3, 1)),
+        serde_json::json!({"phase": "training", "round": 3, "stage": "train", "attempt": 1})
+    );
+    assert_eq!(json(&preparing(0))["phase"], "preparing");
+    assert_eq!(json(&evaluating(2))["phase"], "evaluating");
+    assert_eq!(
+        json(&Phase::Aggregating { round: 2 }),
+        serde_json::json!({"phase": "aggregating", "round": 2})
+    );
+    assert_eq!(
+        json(&Phase::Aborted { reason: "x".into() }),
+        serde_json::json!({"phase": "aborted", "reason": "x"})
+    );
+    assert_eq!(json(&Phase::Idle), serde_json::json!({"phase": "idle"}));
 }

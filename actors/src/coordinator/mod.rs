@@ -1,12 +1,17 @@
-//! The coordinator: a pure per-task state machine (`fsm`), the per-task
-//! runtime data it drives (`task`), and the thin actor that executes its
-//! effects (`actor`).
+//! The coordinator. Decisions are pure: `fsm` is one task's round machine
+//! over the stages `stage` declares; `core` is the whole federation —
+//! admission, run lifecycle, each task's model and collected answers — and
+//! returns outputs that carry their data. `actor` is the shell that executes
+//! them; `task` is what a task is set up with and its aggregation job.
 
 pub mod actor;
+pub mod core;
 pub mod fsm;
+pub mod stage;
 pub mod task;
 
 pub use actor::{Coordinator, CoordinatorArgs};
+pub use stage::{Protocol, Stage, StageKind, StageRules};
 pub use task::{Scaling, TaskSetup};
 
 /// The process group a hospital of `task` joins.

@@ -1,15 +1,18 @@
 //! Aggregation: strategies that turn the global model plus the round's
-//! updates into the next global model, and the checks an update must pass.
+//! updates into the next global model (`strategy`), the arithmetic they share
+//! (`kernels`), and the checks an update must pass (`check`).
 
 pub mod check;
 pub mod fedadam;
 pub mod fedavg;
+pub mod kernels;
+pub mod strategy;
 
 pub use check::{RejectReason, UpdateCheck};
 pub use fedadam::{FedAdam, FedAdamConfig};
 pub use fedavg::FedAvg;
+pub use strategy::{Strategy, StrategyState};
 
-use crate::error::Result;
 use crate::params::Params;
 
 /// One accepted update as a strategy sees it.
@@ -17,12 +20,4 @@ use crate::params::Params;
 pub struct WeightedDelta<'a> {
     pub delta: &'a Params,
     pub num_examples: usize,
-}
-
-/// How the next global model is formed (Flower's `Strategy.aggregate_fit`).
-pub trait Strategy: Send {
-    fn name(&self) -> &'static str;
-    fn aggregate(&mut self, global: &Params, updates: &[WeightedDelta<'_>]) -> Result<Params>;
-    /// Forget any state carried between rounds (a new run starts).
-    fn reset(&mut self) {}
 }

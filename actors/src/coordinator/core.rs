@@ -1,0 +1,861 @@
+//! The coordinator's decisions, as a pure state machine over the whole
+//! federation (raft-rs's `Ready` is the model): hospitals' admission and
+//! departure, the run lifecycle (start, stop, generations), and each task's
+//! data — its global model, the answers its current stage collected, its
+//! history. `handle` and `start_run` return `Output`s that carry everything
+//! the shell needs to execute them (the model to send, the updates to
+//! aggregate, the events to publish); the shell keeps no payloads.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ractor::ActorId;
+
+use medfed_models::aggregate::{Strategy, UpdateCheck};
+use medfed_models::checkpoint::Checkpoint;
+use medfed_models::data::{MomentSums, Standardizer};
+use medfed_models::learner::{Evaluator, GlobalModel, LocalUpdate, PrivacySpent, TrainPlan};
+use medfed_models::metrics::Metrics;
+use medfed_models::Params;
+
+use super::fsm::{Effect, Event, HospitalId, Phase, TaskFsm, TimerId, Verdict};
+use super::stage::StageKind;
+use super::task::{Scaling, TaskSetup};
+use crate::events::FederationEvent;
+use crate::messages::{
+    EvalOutcome, HospitalInfo, RunRequest, StartRefused, StatsOutcome, ToCoordinator, ToHospital,
+    TrainOutcome,
+};
+use crate::report::{FederatedEval, RoundRecord, RunReport, TaskReport};
+
+/// What happens to the coordinator.
+#[derive(Debug)]
+pub enum Input {
+    /// A hospital (or the proxy of a remote one) introduced itself.
+    Hello {
+        actor: ActorId,
+        info: HospitalInfo,
+    },
+    /// Any other message, bound to the actor it came from.
+    Message {
+        actor: ActorId,
+        message: ToCoordinator,
+    },
+    /// The actor left its process group (stopped, or its node disconnected).
+    Left {
+        actor: ActorId,
+    },
+    Deadline {
+        task: String,
+        timer: TimerId,
+    },
+    Aggregated {
+        task: String,
+        generation: u64,
+        round: u32,
+        result: Result<(Params, Metrics), String>,
+    },
+    Stop,
+}
+
+/// What the shell must do.
+pub enum Output {
+    Send {
+        to: ActorId,
+        message: ToHospital,
+    },
+    /// Stop routing to this actor (it was refused).
+    Forget(ActorId),
+    ArmDeadline {
+        task: String,
+        timer: TimerId,
+        after: Duration,
+    },
+    Aggregate(AggregateJob),
+    Publish(FederationEvent),
+}
+
+/// One round's aggregation and held-out evaluation, to run off the actor.
+pub struct AggregateJob {
+    pub task: String,
+    pub generation: u64,
+    pub round: u32,
+    pub global: GlobalModel,
+    pub updates: Vec<LocalUpdate>,
+    pub strategy: Arc<Mutex<Box<dyn Strategy>>>,
+    pub evaluator: Arc<Mutex<Box<dyn Evaluator>>>,
+    /// Write the new global model here.
+    pub checkpoint_dir: Option<PathBuf>,
+}
+
+/// An answer's payload, consumed by the `Keep` effect it leads to.
+enum Payload {
+    Stats(Option<MomentSums>),
+    Update(LocalUpdate),
+    Evaluation(EvalOutcome),
+}
+
+struct Registered {
+    info: HospitalInfo,
+}
+
+struct Run {
+    id: String,
+    tasks: Vec<String>,
+    active: bool,
+}
+
+pub struct Core {
+    tasks: BTreeMap<String, TaskState>,
+    hospitals: HashMap<ActorId, Registered>,
+    /// Hospital name -> its actor: keyed, so no per-message scan.
+    by_name: HashMap<String, ActorId>,
+    run: Option<Run>,
+    /// Bumped per run so that results of an earlier run are recognised.
+    generation: u64,
+}
+
+/// One task's data on the coordinator.
+struct TaskState {
+    name: String,
+    fsm: TaskFsm,
+    plan: TrainPlan,
+    check: UpdateCheck,
+    evaluator: Arc<Mutex<Box<dyn Evaluator>>>,
+    strategy: Arc<Mutex<Box<dyn Strategy>>>,
+    scaling: Scaling,
+    checkpoint_dir: Option<PathBuf>,
+    held_out: Option<String>,
+    /// The evaluator's initial parameters: every run starts from them.
+    initial: Arc<Params>,
+    global: GlobalModel,
+    kept_updates: BTreeMap<HospitalId, LocalUpdate>,
+    kept_stats: BTreeMap<HospitalId, MomentSums>,
+    history: Vec<RoundRecord>,
+    round_started: Option<Duration>,
+    rejected: BTreeMap<String, u64>,
+    declined: u64,
+    /// Hospitals that left during this run.
+    departures: u64,
+    /// The latest privacy report of each hospital (kept across runs: budgets are lifetime).
+    privacy: BTreeMap<HospitalId, PrivacySpent>,
+}
+
+fn lock<'a, T: ?Sized>(m: &'a Mutex<Box<T>>, what: &str) -> Result<MutexGuard<'a, Box<T>>, String> {
+    m.lock()
+        .map_err(|_| format!("the {what} lock was poisoned by an earlier panic"))
+}
+
+impl TaskState {
+    fn new(setup: TaskSetup) -> Self {
+        let initial = Arc::new(setup.evaluator.init_params());
+        let mut fsm = setup.fsm;
+        // A strategy that needs more updates than the configured quorum raises it.
+        let min_updates = setup.strategy.min_updates();
+        for stage in fsm
+            .protocol
+            .round
+            .iter_mut()
+            .filter(|s| s.kind == StageKind::Train)
+        {
+            stage.rules.quorum = stage.rules.quorum.max(min_updates);
+        }
+        Self {
+            name: setup.name,
+            fsm: TaskFsm::new(fsm),
+            plan: setup.plan,
+            check: setup.check,
+            evaluator: Arc::new(Mutex::new(setup.evaluator)),
+            strategy: Arc::new(Mutex::new(setup.strategy)),
+            global: GlobalModel {
+                params: initial.clone(),
+                standardizer: fixed_scaler(&setup.scaling),
+            },
+            initial,
+            scaling: setup.scaling,
+            checkpoint_dir: setup.checkpoint_dir,
+            held_out: setup.held_out,
+            kept_updates: BTreeMap::new(),
+            kept_stats: BTreeMap::new(),
+            history: Vec::new(),
+            round_started: None,
+            rejected: BTreeMap::new(),
+            declined: 0,
+            departures: 0,
+            privacy: BTreeMap::new(),
+        }
+    }
+
+    fn reset_for_run(&mut self) -> Result<(), String> {
+        let first = lock(&self.strategy, "strategy")?
+            .initialise((*self.initial).clone())
+            .map_err(|e| e.to_string())?;
+        self.global = GlobalModel {
+            params: Arc::new(first),
+            standardizer: fixed_scaler(&self.scaling),
+        };
+        self.kept_updates.clear();
+        self.kept_stats.clear();
+        self.history.clear();
+        self.round_started = None;
+        self.rejected.clear();
+        self.declined = 0;
+        self.departures = 0;
+        Ok(())
+    }
+
+    fn combine_stats(&mut self, from: &[HospitalId]) -> Result<(), String> {
+        if !matches!(self.scaling, Scaling::Federated) {
+            return Ok(());
+        }
+        let parts: Vec<&MomentSums> = from.iter().filter_map(|h| self.kept_stats.get(h)).collect();
+        if parts.len() != from.len() {
+            return Err("statistics missing for a hospital counted in the quorum".into());
+        }
+        let sums = MomentSums::combine(parts).map_err(|e| e.to_string())?;
+        let scaler = Standardizer::from_sums(&sums).map_err(|e| e.to_string())?;
+        self.global.standardizer = Some(Arc::new(scaler));
+        Ok(())
+    }
+
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            task: self.name.clone(),
+            round: self.history.last().map(|r| r.round).unwrap_or(0),
+            model: self.global.clone(),
+        }
+    }
+
+    fn report(&self) -> TaskReport {
+        TaskReport {
+            hospitals: self.fsm.members().len(),
+            phase: self.fsm.phase().clone(),
+            rounds: self.history.clone(),
+            drops: self.fsm.drops().clone(),
+            rejected: self.rejected.clone(),
+            declined: self.declined,
+            departures: self.departures,
+            privacy: self.privacy.clone(),
+        }
+    }
+}
+
+fn fixed_scaler(scaling: &Scaling) -> Option<Arc<Standardizer>> {
+    match scaling {
+        Scaling::Fixed(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+impl Core {
+    pub fn new(setups: Vec<TaskSetup>) -> Self {
+        Self {
+            tasks: setups
+                .into_iter()
+                .map(|s| (s.name.clone(), TaskState::new(s)))
+                .collect(),
+            hospitals: HashMap::new(),
+            by_name: HashMap::new(),
+            run: None,
+            generation: 0,
+        }
+    }
+
+    pub fn task_names(&self) -> Vec<String> {
+        self.tasks.keys().cloned().collect()
+    }
+
+    pub fn report(&self) -> RunReport {
+        RunReport {
+            run_id: self.run.as_ref().map(|r| r.id.clone()),
+            tasks: self
+                .tasks
+                .iter()
+                .map(|(name, t)| (name.clone(), t.report()))
+                .collect(),
+        }
+    }
+
+    /// The task's latest global model and the round that produced it.
+    pub fn checkpoint(&self, task: &str) -> Option<Checkpoint> {
+        self.tasks.get(task).map(TaskState::checkpoint)
+    }
+
+    /// Start a run named `run_id` (the shell names it: the name holds a time).
+    pub fn start_run(
+        &mut self,
+        now: Duration,
+        request: RunRequest,
+        run_id: String,
+    ) -> (Result<String, StartRefused>, Vec<Output>) {
+        let mut out = Vec::new();
+        let result = self.try_start(now, request, run_id, &mut out);
+        (result, out)
+    }
+
+    fn try_start(
+        &mut self,
+        now: Duration,
+        request: RunRequest,
+        run_id: String,
+        out: &mut Vec<Output>,
+    ) -> Result<String, StartRefused> {
+        if let Some(run) = self.run.as_ref().filter(|r| r.active) {
+            return Err(StartRefused::RunActive(run.id.clone()));
+        }
+        let tasks = request.tasks.unwrap_or_else(|| self.task_names());
+        if tasks.is_empty() {
+            return Err(StartRefused::Invalid("a run needs at least one task".into()));
+        }
+        if let Some(unknown) = tasks.iter().find(|t| !self.tasks.contains_key(*t)) {
+            return Err(StartRefused::Invalid(format!(
+                "unknown task '{unknown}' (tasks: {})",
+                self.task_names().join(", ")
+            )));
+        }
+        if request.rounds == Some(0) {
+            return Err(StartRefused::Invalid("rounds must be at least 1".into()));
+        }
+        for t in &tasks {
+            if let Some(task) = self.tasks.get_mut(t) {
+                task.reset_for_run().map_err(StartRefused::Invalid)?;
+            }
+        }
+        self.generation += 1;
+        self.run = Some(Run {
+            id: run_id.clone(),
+            tasks: tasks.clone(),
+            active: true,
+        });
+        out.push(Output::Publish(FederationEvent::RunStarted {
+            run_id: run_id.clone(),
+            tasks: tasks.clone(),
+        }));
+        for t in &tasks {
+            let rounds = request
+                .rounds
+                .unwrap_or_else(|| self.tasks[t].fsm.config().rounds);
+            self.apply(now, t, Event::Start { rounds }, None, out);
+        }
+        Ok(run_id)
+    }
+
+    pub fn handle(&mut self, now: Duration, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::Hello { actor, info } => self.on_hello(now, actor, info, &mut out),
+            Input::Message { actor, message } => self.on_message(now, actor, message, &mut out),
+            Input::Left { actor } => self.on_left(now, actor, &mut out),
+            Input::Deadline { task, timer } => {
+                self.apply(now, &task, Event::DeadlineExpired(timer), None, &mut out)
+            }
+            Input::Aggregated {
+                task,
+                generation,
+                round,
+                result,
+            } => self.on_aggregated(now, task, generation, round, result, &mut out),
+            Input::Stop => {
+                for task in self.task_names() {
+                    self.apply(now, &task, Event::Stop, None, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    fn on_hello(&mut self, now: Duration, actor: ActorId, info: HospitalInfo, out: &mut Vec<Output>) {
+        let refusal = match self.tasks.get(&info.task) {
+            None => Some(format!(
+                "task '{}' is not served by this coordinator (tasks: {})",
+                info.task,
+                self.task_names().join(", ")
+            )),
+            Some(_) if self.by_name.get(&info.name).is_some_and(|id| *id != actor) => {
+                Some(format!("hospital name '{}' is already in use", info.name))
+            }
+            Some(task) => match (&info.held_out, &task.held_out) {
+                (Some(theirs), Some(ours)) if theirs != ours => Some(format!(
+                    "its data was split from a different held-out set ({theirs}; the coordinator's is {ours}): \
+                     seed, test fraction or data differ, so it could be training on held-out rows"
+                )),
+                _ => None,
+            },
+        };
+        if let Some(reason) = refusal {
+            out.push(Output::Publish(FederationEvent::HospitalRefused {
+                task: info.task.clone(),
+                hospital: info.name.clone(),
+                reason: reason.clone(),
+            }));
+            out.push(Output::Send {
+                to: actor,
+                message: ToHospital::Refused { reason },
+            });
+            out.push(Output::Forget(actor));
+            return;
+        }
+        out.push(Output::Publish(FederationEvent::HospitalJoined {
+            task: info.task.clone(),
+            hospital: info.name.clone(),
+            kind: info.kind.clone(),
+            samples: info.samples,
+            node: info.node.clone(),
+        }));
+        let (task, name) = (info.task.clone(), info.name.clone());
+        self.by_name.insert(name.clone(), actor);
+        self.hospitals.insert(actor, Registered { info });
+        self.apply(now, &task, Event::Joined(name), None, out);
+    }
+
+    fn on_left(&mut self, now: Duration, actor: ActorId, out: &mut Vec<Output>) {
+        let Some(gone) = self.hospitals.remove(&actor) else {
+            return;
+        };
+        self.by_name.remove(&gone.info.name);
+        if let Some(task) = self.tasks.get_mut(&gone.info.task) {
+            task.departures += 1;
+        }
+        out.push(Output::Publish(FederationEvent::HospitalLeft {
+            task: gone.info.task.clone(),
+            hospital: gone.info.name.clone(),
+            reason: "left its process group (actor stopped or node disconnected)".into(),
+        }));
+        self.apply(now, &gone.info.task, Event::Left(gone.info.name), None, out);
+    }
+
+    fn on_message(&mut self, now: Duration, actor: ActorId, message: ToCoordinator, out: &mut Vec<Output>) {
+        // Who sent it is the actor it came from, never what it says.
+        let Some(r) = self.hospitals.get(&actor) else {
+            return;
+        };
+        let (from, task) = (r.info.name.clone(), r.info.task.clone());
+        let Some(t) = self.tasks.get(&task) else {
+            return;
+        };
+        let (stage, round, attempt, verdict, payload) = match message {
+            ToCoordinator::Hello { .. } => return,
+            ToCoordinator::Stats { attempt, outcome } => match outcome {
+                StatsOutcome::Released { stats } => (
+                    StageKind::Stats,
+                    0,
+                    attempt,
+                    Verdict::Usable,
+                    Some(Payload::Stats(stats)),
+                ),
+                StatsOutcome::Declined { reason } => {
+                    (StageKind::Stats, 0, attempt, Verdict::Declined(reason), None)
+                }
+            },
+            ToCoordinator::Update {
+                round,
+                attempt,
+                outcome,
+            } => {
+                let (verdict, payload) = match outcome {
+                    TrainOutcome::Trained { update } => {
+                        match t
+                            .check
+                            .check(&t.global.params, &update.delta, update.num_examples)
+                        {
+                            Ok(()) => (Verdict::Usable, Some(Payload::Update(update))),
+                            Err(reason) => (
+                                Verdict::Invalid {
+                                    label: reason.label().to_string(),
+                                    reason: reason.to_string(),
+                                },
+                                None,
+                            ),
+                        }
+                    }
+                    TrainOutcome::Failed { reason } => (
+                        Verdict::Invalid {
+                            label: "training_failed".to_string(),
+                            reason: format!("training failed: {reason}"),
+                        },
+                        None,
+                    ),
+                    TrainOutcome::Declined { reason } => (Verdict::Declined(reason), None),
+                };
+                (StageKind::Train, round, attempt, verdict, payload)
+            }
+            ToCoordinator::Evaluated { round, outcome } => (
+                StageKind::Evaluate,
+                round,
+                0,
+                Verdict::Usable,
+                Some(Payload::Evaluation(outcome)),
+            ),
+        };
+        let event = Event::Answered {
+            from,
+            stage,
+            round,
+            attempt,
+            verdict,
+        };
+        self.apply(now, &task, event, payload, out);
+    }
+
+    fn on_aggregated(
+        &mut self,
+        now: Duration,
+        task: String,
+        generation: u64,
+        round: u32,
+        result: Result<(Params, Metrics), String>,
+        out: &mut Vec<Output>,
+    ) {
+        if generation != self.generation {
+            return; // from a run that was stopped
+        }
+        let Some(t) = self.tasks.get_mut(&task) else {
+            return;
+        };
+        if t.fsm.phase() != &(Phase::Aggregating { round }) {
+            return;
+        }
+        match result {
+            Ok((params, metrics)) => {
+                let seconds = t
+                    .round_started
+                    .take()
+                    .map(|started| now.saturating_sub(started).as_secs_f64())
+                    .unwrap_or(0.0);
+                let participants = t.kept_updates.len();
+                t.kept_updates.clear();
+                t.global.params = Arc::new(params);
+                t.history.push(RoundRecord {
+                    round,
+                    participants,
+                    metrics: metrics.clone(),
+                    seconds,
+                    federated: FederatedEval::default(),
+                });
+                out.push(Output::Publish(FederationEvent::RoundAggregated {
+                    task: task.clone(),
+                    round,
+                    participants,
+                    metrics,
+                    seconds,
+                }));
+                self.apply(now, &task, Event::Aggregated { round }, None, out);
+            }
+            Err(reason) => self.apply(now, &task, Event::AggregationFailed { round, reason }, None, out),
+        }
+    }
+
+    /// Feed one event to a task's machine and turn what it decides into outputs.
+    fn apply(
+        &mut self,
+        now: Duration,
+        task: &str,
+        event: Event,
+        payload: Option<Payload>,
+        out: &mut Vec<Output>,
+    ) {
+        let Some(t) = self.tasks.get_mut(task) else {
+            return;
+        };
+        let before = t.fsm.phase().clone();
+        let mut payload = payload;
+        let mut queue: VecDeque<Effect> = t.fsm.handle(event).into();
+        while let Some(effect) = queue.pop_front() {
+            match self.execute(now, task, effect, &mut payload, out) {
+                Ok(follow_ups) => {
+                    for event in follow_ups {
+                        let t = self.tasks.get_mut(task).expect("the task exists");
+                        queue.extend(t.fsm.handle(event));
+                    }
+                }
+                Err(reason) => {
+                    queue.clear();
+                    let t = self.tasks.get_mut(task).expect("the task exists");
+                    queue.extend(t.fsm.handle(Event::Failed { reason }));
+                }
+            }
+        }
+        let after = self.tasks[task].fsm.phase().clone();
+        if after != before {
+            out.push(Output::Publish(FederationEvent::PhaseChanged {
+                task: task.to_string(),
+                phase: after,
+            }));
+        }
+        self.check_run_end(out);
+    }
+
+    fn check_run_end(&mut self, out: &mut Vec<Output>) {
+        let Some(run) = self.run.as_mut().filter(|r| r.active) else {
+            return;
+        };
+        let phases: Vec<&Phase> = run
+            .tasks
+            .iter()
+            .filter_map(|t| self.tasks.get(t).map(|t| t.fsm.phase()))
+            .collect();
+        if phases.iter().any(|p| p.is_active()) {
+            return;
+        }
+        run.active = false;
+        let aborted = phases.iter().any(|p| matches!(p, Phase::Aborted { .. }));
+        out.push(Output::Publish(FederationEvent::RunEnded {
+            run_id: run.id.clone(),
+            aborted,
+        }));
+    }
+
+    /// Carry out one of the machine's effects; returns events it leads to.
+    fn execute(
+        &mut self,
+        now: Duration,
+        task: &str,
+        effect: Effect,
+        payload: &mut Option<Payload>,
+        out: &mut Vec<Output>,
+    ) -> Result<Vec<Event>, String> {
+        let generation = self.generation;
+        let by_name = &self.by_name;
+        let t = self.tasks.get_mut(task).expect("the task exists");
+        let publish = |out: &mut Vec<Output>, e: FederationEvent| out.push(Output::Publish(e));
+        let mut follow_ups = Vec::new();
+        match effect {
+            Effect::Request {
+                stage,
+                round,
+                attempt,
+                to,
+            } => {
+                let send = |out: &mut Vec<Output>, name: &str, message: ToHospital| {
+                    if let Some(&actor) = by_name.get(name) {
+                        out.push(Output::Send { to: actor, message });
+                    }
+                };
+                let asked: Vec<(String, ToHospital)> = match stage {
+                    StageKind::Stats => to
+                        .iter()
+                        .map(|h| (h.clone(), ToHospital::CollectStats { attempt }))
+                        .collect(),
+                    StageKind::Train => {
+                        let base = TrainPlan {
+                            round,
+                            ..t.plan.clone()
+                        };
+                        lock(&t.strategy, "strategy")?
+                            .configure_train(round, &base, &to)
+                            .into_iter()
+                            .map(|(h, plan)| {
+                                let message = ToHospital::Train {
+                                    round,
+                                    attempt,
+                                    model: t.global.clone(),
+                                    plan,
+                                };
+                                (h, message)
+                            })
+                            .collect()
+                    }
+                    StageKind::Evaluate => {
+                        let chosen = lock(&t.strategy, "strategy")?.configure_evaluate(round, &to);
+                        if let Some(record) = t.history.last_mut().filter(|r| r.round == round) {
+                            record.federated.requested = chosen.iter().filter(|h| to.contains(h)).count();
+                        }
+                        chosen
+                            .into_iter()
+                            .map(|h| {
+                                let message = ToHospital::Evaluate {
+                                    round,
+                                    model: t.global.clone(),
+                                };
+                                (h, message)
+                            })
+                            .collect()
+                    }
+                };
+                for h in &to {
+                    if !asked.iter().any(|(a, _)| a == h) {
+                        follow_ups.push(Event::Excused(h.clone()));
+                    }
+                }
+                for (h, message) in asked.into_iter().filter(|(h, _)| to.contains(h)) {
+                    send(out, &h, message);
+                }
+            }
+            Effect::ArmDeadline { timer, after } => out.push(Output::ArmDeadline {
+                task: task.to_string(),
+                timer,
+                after,
+            }),
+            Effect::Keep { from, stage, round } => match (stage, payload.take()) {
+                (StageKind::Stats, Some(Payload::Stats(Some(stats)))) => {
+                    t.kept_stats.insert(from, stats);
+                }
+                (StageKind::Stats, Some(Payload::Stats(None))) if matches!(t.scaling, Scaling::Federated) => {
+                    return Err(format!("hospital '{from}' sent no feature statistics"));
+                }
+                (StageKind::Train, Some(Payload::Update(update))) => {
+                    publish(
+                        out,
+                        FederationEvent::UpdateAccepted {
+                            task: task.to_string(),
+                            round,
+                            hospital: from.clone(),
+                            num_examples: update.num_examples,
+                            train_loss: update.train_loss,
+                            epsilon_spent: update.privacy.as_ref().map(|p| p.epsilon),
+                        },
+                    );
+                    if let Some(spent) = &update.privacy {
+                        t.privacy.insert(from.clone(), spent.clone());
+                    }
+                    t.kept_updates.insert(from, update);
+                }
+                (StageKind::Evaluate, Some(Payload::Evaluation(outcome))) => {
+                    let (metrics, reason) = match &outcome {
+                        EvalOutcome::Evaluated { metrics } => (Some(metrics.clone()), None),
+                        EvalOutcome::Declined { reason } => (None, Some(reason.clone())),
+                    };
+                    if let Some(record) = t.history.last_mut().filter(|r| r.round == round) {
+                        record.federated.record(from.clone(), outcome);
+                    }
+                    publish(
+                        out,
+                        FederationEvent::HospitalEvaluated {
+                            task: task.to_string(),
+                            round,
+                            hospital: from,
+                            metrics,
+                            reason,
+                        },
+                    );
+                }
+                _ => {}
+            },
+            Effect::Refuse {
+                from,
+                stage,
+                round,
+                verdict,
+            } => match verdict {
+                Verdict::Declined(reason) => {
+                    if stage == StageKind::Train {
+                        t.declined += 1;
+                    }
+                    publish(
+                        out,
+                        FederationEvent::UpdateDeclined {
+                            task: task.to_string(),
+                            round,
+                            hospital: from,
+                            reason,
+                        },
+                    );
+                }
+                Verdict::Invalid { label, reason } => {
+                    *t.rejected.entry(label).or_default() += 1;
+                    publish(
+                        out,
+                        FederationEvent::UpdateRejected {
+                            task: task.to_string(),
+                            round,
+                            hospital: from,
+                            reason,
+                        },
+                    );
+                }
+                Verdict::Usable => {}
+            },
+            Effect::Drop { from, reason } => publish(
+                out,
+                FederationEvent::MessageDropped {
+                    task: task.to_string(),
+                    hospital: from,
+                    reason,
+                },
+            ),
+            Effect::DiscardCollected => {
+                t.kept_updates.clear();
+                t.kept_stats.clear();
+            }
+            Effect::StageClosed { stage, round, from } => match stage {
+                StageKind::Stats => t.combine_stats(&from)?,
+                StageKind::Train => {
+                    let updates = from
+                        .iter()
+                        .filter_map(|h| t.kept_updates.get(h).cloned())
+                        .collect();
+                    out.push(Output::Aggregate(AggregateJob {
+                        task: task.to_string(),
+                        generation,
+                        round,
+                        global: t.global.clone(),
+                        updates,
+                        strategy: t.strategy.clone(),
+                        evaluator: t.evaluator.clone(),
+                        checkpoint_dir: t.checkpoint_dir.clone(),
+                    }));
+                }
+                StageKind::Evaluate => {}
+            },
+            Effect::StageBelowQuorum {
+                round,
+                attempt,
+                accepted,
+                needed,
+                ..
+            } => publish(
+                out,
+                FederationEvent::RoundBelowQuorum {
+                    task: task.to_string(),
+                    round,
+                    attempt,
+                    accepted,
+                    needed,
+                },
+            ),
+            Effect::RoundStarted {
+                round,
+                attempt,
+                participants,
+            } => {
+                if attempt == 0 {
+                    t.round_started = Some(now);
+                }
+                publish(
+                    out,
+                    FederationEvent::RoundStarted {
+                        task: task.to_string(),
+                        round,
+                        attempt,
+                        participants,
+                    },
+                );
+            }
+            Effect::StartingWithout { joined, expected } => publish(
+                out,
+                FederationEvent::StartingWithout {
+                    task: task.to_string(),
+                    joined,
+                    expected,
+                },
+            ),
+            Effect::RunFinished { rounds } => publish(
+                out,
+                FederationEvent::TaskFinished {
+                    task: task.to_string(),
+                    rounds,
+                },
+            ),
+            Effect::RunAborted { reason } => publish(
+                out,
+                FederationEvent::TaskAborted {
+                    task: task.to_string(),
+                    reason,
+                },
+            ),
+        }
+        Ok(follow_ups)
+    }
+}
