@@ -859,3 +859,7 @@ impl Core {
         Ok(follow_ups)
     }
 }
+
+#[cfg(test)]
+#[path = "core_tests.rs"]
+mod tests;

@@ -1,0 +1,359 @@
+//! The run lifecycle and admission, decided by the pure core: no actors.
+
+use std::time::Duration;
+
+use ractor::ActorId;
+
+use medfed_models::aggregate::{FedAvg, UpdateCheck};
+use medfed_models::learner::{Evaluator, GlobalModel, LocalUpdate, Release, TrainPlan};
+use medfed_models::metrics::{binary_metrics, Metrics};
+use medfed_models::Params;
+
+use super::*;
+use crate::coordinator::fsm::FsmConfig;
+use crate::coordinator::stage::Protocol;
+use crate::coordinator::task::{Scaling, TaskSetup};
+
+struct FixedEvaluator;
+
+impl Evaluator for FixedEvaluator {
+    fn init_params(&self) -> Params {
+        Params::single("w", vec![0.0; 3]).unwrap()
+    }
+    fn evaluate(&mut self, _: &GlobalModel) -> medfed_models::error::Result<Metrics> {
+        Ok(binary_metrics(&[0.9, 0.1], &[true, false]))
+    }
+}
+
+fn setup(name: &str) -> TaskSetup {
+    TaskSetup {
+        name: name.into(),
+        fsm: FsmConfig {
+            rounds: 1,
+            expected_hospitals: 2,
+            assemble_timeout: Duration::from_secs(60),
+            protocol: Protocol::federated(false, 2, 0, Duration::from_secs(30)),
+        },
+        plan: TrainPlan {
+            round: 0,
+            local_epochs: 1,
+            batch_size: 8,
+            learning_rate: 0.1,
+            l2: 0.0,
+            seed: 1,
+        },
+        check: UpdateCheck { max_norm: Some(10.0) },
+        evaluator: Box::new(FixedEvaluator),
+        strategy: Box::new(FedAvg),
+        scaling: Scaling::None,
+        checkpoint_dir: None,
+        held_out: Some("113 examples, crc32 00000001".into()),
+    }
+}
+
+fn actor(n: u64) -> ActorId {
+    ActorId::Local(n)
+}
+
+fn info(name: &str, task: &str) -> HospitalInfo {
+    HospitalInfo {
+        name: name.into(),
+        task: task.into(),
+        kind: "tabular".into(),
+        samples: 10,
+        node: "in-process".into(),
+        held_out: None,
+    }
+}
+
+fn hello(core: &mut Core, n: u64, name: &str, task: &str) -> Vec<Output> {
+    core.handle(
+        Duration::ZERO,
+        Input::Hello {
+            actor: actor(n),
+            info: info(name, task),
+        },
+    )
+}
+
+fn events(out: &[Output]) -> Vec<&FederationEvent> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Publish(e) => Some(e),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sent(out: &[Output]) -> Vec<(ActorId, &ToHospital)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { to, message } => Some((*to, message)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn refusal(out: &[Output]) -> Option<String> {
+    sent(out).into_iter().find_map(|(_, m)| match m {
+        ToHospital::Refused { reason } => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+fn update(value: f32) -> ToCoordinator {
+    ToCoordinator::Update {
+        round: 1,
+        attempt: 0,
+        outcome: TrainOutcome::Trained {
+            update: LocalUpdate {
+                delta: Params::single("w", vec![value; 3]).unwrap(),
+                num_examples: 10,
+                train_loss: Some(0.5),
+                release: Release::NonPrivate,
+                privacy: None,
+            },
+        },
+    }
+}
+
+fn start(core: &mut Core, id: &str) -> (Result<String, StartRefused>, Vec<Output>) {
+    core.start_run(Duration::ZERO, RunRequest::default(), id.into())
+}
+
+#[test]
+fn admission_refuses_taken_names_unknown_tasks_and_other_held_out_sets() {
+    let mut core = Core::new(vec![setup("t")]);
+    assert!(refusal(&hello(&mut core, 1, "h1", "t")).is_none());
+    // The same actor saying hello again (a reconnect) is welcome.
+    assert!(refusal(&hello(&mut core, 1, "h1", "t")).is_none());
+    let out = hello(&mut core, 2, "h1", "t");
+    assert_eq!(
+        refusal(&out).as_deref(),
+        Some("hospital name 'h1' is already in use")
+    );
+    assert!(out
+        .iter()
+        .any(|o| matches!(o, Output::Forget(a) if *a == actor(2))));
+    let out = hello(&mut core, 3, "h3", "other");
+    assert!(refusal(&out)
+        .unwrap()
+        .contains("task 'other' is not served by this coordinator (tasks: t)"));
+    let mut split = info("h4", "t");
+    split.held_out = Some("113 examples, crc32 0badf00d".into());
+    let out = core.handle(
+        Duration::ZERO,
+        Input::Hello {
+            actor: actor(4),
+            info: split,
+        },
+    );
+    assert!(refusal(&out).unwrap().contains("different held-out set"));
+    assert_eq!(core.report().tasks["t"].hospitals, 1);
+    // Once gone, the name is free again.
+    core.handle(Duration::ZERO, Input::Left { actor: actor(1) });
+    assert!(refusal(&hello(&mut core, 2, "h1", "t")).is_none());
+    assert_eq!(core.report().tasks["t"].departures, 1);
+}
+
+#[test]
+fn a_run_from_start_to_end_with_payloads_in_the_outputs() {
+    let mut core = Core::new(vec![setup("t")]);
+    hello(&mut core, 1, "a", "t");
+    let (started, out) = start(&mut core, "run-1");
+    assert_eq!(started.as_deref(), Ok("run-1"));
+    // Waiting for the second expected hospital: nothing asked yet.
+    assert!(sent(&out).is_empty());
+    let out = hello(&mut core, 2, "b", "t");
+    let asked = sent(&out);
+    assert_eq!(asked.len(), 2);
+    assert!(asked
+        .iter()
+        .all(|(_, m)| matches!(m, ToHospital::Train { round: 1, .. })));
+    // A second start is refused while the run is active.
+    assert_eq!(
+        start(&mut core, "run-2").0,
+        Err(StartRefused::RunActive("run-1".into()))
+    );
+    core.handle(
+        Duration::from_millis(5),
+        Input::Message {
+            actor: actor(1),
+            message: update(1.0),
+        },
+    );
+    let out = core.handle(
+        Duration::from_millis(9),
+        Input::Message {
+            actor: actor(2),
+            message: update(3.0),
+        },
+    );
+    let job = out
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Aggregate(job) => Some(job),
+            _ => None,
+        })
+        .expect("the closed stage is aggregated");
+    assert_eq!((job.round, job.generation, job.updates.len()), (1, 1, 2));
+    let result = super::super::task::run_aggregation(&job);
+    let (params, _) = result.clone().unwrap();
+    assert_eq!(params.as_slice(), &[2.0, 2.0, 2.0]);
+    let out = core.handle(
+        Duration::from_millis(20),
+        Input::Aggregated {
+            task: "t".into(),
+            generation: 1,
+            round: 1,
+            result,
+        },
+    );
+    assert_eq!(core.report().tasks["t"].rounds[0].seconds, 0.02);
+    let evaluate = sent(&out);
+    assert_eq!(evaluate.len(), 2);
+    let ToHospital::Evaluate { model, .. } = evaluate[0].1 else {
+        panic!("evaluation requested");
+    };
+    assert_eq!(model.params.as_slice(), &[2.0, 2.0, 2.0]);
+    for n in [1, 2] {
+        let message = ToCoordinator::Evaluated {
+            round: 1,
+            outcome: EvalOutcome::Declined {
+                reason: "no test split".into(),
+            },
+        };
+        let out = core.handle(
+            Duration::ZERO,
+            Input::Message {
+                actor: actor(n),
+                message,
+            },
+        );
+        if n == 2 {
+            assert!(events(&out)
+                .iter()
+                .any(|e| matches!(e, FederationEvent::RunEnded { aborted: false, .. })));
+        }
+    }
+    let report = core.report();
+    assert_eq!(report.tasks["t"].rounds[0].federated.answered, 2);
+    assert_eq!(report.run_id.as_deref(), Some("run-1"));
+    // Ended: a new run may start, from the initial model.
+    assert!(start(&mut core, "run-2").0.is_ok());
+    assert_eq!(core.checkpoint("t").unwrap().model.params.as_slice(), &[0.0; 3]);
+}
+
+#[test]
+fn a_message_counts_for_the_actor_that_sent_it_and_strangers_are_ignored() {
+    let mut core = Core::new(vec![setup("t")]);
+    hello(&mut core, 1, "a", "t");
+    hello(&mut core, 2, "b", "t");
+    start(&mut core, "run-1").0.unwrap();
+    // An actor that never said hello.
+    let out = core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(9),
+            message: update(1.0),
+        },
+    );
+    assert!(out.is_empty());
+    // "a" answering twice is a duplicate, whatever it claims.
+    core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(1),
+            message: update(1.0),
+        },
+    );
+    core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(1),
+            message: update(1.0),
+        },
+    );
+    assert_eq!(core.report().tasks["t"].drops.duplicate, 1);
+}
+
+#[test]
+fn stop_ends_the_run_and_results_of_a_stopped_generation_are_ignored() {
+    let mut core = Core::new(vec![setup("t")]);
+    hello(&mut core, 1, "a", "t");
+    hello(&mut core, 2, "b", "t");
+    start(&mut core, "run-1").0.unwrap();
+    core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(1),
+            message: update(1.0),
+        },
+    );
+    core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(2),
+            message: update(1.0),
+        },
+    );
+    let out = core.handle(Duration::ZERO, Input::Stop);
+    assert!(events(&out)
+        .iter()
+        .any(|e| matches!(e, FederationEvent::RunEnded { aborted: true, .. })));
+    start(&mut core, "run-2").0.unwrap();
+    let late = core.handle(
+        Duration::ZERO,
+        Input::Aggregated {
+            task: "t".into(),
+            generation: 1,
+            round: 1,
+            result: Ok((
+                Params::single("w", vec![9.0; 3]).unwrap(),
+                binary_metrics(&[0.5], &[true]),
+            )),
+        },
+    );
+    assert!(late.is_empty());
+    assert!(core.report().tasks["t"].rounds.is_empty());
+}
+
+#[test]
+fn bad_run_requests_are_refused_with_the_reason() {
+    let mut core = Core::new(vec![setup("t")]);
+    let refuse = |core: &mut Core, request: RunRequest| {
+        core.start_run(Duration::ZERO, request, "r".into())
+            .0
+            .unwrap_err()
+            .to_string()
+    };
+    let e = refuse(
+        &mut core,
+        RunRequest {
+            rounds: None,
+            tasks: Some(vec!["x".into()]),
+        },
+    );
+    assert_eq!(e, "unknown task 'x' (tasks: t)");
+    assert_eq!(
+        refuse(
+            &mut core,
+            RunRequest {
+                rounds: Some(0),
+                tasks: None
+            }
+        ),
+        "rounds must be at least 1"
+    );
+    assert_eq!(
+        refuse(
+            &mut core,
+            RunRequest {
+                rounds: None,
+                tasks: Some(vec![])
+            }
+        ),
+        "a run needs at least one task"
+    );
+    assert!(core.report().run_id.is_none());
+}
