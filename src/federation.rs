@@ -1,13 +1,13 @@
-//! Builds a whole federation in one process from prepared tasks (see
-//! `tasks`): spawns the coordinator and hospital actors and drives a run to
-//! its end.
+//! The composition root of `run`, `serve` and `coordinator`: builds the
+//! coordinator for prepared tasks (see `tasks`), its in-process hospitals
+//! when it has any, and the observers that record its events; shuts them
+//! down in order, flushing the observers; and drives a run to its end.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ractor::{Actor, ActorRef};
-use tokio::sync::broadcast::error::RecvError;
 
 use medfed_actors::coordinator::fsm::FsmConfig;
 use medfed_actors::coordinator::{Protocol, Scaling};
@@ -21,6 +21,7 @@ use medfed_models::learner::TrainPlan;
 
 use crate::config::{Loaded, StrategyName};
 use crate::hospital_learner::{self, Site};
+use crate::shutdown::{RunEnd, ShutdownSignal};
 use crate::tasks::PreparedTask;
 
 pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
@@ -72,21 +73,38 @@ pub struct RunOutcome {
     /// Each task's final global model.
     pub models: BTreeMap<String, Checkpoint>,
     pub wall_seconds: f64,
-    pub aborted: bool,
+    pub end: RunEnd,
 }
 
-/// A running in-process federation: the coordinator and its hospitals.
+/// Where a federation's hospitals run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hospitals {
+    /// One hospital actor per shard, in this process (`run`, `serve`).
+    InProcess,
+    /// In their own processes, connecting through the cluster gateway (`coordinator`).
+    Remote,
+}
+
+/// A running federation: the coordinator, its in-process hospitals and the
+/// observers recording its events.
 pub struct Federation {
     pub coordinator: ActorRef<CoordinatorMsg>,
     pub events: EventBus,
     hospitals: Vec<ActorRef<medfed_actors::ToHospital>>,
     handles: Vec<tokio::task::JoinHandle<()>>,
+    observers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Federation {
-    /// Spawn the coordinator for `tasks` and one hospital per shard,
-    /// publishing on `events` (subscribe before, to see the joins).
-    pub async fn spawn(loaded: &Loaded, tasks: &[PreparedTask], events: EventBus) -> Result<Federation> {
+    /// Spawn the coordinator for `tasks` and, for `Hospitals::InProcess`,
+    /// one hospital per shard, publishing on `events` (record or subscribe
+    /// before, to see the joins).
+    pub async fn spawn(
+        loaded: &Loaded,
+        tasks: &[PreparedTask],
+        events: EventBus,
+        hospitals_at: Hospitals,
+    ) -> Result<Federation> {
         let setups = tasks
             .iter()
             .map(|t| task_setup(loaded, t))
@@ -103,6 +121,15 @@ impl Federation {
         .context("starting the coordinator")?;
         let mut handles = vec![handle];
         let mut hospitals = Vec::new();
+        if hospitals_at == Hospitals::Remote {
+            return Ok(Federation {
+                coordinator,
+                events,
+                hospitals,
+                handles,
+                observers: Vec::new(),
+            });
+        }
         let all_names: Vec<String> = tasks
             .iter()
             .flat_map(|t| (0..t.hospital_count()).map(|i| t.hospital_name(i)))
@@ -151,7 +178,14 @@ impl Federation {
             events,
             hospitals,
             handles,
+            observers: Vec::new(),
         })
+    }
+
+    /// Keep an observer's task (one draining a `Recording`), so that
+    /// `shutdown` waits until it has handled every event.
+    pub fn add_observer(&mut self, handle: tokio::task::JoinHandle<()>) {
+        self.observers.push(handle);
     }
 
     /// A cheap, cloneable handle for talking to the coordinator.
@@ -162,7 +196,8 @@ impl Federation {
     }
 
     /// Stop the coordinator first, so that hospitals stopping afterwards are
-    /// not reported as departures.
+    /// not reported as departures; then the hospitals (killed: one may be in
+    /// the middle of a long local training); then flush the observers.
     pub async fn shutdown(self) {
         let mut handles = self.handles.into_iter();
         self.coordinator.stop(None);
@@ -170,10 +205,14 @@ impl Federation {
             let _ = coordinator.await;
         }
         for h in &self.hospitals {
-            h.stop(None);
+            h.kill();
         }
         for handle in handles {
             let _ = handle.await;
+        }
+        self.events.close_recordings();
+        for observer in self.observers {
+            let _ = observer.await;
         }
     }
 }
@@ -213,23 +252,6 @@ impl CoordinatorClient {
             .context("coordinator did not answer the report request")
     }
 
-    /// The report once every task's last round has all its federated
-    /// evaluations (they arrive after the round closes), or after `patience`.
-    pub async fn settled_report(&self, patience: Duration) -> Result<RunReport> {
-        let deadline = Instant::now() + patience;
-        loop {
-            let report = self.report().await?;
-            let settled = report
-                .tasks
-                .values()
-                .all(|t| t.rounds.last().is_none_or(|r| r.federated.complete()));
-            if settled || Instant::now() >= deadline {
-                return Ok(report);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
     pub async fn model(&self, task: &str) -> Result<Checkpoint> {
         ractor::call!(self.coordinator, |reply| CoordinatorMsg::Model {
             task: task.to_string(),
@@ -240,47 +262,47 @@ impl CoordinatorClient {
     }
 }
 
-/// Run one federation of `tasks` to its end. Every event goes to `on_event`;
-/// Ctrl-C stops the run cleanly (it ends as aborted, with what it has).
+/// Run one federation of `tasks` in this process to its end. Every event
+/// goes to `on_event`, in order. A `shutdown` signal stops the run cleanly:
+/// it ends as stopped, with the rounds it completed.
 pub async fn run_to_end(
     loaded: &Loaded,
     tasks: &[PreparedTask],
-    rounds: Option<u32>,
+    mut shutdown: ShutdownSignal,
     mut on_event: impl FnMut(&FederationEvent),
 ) -> Result<RunOutcome> {
     let started = Instant::now();
     let bus = EventBus::default();
-    let mut events = bus.subscribe();
-    let federation = Federation::spawn(loaded, tasks, bus).await?;
+    let mut events = bus.record("run");
+    let federation = Federation::spawn(loaded, tasks, bus, Hospitals::InProcess).await?;
     let client = federation.client();
     let names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
     client
         .start(RunRequest {
-            rounds,
+            rounds: None,
             tasks: Some(names),
         })
         .await?;
     let mut stop_sent = false;
-    let aborted = loop {
+    let end = loop {
         tokio::select! {
             event = events.recv() => match event {
-                Ok(event) => {
+                Some(event) => {
                     on_event(&event);
-                    if let FederationEvent::RunEnded { aborted, .. } = event {
-                        break aborted;
+                    if let FederationEvent::RunEnded { aborted, stopped, .. } = event {
+                        break RunEnd::from_flags(aborted, stopped);
                     }
                 }
-                Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "progress display fell behind"),
-                Err(RecvError::Closed) => bail!("the coordinator stopped before the run ended"),
+                None => bail!("the coordinator stopped before the run ended"),
             },
-            _ = tokio::signal::ctrl_c(), if !stop_sent => {
-                eprintln!("stopping the run (Ctrl-C)...");
+            signal = shutdown.received(), if !stop_sent => {
+                eprintln!("stopping the run ({signal})...");
                 client.stop()?;
                 stop_sent = true;
             }
         }
     };
-    let report = client.settled_report(Duration::from_secs(30)).await?;
+    let report = client.report().await?;
     let mut models = BTreeMap::new();
     for task in tasks {
         models.insert(task.name.clone(), client.model(&task.name).await?);
@@ -290,6 +312,6 @@ pub async fn run_to_end(
         report,
         models,
         wall_seconds: started.elapsed().as_secs_f64(),
-        aborted,
+        end,
     })
 }

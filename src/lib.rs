@@ -13,5 +13,6 @@ pub mod federation;
 pub mod hospital_learner;
 pub mod logging;
 pub mod output;
+pub mod shutdown;
 pub mod tasks;
 pub mod web;

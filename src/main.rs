@@ -1,9 +1,16 @@
+use std::future::Future;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 
 use medfed::cli::{Cli, ClusterCommand, Command, ConfigCommand};
+use medfed::shutdown::{EXIT_COMPLETED, EXIT_ERROR};
 use medfed::{commands, logging};
+
+/// After a command returns, threads still busy (a hospital in the middle of
+/// a local epoch) get this long before the process exits without them.
+const BLOCKING_GRACE: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -11,45 +18,34 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_ERROR)
         }
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        // An aborted or stopped run printed what it had; the exit code says
+        // how it ended (see `medfed::shutdown`).
         Command::Run(args) => {
             logging::init(cli.log_format, "warn");
-            let runtime = tokio::runtime::Runtime::new()?;
-            let completed = runtime.block_on(commands::run::execute(&args))?;
-            // An aborted run printed what it had; the exit code says it did not complete.
-            Ok(if completed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            })
+            let end = on_runtime(commands::run::execute(&args))?;
+            Ok(ExitCode::from(end.exit_code()))
         }
         Command::Serve(args) => {
             logging::init(cli.log_format, "info");
-            let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(commands::serve::execute(&args))?;
-            Ok(ExitCode::SUCCESS)
+            on_runtime(commands::serve::execute(&args))?;
+            Ok(ExitCode::from(EXIT_COMPLETED))
         }
         Command::Coordinator(args) => {
             logging::init(cli.log_format, "info");
-            let runtime = tokio::runtime::Runtime::new()?;
-            let completed = runtime.block_on(commands::coordinator::execute(&args))?;
-            Ok(if completed {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            })
+            let end = on_runtime(commands::coordinator::execute(&args))?;
+            Ok(ExitCode::from(end.exit_code()))
         }
         Command::Hospital(args) => {
             logging::init(cli.log_format, "info");
-            let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(commands::hospital::execute(&args))?;
-            Ok(ExitCode::SUCCESS)
+            on_runtime(commands::hospital::execute(&args))?;
+            Ok(ExitCode::from(EXIT_COMPLETED))
         }
         Command::Cluster(ClusterCommand::GenCerts(args)) => {
             logging::init(cli.log_format, "warn");
@@ -72,4 +68,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Run an async command on a fresh runtime, then shut the runtime down
+/// without waiting past `BLOCKING_GRACE` for blocking threads.
+fn on_runtime<T>(command: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let result = runtime.block_on(command);
+    runtime.shutdown_timeout(BLOCKING_GRACE);
+    result
 }

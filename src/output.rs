@@ -305,6 +305,9 @@ pub fn task_table(name: &str, report: &TaskReport, context: &TaskContext) -> Str
         Phase::Aborted { reason } => {
             let _ = write!(out, "ABORTED: {reason}");
         }
+        Phase::Stopped { rounds } => {
+            let _ = write!(out, "STOPPED by the operator after {rounds} rounds");
+        }
         other => {
             let _ = write!(out, "ended in phase {}", other.name());
         }

@@ -116,6 +116,18 @@ const REVIEWED: &[(&str, &str, usize, &str)] = &[
         "wire round-trip test data: the sample's constructor and its signature",
     ),
     (
+        "actors/src/coordinator/core_tests.rs",
+        "LocalUpdate {",
+        1,
+        "unit tests of the pure core: an update as the coordinator receives it, built by the test",
+    ),
+    (
+        "actors/src/coordinator/core_tests.rs",
+        "NonPrivate",
+        1,
+        "the same test update's label (DP is off in these tests)",
+    ),
+    (
         "actors/tests/federation.rs",
         "HospitalLearner::Open",
         1,

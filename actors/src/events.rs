@@ -1,12 +1,15 @@
 //! `FederationEvent`s and the bus that carries them to subscribers (metrics,
 //! store, tracking, the UI's live stream, the CLI's progress bar).
 //!
-//! The bus is a bounded broadcast: publishing never waits, so a slow or
-//! failing subscriber can never stall a round; a subscriber that falls
-//! behind is told how many events it missed.
+//! Publishing never waits, so no subscriber can stall a round. Recorders
+//! (store, tracking, the run's own bookkeeping) get every event in order;
+//! live watchers (the panel's stream) may skip, and are told how many.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 use medfed_models::metrics::Metrics;
 
@@ -108,35 +111,134 @@ pub enum FederationEvent {
         task: String,
         rounds: u32,
     },
+    /// Stopped by the operator after `rounds` aggregated rounds.
+    TaskStopped {
+        task: String,
+        rounds: u32,
+    },
     TaskAborted {
         task: String,
         reason: String,
     },
-    /// Every task of the run has finished or aborted.
+    /// Every task of the run has finished, stopped or aborted.
     RunEnded {
         run_id: String,
+        /// A task aborted (it could not go on).
         aborted: bool,
+        /// A task was stopped by the operator (and none aborted).
+        stopped: bool,
     },
 }
 
+/// Carries every event to two kinds of subscriber:
+///
+/// - recorders (`record`): every event, in order, through an unbounded queue
+///   each drains on its own task, so a slow recorder never stalls a round
+///   (its backlog is `depths()`, exported as a metric);
+/// - live watchers (`subscribe`): a bounded broadcast that may skip when a
+///   watcher lags (the panel's stream), which it is told with the count.
 #[derive(Debug, Clone)]
 pub struct EventBus {
     sender: broadcast::Sender<FederationEvent>,
+    recorders: Arc<Mutex<Vec<RecorderSlot>>>,
+}
+
+#[derive(Debug)]
+struct RecorderSlot {
+    name: String,
+    queue: mpsc::UnboundedSender<FederationEvent>,
+    depth: Arc<AtomicU64>,
+}
+
+/// A recorder's end: every event published after `EventBus::record`, in order.
+#[derive(Debug)]
+pub struct Recording {
+    name: String,
+    queue: mpsc::UnboundedReceiver<FederationEvent>,
+    depth: Arc<AtomicU64>,
+}
+
+impl Recording {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The next event; `None` once the bus closed its recordings and
+    /// everything published before was received.
+    pub async fn recv(&mut self) -> Option<FederationEvent> {
+        let event = self.queue.recv().await?;
+        self.depth.fetch_sub(1, Ordering::Relaxed);
+        Some(event)
+    }
+
+    /// Events published but not received yet.
+    pub fn depth(&self) -> u64 {
+        self.depth.load(Ordering::Relaxed)
+    }
 }
 
 impl EventBus {
     pub fn new(capacity: usize) -> Self {
         let (sender, _) = broadcast::channel(capacity.max(1));
-        Self { sender }
+        Self {
+            sender,
+            recorders: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     pub fn publish(&self, event: FederationEvent) {
-        // No subscriber is not an error: events are observations, not commands.
+        if let Ok(mut recorders) = self.recorders.lock() {
+            // A recorder that went away is forgotten; the others get the event.
+            recorders.retain(|r| {
+                r.depth.fetch_add(1, Ordering::Relaxed);
+                r.queue.send(event.clone()).is_ok()
+            });
+        }
+        // No live watcher is not an error: events are observations, not commands.
         let _ = self.sender.send(event);
     }
 
+    /// A live watcher: may skip events when it lags (`RecvError::Lagged`).
     pub fn subscribe(&self) -> broadcast::Receiver<FederationEvent> {
         self.sender.subscribe()
+    }
+
+    /// A recorder named `name` (for the backlog metric): loses nothing.
+    pub fn record(&self, name: &str) -> Recording {
+        let (queue, rx) = mpsc::unbounded_channel();
+        let depth = Arc::new(AtomicU64::new(0));
+        if let Ok(mut recorders) = self.recorders.lock() {
+            recorders.push(RecorderSlot {
+                name: name.to_string(),
+                queue,
+                depth: depth.clone(),
+            });
+        }
+        Recording {
+            name: name.to_string(),
+            queue: rx,
+            depth,
+        }
+    }
+
+    /// Each recorder's backlog: events published but not yet received.
+    pub fn depths(&self) -> Vec<(String, u64)> {
+        self.recorders
+            .lock()
+            .map(|r| {
+                r.iter()
+                    .map(|s| (s.name.clone(), s.depth.load(Ordering::Relaxed)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// No more events: each recording ends once it has received what was
+    /// published before (the flush at shutdown).
+    pub fn close_recordings(&self) {
+        if let Ok(mut recorders) = self.recorders.lock() {
+            recorders.clear();
+        }
     }
 }
 

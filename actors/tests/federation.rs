@@ -5,13 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
-use tokio::sync::broadcast::Receiver;
 
 use medfed_actors::coordinator::fsm::{FsmConfig, Phase};
 use medfed_actors::coordinator::{Protocol, Scaling};
 use medfed_actors::{
     Coordinator, CoordinatorArgs, CoordinatorMsg, EventBus, FederationEvent, Hospital, HospitalArgs,
-    HospitalLearner, RunReport, RunRequest, TaskSetup, ToHospital,
+    HospitalLearner, Recording, RunReport, RunRequest, TaskSetup, ToHospital,
 };
 use medfed_models::aggregate::{FedAvg, UpdateCheck};
 use medfed_models::data::synthetic::gaussian_blobs;
@@ -70,7 +69,8 @@ impl Learner for TestLearner {
 struct Fed {
     coordinator: ActorRef<CoordinatorMsg>,
     hospitals: Vec<ActorRef<ToHospital>>,
-    events: Receiver<FederationEvent>,
+    /// A recorder: every event, in order.
+    events: Recording,
 }
 
 fn data() -> (Vec<Dataset>, Dataset) {
@@ -87,9 +87,19 @@ fn data() -> (Vec<Dataset>, Dataset) {
 }
 
 async fn federation(behaviours: &[Behaviour], min_hospitals: usize, rounds: u32, timeout: Duration) -> Fed {
+    federation_on(EventBus::default(), behaviours, min_hospitals, rounds, timeout).await
+}
+
+/// As `federation`, publishing on `bus` (record on it first to see the joins).
+async fn federation_on(
+    bus: EventBus,
+    behaviours: &[Behaviour],
+    min_hospitals: usize,
+    rounds: u32,
+    timeout: Duration,
+) -> Fed {
     let (mut shards, test) = data();
-    let bus = EventBus::default();
-    let events = bus.subscribe();
+    let events = bus.record("test");
     let setup = TaskSetup {
         name: TASK.into(),
         fsm: FsmConfig {
@@ -192,7 +202,7 @@ impl Fed {
             let event = tokio::time::timeout_at(deadline, self.events.recv())
                 .await
                 .expect("run did not end within 60 s")
-                .expect("event bus closed");
+                .expect("event bus closed its recordings");
             let end = matches!(event, FederationEvent::RunEnded { .. });
             seen.push(event);
             if end {
@@ -254,6 +264,71 @@ async fn honest_federation_trains_and_publishes_events_in_order() {
         .filter(|e| matches!(e, FederationEvent::UpdateAccepted { .. }))
         .count();
     assert_eq!(accepted, 12);
+}
+
+/// A recorder that handles nothing until the run is over — as slow as a
+/// recorder can be — holds no round back and loses nothing: the run ends
+/// while it is blocked, its backlog (the exported depth) holds every event,
+/// and it then receives exactly what a prompt recorder saw, in order.
+#[tokio::test]
+async fn a_blocked_recorder_stalls_no_round_and_then_receives_every_event_in_order() {
+    let rounds = 20;
+    let bus = EventBus::default();
+    let mut blocked = bus.record("blocked");
+    let mut fed = federation_on(
+        bus.clone(),
+        &[Behaviour::Honest; 3],
+        3,
+        rounds,
+        Duration::from_secs(30),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    fed.start(None).await;
+    let prompt = fed.until_end().await;
+    let wall = started.elapsed();
+    let report = fed.report().await;
+    assert_eq!(report.tasks[TASK].phase, Phase::Finished { rounds });
+    let depth = |bus: &EventBus| {
+        bus.depths()
+            .into_iter()
+            .find(|(name, _)| name == "blocked")
+            .map(|(_, depth)| depth)
+            .expect("the blocked recorder is registered")
+    };
+    let held = depth(&bus);
+    assert!(
+        held as usize >= prompt.len(),
+        "backlog {held} < {} events",
+        prompt.len()
+    );
+    assert_eq!(blocked.depth(), held);
+    // Now it drains, slowly; the prompt recorder was registered after it, so
+    // both saw the same stream from the hospitals' joins on.
+    let mut received = Vec::new();
+    while received.len() < prompt.len() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        received.push(blocked.recv().await.expect("an event"));
+    }
+    assert_eq!(received, prompt);
+    assert_eq!(depth(&bus), held - prompt.len() as u64);
+    let aggregated = received
+        .iter()
+        .filter(|e| matches!(e, FederationEvent::RoundAggregated { .. }))
+        .count();
+    assert_eq!(aggregated, rounds as usize);
+    // The same run without the blocked recorder, for the wall-time comparison
+    // (printed, not asserted: the machines are shared and noisy).
+    let mut plain = federation(&[Behaviour::Honest; 3], 3, rounds, Duration::from_secs(30)).await;
+    let started = std::time::Instant::now();
+    plain.start(None).await;
+    plain.until_end().await;
+    eprintln!(
+        "{} events over {rounds} rounds: {:.1} ms with a blocked recorder, {:.1} ms without",
+        prompt.len(),
+        wall.as_secs_f64() * 1e3,
+        started.elapsed().as_secs_f64() * 1e3
+    );
 }
 
 #[tokio::test]
@@ -401,15 +476,16 @@ async fn stop_ends_the_run_and_a_new_run_can_start() {
     let events = fed.until_end().await;
     assert!(matches!(
         events.last(),
-        Some(FederationEvent::RunEnded { aborted: true, .. })
+        Some(FederationEvent::RunEnded {
+            aborted: false,
+            stopped: true,
+            ..
+        })
     ));
     let report = fed.report().await;
-    assert_eq!(
-        report.tasks[TASK].phase,
-        Phase::Aborted {
-            reason: "stopped by operator".into()
-        }
-    );
+    // Stopped in round 2: round 1 was aggregated, and the report keeps it.
+    assert_eq!(report.tasks[TASK].phase, Phase::Stopped { rounds: 1 });
+    assert_eq!(report.tasks[TASK].rounds.len(), 1);
     // A second start while idle works; while active it is refused.
     fed.start(Some(1)).await;
     let refused = ractor::call!(fed.coordinator, |reply| CoordinatorMsg::StartRun {

@@ -5,27 +5,29 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use ractor::Actor;
-use tokio::sync::broadcast::error::RecvError;
-use tracing::{info, warn};
+use tracing::info;
 
 use medfed_actors::cluster::{node, Gateway, GatewayArgs, NodeOptions, SessionLog, WireStats};
-use medfed_actors::{Coordinator, CoordinatorArgs, EventBus, FederationEvent, RunRequest};
+use medfed_actors::{EventBus, FederationEvent, RunRequest};
 
 use super::cluster_node;
 use super::serve::Panel;
 use crate::cli::CoordinatorArgs as Args;
-use crate::federation::{task_setup, CoordinatorClient};
+use crate::federation::{Federation, Hospitals};
 use crate::output::{print_run, TaskContext};
+use crate::shutdown::{shutdown_signal, RunEnd};
 use crate::tasks::prepare_task;
 use crate::web::state::mark_ready;
 
-/// Runs until Ctrl-C, or with --exit-after-run until the run ends;
-/// returns whether the run completed (false: it aborted).
-pub async fn execute(args: &Args) -> Result<bool> {
+/// Runs until Ctrl-C or SIGTERM, or with --exit-after-run until the run
+/// ends. A signal during a run stops it (recorded as stopped) and prints
+/// its result. Returns how the run ended (`Completed` when none ran).
+pub async fn execute(args: &Args) -> Result<RunEnd> {
+    let mut shutdown = shutdown_signal()?;
     let (mut loaded, selected) = super::overrides::load_with(&args.config, &args.overrides)?;
     cluster_node::apply_flags(&mut loaded, &args.security)?;
     let c = &mut loaded.config.cluster;
@@ -50,25 +52,12 @@ pub async fn execute(args: &Args) -> Result<bool> {
         .iter()
         .map(|t| (t.name.clone(), TaskContext::of(t, &loaded, None)))
         .collect();
-    let setups = tasks
-        .iter()
-        .map(|t| task_setup(&loaded, t))
-        .collect::<Result<Vec<_>>>()?;
-
     let bus = EventBus::default();
-    let mut events = bus.subscribe();
-    let followed = args.http.map(|_| bus.subscribe());
-    let (coordinator, _) = Actor::spawn(
-        None,
-        Coordinator,
-        CoordinatorArgs {
-            tasks: setups,
-            events: bus.clone(),
-        },
-    )
-    .await
-    .context("starting the coordinator")?;
-    let client = CoordinatorClient::new(coordinator.clone());
+    // Both recorded before any hospital can join, so no join is missed.
+    let mut events = bus.record("coordinator");
+    let followed = args.http.map(|_| bus.record("panel"));
+    let mut federation = Federation::spawn(&loaded, &tasks, bus.clone(), Hospitals::Remote).await?;
+    let client = federation.client();
     let stats = Arc::new(WireStats::default());
     let panel = match (args.http, followed) {
         (Some(addr), Some(followed)) => {
@@ -100,7 +89,7 @@ pub async fn execute(args: &Args) -> Result<bool> {
         None,
         Gateway,
         GatewayArgs {
-            coordinator: coordinator.clone(),
+            coordinator: federation.coordinator.clone(),
             tasks: selected.clone(),
             stats: stats.clone(),
             nodes: node.directory.clone(),
@@ -112,7 +101,6 @@ pub async fn execute(args: &Args) -> Result<bool> {
 
     let started = Instant::now();
     let mut sessions = SessionLog::default();
-    let mut run_started = false;
     if cluster.auto_start {
         // The run itself waits for every expected hospital (up to the
         // assembly timeout), so its start does not depend on join timing.
@@ -123,61 +111,63 @@ pub async fn execute(args: &Args) -> Result<bool> {
             })
             .await?;
         info!(run = %run, "run started: waiting for the expected hospitals");
-        run_started = true;
     }
+    // A run this process saw start and not yet end.
+    let mut run_active = cluster.auto_start;
     let mut stop_sent = false;
-    let aborted = loop {
+    let end = loop {
         tokio::select! {
             Some(event) = node_events.recv() => {
                 sessions.observe(&event);
             }
             event = events.recv() => match event {
-                Ok(FederationEvent::RunStarted { .. }) => run_started = true,
-                Ok(FederationEvent::RoundAggregated { task, round, metrics, participants, .. }) => {
+                Some(FederationEvent::RunStarted { .. }) => run_active = true,
+                Some(FederationEvent::RoundAggregated { task, round, metrics, participants, .. }) => {
                     info!(task = %task, round, participants, accuracy = metrics.accuracy, "round complete");
                 }
-                Ok(FederationEvent::RunEnded { aborted, .. }) if cluster.exit_after_run => break aborted,
-                Ok(_) => {}
-                Err(RecvError::Lagged(n)) => warn!(missed = n, "event log fell behind"),
-                Err(RecvError::Closed) => bail!("the coordinator stopped"),
-            },
-            _ = tokio::signal::ctrl_c(), if !stop_sent => {
-                info!("Ctrl-C: stopping");
-                if !run_started || !cluster.exit_after_run {
-                    node.stop();
-                    log_traffic(&stats);
-                    if let Some(panel) = panel {
-                        panel.stop().await;
+                Some(FederationEvent::RunEnded { aborted, stopped, .. }) => {
+                    run_active = false;
+                    if cluster.exit_after_run || stop_sent {
+                        break Some(RunEnd::from_flags(aborted, stopped));
                     }
-                    return Ok(true);
                 }
+                Some(_) => {}
+                None => bail!("the coordinator stopped"),
+            },
+            signal = shutdown.received(), if !stop_sent => {
+                if !run_active {
+                    info!("{signal}: shutting down (no run in progress)");
+                    break None;
+                }
+                info!("{signal}: stopping the run, then shutting down");
                 client.stop()?;
                 stop_sent = true;
             }
         }
     };
-    let report = client.settled_report(Duration::from_secs(30)).await?;
-    // The hospitals that are joined, not the config's count (sites bring their own data).
-    for (name, ctx) in contexts.iter_mut() {
-        if let Some(t) = report.tasks.get(name) {
-            ctx.hospitals = t.hospitals;
+    if end.is_some() {
+        let report = client.report().await?;
+        // The hospitals that are joined, not the config's count (sites bring their own data).
+        for (name, ctx) in contexts.iter_mut() {
+            if let Some(t) = report.tasks.get(name) {
+                ctx.hospitals = t.hospitals;
+            }
         }
+        print_run(
+            &report,
+            &contexts,
+            started.elapsed().as_secs_f64(),
+            args.json,
+            " (since the coordinator started)",
+        )?;
     }
     log_traffic(&stats);
-    let wall_seconds = started.elapsed().as_secs_f64();
-    print_run(
-        &report,
-        &contexts,
-        wall_seconds,
-        args.json,
-        " (since the coordinator started)",
-    )?;
     node.stop();
     if let Some(panel) = panel {
-        panel.stop().await;
+        federation.add_observer(panel.stop().await);
     }
-    coordinator.stop(None);
-    Ok(!aborted)
+    federation.shutdown().await;
+    Ok(end.unwrap_or(RunEnd::Completed))
 }
 
 fn log_traffic(stats: &WireStats) {

@@ -24,6 +24,7 @@ use super::cluster_node;
 use crate::cli::HospitalNodeArgs as Args;
 use crate::config::{HospitalKind, Loaded};
 use crate::hospital_learner::{self, BuiltLearner, Site};
+use crate::shutdown::shutdown_signal;
 use crate::tasks::{prepare_task, Shard};
 
 /// How long a connected session may take to show the coordinator before
@@ -31,6 +32,7 @@ use crate::tasks::{prepare_task, Shard};
 const FIND_COORDINATOR: Duration = Duration::from_secs(30);
 
 pub async fn execute(args: &Args) -> Result<()> {
+    let mut shutdown = shutdown_signal()?;
     let (mut loaded, selected) = super::overrides::load_with(&args.config, &args.overrides)?;
     cluster_node::apply_flags(&mut loaded, &args.security)?;
     let h = loaded.config.cluster.hospital.clone();
@@ -126,7 +128,7 @@ pub async fn execute(args: &Args) -> Result<()> {
     .await?;
 
     info!(hospital = %local.name, task = %task, coordinator = %coordinator_addr, "connecting");
-    // Connecting (with backoff) runs in its own task so that Ctrl-C and
+    // Connecting (with backoff) runs in its own task so that a signal and
     // session events are handled meanwhile; its outcome arrives here.
     let (connected_tx, mut connection) = tokio::sync::mpsc::unbounded_channel();
     let connect = |node: node::Node, addr: String, to: tokio::sync::mpsc::UnboundedSender<_>| {
@@ -147,8 +149,8 @@ pub async fn execute(args: &Args) -> Result<()> {
     loop {
         tokio::select! {
             biased;
-            _ = tokio::signal::ctrl_c() => {
-                info!("Ctrl-C: leaving the federation");
+            signal = shutdown.received() => {
+                info!("{signal}: leaving the federation");
                 node.stop();
                 return Ok(());
             }

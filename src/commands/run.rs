@@ -15,10 +15,12 @@ use crate::cli::RunArgs;
 use crate::config::PrivacyMode;
 use crate::federation::run_to_end;
 use crate::output::{print_run, TaskContext};
+use crate::shutdown::{shutdown_signal, RunEnd};
 use crate::tasks::prepare_task;
 
-/// Runs the federation; returns whether it completed (no task aborted).
-pub async fn execute(args: &RunArgs) -> Result<bool> {
+/// Runs the federation; returns how it ended (completed, aborted, stopped).
+pub async fn execute(args: &RunArgs) -> Result<RunEnd> {
+    let shutdown = shutdown_signal()?;
     let (loaded, selected) = super::overrides::load_with(&args.config, &args.overrides)?;
     let tasks = selected
         .iter()
@@ -47,7 +49,7 @@ pub async fn execute(args: &RunArgs) -> Result<bool> {
         .map(|t| u64::from(t.config.effective_rounds(&loaded.config.run)))
         .sum();
     let bar = progress_bar(total_rounds, args.json);
-    let outcome = run_to_end(&loaded, &tasks, None, |event| match event {
+    let outcome = run_to_end(&loaded, &tasks, shutdown, |event| match event {
         FederationEvent::RoundAggregated {
             task, round, metrics, ..
         } => {
@@ -68,7 +70,7 @@ pub async fn execute(args: &RunArgs) -> Result<bool> {
     if let Some(dir) = &args.save_model {
         save_models(dir, &outcome.models)?;
     }
-    Ok(!outcome.aborted)
+    Ok(outcome.end)
 }
 
 /// `DIR/<task>.safetensors` for every task; loadable with `Checkpoint::load`.

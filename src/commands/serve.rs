@@ -11,12 +11,13 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use medfed_actors::cluster::WireStats;
-use medfed_actors::EventBus;
+use medfed_actors::{EventBus, Recording};
 
 use crate::cli::ServeArgs;
 use crate::config::{Loaded, PrivacyMode, StrategyName};
-use crate::federation::{CoordinatorClient, Federation};
+use crate::federation::{CoordinatorClient, Federation, Hospitals};
 use crate::output::TaskContext;
+use crate::shutdown::shutdown_signal;
 use crate::tasks::{imaging::cache_dir, prepare_task, PreparedTask};
 use crate::web::auth::{self, TokenSource};
 use crate::web::live::{LiveView, TaskView};
@@ -27,15 +28,16 @@ use crate::web::state::{follow, mark_ready, AppState};
 const BUS_CAPACITY: usize = 4096;
 
 pub async fn execute(args: &ServeArgs) -> Result<()> {
+    let mut shutdown = shutdown_signal()?;
     let (loaded, selected) = super::overrides::load_with(&args.config, &args.overrides)?;
     let tasks = selected
         .iter()
         .map(|name| prepare_task(&loaded, name))
         .collect::<Result<Vec<_>>>()?;
     let bus = EventBus::new(BUS_CAPACITY);
-    // Subscribed before the hospitals spawn, so their joins are seen.
-    let followed = bus.subscribe();
-    let federation = Federation::spawn(&loaded, &tasks, bus.clone()).await?;
+    // Recorded before the hospitals spawn, so their joins are seen.
+    let followed = bus.record("panel");
+    let federation = Federation::spawn(&loaded, &tasks, bus.clone(), Hospitals::InProcess).await?;
     let panel = Panel::start(
         &loaded,
         &tasks,
@@ -49,12 +51,29 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
     let mut out = std::io::stdout();
     let _ = write!(out, "{}", panel.announcement);
     let _ = out.flush();
-    wait_for_hospitals(&panel.state, tasks.iter().map(PreparedTask::hospital_count).sum()).await;
-    mark_ready(&panel.state);
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
-    eprintln!("shutting down...");
-    let _ = panel.state.client.stop();
-    panel.stop().await;
+    let expected = tasks.iter().map(PreparedTask::hospital_count).sum();
+    tokio::select! {
+        _ = wait_for_hospitals(&panel.state, expected) => mark_ready(&panel.state),
+        signal = shutdown.received() => return shut_down(signal, panel, federation).await,
+    }
+    let signal = shutdown.received().await;
+    shut_down(signal, panel, federation).await
+}
+
+/// Stop the run in progress (recorded as stopped), wait until its end is
+/// recorded, stop the panel, then the federation, flushing its observers.
+async fn shut_down(signal: &str, panel: Panel, mut federation: Federation) -> Result<()> {
+    eprintln!("shutting down ({signal})...");
+    let active = panel.state.live.read().map(|l| l.run_active).unwrap_or(false);
+    if active && panel.state.client.stop().is_ok() {
+        for _ in 0..50 {
+            if !panel.state.live.read().map(|l| l.run_active).unwrap_or(false) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    federation.add_observer(panel.stop().await);
     federation.shutdown().await;
     Ok(())
 }
@@ -67,16 +86,18 @@ pub struct Panel {
     pub announcement: String,
     handle: actix_web::dev::ServerHandle,
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// The recorder feeding the live view, metrics and run history.
+    follow: tokio::task::JoinHandle<()>,
 }
 
 impl Panel {
-    /// Serve on `http` (else `web.http`). `followed` must be subscribed
+    /// Serve on `http` (else `web.http`). `followed` must be recorded
     /// before hospitals join.
     pub fn start(
         loaded: &Loaded,
         tasks: &[PreparedTask],
         bus: EventBus,
-        followed: tokio::sync::broadcast::Receiver<medfed_actors::FederationEvent>,
+        followed: Recording,
         client: CoordinatorClient,
         http: Option<std::net::SocketAddr>,
         cluster: Option<Arc<WireStats>>,
@@ -95,7 +116,7 @@ impl Panel {
             &token_file,
         )?;
         let state = Arc::new(app_state(loaded, tasks, bus, client, token, cluster)?);
-        tokio::spawn(follow(state.clone(), followed));
+        let follow = tokio::spawn(follow(state.clone(), followed));
         let (server, bound) = crate::web::server(state.clone(), addr)?;
         let handle = server.handle();
         let serving = tokio::spawn(server);
@@ -113,12 +134,15 @@ impl Panel {
             state,
             handle,
             serving,
+            follow,
         })
     }
 
-    pub async fn stop(self) {
+    /// Stop serving; the recorder ends with the bus (`Federation::shutdown`).
+    pub async fn stop(self) -> tokio::task::JoinHandle<()> {
         self.handle.stop(true).await;
         let _ = self.serving.await;
+        self.follow
     }
 }
 
@@ -178,6 +202,7 @@ fn app_state(
             }),
         );
     }
+    let observed = events.clone();
     Ok(AppState {
         client,
         events,
@@ -186,7 +211,8 @@ fn app_state(
         metrics: match cluster {
             Some(stats) => Metrics::new(model_bytes, &budgets).with_cluster(stats),
             None => Metrics::new(model_bytes, &budgets),
-        },
+        }
+        .with_observers(observed),
         token,
         contexts,
         settings: serde_json::Value::Object(settings),

@@ -14,7 +14,7 @@ use crate::output::MetricsJson;
 pub struct TaskView {
     pub kind: String,
     /// Phase name: idle, assembling, preparing, training, aggregating,
-    /// evaluating, finished, aborted.
+    /// evaluating, finished, stopped, aborted.
     pub phase: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub abort_reason: Option<String>,
@@ -184,6 +184,7 @@ impl LiveView {
             | E::MessageDropped { .. }
             | E::RoundBelowQuorum { .. }
             | E::StartingWithout { .. }
+            | E::TaskStopped { .. }
             | E::TaskFinished { .. }
             | E::TaskAborted { .. } => {}
         }
@@ -318,6 +319,7 @@ mod tests {
             &FederationEvent::RunEnded {
                 run_id: "r".into(),
                 aborted: true,
+                stopped: false,
             },
             8.0,
         );

@@ -20,7 +20,7 @@ use medfed_actors::FederationEvent;
 
 use super::live::LiveView;
 
-const PHASES: [&str; 8] = [
+const PHASES: [&str; 9] = [
     "idle",
     "assembling",
     "preparing",
@@ -28,6 +28,7 @@ const PHASES: [&str; 8] = [
     "aggregating",
     "evaluating",
     "finished",
+    "stopped",
     "aborted",
 ];
 const STATUSES: [&str; 3] = ["online", "offline", "refused"];
@@ -108,6 +109,8 @@ pub struct Metrics {
     runs: Family<StatusLabel, Counter>,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    /// Events the live stream (SSE) skipped for clients that fell behind.
+    stream_skipped: Counter,
     /// Bytes of one model (or update) of each task, as f32 payload.
     model_bytes: BTreeMap<String, u64>,
 }
@@ -135,6 +138,7 @@ impl Metrics {
             runs: Family::default(),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(http_histogram),
+            stream_skipped: Counter::default(),
             model_bytes,
         };
         registry.register(
@@ -212,6 +216,11 @@ impl Metrics {
             "medfed_http_request_duration_seconds",
             "HTTP request latency by route",
             m.http_duration.clone(),
+        );
+        registry.register(
+            "medfed_event_stream_skipped",
+            "Events the live event stream (/api/events) skipped for clients that fell behind; each client is told how many",
+            m.stream_skipped.clone(),
         );
         for (hospital, budget) in budgets {
             m.epsilon_budget
@@ -337,6 +346,11 @@ impl Metrics {
         }
     }
 
+    /// A live-stream client fell behind and skipped `missed` events.
+    pub fn stream_skipped(&self, missed: u64) {
+        self.stream_skipped.inc_by(missed);
+    }
+
     pub fn observe_http(&self, route: &str, method: &str, status: u16, seconds: f64) {
         self.http_requests
             .get_or_create(&HttpLabels {
@@ -353,6 +367,12 @@ impl Metrics {
     /// Also export a cluster node's traffic and dropped frames (cluster mode).
     pub fn with_cluster(mut self, stats: Arc<WireStats>) -> Self {
         self.registry.register_collector(Box::new(ClusterTraffic(stats)));
+        self
+    }
+
+    /// Also export each recording observer's backlog.
+    pub fn with_observers(mut self, bus: medfed_actors::EventBus) -> Self {
+        self.registry.register_collector(Box::new(ObserverBacklog(bus)));
         self
     }
 
@@ -396,6 +416,27 @@ impl Collector for ClusterTraffic {
         )?;
         for (reason, count) in &dropped {
             ConstCounter::new(*count).encode(frames.encode_family(&[("reason", reason.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
+
+/// `medfed_observer_backlog{observer}`: events published but not yet
+/// handled by each recorder (they never stall a round; they queue).
+#[derive(Debug)]
+struct ObserverBacklog(medfed_actors::EventBus);
+
+impl Collector for ObserverBacklog {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let mut backlog = encoder.encode_descriptor(
+            "medfed_observer_backlog",
+            "Events published but not yet handled, by recording observer",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (observer, depth) in self.0.depths() {
+            prometheus_client::metrics::gauge::ConstGauge::new(depth as i64)
+                .encode(backlog.encode_family(&[("observer", observer.as_str())])?)?;
         }
         Ok(())
     }

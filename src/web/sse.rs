@@ -16,20 +16,27 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub async fn events(state: web::Data<Arc<AppState>>) -> HttpResponse {
     let receiver = state.events.subscribe();
     let tick = tokio::time::interval(KEEP_ALIVE);
-    let stream = futures_util::stream::unfold((receiver, tick), |(mut receiver, mut tick)| async move {
-        let frame = tokio::select! {
-            event = receiver.recv() => match event {
-                Ok(event) => match serde_json::to_string(&event) {
-                    Ok(json) => format!("data: {json}\n\n"),
-                    Err(e) => format!(": unserialisable event: {e}\n\n"),
+    let shared = state.get_ref().clone();
+    let stream = futures_util::stream::unfold((receiver, tick), move |(mut receiver, mut tick)| {
+        let state = shared.clone();
+        async move {
+            let frame = tokio::select! {
+                event = receiver.recv() => match event {
+                    Ok(event) => match serde_json::to_string(&event) {
+                        Ok(json) => format!("data: {json}\n\n"),
+                        Err(e) => format!(": unserialisable event: {e}\n\n"),
+                    },
+                    // A slow client misses events; it is told how many, and they are counted.
+                    Err(RecvError::Lagged(n)) => {
+                        state.metrics.stream_skipped(n);
+                        format!("data: {{\"type\":\"lagged\",\"missed\":{n}}}\n\n")
+                    }
+                    Err(RecvError::Closed) => return None,
                 },
-                // A slow client misses events; it is told how many.
-                Err(RecvError::Lagged(n)) => format!("data: {{\"type\":\"lagged\",\"missed\":{n}}}\n\n"),
-                Err(RecvError::Closed) => return None,
-            },
-            _ = tick.tick() => ": keep-alive\n\n".to_string(),
-        };
-        Some((Ok::<_, actix_web::Error>(Bytes::from(frame)), (receiver, tick)))
+                _ = tick.tick() => ": keep-alive\n\n".to_string(),
+            };
+            Some((Ok::<_, actix_web::Error>(Bytes::from(frame)), (receiver, tick)))
+        }
     });
     HttpResponse::Ok()
         .content_type("text/event-stream")

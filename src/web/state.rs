@@ -7,10 +7,8 @@ use std::sync::RwLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::broadcast::Receiver;
 
-use medfed_actors::{EventBus, FederationEvent};
+use medfed_actors::{EventBus, FederationEvent, Recording};
 
 use super::live::LiveView;
 use super::metrics::Metrics;
@@ -104,29 +102,33 @@ impl AppState {
 }
 
 /// Follow the bus until it closes: live view, metrics, run history.
-pub async fn follow(state: std::sync::Arc<AppState>, mut events: Receiver<FederationEvent>) {
-    loop {
-        let event = match events.recv().await {
-            Ok(e) => e,
-            Err(RecvError::Lagged(n)) => {
-                tracing::warn!(missed = n, "web view fell behind the event bus");
-                continue;
-            }
-            Err(RecvError::Closed) => return,
-        };
+pub async fn follow(state: std::sync::Arc<AppState>, mut events: Recording) {
+    // A recording: the live view, the metrics and the run history miss nothing.
+    while let Some(event) = events.recv().await {
         if let Ok(mut live) = state.live.write() {
             live.apply(&event, unix_now());
             state.metrics.observe(&event, &live);
         }
         match &event {
             FederationEvent::RunStarted { run_id, tasks } => state.record_start(run_id, tasks, None),
-            FederationEvent::RunEnded { run_id, aborted } => finish_run(&state, run_id, *aborted).await,
+            FederationEvent::RunEnded {
+                run_id,
+                aborted,
+                stopped,
+            } => {
+                let status = match (aborted, stopped) {
+                    (true, _) => "aborted",
+                    (false, true) => "stopped",
+                    (false, false) => "finished",
+                };
+                finish_run(&state, run_id, status).await
+            }
             _ => {}
         }
     }
 }
 
-async fn finish_run(state: &AppState, id: &str, aborted: bool) {
+async fn finish_run(state: &AppState, id: &str, status: &str) {
     let Some(record) = state.run(id) else {
         return;
     };
@@ -144,7 +146,7 @@ async fn finish_run(state: &AppState, id: &str, aborted: bool) {
         return;
     };
     if let Some(r) = runs.iter_mut().find(|r| r.id == id) {
-        r.status = if aborted { "aborted" } else { "finished" }.into();
+        r.status = status.into();
         r.ended_at = Some(unix_now());
         match report {
             Ok(report) => r.report = Some(report),

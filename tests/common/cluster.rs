@@ -74,21 +74,15 @@ impl Process {
 
     /// Wait for the process to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if start.elapsed() > timeout {
-                let _ = self.child.kill();
-                panic!(
-                    "{} did not exit within {timeout:?}; log:\n{}",
-                    self.name,
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let stderr = self.stderr.clone();
+        super::wait_exit(&mut self.child, timeout, &self.name, || {
+            std::fs::read_to_string(&stderr).unwrap_or_default()
+        })
+    }
+
+    /// SIGTERM: the clean shutdown a Kubernetes pod stop asks for.
+    pub fn terminate(&self) {
+        super::sigterm(&self.child);
     }
 
     pub fn is_running(&mut self) -> bool {

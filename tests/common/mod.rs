@@ -20,6 +20,36 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Send SIGTERM, as a Kubernetes pod stop does.
+#[allow(dead_code)] // only the shutdown tests send signals
+pub fn sigterm(child: &std::process::Child) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+    // SAFETY: kill(2) with a pid of a child this test started; no memory is shared.
+    let sent = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(sent, 0, "kill -TERM {pid}");
+}
+
+/// Wait for a child to exit by itself; kills it and panics after `timeout`.
+#[allow(dead_code)] // not every test binary waits for exits
+pub fn wait_exit(
+    child: &mut std::process::Child,
+    timeout: std::time::Duration,
+    what: &str,
+    log: impl Fn() -> String,
+) -> std::process::ExitStatus {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("{what} did not exit within {timeout:?}; log:\n{}", log());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Run `medfed` from the repository root with extra environment variables.
 #[allow(dead_code)] // not every test binary uses it
 pub fn medfed(args: &[&str], envs: &[(&str, &str)]) -> Output {

@@ -1,7 +1,8 @@
-//! A real `medfed serve` process on a free port, killed when dropped.
+//! A real `medfed serve` process on a free port, killed when dropped; its
+//! stderr goes to a temporary file (`log()`).
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub const TOKEN: &str = "test-token-0123456789abcdef";
@@ -9,11 +10,13 @@ pub const TOKEN: &str = "test-token-0123456789abcdef";
 pub struct Served {
     child: Child,
     pub base: String,
+    stderr: tempfile::NamedTempFile,
 }
 
 impl Served {
     /// Start `medfed serve --http 127.0.0.1:0 ARGS` and wait until it is ready.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Served {
+        let stderr = tempfile::NamedTempFile::new().expect("a log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_medfed"));
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["serve", "--http", "127.0.0.1:0"])
@@ -21,7 +24,7 @@ impl Served {
             .env("MEDFED_RUN__CACHE_DIR", super::CACHE_DIR)
             .env("MEDFED_API_TOKEN", TOKEN)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(stderr.reopen().expect("the log file"));
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -38,9 +41,27 @@ impl Served {
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .trim_end_matches('/')
             .to_string();
-        let served = Served { child, base };
+        let served = Served { child, base, stderr };
         served.wait_ready();
         served
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
+    }
+
+    /// SIGTERM: the clean shutdown a Kubernetes pod stop asks for.
+    pub fn terminate(&self) {
+        super::sigterm(&self.child);
+    }
+
+    /// Wait for it to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let path = self.stderr.path().to_path_buf();
+        super::wait_exit(&mut self.child, timeout, "medfed serve", || {
+            std::fs::read_to_string(&path).unwrap_or_default()
+        })
     }
 
     pub fn url(&self, path: &str) -> String {

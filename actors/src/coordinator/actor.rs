@@ -249,8 +249,13 @@ fn log(event: &FederationEvent) {
             expected.saturating_sub(joined.len())
         ),
         E::TaskFinished { task, rounds } => info!(task = %task, rounds, "task finished"),
+        E::TaskStopped { task, rounds } => info!(task = %task, rounds, "task stopped by the operator"),
         E::TaskAborted { task, reason } => warn!(task = %task, "task aborted: {reason}"),
-        E::RunEnded { run_id, aborted } => info!(run = %run_id, aborted, "run ended"),
+        E::RunEnded {
+            run_id,
+            aborted,
+            stopped,
+        } => info!(run = %run_id, aborted, stopped, "run ended"),
         E::RoundStarted { .. } | E::UpdateAccepted { .. } | E::HospitalEvaluated { .. } => {}
     }
 }

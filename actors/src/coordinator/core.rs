@@ -601,9 +601,11 @@ impl Core {
         }
         run.active = false;
         let aborted = phases.iter().any(|p| matches!(p, Phase::Aborted { .. }));
+        let stopped = !aborted && phases.iter().any(|p| matches!(p, Phase::Stopped { .. }));
         out.push(Output::Publish(FederationEvent::RunEnded {
             run_id: run.id.clone(),
             aborted,
+            stopped,
         }));
     }
 
@@ -844,6 +846,13 @@ impl Core {
             Effect::RunFinished { rounds } => publish(
                 out,
                 FederationEvent::TaskFinished {
+                    task: task.to_string(),
+                    rounds,
+                },
+            ),
+            Effect::RunStopped { rounds } => publish(
+                out,
+                FederationEvent::TaskStopped {
                     task: task.to_string(),
                     rounds,
                 },

@@ -298,9 +298,15 @@ fn stop_ends_the_run_and_results_of_a_stopped_generation_are_ignored() {
         },
     );
     let out = core.handle(Duration::ZERO, Input::Stop);
-    assert!(events(&out)
-        .iter()
-        .any(|e| matches!(e, FederationEvent::RunEnded { aborted: true, .. })));
+    assert!(events(&out).iter().any(|e| matches!(
+        e,
+        FederationEvent::RunEnded {
+            aborted: false,
+            stopped: true,
+            ..
+        }
+    )));
+    assert_eq!(core.report().tasks["t"].phase, Phase::Stopped { rounds: 0 });
     start(&mut core, "run-2").0.unwrap();
     let late = core.handle(
         Duration::ZERO,

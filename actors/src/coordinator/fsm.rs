@@ -32,6 +32,11 @@ pub enum Phase {
     Finished {
         rounds: u32,
     },
+    /// Stopped by the operator (Ctrl-C, SIGTERM, the panel) after `rounds`
+    /// rounds were aggregated.
+    Stopped {
+        rounds: u32,
+    },
     Aborted {
         reason: String,
     },
@@ -39,7 +44,7 @@ pub enum Phase {
 
 impl Phase {
     /// Phase names: idle, assembling, preparing, training, aggregating,
-    /// evaluating, finished, aborted.
+    /// evaluating, finished, stopped, aborted.
     pub fn name(&self) -> &'static str {
         match self {
             Phase::Idle => "idle",
@@ -47,12 +52,16 @@ impl Phase {
             Phase::Collecting { stage, .. } => stage.phase_name(),
             Phase::Aggregating { .. } => "aggregating",
             Phase::Finished { .. } => "finished",
+            Phase::Stopped { .. } => "stopped",
             Phase::Aborted { .. } => "aborted",
         }
     }
 
     pub fn is_active(&self) -> bool {
-        !matches!(self, Phase::Idle | Phase::Finished { .. } | Phase::Aborted { .. })
+        !matches!(
+            self,
+            Phase::Idle | Phase::Finished { .. } | Phase::Stopped { .. } | Phase::Aborted { .. }
+        )
     }
 
     /// The round this phase belongs to (0 outside rounds).
@@ -96,7 +105,7 @@ impl Serialize for Phase {
                 attempt,
             } => (view.round, view.stage, view.attempt) = (Some(*round), Some(*stage), Some(*attempt)),
             Phase::Aggregating { round } => view.round = Some(*round),
-            Phase::Finished { rounds } => view.rounds = Some(*rounds),
+            Phase::Finished { rounds } | Phase::Stopped { rounds } => view.rounds = Some(*rounds),
             Phase::Aborted { reason } => view.reason = Some(reason),
             Phase::Idle | Phase::Assembling => {}
         }
@@ -255,6 +264,10 @@ pub enum Effect {
     RunFinished {
         rounds: u32,
     },
+    /// Stopped by the operator with `rounds` aggregated.
+    RunStopped {
+        rounds: u32,
+    },
     RunAborted {
         reason: String,
     },
@@ -289,6 +302,8 @@ pub struct TaskFsm {
     next_timer: u64,
     live_timer: Option<TimerId>,
     drops: DropCounts,
+    /// Rounds aggregated in the current run.
+    aggregated: u32,
 }
 
 impl TaskFsm {
@@ -308,6 +323,7 @@ impl TaskFsm {
             next_timer: 0,
             live_timer: None,
             drops: DropCounts::default(),
+            aggregated: 0,
         }
     }
 
@@ -352,6 +368,7 @@ impl TaskFsm {
             Event::DeadlineExpired(timer) => self.on_deadline(timer, &mut fx),
             Event::Aggregated { round } => {
                 if self.phase == (Phase::Aggregating { round }) {
+                    self.aggregated = round;
                     self.advance(round, &mut fx);
                 }
             }
@@ -370,7 +387,15 @@ impl TaskFsm {
             }
             Event::Stop => {
                 if self.phase.is_active() {
-                    self.abort("stopped by operator".into(), &mut fx);
+                    self.clear_collection();
+                    self.live_timer = None;
+                    self.phase = Phase::Stopped {
+                        rounds: self.aggregated,
+                    };
+                    fx.push(Effect::DiscardCollected);
+                    fx.push(Effect::RunStopped {
+                        rounds: self.aggregated,
+                    });
                 }
             }
         }
@@ -589,6 +614,7 @@ impl TaskFsm {
     }
 
     fn begin_run(&mut self, fx: &mut Vec<Effect>) {
+        self.aggregated = 0;
         self.begin_round(0, fx);
     }
 

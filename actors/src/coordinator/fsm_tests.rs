@@ -438,19 +438,13 @@ fn stop_in_every_phase() {
     assert!(fsm.handle(Event::Stop).is_empty());
     assert_eq!(fsm.phase(), &Phase::Idle);
 
-    let stopped = |fsm: &mut TaskFsm| {
+    let stopped_after = |fsm: &mut TaskFsm, rounds: u32| {
         let fx = fsm.handle(Event::Stop);
-        assert_eq!(
-            fsm.phase(),
-            &Phase::Aborted {
-                reason: "stopped by operator".into()
-            }
-        );
+        assert_eq!(fsm.phase(), &Phase::Stopped { rounds });
         assert!(fx.contains(&Effect::DiscardCollected));
-        assert!(fx.contains(&Effect::RunAborted {
-            reason: "stopped by operator".into()
-        }));
+        assert!(fx.contains(&Effect::RunStopped { rounds }));
     };
+    let stopped = |fsm: &mut TaskFsm| stopped_after(fsm, 0);
     // Assembling.
     let mut fsm = TaskFsm::new(config());
     fsm.handle(Event::Start { rounds: 2 });
@@ -472,11 +466,11 @@ fn stop_in_every_phase() {
     }
     stopped(&mut fsm);
     assert!(fsm.handle(Event::Aggregated { round: 1 }).is_empty());
-    assert!(matches!(fsm.phase(), Phase::Aborted { .. }));
-    // Evaluating.
+    assert!(matches!(fsm.phase(), Phase::Stopped { rounds: 0 }));
+    // Evaluating: round 1 was aggregated, and the stop says so.
     let (mut fsm, _) = in_round_one();
     through_training(&mut fsm, 1, &["a", "b", "c"]);
-    stopped(&mut fsm);
+    stopped_after(&mut fsm, 1);
     // Finished: stays finished.
     let mut fsm = TaskFsm::new(FsmConfig {
         rounds: 1,
