@@ -150,9 +150,9 @@ impl Federation {
             let rounds = task.config.effective_rounds(&loaded.config.run);
             for i in 0..task.hospital_count() {
                 let name = task.hospital_name(i);
-                let shard = task.shard(i).context("shard index within the hospital count")?;
+                let site = task.site(i).context("shard index within the hospital count")?;
                 let built =
-                    hospital_learner::build(loaded, &name, &task.name, shard, rounds, Site::InProcess)?;
+                    hospital_learner::build(loaded, &name, &task.name, site, rounds, Site::InProcess)?;
                 let local_test = task.local_test(i, loaded.config.run.seed)?;
                 let (hospital, handle) = Actor::spawn(
                     None,

@@ -7,19 +7,16 @@ use anyhow::{bail, Context, Result};
 use tracing::{info, warn};
 
 use medfed_actors::HospitalLearner;
-use medfed_models::learner::cnn::CnnLearner;
-use medfed_models::learner::logistic::{LocalDp, LogisticLearner, StatsPolicy};
+use medfed_models::learner::logistic::LocalDp;
 use medfed_models::learner::private::{Budget, CountRelease, PrivateLearner};
-use medfed_models::learner::DpLearner;
-use medfed_models::privacy::fingerprint::DataFingerprint;
 use medfed_models::privacy::ledger::{Ledger, LedgerKey};
 use medfed_models::privacy::mechanisms::NoiseSource;
 use medfed_models::privacy::rdp::{compose, default_orders, noise_for_epsilon};
 use medfed_models::privacy::PrivacyError;
 use medfed_models::seed;
 
-use crate::config::{DpScaling, Loaded, NoiseKind, PrivacyMode};
-use crate::tasks::Shard;
+use crate::config::{Loaded, NoiseKind, PrivacyMode};
+use crate::tasks::SiteData;
 
 /// A hospital's learner and, under DP, the noise multiplier it trains with.
 pub struct BuiltLearner {
@@ -52,29 +49,25 @@ pub fn build(
     loaded: &Loaded,
     name: &str,
     dataset: &str,
-    shard: Shard<'_>,
+    site: Box<dyn SiteData>,
     rounds: u32,
-    site: Site,
+    runs_at: Site,
 ) -> Result<BuiltLearner> {
     let privacy = &loaded.config.privacy;
     if privacy.mode == PrivacyMode::Off {
-        let learner: Box<dyn medfed_models::learner::Learner> = match shard {
-            Shard::Tabular { data, .. } => Box::new(LogisticLearner::new(name, data)?),
-            Shard::Imaging { images, cnn } => Box::new(CnnLearner::new(name, images, cnn)?),
-        };
         return Ok(BuiltLearner {
-            learner: HospitalLearner::Open(learner),
+            learner: HospitalLearner::Open(site.learner(name)?),
             noise_multiplier: None,
         });
     }
-    if privacy.noise == NoiseKind::Seeded && site == Site::Cluster {
+    if privacy.noise == NoiseKind::Seeded && runs_at == Site::Cluster {
         bail!(
             "privacy.noise = \"seeded\" is refused for a cluster hospital: seeded noise is \
              reproducible, so anyone who knows the seed can subtract it. It exists for simulations \
              in one process (`medfed run`) on data that is not real; use \"secure\""
         );
     }
-    if privacy.ledger_dir.is_none() && site == Site::Cluster {
+    if privacy.ledger_dir.is_none() && runs_at == Site::Cluster {
         bail!(
             "a cluster hospital with differential privacy on needs privacy.ledger_dir: without a \
              ledger every restart would start from a full budget and release a freshly noised \
@@ -87,13 +80,10 @@ pub fn build(
         NoiseKind::Secure => NoiseSource::secure(),
         NoiseKind::Seeded => NoiseSource::seeded(seed::derive(privacy.noise_seed, name, purpose)),
     };
-    let (fingerprint, records) = match &shard {
-        Shard::Tabular { data, .. } => (DataFingerprint::of_dataset(data), data.len()),
-        Shard::Imaging { images, .. } => (DataFingerprint::of_images(images), images.len()),
-    };
+    let records = site.records();
     let key = LedgerKey {
         dataset: dataset.to_string(),
-        fingerprint,
+        fingerprint: site.fingerprint(),
     };
     let budget = Budget {
         epsilon: p.epsilon,
@@ -116,7 +106,7 @@ pub fn build(
     let orders = default_orders();
     let mut prior = ledger.spent_rdp().to_vec();
     let mut add = |cost: Vec<f64>| prior.iter_mut().zip(&cost).for_each(|(a, b)| *a += b);
-    if matches!(shard, Shard::Tabular { .. }) && privacy.scaling == DpScaling::DpStats {
+    if site.releases_stats(privacy) {
         add(compose(1.0, privacy.stats_noise_multiplier, 1, &orders));
     }
     if privacy.mode == PrivacyMode::DpSgd && ledger.released_count().is_none() {
@@ -154,29 +144,13 @@ pub fn build(
             noise_multiplier: sigma,
         },
     };
-    let inner: Box<dyn DpLearner> = match shard {
-        Shard::Tabular { data, bounds } => {
-            let stats = match privacy.scaling {
-                DpScaling::PublicBounds => StatsPolicy::Withheld,
-                DpScaling::DpStats => StatsPolicy::Noised {
-                    bounds: bounds
-                        .context("differential privacy needs public feature bounds")?
-                        .clone(),
-                    noise_multiplier: privacy.stats_noise_multiplier,
-                },
-            };
-            Box::new(LogisticLearner::new(name, data)?.with_privacy(dp, stats, noise_stream(0x0D9))?)
-        }
-        Shard::Imaging { images, cnn } => {
-            Box::new(CnnLearner::new(name, images, cnn)?.with_privacy(dp, noise_stream(0x0D9))?)
-        }
-    };
+    let inner = site.private_learner(name, dp, privacy, noise_stream(0x0D9))?;
     let guarded = PrivateLearner::new(
         inner,
         ledger,
         budget,
         name,
-        site.name(),
+        runs_at.name(),
         count,
         &mut noise_stream(0xC0),
     )

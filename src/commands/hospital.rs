@@ -14,18 +14,14 @@ use medfed_actors::cluster::{
     node, HospitalLink, LinkArgs, LinkStatus, NodeOptions, SessionLog, Shared, Uplink, WireStats,
 };
 use medfed_actors::{Hospital, HospitalArgs};
-use medfed_models::data::csv::{load_csv, CsvSpec};
-use medfed_models::data::stratified_split;
-use medfed_models::learner::logistic::LogisticEvaluator;
 use medfed_models::learner::Evaluator;
-use medfed_models::privacy::bounds::FeatureBounds;
 
 use super::cluster_node;
 use crate::cli::HospitalNodeArgs as Args;
-use crate::config::{HospitalKind, Loaded};
+use crate::config::Loaded;
 use crate::hospital_learner::{self, BuiltLearner, Site};
 use crate::shutdown::shutdown_signal;
-use crate::tasks::{prepare_task, Shard};
+use crate::tasks::{kind_of, prepare_task};
 
 /// How long a connected session may take to show the coordinator before
 /// the hospital reconnects.
@@ -80,7 +76,7 @@ pub async fn execute(args: &Args) -> Result<()> {
                 .clone()
                 .or(h.name.clone())
                 .context("--name is required with --data")?;
-            from_csv(&loaded, &task, &name, &path)?
+            from_file(&loaded, &task, &name, &path)?
         }
         (None, None) => bail!("this hospital has no data: pass --data PATH (its own CSV) or --shard I/K"),
     };
@@ -214,10 +210,10 @@ fn from_shard(loaded: &mut Loaded, task: &str, spec: &str, name: Option<String>)
     let name = name.unwrap_or_else(|| prepared.hospital_name(index));
     let seed = loaded.config.run.seed;
     let rounds = prepared.config.effective_rounds(&loaded.config.run);
-    let shard = prepared
-        .shard(index)
+    let site = prepared
+        .site(index)
         .context("shard index within the hospital count")?;
-    let built = hospital_learner::build(loaded, &name, task, shard, rounds, Site::Cluster)?;
+    let built = hospital_learner::build(loaded, &name, task, site, rounds, Site::Cluster)?;
     let local_test = prepared.local_test(index, seed)?;
     Ok(LocalData {
         name,
@@ -227,41 +223,16 @@ fn from_shard(loaded: &mut Loaded, task: &str, spec: &str, name: Option<String>)
     })
 }
 
-/// The hospital's own CSV: its local test split is held out of it
-/// (stratified, the task's test_fraction and the run's seed).
-fn from_csv(loaded: &Loaded, task: &str, name: &str, path: &std::path::Path) -> Result<LocalData> {
+/// The hospital's own data file, read as its task's kind reads one.
+fn from_file(loaded: &Loaded, task: &str, name: &str, path: &std::path::Path) -> Result<LocalData> {
     let config = &loaded.config.tasks[task];
-    if config.kind != HospitalKind::Tabular {
-        bail!(
-            "--data takes a CSV, for tabular tasks; '{task}' is {} (use --shard)",
-            config.kind.name()
-        );
-    }
-    let d = &config.data;
-    let (Some(label_column), Some(positive_class)) = (&d.label_column, &d.positive_class) else {
-        bail!("tasks.{task}.data needs label_column and positive_class to read --data");
-    };
-    let spec = CsvSpec {
-        label_column: label_column.clone(),
-        positive_class: positive_class.clone(),
-    };
-    let all = load_csv(path, &spec).with_context(|| format!("--data {}", path.display()))?;
-    let seed = loaded.config.run.seed;
-    let (train, test) = stratified_split(&all, d.test_fraction, seed).context("local test split")?;
-    let bounds = match &d.feature_bounds {
-        Some(b) => Some(FeatureBounds::load(&loaded.resolve(b), &all.feature_names)?),
-        None => None,
-    };
+    let own = kind_of(config.kind)?.own_data(loaded, task, path)?;
     let rounds = config.effective_rounds(&loaded.config.run);
-    let shard = Shard::Tabular {
-        data: train,
-        bounds: bounds.as_ref(),
-    };
-    let built = hospital_learner::build(loaded, name, task, shard, rounds, Site::Cluster)?;
+    let built = hospital_learner::build(loaded, name, task, own.site, rounds, Site::Cluster)?;
     Ok(LocalData {
         name: name.to_string(),
         built,
-        local_test: Some(Box::new(LogisticEvaluator::new(test)?)),
+        local_test: Some(own.local_test),
         held_out: None,
     })
 }

@@ -18,7 +18,7 @@ use crate::config::{Loaded, PrivacyMode, StrategyName};
 use crate::federation::{CoordinatorClient, Federation, Hospitals};
 use crate::output::TaskContext;
 use crate::shutdown::shutdown_signal;
-use crate::tasks::{imaging::cache_dir, prepare_task, PreparedTask};
+use crate::tasks::{prepare_task, PreparedTask};
 use crate::web::auth::{self, TokenSource};
 use crate::web::live::{LiveView, TaskView};
 use crate::web::metrics::Metrics;
@@ -108,7 +108,7 @@ impl Panel {
         };
         let token_file = match &loaded.config.web.token_file {
             Some(f) => loaded.resolve(f),
-            None => cache_dir(loaded)?.join("api-token"),
+            None => loaded.cache_dir()?.join("api-token"),
         };
         let (token, source) = auth::resolve(
             std::env::var("MEDFED_API_TOKEN").ok(),

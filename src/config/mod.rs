@@ -49,6 +49,19 @@ impl Loaded {
             self.base_dir.join(path)
         }
     }
+
+    /// The cache directory (generated data, the panel's token):
+    /// `run.cache_dir`, else `$XDG_CACHE_HOME/medfed`, else `~/.cache/medfed`.
+    pub fn cache_dir(&self) -> Result<PathBuf, ConfigError> {
+        if let Some(dir) = &self.config.run.cache_dir {
+            return Ok(self.resolve(dir));
+        }
+        let env_dir = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from);
+        env_dir("XDG_CACHE_HOME")
+            .or_else(|| env_dir("HOME").map(|h| h.join(".cache")))
+            .map(|d| d.join("medfed"))
+            .ok_or_else(|| ConfigError::Invalid("no cache directory: set run.cache_dir (or HOME)".into()))
+    }
 }
 
 /// Read `path`, apply environment overrides from `vars`, and validate.

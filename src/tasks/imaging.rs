@@ -2,6 +2,7 @@
 //! `.npz`, or SYNTHETIC images generated on first use into the cache
 //! directory. The layout's `train` split is partitioned into hospitals and
 //! its `test` split is the coordinator's held-out set (`val` is not used).
+//! A CNN at every hospital.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,16 +10,37 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tracing::{info, warn};
 
+use medfed_actors::coordinator::Scaling;
 use medfed_models::data::images::synth::{generate, split, write_npz, SynthSpec};
 use medfed_models::data::images::{folder, npz, ImageSet, LoadReport};
+use medfed_models::data::Partition;
 use medfed_models::learner::cnn::{CnnConfig, CnnEvaluator, CnnLearner};
-use medfed_models::learner::{Evaluator, GlobalModel, Learner, TrainPlan};
+use medfed_models::learner::logistic::LocalDp;
+use medfed_models::learner::{DpLearner, Evaluator, GlobalModel, Learner, TrainPlan};
 use medfed_models::metrics::Metrics;
+use medfed_models::privacy::fingerprint::DataFingerprint;
+use medfed_models::privacy::mechanisms::NoiseSource;
 
-use super::{partition_of, TaskData};
-use crate::config::{DataFormat, Loaded, TaskConfig};
+use super::{held_out_fingerprint, partition_of, SiteData, TaskData, TaskKind};
+use crate::config::{DataFormat, Loaded, PrivacyConfig, TaskConfig};
 
-pub fn cnn_config(config: &TaskConfig) -> CnnConfig {
+pub struct Imaging;
+
+/// An imaging task, prepared.
+pub struct ImagingData {
+    train: ImageSet,
+    held_out: ImageSet,
+    shards: Vec<ImageSet>,
+    cnn: CnnConfig,
+}
+
+/// One hospital's images.
+pub struct ImagingSite {
+    images: ImageSet,
+    cnn: CnnConfig,
+}
+
+fn cnn_config(config: &TaskConfig) -> CnnConfig {
     CnnConfig {
         size: config.data.image_size,
         channels: config.model.channels,
@@ -26,7 +48,13 @@ pub fn cnn_config(config: &TaskConfig) -> CnnConfig {
     }
 }
 
-pub fn prepare(loaded: &Loaded, name: &str, config: &TaskConfig) -> Result<TaskData> {
+impl TaskKind for Imaging {
+    fn prepare(&self, loaded: &Loaded, name: &str, config: &TaskConfig) -> Result<Box<dyn TaskData>> {
+        prepare(loaded, name, config).map(|data| Box::new(data) as Box<dyn TaskData>)
+    }
+}
+
+fn prepare(loaded: &Loaded, name: &str, config: &TaskConfig) -> Result<ImagingData> {
     let d = &config.data;
     let size = d.image_size;
     let (train, held_out) = match d.format {
@@ -69,7 +97,7 @@ pub fn prepare(loaded: &Loaded, name: &str, config: &TaskConfig) -> Result<TaskD
         .iter()
         .map(|rows| train.select(rows))
         .collect();
-    Ok(TaskData::Imaging {
+    Ok(ImagingData {
         train,
         held_out,
         shards,
@@ -96,24 +124,11 @@ fn load_split(path: &Path, format: DataFormat, split: &str, size: usize) -> Resu
     Ok(set)
 }
 
-/// The cache directory: `run.cache_dir`, else `$XDG_CACHE_HOME/medfed`,
-/// else `~/.cache/medfed`.
-pub fn cache_dir(loaded: &Loaded) -> Result<PathBuf> {
-    if let Some(dir) = &loaded.config.run.cache_dir {
-        return Ok(loaded.resolve(dir));
-    }
-    let env_dir = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from);
-    env_dir("XDG_CACHE_HOME")
-        .or_else(|| env_dir("HOME").map(|h| h.join(".cache")))
-        .map(|d| d.join("medfed"))
-        .context("no cache directory: set run.cache_dir (or HOME)")
-}
-
 /// The synthetic set's `.npz` in the cache, generated on first use. The
 /// file name holds every parameter, so a changed config never reads a stale set.
 fn synthetic_file(loaded: &Loaded, config: &TaskConfig) -> Result<PathBuf> {
     let d = &config.data;
-    let dir = cache_dir(loaded)?;
+    let dir = loaded.cache_dir()?;
     let path = dir.join(format!(
         "synthetic-xray-{}x{}px-seed{}.npz",
         d.synthetic_count, d.image_size, d.synthetic_seed
@@ -147,9 +162,108 @@ fn synthetic_file(loaded: &Loaded, config: &TaskConfig) -> Result<PathBuf> {
     Ok(path)
 }
 
+impl TaskData for ImagingData {
+    fn hospital_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn sizes(&self) -> (usize, usize) {
+        (self.train.len(), self.held_out.len())
+    }
+
+    fn unit(&self) -> &'static str {
+        "images"
+    }
+
+    fn baseline_method(&self) -> &'static str {
+        "the same CNN for rounds x local epochs"
+    }
+
+    fn site(&self, index: usize) -> Option<Box<dyn SiteData>> {
+        self.shards.get(index).map(|images| -> Box<dyn SiteData> {
+            Box::new(ImagingSite {
+                images: images.clone(),
+                cnn: self.cnn,
+            })
+        })
+    }
+
+    fn local_test(
+        &self,
+        index: usize,
+        partition: &Partition,
+        seed: u64,
+    ) -> Result<Option<Box<dyn Evaluator>>> {
+        let rows = partition.split_labels(&self.held_out.labels, self.hospital_count(), seed)?;
+        let Some(rows) = rows.get(index).filter(|r| !r.is_empty()) else {
+            return Ok(None);
+        };
+        Ok(Some(Box::new(CnnEvaluator::new(
+            self.held_out.select(rows),
+            self.cnn,
+            seed,
+        )?)))
+    }
+
+    fn held_out_fingerprint(&self) -> String {
+        held_out_fingerprint(
+            self.held_out.pixels.iter().map(|v| v.to_le_bytes()),
+            &self.held_out.labels,
+        )
+    }
+
+    fn evaluator(&self, seed: u64) -> Result<Box<dyn Evaluator>> {
+        Ok(Box::new(CnnEvaluator::new(
+            self.held_out.clone(),
+            self.cnn,
+            seed,
+        )?))
+    }
+
+    /// Pixels are already on a fixed [0, 1] scale.
+    fn scaling(&self, _privacy: &PrivacyConfig) -> Result<Scaling> {
+        Ok(Scaling::None)
+    }
+
+    fn centralized_baseline(&self, loaded: &Loaded, config: &TaskConfig) -> Result<Metrics> {
+        centralized_baseline(loaded, config, &self.train, &self.held_out, self.cnn)
+    }
+}
+
+impl SiteData for ImagingSite {
+    fn records(&self) -> usize {
+        self.images.len()
+    }
+
+    fn fingerprint(&self) -> DataFingerprint {
+        DataFingerprint::of_images(&self.images)
+    }
+
+    /// Images need no scaler, so no statistics are ever released.
+    fn releases_stats(&self, _privacy: &PrivacyConfig) -> bool {
+        false
+    }
+
+    fn learner(self: Box<Self>, name: &str) -> Result<Box<dyn Learner>> {
+        Ok(Box::new(CnnLearner::new(name, self.images, self.cnn)?))
+    }
+
+    fn private_learner(
+        self: Box<Self>,
+        name: &str,
+        dp: LocalDp,
+        _privacy: &PrivacyConfig,
+        noise: NoiseSource,
+    ) -> Result<Box<dyn DpLearner>> {
+        Ok(Box::new(
+            CnnLearner::new(name, self.images, self.cnn)?.with_privacy(dp, noise)?,
+        ))
+    }
+}
+
 /// The CNN trained on the pooled training images for as many epochs as a
 /// hospital trains over the whole run (rounds x local epochs).
-pub fn centralized_baseline(
+fn centralized_baseline(
     loaded: &Loaded,
     config: &TaskConfig,
     train: &ImageSet,

@@ -1,59 +1,115 @@
-//! A task's data made ready to federate: loaded, the held-out set put aside
-//! for the coordinator, the rest partitioned into hospitals. One module per
-//! kind of hospital.
+//! Task kinds. A kind of hospital data (`tabular`, `imaging`; `columnar`
+//! later) is one file implementing three traits:
+//!
+//! - `TaskKind`: prepares a task of that kind from the config — loaded, the
+//!   held-out set put aside for the coordinator, the rest partitioned into
+//!   hospitals — and reads a cluster hospital's own files;
+//! - `TaskData`: the prepared task, as the coordinator and the simulation
+//!   see it (sizes, shards, evaluators, scaling, the centralized baseline);
+//! - `SiteData`: one hospital's share, which builds its learner.
+//!
+//! `kind_of` is the one place a configured kind meets its implementation.
 
 pub mod imaging;
 pub mod tabular;
 
-use std::sync::Arc;
+use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use medfed_actors::coordinator::Scaling;
-use medfed_models::data::images::ImageSet;
-use medfed_models::data::{Dataset, Partition};
-use medfed_models::learner::cnn::{CnnConfig, CnnEvaluator};
-use medfed_models::learner::logistic::LogisticEvaluator;
-use medfed_models::learner::Evaluator;
+use medfed_models::data::Partition;
+use medfed_models::learner::logistic::LocalDp;
+use medfed_models::learner::{DpLearner, Evaluator, Learner};
 use medfed_models::metrics::Metrics;
-use medfed_models::privacy::bounds::FeatureBounds;
+use medfed_models::privacy::fingerprint::DataFingerprint;
+use medfed_models::privacy::mechanisms::NoiseSource;
 
-use crate::config::{DpScaling, HospitalKind, Loaded, PartitionScheme, PrivacyMode, TaskConfig};
+use crate::config::{HospitalKind, Loaded, PartitionScheme, PrivacyConfig, TaskConfig};
+
+/// A kind of hospital data.
+pub trait TaskKind: Sync {
+    /// Load the task's data, split off the held-out set and partition the
+    /// rest into `config.hospitals` shards.
+    fn prepare(&self, loaded: &Loaded, name: &str, config: &TaskConfig) -> Result<Box<dyn TaskData>>;
+
+    /// A cluster hospital's own data file (`medfed hospital --data PATH`):
+    /// its training share and its local test split.
+    fn own_data(&self, _loaded: &Loaded, task: &str, _path: &Path) -> Result<OwnData> {
+        bail!("--data takes a CSV, for tabular tasks; task '{task}' is not tabular (use --shard I/K)")
+    }
+}
+
+/// A hospital's own data: what it trains on and what it tests on.
+pub struct OwnData {
+    pub site: Box<dyn SiteData>,
+    pub local_test: Box<dyn Evaluator>,
+}
+
+/// The implementation of a configured kind.
+pub fn kind_of(kind: HospitalKind) -> Result<&'static dyn TaskKind> {
+    match kind {
+        HospitalKind::Tabular => Ok(&tabular::Tabular),
+        HospitalKind::Imaging => Ok(&imaging::Imaging),
+        HospitalKind::Columnar => bail!("columnar hospitals are not available yet"),
+    }
+}
+
+/// A task's data, prepared: held-out set and shards.
+pub trait TaskData: Send + Sync {
+    fn hospital_count(&self) -> usize;
+    /// Examples in the training pool and in the held-out set.
+    fn sizes(&self) -> (usize, usize);
+    /// What one example is, for tables ("rows", "images").
+    fn unit(&self) -> &'static str;
+    /// How `centralized_baseline` trains, for tables.
+    fn baseline_method(&self) -> &'static str;
+    /// Hospital `index`'s share.
+    fn site(&self, index: usize) -> Option<Box<dyn SiteData>>;
+    /// Hospital `index`'s local test split: its share of the held-out set
+    /// under `partition` (`None` when the share is empty).
+    fn local_test(
+        &self,
+        index: usize,
+        partition: &Partition,
+        seed: u64,
+    ) -> Result<Option<Box<dyn Evaluator>>>;
+    /// Identifies the held-out set (see `PreparedTask::held_out_fingerprint`).
+    fn held_out_fingerprint(&self) -> String;
+    /// The coordinator's evaluation on the held-out set; `seed` fixes the
+    /// initial global model.
+    fn evaluator(&self, seed: u64) -> Result<Box<dyn Evaluator>>;
+    /// How features are scaled for this task under `privacy`.
+    fn scaling(&self, privacy: &PrivacyConfig) -> Result<Scaling>;
+    /// The same model trained centrally on the pooled training set, on the
+    /// same held-out set. For comparison only: it pools data.
+    fn centralized_baseline(&self, loaded: &Loaded, config: &TaskConfig) -> Result<Metrics>;
+}
+
+/// One hospital's share of a task's data.
+pub trait SiteData: Send {
+    fn records(&self) -> usize;
+    /// What the privacy ledger is keyed by (with the task's name).
+    fn fingerprint(&self) -> DataFingerprint;
+    /// Whether, under `privacy`, it releases noised feature statistics once.
+    fn releases_stats(&self, privacy: &PrivacyConfig) -> bool;
+    /// The exact learner (differential privacy off).
+    fn learner(self: Box<Self>, name: &str) -> Result<Box<dyn Learner>>;
+    /// The learner whose every release is noised under `dp`.
+    fn private_learner(
+        self: Box<Self>,
+        name: &str,
+        dp: LocalDp,
+        privacy: &PrivacyConfig,
+        noise: NoiseSource,
+    ) -> Result<Box<dyn DpLearner>>;
+}
 
 /// One task's data, split and partitioned, ready to be federated.
 pub struct PreparedTask {
     pub name: String,
     pub config: TaskConfig,
-    pub data: TaskData,
-}
-
-pub enum TaskData {
-    Tabular {
-        train: Dataset,
-        held_out: Dataset,
-        /// One dataset per hospital, partitioned from `train`.
-        shards: Vec<Dataset>,
-        /// Public per-feature bounds, when the config names them.
-        bounds: Option<FeatureBounds>,
-    },
-    Imaging {
-        train: ImageSet,
-        held_out: ImageSet,
-        shards: Vec<ImageSet>,
-        cnn: CnnConfig,
-    },
-}
-
-/// One hospital's share of a task's data.
-pub enum Shard<'a> {
-    Tabular {
-        data: Dataset,
-        bounds: Option<&'a FeatureBounds>,
-    },
-    Imaging {
-        images: ImageSet,
-        cnn: CnnConfig,
-    },
+    pub data: Box<dyn TaskData>,
 }
 
 pub fn prepare_task(loaded: &Loaded, name: &str) -> Result<PreparedTask> {
@@ -63,12 +119,9 @@ pub fn prepare_task(loaded: &Loaded, name: &str) -> Result<PreparedTask> {
         .get(name)
         .with_context(|| format!("no task '{name}' in {}", loaded.source))?
         .clone();
-    let data = match config.kind {
-        HospitalKind::Tabular => tabular::prepare(loaded, name, &config),
-        HospitalKind::Imaging => imaging::prepare(loaded, name, &config),
-        HospitalKind::Columnar => anyhow::bail!("task '{name}': columnar hospitals are not available yet"),
-    }
-    .with_context(|| format!("task '{name}'"))?;
+    let data = kind_of(config.kind)
+        .and_then(|kind| kind.prepare(loaded, name, &config))
+        .with_context(|| format!("task '{name}'"))?;
     Ok(PreparedTask {
         name: name.to_string(),
         config,
@@ -88,142 +141,70 @@ pub fn partition_of(config: &TaskConfig) -> Partition {
     }
 }
 
+/// The held-out set's identity: its size and a CRC-32 of its values (each
+/// as little-endian bytes) and labels. Equal on every node that split the
+/// same data with the same seed and test fraction.
+pub fn held_out_fingerprint<const N: usize>(
+    values: impl Iterator<Item = [u8; N]>,
+    labels: &[bool],
+) -> String {
+    let mut crc = crc32fast::Hasher::new();
+    values.for_each(|v| crc.update(&v));
+    crc.update(&labels.iter().map(|&l| u8::from(l)).collect::<Vec<_>>());
+    format!("{} examples, crc32 {:08x}", labels.len(), crc.finalize())
+}
+
 impl PreparedTask {
     pub fn hospital_name(&self, index: usize) -> String {
         format!("{}-{}", self.name, index + 1)
     }
 
     pub fn hospital_count(&self) -> usize {
-        match &self.data {
-            TaskData::Tabular { shards, .. } => shards.len(),
-            TaskData::Imaging { shards, .. } => shards.len(),
-        }
+        self.data.hospital_count()
     }
 
-    /// Examples in the training pool and in the held-out set.
     pub fn sizes(&self) -> (usize, usize) {
-        match &self.data {
-            TaskData::Tabular { train, held_out, .. } => (train.len(), held_out.len()),
-            TaskData::Imaging { train, held_out, .. } => (train.len(), held_out.len()),
-        }
+        self.data.sizes()
     }
 
-    /// What one example is, for tables.
     pub fn unit(&self) -> &'static str {
-        match self.data {
-            TaskData::Tabular { .. } => "rows",
-            TaskData::Imaging { .. } => "images",
-        }
+        self.data.unit()
     }
 
-    /// How `centralized_baseline` trains, for tables.
     pub fn baseline_method(&self) -> &'static str {
-        match self.data {
-            TaskData::Tabular { .. } => "linfa L-BFGS",
-            TaskData::Imaging { .. } => "the same CNN for rounds x local epochs",
-        }
+        self.data.baseline_method()
     }
 
-    pub fn shard(&self, index: usize) -> Option<Shard<'_>> {
-        match &self.data {
-            TaskData::Tabular { shards, bounds, .. } => shards.get(index).map(|d| Shard::Tabular {
-                data: d.clone(),
-                bounds: bounds.as_ref(),
-            }),
-            TaskData::Imaging { shards, cnn, .. } => shards.get(index).map(|s| Shard::Imaging {
-                images: s.clone(),
-                cnn: *cnn,
-            }),
-        }
+    pub fn site(&self, index: usize) -> Option<Box<dyn SiteData>> {
+        self.data.site(index)
     }
 
     /// Hospital `index`'s local test split for federated evaluation: its
     /// share of the held-out set, partitioned like the training data. With
     /// IID partitioning the shares together are exactly the held-out set.
-    /// `None` when its share is empty.
     pub fn local_test(&self, index: usize, seed: u64) -> Result<Option<Box<dyn Evaluator>>> {
-        let count = self.hospital_count();
-        let partition = partition_of(&self.config);
-        let evaluator: Box<dyn Evaluator> = match &self.data {
-            TaskData::Tabular { held_out, .. } => {
-                let rows = partition.split(held_out, count, seed)?;
-                let Some(rows) = rows.get(index).filter(|r| !r.is_empty()) else {
-                    return Ok(None);
-                };
-                Box::new(LogisticEvaluator::new(held_out.select(rows))?)
-            }
-            TaskData::Imaging { held_out, cnn, .. } => {
-                let rows = partition.split_labels(&held_out.labels, count, seed)?;
-                let Some(rows) = rows.get(index).filter(|r| !r.is_empty()) else {
-                    return Ok(None);
-                };
-                Box::new(CnnEvaluator::new(held_out.select(rows), *cnn, seed)?)
-            }
-        };
-        Ok(Some(evaluator))
+        self.data.local_test(index, &partition_of(&self.config), seed)
     }
 
-    /// Identifies the held-out set: its size and a CRC-32 of its examples.
-    /// Equal on every node that split the same data with the same seed and
-    /// test fraction.
+    /// Identifies the held-out set; a cluster hospital whose shard was split
+    /// from another one could be training on held-out rows.
     pub fn held_out_fingerprint(&self) -> String {
-        let mut crc = crc32fast::Hasher::new();
-        let (n, labels) = match &self.data {
-            TaskData::Tabular { held_out, .. } => {
-                held_out
-                    .features
-                    .iter()
-                    .for_each(|v| crc.update(&v.to_le_bytes()));
-                (held_out.len(), &held_out.labels)
-            }
-            TaskData::Imaging { held_out, .. } => {
-                held_out.pixels.iter().for_each(|v| crc.update(&v.to_le_bytes()));
-                (held_out.len(), &held_out.labels)
-            }
-        };
-        crc.update(&labels.iter().map(|&l| u8::from(l)).collect::<Vec<_>>());
-        format!("{n} examples, crc32 {:08x}", crc.finalize())
+        self.data.held_out_fingerprint()
     }
 
-    /// The coordinator's evaluation on the held-out set; `seed` fixes the
-    /// initial global model.
     pub fn evaluator(&self, seed: u64) -> Result<Box<dyn Evaluator>> {
-        Ok(match &self.data {
-            TaskData::Tabular { held_out, .. } => Box::new(LogisticEvaluator::new(held_out.clone())?),
-            TaskData::Imaging { held_out, cnn, .. } => {
-                Box::new(CnnEvaluator::new(held_out.clone(), *cnn, seed)?)
-            }
-        })
+        self.data.evaluator(seed)
     }
 
-    /// Exact federated standardisation of tabular features without DP; under
-    /// DP either the public bounds (no budget) or noised statistics (charged
-    /// at each hospital). Pixels are already on a fixed [0, 1] scale.
     pub fn scaling(&self, loaded: &Loaded) -> Result<Scaling> {
-        let TaskData::Tabular { bounds, .. } = &self.data else {
-            return Ok(Scaling::None);
-        };
-        let privacy = &loaded.config.privacy;
-        if privacy.mode == PrivacyMode::Off || privacy.scaling == DpScaling::DpStats {
-            return Ok(Scaling::Federated);
-        }
-        let bounds = bounds
-            .as_ref()
-            .with_context(|| format!("task '{}': differential privacy needs feature bounds", self.name))?;
-        Ok(Scaling::Fixed(Arc::new(bounds.standardizer())))
+        self.data
+            .scaling(&loaded.config.privacy)
+            .with_context(|| format!("task '{}'", self.name))
     }
 
-    /// The same model trained centrally on the pooled training set and
-    /// evaluated on the same held-out set. For comparison only: it pools data.
     pub fn centralized_baseline(&self, loaded: &Loaded) -> Result<Metrics> {
-        match &self.data {
-            TaskData::Tabular { train, held_out, .. } => {
-                tabular::centralized_baseline(&self.config, train, held_out)
-            }
-            TaskData::Imaging {
-                train, held_out, cnn, ..
-            } => imaging::centralized_baseline(loaded, &self.config, train, held_out, *cnn),
-        }
-        .with_context(|| format!("task '{}': centralized baseline", self.name))
+        self.data
+            .centralized_baseline(loaded, &self.config)
+            .with_context(|| format!("task '{}': centralized baseline", self.name))
     }
 }
