@@ -67,7 +67,9 @@ fn start_hospital(
 }
 
 /// 1 coordinator + 5 hospital processes, 10 rounds, the run's JSON.
-/// `tls`: (certificates directory) for mutual TLS.
+/// `tls`: (certificates directory) for mutual TLS. The hospitals start one
+/// after another, in reverse order, with the shipped quorum (4 of 5): the
+/// run waits for all five expected hospitals, so join timing changes nothing.
 fn six_process_run(dir: &Path, tls: Option<&Path>) -> Value {
     let addr = format!("127.0.0.1:{}", free_port());
     let tls_of = |name: &str| {
@@ -76,17 +78,15 @@ fn six_process_run(dir: &Path, tls: Option<&Path>) -> Value {
     };
     let mut extra: Vec<String> = owned(&["--rounds", "10", "--auto-start", "--exit-after-run", "--json"]);
     extra.extend(tls_of("coordinator"));
-    // All five must have joined before round 1, as in `medfed run`.
-    let mut coordinator = start_coordinator(
-        dir,
-        "coordinator",
-        &addr,
-        &extra,
-        &[("MEDFED_TASKS__BREAST_CANCER__MIN_HOSPITALS", "5")],
-    );
-    let _hospitals: Vec<Process> = (1..=5)
-        .map(|i| start_hospital(dir, &format!("h{i}"), &addr, i, &tls_of(&format!("h{i}")), &[]))
-        .collect();
+    let mut coordinator = start_coordinator(dir, "coordinator", &addr, &extra, &[]);
+    let mut hospitals = Vec::new();
+    for i in (1..=5).rev() {
+        let name = format!("h{i}");
+        hospitals.push(start_hospital(dir, &name, &addr, i, &tls_of(&name), &[]));
+        let joined = 6 - i;
+        coordinator.wait_for(&["hospital said hello"], joined, SHORT);
+        std::thread::sleep(Duration::from_millis(300));
+    }
     let status = coordinator.wait_exit(LONG);
     assert!(
         status.success(),
@@ -96,6 +96,12 @@ fn six_process_run(dir: &Path, tls: Option<&Path>) -> Value {
     assert_eq!(
         coordinator.count(&["hospital said hello"]),
         5,
+        "{}",
+        coordinator.log()
+    );
+    assert_eq!(
+        coordinator.count(&["not every expected hospital joined"]),
+        0,
         "{}",
         coordinator.log()
     );
@@ -110,8 +116,8 @@ fn task(run: &Value) -> &Value {
     &run["tasks"][TASK]
 }
 
-/// Every round's held-out metrics agree (the model crosses the wire
-/// bit-exactly and every hospital trains on the same shard and seed).
+/// Every round's held-out metrics are bit-identical (the model crosses the
+/// wire bit-exactly and every hospital trains on the same shard and seed).
 fn assert_same_rounds(cluster: &Value, local: &Value) {
     let (c, l) = (
         task(cluster)["rounds"].as_array().unwrap(),
@@ -123,8 +129,9 @@ fn assert_same_rounds(cluster: &Value, local: &Value) {
         assert_eq!(a["participants"], 5);
         for key in ["accuracy", "loss", "auc", "f1"] {
             let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
-            assert!(
-                (x - y).abs() <= 1e-6,
+            assert_eq!(
+                x.to_bits(),
+                y.to_bits(),
                 "round {}: {key} {x} (cluster) vs {y} (in-process)",
                 a["round"]
             );
