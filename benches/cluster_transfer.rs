@@ -25,7 +25,7 @@ use medfed_actors::cluster::link::{send, Inbox};
 use medfed_actors::cluster::node::{self, NodeOptions};
 use medfed_actors::cluster::{Envelope, TlsFiles, WireStats};
 use medfed_actors::messages::wire::Uplinked;
-use medfed_actors::messages::{ToCoordinator, ToHospital, TrainOutcome};
+use medfed_actors::messages::{Ask, ToCoordinator, ToHospital, TrainOutcome};
 use medfed_models::learner::{GlobalModel, LocalUpdate, Release, TrainPlan};
 use medfed_models::{Layout, Params, TensorSpec};
 
@@ -110,10 +110,15 @@ fn model(mib: usize) -> Params {
     Params::new(layout, values).expect("fits")
 }
 
+const BENCH_ASK: Ask = Ask {
+    run: 1,
+    round: 1,
+    attempt: 0,
+};
+
 fn train_message(mib: usize) -> ToHospital {
     ToHospital::Train {
-        round: 1,
-        attempt: 0,
+        ask: BENCH_ASK,
         model: GlobalModel {
             params: Arc::new(model(mib)),
             standardizer: None,
@@ -300,12 +305,11 @@ impl Actor for Receiver {
             return Ok(());
         }
         match (state.requests.accept(envelope), state.origin.clone()) {
-            (Some(ToHospital::Train { model, .. }), Some(origin)) => {
+            (Some(ToHospital::Train { ask, model, .. }), Some(origin)) => {
                 let update = Uplinked {
                     link: "bench".into(),
                     message: ToCoordinator::Update {
-                        round: 1,
-                        attempt: 0,
+                        ask,
                         outcome: TrainOutcome::Trained {
                             update: LocalUpdate {
                                 delta: (*model.params).clone(),

@@ -1,19 +1,24 @@
-//! The composition root of `run`, `serve` and `coordinator`: builds the
-//! coordinator for prepared tasks (see `tasks`), its in-process hospitals
-//! when it has any, and the observers that record its events; shuts them
-//! down in order, flushing the observers; and drives a run to its end.
+//! The composition root of `run`, `serve` and `coordinator`: it builds the
+//! event bus and the recordings its observers drain, the coordinator for
+//! the prepared tasks (see `tasks`), and either the in-process hospitals or
+//! the cluster node and gateway that remote hospitals connect to; it shuts
+//! all of it down in order, flushing the observers first; and it drives a
+//! run to its end for `medfed run`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ractor::{Actor, ActorRef};
+use tokio::sync::mpsc::UnboundedReceiver;
 
+use medfed_actors::cluster::{node, Envelope, Gateway, GatewayArgs, NodeOptions, SessionEvent, WireStats};
 use medfed_actors::coordinator::fsm::FsmConfig;
 use medfed_actors::coordinator::{Protocol, Scaling};
 use medfed_actors::{
     Coordinator, CoordinatorArgs, CoordinatorMsg, EventBus, FederationEvent, Hospital, HospitalArgs,
-    RunReport, RunRequest, StartRefused, TaskSetup,
+    Recording, RunReport, RunRequest, StartRefused, TaskSetup,
 };
 use medfed_models::aggregate::{FedAdam, FedAvg, UpdateCheck};
 use medfed_models::checkpoint::Checkpoint;
@@ -65,10 +70,13 @@ pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
             .as_ref()
             .map(|dir| loaded.resolve(dir).join(&task.name)),
         held_out: Some(task.held_out_fingerprint()),
+        expected_names: (0..task.hospital_count())
+            .map(|i| task.hospital_name(i))
+            .collect(),
     })
 }
 
-pub struct RunOutcome {
+pub struct RunResult {
     pub report: RunReport,
     /// Each task's final global model.
     pub models: BTreeMap<String, Checkpoint>,
@@ -77,34 +85,49 @@ pub struct RunOutcome {
 }
 
 /// Where a federation's hospitals run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hospitals {
     /// One hospital actor per shard, in this process (`run`, `serve`).
     InProcess,
-    /// In their own processes, connecting through the cluster gateway (`coordinator`).
-    Remote,
+    /// In their own processes (`medfed hospital`), connecting to this
+    /// process's cluster node; its traffic is counted in `stats`.
+    Remote {
+        node: NodeOptions,
+        tasks: Vec<String>,
+        stats: Arc<WireStats>,
+    },
 }
 
-/// A running federation: the coordinator, its in-process hospitals and the
-/// observers recording its events.
+/// A running federation: the coordinator, its in-process hospitals or its
+/// cluster node, the event bus and the observers recording it.
 pub struct Federation {
     pub coordinator: ActorRef<CoordinatorMsg>,
     pub events: EventBus,
+    /// Made before anything could publish; each taken once by its observer.
+    recordings: BTreeMap<String, Recording>,
     hospitals: Vec<ActorRef<medfed_actors::ToHospital>>,
     handles: Vec<tokio::task::JoinHandle<()>>,
     observers: Vec<tokio::task::JoinHandle<()>>,
+    node: Option<node::Node>,
+    gateway: Option<(ActorRef<Envelope>, tokio::task::JoinHandle<()>)>,
+    /// The cluster node's session events, until the command takes them.
+    pub sessions: Option<UnboundedReceiver<SessionEvent>>,
 }
 
 impl Federation {
-    /// Spawn the coordinator for `tasks` and, for `Hospitals::InProcess`,
-    /// one hospital per shard, publishing on `events` (record or subscribe
-    /// before, to see the joins).
+    /// Build the federation of `tasks`, with a recording for each name in
+    /// `recorders`, made before the coordinator starts so that every event
+    /// (the hospitals' joins first) reaches them.
     pub async fn spawn(
         loaded: &Loaded,
         tasks: &[PreparedTask],
-        events: EventBus,
         hospitals_at: Hospitals,
+        recorders: &[&str],
     ) -> Result<Federation> {
+        let events = EventBus::default();
+        let recordings = recorders
+            .iter()
+            .map(|name| (name.to_string(), events.record(name)))
+            .collect();
         let setups = tasks
             .iter()
             .map(|t| task_setup(loaded, t))
@@ -119,18 +142,30 @@ impl Federation {
         )
         .await
         .context("starting the coordinator")?;
-        let mut handles = vec![handle];
-        let mut hospitals = Vec::new();
-        if hospitals_at == Hospitals::Remote {
-            return Ok(Federation {
-                coordinator,
-                events,
-                hospitals,
-                handles,
-                observers: Vec::new(),
-            });
+        let mut federation = Federation {
+            coordinator,
+            events,
+            recordings,
+            hospitals: Vec::new(),
+            handles: vec![handle],
+            observers: Vec::new(),
+            node: None,
+            gateway: None,
+            sessions: None,
+        };
+        let built = match hospitals_at {
+            Hospitals::InProcess => federation.spawn_hospitals(loaded, tasks).await,
+            Hospitals::Remote { node, tasks, stats } => federation.listen(node, tasks, stats).await,
+        };
+        if let Err(e) = built {
+            federation.shutdown().await;
+            return Err(e);
         }
-        let all_names: Vec<String> = tasks
+        Ok(federation)
+    }
+
+    async fn spawn_hospitals(&mut self, loaded: &Loaded, tasks: &[PreparedTask]) -> Result<()> {
+        let all_names: BTreeSet<String> = tasks
             .iter()
             .flat_map(|t| (0..t.hospital_count()).map(|i| t.hospital_name(i)))
             .collect();
@@ -139,11 +174,11 @@ impl Federation {
             .privacy
             .hospitals
             .keys()
-            .find(|n| !all_names.contains(n))
+            .find(|n| !all_names.contains(*n))
         {
             bail!(
                 "privacy.hospitals.{unknown}: no such hospital (hospitals: {})",
-                all_names.join(", ")
+                all_names.into_iter().collect::<Vec<_>>().join(", ")
             );
         }
         for task in tasks {
@@ -162,24 +197,52 @@ impl Federation {
                         task: task.name.clone(),
                         kind: task.config.kind.name().to_string(),
                         learner: built.learner,
-                        coordinator: coordinator.clone(),
+                        coordinator: self.coordinator.clone(),
                         local_test,
                         held_out: None,
                     },
                 )
                 .await
                 .with_context(|| format!("starting hospital {name}"))?;
-                hospitals.push(hospital);
-                handles.push(handle);
+                self.hospitals.push(hospital);
+                self.handles.push(handle);
             }
         }
-        Ok(Federation {
-            coordinator,
-            events,
-            hospitals,
-            handles,
-            observers: Vec::new(),
-        })
+        Ok(())
+    }
+
+    /// Start the cluster node and the gateway that binds each remote
+    /// hospital to the coordinator.
+    async fn listen(
+        &mut self,
+        options: NodeOptions,
+        tasks: Vec<String>,
+        stats: Arc<WireStats>,
+    ) -> Result<()> {
+        let (node, sessions) = node::start(options).await?;
+        let gateway = Actor::spawn(
+            None,
+            Gateway,
+            GatewayArgs {
+                coordinator: self.coordinator.clone(),
+                tasks,
+                stats,
+                nodes: node.directory.clone(),
+            },
+        )
+        .await
+        .context("starting the cluster gateway");
+        self.node = Some(node);
+        self.sessions = Some(sessions);
+        self.gateway = Some(gateway?);
+        Ok(())
+    }
+
+    /// The recording made for `name` at spawn (each can be taken once).
+    pub fn recording(&mut self, name: &str) -> Result<Recording> {
+        self.recordings
+            .remove(name)
+            .with_context(|| format!("no recording '{name}' was made for this federation"))
     }
 
     /// Keep an observer's task (one draining a `Recording`), so that
@@ -195,10 +258,23 @@ impl Federation {
         }
     }
 
-    /// Stop the coordinator first, so that hospitals stopping afterwards are
-    /// not reported as departures; then the hospitals (killed: one may be in
-    /// the middle of a long local training); then flush the observers.
+    /// Shut down in order: the bus closes and the observers handle every
+    /// event published before (they may still ask the coordinator for a
+    /// run's report); then the cluster node; then the coordinator, so that
+    /// hospitals stopping afterwards are not reported as departures; then
+    /// the hospitals (killed: one may be in the middle of a long epoch).
     pub async fn shutdown(self) {
+        self.events.close();
+        for observer in self.observers {
+            let _ = observer.await;
+        }
+        if let Some(node) = &self.node {
+            node.stop();
+        }
+        if let Some((gateway, handle)) = self.gateway {
+            gateway.stop(None);
+            let _ = handle.await;
+        }
         let mut handles = self.handles.into_iter();
         self.coordinator.stop(None);
         if let Some(coordinator) = handles.next() {
@@ -209,10 +285,6 @@ impl Federation {
         }
         for handle in handles {
             let _ = handle.await;
-        }
-        self.events.close_recordings();
-        for observer in self.observers {
-            let _ = observer.await;
         }
     }
 }
@@ -241,10 +313,11 @@ impl CoordinatorClient {
         Ok(self.try_start(request).await??)
     }
 
-    pub fn stop(&self) -> Result<()> {
-        self.coordinator
-            .cast(CoordinatorMsg::Stop)
-            .context("the coordinator is not running")
+    /// Stop the active run; returns its id (`None`: no run was active).
+    /// Its `RunEnded` has been published when this returns.
+    pub async fn stop(&self) -> Result<Option<String>> {
+        ractor::call!(self.coordinator, CoordinatorMsg::Stop)
+            .context("coordinator did not answer the stop request")
     }
 
     pub async fn report(&self) -> Result<RunReport> {
@@ -268,14 +341,32 @@ impl CoordinatorClient {
 pub async fn run_to_end(
     loaded: &Loaded,
     tasks: &[PreparedTask],
+    shutdown: ShutdownSignal,
+    on_event: impl FnMut(&FederationEvent),
+) -> Result<RunResult> {
+    let started = Instant::now();
+    let mut federation = Federation::spawn(loaded, tasks, Hospitals::InProcess, &["run"]).await?;
+    let events = federation.recording("run")?;
+    let outcome = drive(&federation.client(), tasks, events, shutdown, on_event).await;
+    federation.shutdown().await;
+    let (report, models, end) = outcome?;
+    Ok(RunResult {
+        report,
+        models,
+        wall_seconds: started.elapsed().as_secs_f64(),
+        end,
+    })
+}
+
+type Driven = (RunReport, BTreeMap<String, Checkpoint>, RunEnd);
+
+async fn drive(
+    client: &CoordinatorClient,
+    tasks: &[PreparedTask],
+    mut events: Recording,
     mut shutdown: ShutdownSignal,
     mut on_event: impl FnMut(&FederationEvent),
-) -> Result<RunOutcome> {
-    let started = Instant::now();
-    let bus = EventBus::default();
-    let mut events = bus.record("run");
-    let federation = Federation::spawn(loaded, tasks, bus, Hospitals::InProcess).await?;
-    let client = federation.client();
+) -> Result<Driven> {
     let names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
     client
         .start(RunRequest {
@@ -289,15 +380,16 @@ pub async fn run_to_end(
             event = events.recv() => match event {
                 Some(event) => {
                     on_event(&event);
-                    if let FederationEvent::RunEnded { aborted, stopped, .. } = event {
-                        break RunEnd::from_flags(aborted, stopped);
+                    if let FederationEvent::RunEnded { outcome, .. } = event {
+                        break RunEnd::from(outcome);
                     }
                 }
                 None => bail!("the coordinator stopped before the run ended"),
             },
             signal = shutdown.received(), if !stop_sent => {
                 eprintln!("stopping the run ({signal})...");
-                client.stop()?;
+                // Its RunEnded is already on its way to `events`.
+                client.stop().await?;
                 stop_sent = true;
             }
         }
@@ -307,11 +399,5 @@ pub async fn run_to_end(
     for task in tasks {
         models.insert(task.name.clone(), client.model(&task.name).await?);
     }
-    federation.shutdown().await;
-    Ok(RunOutcome {
-        report,
-        models,
-        wall_seconds: started.elapsed().as_secs_f64(),
-        end,
-    })
+    Ok((report, models, end))
 }

@@ -8,6 +8,8 @@
 use anyhow::{Context, Result};
 use tokio::sync::watch;
 
+use medfed_actors::RunOutcome;
+
 /// The run completed (every task finished), or a server shut down cleanly.
 pub const EXIT_COMPLETED: u8 = 0;
 /// An error stopped the command before or outside a run (reported on stderr).
@@ -27,15 +29,17 @@ pub enum RunEnd {
     Stopped,
 }
 
-impl RunEnd {
-    pub fn from_flags(aborted: bool, stopped: bool) -> Self {
-        match (aborted, stopped) {
-            (true, _) => RunEnd::Aborted,
-            (false, true) => RunEnd::Stopped,
-            (false, false) => RunEnd::Completed,
+impl From<RunOutcome> for RunEnd {
+    fn from(outcome: RunOutcome) -> Self {
+        match outcome {
+            RunOutcome::Finished => RunEnd::Completed,
+            RunOutcome::Stopped => RunEnd::Stopped,
+            RunOutcome::Aborted => RunEnd::Aborted,
         }
     }
+}
 
+impl RunEnd {
     pub fn exit_code(self) -> u8 {
         match self {
             RunEnd::Completed => EXIT_COMPLETED,
@@ -80,6 +84,27 @@ impl ShutdownSignal {
     /// Whether a signal has arrived, without waiting.
     pub fn is_received(&self) -> bool {
         self.received.borrow().is_some()
+    }
+
+    /// Run blocking preparation (loading data, generating synthetic images,
+    /// a centralized baseline) off the runtime, unless a signal comes first:
+    /// `Ok(None)` then, and the work is left to finish on its own thread
+    /// (the process exits without waiting for it, see `main`).
+    pub async fn unless_received<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce() -> Result<T> + Send + 'static,
+    ) -> Result<Option<T>> {
+        if self.is_received() {
+            return Ok(None);
+        }
+        let job = tokio::task::spawn_blocking(work);
+        tokio::select! {
+            done = job => done.context("the preparation thread failed")?.map(Some),
+            signal = self.received() => {
+                eprintln!("{signal}: stopping before the run started");
+                Ok(None)
+            }
+        }
     }
 }
 

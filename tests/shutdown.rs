@@ -55,9 +55,23 @@ fn sigterm_stops_medfed_run_which_prints_the_stopped_run_and_exits_3() {
 }
 
 #[test]
-fn sigterm_stops_the_run_medfed_serve_is_running_and_exits_0() {
+fn sigterm_stops_the_run_medfed_serve_is_running_and_exits_0_with_a_live_stream_open() {
     let mut served = Served::start(&["--task", TASK], &SLOW);
-    let client = reqwest::blocking::Client::new();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(None)
+        .build()
+        .unwrap();
+    // A panel watching the live stream must not hold the shutdown.
+    let mut stream = client
+        .get(served.url("/api/events"))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .unwrap();
+    let watcher = std::thread::spawn(move || {
+        let mut seen = String::new();
+        let _ = std::io::Read::read_to_string(&mut stream, &mut seen);
+        seen
+    });
     let started: Value = client
         .post(served.url("/api/runs"))
         .header("Authorization", format!("Bearer {TOKEN}"))
@@ -91,12 +105,16 @@ fn sigterm_stops_the_run_medfed_serve_is_running_and_exits_0() {
         .lines()
         .find(|l| l.contains("run ended") && l.contains(&id))
         .unwrap_or_else(|| panic!("no 'run ended' line for {id}:\n{log}"));
-    assert!(
-        ended.contains("stopped=true") && ended.contains("aborted=false"),
-        "{ended}"
-    );
+    assert!(ended.contains("outcome=\"stopped\""), "{ended}");
     assert!(log.contains("task stopped by the operator"), "{log}");
+    // The panel's recorder kept the stopped run's report and model: it was
+    // flushed while the coordinator could still answer.
+    assert!(!log.contains("cannot fetch the run's report"), "{log}");
+    assert!(!log.contains("cannot keep the final model"), "{log}");
     assert_clean("medfed serve", &log);
+    // The live stream carried the run, then ended with the server.
+    let seen = watcher.join().unwrap();
+    assert!(seen.contains("\"type\":\"round_aggregated\""), "{seen}");
 }
 
 #[test]

@@ -6,10 +6,11 @@
 //! live watchers (the panel's stream) may skip, and are told how many.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc, watch};
 
 use medfed_models::metrics::Metrics;
 
@@ -106,6 +107,9 @@ pub enum FederationEvent {
         task: String,
         joined: Vec<String>,
         expected: usize,
+        /// The expected hospitals' default names that did not join (those
+        /// that joined under other names are among `joined`).
+        missing: Vec<String>,
     },
     TaskFinished {
         task: String,
@@ -123,11 +127,32 @@ pub enum FederationEvent {
     /// Every task of the run has finished, stopped or aborted.
     RunEnded {
         run_id: String,
-        /// A task aborted (it could not go on).
-        aborted: bool,
-        /// A task was stopped by the operator (and none aborted).
-        stopped: bool,
+        outcome: RunOutcome,
     },
+}
+
+/// How a run ended: the one place its three outcomes are told apart (the
+/// run's JSON, the panel's history, `medfed_runs_total{status}` and the
+/// exit codes all read it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    /// Every task ran all its rounds.
+    Finished,
+    /// The operator stopped it (Ctrl-C, SIGTERM, the panel); no task aborted.
+    Stopped,
+    /// A task could not go on.
+    Aborted,
+}
+
+impl RunOutcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunOutcome::Finished => "finished",
+            RunOutcome::Stopped => "stopped",
+            RunOutcome::Aborted => "aborted",
+        }
+    }
 }
 
 /// Carries every event to two kinds of subscriber:
@@ -137,10 +162,46 @@ pub enum FederationEvent {
 ///   (its backlog is `depths()`, exported as a metric);
 /// - live watchers (`subscribe`): a bounded broadcast that may skip when a
 ///   watcher lags (the panel's stream), which it is told with the count.
+///
+/// `close` ends both at shutdown: live watchers at once, recordings once
+/// they have received everything published before.
 #[derive(Debug, Clone)]
 pub struct EventBus {
     sender: broadcast::Sender<FederationEvent>,
     recorders: Arc<Mutex<Vec<RecorderSlot>>>,
+    closed: Arc<watch::Sender<bool>>,
+}
+
+/// A live watcher's end (see `EventBus::subscribe`).
+#[derive(Debug)]
+pub struct LiveWatch {
+    events: broadcast::Receiver<FederationEvent>,
+    closed: watch::Receiver<bool>,
+}
+
+/// What a live watcher receives next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Live {
+    Event(FederationEvent),
+    /// It fell behind and these many events were skipped.
+    Skipped(u64),
+}
+
+impl LiveWatch {
+    /// The next event or skip notice; `None` once the bus is closed.
+    pub async fn recv(&mut self) -> Option<Live> {
+        if *self.closed.borrow() {
+            return None;
+        }
+        tokio::select! {
+            event = self.events.recv() => match event {
+                Ok(event) => Some(Live::Event(event)),
+                Err(RecvError::Lagged(n)) => Some(Live::Skipped(n)),
+                Err(RecvError::Closed) => None,
+            },
+            _ = self.closed.wait_for(|closed| *closed) => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -183,37 +244,45 @@ impl EventBus {
         Self {
             sender,
             recorders: Arc::new(Mutex::new(Vec::new())),
+            closed: Arc::new(watch::channel(false).0),
         }
     }
 
+    /// The recorders' list. Its lock is held only to push or clone a queue
+    /// handle, so a panic elsewhere cannot leave it half-changed: a poisoned
+    /// lock is used as it is rather than losing events.
+    fn recorders(&self) -> MutexGuard<'_, Vec<RecorderSlot>> {
+        self.recorders.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub fn publish(&self, event: FederationEvent) {
-        if let Ok(mut recorders) = self.recorders.lock() {
-            // A recorder that went away is forgotten; the others get the event.
-            recorders.retain(|r| {
-                r.depth.fetch_add(1, Ordering::Relaxed);
-                r.queue.send(event.clone()).is_ok()
-            });
-        }
+        // A recorder that went away is forgotten; the others get the event.
+        self.recorders().retain(|r| {
+            r.depth.fetch_add(1, Ordering::Relaxed);
+            r.queue.send(event.clone()).is_ok()
+        });
         // No live watcher is not an error: events are observations, not commands.
         let _ = self.sender.send(event);
     }
 
-    /// A live watcher: may skip events when it lags (`RecvError::Lagged`).
-    pub fn subscribe(&self) -> broadcast::Receiver<FederationEvent> {
-        self.sender.subscribe()
+    /// A live watcher: may skip events when it lags (told how many), and
+    /// ends when the bus is closed.
+    pub fn subscribe(&self) -> LiveWatch {
+        LiveWatch {
+            events: self.sender.subscribe(),
+            closed: self.closed.subscribe(),
+        }
     }
 
     /// A recorder named `name` (for the backlog metric): loses nothing.
     pub fn record(&self, name: &str) -> Recording {
         let (queue, rx) = mpsc::unbounded_channel();
         let depth = Arc::new(AtomicU64::new(0));
-        if let Ok(mut recorders) = self.recorders.lock() {
-            recorders.push(RecorderSlot {
-                name: name.to_string(),
-                queue,
-                depth: depth.clone(),
-            });
-        }
+        self.recorders().push(RecorderSlot {
+            name: name.to_string(),
+            queue,
+            depth: depth.clone(),
+        });
         Recording {
             name: name.to_string(),
             queue: rx,
@@ -223,22 +292,23 @@ impl EventBus {
 
     /// Each recorder's backlog: events published but not yet received.
     pub fn depths(&self) -> Vec<(String, u64)> {
-        self.recorders
-            .lock()
-            .map(|r| {
-                r.iter()
-                    .map(|s| (s.name.clone(), s.depth.load(Ordering::Relaxed)))
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.recorders()
+            .iter()
+            .map(|s| (s.name.clone(), s.depth.load(Ordering::Relaxed)))
+            .collect()
     }
 
-    /// No more events: each recording ends once it has received what was
-    /// published before (the flush at shutdown).
-    pub fn close_recordings(&self) {
-        if let Ok(mut recorders) = self.recorders.lock() {
-            recorders.clear();
-        }
+    /// End the live watchers now (an open event stream must not hold a
+    /// server's shutdown).
+    pub fn close_live(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// No more events: live watchers end at once, and each recording once it
+    /// has received what was published before (the flush at shutdown).
+    pub fn close(&self) {
+        self.close_live();
+        self.recorders().clear();
     }
 }
 

@@ -15,7 +15,7 @@ pub mod report;
 pub mod wire;
 
 pub use coordinator::{Coordinator, CoordinatorArgs, TaskSetup};
-pub use events::{EventBus, FederationEvent, Recording};
+pub use events::{EventBus, FederationEvent, Live, LiveWatch, Recording, RunOutcome};
 pub use hospital::{Hospital, HospitalArgs, HospitalLearner};
-pub use messages::{CoordinatorMsg, RunRequest, StartRefused, ToCoordinator, ToHospital};
+pub use messages::{Ask, CoordinatorMsg, RunRequest, StartRefused, ToCoordinator, ToHospital};
 pub use report::{RoundRecord, RunReport, TaskReport};

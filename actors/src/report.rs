@@ -21,24 +21,22 @@ pub struct RoundRecord {
 }
 
 /// Federated evaluation of one round's global model: each hospital's
-/// metrics on its own test split, and their pooled confusion matrix.
+/// metrics on its own test split, and what the strategy made of them when
+/// the stage closed (by default their pooled confusion matrix).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct FederatedEval {
     /// Hospitals asked to evaluate.
     pub requested: usize,
     /// Hospitals that answered, with metrics or a reason not to.
     pub answered: usize,
-    /// Metrics over the union of the local test splits (AUC is not poolable).
+    /// The strategy's `aggregate_evaluate` of the hospitals' metrics (by
+    /// default over the union of the local test splits; AUC is not poolable).
     pub pooled: Option<Metrics>,
     pub hospitals: BTreeMap<String, Metrics>,
     pub declined: BTreeMap<String, String>,
 }
 
 impl FederatedEval {
-    pub fn complete(&self) -> bool {
-        self.answered >= self.requested
-    }
-
     pub fn record(&mut self, hospital: String, outcome: crate::messages::EvalOutcome) {
         match outcome {
             crate::messages::EvalOutcome::Evaluated { metrics } => {
@@ -49,8 +47,6 @@ impl FederatedEval {
             }
         }
         self.answered = self.hospitals.len() + self.declined.len();
-        let parts: Vec<&Metrics> = self.hospitals.values().collect();
-        self.pooled = medfed_models::metrics::pooled(&parts);
     }
 }
 

@@ -10,7 +10,7 @@ use medfed_actors::coordinator::fsm::{FsmConfig, Phase};
 use medfed_actors::coordinator::{Protocol, Scaling};
 use medfed_actors::{
     Coordinator, CoordinatorArgs, CoordinatorMsg, EventBus, FederationEvent, Hospital, HospitalArgs,
-    HospitalLearner, Recording, RunReport, RunRequest, TaskSetup, ToHospital,
+    HospitalLearner, Recording, RunOutcome, RunReport, RunRequest, TaskSetup, ToHospital,
 };
 use medfed_models::aggregate::{FedAvg, UpdateCheck};
 use medfed_models::data::synthetic::gaussian_blobs;
@@ -124,6 +124,7 @@ async fn federation_on(
         scaling: Scaling::Federated,
         checkpoint_dir: None,
         held_out: None,
+        expected_names: Vec::new(),
     };
     let (coordinator, _) = Actor::spawn(
         None,
@@ -249,7 +250,10 @@ async fn honest_federation_trains_and_publishes_events_in_order() {
     assert!(started < first_round);
     assert!(matches!(
         events.last(),
-        Some(FederationEvent::RunEnded { aborted: false, .. })
+        Some(FederationEvent::RunEnded {
+            outcome: RunOutcome::Finished,
+            ..
+        })
     ));
     let rounds: Vec<u32> = events
         .iter()
@@ -440,7 +444,10 @@ async fn below_quorum_retries_then_aborts_with_reason() {
     let events = fed.until_end().await;
     assert!(matches!(
         events.last(),
-        Some(FederationEvent::RunEnded { aborted: true, .. })
+        Some(FederationEvent::RunEnded {
+            outcome: RunOutcome::Aborted,
+            ..
+        })
     ));
     let retries = events
         .iter()
@@ -472,13 +479,13 @@ async fn stop_ends_the_run_and_a_new_run_can_start() {
             break;
         }
     }
-    fed.coordinator.cast(CoordinatorMsg::Stop).unwrap();
+    let stopped = ractor::call!(fed.coordinator, CoordinatorMsg::Stop).unwrap();
+    assert!(stopped.is_some_and(|id| id.starts_with("run-")));
     let events = fed.until_end().await;
     assert!(matches!(
         events.last(),
         Some(FederationEvent::RunEnded {
-            aborted: false,
-            stopped: true,
+            outcome: RunOutcome::Stopped,
             ..
         })
     ));

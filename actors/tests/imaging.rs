@@ -34,7 +34,7 @@ async fn run_federation(rounds: u32) -> RunReport {
         ..CnnConfig::default()
     };
     let bus = EventBus::default();
-    let mut events = bus.subscribe();
+    let mut events = bus.record("test");
     let setup = TaskSetup {
         name: TASK.into(),
         fsm: FsmConfig {
@@ -57,6 +57,7 @@ async fn run_federation(rounds: u32) -> RunReport {
         scaling: Scaling::None,
         checkpoint_dir: None,
         held_out: None,
+        expected_names: Vec::new(),
     };
     let (coordinator, _) = Actor::spawn(
         None,
@@ -97,7 +98,7 @@ async fn run_federation(rounds: u32) -> RunReport {
         let event = tokio::time::timeout(Duration::from_secs(600), events.recv())
             .await
             .expect("run ends within 10 minutes")
-            .unwrap();
+            .expect("a recording ends only when the bus closes");
         if let FederationEvent::RunEnded { .. } = event {
             break;
         }

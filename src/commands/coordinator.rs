@@ -8,19 +8,19 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use ractor::Actor;
 use tracing::info;
 
-use medfed_actors::cluster::{node, Gateway, GatewayArgs, NodeOptions, SessionLog, WireStats};
-use medfed_actors::{EventBus, FederationEvent, RunRequest};
+use medfed_actors::cluster::{NodeOptions, SessionLog, WireStats};
+use medfed_actors::{FederationEvent, RunRequest};
 
 use super::cluster_node;
 use super::serve::Panel;
 use crate::cli::CoordinatorArgs as Args;
+use crate::config::Loaded;
 use crate::federation::{Federation, Hospitals};
 use crate::output::{print_run, TaskContext};
-use crate::shutdown::{shutdown_signal, RunEnd};
-use crate::tasks::prepare_task;
+use crate::shutdown::{shutdown_signal, RunEnd, ShutdownSignal};
+use crate::tasks::{prepare_task, PreparedTask};
 use crate::web::state::mark_ready;
 
 /// Runs until Ctrl-C or SIGTERM, or with --exit-after-run until the run
@@ -44,103 +44,126 @@ pub async fn execute(args: &Args) -> Result<RunEnd> {
     let cookie = cluster_node::cookie(&loaded)?;
     let tls = cluster_node::tls(&loaded)?;
 
-    let tasks = selected
-        .iter()
-        .map(|name| prepare_task(&loaded, name))
-        .collect::<Result<Vec<_>>>()?;
+    let prepare = loaded.clone();
+    let names = selected.clone();
+    let Some(tasks) = shutdown
+        .unless_received(move || {
+            names
+                .iter()
+                .map(|name| prepare_task(&prepare, name))
+                .collect::<Result<Vec<_>>>()
+        })
+        .await?
+    else {
+        return Ok(RunEnd::Completed);
+    };
     let mut contexts: BTreeMap<String, TaskContext> = tasks
         .iter()
         .map(|t| (t.name.clone(), TaskContext::of(t, &loaded, None)))
         .collect();
-    let bus = EventBus::default();
-    // Both recorded before any hospital can join, so no join is missed.
-    let mut events = bus.record("coordinator");
-    let followed = args.http.map(|_| bus.record("panel"));
-    let mut federation = Federation::spawn(&loaded, &tasks, bus.clone(), Hospitals::Remote).await?;
-    let client = federation.client();
     let stats = Arc::new(WireStats::default());
-    let panel = match (args.http, followed) {
-        (Some(addr), Some(followed)) => {
-            let panel = Panel::start(
-                &loaded,
-                &tasks,
-                bus.clone(),
-                followed,
-                client.clone(),
-                Some(addr),
-                Some(stats.clone()),
-            )?;
+    let remote = Hospitals::Remote {
+        node: NodeOptions {
+            name: "coordinator".into(),
+            cookie,
+            listen,
+            tls: tls.clone(),
+        },
+        tasks: selected.clone(),
+        stats: stats.clone(),
+    };
+    let recorders: &[&str] = if args.http.is_some() {
+        &["coordinator", "panel"]
+    } else {
+        &["coordinator"]
+    };
+    let mut federation = Federation::spawn(&loaded, &tasks, remote, recorders).await?;
+    let result = serve(
+        args,
+        &loaded,
+        &tasks,
+        &mut federation,
+        &mut contexts,
+        &stats,
+        &mut shutdown,
+    )
+    .await;
+    log_traffic(&stats);
+    federation.shutdown().await;
+    result
+}
+
+/// The coordinator's life once its federation is built: the panel, the
+/// auto-started run, and the loop until a signal or the run's end.
+async fn serve(
+    args: &Args,
+    loaded: &Loaded,
+    tasks: &[PreparedTask],
+    federation: &mut Federation,
+    contexts: &mut BTreeMap<String, TaskContext>,
+    stats: &Arc<WireStats>,
+    shutdown: &mut ShutdownSignal,
+) -> Result<RunEnd> {
+    let cluster = &loaded.config.cluster;
+    let client = federation.client();
+    let mut events = federation.recording("coordinator")?;
+    let mut sessions = federation
+        .sessions
+        .take()
+        .context("the cluster node's session events")?;
+    let panel = match args.http {
+        Some(addr) => {
+            let panel = Panel::start(loaded, tasks, federation, Some(addr), Some(stats.clone()))?;
             // Not stdout: with --json, stdout holds exactly the run's JSON.
             eprint!("{}", panel.announcement);
             mark_ready(&panel.state);
             Some(panel)
         }
-        _ => None,
+        None => None,
     };
-
-    let (node, mut node_events) = node::start(NodeOptions {
-        name: "coordinator".into(),
-        cookie,
-        listen,
-        tls: tls.clone(),
-    })
-    .await?;
-    Actor::spawn(
-        None,
-        Gateway,
-        GatewayArgs {
-            coordinator: federation.coordinator.clone(),
-            tasks: selected.clone(),
-            stats: stats.clone(),
-            nodes: node.directory.clone(),
-        },
-    )
-    .await
-    .context("starting the cluster gateway")?;
-    info!(listen = %listen, tls = tls.is_some(), tasks = ?selected, "coordinator listening for hospitals");
+    info!(listen = %cluster.listen, tls = cluster.tls_cert.is_some(), tasks = ?federation_tasks(tasks), "coordinator listening for hospitals");
 
     let started = Instant::now();
-    let mut sessions = SessionLog::default();
+    let mut session_log = SessionLog::default();
     if cluster.auto_start {
         // The run itself waits for every expected hospital (up to the
         // assembly timeout), so its start does not depend on join timing.
         let run = client
             .start(RunRequest {
                 rounds: None,
-                tasks: Some(selected.clone()),
+                tasks: Some(federation_tasks(tasks)),
             })
             .await?;
         info!(run = %run, "run started: waiting for the expected hospitals");
     }
-    // A run this process saw start and not yet end.
-    let mut run_active = cluster.auto_start;
     let mut stop_sent = false;
     let end = loop {
         tokio::select! {
-            Some(event) = node_events.recv() => {
-                sessions.observe(&event);
+            Some(event) = sessions.recv() => {
+                session_log.observe(&event);
             }
             event = events.recv() => match event {
-                Some(FederationEvent::RunStarted { .. }) => run_active = true,
                 Some(FederationEvent::RoundAggregated { task, round, metrics, participants, .. }) => {
                     info!(task = %task, round, participants, accuracy = metrics.accuracy, "round complete");
                 }
-                Some(FederationEvent::RunEnded { aborted, stopped, .. }) => {
-                    run_active = false;
+                Some(FederationEvent::RunEnded { outcome, .. }) => {
                     if cluster.exit_after_run || stop_sent {
-                        break Some(RunEnd::from_flags(aborted, stopped));
+                        break Some(RunEnd::from(outcome));
                     }
                 }
                 Some(_) => {}
                 None => bail!("the coordinator stopped"),
             },
             signal = shutdown.received(), if !stop_sent => {
-                if !run_active {
-                    info!("{signal}: shutting down (no run in progress)");
-                    break None;
+                // The core knows whether a run is active; its end, if any,
+                // is already on its way to `events`.
+                match client.stop().await? {
+                    Some(run) => info!(run = %run, "{signal}: stopping the run, then shutting down"),
+                    None => {
+                        info!("{signal}: shutting down (no run in progress)");
+                        break None;
+                    }
                 }
-                info!("{signal}: stopping the run, then shutting down");
-                client.stop()?;
                 stop_sent = true;
             }
         }
@@ -155,19 +178,21 @@ pub async fn execute(args: &Args) -> Result<RunEnd> {
         }
         print_run(
             &report,
-            &contexts,
+            contexts,
             started.elapsed().as_secs_f64(),
             args.json,
             " (since the coordinator started)",
         )?;
     }
-    log_traffic(&stats);
-    node.stop();
     if let Some(panel) = panel {
-        federation.add_observer(panel.stop().await);
+        federation.events.close_live();
+        panel.stop().await;
     }
-    federation.shutdown().await;
     Ok(end.unwrap_or(RunEnd::Completed))
+}
+
+fn federation_tasks(tasks: &[PreparedTask]) -> Vec<String> {
+    tasks.iter().map(|t| t.name.clone()).collect()
 }
 
 fn log_traffic(stats: &WireStats) {

@@ -67,18 +67,28 @@ pub async fn execute(args: &Args) -> Result<()> {
         .transpose()?
         .or_else(|| h.data.as_ref().map(|p| loaded.resolve(p)));
 
-    let local = match (shard, data) {
-        (Some(_), Some(_)) => bail!("give either --shard or --data, not both"),
-        (Some(spec), None) => from_shard(&mut loaded, &task, &spec, args.name.clone().or(h.name.clone()))?,
-        (None, Some(path)) => {
-            let name = args
-                .name
-                .clone()
-                .or(h.name.clone())
-                .context("--name is required with --data")?;
-            from_file(&loaded, &task, &name, &path)?
-        }
-        (None, None) => bail!("this hospital has no data: pass --data PATH (its own CSV) or --shard I/K"),
+    let name = args.name.clone().or(h.name.clone());
+    let (prepare, task_name) = (loaded.clone(), task.clone());
+    // Loading the data and calibrating the noise may take a while: a signal
+    // meanwhile ends the agent at once.
+    let Some(local) = shutdown
+        .unless_received(move || {
+            let mut loaded = prepare;
+            match (shard, data) {
+                (Some(_), Some(_)) => bail!("give either --shard or --data, not both"),
+                (Some(spec), None) => from_shard(&mut loaded, &task_name, &spec, name),
+                (None, Some(path)) => {
+                    let name = name.context("--name is required with --data")?;
+                    from_file(&loaded, &task_name, &name, &path)
+                }
+                (None, None) => {
+                    bail!("this hospital has no data: pass --data PATH (its own CSV) or --shard I/K")
+                }
+            }
+        })
+        .await?
+    else {
+        return Ok(());
     };
     let kind = loaded.config.tasks[&task].kind.name().to_string();
 

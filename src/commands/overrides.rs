@@ -22,7 +22,7 @@ pub fn load_with(path: &std::path::Path, flags: &Overrides) -> Result<(Loaded, V
     })?;
     let selected = select_tasks(&loaded, &flags.tasks)?;
     let c = &mut loaded.config;
-    // Only the selected tasks are part of this run, and only they are validated again.
+    // Only the selected tasks are part of this run, and only they are validated.
     c.tasks.retain(|name, _| selected.contains(name));
     if let Some(dir) = &flags.checkpoint_dir {
         // Relative to where the command runs, like every path given on the command line.

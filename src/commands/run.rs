@@ -20,12 +20,8 @@ use crate::tasks::prepare_task;
 
 /// Runs the federation; returns how it ended (completed, aborted, stopped).
 pub async fn execute(args: &RunArgs) -> Result<RunEnd> {
-    let shutdown = shutdown_signal()?;
+    let mut shutdown = shutdown_signal()?;
     let (loaded, selected) = super::overrides::load_with(&args.config, &args.overrides)?;
-    let tasks = selected
-        .iter()
-        .map(|name| prepare_task(&loaded, name))
-        .collect::<Result<Vec<_>>>()?;
     if args.baseline && loaded.config.privacy.mode != PrivacyMode::Off {
         bail!(
             "--baseline trains a non-private model on the pooled data of every hospital, which \
@@ -34,15 +30,32 @@ pub async fn execute(args: &RunArgs) -> Result<RunEnd> {
             loaded.config.privacy.mode.name()
         );
     }
-    let mut contexts = BTreeMap::new();
-    for task in &tasks {
-        let centralized = if args.baseline {
-            Some(task.centralized_baseline(&loaded)?)
-        } else {
-            None
-        };
-        contexts.insert(task.name.clone(), TaskContext::of(task, &loaded, centralized));
-    }
+    // Loading, splitting (and the baseline's training) can take minutes: a
+    // signal meanwhile ends the command at once.
+    let baseline = args.baseline;
+    let prepare = loaded.clone();
+    let Some((tasks, contexts)) = shutdown
+        .unless_received(move || {
+            let loaded = prepare;
+            let tasks = selected
+                .iter()
+                .map(|name| prepare_task(&loaded, name))
+                .collect::<Result<Vec<_>>>()?;
+            let mut contexts = BTreeMap::new();
+            for task in &tasks {
+                let centralized = if baseline {
+                    Some(task.centralized_baseline(&loaded)?)
+                } else {
+                    None
+                };
+                contexts.insert(task.name.clone(), TaskContext::of(task, &loaded, centralized));
+            }
+            Ok((tasks, contexts))
+        })
+        .await?
+    else {
+        return Ok(RunEnd::Stopped);
+    };
 
     let total_rounds: u64 = tasks
         .iter()

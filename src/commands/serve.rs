@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 
 use medfed_actors::cluster::WireStats;
-use medfed_actors::{EventBus, Recording};
+use medfed_actors::EventBus;
 
 use crate::cli::ServeArgs;
 use crate::config::{Loaded, PrivacyMode, StrategyName};
@@ -24,29 +24,29 @@ use crate::web::live::{LiveView, TaskView};
 use crate::web::metrics::Metrics;
 use crate::web::state::{follow, mark_ready, AppState};
 
-/// Events buffered for slow subscribers (SSE clients) before they lag.
-const BUS_CAPACITY: usize = 4096;
-
 pub async fn execute(args: &ServeArgs) -> Result<()> {
     let mut shutdown = shutdown_signal()?;
     let (loaded, selected) = super::overrides::load_with(&args.config, &args.overrides)?;
-    let tasks = selected
-        .iter()
-        .map(|name| prepare_task(&loaded, name))
-        .collect::<Result<Vec<_>>>()?;
-    let bus = EventBus::new(BUS_CAPACITY);
-    // Recorded before the hospitals spawn, so their joins are seen.
-    let followed = bus.record("panel");
-    let federation = Federation::spawn(&loaded, &tasks, bus.clone(), Hospitals::InProcess).await?;
-    let panel = Panel::start(
-        &loaded,
-        &tasks,
-        bus,
-        followed,
-        federation.client(),
-        args.http,
-        None,
-    )?;
+    let prepare = loaded.clone();
+    let Some(tasks) = shutdown
+        .unless_received(move || {
+            selected
+                .iter()
+                .map(|name| prepare_task(&prepare, name))
+                .collect::<Result<Vec<_>>>()
+        })
+        .await?
+    else {
+        return Ok(());
+    };
+    let mut federation = Federation::spawn(&loaded, &tasks, Hospitals::InProcess, &["panel"]).await?;
+    let panel = match Panel::start(&loaded, &tasks, &mut federation, args.http, None) {
+        Ok(panel) => panel,
+        Err(e) => {
+            federation.shutdown().await;
+            return Err(e);
+        }
+    };
     // One write, errors ignored: a closed stdout must not take the server down.
     let mut out = std::io::stdout();
     let _ = write!(out, "{}", panel.announcement);
@@ -60,22 +60,16 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
     shut_down(signal, panel, federation).await
 }
 
-/// Stop the run in progress (recorded as stopped), wait until its end is
-/// recorded, stop the panel, then the federation, flushing its observers.
-async fn shut_down(signal: &str, panel: Panel, mut federation: Federation) -> Result<()> {
+/// Stop the run in progress (its end is then already published), end the
+/// live event streams, stop serving, and shut the federation down, which
+/// lets the panel's recorder record the stopped run first.
+async fn shut_down(signal: &str, panel: Panel, federation: Federation) -> Result<()> {
     eprintln!("shutting down ({signal})...");
-    let active = panel.state.live.read().map(|l| l.run_active).unwrap_or(false);
-    if active && panel.state.client.stop().is_ok() {
-        for _ in 0..50 {
-            if !panel.state.live.read().map(|l| l.run_active).unwrap_or(false) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    federation.add_observer(panel.stop().await);
+    let stopped = federation.client().stop().await;
+    federation.events.close_live();
+    panel.stop().await;
     federation.shutdown().await;
-    Ok(())
+    stopped.map(|_| ())
 }
 
 /// The control panel, REST API, event stream and /metrics over a
@@ -86,19 +80,15 @@ pub struct Panel {
     pub announcement: String,
     handle: actix_web::dev::ServerHandle,
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
-    /// The recorder feeding the live view, metrics and run history.
-    follow: tokio::task::JoinHandle<()>,
 }
 
 impl Panel {
-    /// Serve on `http` (else `web.http`). `followed` must be recorded
-    /// before hospitals join.
+    /// Serve on `http` (else `web.http`), following the federation's
+    /// "panel" recording (an observer of the federation from now on).
     pub fn start(
         loaded: &Loaded,
         tasks: &[PreparedTask],
-        bus: EventBus,
-        followed: Recording,
-        client: CoordinatorClient,
+        federation: &mut Federation,
         http: Option<std::net::SocketAddr>,
         cluster: Option<Arc<WireStats>>,
     ) -> Result<Panel> {
@@ -115,9 +105,17 @@ impl Panel {
             loaded.config.web.api_token.as_deref(),
             &token_file,
         )?;
-        let state = Arc::new(app_state(loaded, tasks, bus, client, token, cluster)?);
-        let follow = tokio::spawn(follow(state.clone(), followed));
+        let followed = federation.recording("panel")?;
+        let state = Arc::new(app_state(
+            loaded,
+            tasks,
+            federation.events.clone(),
+            federation.client(),
+            token,
+            cluster,
+        )?);
         let (server, bound) = crate::web::server(state.clone(), addr)?;
+        federation.add_observer(tokio::spawn(follow(state.clone(), followed)));
         let handle = server.handle();
         let serving = tokio::spawn(server);
         let token_line = match source {
@@ -134,15 +132,13 @@ impl Panel {
             state,
             handle,
             serving,
-            follow,
         })
     }
 
-    /// Stop serving; the recorder ends with the bus (`Federation::shutdown`).
-    pub async fn stop(self) -> tokio::task::JoinHandle<()> {
+    /// Stop serving (end the live streams first: `EventBus::close_live`).
+    pub async fn stop(self) {
         self.handle.stop(true).await;
         let _ = self.serving.await;
-        self.follow
     }
 }
 

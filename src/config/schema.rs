@@ -65,9 +65,11 @@ pub struct ClusterConfig {
     pub tls_key: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
-    /// Coordinator: start a run once every task has `min_hospitals` joined.
+    /// Coordinator: start a run at once; it waits for every expected
+    /// hospital (up to `federation.assemble_timeout_secs`), then starts with
+    /// those there if they are at least `min_hospitals`.
     pub auto_start: bool,
-    /// Coordinator: exit when the run ends (non-zero if it aborted).
+    /// Coordinator: exit when the run ends (exit code 2 if it aborted, 3 if stopped).
     pub exit_after_run: bool,
     pub hospital: ClusterHospitalConfig,
 }

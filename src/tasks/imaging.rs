@@ -49,6 +49,10 @@ fn cnn_config(config: &TaskConfig) -> CnnConfig {
 }
 
 impl TaskKind for Imaging {
+    fn name(&self) -> &'static str {
+        "imaging"
+    }
+
     fn prepare(&self, loaded: &Loaded, name: &str, config: &TaskConfig) -> Result<Box<dyn TaskData>> {
         prepare(loaded, name, config).map(|data| Box::new(data) as Box<dyn TaskData>)
     }

@@ -29,6 +29,9 @@ use crate::config::{HospitalKind, Loaded, PartitionScheme, PrivacyConfig, TaskCo
 
 /// A kind of hospital data.
 pub trait TaskKind: Sync {
+    /// The kind's name in the config (`kind = "..."`).
+    fn name(&self) -> &'static str;
+
     /// Load the task's data, split off the held-out set and partition the
     /// rest into `config.hospitals` shards.
     fn prepare(&self, loaded: &Loaded, name: &str, config: &TaskConfig) -> Result<Box<dyn TaskData>>;
@@ -36,7 +39,10 @@ pub trait TaskKind: Sync {
     /// A cluster hospital's own data file (`medfed hospital --data PATH`):
     /// its training share and its local test split.
     fn own_data(&self, _loaded: &Loaded, task: &str, _path: &Path) -> Result<OwnData> {
-        bail!("--data takes a CSV, for tabular tasks; task '{task}' is not tabular (use --shard I/K)")
+        bail!(
+            "--data takes a CSV, for tabular tasks; '{task}' is {} (use --shard I/K)",
+            self.name()
+        )
     }
 }
 

@@ -40,6 +40,10 @@ pub struct TabularSite {
 }
 
 impl TaskKind for Tabular {
+    fn name(&self) -> &'static str {
+        "tabular"
+    }
+
     fn prepare(&self, loaded: &Loaded, name: &str, config: &TaskConfig) -> Result<Box<dyn TaskData>> {
         let seed = loaded.config.run.seed;
         let data = load_csv(&loaded.resolve(csv_path(name, config)?), &csv_spec(name, config)?)

@@ -245,8 +245,14 @@ pub async fn stop_run(req: HttpRequest, state: web::Data<Arc<AppState>>, id: web
             format!("run '{id}' has already ended ({})", record.status),
         ));
     }
-    state.client.stop().map_err(ApiError::internal)?;
-    Ok(HttpResponse::Accepted().json(json!({ "id": record.id, "status": "stopping" })))
+    match state.client.stop().await.map_err(ApiError::internal)? {
+        Some(_) => Ok(HttpResponse::Accepted().json(json!({ "id": record.id, "status": "stopping" }))),
+        // It ended between the check above and the stop.
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("run '{id}' has already ended"),
+        )),
+    }
 }
 
 #[derive(Debug, Deserialize)]

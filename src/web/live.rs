@@ -318,8 +318,7 @@ mod tests {
         v.apply(
             &FederationEvent::RunEnded {
                 run_id: "r".into(),
-                aborted: true,
-                stopped: false,
+                outcome: medfed_actors::RunOutcome::Aborted,
             },
             8.0,
         );

@@ -291,11 +291,10 @@ impl Metrics {
                     self.auc.get_or_create(&l).set(auc);
                 }
             }
-            E::RunEnded { aborted, .. } => {
-                let status = if *aborted { "aborted" } else { "finished" };
+            E::RunEnded { outcome, .. } => {
                 self.runs
                     .get_or_create(&StatusLabel {
-                        status: status.into(),
+                        status: outcome.name().into(),
                     })
                     .inc();
             }

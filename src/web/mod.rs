@@ -82,6 +82,9 @@ pub fn server(state: Arc<AppState>, addr: SocketAddr) -> Result<(Server, SocketA
     })
     .workers(1)
     .disable_signals()
+    // Live event streams are ended before the server stops; this bounds
+    // what any other slow connection can add to a shutdown.
+    .shutdown_timeout(2)
     .bind(addr)
     .with_context(|| format!("cannot listen on {addr}"))?;
     let bound = *http.addrs().first().context("the server bound no address")?;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use actix_web::web::{self, Bytes};
 use actix_web::HttpResponse;
-use tokio::sync::broadcast::error::RecvError;
+
+use medfed_actors::Live;
 
 use super::state::AppState;
 
@@ -22,16 +23,17 @@ pub async fn events(state: web::Data<Arc<AppState>>) -> HttpResponse {
         async move {
             let frame = tokio::select! {
                 event = receiver.recv() => match event {
-                    Ok(event) => match serde_json::to_string(&event) {
+                    Some(Live::Event(event)) => match serde_json::to_string(&event) {
                         Ok(json) => format!("data: {json}\n\n"),
                         Err(e) => format!(": unserialisable event: {e}\n\n"),
                     },
                     // A slow client misses events; it is told how many, and they are counted.
-                    Err(RecvError::Lagged(n)) => {
+                    Some(Live::Skipped(n)) => {
                         state.metrics.stream_skipped(n);
                         format!("data: {{\"type\":\"lagged\",\"missed\":{n}}}\n\n")
                     }
-                    Err(RecvError::Closed) => return None,
+                    // The server is shutting down: the stream ends.
+                    None => return None,
                 },
                 _ = tick.tick() => ": keep-alive\n\n".to_string(),
             };

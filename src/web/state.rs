@@ -111,18 +111,7 @@ pub async fn follow(state: std::sync::Arc<AppState>, mut events: Recording) {
         }
         match &event {
             FederationEvent::RunStarted { run_id, tasks } => state.record_start(run_id, tasks, None),
-            FederationEvent::RunEnded {
-                run_id,
-                aborted,
-                stopped,
-            } => {
-                let status = match (aborted, stopped) {
-                    (true, _) => "aborted",
-                    (false, true) => "stopped",
-                    (false, false) => "finished",
-                };
-                finish_run(&state, run_id, status).await
-            }
+            FederationEvent::RunEnded { run_id, outcome } => finish_run(&state, run_id, outcome.name()).await,
             _ => {}
         }
     }

@@ -17,7 +17,7 @@ use super::link::{Inbox, WireStats, MAX_ENVELOPE};
 use super::{version_mismatch, Gateway, GatewayArgs, NodeDirectory, Side};
 use crate::messages::wire::{Uplinked, WireMessage, KIND_CHUNK};
 use crate::messages::{
-    CoordinatorMsg, EvalOutcome, HospitalInfo, StatsOutcome, ToCoordinator, ToHospital, TrainOutcome,
+    Ask, CoordinatorMsg, EvalOutcome, HospitalInfo, StatsOutcome, ToCoordinator, ToHospital, TrainOutcome,
 };
 use crate::wire::{chunks, Frame, VERSION};
 
@@ -68,22 +68,25 @@ fn train_request_round_trips_bit_exactly() {
         l2: 1e-4,
         seed: u64::MAX,
     };
-    let sent = ToHospital::Train {
+    let ask = Ask {
+        run: u64::MAX,
         round: 4,
         attempt: 1,
+    };
+    let sent = ToHospital::Train {
+        ask,
         model: model.clone(),
         plan: plan.clone(),
     };
     let ToHospital::Train {
-        round,
-        attempt,
+        ask: got_ask,
         model: got,
         plan: got_plan,
     } = through_inbox(&sent)
     else {
         panic!("wrong variant");
     };
-    assert_eq!((round, attempt), (4, 1));
+    assert_eq!(got_ask, ask);
     assert_eq!(got_plan, plan);
     assert_eq!(bits(&got.params), bits(&model.params));
     assert_eq!(got.params.layout().specs(), model.params.layout().specs());
@@ -145,10 +148,19 @@ const TO_COORDINATOR_VARIANTS: usize = 4;
 fn every_to_hospital() -> Vec<ToHospital> {
     vec![
         ToHospital::Welcome,
-        ToHospital::CollectStats { attempt: 2 },
+        ToHospital::CollectStats {
+            ask: Ask {
+                run: 7,
+                round: 0,
+                attempt: 2,
+            },
+        },
         ToHospital::Train {
-            round: 3,
-            attempt: 1,
+            ask: Ask {
+                run: 7,
+                round: 3,
+                attempt: 1,
+            },
             model: model(),
             plan: TrainPlan {
                 round: 3,
@@ -160,7 +172,11 @@ fn every_to_hospital() -> Vec<ToHospital> {
             },
         },
         ToHospital::Evaluate {
-            round: 9,
+            ask: Ask {
+                run: 7,
+                round: 9,
+                attempt: 0,
+            },
             model: model(),
         },
         ToHospital::Refused {
@@ -183,46 +199,75 @@ fn every_to_coordinator() -> Vec<ToCoordinator> {
             },
         },
         ToCoordinator::Stats {
-            attempt: 2,
+            ask: Ask {
+                run: 7,
+                round: 0,
+                attempt: 2,
+            },
             outcome: StatsOutcome::Released {
                 stats: Some(MomentSums::of(&ndarray::array![[1.0, 2.0], [3.0, 5.0]])),
             },
         },
         ToCoordinator::Stats {
-            attempt: 2,
+            ask: Ask {
+                run: 7,
+                round: 0,
+                attempt: 2,
+            },
             outcome: StatsOutcome::Released { stats: None },
         },
         ToCoordinator::Stats {
-            attempt: 2,
+            ask: Ask {
+                run: 7,
+                round: 0,
+                attempt: 2,
+            },
             outcome: StatsOutcome::Declined {
                 reason: "budget".into(),
             },
         },
         ToCoordinator::Update {
-            round: 3,
-            attempt: 0,
+            ask: Ask {
+                run: 7,
+                round: 3,
+                attempt: 0,
+            },
             outcome: TrainOutcome::Trained { update: update() },
         },
         ToCoordinator::Update {
-            round: 3,
-            attempt: 0,
+            ask: Ask {
+                run: 7,
+                round: 3,
+                attempt: 0,
+            },
             outcome: TrainOutcome::Failed {
                 reason: "nan loss".into(),
             },
         },
         ToCoordinator::Update {
-            round: 3,
-            attempt: 1,
+            ask: Ask {
+                run: 7,
+                round: 3,
+                attempt: 1,
+            },
             outcome: TrainOutcome::Declined {
                 reason: "budget".into(),
             },
         },
         ToCoordinator::Evaluated {
-            round: 9,
+            ask: Ask {
+                run: 7,
+                round: 9,
+                attempt: 0,
+            },
             outcome: EvalOutcome::Evaluated { metrics },
         },
         ToCoordinator::Evaluated {
-            round: 9,
+            ask: Ask {
+                run: 7,
+                round: 9,
+                attempt: 0,
+            },
             outcome: EvalOutcome::Declined { reason: "dp".into() },
         },
     ]
@@ -258,8 +303,11 @@ fn every_message_of_the_set_round_trips_through_the_wire() {
     let up = Uplinked {
         link: "l".into(),
         message: ToCoordinator::Update {
-            round: 1,
-            attempt: 0,
+            ask: Ask {
+                run: 7,
+                round: 1,
+                attempt: 0,
+            },
             outcome: TrainOutcome::Trained { update: update() },
         },
     };
@@ -295,7 +343,14 @@ fn header_and_tensor_block_must_agree() {
         stats.dropped()
     );
     // A field the sender's version has and ours does not is refused, not ignored.
-    let mut value = serde_json::to_value(ToHospital::CollectStats { attempt: 1 }).unwrap();
+    let mut value = serde_json::to_value(ToHospital::CollectStats {
+        ask: Ask {
+            run: 1,
+            round: 0,
+            attempt: 1,
+        },
+    })
+    .unwrap();
     value["unknown"] = serde_json::json!(1);
     let json = serde_json::to_vec(&value).unwrap();
     let payload = [&(json.len() as u32).to_le_bytes()[..], &json].concat();
@@ -448,7 +503,11 @@ fn a_model_above_the_envelope_limit_arrives_whole_from_shuffled_chunks() {
         standardizer: None,
     };
     let message = ToHospital::Evaluate {
-        round: 1,
+        ask: Ask {
+            run: 1,
+            round: 1,
+            attempt: 0,
+        },
         model: model.clone(),
     };
     let whole = message.encode().unwrap();

@@ -10,7 +10,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::{debug, info, warn};
 
 use super::core::{Core, Input, Output};
-use super::task::{run_aggregation, TaskSetup};
+use super::task::{run_aggregation, write_checkpoint, TaskSetup};
 use super::task_group;
 use crate::events::{EventBus, FederationEvent};
 use crate::messages::{CoordinatorMsg, ToCoordinator, ToHospital};
@@ -80,7 +80,12 @@ impl Actor for Coordinator {
                 let _ = reply.send(result);
                 return Ok(());
             }
-            CoordinatorMsg::Stop => Input::Stop,
+            CoordinatorMsg::Stop(reply) => {
+                let (stopped, outputs) = state.core.stop(state.started.elapsed());
+                execute(&myself, state, outputs);
+                let _ = reply.send(stopped);
+                return Ok(());
+            }
             CoordinatorMsg::Deadline { task, timer } => Input::Deadline { task, timer },
             CoordinatorMsg::RoundDone {
                 task,
@@ -159,7 +164,7 @@ fn execute(myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState, outp
                 let me = myself.clone();
                 tokio::spawn(async move {
                     let (task, generation, round) = (job.task.clone(), job.generation, job.round);
-                    let result = tokio::task::spawn_blocking(move || run_aggregation(&job))
+                    let result = tokio::task::spawn_blocking(move || run_aggregation(job))
                         .await
                         .unwrap_or_else(|e| Err(format!("aggregation task failed: {e}")));
                     let _ = me.cast(CoordinatorMsg::RoundDone {
@@ -169,6 +174,10 @@ fn execute(myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState, outp
                         result,
                     });
                 });
+            }
+            Output::WriteCheckpoint { dir, checkpoint } => {
+                // Small (a model), and rare (once a round): written in place.
+                write_checkpoint(&dir, &checkpoint);
             }
             Output::Publish(event) => {
                 log(&event);
@@ -239,23 +248,23 @@ fn log(event: &FederationEvent) {
             task,
             joined,
             expected,
+            missing,
         } => warn!(
             task = %task,
             expected,
             joined = joined.len(),
-            "not every expected hospital joined in time: starting with {} ({}); {} missing",
+            "not every expected hospital joined in time: starting with {} of {expected}; missing: {}",
             joined.len(),
-            joined.join(", "),
-            expected.saturating_sub(joined.len())
+            if missing.is_empty() {
+                format!("{} (they join under other names)", expected.saturating_sub(joined.len()))
+            } else {
+                missing.join(", ")
+            }
         ),
         E::TaskFinished { task, rounds } => info!(task = %task, rounds, "task finished"),
         E::TaskStopped { task, rounds } => info!(task = %task, rounds, "task stopped by the operator"),
         E::TaskAborted { task, reason } => warn!(task = %task, "task aborted: {reason}"),
-        E::RunEnded {
-            run_id,
-            aborted,
-            stopped,
-        } => info!(run = %run_id, aborted, stopped, "run ended"),
+        E::RunEnded { run_id, outcome } => info!(run = %run_id, outcome = outcome.name(), "run ended"),
         E::RoundStarted { .. } | E::UpdateAccepted { .. } | E::HospitalEvaluated { .. } => {}
     }
 }

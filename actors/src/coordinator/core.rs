@@ -2,18 +2,21 @@
 //! federation (raft-rs's `Ready` is the model): hospitals' admission and
 //! departure, the run lifecycle (start, stop, generations), and each task's
 //! data — its global model, the answers its current stage collected, its
-//! history. `handle` and `start_run` return `Output`s that carry everything
-//! the shell needs to execute them (the model to send, the updates to
-//! aggregate, the events to publish); the shell keeps no payloads.
+//! history, its strategy. `handle`, `start_run` and `stop` return `Output`s
+//! that carry everything the shell needs to execute them (the model to send,
+//! the updates to aggregate with a copy of the strategy, the checkpoint to
+//! write, the events to publish); the shell keeps no payloads. The only
+//! thing shared with the shell is the held-out evaluator, which the
+//! aggregation job uses and the core never touches.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ractor::ActorId;
 
-use medfed_models::aggregate::{Strategy, UpdateCheck};
+use medfed_models::aggregate::{Strategy, StrategyState, UpdateCheck};
 use medfed_models::checkpoint::Checkpoint;
 use medfed_models::data::{MomentSums, Standardizer};
 use medfed_models::learner::{Evaluator, GlobalModel, LocalUpdate, PrivacySpent, TrainPlan};
@@ -22,10 +25,10 @@ use medfed_models::Params;
 
 use super::fsm::{Effect, Event, HospitalId, Phase, TaskFsm, TimerId, Verdict};
 use super::stage::StageKind;
-use super::task::{Scaling, TaskSetup};
-use crate::events::FederationEvent;
+use super::task::{Aggregated, Scaling, TaskSetup};
+use crate::events::{FederationEvent, RunOutcome};
 use crate::messages::{
-    EvalOutcome, HospitalInfo, RunRequest, StartRefused, StatsOutcome, ToCoordinator, ToHospital,
+    Ask, EvalOutcome, HospitalInfo, RunRequest, StartRefused, StatsOutcome, ToCoordinator, ToHospital,
     TrainOutcome,
 };
 use crate::report::{FederatedEval, RoundRecord, RunReport, TaskReport};
@@ -55,9 +58,8 @@ pub enum Input {
         task: String,
         generation: u64,
         round: u32,
-        result: Result<(Params, Metrics), String>,
+        result: Result<Aggregated, String>,
     },
-    Stop,
 }
 
 /// What the shell must do.
@@ -74,6 +76,11 @@ pub enum Output {
         after: Duration,
     },
     Aggregate(AggregateJob),
+    /// Save a round's global model (a failure is logged: training goes on).
+    WriteCheckpoint {
+        dir: PathBuf,
+        checkpoint: Checkpoint,
+    },
     Publish(FederationEvent),
 }
 
@@ -84,10 +91,9 @@ pub struct AggregateJob {
     pub round: u32,
     pub global: GlobalModel,
     pub updates: Vec<LocalUpdate>,
-    pub strategy: Arc<Mutex<Box<dyn Strategy>>>,
+    /// A copy of the task's strategy; it comes back with the result.
+    pub strategy: Box<dyn Strategy>,
     pub evaluator: Arc<Mutex<Box<dyn Evaluator>>>,
-    /// Write the new global model here.
-    pub checkpoint_dir: Option<PathBuf>,
 }
 
 /// An answer's payload, consumed by the `Keep` effect it leads to.
@@ -124,10 +130,11 @@ struct TaskState {
     plan: TrainPlan,
     check: UpdateCheck,
     evaluator: Arc<Mutex<Box<dyn Evaluator>>>,
-    strategy: Arc<Mutex<Box<dyn Strategy>>>,
+    strategy: Box<dyn Strategy>,
     scaling: Scaling,
     checkpoint_dir: Option<PathBuf>,
     held_out: Option<String>,
+    expected_names: Vec<String>,
     /// The evaluator's initial parameters: every run starts from them.
     initial: Arc<Params>,
     global: GlobalModel,
@@ -141,11 +148,6 @@ struct TaskState {
     departures: u64,
     /// The latest privacy report of each hospital (kept across runs: budgets are lifetime).
     privacy: BTreeMap<HospitalId, PrivacySpent>,
-}
-
-fn lock<'a, T: ?Sized>(m: &'a Mutex<Box<T>>, what: &str) -> Result<MutexGuard<'a, Box<T>>, String> {
-    m.lock()
-        .map_err(|_| format!("the {what} lock was poisoned by an earlier panic"))
 }
 
 impl TaskState {
@@ -168,7 +170,7 @@ impl TaskState {
             plan: setup.plan,
             check: setup.check,
             evaluator: Arc::new(Mutex::new(setup.evaluator)),
-            strategy: Arc::new(Mutex::new(setup.strategy)),
+            strategy: setup.strategy,
             global: GlobalModel {
                 params: initial.clone(),
                 standardizer: fixed_scaler(&setup.scaling),
@@ -177,6 +179,7 @@ impl TaskState {
             scaling: setup.scaling,
             checkpoint_dir: setup.checkpoint_dir,
             held_out: setup.held_out,
+            expected_names: setup.expected_names,
             kept_updates: BTreeMap::new(),
             kept_stats: BTreeMap::new(),
             history: Vec::new(),
@@ -189,7 +192,8 @@ impl TaskState {
     }
 
     fn reset_for_run(&mut self) -> Result<(), String> {
-        let first = lock(&self.strategy, "strategy")?
+        let first = self
+            .strategy
             .initialise((*self.initial).clone())
             .map_err(|e| e.to_string())?;
         self.global = GlobalModel {
@@ -278,6 +282,11 @@ impl Core {
         }
     }
 
+    /// The task's strategy state now (what a checkpoint of it would keep).
+    pub fn strategy_state(&self, task: &str) -> Option<StrategyState> {
+        self.tasks.get(task).map(|t| t.strategy.state())
+    }
+
     /// The task's latest global model and the round that produced it.
     pub fn checkpoint(&self, task: &str) -> Option<Checkpoint> {
         self.tasks.get(task).map(TaskState::checkpoint)
@@ -342,6 +351,21 @@ impl Core {
         Ok(run_id)
     }
 
+    /// Stop the active run: every task of it ends as stopped, with the rounds
+    /// it aggregated, and `RunEnded` is among the outputs. Returns the run's
+    /// id, or `None` when no run was active (then nothing happens).
+    pub fn stop(&mut self, now: Duration) -> (Option<String>, Vec<Output>) {
+        let mut out = Vec::new();
+        let Some(run) = self.run.as_ref().filter(|r| r.active) else {
+            return (None, out);
+        };
+        let (id, tasks) = (run.id.clone(), run.tasks.clone());
+        for task in &tasks {
+            self.apply(now, task, Event::Stop, None, &mut out);
+        }
+        (Some(id), out)
+    }
+
     pub fn handle(&mut self, now: Duration, input: Input) -> Vec<Output> {
         let mut out = Vec::new();
         match input {
@@ -357,16 +381,18 @@ impl Core {
                 round,
                 result,
             } => self.on_aggregated(now, task, generation, round, result, &mut out),
-            Input::Stop => {
-                for task in self.task_names() {
-                    self.apply(now, &task, Event::Stop, None, &mut out);
-                }
-            }
         }
         out
     }
 
     fn on_hello(&mut self, now: Duration, actor: ActorId, info: HospitalInfo, out: &mut Vec<Output>) {
+        match self.hospitals.get(&actor) {
+            // Said again (e.g. after a reconnection): nothing changes.
+            Some(known) if known.info == info => return,
+            // Another identity from a joined actor: it leaves as what it was.
+            Some(_) => self.on_left(now, actor, out),
+            None => {}
+        }
         let refusal = match self.tasks.get(&info.task) {
             None => Some(format!(
                 "task '{}' is not served by this coordinator (tasks: {})",
@@ -435,25 +461,23 @@ impl Core {
         let Some(t) = self.tasks.get(&task) else {
             return;
         };
-        let (stage, round, attempt, verdict, payload) = match message {
+        let Some(ask) = message.ask() else {
+            return; // a hello, handled apart
+        };
+        if ask.run != self.generation {
+            // An answer to a request of an earlier run.
+            self.apply(now, &task, Event::Outdated(from), None, out);
+            return;
+        }
+        let (stage, verdict, payload) = match message {
             ToCoordinator::Hello { .. } => return,
-            ToCoordinator::Stats { attempt, outcome } => match outcome {
-                StatsOutcome::Released { stats } => (
-                    StageKind::Stats,
-                    0,
-                    attempt,
-                    Verdict::Usable,
-                    Some(Payload::Stats(stats)),
-                ),
-                StatsOutcome::Declined { reason } => {
-                    (StageKind::Stats, 0, attempt, Verdict::Declined(reason), None)
+            ToCoordinator::Stats { outcome, .. } => match outcome {
+                StatsOutcome::Released { stats } => {
+                    (StageKind::Stats, Verdict::Usable, Some(Payload::Stats(stats)))
                 }
+                StatsOutcome::Declined { reason } => (StageKind::Stats, Verdict::Declined(reason), None),
             },
-            ToCoordinator::Update {
-                round,
-                attempt,
-                outcome,
-            } => {
+            ToCoordinator::Update { outcome, .. } => {
                 let (verdict, payload) = match outcome {
                     TrainOutcome::Trained { update } => {
                         match t
@@ -479,12 +503,10 @@ impl Core {
                     ),
                     TrainOutcome::Declined { reason } => (Verdict::Declined(reason), None),
                 };
-                (StageKind::Train, round, attempt, verdict, payload)
+                (StageKind::Train, verdict, payload)
             }
-            ToCoordinator::Evaluated { round, outcome } => (
+            ToCoordinator::Evaluated { outcome, .. } => (
                 StageKind::Evaluate,
-                round,
-                0,
                 Verdict::Usable,
                 Some(Payload::Evaluation(outcome)),
             ),
@@ -492,8 +514,8 @@ impl Core {
         let event = Event::Answered {
             from,
             stage,
-            round,
-            attempt,
+            round: ask.round,
+            attempt: ask.attempt,
             verdict,
         };
         self.apply(now, &task, event, payload, out);
@@ -505,7 +527,7 @@ impl Core {
         task: String,
         generation: u64,
         round: u32,
-        result: Result<(Params, Metrics), String>,
+        result: Result<Aggregated, String>,
         out: &mut Vec<Output>,
     ) {
         if generation != self.generation {
@@ -518,7 +540,11 @@ impl Core {
             return;
         }
         match result {
-            Ok((params, metrics)) => {
+            Ok(Aggregated {
+                params,
+                metrics,
+                strategy,
+            }) => {
                 let seconds = t
                     .round_started
                     .take()
@@ -527,6 +553,17 @@ impl Core {
                 let participants = t.kept_updates.len();
                 t.kept_updates.clear();
                 t.global.params = Arc::new(params);
+                t.strategy = strategy;
+                if let Some(dir) = &t.checkpoint_dir {
+                    out.push(Output::WriteCheckpoint {
+                        dir: dir.clone(),
+                        checkpoint: Checkpoint {
+                            task: task.clone(),
+                            round,
+                            model: t.global.clone(),
+                        },
+                    });
+                }
                 t.history.push(RoundRecord {
                     round,
                     participants,
@@ -600,12 +637,16 @@ impl Core {
             return;
         }
         run.active = false;
-        let aborted = phases.iter().any(|p| matches!(p, Phase::Aborted { .. }));
-        let stopped = !aborted && phases.iter().any(|p| matches!(p, Phase::Stopped { .. }));
+        let outcome = if phases.iter().any(|p| matches!(p, Phase::Aborted { .. })) {
+            RunOutcome::Aborted
+        } else if phases.iter().any(|p| matches!(p, Phase::Stopped { .. })) {
+            RunOutcome::Stopped
+        } else {
+            RunOutcome::Finished
+        };
         out.push(Output::Publish(FederationEvent::RunEnded {
             run_id: run.id.clone(),
-            aborted,
-            stopped,
+            outcome,
         }));
     }
 
@@ -635,23 +676,30 @@ impl Core {
                         out.push(Output::Send { to: actor, message });
                     }
                 };
+                let ask = Ask {
+                    run: generation,
+                    round,
+                    attempt,
+                };
+                // The strategy may leave hospitals out; it may not add any.
+                let members: BTreeSet<&String> = to.iter().collect();
                 let asked: Vec<(String, ToHospital)> = match stage {
                     StageKind::Stats => to
                         .iter()
-                        .map(|h| (h.clone(), ToHospital::CollectStats { attempt }))
+                        .map(|h| (h.clone(), ToHospital::CollectStats { ask }))
                         .collect(),
                     StageKind::Train => {
                         let base = TrainPlan {
                             round,
                             ..t.plan.clone()
                         };
-                        lock(&t.strategy, "strategy")?
+                        t.strategy
                             .configure_train(round, &base, &to)
                             .into_iter()
+                            .filter(|(h, _)| members.contains(h))
                             .map(|(h, plan)| {
                                 let message = ToHospital::Train {
-                                    round,
-                                    attempt,
+                                    ask,
                                     model: t.global.clone(),
                                     plan,
                                 };
@@ -660,15 +708,20 @@ impl Core {
                             .collect()
                     }
                     StageKind::Evaluate => {
-                        let chosen = lock(&t.strategy, "strategy")?.configure_evaluate(round, &to);
+                        let chosen: Vec<String> = t
+                            .strategy
+                            .configure_evaluate(round, &to)
+                            .into_iter()
+                            .filter(|h| members.contains(h))
+                            .collect();
                         if let Some(record) = t.history.last_mut().filter(|r| r.round == round) {
-                            record.federated.requested = chosen.iter().filter(|h| to.contains(h)).count();
+                            record.federated.requested = chosen.len();
                         }
                         chosen
                             .into_iter()
                             .map(|h| {
                                 let message = ToHospital::Evaluate {
-                                    round,
+                                    ask,
                                     model: t.global.clone(),
                                 };
                                 (h, message)
@@ -676,12 +729,13 @@ impl Core {
                             .collect()
                     }
                 };
+                let asked_names: BTreeSet<&String> = asked.iter().map(|(h, _)| h).collect();
                 for h in &to {
-                    if !asked.iter().any(|(a, _)| a == h) {
+                    if !asked_names.contains(h) {
                         follow_ups.push(Event::Excused(h.clone()));
                     }
                 }
-                for (h, message) in asked.into_iter().filter(|(h, _)| to.contains(h)) {
+                for (h, message) in asked {
                     send(out, &h, message);
                 }
             }
@@ -794,12 +848,16 @@ impl Core {
                         round,
                         global: t.global.clone(),
                         updates,
-                        strategy: t.strategy.clone(),
+                        strategy: t.strategy.boxed_clone(),
                         evaluator: t.evaluator.clone(),
-                        checkpoint_dir: t.checkpoint_dir.clone(),
                     }));
                 }
-                StageKind::Evaluate => {}
+                StageKind::Evaluate => {
+                    if let Some(record) = t.history.last_mut().filter(|r| r.round == round) {
+                        let parts: Vec<&Metrics> = record.federated.hospitals.values().collect();
+                        record.federated.pooled = t.strategy.aggregate_evaluate(round, &parts);
+                    }
+                }
             },
             Effect::StageBelowQuorum {
                 round,
@@ -835,14 +893,24 @@ impl Core {
                     },
                 );
             }
-            Effect::StartingWithout { joined, expected } => publish(
-                out,
-                FederationEvent::StartingWithout {
-                    task: task.to_string(),
-                    joined,
-                    expected,
-                },
-            ),
+            Effect::StartingWithout { joined, expected } => {
+                let present: BTreeSet<&String> = joined.iter().collect();
+                let missing = t
+                    .expected_names
+                    .iter()
+                    .filter(|name| !present.contains(name))
+                    .cloned()
+                    .collect();
+                publish(
+                    out,
+                    FederationEvent::StartingWithout {
+                        task: task.to_string(),
+                        joined,
+                        expected,
+                        missing,
+                    },
+                )
+            }
             Effect::RunFinished { rounds } => publish(
                 out,
                 FederationEvent::TaskFinished {

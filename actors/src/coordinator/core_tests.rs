@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use ractor::ActorId;
 
-use medfed_models::aggregate::{FedAvg, UpdateCheck};
+use medfed_models::aggregate::{FedAdam, FedAdamConfig, FedAvg, Strategy, UpdateCheck, WeightedDelta};
 use medfed_models::learner::{Evaluator, GlobalModel, LocalUpdate, Release, TrainPlan};
 use medfed_models::metrics::{binary_metrics, Metrics};
 use medfed_models::Params;
@@ -12,7 +12,8 @@ use medfed_models::Params;
 use super::*;
 use crate::coordinator::fsm::FsmConfig;
 use crate::coordinator::stage::Protocol;
-use crate::coordinator::task::{Scaling, TaskSetup};
+use crate::coordinator::task::{run_aggregation, Aggregated, Scaling, TaskSetup};
+use crate::events::RunOutcome;
 
 struct FixedEvaluator;
 
@@ -48,6 +49,7 @@ fn setup(name: &str) -> TaskSetup {
         scaling: Scaling::None,
         checkpoint_dir: None,
         held_out: Some("113 examples, crc32 00000001".into()),
+        expected_names: vec!["a".into(), "b".into()],
     }
 }
 
@@ -101,10 +103,18 @@ fn refusal(out: &[Output]) -> Option<String> {
     })
 }
 
+/// An update answering round 1, attempt 0 of run 1 (the first run's generation).
 fn update(value: f32) -> ToCoordinator {
+    update_of_run(1, value)
+}
+
+fn update_of_run(run: u64, value: f32) -> ToCoordinator {
     ToCoordinator::Update {
-        round: 1,
-        attempt: 0,
+        ask: Ask {
+            run,
+            round: 1,
+            attempt: 0,
+        },
         outcome: TrainOutcome::Trained {
             update: LocalUpdate {
                 delta: Params::single("w", vec![value; 3]).unwrap(),
@@ -167,9 +177,17 @@ fn a_run_from_start_to_end_with_payloads_in_the_outputs() {
     let out = hello(&mut core, 2, "b", "t");
     let asked = sent(&out);
     assert_eq!(asked.len(), 2);
-    assert!(asked
-        .iter()
-        .all(|(_, m)| matches!(m, ToHospital::Train { round: 1, .. })));
+    assert!(asked.iter().all(|(_, m)| matches!(
+        m,
+        ToHospital::Train {
+            ask: Ask {
+                run: 1,
+                round: 1,
+                attempt: 0
+            },
+            ..
+        }
+    )));
     // A second start is refused while the run is active.
     assert_eq!(
         start(&mut core, "run-2").0,
@@ -197,9 +215,8 @@ fn a_run_from_start_to_end_with_payloads_in_the_outputs() {
         })
         .expect("the closed stage is aggregated");
     assert_eq!((job.round, job.generation, job.updates.len()), (1, 1, 2));
-    let result = super::super::task::run_aggregation(&job);
-    let (params, _) = result.clone().unwrap();
-    assert_eq!(params.as_slice(), &[2.0, 2.0, 2.0]);
+    let result = run_aggregation(job);
+    assert_eq!(result.as_ref().unwrap().params.as_slice(), &[2.0, 2.0, 2.0]);
     let out = core.handle(
         Duration::from_millis(20),
         Input::Aggregated {
@@ -218,7 +235,11 @@ fn a_run_from_start_to_end_with_payloads_in_the_outputs() {
     assert_eq!(model.params.as_slice(), &[2.0, 2.0, 2.0]);
     for n in [1, 2] {
         let message = ToCoordinator::Evaluated {
-            round: 1,
+            ask: Ask {
+                run: 1,
+                round: 1,
+                attempt: 0,
+            },
             outcome: EvalOutcome::Declined {
                 reason: "no test split".into(),
             },
@@ -231,9 +252,13 @@ fn a_run_from_start_to_end_with_payloads_in_the_outputs() {
             },
         );
         if n == 2 {
-            assert!(events(&out)
-                .iter()
-                .any(|e| matches!(e, FederationEvent::RunEnded { aborted: false, .. })));
+            assert!(events(&out).iter().any(|e| matches!(
+                e,
+                FederationEvent::RunEnded {
+                    outcome: RunOutcome::Finished,
+                    ..
+                }
+            )));
         }
     }
     let report = core.report();
@@ -297,16 +322,19 @@ fn stop_ends_the_run_and_results_of_a_stopped_generation_are_ignored() {
             message: update(1.0),
         },
     );
-    let out = core.handle(Duration::ZERO, Input::Stop);
+    let (stopped, out) = core.stop(Duration::ZERO);
+    assert_eq!(stopped.as_deref(), Some("run-1"));
     assert!(events(&out).iter().any(|e| matches!(
         e,
         FederationEvent::RunEnded {
-            aborted: false,
-            stopped: true,
+            outcome: RunOutcome::Stopped,
             ..
         }
     )));
     assert_eq!(core.report().tasks["t"].phase, Phase::Stopped { rounds: 0 });
+    // Nothing to stop now.
+    let (again, out) = core.stop(Duration::ZERO);
+    assert!(again.is_none() && out.is_empty());
     start(&mut core, "run-2").0.unwrap();
     let late = core.handle(
         Duration::ZERO,
@@ -314,10 +342,11 @@ fn stop_ends_the_run_and_results_of_a_stopped_generation_are_ignored() {
             task: "t".into(),
             generation: 1,
             round: 1,
-            result: Ok((
-                Params::single("w", vec![9.0; 3]).unwrap(),
-                binary_metrics(&[0.5], &[true]),
-            )),
+            result: Ok(Aggregated {
+                params: Params::single("w", vec![9.0; 3]).unwrap(),
+                metrics: binary_metrics(&[0.5], &[true]),
+                strategy: Box::new(FedAvg),
+            }),
         },
     );
     assert!(late.is_empty());
@@ -362,4 +391,291 @@ fn bad_run_requests_are_refused_with_the_reason() {
         "a run needs at least one task"
     );
     assert!(core.report().run_id.is_none());
+}
+
+#[test]
+fn an_answer_to_an_earlier_run_is_dropped_as_late_and_the_fresh_one_counts() {
+    let mut core = Core::new(vec![setup("t")]);
+    hello(&mut core, 1, "a", "t");
+    hello(&mut core, 2, "b", "t");
+    start(&mut core, "run-1").0.unwrap();
+    core.stop(Duration::ZERO);
+    start(&mut core, "run-2").0.unwrap();
+    // "a" finishes the round-1 training it was asked for in run 1 (generation 1).
+    core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(1),
+            message: update_of_run(1, 100.0),
+        },
+    );
+    assert_eq!(core.report().tasks["t"].drops.late, 1);
+    // Run 2's answers (generation 2) make the round.
+    core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(1),
+            message: update_of_run(2, 1.0),
+        },
+    );
+    let out = core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(2),
+            message: update_of_run(2, 3.0),
+        },
+    );
+    let job = out
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Aggregate(job) => Some(job),
+            _ => None,
+        })
+        .expect("run 2's round closes with its own two updates");
+    assert_eq!(run_aggregation(job).unwrap().params.as_slice(), &[2.0; 3]);
+    assert_eq!(core.report().tasks["t"].drops.duplicate, 0);
+}
+
+#[test]
+fn a_stopped_runs_aggregation_changes_neither_the_strategy_nor_the_checkpoints() {
+    let dir = std::env::temp_dir().join("medfed-core-test-checkpoints");
+    let mut with_adam = setup("t");
+    with_adam.strategy = Box::new(FedAdam::new(FedAdamConfig::default()));
+    with_adam.checkpoint_dir = Some(dir.clone());
+    let mut core = Core::new(vec![with_adam]);
+    hello(&mut core, 1, "a", "t");
+    hello(&mut core, 2, "b", "t");
+    start(&mut core, "run-1").0.unwrap();
+    core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(1),
+            message: update(1.0),
+        },
+    );
+    let out = core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(2),
+            message: update(3.0),
+        },
+    );
+    let job = out
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Aggregate(job) => Some(job),
+            _ => None,
+        })
+        .expect("aggregated");
+    // The run is stopped and a new one starts while the job runs elsewhere.
+    core.stop(Duration::ZERO);
+    start(&mut core, "run-2").0.unwrap();
+    let fresh = core.strategy_state("t").unwrap();
+    assert!(
+        fresh.vectors.values().all(Vec::is_empty),
+        "a new run starts with no moments"
+    );
+    let late = run_aggregation(job);
+    let moved_on = &late.as_ref().unwrap().strategy.state();
+    assert!(
+        moved_on.vectors["m"].iter().any(|&m| m != 0.0),
+        "the job's copy took a step"
+    );
+    let out = core.handle(
+        Duration::ZERO,
+        Input::Aggregated {
+            task: "t".into(),
+            generation: 1,
+            round: 1,
+            result: late,
+        },
+    );
+    assert!(
+        out.is_empty(),
+        "no checkpoint, no event for a stopped run's round"
+    );
+    assert_eq!(core.strategy_state("t").unwrap(), fresh);
+    assert!(core.report().tasks["t"].rounds.is_empty());
+}
+
+#[test]
+fn an_accepted_round_is_checkpointed_and_the_strategy_adopted() {
+    let mut with_adam = setup("t");
+    with_adam.strategy = Box::new(FedAdam::new(FedAdamConfig::default()));
+    with_adam.checkpoint_dir = Some("/nonexistent/checkpoints".into());
+    let mut core = Core::new(vec![with_adam]);
+    hello(&mut core, 1, "a", "t");
+    hello(&mut core, 2, "b", "t");
+    start(&mut core, "run-1").0.unwrap();
+    core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(1),
+            message: update(1.0),
+        },
+    );
+    let out = core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(2),
+            message: update(3.0),
+        },
+    );
+    let job = out
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Aggregate(job) => Some(job),
+            _ => None,
+        })
+        .expect("aggregated");
+    let result = run_aggregation(job);
+    let stepped = result.as_ref().unwrap().strategy.state();
+    let out = core.handle(
+        Duration::ZERO,
+        Input::Aggregated {
+            task: "t".into(),
+            generation: 1,
+            round: 1,
+            result,
+        },
+    );
+    let written = out.iter().find_map(|o| match o {
+        Output::WriteCheckpoint { dir, checkpoint } => Some((dir.clone(), checkpoint.round)),
+        _ => None,
+    });
+    assert_eq!(written, Some(("/nonexistent/checkpoints".into(), 1)));
+    assert_eq!(core.strategy_state("t").unwrap(), stepped);
+}
+
+#[test]
+fn a_joined_actor_saying_hello_as_someone_else_leaves_as_what_it_was() {
+    let mut core = Core::new(vec![setup("t")]);
+    hello(&mut core, 1, "a", "t");
+    let out = hello(&mut core, 1, "renamed", "t");
+    assert!(refusal(&out).is_none());
+    assert!(events(&out).iter().any(|e| matches!(
+        e,
+        FederationEvent::HospitalLeft { hospital, .. } if hospital == "a"
+    )));
+    assert_eq!(core.report().tasks["t"].hospitals, 1);
+    // The old name is free again; the new one is taken.
+    assert!(refusal(&hello(&mut core, 2, "a", "t")).is_none());
+    assert!(refusal(&hello(&mut core, 3, "renamed", "t")).is_some());
+}
+
+/// FedAvg whose federated evaluation is the best hospital's metrics.
+#[derive(Clone)]
+struct BestOfEvaluations;
+
+impl Strategy for BestOfEvaluations {
+    fn name(&self) -> &'static str {
+        "best"
+    }
+    fn boxed_clone(&self) -> Box<dyn Strategy> {
+        Box::new(self.clone())
+    }
+    fn aggregate_train(
+        &mut self,
+        round: u32,
+        global: &Params,
+        updates: &[WeightedDelta<'_>],
+    ) -> medfed_models::error::Result<Params> {
+        FedAvg.aggregate_train(round, global, updates)
+    }
+    fn aggregate_evaluate(&self, _round: u32, results: &[&Metrics]) -> Option<Metrics> {
+        results
+            .iter()
+            .max_by(|a, b| a.accuracy.total_cmp(&b.accuracy))
+            .map(|m| (*m).clone())
+    }
+}
+
+#[test]
+fn federated_evaluation_is_combined_by_the_strategys_hook() {
+    let mut custom = setup("t");
+    custom.strategy = Box::new(BestOfEvaluations);
+    let mut core = Core::new(vec![custom]);
+    hello(&mut core, 1, "a", "t");
+    hello(&mut core, 2, "b", "t");
+    start(&mut core, "run-1").0.unwrap();
+    core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(1),
+            message: update(1.0),
+        },
+    );
+    let out = core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(2),
+            message: update(3.0),
+        },
+    );
+    let job = out
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Aggregate(job) => Some(job),
+            _ => None,
+        })
+        .unwrap();
+    core.handle(
+        Duration::ZERO,
+        Input::Aggregated {
+            task: "t".into(),
+            generation: 1,
+            round: 1,
+            result: run_aggregation(job),
+        },
+    );
+    let good = binary_metrics(&[0.9, 0.1], &[true, false]);
+    let bad = binary_metrics(&[0.1, 0.9], &[true, false]);
+    for (n, metrics) in [(1, good.clone()), (2, bad)] {
+        core.handle(
+            Duration::ZERO,
+            Input::Message {
+                actor: actor(n),
+                message: ToCoordinator::Evaluated {
+                    ask: Ask {
+                        run: 1,
+                        round: 1,
+                        attempt: 0,
+                    },
+                    outcome: EvalOutcome::Evaluated { metrics },
+                },
+            },
+        );
+    }
+    let federated = &core.report().tasks["t"].rounds[0].federated;
+    assert_eq!(federated.pooled.as_ref(), Some(&good));
+}
+
+#[test]
+fn starting_without_everyone_names_who_is_missing() {
+    let mut three = setup("t");
+    three.fsm.expected_hospitals = 3;
+    three.expected_names = vec!["a".into(), "b".into(), "c".into()];
+    let mut core = Core::new(vec![three]);
+    hello(&mut core, 1, "a", "t");
+    hello(&mut core, 2, "elsewhere", "t");
+    let (_, out) = start(&mut core, "run-1");
+    let timer = out
+        .iter()
+        .find_map(|o| match o {
+            Output::ArmDeadline { timer, .. } => Some(*timer),
+            _ => None,
+        })
+        .expect("the assembly deadline");
+    let out = core.handle(
+        Duration::ZERO,
+        Input::Deadline {
+            task: "t".into(),
+            timer,
+        },
+    );
+    let missing = events(&out).into_iter().find_map(|e| match e {
+        FederationEvent::StartingWithout { missing, .. } => Some(missing.clone()),
+        _ => None,
+    });
+    assert_eq!(missing, Some(vec!["b".to_string(), "c".to_string()]));
 }

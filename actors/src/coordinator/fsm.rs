@@ -162,6 +162,8 @@ pub enum Event {
     },
     /// Not asked in the current stage after all (the strategy left it out).
     Excused(HospitalId),
+    /// An answer to a request of an earlier run: dropped as late.
+    Outdated(HospitalId),
     DeadlineExpired(TimerId),
     /// The training stage's updates were aggregated and the model evaluated.
     Aggregated {
@@ -365,6 +367,7 @@ impl TaskFsm {
                 verdict,
             } => self.on_answer(from, stage, round, attempt, verdict, &mut fx),
             Event::Excused(id) => self.excuse(&id, &mut fx),
+            Event::Outdated(from) => self.drop_msg(from, DropReason::Late, &mut fx),
             Event::DeadlineExpired(timer) => self.on_deadline(timer, &mut fx),
             Event::Aggregated { round } => {
                 if self.phase == (Phase::Aggregating { round }) {
@@ -410,6 +413,8 @@ impl TaskFsm {
         if self.phase.is_active() {
             return;
         }
+        // A new run has aggregated nothing yet, even while it assembles.
+        self.aggregated = 0;
         if rounds == 0 {
             self.abort("a run needs at least one round".into(), fx);
             return;
@@ -515,10 +520,10 @@ impl TaskFsm {
             }
             Phase::Assembling => {
                 let reason = format!(
-                    "only {} of {} required hospitals joined within {:?}",
+                    "only {} of {} required hospitals joined within {} s",
                     self.members.len(),
                     self.config.quorum(),
-                    self.config.assemble_timeout
+                    self.config.assemble_timeout.as_secs_f64()
                 );
                 self.abort(reason, fx);
             }
@@ -614,7 +619,6 @@ impl TaskFsm {
     }
 
     fn begin_run(&mut self, fx: &mut Vec<Effect>) {
-        self.aggregated = 0;
         self.begin_round(0, fx);
     }
 

@@ -645,3 +645,43 @@ fn phases_serialise_with_the_name_the_panel_shows() {
     );
     assert_eq!(json(&Phase::Idle), serde_json::json!({"phase": "idle"}));
 }
+
+#[test]
+fn a_run_stopped_while_assembling_reports_none_of_the_previous_runs_rounds() {
+    let mut fsm = TaskFsm::new(FsmConfig {
+        rounds: 1,
+        ..config()
+    });
+    joined(&mut fsm, &["a", "b"]);
+    fsm.handle(Event::Start { rounds: 1 });
+    fsm.handle(stats("a", 0));
+    fsm.handle(stats("b", 0));
+    through_training(&mut fsm, 1, &["a", "b"]);
+    fsm.handle(evaluation("a", 1));
+    fsm.handle(evaluation("b", 1));
+    assert_eq!(fsm.phase(), &Phase::Finished { rounds: 1 });
+    // The next run waits for a hospital that left, and is stopped meanwhile.
+    fsm.handle(Event::Left("b".into()));
+    fsm.handle(Event::Start { rounds: 1 });
+    assert_eq!(fsm.phase(), &Phase::Assembling);
+    let fx = fsm.handle(Event::Stop);
+    assert_eq!(fsm.phase(), &Phase::Stopped { rounds: 0 });
+    assert!(fx.contains(&Effect::RunStopped { rounds: 0 }));
+}
+
+#[test]
+fn an_answer_to_an_earlier_run_is_dropped_as_late() {
+    let (mut fsm, _) = in_round_one();
+    let fx = fsm.handle(Event::Outdated("a".into()));
+    assert_eq!(
+        fx,
+        vec![Effect::Drop {
+            from: "a".into(),
+            reason: DropReason::Late
+        }]
+    );
+    assert_eq!(fsm.drops().late, 1);
+    // It still owes this run's answer.
+    let fx = fsm.handle(valid("a", 1, 0));
+    assert!(fx.iter().any(|e| matches!(e, Effect::Keep { .. })));
+}

@@ -29,6 +29,9 @@ pub struct TaskSetup {
     /// Fingerprint of the held-out set; a hospital that derived its shard
     /// from a different one could be training on the held-out rows.
     pub held_out: Option<String>,
+    /// The names the expected hospitals join under by default, to say who
+    /// is missing when a run starts without some of them.
+    pub expected_names: Vec<String>,
 }
 
 /// How a task's features are scaled.
@@ -42,26 +45,35 @@ pub enum Scaling {
     None,
 }
 
-/// Aggregate the job's updates into the next global model, evaluate it on
-/// the held-out set and checkpoint it. Runs on a blocking thread.
-pub fn run_aggregation(job: &AggregateJob) -> Result<(Params, Metrics), String> {
-    let result = aggregate_and_evaluate(job);
-    if let (Ok((params, _)), Some(dir)) = (&result, &job.checkpoint_dir) {
-        let checkpoint = Checkpoint {
-            task: job.task.clone(),
-            round: job.round,
-            model: GlobalModel {
-                params: Arc::new(params.clone()),
-                standardizer: job.global.standardizer.clone(),
-            },
-        };
-        write_checkpoint(dir, &checkpoint);
-    }
-    result
+/// A training stage's result: the next global model, its held-out metrics,
+/// and the strategy as the aggregation left it (its state moved on).
+pub struct Aggregated {
+    pub params: Params,
+    pub metrics: Metrics,
+    pub strategy: Box<dyn Strategy>,
 }
 
-fn aggregate_and_evaluate(job: &AggregateJob) -> Result<(Params, Metrics), String> {
-    let (updates, global, round) = (&job.updates, &job.global, job.round);
+impl std::fmt::Debug for Aggregated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aggregated")
+            .field("metrics", &self.metrics)
+            .field("strategy", &self.strategy.name())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Aggregate the job's updates into the next global model with the job's
+/// copy of the strategy and evaluate it on the held-out set. Runs on a
+/// blocking thread.
+pub fn run_aggregation(job: AggregateJob) -> Result<Aggregated, String> {
+    let AggregateJob {
+        round,
+        global,
+        updates,
+        mut strategy,
+        evaluator,
+        ..
+    } = job;
     let weighted: Vec<WeightedDelta<'_>> = updates
         .iter()
         .map(|u| WeightedDelta {
@@ -69,25 +81,24 @@ fn aggregate_and_evaluate(job: &AggregateJob) -> Result<(Params, Metrics), Strin
             num_examples: u.num_examples,
         })
         .collect();
-    let mut strategy = job
-        .strategy
-        .lock()
-        .map_err(|_| "strategy lock poisoned".to_string())?;
-    let next = strategy
+    let params = strategy
         .aggregate_train(round, &global.params, &weighted)
         .map_err(|e| e.to_string())?;
     let candidate = GlobalModel {
-        params: Arc::new(next.clone()),
+        params: Arc::new(params.clone()),
         standardizer: global.standardizer.clone(),
     };
-    let mut evaluator = job
-        .evaluator
+    let mut evaluator = evaluator
         .lock()
-        .map_err(|_| "evaluator lock poisoned".to_string())?;
+        .map_err(|_| "the evaluator's lock was poisoned by an earlier panic".to_string())?;
     let metrics = strategy
         .evaluate(round, &candidate, evaluator.as_mut())
         .map_err(|e| e.to_string())?;
-    Ok((next, metrics))
+    Ok(Aggregated {
+        params,
+        metrics,
+        strategy,
+    })
 }
 
 /// Save a round's global model into `dir`. A failure is logged, not fatal:

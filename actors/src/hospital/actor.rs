@@ -74,16 +74,11 @@ impl Actor for Hospital {
     ) -> Result<(), ActorProcessingErr> {
         let reply = match msg {
             ToHospital::Welcome => return Ok(()),
-            ToHospital::CollectStats { attempt } => {
+            ToHospital::CollectStats { ask } => {
                 let outcome = lock(&state.learner)?.stats();
-                ToCoordinator::Stats { attempt, outcome }
+                ToCoordinator::Stats { ask, outcome }
             }
-            ToHospital::Train {
-                round,
-                attempt,
-                model,
-                plan,
-            } => {
+            ToHospital::Train { ask, model, plan } => {
                 let learner = state.learner.clone();
                 // Training is CPU-bound: keep it off the actor runtime's threads.
                 let outcome = tokio::task::spawn_blocking(move || match lock(&learner) {
@@ -97,15 +92,11 @@ impl Actor for Hospital {
                     reason: format!("training thread failed: {e}"),
                 });
                 if let TrainOutcome::Failed { reason } = &outcome {
-                    warn!(hospital = %state.info.name, round, "local training failed: {reason}");
+                    warn!(hospital = %state.info.name, round = ask.round, "local training failed: {reason}");
                 }
-                ToCoordinator::Update {
-                    round,
-                    attempt,
-                    outcome,
-                }
+                ToCoordinator::Update { ask, outcome }
             }
-            ToHospital::Evaluate { round, model } => {
+            ToHospital::Evaluate { ask, model } => {
                 let outcome = match (&state.local_test, state.private) {
                     // Test-set metrics describe patients too, and no mechanism noises them.
                     (_, true) => EvalOutcome::Declined {
@@ -132,7 +123,7 @@ impl Actor for Hospital {
                         })
                     }
                 };
-                ToCoordinator::Evaluated { round, outcome }
+                ToCoordinator::Evaluated { ask, outcome }
             }
             ToHospital::Refused { reason } => {
                 error!(hospital = %state.info.name, "coordinator refused this hospital: {reason}");

@@ -20,6 +20,7 @@ use medfed_models::metrics::Metrics;
 use medfed_models::Params;
 
 use crate::coordinator::fsm::TimerId;
+use crate::coordinator::task::Aggregated;
 use crate::report::RunReport;
 
 /// What a hospital tells the coordinator about itself when it joins.
@@ -36,6 +37,19 @@ pub struct HospitalInfo {
     /// `--shard` hospitals); checked against the coordinator's.
     #[serde(default)]
     pub held_out: Option<String>,
+}
+
+/// Which request an answer belongs to: the run (the coordinator's
+/// generation, new for every run it starts), the round (0: the preparation)
+/// and the attempt. The coordinator puts it on every request, the hospital
+/// echoes it, and an answer to anything but the current request is dropped
+/// as late: an update trained for a stopped run never counts in the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ask {
+    pub run: u64,
+    pub round: u32,
+    pub attempt: u32,
 }
 
 /// A hospital's answer to a training request.
@@ -86,18 +100,17 @@ pub enum ToHospital {
     /// version, so that a hospital speaking another one learns it at once.
     Welcome,
     /// Release feature statistics for federated scaling.
-    CollectStats { attempt: u32 },
+    CollectStats { ask: Ask },
     /// Train on the local data from `model`; the tensors travel raw.
     Train {
-        round: u32,
-        attempt: u32,
+        ask: Ask,
         #[serde(with = "wire::model_without_params")]
         model: GlobalModel,
         plan: TrainPlan,
     },
-    /// Evaluate the global model after `round` on the local test split.
+    /// Evaluate the global model of round `ask.round` on the local test split.
     Evaluate {
-        round: u32,
+        ask: Ask,
         #[serde(with = "wire::model_without_params")]
         model: GlobalModel,
     },
@@ -113,17 +126,16 @@ pub enum ToCoordinator {
         info: HospitalInfo,
     },
     Stats {
-        attempt: u32,
+        ask: Ask,
         outcome: StatsOutcome,
     },
     Update {
-        round: u32,
-        attempt: u32,
+        ask: Ask,
         outcome: TrainOutcome,
     },
-    /// A hospital's federated evaluation of the global model after `round`.
+    /// A hospital's federated evaluation of the global model of `ask.round`.
     Evaluated {
-        round: u32,
+        ask: Ask,
         outcome: EvalOutcome,
     },
 }
@@ -142,6 +154,16 @@ impl ToHospital {
 }
 
 impl ToCoordinator {
+    /// The request this message answers (`None`: a hello).
+    pub fn ask(&self) -> Option<Ask> {
+        match self {
+            ToCoordinator::Hello { .. } => None,
+            ToCoordinator::Stats { ask, .. }
+            | ToCoordinator::Update { ask, .. }
+            | ToCoordinator::Evaluated { ask, .. } => Some(*ask),
+        }
+    }
+
     /// A short name for logs.
     pub fn name(&self) -> &'static str {
         match self {
@@ -224,7 +246,9 @@ pub enum CoordinatorMsg {
         request: RunRequest,
         reply: RpcReplyPort<Result<String, StartRefused>>,
     },
-    Stop,
+    /// Stop the active run; the reply names it (`None`: no run was active).
+    /// Its `RunEnded` is published before the reply.
+    Stop(RpcReplyPort<Option<String>>),
     Deadline {
         task: String,
         timer: TimerId,
@@ -233,7 +257,7 @@ pub enum CoordinatorMsg {
         task: String,
         generation: u64,
         round: u32,
-        result: Result<(Params, Metrics), String>,
+        result: Result<Aggregated, String>,
     },
     Report(RpcReplyPort<RunReport>),
     /// The task's latest global model (None: no such task).

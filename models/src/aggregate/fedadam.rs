@@ -53,6 +53,10 @@ impl FedAdam {
 }
 
 impl Strategy for FedAdam {
+    fn boxed_clone(&self) -> Box<dyn Strategy> {
+        Box::new(self.clone())
+    }
+
     fn name(&self) -> &'static str {
         "fedadam"
     }

@@ -10,6 +10,10 @@ use crate::params::Params;
 pub struct FedAvg;
 
 impl Strategy for FedAvg {
+    fn boxed_clone(&self) -> Box<dyn Strategy> {
+        Box::new(*self)
+    }
+
     fn name(&self) -> &'static str {
         "fedavg"
     }

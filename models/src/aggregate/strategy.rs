@@ -28,6 +28,11 @@ pub struct StrategyState {
 pub trait Strategy: Send {
     fn name(&self) -> &'static str;
 
+    /// A copy to aggregate a round with off the coordinator's thread: the
+    /// coordinator adopts it back only if the round's result still counts,
+    /// so a round of a stopped run cannot change the next run's state.
+    fn boxed_clone(&self) -> Box<dyn Strategy>;
+
     /// A new run starts from `initial`: forget what earlier rounds left and
     /// return the first global model.
     fn initialise(&mut self, initial: Params) -> Result<Params> {
