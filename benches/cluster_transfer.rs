@@ -130,6 +130,7 @@ fn train_message(mib: usize) -> ToHospital {
             learning_rate: 0.1,
             l2: 0.0,
             seed: 1,
+            proximal_mu: 0.0,
         },
     }
 }

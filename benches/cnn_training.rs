@@ -45,6 +45,7 @@ fn main() {
         learning_rate: 0.003,
         l2: 1e-4,
         seed: 1,
+        proximal_mu: 0.0,
     };
     let a = Tensor::randn(0f32, 1.0, (MATMUL, MATMUL), &Device::Cpu).expect("cpu tensor");
     let b = Tensor::randn(0f32, 1.0, (MATMUL, MATMUL), &Device::Cpu).expect("cpu tensor");

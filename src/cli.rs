@@ -66,6 +66,28 @@ pub enum DataCommand {
     /// Load an image dataset as training would and report its class balance
     /// and every unreadable file.
     CheckImages(CheckImagesArgs),
+    /// Write a SYNTHETIC tabular CSV (two labelled Gaussian blobs, not patient
+    /// data): columns x0..x{F-1} and `label` (1 or 0), for scale measurements.
+    SynthTabular(SynthTabularArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SynthTabularArgs {
+    /// The CSV file to write (refused if it exists).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(2..=100_000_000))]
+    pub rows: u64,
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub features: u64,
+    /// Share of positive rows.
+    #[arg(long, default_value_t = 0.4)]
+    pub positive_share: f64,
+    /// Distance between the blobs' centres along every feature (in standard deviations).
+    #[arg(long, default_value_t = 0.5)]
+    pub separation: f64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -223,11 +245,16 @@ pub struct Overrides {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub rounds: Option<u32>,
     /// Hospital count of the selected tasks.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=crate::config::MAX_HOSPITALS as u64))]
     pub hospitals: Option<u64>,
     /// Partition scheme of the selected tasks.
     #[arg(long, value_parser = parse_partition)]
     pub partition: Option<PartitionScheme>,
+    /// Aggregation strategy of the selected tasks, with its default
+    /// parameters (set them in [tasks.T.strategy]): fedavg, fedprox, fedadam,
+    /// fedyogi, fedadagrad, median, trimmed_mean, krum, multi_krum, bulyan.
+    #[arg(long, value_name = "NAME", value_parser = parse_strategy)]
+    pub strategy: Option<crate::config::StrategyConfig>,
     /// Seed of the split, partition and training.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -241,6 +268,19 @@ pub struct Overrides {
 
 fn parse_partition(s: &str) -> Result<PartitionScheme, String> {
     s.parse()
+}
+
+fn parse_attack(s: &str) -> Result<medfed_models::attack::Attack, String> {
+    medfed_models::attack::Attack::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_strategy(s: &str) -> Result<crate::config::StrategyConfig, String> {
+    crate::config::StrategyConfig::named(s).ok_or_else(|| {
+        format!(
+            "unknown strategy '{s}' (strategies: {})",
+            medfed_models::aggregate::config::NAMES.join(", ")
+        )
+    })
 }
 
 #[derive(Debug, Args)]
@@ -259,6 +299,13 @@ pub struct RunArgs {
     /// Write each task's final global model to DIR/<task>.safetensors.
     #[arg(long, value_name = "DIR")]
     pub save_model: Option<PathBuf>,
+    /// EVALUATION TOOL (repeatable): make a hospital attack the federation,
+    /// to see what robust strategies buy on your task. KIND:HOSPITAL[:FACTOR]
+    /// with KIND scale (delta x FACTOR, default 10), sign_flip (x -FACTOR,
+    /// default 1), gaussian (N(0, FACTOR^2) instead, default 1), nan or zero;
+    /// e.g. sign_flip:breast_cancer-3:10. Recorded in the results.
+    #[arg(long = "attack", value_name = "KIND:HOSPITAL[:FACTOR]")]
+    pub attacks: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -342,6 +389,11 @@ pub struct HospitalNodeArgs {
     /// Shard I of K of the task's shipped data, exactly as `medfed run` partitions it.
     #[arg(long, value_name = "I/K")]
     pub shard: Option<String>,
+    /// EVALUATION TOOL: make this hospital attack the federation, to see
+    /// what robust strategies buy: KIND[:FACTOR] with KIND scale, sign_flip,
+    /// gaussian, nan or zero. It logs a warning and declares it in its hello.
+    #[arg(long, value_name = "KIND[:FACTOR]", value_parser = parse_attack)]
+    pub attack: Option<medfed_models::attack::Attack>,
     #[command(flatten)]
     pub security: ClusterSecurity,
 }

@@ -20,11 +20,12 @@ use medfed_actors::{
     Coordinator, CoordinatorArgs, CoordinatorMsg, EventBus, FederationEvent, Hospital, HospitalArgs,
     Recording, RunReport, RunRequest, StartRefused, TaskSetup,
 };
-use medfed_models::aggregate::{FedAdam, FedAvg, UpdateCheck};
+use medfed_models::aggregate::UpdateCheck;
+use medfed_models::attack::Attack;
 use medfed_models::checkpoint::Checkpoint;
 use medfed_models::learner::TrainPlan;
 
-use crate::config::{Loaded, StrategyName};
+use crate::config::Loaded;
 use crate::hospital_learner::{self, Site};
 use crate::shutdown::{RunEnd, ShutdownSignal};
 use crate::tasks::PreparedTask;
@@ -53,15 +54,13 @@ pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
             learning_rate: c.training.learning_rate,
             l2: c.training.l2,
             seed: loaded.config.run.seed,
+            proximal_mu: 0.0,
         },
         check: UpdateCheck {
             max_norm: c.max_update_norm,
         },
         evaluator: task.evaluator(loaded.config.run.seed)?,
-        strategy: match c.strategy {
-            StrategyName::Fedavg => Box::new(FedAvg),
-            StrategyName::Fedadam => Box::new(FedAdam::new(c.fedadam)),
-        },
+        strategy: c.strategy.build(c.hospitals),
         scaling,
         checkpoint_dir: loaded
             .config
@@ -189,6 +188,13 @@ impl Federation {
                 let built =
                     hospital_learner::build(loaded, &name, &task.name, site, rounds, Site::InProcess)?;
                 let local_test = task.local_test(i, loaded.config.run.seed)?;
+                let attack = task
+                    .config
+                    .attack
+                    .get(&name)
+                    .map(|spec| Attack::parse(spec))
+                    .transpose()
+                    .with_context(|| format!("tasks.{}.attack.{name}", task.name))?;
                 let (hospital, handle) = Actor::spawn(
                     None,
                     Hospital,
@@ -200,6 +206,7 @@ impl Federation {
                         coordinator: self.coordinator.clone(),
                         local_test,
                         held_out: None,
+                        attack,
                     },
                 )
                 .await

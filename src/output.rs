@@ -90,6 +90,12 @@ pub struct TaskJson {
     pub privacy: Option<PrivacyJson>,
     /// Hospitals that left during the run.
     pub departures: u64,
+    /// Hospitals that simulated an attack (robustness evaluation) and how.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub attacks: BTreeMap<String, String>,
+    /// Updates refused at intake, by reason (non-finite, wrong shape, too large...).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rejected: BTreeMap<String, u64>,
 }
 
 /// What differential privacy cost each hospital (present only with DP on).
@@ -201,6 +207,8 @@ pub fn task_json(report: &TaskReport, context: &TaskContext) -> TaskJson {
         final_metrics: report.rounds.last().map(|r| (&r.metrics).into()),
         final_federated: report.rounds.last().map(|r| (&r.federated).into()),
         departures: report.departures,
+        attacks: report.attacks.clone(),
+        rejected: report.rejected.clone(),
         centralized: context.centralized.as_ref().map(Into::into),
         privacy: context.privacy.as_ref().map(|p| PrivacyJson {
             mode: p.mode.clone(),
@@ -344,6 +352,18 @@ pub fn task_table(name: &str, report: &TaskReport, context: &TaskContext) -> Str
             }
             None => {}
         }
+    }
+    if !report.attacks.is_empty() {
+        let who: Vec<String> = report.attacks.iter().map(|(h, a)| format!("{h} ({a})")).collect();
+        let _ = writeln!(
+            out,
+            "SIMULATED ATTACKS (robustness evaluation): {}",
+            who.join(", ")
+        );
+    }
+    if !report.rejected.is_empty() {
+        let why: Vec<String> = report.rejected.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        let _ = writeln!(out, "updates rejected at intake: {}", why.join(", "));
     }
     if let Some(c) = &context.centralized {
         let _ = writeln!(

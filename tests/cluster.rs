@@ -608,3 +608,52 @@ fn hospitals_with_their_own_csv_files_train_and_evaluate_locally() {
     );
     assert!(fed["accuracy_by_hospital"]["site-a"].as_f64().is_some(), "{fed}");
 }
+
+#[test]
+fn an_attacking_hospital_process_declares_itself_and_the_median_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let extra = owned(&[
+        "--rounds",
+        "5",
+        "--strategy",
+        "median",
+        "--auto-start",
+        "--exit-after-run",
+        "--json",
+    ]);
+    let mut coordinator = start_coordinator(d, "coordinator", &addr, &extra, &[]);
+    let hospitals: Vec<Process> = (1..=5)
+        .map(|i| {
+            let attack = if i == 2 {
+                owned(&["--attack", "sign_flip:10"])
+            } else {
+                Vec::new()
+            };
+            start_hospital(d, &format!("h{i}"), &addr, i, &attack, &[])
+        })
+        .collect();
+    let status = coordinator.wait_exit(LONG);
+    assert!(status.success(), "{}", coordinator.log());
+    assert_eq!(
+        hospitals[1].count(&["THIS HOSPITAL ATTACKS THE FEDERATION (sign_flip:10)"]),
+        1,
+        "{}",
+        hospitals[1].log()
+    );
+    assert_eq!(
+        coordinator.count(&["declaring that it simulates an attack", "breast_cancer-2"]),
+        1,
+        "{}",
+        coordinator.log()
+    );
+    let run = coordinator.json();
+    let t = task(&run);
+    assert_eq!(
+        t["attacks"],
+        serde_json::json!({ "breast_cancer-2": "sign_flip:10" })
+    );
+    assert_eq!(t["status"], "finished");
+    assert!(t["final"]["accuracy"].as_f64().unwrap() > 0.9, "{t}");
+}

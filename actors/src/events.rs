@@ -28,6 +28,9 @@ pub enum FederationEvent {
         hospital: String,
         kind: String,
         samples: usize,
+        /// The attack it declares it simulates (robustness evaluation).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        attack: Option<String>,
         /// Where it runs: "in-process", or its cluster node and address.
         node: String,
     },

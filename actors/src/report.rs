@@ -63,6 +63,8 @@ pub struct TaskReport {
     pub departures: u64,
     /// Latest epsilon spent per hospital (only with differential privacy on).
     pub privacy: BTreeMap<String, PrivacySpent>,
+    /// Hospitals that declared a simulated attack (`KIND[:FACTOR]`).
+    pub attacks: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

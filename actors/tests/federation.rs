@@ -115,6 +115,7 @@ async fn federation_on(
             learning_rate: 0.1,
             l2: 0.0,
             seed: 7,
+            proximal_mu: 0.0,
         },
         check: UpdateCheck {
             max_norm: Some(100.0),
@@ -178,6 +179,7 @@ async fn spawn_hospital_with(
             coordinator: coordinator.clone(),
             local_test: None,
             held_out: None,
+            attack: None,
         },
     )
     .await

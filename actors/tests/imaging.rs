@@ -50,6 +50,7 @@ async fn run_federation(rounds: u32) -> RunReport {
             learning_rate: 0.003,
             l2: 1e-4,
             seed: 3,
+            proximal_mu: 0.0,
         },
         check: UpdateCheck { max_norm: None },
         evaluator: Box::new(CnnEvaluator::new(held_out, config, 3).unwrap()),
@@ -83,6 +84,7 @@ async fn run_federation(rounds: u32) -> RunReport {
                 coordinator: coordinator.clone(),
                 local_test: None,
                 held_out: None,
+                attack: None,
             },
         )
         .await

@@ -7,6 +7,7 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub mod aggregate;
+pub mod attack;
 pub mod checkpoint;
 pub mod data;
 pub mod error;

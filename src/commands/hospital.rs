@@ -116,6 +116,7 @@ pub async fn execute(args: &Args) -> Result<()> {
             coordinator: uplink,
             local_test: local.local_test,
             held_out: local.held_out,
+            attack: args.attack,
         },
     )
     .await

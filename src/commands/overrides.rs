@@ -54,6 +54,9 @@ pub fn load_with(path: &std::path::Path, flags: &Overrides) -> Result<(Loaded, V
         if let Some(scheme) = flags.partition {
             task.partition.scheme = scheme;
         }
+        if let Some(strategy) = &flags.strategy {
+            task.strategy = strategy.clone();
+        }
     }
     config::validate(&loaded.config)?;
     Ok((loaded, selected))

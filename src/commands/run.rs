@@ -12,7 +12,7 @@ use medfed_actors::FederationEvent;
 use medfed_models::checkpoint::Checkpoint;
 
 use crate::cli::RunArgs;
-use crate::config::PrivacyMode;
+use crate::config::{Loaded, PrivacyMode};
 use crate::federation::run_to_end;
 use crate::output::{print_run, TaskContext};
 use crate::shutdown::{shutdown_signal, RunEnd};
@@ -21,7 +21,11 @@ use crate::tasks::prepare_task;
 /// Runs the federation; returns how it ended (completed, aborted, stopped).
 pub async fn execute(args: &RunArgs) -> Result<RunEnd> {
     let mut shutdown = shutdown_signal()?;
-    let (loaded, selected) = super::overrides::load_with(&args.config, &args.overrides)?;
+    let (mut loaded, selected) = super::overrides::load_with(&args.config, &args.overrides)?;
+    if !args.attacks.is_empty() {
+        add_attacks(&mut loaded, &args.attacks)?;
+        crate::config::validate(&loaded.config)?;
+    }
     if args.baseline && loaded.config.privacy.mode != PrivacyMode::Off {
         bail!(
             "--baseline trains a non-private model on the pooled data of every hospital, which \
@@ -84,6 +88,41 @@ pub async fn execute(args: &RunArgs) -> Result<RunEnd> {
         save_models(dir, &outcome.models)?;
     }
     Ok(outcome.end)
+}
+
+/// `--attack KIND:HOSPITAL[:FACTOR]` into `[tasks.T.attack]` of the task
+/// whose hospital that is (validated with the rest of the config).
+fn add_attacks(loaded: &mut Loaded, specs: &[String]) -> Result<()> {
+    for spec in specs {
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (kind, hospital, factor) = match parts.as_slice() {
+            [kind, hospital] => (*kind, *hospital, None),
+            [kind, hospital, factor] => (*kind, *hospital, Some(*factor)),
+            _ => bail!("--attack {spec}: expected KIND:HOSPITAL[:FACTOR], e.g. sign_flip:breast_cancer-3:10"),
+        };
+        let example = loaded
+            .config
+            .tasks
+            .keys()
+            .next()
+            .cloned()
+            .unwrap_or_else(|| "task".into());
+        let task = loaded
+            .config
+            .tasks
+            .iter_mut()
+            .find(|(name, _)| hospital.strip_prefix(name.as_str()).is_some_and(|i| i.starts_with('-')))
+            .map(|(_, t)| t)
+            .with_context(|| {
+                format!("--attack {spec}: no task has a hospital '{hospital}' (hospitals are named TASK-I, e.g. {example}-1)")
+            })?;
+        let attack = match factor {
+            Some(f) => format!("{kind}:{f}"),
+            None => kind.to_string(),
+        };
+        task.attack.insert(hospital.to_string(), attack);
+    }
+    Ok(())
 }
 
 /// `DIR/<task>.safetensors` for every task; loadable with `Checkpoint::load`.

@@ -14,7 +14,7 @@ use medfed_actors::cluster::WireStats;
 use medfed_actors::EventBus;
 
 use crate::cli::ServeArgs;
-use crate::config::{Loaded, PrivacyMode, StrategyName};
+use crate::config::{Loaded, PrivacyMode};
 use crate::federation::{CoordinatorClient, Federation, Hospitals};
 use crate::output::TaskContext;
 use crate::shutdown::shutdown_signal;
@@ -187,7 +187,7 @@ fn app_state(
                 "hospitals": task.hospital_count(),
                 "min_hospitals": task.config.effective_min_hospitals(),
                 "rounds": rounds,
-                "strategy": match task.config.strategy { StrategyName::Fedavg => "fedavg", StrategyName::Fedadam => "fedadam" },
+                "strategy": task.config.strategy.name(),
                 "partition": task.config.partition.scheme_name(),
                 "privacy": {
                     "mode": privacy.mode.name(),

@@ -9,6 +9,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use schema::*;
+pub use validate::MAX_HOSPITALS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

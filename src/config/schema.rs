@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use medfed_models::aggregate::StrategyConfig;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -170,13 +172,6 @@ impl HospitalKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StrategyName {
-    Fedavg,
-    Fedadam,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskConfig {
@@ -189,11 +184,18 @@ pub struct TaskConfig {
     pub min_hospitals: Option<Quorum>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rounds: Option<u32>,
-    #[serde(default = "default_strategy")]
-    pub strategy: StrategyName,
-    /// Server optimiser settings of `strategy = "fedadam"`.
-    #[serde(default)]
-    pub fedadam: medfed_models::aggregate::FedAdamConfig,
+    /// How updates are aggregated: `[tasks.T.strategy]` with `name` and
+    /// that strategy's parameters, or just the name (its defaults).
+    #[serde(default, deserialize_with = "strategy_config")]
+    pub strategy: StrategyConfig,
+    /// The earlier form's server-optimiser table: refused by validation,
+    /// which says what to write instead.
+    #[serde(default, skip_serializing)]
+    pub fedadam: Option<toml::Table>,
+    /// Robustness evaluation, `medfed run` only: hospitals that simulate
+    /// an attack, as `"<task>-<i>" = "KIND[:FACTOR]"` (see `medfed run --help`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attack: BTreeMap<String, String>,
     /// Largest accepted L2 norm of an update (model delta); absent: no bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_update_norm: Option<f64>,
@@ -207,8 +209,27 @@ pub struct TaskConfig {
     pub model: ModelConfig,
 }
 
-fn default_strategy() -> StrategyName {
-    StrategyName::Fedavg
+/// A strategy as a table (`name` and its parameters) or only its name.
+fn strategy_config<'de, D: serde::Deserializer<'de>>(d: D) -> Result<StrategyConfig, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = StrategyConfig;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a strategy: its name, or a table with `name` and its parameters")
+        }
+        fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<StrategyConfig, E> {
+            StrategyConfig::named(name).ok_or_else(|| {
+                E::custom(format!(
+                    "unknown strategy '{name}' (strategies: {})",
+                    medfed_models::aggregate::config::NAMES.join(", ")
+                ))
+            })
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<StrategyConfig, A::Error> {
+            StrategyConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(Visitor)
 }
 
 impl TaskConfig {

@@ -90,3 +90,60 @@ fn a_quorum_is_a_count_or_a_fraction_of_the_hospitals() {
     );
     assert!(parsed("-2").unwrap_err().contains("cannot be negative"));
 }
+
+#[test]
+fn a_strategy_is_a_table_or_a_name_and_its_limits_name_the_key() {
+    let with = |extra: &str| parse(&format!("{MINIMAL}\n{extra}\n"), "t.toml", std::iter::empty());
+    // Default: FedAvg.
+    assert_eq!(with("").unwrap().tasks["t"].strategy, StrategyConfig::Fedavg);
+    // The table with parameters.
+    let c = with("[tasks.t.strategy]\nname = \"trimmed_mean\"\nbeta = 0.25").unwrap();
+    assert_eq!(c.tasks["t"].strategy, StrategyConfig::TrimmedMean { beta: 0.25 });
+    // Only the name (the earlier form keeps working), from the environment too.
+    let name_only = MINIMAL.replace("hospitals = 2", "hospitals = 2\nstrategy = \"median\"");
+    let c = parse(&name_only, "t.toml", std::iter::empty()).unwrap();
+    assert_eq!(c.tasks["t"].strategy, StrategyConfig::Median);
+    let c = parse(
+        MINIMAL,
+        "t.toml",
+        vec![("MEDFED_TASKS__T__STRATEGY".to_string(), "fedprox".to_string())],
+    )
+    .unwrap();
+    assert_eq!(c.tasks["t"].strategy.name(), "fedprox");
+    // Unknown names and keys are named.
+    let e = parse(
+        &MINIMAL.replace("hospitals = 2", "hospitals = 2\nstrategy = \"fedsgd\""),
+        "t.toml",
+        std::iter::empty(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("tasks.t.strategy") && e.contains("unknown strategy 'fedsgd'"),
+        "{e}"
+    );
+    let e = with("[tasks.t.strategy]\nname = \"krum\"\nbeta = 0.2")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tasks.t.strategy") && e.contains("beta"), "{e}");
+    // Krum with 2 hospitals cannot tolerate f = 1.
+    let e = with("[tasks.t.strategy]\nname = \"krum\"")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`tasks.t.strategy.f`") && e.contains("n >= 2f + 3 = 5 hospitals; the task has 2"),
+        "{e}"
+    );
+    let e = with("[tasks.t.strategy]\nname = \"fedyogi\"\ntau = -1")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`tasks.t.strategy.tau`"), "{e}");
+    // The earlier optimiser table says what to write instead.
+    let e = with("[tasks.t.fedadam]\nserver_lr = 0.2")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`tasks.t.fedadam`") && e.contains("[tasks.t.strategy] with name = \"fedadam\""),
+        "{e}"
+    );
+}

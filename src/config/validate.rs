@@ -5,6 +5,10 @@ use super::{
     PrivacyMode, Quorum, TaskConfig,
 };
 
+/// The most hospitals a task may have: bounded by memory, not by the
+/// runtime (every per-message cost is a keyed lookup; README "Scale").
+pub const MAX_HOSPITALS: usize = 1_000_000;
+
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
     let bad = |key: String, message: String| Err(ConfigError::Invalid(format!("`{key}`: {message}")));
     if config.tasks.is_empty() {
@@ -60,10 +64,13 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                 )
             }
         }
-        if task.hospitals == 0 || task.hospitals > 1000 {
+        if task.hospitals == 0 || task.hospitals > MAX_HOSPITALS {
             return bad(
                 key("hospitals"),
-                format!("must be 1..=1000, got {}", task.hospitals),
+                format!(
+                    "must be 1..={MAX_HOSPITALS} (a hospital in one process costs a few KiB beyond its data; see the README's scale table), got {}",
+                    task.hospitals
+                ),
             );
         }
         match task.min_hospitals {
@@ -86,6 +93,37 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         }
         if task.rounds == Some(0) {
             return bad(key("rounds"), "must be at least 1".into());
+        }
+        if task.fedadam.is_some() {
+            return bad(
+                key("fedadam"),
+                "is the earlier form of the server optimiser's settings: write them in \
+                 [tasks.T.strategy] with name = \"fedadam\" (and server_lr, beta1, beta2, tau) instead"
+                    .replace("tasks.T", &format!("tasks.{name}")),
+            );
+        }
+        for (hospital, spec) in &task.attack {
+            let index = hospital
+                .strip_prefix(&format!("{name}-"))
+                .and_then(|i| i.parse::<usize>().ok());
+            if !index.is_some_and(|i| (1..=task.hospitals).contains(&i)) {
+                return bad(
+                    key(&format!("attack.{hospital}")),
+                    format!(
+                        "no such hospital (this task's are {name}-1 .. {name}-{})",
+                        task.hospitals
+                    ),
+                );
+            }
+            if let Err(e) = medfed_models::attack::Attack::parse(spec) {
+                return bad(key(&format!("attack.{hospital}")), e.to_string());
+            }
+        }
+        if let Err(unfit) = task.strategy.validate(task.hospitals) {
+            return bad(
+                format!("tasks.{name}.strategy.{}", unfit.key),
+                format!("{} ({})", unfit.message, task.strategy.name()),
+            );
         }
         if let Some(n) = task.max_update_norm {
             if !(n.is_finite() && n > 0.0) {

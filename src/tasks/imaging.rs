@@ -21,7 +21,7 @@ use medfed_models::metrics::Metrics;
 use medfed_models::privacy::fingerprint::DataFingerprint;
 use medfed_models::privacy::mechanisms::NoiseSource;
 
-use super::{held_out_fingerprint, partition_of, SiteData, TaskData, TaskKind};
+use super::{held_out_fingerprint, partition_sets, SiteData, TaskData, TaskKind};
 use crate::config::{DataFormat, Loaded, PrivacyConfig, TaskConfig};
 
 pub struct Imaging;
@@ -31,6 +31,8 @@ pub struct ImagingData {
     train: ImageSet,
     held_out: ImageSet,
     shards: Vec<ImageSet>,
+    /// Each hospital's share of the held-out set (its local test split).
+    held_out_shares: Vec<Vec<usize>>,
     cnn: CnnConfig,
 }
 
@@ -89,22 +91,22 @@ fn prepare(loaded: &Loaded, name: &str, config: &TaskConfig) -> Result<ImagingDa
             "class balance"
         );
     }
-    let shards = partition_of(config)
-        .split_labels(&train.labels, config.hospitals, loaded.config.run.seed)
-        .with_context(|| {
-            format!(
-                "partitioning {} images into {} hospitals",
-                train.len(),
-                config.hospitals
-            )
-        })?
-        .iter()
-        .map(|rows| train.select(rows))
-        .collect();
+    let (rows, held_out_shares) = partition_sets(
+        config,
+        loaded.config.run.seed,
+        (train.len(), &|p: &Partition, k, s, e| {
+            p.split_labels_with(&train.labels, k, s, e)
+        }),
+        (held_out.len(), &|p: &Partition, k, s, e| {
+            p.split_labels_with(&held_out.labels, k, s, e)
+        }),
+    )?;
+    let shards = rows.iter().map(|rows| train.select(rows)).collect();
     Ok(ImagingData {
         train,
         held_out,
         shards,
+        held_out_shares,
         cnn: cnn_config(config),
     })
 }
@@ -192,14 +194,8 @@ impl TaskData for ImagingData {
         })
     }
 
-    fn local_test(
-        &self,
-        index: usize,
-        partition: &Partition,
-        seed: u64,
-    ) -> Result<Option<Box<dyn Evaluator>>> {
-        let rows = partition.split_labels(&self.held_out.labels, self.hospital_count(), seed)?;
-        let Some(rows) = rows.get(index).filter(|r| !r.is_empty()) else {
+    fn local_test(&self, index: usize, seed: u64) -> Result<Option<Box<dyn Evaluator>>> {
+        let Some(rows) = self.held_out_shares.get(index).filter(|r| !r.is_empty()) else {
             return Ok(None);
         };
         Ok(Some(Box::new(CnnEvaluator::new(
@@ -291,6 +287,7 @@ fn centralized_baseline(
             learning_rate: config.training.learning_rate,
             l2: config.training.l2,
             seed,
+            proximal_mu: 0.0,
         },
     )?;
     let mut trained = (*init).clone();

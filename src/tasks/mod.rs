@@ -18,6 +18,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use medfed_actors::coordinator::Scaling;
+use medfed_models::data::partition::Shards;
 use medfed_models::data::Partition;
 use medfed_models::learner::logistic::LocalDp;
 use medfed_models::learner::{DpLearner, Evaluator, Learner};
@@ -72,14 +73,10 @@ pub trait TaskData: Send + Sync {
     fn baseline_method(&self) -> &'static str;
     /// Hospital `index`'s share.
     fn site(&self, index: usize) -> Option<Box<dyn SiteData>>;
-    /// Hospital `index`'s local test split: its share of the held-out set
-    /// under `partition` (`None` when the share is empty).
-    fn local_test(
-        &self,
-        index: usize,
-        partition: &Partition,
-        seed: u64,
-    ) -> Result<Option<Box<dyn Evaluator>>>;
+    /// Hospital `index`'s local test split: its share of the held-out set,
+    /// partitioned once like the training data (`None` when the share is
+    /// empty: more hospitals than held-out examples). `seed` as `evaluator`'s.
+    fn local_test(&self, index: usize, seed: u64) -> Result<Option<Box<dyn Evaluator>>>;
     /// Identifies the held-out set (see `PreparedTask::held_out_fingerprint`).
     fn held_out_fingerprint(&self) -> String;
     /// The coordinator's evaluation on the held-out set; `seed` fixes the
@@ -133,6 +130,33 @@ pub fn prepare_task(loaded: &Loaded, name: &str) -> Result<PreparedTask> {
         config,
         data,
     })
+}
+
+/// Row indices of each shard.
+pub type Shares = Vec<Vec<usize>>;
+
+/// Partitions one set (training or held-out) into `k` shards.
+type Splitter<'a> = dyn Fn(&Partition, usize, u64, Shards) -> medfed_models::Result<Shares> + 'a;
+
+/// The training set's shards and the held-out set's shares, each computed
+/// once with the task's partition; errors name the set and its size.
+pub fn partition_sets(
+    config: &TaskConfig,
+    seed: u64,
+    train: (usize, &Splitter<'_>),
+    held_out: (usize, &Splitter<'_>),
+) -> Result<(Shares, Shares)> {
+    let partition = partition_of(config);
+    let k = config.hospitals;
+    let (train_rows, split_train) = train;
+    let shards = split_train(&partition, k, seed, Shards::NonEmpty).with_context(|| {
+        format!("partitioning the training set ({train_rows} examples) into {k} hospitals")
+    })?;
+    let (held_out_rows, split_held_out) = held_out;
+    let shares = split_held_out(&partition, k, seed, Shards::MayBeEmpty).with_context(|| {
+        format!("partitioning the held-out set ({held_out_rows} examples) into {k} local test splits")
+    })?;
+    Ok((shards, shares))
 }
 
 pub fn partition_of(config: &TaskConfig) -> Partition {
@@ -189,7 +213,7 @@ impl PreparedTask {
     /// share of the held-out set, partitioned like the training data. With
     /// IID partitioning the shares together are exactly the held-out set.
     pub fn local_test(&self, index: usize, seed: u64) -> Result<Option<Box<dyn Evaluator>>> {
-        self.data.local_test(index, &partition_of(&self.config), seed)
+        self.data.local_test(index, seed)
     }
 
     /// Identifies the held-out set; a cluster hospital whose shard was split

@@ -18,7 +18,7 @@ use medfed_models::privacy::bounds::FeatureBounds;
 use medfed_models::privacy::fingerprint::DataFingerprint;
 use medfed_models::privacy::mechanisms::NoiseSource;
 
-use super::{held_out_fingerprint, partition_of, OwnData, SiteData, TaskData, TaskKind};
+use super::{held_out_fingerprint, partition_sets, OwnData, SiteData, TaskData, TaskKind};
 use crate::config::{DpScaling, Loaded, PrivacyConfig, PrivacyMode, TaskConfig};
 
 pub struct Tabular;
@@ -31,6 +31,8 @@ pub struct TabularData {
     shards: Vec<Dataset>,
     /// Public per-feature bounds, when the config names them.
     bounds: Option<Arc<FeatureBounds>>,
+    /// Each hospital's share of the held-out set (its local test split).
+    held_out_shares: Vec<Vec<usize>>,
 }
 
 /// One hospital's rows.
@@ -50,17 +52,23 @@ impl TaskKind for Tabular {
             .context("loading its data")?;
         let (train, held_out) =
             stratified_split(&data, config.data.test_fraction, seed).context("held-out split")?;
-        let shards = partition_of(config)
-            .split(&train, config.hospitals, seed)
-            .with_context(|| format!("partitioning into {} hospitals", config.hospitals))?
-            .iter()
-            .map(|rows| train.select(rows))
-            .collect();
+        let (rows, held_out_shares) = partition_sets(
+            config,
+            seed,
+            (train.len(), &|p: &Partition, k, s, e| {
+                p.split_with(&train, k, s, e)
+            }),
+            (held_out.len(), &|p: &Partition, k, s, e| {
+                p.split_with(&held_out, k, s, e)
+            }),
+        )?;
+        let shards = rows.iter().map(|rows| train.select(rows)).collect();
         Ok(Box::new(TabularData {
             bounds: bounds(loaded, config, &data)?,
             train,
             held_out,
             shards,
+            held_out_shares,
         }))
     }
 
@@ -137,14 +145,8 @@ impl TaskData for TabularData {
         })
     }
 
-    fn local_test(
-        &self,
-        index: usize,
-        partition: &Partition,
-        seed: u64,
-    ) -> Result<Option<Box<dyn Evaluator>>> {
-        let rows = partition.split(&self.held_out, self.hospital_count(), seed)?;
-        let Some(rows) = rows.get(index).filter(|r| !r.is_empty()) else {
+    fn local_test(&self, index: usize, _seed: u64) -> Result<Option<Box<dyn Evaluator>>> {
+        let Some(rows) = self.held_out_shares.get(index).filter(|r| !r.is_empty()) else {
             return Ok(None);
         };
         Ok(Some(Box::new(LogisticEvaluator::new(

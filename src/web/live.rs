@@ -96,6 +96,7 @@ impl LiveView {
                 kind,
                 samples,
                 node,
+                ..
             } => {
                 let h = self
                     .hospitals
@@ -242,6 +243,7 @@ mod tests {
                 hospital: "t-1".into(),
                 kind: "tabular".into(),
                 samples: 90,
+                attack: None,
                 node: "in-process".into(),
             },
             1.0,

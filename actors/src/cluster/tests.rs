@@ -67,6 +67,7 @@ fn train_request_round_trips_bit_exactly() {
         learning_rate: 0.1 + 0.2,
         l2: 1e-4,
         seed: u64::MAX,
+        proximal_mu: 0.0,
     };
     let ask = Ask {
         run: u64::MAX,
@@ -169,6 +170,7 @@ fn every_to_hospital() -> Vec<ToHospital> {
                 learning_rate: 0.05,
                 l2: 0.0,
                 seed: 42,
+                proximal_mu: 0.0,
             },
         },
         ToHospital::Evaluate {
@@ -196,6 +198,7 @@ fn every_to_coordinator() -> Vec<ToCoordinator> {
                 samples: 91,
                 node: String::new(),
                 held_out: Some("113 examples, crc32 0badf00d".into()),
+                attack: Some("sign_flip:10".into()),
             },
         },
         ToCoordinator::Stats {

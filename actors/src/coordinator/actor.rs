@@ -198,8 +198,15 @@ fn log(event: &FederationEvent) {
             hospital,
             kind,
             samples,
+            attack,
             ..
-        } => info!(hospital = %hospital, task = %task, kind = %kind, samples, "hospital joined"),
+        } => match attack {
+            Some(attack) => warn!(
+                hospital = %hospital, task = %task, kind = %kind, samples, attack = %attack,
+                "hospital joined, declaring that it simulates an attack (robustness evaluation)"
+            ),
+            None => info!(hospital = %hospital, task = %task, kind = %kind, samples, "hospital joined"),
+        },
         E::HospitalLeft {
             task,
             hospital,

@@ -148,6 +148,8 @@ struct TaskState {
     departures: u64,
     /// The latest privacy report of each hospital (kept across runs: budgets are lifetime).
     privacy: BTreeMap<HospitalId, PrivacySpent>,
+    /// Hospitals that declared a simulated attack, and which.
+    attacks: BTreeMap<HospitalId, String>,
 }
 
 impl TaskState {
@@ -188,6 +190,7 @@ impl TaskState {
             declined: 0,
             departures: 0,
             privacy: BTreeMap::new(),
+            attacks: BTreeMap::new(),
         }
     }
 
@@ -242,6 +245,7 @@ impl TaskState {
             declined: self.declined,
             departures: self.departures,
             privacy: self.privacy.clone(),
+            attacks: self.attacks.clone(),
         }
     }
 }
@@ -423,11 +427,15 @@ impl Core {
             out.push(Output::Forget(actor));
             return;
         }
+        if let (Some(attack), Some(t)) = (&info.attack, self.tasks.get_mut(&info.task)) {
+            t.attacks.insert(info.name.clone(), attack.clone());
+        }
         out.push(Output::Publish(FederationEvent::HospitalJoined {
             task: info.task.clone(),
             hospital: info.name.clone(),
             kind: info.kind.clone(),
             samples: info.samples,
+            attack: info.attack.clone(),
             node: info.node.clone(),
         }));
         let (task, name) = (info.task.clone(), info.name.clone());

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use ractor::ActorId;
 
-use medfed_models::aggregate::{FedAdam, FedAdamConfig, FedAvg, Strategy, UpdateCheck, WeightedDelta};
+use medfed_models::aggregate::{
+    FedAvg, FedOpt, FedOptConfig, FedOptRule, Strategy, UpdateCheck, WeightedDelta,
+};
 use medfed_models::learner::{Evaluator, GlobalModel, LocalUpdate, Release, TrainPlan};
 use medfed_models::metrics::{binary_metrics, Metrics};
 use medfed_models::Params;
@@ -42,6 +44,7 @@ fn setup(name: &str) -> TaskSetup {
             learning_rate: 0.1,
             l2: 0.0,
             seed: 1,
+            proximal_mu: 0.0,
         },
         check: UpdateCheck { max_norm: Some(10.0) },
         evaluator: Box::new(FixedEvaluator),
@@ -65,6 +68,7 @@ fn info(name: &str, task: &str) -> HospitalInfo {
         samples: 10,
         node: "in-process".into(),
         held_out: None,
+        attack: None,
     }
 }
 
@@ -440,7 +444,7 @@ fn an_answer_to_an_earlier_run_is_dropped_as_late_and_the_fresh_one_counts() {
 fn a_stopped_runs_aggregation_changes_neither_the_strategy_nor_the_checkpoints() {
     let dir = std::env::temp_dir().join("medfed-core-test-checkpoints");
     let mut with_adam = setup("t");
-    with_adam.strategy = Box::new(FedAdam::new(FedAdamConfig::default()));
+    with_adam.strategy = Box::new(FedOpt::adam(FedOptConfig::defaults(FedOptRule::Adam)));
     with_adam.checkpoint_dir = Some(dir.clone());
     let mut core = Core::new(vec![with_adam]);
     hello(&mut core, 1, "a", "t");
@@ -501,7 +505,7 @@ fn a_stopped_runs_aggregation_changes_neither_the_strategy_nor_the_checkpoints()
 #[test]
 fn an_accepted_round_is_checkpointed_and_the_strategy_adopted() {
     let mut with_adam = setup("t");
-    with_adam.strategy = Box::new(FedAdam::new(FedAdamConfig::default()));
+    with_adam.strategy = Box::new(FedOpt::adam(FedOptConfig::defaults(FedOptRule::Adam)));
     with_adam.checkpoint_dir = Some("/nonexistent/checkpoints".into());
     let mut core = Core::new(vec![with_adam]);
     hello(&mut core, 1, "a", "t");
@@ -678,4 +682,26 @@ fn starting_without_everyone_names_who_is_missing() {
         _ => None,
     });
     assert_eq!(missing, Some(vec!["b".to_string(), "c".to_string()]));
+}
+
+#[test]
+fn a_hospital_that_declares_an_attack_is_recorded_as_such() {
+    let mut core = Core::new(vec![setup("t")]);
+    let mut attacker = info("a", "t");
+    attacker.attack = Some("sign_flip:10".into());
+    let out = core.handle(
+        Duration::ZERO,
+        Input::Hello {
+            actor: actor(1),
+            info: attacker,
+        },
+    );
+    assert!(events(&out).iter().any(|e| matches!(
+        e,
+        FederationEvent::HospitalJoined { attack: Some(a), .. } if a == "sign_flip:10"
+    )));
+    hello(&mut core, 2, "b", "t");
+    let attacks = core.report().tasks["t"].attacks.clone();
+    assert_eq!(attacks.len(), 1);
+    assert_eq!(attacks["a"], "sign_flip:10");
 }

@@ -3,7 +3,9 @@ use std::sync::{Arc, Mutex};
 use ractor::{pg, Actor, ActorProcessingErr, ActorRef};
 use tracing::{error, info, warn};
 
+use medfed_models::attack::Attack;
 use medfed_models::learner::Evaluator;
+use medfed_models::seed;
 
 use super::learner::HospitalLearner;
 use crate::coordinator::task_group;
@@ -22,6 +24,8 @@ pub struct HospitalArgs {
     pub local_test: Option<Box<dyn Evaluator>>,
     /// See `HospitalInfo::held_out`.
     pub held_out: Option<String>,
+    /// Simulate this attack on every update (an evaluation tool).
+    pub attack: Option<Attack>,
 }
 
 pub struct HospitalState {
@@ -31,6 +35,7 @@ pub struct HospitalState {
     learner: Arc<Mutex<HospitalLearner>>,
     local_test: Option<Arc<Mutex<Box<dyn Evaluator>>>>,
     coordinator: ActorRef<CoordinatorMsg>,
+    attack: Option<Attack>,
 }
 
 impl Actor for Hospital {
@@ -50,7 +55,15 @@ impl Actor for Hospital {
             samples: args.learner.announced_samples(),
             node: "in-process".into(),
             held_out: args.held_out,
+            attack: args.attack.map(|a| a.describe()),
         };
+        if let Some(attack) = &info.attack {
+            warn!(
+                hospital = %info.name,
+                "THIS HOSPITAL ATTACKS THE FEDERATION ({attack}): every update it sends is altered, \
+                 to evaluate robust aggregation; it says so in its hello"
+            );
+        }
         pg::join(task_group(&info.task), vec![myself.get_cell()]);
         args.coordinator.cast(CoordinatorMsg::FromHospital {
             sender: myself.clone(),
@@ -63,6 +76,7 @@ impl Actor for Hospital {
             learner: Arc::new(Mutex::new(args.learner)),
             local_test: args.local_test.map(|e| Arc::new(Mutex::new(e))),
             coordinator: args.coordinator,
+            attack: args.attack,
         })
     }
 
@@ -80,6 +94,7 @@ impl Actor for Hospital {
             }
             ToHospital::Train { ask, model, plan } => {
                 let learner = state.learner.clone();
+                let run_seed = plan.seed;
                 // Training is CPU-bound: keep it off the actor runtime's threads.
                 let outcome = tokio::task::spawn_blocking(move || match lock(&learner) {
                     Ok(mut l) => l.train(&model, &plan),
@@ -93,6 +108,15 @@ impl Actor for Hospital {
                 });
                 if let TrainOutcome::Failed { reason } = &outcome {
                     warn!(hospital = %state.info.name, round = ask.round, "local training failed: {reason}");
+                }
+                let mut outcome = outcome;
+                if let (Some(attack), TrainOutcome::Trained { update }) = (&state.attack, &mut outcome) {
+                    // After any noise: the attack changes what is sent, not what was private.
+                    let label = format!("{}/attack", state.info.name);
+                    attack.apply(
+                        &mut update.delta,
+                        seed::derive(run_seed, &label, u64::from(ask.round)),
+                    );
                 }
                 ToCoordinator::Update { ask, outcome }
             }

@@ -37,6 +37,10 @@ pub struct HospitalInfo {
     /// `--shard` hospitals); checked against the coordinator's.
     #[serde(default)]
     pub held_out: Option<String>,
+    /// An attack this hospital simulates (robustness evaluation), as
+    /// `KIND[:FACTOR]`: it says so, and the coordinator records it.
+    #[serde(default)]
+    pub attack: Option<String>,
 }
 
 /// Which request an answer belongs to: the run (the coordinator's

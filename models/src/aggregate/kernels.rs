@@ -1,6 +1,10 @@
 //! The arithmetic strategies share (DESIGN §2): sample weights, the
-//! weighted sum, and the layout check. The robust kernels (median, trimmed
-//! mean, pairwise distances) join them here.
+//! weighted sum and the layout check; and the robust kernels — coordinate-
+//! wise median and trimmed mean, pairwise squared distances, Krum scores and
+//! the selection of the values closest to a reference — over plain slices,
+//! with Flower's conventions (`aggregate.py`) where the literature leaves a
+//! choice: Krum counts `max(1, n - f - 2)` neighbours, and ties go to the
+//! lower index.
 
 use super::WeightedDelta;
 use crate::error::{ModelError, Result};
@@ -78,9 +82,238 @@ pub fn weighted_mean_step(
     Ok(weighted_sum(base, &slices, &weights))
 }
 
+/// The updates' deltas as slices, after checking each fits `global`.
+pub fn delta_slices<'a>(global: &Params, updates: &'a [WeightedDelta<'a>]) -> Result<Vec<&'a [f32]>> {
+    check_layouts(global, updates)?;
+    Ok(updates.iter().map(|u| u.delta.as_slice()).collect())
+}
+
+/// `global + step`, as the next global model.
+pub fn apply_step(global: &Params, step: &[f32]) -> Result<Params> {
+    let values = global.as_slice().iter().zip(step).map(|(x, s)| x + s).collect();
+    Params::new(global.layout().clone(), values)
+}
+
+fn check_inputs(what: &str, inputs: &[&[f32]]) -> Result<usize> {
+    let Some(first) = inputs.first() else {
+        return Err(ModelError::Invalid(format!("{what} needs at least one update")));
+    };
+    if inputs.iter().any(|x| x.len() != first.len()) {
+        return Err(ModelError::Params(format!(
+            "{what}: updates of different lengths"
+        )));
+    }
+    Ok(first.len())
+}
+
+/// Each coordinate's values across `inputs`, in a reused buffer.
+fn column<'a>(inputs: &[&[f32]], j: usize, buf: &'a mut Vec<f32>) -> &'a mut [f32] {
+    buf.clear();
+    buf.extend(inputs.iter().map(|x| x[j]));
+    buf
+}
+
+/// Coordinate-wise median, unweighted; with an even count, the mean of the
+/// two middle values (numpy's `median`).
+pub fn median(inputs: &[&[f32]]) -> Result<Vec<f32>> {
+    let d = check_inputs("the median", inputs)?;
+    let n = inputs.len();
+    let mut buf = Vec::with_capacity(n);
+    Ok((0..d)
+        .map(|j| {
+            let col = column(inputs, j, &mut buf);
+            let (lower, &mut upper, _) = col.select_nth_unstable_by(n / 2, f32::total_cmp);
+            if n % 2 == 1 {
+                upper
+            } else {
+                let below = lower.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                ((f64::from(below) + f64::from(upper)) / 2.0) as f32
+            }
+        })
+        .collect())
+}
+
+/// How many values a trimmed mean cuts from each end: `floor(beta * n)`;
+/// an error when nothing would remain (`2 * cut >= n`).
+pub fn trim_count(beta: f64, n: usize) -> Result<usize> {
+    let cut = (beta * n as f64).floor() as usize;
+    if 2 * cut >= n {
+        return Err(ModelError::Invalid(format!(
+            "a trimmed mean with beta {beta} over {n} updates cuts {cut} from each end and leaves nothing"
+        )));
+    }
+    Ok(cut)
+}
+
+/// Coordinate-wise trimmed mean, unweighted: the `floor(beta * n)` smallest
+/// and largest values of each coordinate are dropped, the rest averaged (in f64).
+pub fn trimmed_mean(inputs: &[&[f32]], beta: f64) -> Result<Vec<f32>> {
+    let d = check_inputs("the trimmed mean", inputs)?;
+    let n = inputs.len();
+    let cut = trim_count(beta, n)?;
+    let mut buf = Vec::with_capacity(n);
+    Ok((0..d)
+        .map(|j| {
+            let col = column(inputs, j, &mut buf);
+            col.sort_unstable_by(f32::total_cmp);
+            let kept = &col[cut..n - cut];
+            (kept.iter().map(|&v| f64::from(v)).sum::<f64>() / kept.len() as f64) as f32
+        })
+        .collect())
+}
+
+/// Squared L2 distance between every pair, as sums of squared differences
+/// in f64; symmetric, zero diagonal. O(n^2 d).
+pub fn pairwise_sq_distances(inputs: &[&[f32]]) -> Result<Vec<Vec<f64>>> {
+    check_inputs("pairwise distances", inputs)?;
+    let n = inputs.len();
+    let mut out = vec![vec![0.0; n]; n];
+    for i in 0..n {
+        for j in i + 1..n {
+            let d: f64 = inputs[i]
+                .iter()
+                .zip(inputs[j])
+                .map(|(&a, &b)| {
+                    let t = f64::from(a) - f64::from(b);
+                    t * t
+                })
+                .sum();
+            out[i][j] = d;
+            out[j][i] = d;
+        }
+    }
+    Ok(out)
+}
+
+/// Krum scores (Blanchard et al. 2017) of the updates `among` (indices into
+/// `distances`): each one's sum of squared distances to its
+/// `max(1, n - f - 2)` nearest others.
+pub fn krum_scores(distances: &[Vec<f64>], among: &[usize], f: usize) -> Vec<f64> {
+    let n = among.len();
+    let closest = n.saturating_sub(f + 2).max(1);
+    among
+        .iter()
+        .map(|&i| {
+            let mut others: Vec<f64> = among
+                .iter()
+                .filter(|&&j| j != i)
+                .map(|&j| distances[i][j])
+                .collect();
+            others.sort_unstable_by(f64::total_cmp);
+            others.iter().take(closest).sum()
+        })
+        .collect()
+}
+
+/// Positions of the `m` lowest scores, lowest first; ties go to the lower position.
+pub fn lowest(scores: &[f64], m: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    // A stable sort keeps equal scores in position order.
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    order.truncate(m);
+    order
+}
+
+/// Coordinate-wise, the mean of the `beta` values closest to `reference`
+/// (Bulyan's last step); ties in closeness go to the lower input.
+pub fn mean_of_closest(inputs: &[&[f32]], reference: &[f32], beta: usize) -> Result<Vec<f32>> {
+    let d = check_inputs("the mean of the closest values", inputs)?;
+    if beta == 0 || beta > inputs.len() || reference.len() != d {
+        return Err(ModelError::Invalid(format!(
+            "the mean of the {beta} closest of {} values",
+            inputs.len()
+        )));
+    }
+    let mut order: Vec<usize> = (0..inputs.len()).collect();
+    Ok((0..d)
+        .map(|j| {
+            let r = f64::from(reference[j]);
+            let gap = |k: usize| (f64::from(inputs[k][j]) - r).abs();
+            order.sort_by(|&a, &b| gap(a).total_cmp(&gap(b)).then(a.cmp(&b)));
+            let sum: f64 = order[..beta].iter().map(|&k| f64::from(inputs[k][j])).sum();
+            (sum / beta as f64) as f32
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn close(got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-6, "{got:?} != {want:?}");
+        }
+    }
+
+    #[test]
+    fn median_by_hand() {
+        // The example: every coordinate's three values are {.2, .5, 1}.
+        let (a, b, c) = ([1.0, 0.2, 0.5, 1.0], [0.2, 0.5, 1.0, 0.2], [0.5, 1.0, 0.2, 0.5]);
+        close(&median(&[&a, &b, &c]).unwrap(), &[0.5; 4]);
+        // Flower's test: 0.2, 1.0, 0.5 -> 0.5. An even count averages the middle two.
+        close(&median(&[&[0.2], &[1.0], &[0.5]]).unwrap(), &[0.5]);
+        close(
+            &median(&[&[4.0, -1.0], &[1.0, 3.0], &[2.0, 2.0], &[3.0, 0.0]]).unwrap(),
+            &[2.5, 1.0],
+        );
+        assert!(median(&[]).is_err());
+        assert!(median(&[&[1.0], &[1.0, 2.0]]).is_err());
+    }
+
+    #[test]
+    fn trimmed_mean_by_hand() {
+        // beta .25 of 0.5, 1, 2, 100: one cut from each end, mean of 1 and 2.
+        let got = trimmed_mean(&[&[0.5], &[1.0], &[2.0], &[100.0]], 0.25).unwrap();
+        close(&got, &[1.5]);
+        // beta .2 of five: floor(1.0) = 1 from each end.
+        let five: [&[f32]; 5] = [&[-50.0], &[1.0], &[2.0], &[3.0], &[1e6]];
+        close(&trimmed_mean(&five, 0.2).unwrap(), &[2.0]);
+        // Small n trims nothing (floor(0.2 * 4) = 0).
+        close(
+            &trimmed_mean(&[&[1.0], &[2.0], &[3.0], &[6.0]], 0.2).unwrap(),
+            &[3.0],
+        );
+        // Nothing left is an error naming the numbers.
+        let e = trimmed_mean(&[&[1.0], &[2.0]], 0.5).unwrap_err().to_string();
+        assert!(e.contains("beta 0.5 over 2 updates"), "{e}");
+        assert_eq!(trim_count(0.49, 3).unwrap(), 1);
+    }
+
+    #[test]
+    fn krum_picks_by_hand() {
+        // The example: [.2]x4, [.7]x4, [1]x4 with f = 1. n = 3 gives
+        // one neighbour each; distances .2-.7: 1.0, .2-1: 2.56, .7-1: .36;
+        // scores 1.0, .36, .36: a tie, and the first ([.7]) wins.
+        let (a, b, c) = ([0.2f32; 4], [0.7f32; 4], [1.0f32; 4]);
+        let inputs: [&[f32]; 3] = [&a, &b, &c];
+        let dist = pairwise_sq_distances(&inputs).unwrap();
+        assert!((dist[0][1] - 1.0).abs() < 1e-6 && (dist[1][2] - 0.36).abs() < 1e-6);
+        let scores = krum_scores(&dist, &[0, 1, 2], 1);
+        assert_eq!(lowest(&scores, 1), vec![1]);
+        // Multi-Krum (m = 2) of .2, .5, 1: scores .09, .09, .25 keep .2 and .5.
+        let inputs: [&[f32]; 3] = [&[0.2], &[0.5], &[1.0]];
+        let dist = pairwise_sq_distances(&inputs).unwrap();
+        assert_eq!(lowest(&krum_scores(&dist, &[0, 1, 2], 1), 2), vec![0, 1]);
+    }
+
+    #[test]
+    fn distances_are_exact_sums_in_f64() {
+        let a = [1e7f32, 1.0];
+        let b = [1e7f32 + 1.0, 3.0];
+        let d = pairwise_sq_distances(&[&a, &b]).unwrap();
+        assert_eq!(d[0][1], 1.0 + 4.0);
+        assert_eq!(d[0][0], 0.0);
+    }
+
+    #[test]
+    fn mean_of_closest_by_hand() {
+        // Flower's test: beta 2 around [1, 2] of [1,2], [1.1,2.1], [1.2,2.2], [1.3,2.3].
+        let inputs: [&[f32]; 4] = [&[1.0, 2.0], &[1.1, 2.1], &[1.2, 2.2], &[1.3, 2.3]];
+        close(&mean_of_closest(&inputs, &[1.0, 2.0], 2).unwrap(), &[1.05, 2.05]);
+        assert!(mean_of_closest(&inputs, &[1.0, 2.0], 5).is_err());
+    }
 
     #[test]
     fn odd_and_even_update_counts_agree_with_the_naive_sum() {

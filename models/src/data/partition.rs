@@ -1,6 +1,8 @@
 //! Partitioning training rows into hospitals: IID, sorted (the original
 //! platform's non-IID scheme) and Dirichlet label skew.
 
+use std::collections::BinaryHeap;
+
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -21,9 +23,19 @@ pub enum Partition {
     Dirichlet { alpha: f64 },
 }
 
-/// Fewest rows a Dirichlet shard may hold before the draw is repeated.
-const MIN_DIRICHLET_SHARD: usize = 10;
-const MAX_DIRICHLET_DRAWS: usize = 1000;
+/// Rows a Dirichlet shard is topped up to (fewer when there are not enough
+/// rows for that many per hospital).
+const DIRICHLET_FLOOR: usize = 10;
+
+/// Whether every shard must hold at least one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shards {
+    /// Training data: a hospital without rows cannot train.
+    NonEmpty,
+    /// Local test splits: a hospital may have none (it declines federated
+    /// evaluation).
+    MayBeEmpty,
+}
 
 impl Partition {
     pub fn name(&self) -> &'static str {
@@ -34,25 +46,41 @@ impl Partition {
         }
     }
 
-    /// Row indices of each of `k` shards of `data`. Every row lands in exactly one shard.
+    /// Row indices of each of `k` shards of `data`, each non-empty. Every
+    /// row lands in exactly one shard.
     pub fn split(&self, data: &Dataset, k: usize, seed: u64) -> Result<Vec<Vec<usize>>> {
+        self.split_with(data, k, seed, Shards::NonEmpty)
+    }
+
+    pub fn split_with(&self, data: &Dataset, k: usize, seed: u64, shards: Shards) -> Result<Vec<Vec<usize>>> {
         match self {
             Partition::Sorted { feature } => {
-                check_count(data.len(), k)?;
+                check_count(data.len(), k, shards)?;
                 let col = data.feature_index(feature)?;
                 let mut idx: Vec<usize> = (0..data.len()).collect();
                 // Stable sort: ties keep file order, so the result is deterministic.
                 idx.sort_by(|&a, &b| data.features[[a, col]].total_cmp(&data.features[[b, col]]));
                 Ok(contiguous_shards(&idx, k))
             }
-            _ => self.split_labels(&data.labels, k, seed),
+            _ => self.split_labels_with(&data.labels, k, seed, shards),
         }
     }
 
-    /// Partition examples known only by their labels (e.g. images): IID or
-    /// Dirichlet label skew. `Sorted` needs a feature column and is refused.
+    /// Partition examples known only by their labels (e.g. images), each
+    /// shard non-empty: IID or Dirichlet label skew. `Sorted` needs a
+    /// feature column and is refused.
     pub fn split_labels(&self, labels: &[bool], k: usize, seed: u64) -> Result<Vec<Vec<usize>>> {
-        check_count(labels.len(), k)?;
+        self.split_labels_with(labels, k, seed, Shards::NonEmpty)
+    }
+
+    pub fn split_labels_with(
+        &self,
+        labels: &[bool],
+        k: usize,
+        seed: u64,
+        shards: Shards,
+    ) -> Result<Vec<Vec<usize>>> {
+        check_count(labels.len(), k, shards)?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         match self {
             Partition::Iid => {
@@ -63,18 +91,24 @@ impl Partition {
             Partition::Sorted { feature } => Err(ModelError::Invalid(format!(
                 "a sorted partition needs the feature column '{feature}'; these examples have labels only"
             ))),
-            Partition::Dirichlet { alpha } => dirichlet(labels, k, *alpha, &mut rng),
+            Partition::Dirichlet { alpha } => {
+                let floor = match shards {
+                    Shards::NonEmpty => DIRICHLET_FLOOR.min(labels.len() / k).max(1),
+                    Shards::MayBeEmpty => 0,
+                };
+                dirichlet(labels, k, *alpha, floor, &mut rng)
+            }
         }
     }
 }
 
-fn check_count(n: usize, k: usize) -> Result<()> {
+fn check_count(n: usize, k: usize, shards: Shards) -> Result<()> {
     if k == 0 {
         return Err(ModelError::Invalid("hospital count must be at least 1".into()));
     }
-    if n < k {
+    if n < k && shards == Shards::NonEmpty {
         return Err(ModelError::Invalid(format!(
-            "{n} rows cannot be split into {k} hospitals"
+            "{n} rows cannot give each of {k} hospitals a row"
         )));
     }
     Ok(())
@@ -87,48 +121,75 @@ fn contiguous_shards(order: &[usize], k: usize) -> Vec<Vec<usize>> {
         .collect()
 }
 
-fn dirichlet(labels: &[bool], k: usize, alpha: f64, rng: &mut ChaCha8Rng) -> Result<Vec<Vec<usize>>> {
+/// Per class, shares drawn from Dirichlet(alpha); then every shard below
+/// `floor` rows takes rows from the largest shards until it has `floor`
+/// (one draw, no retries: it works for any hospital count with enough rows).
+fn dirichlet(
+    labels: &[bool],
+    k: usize,
+    alpha: f64,
+    floor: usize,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<Vec<usize>>> {
     if !(alpha.is_finite() && alpha > 0.0) {
         return Err(ModelError::Invalid(format!(
             "dirichlet alpha must be a positive number, got {alpha}"
         )));
     }
-    let min_shard = MIN_DIRICHLET_SHARD.min(labels.len() / k);
     let gamma = Gamma::new(alpha, 1.0).map_err(|e| ModelError::Invalid(e.to_string()))?;
     let classes: Vec<Vec<usize>> = [false, true]
         .iter()
         .map(|&c| (0..labels.len()).filter(|&i| labels[i] == c).collect())
         .collect();
-    for _ in 0..MAX_DIRICHLET_DRAWS {
-        let mut shards = vec![Vec::new(); k];
-        for class_rows in &classes {
-            let mut rows = class_rows.clone();
-            rows.shuffle(rng);
-            let draws: Vec<f64> = (0..k).map(|_| gamma.sample(rng)).collect();
-            let total: f64 = draws.iter().sum();
-            let mut start = 0usize;
-            let mut acc = 0.0;
-            for (h, d) in draws.iter().enumerate() {
-                acc += d / total;
-                let end = if h + 1 == k {
-                    rows.len()
-                } else {
-                    ((acc * rows.len() as f64).round() as usize).clamp(start, rows.len())
-                };
-                shards[h].extend_from_slice(&rows[start..end]);
-                start = end;
-            }
-        }
-        if shards.iter().all(|s| s.len() >= min_shard) {
-            for s in &mut shards {
-                s.sort_unstable();
-            }
-            return Ok(shards);
+    let mut shards = vec![Vec::new(); k];
+    for class_rows in &classes {
+        let mut rows = class_rows.clone();
+        rows.shuffle(rng);
+        let draws: Vec<f64> = (0..k).map(|_| gamma.sample(rng)).collect();
+        let total: f64 = draws.iter().sum();
+        let mut start = 0usize;
+        let mut acc = 0.0;
+        for (h, d) in draws.iter().enumerate() {
+            acc += d / total;
+            let end = if h + 1 == k {
+                rows.len()
+            } else {
+                ((acc * rows.len() as f64).round() as usize).clamp(start, rows.len())
+            };
+            shards[h].extend_from_slice(&rows[start..end]);
+            start = end;
         }
     }
-    Err(ModelError::Invalid(format!(
-        "dirichlet alpha {alpha} gave a hospital fewer than {min_shard} rows in {MAX_DIRICHLET_DRAWS} draws; raise alpha or lower the hospital count"
-    )))
+    top_up(&mut shards, floor);
+    for s in &mut shards {
+        s.sort_unstable();
+    }
+    Ok(shards)
+}
+
+/// Move rows from the largest shards to those below `floor` (the caller
+/// ensures `floor * shards <= rows`, so there is always a donor).
+fn top_up(shards: &mut [Vec<usize>], floor: usize) {
+    // (size, shard); an entry whose size is no longer the shard's is stale.
+    let mut largest: BinaryHeap<(usize, usize)> =
+        shards.iter().enumerate().map(|(i, s)| (s.len(), i)).collect();
+    for needy in 0..shards.len() {
+        while shards[needy].len() < floor {
+            let Some((len, donor)) = largest.pop() else {
+                return;
+            };
+            if len != shards[donor].len() {
+                continue;
+            }
+            if len <= floor {
+                return; // no shard has a row to spare
+            }
+            if let Some(row) = shards[donor].pop() {
+                shards[needy].push(row);
+            }
+            largest.push((len - 1, donor));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -194,7 +255,7 @@ mod tests {
         let spread = |alpha: f64| {
             let shards = Partition::Dirichlet { alpha }.split(&data, 5, 4).unwrap();
             covers_every_row_once(&shards, 2000);
-            assert!(shards.iter().all(|s| s.len() >= MIN_DIRICHLET_SHARD));
+            assert!(shards.iter().all(|s| s.len() >= DIRICHLET_FLOOR));
             let shares: Vec<f64> = shards.iter().map(|s| positive_share(&data, s)).collect();
             shares.iter().cloned().fold(f64::MIN, f64::max) - shares.iter().cloned().fold(f64::MAX, f64::min)
         };
@@ -208,9 +269,42 @@ mod tests {
     }
 
     #[test]
-    fn too_many_hospitals_is_an_error() {
+    fn too_many_hospitals_is_an_error_that_says_so() {
         let data = gaussian_blobs(3, 2, 0.5, 1.0, 0);
-        assert!(Partition::Iid.split(&data, 4, 0).is_err());
+        let e = Partition::Iid.split(&data, 4, 0).unwrap_err().to_string();
+        assert!(e.contains("3 rows cannot give each of 4 hospitals a row"), "{e}");
         assert!(Partition::Iid.split(&data, 0, 0).is_err());
+        // Local test splits may leave hospitals without rows.
+        let shards = Partition::Iid
+            .split_with(&data, 4, 0, Shards::MayBeEmpty)
+            .unwrap();
+        covers_every_row_once(&shards, 3);
+        assert_eq!(shards.iter().filter(|s| s.is_empty()).count(), 1);
+    }
+
+    #[test]
+    fn dirichlet_gives_every_hospital_rows_whatever_the_count() {
+        // About the breast-cancer training set's size, into 9 hospitals
+        // at alpha 0.5 once needed more than 1000 redraws; and far more hospitals.
+        let data = gaussian_blobs(455, 3, 0.37, 1.0, 5);
+        for (k, floor) in [(9, 10), (100, 4), (455, 1)] {
+            let shards = Partition::Dirichlet { alpha: 0.5 }.split(&data, k, 42).unwrap();
+            covers_every_row_once(&shards, 455);
+            let smallest = shards.iter().map(Vec::len).min().unwrap();
+            assert!(smallest >= floor, "k {k}: smallest shard {smallest}");
+        }
+        let e = Partition::Dirichlet { alpha: 0.5 }
+            .split(&data, 456, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("455 rows cannot give each of 456 hospitals a row"),
+            "{e}"
+        );
+        // Held-out shares may be empty: no floor.
+        let shares = Partition::Dirichlet { alpha: 0.5 }
+            .split_with(&data, 1000, 1, Shards::MayBeEmpty)
+            .unwrap();
+        covers_every_row_once(&shares, 455);
     }
 }

@@ -222,15 +222,28 @@ struct OptimizerState {
     m: Vec<Tensor>,
     s: Vec<Tensor>,
     step: i32,
+    /// The global model the round started from, for FedProx's term (a deep
+    /// copy: `Var::set` writes in place). Empty when mu is 0.
+    anchor: Vec<Tensor>,
 }
 
 impl OptimizerState {
-    fn new(net: &Net) -> Result<Self> {
+    /// Over `net` as the round starts (at the global model).
+    fn new(net: &Net, plan: &TrainPlan) -> Result<Self> {
         let zeros = |v: &Var| Tensor::zeros(v.shape(), DType::F32, &Device::Cpu).map_err(err);
+        let anchor = if plan.proximal_mu > 0.0 {
+            net.vars
+                .iter()
+                .map(|v| v.as_tensor().copy().map_err(err))
+                .collect::<Result<_>>()?
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             m: net.vars.iter().map(zeros).collect::<Result<_>>()?,
             s: net.vars.iter().map(zeros).collect::<Result<_>>()?,
             step: 0,
+            anchor,
         })
     }
 
@@ -250,6 +263,17 @@ impl OptimizerState {
                 continue;
             };
             let w = var.as_tensor();
+            // FedProx: the gradient of mu/2 |w - w_global|^2 joins the loss's
+            // (data-independent, so also after DP-SGD's noise).
+            let with_prox;
+            let g = match self.anchor.get(i) {
+                Some(anchor) => {
+                    let pull = ((w - anchor).map_err(err)? * plan.proximal_mu).map_err(err)?;
+                    with_prox = (g + pull).map_err(err)?;
+                    &with_prox
+                }
+                None => g,
+            };
             let next = match cfg.optimizer {
                 Optimizer::Sgd { momentum } => {
                     let g = (g + (w * wd).map_err(err)?).map_err(err)?;
@@ -294,7 +318,7 @@ fn train_net(
     plan: &TrainPlan,
     rng: &mut ChaCha8Rng,
 ) -> Result<f64> {
-    let mut optimizer = OptimizerState::new(net)?;
+    let mut optimizer = OptimizerState::new(net, plan)?;
     let mut order: Vec<usize> = (0..images.len()).collect();
     let mut last = 0.0;
     for _ in 0..plan.local_epochs {
@@ -483,7 +507,7 @@ impl DpLearner for DpCnnLearner {
             .ok_or_else(|| ModelError::Invalid("DP-SGD needs the released record count".into()))?;
         let net = self.open.check_global(global, plan)?;
         let model = CnnDpSgd {
-            optimizer: OptimizerState::new(&net)?,
+            optimizer: OptimizerState::new(&net, plan)?,
             sizes: net.vars.iter().map(|v| v.elem_count()).collect(),
             net,
             images: &self.open.images,
@@ -551,6 +575,7 @@ mod tests {
             learning_rate: 0.003,
             l2: 1e-4,
             seed: 5,
+            proximal_mu: 0.0,
         }
     }
 
@@ -573,6 +598,27 @@ mod tests {
         assert_eq!(Params::from_safetensors(&bytes, Some(p.layout())).unwrap(), p);
         assert_eq!(p.tensor("conv2.weight").unwrap().len(), 16 * 8 * 9);
         assert_ne!(config(32).init_params(10), p);
+    }
+
+    #[test]
+    fn a_larger_mu_keeps_the_local_cnn_closer_to_the_global_one() {
+        let cfg = config(16);
+        let global = GlobalModel {
+            params: Arc::new(cfg.init_params(3)),
+            standardizer: None,
+        };
+        let learner = CnnLearner::new("h", images(64, 16, 2), cfg).unwrap();
+        let norms: Vec<f64> = [0.0, 10.0, 100.0]
+            .iter()
+            .map(|&mu| {
+                let plan = TrainPlan {
+                    proximal_mu: mu,
+                    ..plan(3)
+                };
+                learner.train_exact(&global, &plan).unwrap().0.l2_norm()
+            })
+            .collect();
+        assert!(norms.windows(2).all(|w| w[1] < w[0]), "{norms:?}");
     }
 
     #[test]

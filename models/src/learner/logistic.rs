@@ -59,6 +59,29 @@ impl Coefficients {
         Params::new(layout(self.weight.len()), values).expect("layout matches by construction")
     }
 
+    /// One step's FedProx pull towards `anchor` (the global model):
+    /// `lr * mu * (theta - anchor)` for every parameter, computed before the
+    /// step moves them.
+    fn proximal_pull(&self, anchor: &Coefficients, lr_mu: f64) -> Coefficients {
+        Coefficients {
+            weight: self
+                .weight
+                .iter()
+                .zip(&anchor.weight)
+                .map(|(w, a)| lr_mu * (w - a))
+                .collect(),
+            bias: lr_mu * (self.bias - anchor.bias),
+        }
+    }
+
+    fn subtract(&mut self, pull: &Coefficients) {
+        self.weight
+            .iter_mut()
+            .zip(&pull.weight)
+            .for_each(|(w, p)| *w -= p);
+        self.bias -= pull.bias;
+    }
+
     pub fn logit(&self, x: ArrayView1<f64>) -> f64 {
         x.iter().zip(&self.weight).map(|(a, b)| a * b).sum::<f64>() + self.bias
     }
@@ -103,8 +126,9 @@ pub fn example_loss(logit: f64, y: bool) -> f64 {
     logit.max(0.0) - logit * y + (-logit.abs()).exp().ln_1p()
 }
 
-/// Plain mini-batch SGD on the mean log-loss plus `l2/2 * |w|^2`.
-/// Returns the mean loss over the last epoch.
+/// Plain mini-batch SGD on the mean log-loss plus `l2/2 * |w|^2` (plus
+/// FedProx's `mu/2 * |theta - theta_global|^2` when the plan sets mu; `coef`
+/// starts at the global model). Returns the mean loss over the last epoch.
 pub fn sgd(
     coef: &mut Coefficients,
     x: &Array2<f64>,
@@ -118,6 +142,8 @@ pub fn sgd(
     let mut grad = vec![0.0; d + 1];
     let mut g_i = vec![0.0; d + 1];
     let mut last_loss = 0.0;
+    let anchor = coef.clone();
+    let lr_mu = plan.learning_rate * plan.proximal_mu;
     for _ in 0..plan.local_epochs {
         order.shuffle(rng);
         let mut loss = 0.0;
@@ -130,10 +156,14 @@ pub fn sgd(
                 grad.iter_mut().zip(&g_i).for_each(|(g, gi)| *g += gi);
             }
             let scale = plan.learning_rate / chunk.len() as f64;
+            let pull = (lr_mu > 0.0).then(|| coef.proximal_pull(&anchor, lr_mu));
             for (w, g) in coef.weight.iter_mut().zip(&grad[..d]) {
                 *w -= scale * g + plan.learning_rate * plan.l2 * *w;
             }
             coef.bias -= scale * grad[d];
+            if let Some(pull) = pull {
+                coef.subtract(&pull);
+            }
         }
         last_loss = loss / y.len().max(1) as f64;
     }
@@ -265,9 +295,12 @@ impl LocalDp {
 }
 
 /// Logistic regression as DP-SGD sees it: per-example gradients of the mean
-/// log-loss, and a step that adds the data-independent L2 penalty.
+/// log-loss, and a step that adds the data-independent L2 penalty and
+/// FedProx term (post-processing of the noised gradient: no privacy cost).
 struct LogisticDpSgd<'a> {
     coef: Coefficients,
+    /// The global model, for the FedProx term.
+    anchor: Coefficients,
     x: &'a Array2<f64>,
     y: &'a [bool],
     plan: &'a TrainPlan,
@@ -285,11 +318,16 @@ impl DpSgdModel for LogisticDpSgd<'_> {
 
     fn step(&mut self, g: &[f64]) -> Result<()> {
         let (lr, l2) = (self.plan.learning_rate, self.plan.l2);
+        let lr_mu = lr * self.plan.proximal_mu;
+        let pull = (lr_mu > 0.0).then(|| self.coef.proximal_pull(&self.anchor, lr_mu));
         let d = self.coef.weight.len();
         for (w, g) in self.coef.weight.iter_mut().zip(&g[..d]) {
             *w -= lr * g + lr * l2 * *w;
         }
         self.coef.bias -= lr * g[d];
+        if let Some(pull) = pull {
+            self.coef.subtract(&pull);
+        }
         Ok(())
     }
 }
@@ -440,6 +478,7 @@ impl DpLearner for DpLogisticLearner {
                 let count = public_count
                     .ok_or_else(|| ModelError::Invalid("DP-SGD needs the released record count".into()))?;
                 let model = LogisticDpSgd {
+                    anchor: coef.clone(),
                     coef,
                     x,
                     y: &labels,
@@ -586,6 +625,7 @@ mod tests {
             learning_rate: 0.1,
             l2: 0.0,
             seed: 9,
+            proximal_mu: 0.0,
         };
         let u1 = learner.train(&global, &plan).unwrap();
         let u2 = learner.train(&global, &plan).unwrap();
@@ -600,6 +640,61 @@ mod tests {
             })
             .unwrap();
         assert!(m.accuracy > 0.95, "accuracy {}", m.accuracy);
+    }
+
+    #[test]
+    fn the_fedprox_term_by_hand() {
+        // One example x = 1, y = 1, from w = b = 0 with lr 1, mu 0.5, two steps.
+        // Step 1: sigmoid(0) - 1 = -.5, so w = b = .5 (no pull yet).
+        // Step 2: r = sigmoid(1) - 1 = -0.26894142; pull = 1 * .5 * (.5 - 0) = .25;
+        // w = b = .5 + 0.26894142 - .25 = 0.51894142.
+        let data = Dataset::new(vec!["x".into()], ndarray::array![[1.0]], vec![true]).unwrap();
+        let mut learner = LogisticLearner::new("h", data).unwrap();
+        let global = GlobalModel {
+            params: Arc::new(Params::zeros(learner.layout())),
+            standardizer: None,
+        };
+        let plan = TrainPlan {
+            round: 1,
+            local_epochs: 2,
+            batch_size: 1,
+            learning_rate: 1.0,
+            l2: 0.0,
+            seed: 1,
+            proximal_mu: 0.5,
+        };
+        let delta = learner.train(&global, &plan).unwrap().delta;
+        let want = 0.5 + (1.0 - 1.0 / (1.0 + (-1.0f64).exp())) - 0.25;
+        for v in delta.as_slice() {
+            assert!((f64::from(*v) - want).abs() < 1e-6, "{v} vs {want}");
+        }
+    }
+
+    #[test]
+    fn a_larger_mu_keeps_the_local_model_closer_and_zero_changes_nothing() {
+        let data = gaussian_blobs(300, 4, 0.5, 2.0, 7);
+        let mut learner = LogisticLearner::new("h", data).unwrap();
+        let global = GlobalModel {
+            params: Arc::new(Params::zeros(learner.layout())),
+            standardizer: None,
+        };
+        let plan = |mu: f64| TrainPlan {
+            round: 1,
+            local_epochs: 5,
+            batch_size: 16,
+            learning_rate: 0.1,
+            l2: 0.0,
+            seed: 3,
+            proximal_mu: mu,
+        };
+        let norms: Vec<f64> = [0.0, 0.1, 1.0, 10.0]
+            .iter()
+            .map(|&mu| learner.train(&global, &plan(mu)).unwrap().delta.l2_norm())
+            .collect();
+        assert!(norms.windows(2).all(|w| w[1] < w[0]), "{norms:?}");
+        // The same plan without the term trains exactly as before it existed.
+        let again = learner.train(&global, &plan(0.0)).unwrap().delta.l2_norm();
+        assert_eq!(again.to_bits(), norms[0].to_bits());
     }
 
     #[test]
@@ -618,6 +713,7 @@ mod tests {
             learning_rate: 0.1,
             l2: 0.0,
             seed: 1,
+            proximal_mu: 0.0,
         };
         let u = learner.train(&global, &plan).unwrap();
         assert!(u.delta.tensor("bias").unwrap()[0] > 0.0);
@@ -637,6 +733,7 @@ mod dp_tests {
             learning_rate: 1.0,
             l2: 0.0,
             seed: 1,
+            proximal_mu: 0.0,
         }
     }
 

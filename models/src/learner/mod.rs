@@ -38,6 +38,11 @@ pub struct TrainPlan {
     /// (for shuffling; never for privacy noise, which the coordinator must
     /// not be able to predict).
     pub seed: u64,
+    /// FedProx (Li et al. 2020): the local objective gains
+    /// `mu/2 * ||w - w_global||^2` over every parameter; 0 is plain local
+    /// training. Set by the strategy's configure-training hook.
+    #[serde(default)]
+    pub proximal_mu: f64,
 }
 
 /// How something that left a hospital was protected: the label an update
@@ -94,6 +99,12 @@ impl TrainPlan {
             return Err(crate::error::ModelError::Training(format!(
                 "local epochs, batch size and learning rate must be positive (got {}, {}, {})",
                 self.local_epochs, self.batch_size, self.learning_rate
+            )));
+        }
+        if !(self.proximal_mu.is_finite() && self.proximal_mu >= 0.0) {
+            return Err(crate::error::ModelError::Training(format!(
+                "the FedProx term mu must be a non-negative number, got {}",
+                self.proximal_mu
             )));
         }
         Ok(())

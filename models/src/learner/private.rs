@@ -407,6 +407,7 @@ mod tests {
             learning_rate: 0.5,
             l2: 0.0,
             seed: 1,
+            proximal_mu: 0.0,
         }
     }
 
