@@ -131,6 +131,34 @@ fn update_of_run(run: u64, value: f32) -> ToCoordinator {
     }
 }
 
+/// Hospitals "a" and "b" join, run-1 starts, both send round 1's update
+/// (1.0 and 3.0): the stage closes and this is its aggregation job.
+fn first_round_closed(core: &mut Core) -> AggregateJob {
+    hello(core, 1, "a", "t");
+    hello(core, 2, "b", "t");
+    start(core, "run-1").0.unwrap();
+    core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(1),
+            message: update(1.0),
+        },
+    );
+    let out = core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(2),
+            message: update(3.0),
+        },
+    );
+    out.into_iter()
+        .find_map(|o| match o {
+            Output::Aggregate(job) => Some(job),
+            _ => None,
+        })
+        .expect("the closed stage is aggregated")
+}
+
 fn start(core: &mut Core, id: &str) -> (Result<String, StartRefused>, Vec<Output>) {
     core.start_run(Duration::ZERO, RunRequest::default(), id.into())
 }
@@ -447,30 +475,7 @@ fn a_stopped_runs_aggregation_changes_neither_the_strategy_nor_the_checkpoints()
     with_adam.strategy = Box::new(FedOpt::adam(FedOptConfig::defaults(FedOptRule::Adam)));
     with_adam.checkpoint_dir = Some(dir.clone());
     let mut core = Core::new(vec![with_adam]);
-    hello(&mut core, 1, "a", "t");
-    hello(&mut core, 2, "b", "t");
-    start(&mut core, "run-1").0.unwrap();
-    core.handle(
-        Duration::ZERO,
-        Input::Message {
-            actor: actor(1),
-            message: update(1.0),
-        },
-    );
-    let out = core.handle(
-        Duration::ZERO,
-        Input::Message {
-            actor: actor(2),
-            message: update(3.0),
-        },
-    );
-    let job = out
-        .into_iter()
-        .find_map(|o| match o {
-            Output::Aggregate(job) => Some(job),
-            _ => None,
-        })
-        .expect("aggregated");
+    let job = first_round_closed(&mut core);
     // The run is stopped and a new one starts while the job runs elsewhere.
     core.stop(Duration::ZERO);
     start(&mut core, "run-2").0.unwrap();
@@ -508,30 +513,7 @@ fn an_accepted_round_is_checkpointed_and_the_strategy_adopted() {
     with_adam.strategy = Box::new(FedOpt::adam(FedOptConfig::defaults(FedOptRule::Adam)));
     with_adam.checkpoint_dir = Some("/nonexistent/checkpoints".into());
     let mut core = Core::new(vec![with_adam]);
-    hello(&mut core, 1, "a", "t");
-    hello(&mut core, 2, "b", "t");
-    start(&mut core, "run-1").0.unwrap();
-    core.handle(
-        Duration::ZERO,
-        Input::Message {
-            actor: actor(1),
-            message: update(1.0),
-        },
-    );
-    let out = core.handle(
-        Duration::ZERO,
-        Input::Message {
-            actor: actor(2),
-            message: update(3.0),
-        },
-    );
-    let job = out
-        .into_iter()
-        .find_map(|o| match o {
-            Output::Aggregate(job) => Some(job),
-            _ => None,
-        })
-        .expect("aggregated");
+    let job = first_round_closed(&mut core);
     let result = run_aggregation(job);
     let stepped = result.as_ref().unwrap().strategy.state();
     let out = core.handle(
@@ -599,30 +581,7 @@ fn federated_evaluation_is_combined_by_the_strategys_hook() {
     let mut custom = setup("t");
     custom.strategy = Box::new(BestOfEvaluations);
     let mut core = Core::new(vec![custom]);
-    hello(&mut core, 1, "a", "t");
-    hello(&mut core, 2, "b", "t");
-    start(&mut core, "run-1").0.unwrap();
-    core.handle(
-        Duration::ZERO,
-        Input::Message {
-            actor: actor(1),
-            message: update(1.0),
-        },
-    );
-    let out = core.handle(
-        Duration::ZERO,
-        Input::Message {
-            actor: actor(2),
-            message: update(3.0),
-        },
-    );
-    let job = out
-        .into_iter()
-        .find_map(|o| match o {
-            Output::Aggregate(job) => Some(job),
-            _ => None,
-        })
-        .unwrap();
+    let job = first_round_closed(&mut core);
     core.handle(
         Duration::ZERO,
         Input::Aggregated {

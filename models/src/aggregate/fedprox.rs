@@ -3,8 +3,7 @@
 //! on heterogeneous data; the server averages as FedAvg. `mu` reaches the
 //! hospitals in each round's plan (Flower's `proximal_mu`).
 
-use super::kernels::weighted_mean_step;
-use super::{Strategy, WeightedDelta};
+use super::{FedAvg, Strategy, WeightedDelta};
 use crate::error::Result;
 use crate::learner::TrainPlan;
 use crate::params::Params;
@@ -36,14 +35,14 @@ impl Strategy for FedProx {
         hospitals.iter().map(|h| (h.clone(), plan.clone())).collect()
     }
 
+    /// The server side is FedAvg's.
     fn aggregate_train(
         &mut self,
-        _round: u32,
+        round: u32,
         global: &Params,
         updates: &[WeightedDelta<'_>],
     ) -> Result<Params> {
-        let values = weighted_mean_step("FedProx", global.as_slice(), global, updates)?;
-        Params::new(global.layout().clone(), values)
+        FedAvg.aggregate_train(round, global, updates)
     }
 }
 
