@@ -34,6 +34,18 @@ pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
     let c = &task.config;
     let fed = &loaded.config.federation;
     let scaling = task.scaling(loaded)?;
+    let strategy = c.strategy.build(c.hospitals);
+    let quorum = c.effective_min_hospitals();
+    if strategy.min_updates() > quorum {
+        tracing::warn!(
+            task = %task.name,
+            "strategy {} needs at least {} updates a round to keep its guarantee: the quorum of {quorum} is \
+             raised to {}, so a round with fewer (a hospital missing, or an update refused at intake) is retried, then aborts",
+            strategy.name(),
+            strategy.min_updates(),
+            strategy.min_updates()
+        );
+    }
     Ok(TaskSetup {
         name: task.name.clone(),
         fsm: FsmConfig {
@@ -60,7 +72,7 @@ pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
             max_norm: c.max_update_norm,
         },
         evaluator: task.evaluator(loaded.config.run.seed)?,
-        strategy: c.strategy.build(c.hospitals),
+        strategy,
         scaling,
         checkpoint_dir: loaded
             .config

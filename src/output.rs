@@ -43,6 +43,8 @@ pub struct RoundJson {
     #[serde(flatten)]
     pub metrics: MetricsJson,
     pub seconds: f64,
+    /// The whole round, the hospitals' evaluation of its model included.
+    pub seconds_with_evaluation: Option<f64>,
     /// The same model on the hospitals' own test splits.
     pub federated: FederatedJson,
 }
@@ -201,6 +203,7 @@ pub fn task_json(report: &TaskReport, context: &TaskContext) -> TaskJson {
                 participants: r.participants,
                 metrics: (&r.metrics).into(),
                 seconds: r.seconds,
+                seconds_with_evaluation: r.seconds_with_evaluation,
                 federated: (&r.federated).into(),
             })
             .collect(),

@@ -15,7 +15,10 @@ pub struct RoundRecord {
     pub participants: usize,
     /// Global model on the held-out test set after this round.
     pub metrics: Metrics,
+    /// From the round's training requests to its aggregated, evaluated model.
     pub seconds: f64,
+    /// The whole round, its federated evaluation included (None until it closed).
+    pub seconds_with_evaluation: Option<f64>,
     /// The same model on the hospitals' local test splits (federated evaluation).
     pub federated: FederatedEval,
 }

@@ -107,12 +107,10 @@ fn add_attacks(loaded: &mut Loaded, specs: &[String]) -> Result<()> {
             .next()
             .cloned()
             .unwrap_or_else(|| "task".into());
-        let task = loaded
-            .config
-            .tasks
-            .iter_mut()
-            .find(|(name, _)| hospital.strip_prefix(name.as_str()).is_some_and(|i| i.starts_with('-')))
-            .map(|(_, t)| t)
+        // Hospitals are named TASK-I: the task is what precedes the last '-'.
+        let task = hospital
+            .rsplit_once('-')
+            .and_then(|(task, _)| loaded.config.tasks.get_mut(task))
             .with_context(|| {
                 format!("--attack {spec}: no task has a hospital '{hospital}' (hospitals are named TASK-I, e.g. {example}-1)")
             })?;

@@ -192,8 +192,9 @@ pub struct TaskConfig {
     /// which says what to write instead.
     #[serde(default, skip_serializing)]
     pub fedadam: Option<toml::Table>,
-    /// Robustness evaluation, `medfed run` only: hospitals that simulate
-    /// an attack, as `"<task>-<i>" = "KIND[:FACTOR]"` (see `medfed run --help`).
+    /// Robustness evaluation: in-process hospitals (`run`, `serve`) that
+    /// simulate an attack, as `"<task>-<i>" = "KIND[:FACTOR]"` (see `medfed
+    /// run --help`); a cluster hospital attacks with `medfed hospital --attack`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub attack: BTreeMap<String, String>,
     /// Largest accepted L2 norm of an update (model delta); absent: no bound.

@@ -95,14 +95,14 @@ fn a_quorum_is_a_count_or_a_fraction_of_the_hospitals() {
 fn a_strategy_is_a_table_or_a_name_and_its_limits_name_the_key() {
     let with = |extra: &str| parse(&format!("{MINIMAL}\n{extra}\n"), "t.toml", std::iter::empty());
     // Default: FedAvg.
-    assert_eq!(with("").unwrap().tasks["t"].strategy, StrategyConfig::Fedavg);
+    assert_eq!(with("").unwrap().tasks["t"].strategy, StrategyConfig::Fedavg {});
     // The table with parameters.
     let c = with("[tasks.t.strategy]\nname = \"trimmed_mean\"\nbeta = 0.25").unwrap();
     assert_eq!(c.tasks["t"].strategy, StrategyConfig::TrimmedMean { beta: 0.25 });
     // Only the name (the earlier form keeps working), from the environment too.
     let name_only = MINIMAL.replace("hospitals = 2", "hospitals = 2\nstrategy = \"median\"");
     let c = parse(&name_only, "t.toml", std::iter::empty()).unwrap();
-    assert_eq!(c.tasks["t"].strategy, StrategyConfig::Median);
+    assert_eq!(c.tasks["t"].strategy, StrategyConfig::Median {});
     let c = parse(
         MINIMAL,
         "t.toml",

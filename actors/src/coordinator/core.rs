@@ -131,6 +131,8 @@ struct TaskState {
     check: UpdateCheck,
     evaluator: Arc<Mutex<Box<dyn Evaluator>>>,
     strategy: Box<dyn Strategy>,
+    /// Why the training quorum is above the configured one, if it is.
+    quorum_note: Option<String>,
     scaling: Scaling,
     checkpoint_dir: Option<PathBuf>,
     held_out: Option<String>,
@@ -156,15 +158,24 @@ impl TaskState {
     fn new(setup: TaskSetup) -> Self {
         let initial = Arc::new(setup.evaluator.init_params());
         let mut fsm = setup.fsm;
-        // A strategy that needs more updates than the configured quorum raises it.
+        // A strategy that needs more updates than the configured quorum raises
+        // it (the app warns at start); an abort then says why.
         let min_updates = setup.strategy.min_updates();
+        let mut quorum_note = None;
         for stage in fsm
             .protocol
             .round
             .iter_mut()
             .filter(|s| s.kind == StageKind::Train)
         {
-            stage.rules.quorum = stage.rules.quorum.max(min_updates);
+            if min_updates > stage.rules.quorum {
+                quorum_note = Some(format!(
+                    "{} needs at least {min_updates} updates a round, above the configured quorum of {}",
+                    setup.strategy.name(),
+                    stage.rules.quorum
+                ));
+                stage.rules.quorum = min_updates;
+            }
         }
         Self {
             name: setup.name,
@@ -173,6 +184,7 @@ impl TaskState {
             check: setup.check,
             evaluator: Arc::new(Mutex::new(setup.evaluator)),
             strategy: setup.strategy,
+            quorum_note,
             global: GlobalModel {
                 params: initial.clone(),
                 standardizer: fixed_scaler(&setup.scaling),
@@ -235,10 +247,25 @@ impl TaskState {
         }
     }
 
+    /// An abort for want of updates names the strategy when it is the one
+    /// that raised the quorum.
+    fn explain_abort(&self, reason: String) -> String {
+        match &self.quorum_note {
+            Some(note) if reason.contains("required updates") => format!("{reason} ({note})"),
+            _ => reason,
+        }
+    }
+
     fn report(&self) -> TaskReport {
+        let phase = match self.fsm.phase() {
+            Phase::Aborted { reason } => Phase::Aborted {
+                reason: self.explain_abort(reason.clone()),
+            },
+            other => other.clone(),
+        };
         TaskReport {
             hospitals: self.fsm.members().len(),
-            phase: self.fsm.phase().clone(),
+            phase,
             rounds: self.history.clone(),
             drops: self.fsm.drops().clone(),
             rejected: self.rejected.clone(),
@@ -553,9 +580,10 @@ impl Core {
                 metrics,
                 strategy,
             }) => {
+                // The round goes on with its federated evaluation: `round_started`
+                // stays until that stage closes too.
                 let seconds = t
                     .round_started
-                    .take()
                     .map(|started| now.saturating_sub(started).as_secs_f64())
                     .unwrap_or(0.0);
                 let participants = t.kept_updates.len();
@@ -577,6 +605,7 @@ impl Core {
                     participants,
                     metrics: metrics.clone(),
                     seconds,
+                    seconds_with_evaluation: None,
                     federated: FederatedEval::default(),
                 });
                 out.push(Output::Publish(FederationEvent::RoundAggregated {
@@ -861,7 +890,9 @@ impl Core {
                     }));
                 }
                 StageKind::Evaluate => {
+                    let started = t.round_started.take();
                     if let Some(record) = t.history.last_mut().filter(|r| r.round == round) {
+                        record.seconds_with_evaluation = started.map(|s| now.saturating_sub(s).as_secs_f64());
                         let parts: Vec<&Metrics> = record.federated.hospitals.values().collect();
                         record.federated.pooled = t.strategy.aggregate_evaluate(round, &parts);
                     }
@@ -933,13 +964,16 @@ impl Core {
                     rounds,
                 },
             ),
-            Effect::RunAborted { reason } => publish(
-                out,
-                FederationEvent::TaskAborted {
-                    task: task.to_string(),
-                    reason,
-                },
-            ),
+            Effect::RunAborted { reason } => {
+                let reason = t.explain_abort(reason);
+                publish(
+                    out,
+                    FederationEvent::TaskAborted {
+                        task: task.to_string(),
+                        reason,
+                    },
+                )
+            }
         }
         Ok(follow_ups)
     }

@@ -17,9 +17,9 @@ pub struct Bulyan {
 }
 
 impl Bulyan {
-    /// The fewest updates Bulyan's guarantee holds for.
+    /// The fewest updates Bulyan's guarantee holds for (saturating).
     pub fn needs(f: usize) -> usize {
-        4 * f + 3
+        f.saturating_mul(4).saturating_add(3)
     }
 }
 
@@ -32,7 +32,7 @@ pub fn bulyan(inputs: &[&[f32]], f: usize) -> Result<Vec<f32>> {
             Bulyan::needs(f)
         )));
     }
-    let (theta, beta) = (n - 2 * f, n - 4 * f);
+    let (theta, beta) = (n - 2 * f, n - 4 * f); // n >= 4f + 3: no underflow
     let distances = pairwise_sq_distances(inputs)?;
     let mut pool: Vec<usize> = (0..n).collect();
     let mut picked = Vec::with_capacity(theta);

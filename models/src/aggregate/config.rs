@@ -22,12 +22,12 @@ pub const NAMES: [&str; 10] = [
     "bulyan",
 ];
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
 pub enum StrategyConfig {
     /// Sample-weighted Federated Averaging (McMahan et al. 2017).
-    #[default]
-    Fedavg,
+    /// (Empty braces: a unit variant of a tagged enum would accept any key.)
+    Fedavg {},
     /// FedAvg with the proximal term mu/2 ||w - w_global||^2 at every hospital.
     Fedprox {
         #[serde(default = "default_mu")]
@@ -66,7 +66,7 @@ pub enum StrategyConfig {
         tau: f64,
     },
     /// Coordinate-wise median.
-    Median,
+    Median {},
     /// Coordinate-wise mean without the floor(beta n) largest and smallest values.
     TrimmedMean {
         #[serde(default = "default_beta")]
@@ -118,6 +118,12 @@ fn tau() -> f64 {
     FedOptConfig::defaults(FedOptRule::Adam).tau
 }
 
+impl Default for StrategyConfig {
+    fn default() -> Self {
+        StrategyConfig::Fedavg {}
+    }
+}
+
 /// A setting that does not fit: the key under the strategy's table and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unfit {
@@ -133,12 +139,12 @@ impl StrategyConfig {
     /// `name` with its defaults; `None` for an unknown name.
     pub fn named(name: &str) -> Option<Self> {
         Some(match name {
-            "fedavg" => StrategyConfig::Fedavg,
+            "fedavg" => StrategyConfig::Fedavg {},
             "fedprox" => StrategyConfig::Fedprox { mu: default_mu() },
             "fedadam" => Self::fedopt(FedOptRule::Adam, FedOptConfig::defaults(FedOptRule::Adam)),
             "fedyogi" => Self::fedopt(FedOptRule::Yogi, FedOptConfig::defaults(FedOptRule::Yogi)),
             "fedadagrad" => Self::fedopt(FedOptRule::Adagrad, FedOptConfig::defaults(FedOptRule::Adagrad)),
-            "median" => StrategyConfig::Median,
+            "median" => StrategyConfig::Median {},
             "trimmed_mean" => StrategyConfig::TrimmedMean { beta: default_beta() },
             "krum" => StrategyConfig::Krum { f: default_f() },
             "multi_krum" => StrategyConfig::MultiKrum {
@@ -223,12 +229,12 @@ impl StrategyConfig {
 
     pub fn name(&self) -> &'static str {
         match self {
-            StrategyConfig::Fedavg => "fedavg",
+            StrategyConfig::Fedavg {} => "fedavg",
             StrategyConfig::Fedprox { .. } => "fedprox",
             StrategyConfig::Fedadam { .. } => "fedadam",
             StrategyConfig::Fedyogi { .. } => "fedyogi",
             StrategyConfig::Fedadagrad { .. } => "fedadagrad",
-            StrategyConfig::Median => "median",
+            StrategyConfig::Median {} => "median",
             StrategyConfig::TrimmedMean { .. } => "trimmed_mean",
             StrategyConfig::Krum { .. } => "krum",
             StrategyConfig::MultiKrum { .. } => "multi_krum",
@@ -241,7 +247,7 @@ impl StrategyConfig {
     pub fn is_linear(&self) -> bool {
         !matches!(
             self,
-            StrategyConfig::Median
+            StrategyConfig::Median {}
                 | StrategyConfig::TrimmedMean { .. }
                 | StrategyConfig::Krum { .. }
                 | StrategyConfig::MultiKrum { .. }
@@ -252,7 +258,7 @@ impl StrategyConfig {
     /// Fits a task of `hospitals` hospitals; the error names the key.
     pub fn validate(&self, hospitals: usize) -> Result<(), Unfit> {
         match self {
-            StrategyConfig::Fedavg | StrategyConfig::Median => Ok(()),
+            StrategyConfig::Fedavg {} | StrategyConfig::Median {} => Ok(()),
             StrategyConfig::Fedprox { mu } => {
                 if mu.is_finite() && *mu >= 0.0 {
                     Ok(())
@@ -282,8 +288,12 @@ impl StrategyConfig {
                 }
                 Ok(())
             }
-            StrategyConfig::Krum { f } => needs(hospitals, Krum::needs(*f), "2f + 3", *f),
+            StrategyConfig::Krum { f } => {
+                pairwise(hospitals)?;
+                needs(hospitals, Krum::needs(*f), "2f + 3", *f)
+            }
             StrategyConfig::MultiKrum { f, m } => {
+                pairwise(hospitals)?;
                 needs(hospitals, Krum::needs(*f), "2f + 3", *f)?;
                 match m {
                     Some(m) if *m == 0 || *m > hospitals => {
@@ -292,7 +302,10 @@ impl StrategyConfig {
                     _ => Ok(()),
                 }
             }
-            StrategyConfig::Bulyan { f } => needs(hospitals, Bulyan::needs(*f), "4f + 3", *f),
+            StrategyConfig::Bulyan { f } => {
+                pairwise(hospitals)?;
+                needs(hospitals, Bulyan::needs(*f), "4f + 3", *f)
+            }
         }
     }
 
@@ -300,7 +313,7 @@ impl StrategyConfig {
     /// default m is `hospitals - f`).
     pub fn build(&self, hospitals: usize) -> Box<dyn Strategy> {
         match *self {
-            StrategyConfig::Fedavg => Box::new(FedAvg),
+            StrategyConfig::Fedavg {} => Box::new(FedAvg),
             StrategyConfig::Fedprox { mu } => Box::new(FedProx { mu }),
             StrategyConfig::Fedadam { .. }
             | StrategyConfig::Fedyogi { .. }
@@ -308,7 +321,7 @@ impl StrategyConfig {
                 let (rule, c) = self.fedopt_settings().expect("a FedOpt strategy");
                 Box::new(FedOpt::new(rule, c))
             }
-            StrategyConfig::Median => Box::new(Median),
+            StrategyConfig::Median {} => Box::new(Median),
             StrategyConfig::TrimmedMean { beta } => Box::new(TrimmedMean { beta }),
             StrategyConfig::Krum { f } => Box::new(Krum { f, m: None }),
             StrategyConfig::MultiKrum { f, m } => Box::new(Krum {
@@ -318,6 +331,25 @@ impl StrategyConfig {
             StrategyConfig::Bulyan { f } => Box::new(Bulyan { f }),
         }
     }
+}
+
+/// The most hospitals a strategy that compares every pair of updates takes:
+/// its distance matrix is n^2 f64 (3.2 GB at 20,000) and Krum's scores sort
+/// each row.
+pub const MAX_PAIRWISE_HOSPITALS: usize = 20_000;
+
+fn pairwise(hospitals: usize) -> Result<(), Unfit> {
+    if hospitals <= MAX_PAIRWISE_HOSPITALS {
+        return Ok(());
+    }
+    unfit(
+        "name",
+        format!(
+            "compares every pair of updates (n^2 distances: {:.0} GB for {hospitals} hospitals); at most \
+             {MAX_PAIRWISE_HOSPITALS} hospitals, or use median or trimmed_mean",
+            (hospitals as f64).powi(2) * 8.0 / 1e9
+        ),
+    )
 }
 
 fn needs(hospitals: usize, needed: usize, rule: &str, f: usize) -> Result<(), Unfit> {
@@ -397,10 +429,19 @@ mod tests {
         let mut adam = FedOptConfig::defaults(FedOptRule::Adam);
         adam.tau = 0.0;
         assert_eq!(key(StrategyConfig::fedopt(FedOptRule::Adam, adam), 5).key, "tau");
-        // Multi-Krum keeps n - f by default.
+        // Multi-Krum needs 2f + 3, and keeps n - f by default.
         let built = StrategyConfig::MultiKrum { f: 1, m: None }.build(5);
         assert_eq!(built.min_updates(), 5);
-        assert!(StrategyConfig::Median.build(5).min_updates() == 1);
-        assert!(!StrategyConfig::Median.is_linear() && StrategyConfig::Fedprox { mu: 0.1 }.is_linear());
+        let built = StrategyConfig::MultiKrum { f: 1, m: None }.build(100);
+        assert_eq!(
+            built.min_updates(),
+            5,
+            "not n - f: one missing update must not abort"
+        );
+        let e = key(StrategyConfig::Krum { f: 1 }, 20_001);
+        assert!(e.key == "name" && e.message.contains("GB"), "{}", e.message);
+        assert_eq!(key(StrategyConfig::Krum { f: usize::MAX }, 5).key, "f");
+        assert!(StrategyConfig::Median {}.build(5).min_updates() == 1);
+        assert!(!StrategyConfig::Median {}.is_linear() && StrategyConfig::Fedprox { mu: 0.1 }.is_linear());
     }
 }

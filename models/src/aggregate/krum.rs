@@ -21,9 +21,10 @@ pub struct Krum {
 }
 
 impl Krum {
-    /// The fewest updates Krum's guarantee holds for.
+    /// The fewest updates Krum's guarantee holds for (saturating: an absurd
+    /// f asks for more updates than can exist, never for few).
     pub fn needs(f: usize) -> usize {
-        2 * f + 3
+        f.saturating_mul(2).saturating_add(3)
     }
 
     /// Indices of the `m` best-scored updates, best first.
@@ -60,17 +61,22 @@ impl Strategy for Krum {
                 apply_step(global, inputs[best])
             }
             Some(m) => {
-                let chosen: Vec<WeightedDelta<'_>> =
-                    self.select(&inputs, m)?.into_iter().map(|i| updates[i]).collect();
+                // Of k updates, at most k - f can be trusted to average.
+                let keep = m.min(inputs.len().saturating_sub(self.f)).max(1);
+                let chosen: Vec<WeightedDelta<'_>> = self
+                    .select(&inputs, keep)?
+                    .into_iter()
+                    .map(|i| updates[i])
+                    .collect();
                 let values = weighted_mean_step("Multi-Krum", global.as_slice(), global, &chosen)?;
                 Params::new(global.layout().clone(), values)
             }
         }
     }
 
-    /// n >= 2f + 3, and at least `m` to choose from.
+    /// n >= 2f + 3 (Multi-Krum keeps min(m, n - f) of what arrived).
     fn min_updates(&self) -> usize {
-        Self::needs(self.f).max(self.m.unwrap_or(1))
+        Self::needs(self.f)
     }
 }
 
@@ -103,6 +109,10 @@ mod tests {
         let next = aggregate(&mut Krum { f: 1, m: Some(3) }, &[10.0, 10.0], &attacked_five());
         assert_eq!(next, vec![12.0, 10.0]);
         assert_eq!(Krum { f: 1, m: None }.min_updates(), 5);
-        assert_eq!(Krum { f: 1, m: Some(7) }.min_updates(), 7);
+        assert_eq!(Krum { f: 1, m: Some(7) }.min_updates(), 5);
+        assert_eq!(Krum::needs(usize::MAX), usize::MAX);
+        // m larger than the updates that came, less f: the n - f best (4 of 5).
+        let next = aggregate(&mut Krum { f: 1, m: Some(50) }, &[10.0, 10.0], &attacked_five());
+        assert_eq!(next, vec![12.5, 10.5], "the honest four, never the attacker");
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BinaryHeap;
 
 use rand::seq::SliceRandom;
+use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Gamma};
@@ -92,9 +93,11 @@ impl Partition {
                 "a sorted partition needs the feature column '{feature}'; these examples have labels only"
             ))),
             Partition::Dirichlet { alpha } => {
+                // Up to DIRICHLET_FLOOR rows each while there are enough;
+                // a held-out share may be empty only when rows are fewer than hospitals.
                 let floor = match shards {
                     Shards::NonEmpty => DIRICHLET_FLOOR.min(labels.len() / k).max(1),
-                    Shards::MayBeEmpty => 0,
+                    Shards::MayBeEmpty => DIRICHLET_FLOOR.min(labels.len() / k),
                 };
                 dirichlet(labels, k, *alpha, floor, &mut rng)
             }
@@ -160,16 +163,17 @@ fn dirichlet(
             start = end;
         }
     }
-    top_up(&mut shards, floor);
+    top_up(&mut shards, floor, rng);
     for s in &mut shards {
         s.sort_unstable();
     }
     Ok(shards)
 }
 
-/// Move rows from the largest shards to those below `floor` (the caller
+/// Move rows, each drawn at random (a shard holds its negatives before its
+/// positives), from the largest shards to those below `floor` (the caller
 /// ensures `floor * shards <= rows`, so there is always a donor).
-fn top_up(shards: &mut [Vec<usize>], floor: usize) {
+fn top_up(shards: &mut [Vec<usize>], floor: usize, rng: &mut ChaCha8Rng) {
     // (size, shard); an entry whose size is no longer the shard's is stale.
     let mut largest: BinaryHeap<(usize, usize)> =
         shards.iter().enumerate().map(|(i, s)| (s.len(), i)).collect();
@@ -184,9 +188,8 @@ fn top_up(shards: &mut [Vec<usize>], floor: usize) {
             if len <= floor {
                 return; // no shard has a row to spare
             }
-            if let Some(row) = shards[donor].pop() {
-                shards[needy].push(row);
-            }
+            let row = shards[donor].swap_remove(rng.random_range(0..len));
+            shards[needy].push(row);
             largest.push((len - 1, donor));
         }
     }
@@ -301,10 +304,37 @@ mod tests {
             e.contains("455 rows cannot give each of 456 hospitals a row"),
             "{e}"
         );
-        // Held-out shares may be empty: no floor.
+        // Held-out shares keep the floor while there are rows enough, and
+        // may be empty only when there are fewer rows than hospitals.
+        let shares = Partition::Dirichlet { alpha: 0.5 }
+            .split_with(&data, 45, 1, Shards::MayBeEmpty)
+            .unwrap();
+        assert!(shares.iter().all(|s| s.len() >= 10));
         let shares = Partition::Dirichlet { alpha: 0.5 }
             .split_with(&data, 1000, 1, Shards::MayBeEmpty)
             .unwrap();
         covers_every_row_once(&shares, 455);
+    }
+
+    #[test]
+    fn topped_up_rows_are_drawn_from_both_classes() {
+        // alpha 0.05 leaves most of 100 hospitals short: they are topped up
+        // to 10 rows, and those rows must not all be positives.
+        let data = gaussian_blobs(2000, 3, 0.5, 1.0, 8);
+        let shards = Partition::Dirichlet { alpha: 0.05 }.split(&data, 100, 3).unwrap();
+        covers_every_row_once(&shards, 2000);
+        let topped: Vec<&Vec<usize>> = shards.iter().filter(|s| s.len() == 10).collect();
+        assert!(topped.len() > 20, "{} shards at the floor", topped.len());
+        let rows = topped.iter().map(|s| s.len()).sum::<usize>() as f64;
+        let positives = topped
+            .iter()
+            .flat_map(|s| s.iter())
+            .filter(|&&i| data.labels[i])
+            .count() as f64;
+        let share = positives / rows;
+        assert!(
+            (0.3..0.7).contains(&share),
+            "positive share of topped-up rows {share}"
+        );
     }
 }
