@@ -110,7 +110,7 @@ impl Params {
         Params::new(Arc::new(layout), values)
     }
 
-    /// No tensors at all: a placeholder until a model's values arrive.
+    /// No tensors at all: an empty slot until a model's values arrive.
     pub fn empty() -> Self {
         let layout = Layout {
             specs: Vec::new(),

@@ -79,7 +79,7 @@ pub trait WireMessage: Sized + Serialize + DeserializeOwned + CarriesTensors {
         let mut message: Self =
             serde_json::from_slice(r.take(len)?).map_err(|e| WireError::Malformed(format!("header: {e}")))?;
         let block = r.take(r.remaining())?;
-        // An empty placeholder stands where the header left the tensors out.
+        // An empty slot stands where the header left the tensors out.
         let wants = message.tensors().is_some();
         match (wants, block.is_empty()) {
             (true, true) => Err(WireError::Malformed(format!(
@@ -112,7 +112,8 @@ impl WireMessage for Uplinked {
     }
 }
 
-fn placeholder() -> Params {
+/// The empty tensor slot a decoded header holds until the tensor block fills it.
+fn tensor_slot() -> Params {
     Params::empty()
 }
 
@@ -141,7 +142,7 @@ pub mod model_without_params {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<GlobalModel, D::Error> {
         let h = Header::deserialize(d)?;
         Ok(GlobalModel {
-            params: Arc::new(super::placeholder()),
+            params: Arc::new(super::tensor_slot()),
             standardizer: h.standardizer.map(Arc::new),
         })
     }
@@ -176,7 +177,7 @@ pub mod update_without_delta {
         let h = Header::deserialize(d)?;
         // The release label is the sender's word; the coordinator checks the update itself.
         Ok(LocalUpdate {
-            delta: super::placeholder(),
+            delta: super::tensor_slot(),
             num_examples: h.num_examples,
             train_loss: h.train_loss,
             release: h.release,
