@@ -91,6 +91,24 @@ fn in_round_one() -> (TaskFsm, TimerId) {
 }
 
 /// Round `round` trained by everyone and aggregated: evaluation begins.
+/// "a" and "b" through a whole one-round run: statistics, training,
+/// evaluation; the machine is `Finished { rounds: 1 }`.
+fn finished_one_round_run() -> TaskFsm {
+    let mut fsm = TaskFsm::new(FsmConfig {
+        rounds: 1,
+        ..config()
+    });
+    joined(&mut fsm, &["a", "b"]);
+    fsm.handle(Event::Start { rounds: 1 });
+    fsm.handle(stats("a", 0));
+    fsm.handle(stats("b", 0));
+    through_training(&mut fsm, 1, &["a", "b"]);
+    fsm.handle(evaluation("a", 1));
+    fsm.handle(evaluation("b", 1));
+    assert_eq!(fsm.phase(), &Phase::Finished { rounds: 1 });
+    fsm
+}
+
 fn through_training(fsm: &mut TaskFsm, round: u32, names: &[&str]) -> Vec<Effect> {
     for h in names {
         fsm.handle(valid(h, round, 0));
@@ -472,18 +490,7 @@ fn stop_in_every_phase() {
     through_training(&mut fsm, 1, &["a", "b", "c"]);
     stopped_after(&mut fsm, 1);
     // Finished: stays finished.
-    let mut fsm = TaskFsm::new(FsmConfig {
-        rounds: 1,
-        ..config()
-    });
-    joined(&mut fsm, &["a", "b"]);
-    fsm.handle(Event::Start { rounds: 1 });
-    fsm.handle(stats("a", 0));
-    fsm.handle(stats("b", 0));
-    through_training(&mut fsm, 1, &["a", "b"]);
-    fsm.handle(evaluation("a", 1));
-    fsm.handle(evaluation("b", 1));
-    assert_eq!(fsm.phase(), &Phase::Finished { rounds: 1 });
+    let mut fsm = finished_one_round_run();
     assert!(fsm.handle(Event::Stop).is_empty());
     assert_eq!(fsm.phase(), &Phase::Finished { rounds: 1 });
 }
@@ -648,18 +655,7 @@ fn phases_serialise_with_the_name_the_panel_shows() {
 
 #[test]
 fn a_run_stopped_while_assembling_reports_none_of_the_previous_runs_rounds() {
-    let mut fsm = TaskFsm::new(FsmConfig {
-        rounds: 1,
-        ..config()
-    });
-    joined(&mut fsm, &["a", "b"]);
-    fsm.handle(Event::Start { rounds: 1 });
-    fsm.handle(stats("a", 0));
-    fsm.handle(stats("b", 0));
-    through_training(&mut fsm, 1, &["a", "b"]);
-    fsm.handle(evaluation("a", 1));
-    fsm.handle(evaluation("b", 1));
-    assert_eq!(fsm.phase(), &Phase::Finished { rounds: 1 });
+    let mut fsm = finished_one_round_run();
     // The next run waits for a hospital that left, and is stopped meanwhile.
     fsm.handle(Event::Left("b".into()));
     fsm.handle(Event::Start { rounds: 1 });
