@@ -131,6 +131,14 @@ fn update_of_run(run: u64, value: f32) -> ToCoordinator {
     }
 }
 
+/// The aggregation job among a step's outputs, if a training stage closed.
+fn aggregate_job(out: Vec<Output>) -> Option<AggregateJob> {
+    out.into_iter().find_map(|o| match o {
+        Output::Aggregate(job) => Some(job),
+        _ => None,
+    })
+}
+
 /// Hospitals "a" and "b" join, run-1 starts, both send round 1's update
 /// (1.0 and 3.0): the stage closes and this is its aggregation job.
 fn first_round_closed(core: &mut Core) -> AggregateJob {
@@ -151,12 +159,7 @@ fn first_round_closed(core: &mut Core) -> AggregateJob {
             message: update(3.0),
         },
     );
-    out.into_iter()
-        .find_map(|o| match o {
-            Output::Aggregate(job) => Some(job),
-            _ => None,
-        })
-        .expect("the closed stage is aggregated")
+    aggregate_job(out).expect("the closed stage is aggregated")
 }
 
 fn start(core: &mut Core, id: &str) -> (Result<String, StartRefused>, Vec<Output>) {
@@ -239,13 +242,7 @@ fn a_run_from_start_to_end_with_payloads_in_the_outputs() {
             message: update(3.0),
         },
     );
-    let job = out
-        .into_iter()
-        .find_map(|o| match o {
-            Output::Aggregate(job) => Some(job),
-            _ => None,
-        })
-        .expect("the closed stage is aggregated");
+    let job = aggregate_job(out).expect("the closed stage is aggregated");
     assert_eq!((job.round, job.generation, job.updates.len()), (1, 1, 2));
     let result = run_aggregation(job);
     assert_eq!(result.as_ref().unwrap().params.as_slice(), &[2.0, 2.0, 2.0]);
@@ -457,13 +454,7 @@ fn an_answer_to_an_earlier_run_is_dropped_as_late_and_the_fresh_one_counts() {
             message: update_of_run(2, 3.0),
         },
     );
-    let job = out
-        .into_iter()
-        .find_map(|o| match o {
-            Output::Aggregate(job) => Some(job),
-            _ => None,
-        })
-        .expect("run 2's round closes with its own two updates");
+    let job = aggregate_job(out).expect("run 2's round closes with its own two updates");
     assert_eq!(run_aggregation(job).unwrap().params.as_slice(), &[2.0; 3]);
     assert_eq!(core.report().tasks["t"].drops.duplicate, 0);
 }
