@@ -213,6 +213,26 @@ fn tabular_checkpoints_carry_their_scaler() {
         m.accuracy,
         v["tasks"]["breast_cancer"]["final"]["accuracy"].as_f64().unwrap()
     );
+    // Byte-deterministic across processes: the same seed, the same file.
+    let again = dir.path().join("m2");
+    medfed(
+        &[
+            "run",
+            "--task",
+            "breast_cancer",
+            "--rounds",
+            "2",
+            "--json",
+            "--save-model",
+            again.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let bytes = |d: &Path| std::fs::read(d.join("breast_cancer.safetensors")).unwrap();
+    assert!(
+        bytes(&models) == bytes(&again),
+        "two seeded runs saved different files"
+    );
 }
 
 #[test]

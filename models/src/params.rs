@@ -2,7 +2,7 @@
 //! buffer, so aggregation streams over a flat slice while checkpoints and the
 //! wire format still see names and shapes (the same shape as a safetensors file).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -202,21 +202,49 @@ impl Params {
         }
     }
 
-    /// Serialise as a safetensors file (F32, little-endian) with optional metadata.
-    pub fn to_safetensors(&self, metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>> {
-        let buffers: Vec<(&TensorSpec, Vec<u8>)> = self
-            .tensors()
-            .map(|(spec, values)| (spec, f32_bytes(values)))
-            .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = buffers
-            .iter()
-            .map(|(spec, bytes)| {
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, spec.shape.clone(), bytes)
-                    .map(|view| (spec.name.clone(), view))
-                    .map_err(|e| ModelError::Safetensors(e.to_string()))
-            })
-            .collect::<Result<_>>()?;
-        safetensors::serialize(views, metadata).map_err(|e| ModelError::Safetensors(e.to_string()))
+    /// Serialise as a safetensors file (F32, little-endian) with optional
+    /// metadata. Byte-deterministic: the same tensors and metadata give the
+    /// same file (metadata keys sorted, tensors in layout order), so a
+    /// model's sha256 identifies it. The safetensors crate writes its
+    /// metadata from a `HashMap`, whose order changes from process to process.
+    pub fn to_safetensors(&self, metadata: Option<BTreeMap<String, String>>) -> Result<Vec<u8>> {
+        use serde_json::{json, Value};
+        let mut fields: Vec<(String, Value)> = Vec::new();
+        if let Some(meta) = metadata {
+            fields.push(("__metadata__".into(), json!(meta)));
+        }
+        let mut offset = 0usize;
+        for (spec, _) in self.tensors() {
+            let bytes = spec.numel() * 4;
+            fields.push((
+                spec.name.clone(),
+                json!({"dtype": "F32", "shape": spec.shape, "data_offsets": [offset, offset + bytes]}),
+            ));
+            offset += bytes;
+        }
+        // Written by hand so that the key order is the order above, whatever
+        // serde_json's map ordering feature says.
+        let mut header = String::from("{");
+        for (i, (key, value)) in fields.iter().enumerate() {
+            if i > 0 {
+                header.push(',');
+            }
+            header.push_str(&Value::String(key.clone()).to_string());
+            header.push(':');
+            header.push_str(&value.to_string());
+        }
+        header.push('}');
+        // The data starts 8-byte aligned, as the format recommends.
+        while (8 + header.len()) % 8 != 0 {
+            header.push(' ');
+        }
+        let mut out = Vec::with_capacity(8 + header.len() + offset);
+        out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
+        for (_, values) in self.tensors() {
+            out.extend_from_slice(&f32_bytes(values));
+        }
+        Ok(out)
     }
 
     /// Parse a safetensors file. Tensors keep the order of `expected` when it
