@@ -26,7 +26,7 @@ use medfed_models::checkpoint::Checkpoint;
 use medfed_models::learner::TrainPlan;
 
 use crate::config::Loaded;
-use crate::hospital_learner::{self, Site};
+use crate::hospital_learner::{self, Ledgers, Site};
 use crate::shutdown::{RunEnd, ShutdownSignal};
 use crate::tasks::PreparedTask;
 
@@ -97,8 +97,9 @@ pub struct RunResult {
 
 /// Where a federation's hospitals run.
 pub enum Hospitals {
-    /// One hospital actor per shard, in this process (`run`, `serve`).
-    InProcess,
+    /// One hospital actor per shard, in this process (`run`, `serve`),
+    /// keeping its privacy ledger where `Ledgers` says.
+    InProcess(Ledgers),
     /// In their own processes (`medfed hospital`), connecting to this
     /// process's cluster node; its traffic is counted in `stats`.
     Remote {
@@ -165,7 +166,7 @@ impl Federation {
             sessions: None,
         };
         let built = match hospitals_at {
-            Hospitals::InProcess => federation.spawn_hospitals(loaded, tasks).await,
+            Hospitals::InProcess(ledgers) => federation.spawn_hospitals(loaded, tasks, &ledgers).await,
             Hospitals::Remote { node, tasks, stats } => federation.listen(node, tasks, stats).await,
         };
         if let Err(e) = built {
@@ -175,7 +176,12 @@ impl Federation {
         Ok(federation)
     }
 
-    async fn spawn_hospitals(&mut self, loaded: &Loaded, tasks: &[PreparedTask]) -> Result<()> {
+    async fn spawn_hospitals(
+        &mut self,
+        loaded: &Loaded,
+        tasks: &[PreparedTask],
+        ledgers: &Ledgers,
+    ) -> Result<()> {
         let all_names: BTreeSet<String> = tasks
             .iter()
             .flat_map(|t| (0..t.hospital_count()).map(|i| t.hospital_name(i)))
@@ -197,8 +203,15 @@ impl Federation {
             for i in 0..task.hospital_count() {
                 let name = task.hospital_name(i);
                 let site = task.site(i).context("shard index within the hospital count")?;
-                let built =
-                    hospital_learner::build(loaded, &name, &task.name, site, rounds, Site::InProcess)?;
+                let built = hospital_learner::build(
+                    loaded,
+                    &name,
+                    &task.name,
+                    site,
+                    rounds,
+                    Site::InProcess,
+                    ledgers,
+                )?;
                 let local_test = task.local_test(i, loaded.config.run.seed)?;
                 let attack = task
                     .config
@@ -364,7 +377,8 @@ pub async fn run_to_end(
     on_event: impl FnMut(&FederationEvent),
 ) -> Result<RunResult> {
     let started = Instant::now();
-    let mut federation = Federation::spawn(loaded, tasks, Hospitals::InProcess, &["run"]).await?;
+    let ledgers = Ledgers::for_simulation(loaded);
+    let mut federation = Federation::spawn(loaded, tasks, Hospitals::InProcess(ledgers), &["run"]).await?;
     let events = federation.recording("run")?;
     let outcome = drive(&federation.client(), tasks, events, shutdown, on_event).await;
     federation.shutdown().await;

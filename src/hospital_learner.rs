@@ -3,6 +3,8 @@
 //! same learner training with DP-SGD or update-level DP behind the budget
 //! guard and its ledger, keyed by the content of the hospital's records.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Context, Result};
 use tracing::{info, warn};
 
@@ -42,6 +44,48 @@ impl Site {
     }
 }
 
+/// Where hospitals keep their privacy ledgers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ledgers {
+    /// `medfed run` without `privacy.ledger_dir`: in memory, so every
+    /// simulation starts from a full budget (its output says so).
+    Simulation,
+    /// A directory that outlives the process.
+    Kept(PathBuf),
+}
+
+impl Ledgers {
+    /// `medfed run`: `privacy.ledger_dir` if set, else in memory.
+    pub fn for_simulation(loaded: &Loaded) -> Self {
+        match &loaded.config.privacy.ledger_dir {
+            Some(dir) => Ledgers::Kept(loaded.resolve(dir)),
+            None => Ledgers::Simulation,
+        }
+    }
+
+    /// `serve`, `coordinator`, `hospital`: `privacy.ledger_dir`, else
+    /// `<data_dir>/ledgers`. With differential privacy off no ledger is
+    /// kept and no directory is created.
+    pub fn long_lived(loaded: &Loaded) -> Result<Self> {
+        let privacy = &loaded.config.privacy;
+        Ok(match &privacy.ledger_dir {
+            Some(dir) => Ledgers::Kept(loaded.resolve(dir)),
+            None if privacy.mode == PrivacyMode::Off => Ledgers::Simulation,
+            None => Ledgers::Kept(loaded.data_dir()?.join("ledgers")),
+        })
+    }
+
+    /// For the run's output.
+    pub fn describe(&self) -> String {
+        match self {
+            Ledgers::Simulation => "in memory (simulation: every `medfed run` starts from a full budget; \
+                 set privacy.ledger_dir to keep them)"
+                .into(),
+            Ledgers::Kept(dir) => dir.display().to_string(),
+        }
+    }
+}
+
 /// `dataset` names what the hospital's data is (its task); together with
 /// the records' fingerprint it keys the ledger. `rounds` is the planned
 /// number of rounds the noise is calibrated for.
@@ -52,6 +96,7 @@ pub fn build(
     site: Box<dyn SiteData>,
     rounds: u32,
     runs_at: Site,
+    ledgers: &Ledgers,
 ) -> Result<BuiltLearner> {
     let privacy = &loaded.config.privacy;
     if privacy.mode == PrivacyMode::Off {
@@ -67,11 +112,20 @@ pub fn build(
              in one process (`medfed run`) on data that is not real; use \"secure\""
         );
     }
-    if privacy.ledger_dir.is_none() && runs_at == Site::Cluster {
+    let ledger_dir = match ledgers {
+        Ledgers::Kept(dir) => Some(dir),
+        Ledgers::Simulation if runs_at == Site::Cluster => bail!(
+            "a cluster hospital with differential privacy on needs a persistent ledger: without one \
+             every restart would start from a full budget and release a freshly noised record count, \
+             and averaging those reveals the count"
+        ),
+        Ledgers::Simulation => None,
+    };
+    if privacy.noise == NoiseKind::Seeded && ledger_dir.is_some() {
         bail!(
-            "a cluster hospital with differential privacy on needs privacy.ledger_dir: without a \
-             ledger every restart would start from a full budget and release a freshly noised \
-             record count, and averaging those reveals the count"
+            "privacy.noise = \"seeded\" is for `medfed run` simulations on data that is not real: \
+             a long-lived hospital keeps a persistent ledger, and seeded noise is reproducible \
+             (anyone who knows the seed can subtract it); use \"secure\""
         );
     }
     let p = privacy.for_hospital(name);
@@ -96,8 +150,9 @@ pub fn build(
     if let Some(advice) = budget.advice(records) {
         warn!(hospital = %name, "{advice}");
     }
-    let ledger = match &privacy.ledger_dir {
-        Some(dir) => Ledger::open(&loaded.resolve(dir), &key)?,
+    let ledger = match ledger_dir {
+        Some(dir) => Ledger::open(dir, &key)
+            .with_context(|| format!("hospital {name}: a private hospital needs a writable ledger"))?,
         None => Ledger::in_memory(&key),
     };
     let count = CountRelease {
@@ -116,7 +171,15 @@ pub fn build(
         PrivacyMode::DpSgd => (p.sampling_rate, p.local_steps),
         _ => (1.0, 1),
     };
-    let total_steps = steps_per_round * u64::from(rounds);
+    // A cluster hospital outlives a coordinator crash, after which it may
+    // train a round twice. (In-process hospitals restart with their
+    // coordinator and recalibrate from their ledger.)
+    let replays = if runs_at == Site::Cluster {
+        privacy.replay_allowance
+    } else {
+        0
+    };
+    let total_steps = steps_per_round * u64::from(rounds.saturating_add(replays));
     let sigma = match p.noise_multiplier {
         Some(s) => s,
         None => match noise_for_epsilon(p.epsilon, q, total_steps, p.delta, Some(&prior)) {
@@ -131,7 +194,7 @@ pub fn build(
             Err(e) => return Err(e).with_context(|| format!("hospital {name}: calibrating the noise")),
         },
     };
-    info!(hospital = %name, mode = privacy.mode.name(), sigma, q, steps = total_steps, ledger = %key.file_name(), "privacy calibrated");
+    info!(hospital = %name, mode = privacy.mode.name(), sigma, q, steps = total_steps, replays, ledger = %key.file_name(), "privacy calibrated");
     let dp = match privacy.mode {
         PrivacyMode::DpSgd => LocalDp::DpSgd {
             sampling_rate: p.sampling_rate,

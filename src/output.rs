@@ -114,6 +114,8 @@ pub struct PrivacyJson {
     pub noise_multiplier: BTreeMap<String, f64>,
     pub epsilon_spent: BTreeMap<String, f64>,
     pub epsilon_budget: BTreeMap<String, f64>,
+    /// Where the hospitals' ledgers are kept ("in memory (simulation ...)").
+    pub ledgers: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -138,7 +140,8 @@ pub struct TaskContext {
 }
 
 impl TaskContext {
-    pub fn of(task: &PreparedTask, loaded: &Loaded, centralized: Option<Metrics>) -> Self {
+    /// `ledgers` says where the hospitals' privacy ledgers are kept.
+    pub fn of(task: &PreparedTask, loaded: &Loaded, centralized: Option<Metrics>, ledgers: &str) -> Self {
         let (train_rows, test_rows) = task.sizes();
         let privacy = &loaded.config.privacy;
         TaskContext {
@@ -154,6 +157,7 @@ impl TaskContext {
                 relation,
                 delta: privacy.delta,
                 released: released_items(privacy.mode, privacy.scaling, task.unit()),
+                ledgers: ledgers.to_string(),
             }),
         }
     }
@@ -166,6 +170,7 @@ pub struct PrivacyContext {
     pub relation: &'static str,
     pub delta: f64,
     pub released: Vec<&'static str>,
+    pub ledgers: String,
 }
 
 /// What leaves a hospital under `mode`, as the README lists it.
@@ -234,6 +239,7 @@ pub fn task_json(report: &TaskReport, context: &TaskContext) -> TaskJson {
                 .iter()
                 .map(|(h, p)| (h.clone(), p.budget))
                 .collect(),
+            ledgers: p.ledgers.clone(),
         }),
     }
 }
@@ -383,6 +389,7 @@ pub fn task_table(name: &str, report: &TaskReport, context: &TaskContext) -> Str
         mode,
         relation,
         delta,
+        ledgers,
         ..
     }) = &context.privacy
     {
@@ -405,6 +412,7 @@ pub fn task_table(name: &str, report: &TaskReport, context: &TaskContext) -> Str
                 spent.join(", ")
             }
         );
+        let _ = writeln!(out, "privacy ledgers: {ledgers}");
     }
     let rejected: u64 = report.rejected.values().sum();
     let d = &report.drops;

@@ -346,8 +346,8 @@ fn unsafe_privacy_combinations_are_refused_with_the_reason() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("non-private model on the pooled data"));
-    // A cluster hospital with seeded noise, or without a ledger directory:
-    // refused before it connects anywhere.
+    // A cluster hospital with seeded noise, or whose ledger cannot be
+    // written: refused before it connects anywhere.
     let cookie = dir.path().join("cookie");
     std::fs::write(&cookie, "a-test-cookie-of-sufficient-length").unwrap();
     let cookie = cookie.to_str().unwrap();
@@ -371,8 +371,10 @@ fn unsafe_privacy_combinations_are_refused_with_the_reason() {
     };
     let err = hospital(&[SEEDED]);
     assert!(err.contains("refused for a cluster hospital"), "{err}");
-    let err = hospital(&[]);
-    assert!(err.contains("needs privacy.ledger_dir"), "{err}");
+    let err = hospital(&[("MEDFED_PRIVACY__LEDGER_DIR", "/proc/medfed-ledgers")]);
+    assert!(err.contains("needs a writable ledger"), "{err}");
+    let err = hospital(&[("MEDFED_RUN__DATA_DIR", "/proc/medfed-data")]);
+    assert!(err.contains("data directory /proc/medfed-data"), "{err}");
 }
 
 /// Spending is keyed to the data, and so is the budget: a second run that
@@ -573,4 +575,49 @@ fn privacy_config_errors_name_the_key() {
     // delta must be below 1/n for each hospital (about 91 records here).
     let out = medfed(&one_private_round, &[("MEDFED_PRIVACY__DELTA", "0.05")]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be below 1/n"));
+}
+
+/// Every noised release counts in the report, the rejected ones too: here
+/// every update is clipped into noise so large that the coordinator rejects
+/// it, yet each hospital's spending is reported (it once said "nothing
+/// reported"). A `medfed run` says its ledgers are in memory.
+#[test]
+fn rejected_releases_are_reported_and_simulated_ledgers_say_so() {
+    let out = medfed(
+        &[
+            "run",
+            "--config",
+            "config/dp.toml",
+            "--dp-epsilon",
+            "0.001",
+            "--rounds",
+            "2",
+            "--json",
+        ],
+        &[("MEDFED_PRIVACY__MODE", "update")],
+    );
+    assert_eq!(out.status.code(), Some(2), "nothing usable: the run aborts");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let task = &v["tasks"]["breast_cancer"];
+    assert!(task["rejected"]["norm_too_large"].as_u64().unwrap() > 0, "{task}");
+    let privacy = &task["privacy"];
+    assert_eq!(
+        privacy["epsilon_spent"].as_object().unwrap().len(),
+        5,
+        "{privacy}"
+    );
+    assert_eq!(privacy["epsilon_budget"]["breast_cancer-3"], 0.001);
+    assert!(
+        privacy["ledgers"]
+            .as_str()
+            .unwrap()
+            .starts_with("in memory (simulation"),
+        "{privacy}"
+    );
+    let text = medfed(&["run", "--config", "config/dp.toml", "--rounds", "1"], &[]);
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        stdout.contains("privacy ledgers: in memory (simulation"),
+        "{stdout}"
+    );
 }

@@ -657,3 +657,50 @@ fn an_attacking_hospital_process_declares_itself_and_the_median_holds() {
     assert_eq!(t["status"], "finished");
     assert!(t["final"]["accuracy"].as_f64().unwrap() > 0.9, "{t}");
 }
+
+/// A cluster hospital keeps its ledger under its data directory by default:
+/// restarted, it carries on from what it spent, and a restarted coordinator
+/// reports that spending from the hospitals' hellos and updates.
+#[test]
+fn spent_budgets_survive_restarts_of_hospitals_and_coordinator() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let dp = owned(&["--config", "config/dp.toml"]);
+    let run_args = |rounds: &str| {
+        let mut a = dp.clone();
+        a.extend(owned(&[
+            "--rounds",
+            rounds,
+            "--auto-start",
+            "--exit-after-run",
+            "--json",
+        ]));
+        a
+    };
+    let all = [("MEDFED_TASKS__BREAST_CANCER__MIN_HOSPITALS", "5")];
+    let mut first = start_coordinator(d, "coordinator-1", &addr, &run_args("2"), &all);
+    let mut hospitals: Vec<Process> = (1..=5)
+        .map(|i| start_hospital(d, &format!("h{i}"), &addr, i, &dp, &[]))
+        .collect();
+    assert!(first.wait_exit(LONG).success(), "{}", first.log());
+    let spent = |run: &Value, h: &str| task(run)["privacy"]["epsilon_spent"][h].as_f64().unwrap();
+    let after_two = spent(&first.json(), "breast_cancer-1");
+    assert!(after_two > 0.0);
+    // Hospital 1 restarts (same data directory), then the coordinator.
+    hospitals[0].kill();
+    hospitals[0] = start_hospital(d, "h1", &addr, 1, &dp, &[]);
+    let mut second = start_coordinator(d, "coordinator-2", &addr, &run_args("1"), &all);
+    assert!(second.wait_exit(LONG).success(), "{}", second.log());
+    let run = second.json();
+    assert_eq!(task(&run)["status"], "finished");
+    let after_three = spent(&run, "breast_cancer-1");
+    assert!(
+        after_three > after_two,
+        "a restarted hospital starts from its ledger: {after_three} after {after_two}"
+    );
+    // Its noise leaves room for rounds replayed after a coordinator crash.
+    assert_eq!(hospitals[0].count(&["privacy calibrated", "\"replays\":2"]), 1);
+    // It recalibrated its noise for what is left of its budget.
+    assert!(after_three <= 3.0 + 1e-9);
+}

@@ -315,10 +315,7 @@ impl Drop for Prometheus {
 #[test]
 fn metrics_pass_promtool_cover_the_dashboard_and_are_scraped_by_prometheus() {
     // DP on, so the privacy families have samples too.
-    let s = Served::start(
-        &["--task", "breast_cancer", "--dp-epsilon", "8"],
-        &[("MEDFED_PRIVACY__NOISE", "seeded")],
-    );
+    let s = Served::start(&["--task", "breast_cancer", "--dp-epsilon", "8"], &[]);
     let id = start_run(&s, json!({"rounds": 3}));
     assert_eq!(wait_ended(&s, &id)["status"], "finished");
     get_json(&s, "/api/state");
@@ -423,4 +420,51 @@ fn metrics_pass_promtool_cover_the_dashboard_and_are_scraped_by_prometheus() {
         let v = query(&expr).unwrap_or(Value::Null);
         assert_eq!(v["status"], "success", "{expr}: {v}");
     }
+}
+
+/// `serve` keeps each hospital's ledger under its data directory: after a
+/// restart the hospitals show what they spent before any run, and a
+/// hospital whose budget is spent stays spent (it was once back at 0).
+#[test]
+fn spent_budgets_survive_a_restart_of_serve() {
+    let data = tempfile::tempdir().unwrap();
+    let args = ["--task", "breast_cancer", "--dp-epsilon", "1"];
+    let spent_of = |s: &Served| -> Vec<f64> {
+        let (_, v) = get_json(s, "/api/hospitals");
+        v["hospitals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["epsilon_spent"].as_f64().expect("spent shown from the ledger"))
+            .collect()
+    };
+    let mut first = Served::start_in(data.path(), &args, &[]);
+    // DP-SGD hospitals release their noised record count when they start.
+    let before = spent_of(&first);
+    assert!(before.iter().all(|e| *e > 0.0 && *e < 1.0), "{before:?}");
+    let id = start_run(&first, json!({"rounds": 3}));
+    assert_eq!(wait_ended(&first, &id)["status"], "finished");
+    let after_run = spent_of(&first);
+    assert!(
+        after_run.iter().zip(&before).all(|(a, b)| a > b),
+        "{after_run:?} after {before:?}"
+    );
+    first.terminate();
+    first.wait_exit(Duration::from_secs(60));
+    assert!(data.path().join("ledgers").join("ledgers.index").exists());
+
+    let mut second = Served::start_in(data.path(), &args, &[]);
+    assert_eq!(spent_of(&second), after_run, "the ledgers outlived the process");
+    // Spend the rest: a run long enough to exhaust epsilon 1, then one more.
+    let id = start_run(&second, json!({"rounds": 40}));
+    wait_ended(&second, &id);
+    second.terminate();
+    second.wait_exit(Duration::from_secs(60));
+    let third = Served::start_in(data.path(), &args, &[]);
+    let spent = spent_of(&third);
+    assert!(spent.iter().all(|e| *e > 0.9 && *e <= 1.0 + 1e-9), "{spent:?}");
+    let id = start_run(&third, json!({"rounds": 2}));
+    let run = wait_ended(&third, &id);
+    assert_eq!(run["status"], "aborted", "{run}");
+    assert_eq!(spent_of(&third), spent, "a spent hospital releases nothing");
 }

@@ -12,6 +12,7 @@ use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc, watch};
 
+use medfed_models::learner::PrivacySpent;
 use medfed_models::metrics::Metrics;
 
 use crate::coordinator::fsm::{DropReason, Phase};
@@ -33,6 +34,9 @@ pub enum FederationEvent {
         attack: Option<String>,
         /// Where it runs: "in-process", or its cluster node and address.
         node: String,
+        /// What its ledger says it has spent (DP only), before any run.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        privacy: Option<PrivacySpent>,
     },
     HospitalLeft {
         task: String,

@@ -59,7 +59,12 @@ pub async fn execute(args: &Args) -> Result<RunEnd> {
     };
     let mut contexts: BTreeMap<String, TaskContext> = tasks
         .iter()
-        .map(|t| (t.name.clone(), TaskContext::of(t, &loaded, None)))
+        .map(|t| {
+            (
+                t.name.clone(),
+                TaskContext::of(t, &loaded, None, "kept by each hospital"),
+            )
+        })
         .collect();
     let stats = Arc::new(WireStats::default());
     let remote = Hospitals::Remote {

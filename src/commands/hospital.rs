@@ -19,7 +19,7 @@ use medfed_models::learner::Evaluator;
 use super::cluster_node;
 use crate::cli::HospitalNodeArgs as Args;
 use crate::config::Loaded;
-use crate::hospital_learner::{self, BuiltLearner, Site};
+use crate::hospital_learner::{self, BuiltLearner, Ledgers, Site};
 use crate::shutdown::shutdown_signal;
 use crate::tasks::{kind_of, prepare_task};
 
@@ -224,7 +224,15 @@ fn from_shard(loaded: &mut Loaded, task: &str, spec: &str, name: Option<String>)
     let site = prepared
         .site(index)
         .context("shard index within the hospital count")?;
-    let built = hospital_learner::build(loaded, &name, task, site, rounds, Site::Cluster)?;
+    let built = hospital_learner::build(
+        loaded,
+        &name,
+        task,
+        site,
+        rounds,
+        Site::Cluster,
+        &Ledgers::long_lived(loaded)?,
+    )?;
     let local_test = prepared.local_test(index, seed)?;
     Ok(LocalData {
         name,
@@ -239,7 +247,15 @@ fn from_file(loaded: &Loaded, task: &str, name: &str, path: &std::path::Path) ->
     let config = &loaded.config.tasks[task];
     let own = kind_of(config.kind)?.own_data(loaded, task, path)?;
     let rounds = config.effective_rounds(&loaded.config.run);
-    let built = hospital_learner::build(loaded, name, task, own.site, rounds, Site::Cluster)?;
+    let built = hospital_learner::build(
+        loaded,
+        name,
+        task,
+        own.site,
+        rounds,
+        Site::Cluster,
+        &Ledgers::long_lived(loaded)?,
+    )?;
     Ok(LocalData {
         name: name.to_string(),
         built,

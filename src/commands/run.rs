@@ -14,6 +14,7 @@ use medfed_models::checkpoint::Checkpoint;
 use crate::cli::RunArgs;
 use crate::config::{Loaded, PrivacyMode};
 use crate::federation::run_to_end;
+use crate::hospital_learner::Ledgers;
 use crate::output::{print_run, TaskContext};
 use crate::shutdown::{shutdown_signal, RunEnd};
 use crate::tasks::prepare_task;
@@ -38,6 +39,7 @@ pub async fn execute(args: &RunArgs) -> Result<RunEnd> {
     // signal meanwhile ends the command at once.
     let baseline = args.baseline;
     let prepare = loaded.clone();
+    let ledgers = Ledgers::for_simulation(&loaded).describe();
     let Some((tasks, contexts)) = shutdown
         .unless_received(move || {
             let loaded = prepare;
@@ -52,7 +54,10 @@ pub async fn execute(args: &RunArgs) -> Result<RunEnd> {
                 } else {
                     None
                 };
-                contexts.insert(task.name.clone(), TaskContext::of(task, &loaded, centralized));
+                contexts.insert(
+                    task.name.clone(),
+                    TaskContext::of(task, &loaded, centralized, &ledgers),
+                );
             }
             Ok((tasks, contexts))
         })

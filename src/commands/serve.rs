@@ -16,6 +16,7 @@ use medfed_actors::EventBus;
 use crate::cli::ServeArgs;
 use crate::config::{Loaded, PrivacyMode};
 use crate::federation::{CoordinatorClient, Federation, Hospitals};
+use crate::hospital_learner::Ledgers;
 use crate::output::TaskContext;
 use crate::shutdown::shutdown_signal;
 use crate::tasks::{prepare_task, PreparedTask};
@@ -39,7 +40,9 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
     else {
         return Ok(());
     };
-    let mut federation = Federation::spawn(&loaded, &tasks, Hospitals::InProcess, &["panel"]).await?;
+    let ledgers = Ledgers::long_lived(&loaded)?;
+    let mut federation =
+        Federation::spawn(&loaded, &tasks, Hospitals::InProcess(ledgers), &["panel"]).await?;
     let panel = match Panel::start(&loaded, &tasks, &mut federation, args.http, None) {
         Ok(panel) => panel,
         Err(e) => {
@@ -152,6 +155,10 @@ fn app_state(
 ) -> Result<AppState> {
     let privacy = &loaded.config.privacy;
     let seed = loaded.config.run.seed;
+    let ledgers = match cluster {
+        Some(_) => "kept by each hospital".to_string(),
+        None => Ledgers::long_lived(loaded)?.describe(),
+    };
     let mut live = LiveView::default();
     let mut contexts = BTreeMap::new();
     let mut model_bytes = BTreeMap::new();
@@ -171,7 +178,7 @@ fn app_state(
                 last_metrics: None,
             },
         );
-        contexts.insert(task.name.clone(), TaskContext::of(task, loaded, None));
+        contexts.insert(task.name.clone(), TaskContext::of(task, loaded, None, &ledgers));
         let params = task.evaluator(seed)?.init_params().as_slice().len() as u64;
         model_bytes.insert(task.name.clone(), params * 4);
         if privacy.mode != PrivacyMode::Off {

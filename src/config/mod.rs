@@ -63,6 +63,35 @@ impl Loaded {
             .map(|d| d.join("medfed"))
             .ok_or_else(|| ConfigError::Invalid("no cache directory: set run.cache_dir (or HOME)".into()))
     }
+
+    /// Where durable state lives (the store, checkpoints, privacy ledgers):
+    /// `run.data_dir`, else `$XDG_DATA_HOME/medfed`, else
+    /// `~/.local/share/medfed` — never the cache, which users may wipe.
+    /// Created, readable by its owner only (0700), on first use.
+    pub fn data_dir(&self) -> Result<PathBuf, ConfigError> {
+        let env_dir = |var: &str| std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let dir = match &self.config.run.data_dir {
+            Some(dir) => self.resolve(dir),
+            None => env_dir("XDG_DATA_HOME")
+                .or_else(|| env_dir("HOME").map(|h| h.join(".local").join("share")))
+                .map(|d| d.join("medfed"))
+                .ok_or_else(|| {
+                    ConfigError::Invalid("no data directory: set run.data_dir (or HOME)".into())
+                })?,
+        };
+        create_private_dir(&dir)
+            .map_err(|e| ConfigError::Invalid(format!("data directory {}: {e}", dir.display())))?;
+        Ok(dir)
+    }
+}
+
+/// Create `dir` (and its parents) with mode 0700 where it is new.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }
 
 /// Read `path`, apply environment overrides from `vars`, and validate.

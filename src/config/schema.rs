@@ -123,6 +123,10 @@ pub struct RunConfig {
     /// `<dir>/<task>/round-NNNN.safetensors`; absent: no checkpoints.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_dir: Option<PathBuf>,
+    /// Durable state: the store, checkpoints, privacy ledgers; absent:
+    /// `$XDG_DATA_HOME/medfed`, else `~/.local/share/medfed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for RunConfig {
@@ -132,6 +136,7 @@ impl Default for RunConfig {
             rounds: 10,
             cache_dir: None,
             checkpoint_dir: None,
+            data_dir: None,
         }
     }
 }
@@ -564,9 +569,14 @@ pub struct PrivacyConfig {
     /// Noise multiplier of the record count DP-SGD hospitals release once
     /// per dataset (sensitivity 1): it weighs FedAvg and normalises DP-SGD.
     pub count_noise_multiplier: f64,
-    /// Where hospitals keep their ledgers; absent: in memory (simulation only).
+    /// Where hospitals keep their ledgers; absent: `<run.data_dir>/ledgers`
+    /// for `serve`, `coordinator` and `hospital`, in memory for `run`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ledger_dir: Option<PathBuf>,
+    /// Rounds a hospital may have to train again after a coordinator crash
+    /// (a replayed round is a second release): cluster hospitals calibrate
+    /// their noise for the planned rounds plus these.
+    pub replay_allowance: u32,
     pub noise: NoiseKind,
     /// Seed of `noise = "seeded"`: the hospital's own, never the run's seed.
     pub noise_seed: u64,
@@ -588,6 +598,7 @@ impl Default for PrivacyConfig {
             stats_noise_multiplier: 10.0,
             count_noise_multiplier: 10.0,
             ledger_dir: None,
+            replay_allowance: 2,
             noise: NoiseKind::Secure,
             noise_seed: 0,
             hospitals: BTreeMap::new(),

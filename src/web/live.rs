@@ -96,6 +96,7 @@ impl LiveView {
                 kind,
                 samples,
                 node,
+                privacy,
                 ..
             } => {
                 let h = self
@@ -118,6 +119,10 @@ impl LiveView {
                 h.node = node.clone();
                 h.samples = *samples;
                 h.last_seen = Some(now);
+                if let Some(spent) = privacy {
+                    h.epsilon_spent = Some(spent.epsilon);
+                    h.epsilon_budget = Some(spent.budget);
+                }
             }
             E::HospitalLeft { hospital, reason, .. } => self.hospital(hospital, now, |h| {
                 h.status = "offline".into();
@@ -245,6 +250,7 @@ mod tests {
                 samples: 90,
                 attack: None,
                 node: "in-process".into(),
+                privacy: None,
             },
             1.0,
         );

@@ -253,6 +253,17 @@ impl Metrics {
                     .get_or_create(&task_label(task))
                     .inc_by(bytes * participants.len() as u64);
             }
+            E::HospitalJoined {
+                hospital,
+                privacy: Some(spent),
+                ..
+            } => {
+                let label = HospitalLabel {
+                    hospital: hospital.clone(),
+                };
+                self.epsilon_spent.get_or_create(&label).set(spent.epsilon);
+                self.epsilon_budget.get_or_create(&label).set(spent.budget);
+            }
             E::UpdateAccepted {
                 task,
                 hospital,

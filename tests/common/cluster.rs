@@ -18,7 +18,8 @@ pub struct Process {
 }
 
 /// Start `medfed <args>` from the repository root; its output goes to
-/// `<dir>/<name>.out` and `.log`.
+/// `<dir>/<name>.out` and `.log`, its durable state (ledgers, store) to
+/// `<dir>/<name>.data`, so that a restart under the same name finds it.
 pub fn spawn(dir: &Path, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Process {
     let stdout = dir.join(format!("{name}.out"));
     let stderr = dir.join(format!("{name}.log"));
@@ -28,6 +29,7 @@ pub fn spawn(dir: &Path, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Pr
         .arg("json")
         .args(args)
         .env("MEDFED_RUN__CACHE_DIR", CACHE_DIR)
+        .env("MEDFED_RUN__DATA_DIR", dir.join(format!("{name}.data")))
         .env("MEDFED_CLUSTER_COOKIE", COOKIE)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())

@@ -53,10 +53,14 @@ pub fn wait_exit(
 /// Run `medfed` from the repository root with extra environment variables.
 #[allow(dead_code)] // not every test binary uses it
 pub fn medfed(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    // Durable state (ledgers, the store) in a directory of its own, never
+    // the user's; a test that needs it to outlive the call passes its own.
+    let data = tempfile::tempdir().expect("a data directory");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_medfed"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(args)
-        .env("MEDFED_RUN__CACHE_DIR", CACHE_DIR);
+        .env("MEDFED_RUN__CACHE_DIR", CACHE_DIR)
+        .env("MEDFED_RUN__DATA_DIR", data.path());
     for (k, v) in envs {
         cmd.env(k, v);
     }

@@ -11,17 +11,30 @@ pub struct Served {
     child: Child,
     pub base: String,
     stderr: tempfile::NamedTempFile,
+    /// Its data directory, when the server owns it (`start`).
+    _data: Option<tempfile::TempDir>,
 }
 
 impl Served {
-    /// Start `medfed serve --http 127.0.0.1:0 ARGS` and wait until it is ready.
+    /// Start `medfed serve --http 127.0.0.1:0 ARGS` with a fresh data
+    /// directory of its own and wait until it is ready.
     pub fn start(args: &[&str], envs: &[(&str, &str)]) -> Served {
+        let data = tempfile::tempdir().expect("a data directory");
+        let mut served = Self::start_in(data.path(), args, envs);
+        served._data = Some(data);
+        served
+    }
+
+    /// The same on the data directory `data`, which outlives the server:
+    /// restart tests start a second one on it.
+    pub fn start_in(data: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> Served {
         let stderr = tempfile::NamedTempFile::new().expect("a log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_medfed"));
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["serve", "--http", "127.0.0.1:0"])
             .args(args)
             .env("MEDFED_RUN__CACHE_DIR", super::CACHE_DIR)
+            .env("MEDFED_RUN__DATA_DIR", data)
             .env("MEDFED_API_TOKEN", TOKEN)
             .stdout(Stdio::piped())
             .stderr(stderr.reopen().expect("the log file"));
@@ -41,7 +54,12 @@ impl Served {
             .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
             .trim_end_matches('/')
             .to_string();
-        let served = Served { child, base, stderr };
+        let served = Served {
+            child,
+            base,
+            stderr,
+            _data: None,
+        };
         served.wait_ready();
         served
     }

@@ -454,8 +454,13 @@ impl Core {
             out.push(Output::Forget(actor));
             return;
         }
-        if let (Some(attack), Some(t)) = (&info.attack, self.tasks.get_mut(&info.task)) {
-            t.attacks.insert(info.name.clone(), attack.clone());
+        if let Some(t) = self.tasks.get_mut(&info.task) {
+            if let Some(attack) = &info.attack {
+                t.attacks.insert(info.name.clone(), attack.clone());
+            }
+            if let Some(spent) = &info.privacy {
+                t.privacy.insert(info.name.clone(), spent.clone());
+            }
         }
         out.push(Output::Publish(FederationEvent::HospitalJoined {
             task: info.task.clone(),
@@ -464,6 +469,7 @@ impl Core {
             samples: info.samples,
             attack: info.attack.clone(),
             node: info.node.clone(),
+            privacy: info.privacy.clone(),
         }));
         let (task, name) = (info.task.clone(), info.name.clone());
         self.by_name.insert(name.clone(), actor);
@@ -493,12 +499,24 @@ impl Core {
             return;
         };
         let (from, task) = (r.info.name.clone(), r.info.task.clone());
-        let Some(t) = self.tasks.get(&task) else {
+        let Some(t) = self.tasks.get_mut(&task) else {
             return;
         };
         let Some(ask) = message.ask() else {
             return; // a hello, handled apart
         };
+        // Every noised update the hospital released was charged to its
+        // ledger, whether it counts or not (late, rejected, of another run).
+        if let ToCoordinator::Update {
+            outcome: TrainOutcome::Trained { update },
+            ..
+        } = &message
+        {
+            if let Some(spent) = &update.privacy {
+                t.privacy.insert(from.clone(), spent.clone());
+            }
+        }
+        let t = &*t;
         if ask.run != self.generation {
             // An answer to a request of an earlier run.
             self.apply(now, &task, Event::Outdated(from), None, out);

@@ -56,6 +56,7 @@ impl Actor for Hospital {
             node: "in-process".into(),
             held_out: args.held_out,
             attack: args.attack.map(|a| a.describe()),
+            privacy: args.learner.privacy_spent(),
         };
         if let Some(attack) = &info.attack {
             warn!(

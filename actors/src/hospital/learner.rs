@@ -4,7 +4,7 @@
 //! releases, so there is no exact update for it to send by mistake.
 
 use medfed_models::learner::private::PrivateLearner;
-use medfed_models::learner::{GlobalModel, Learner, TrainPlan};
+use medfed_models::learner::{GlobalModel, Learner, PrivacySpent, TrainPlan};
 use medfed_models::ModelError;
 
 use crate::messages::{StatsOutcome, TrainOutcome};
@@ -27,6 +27,15 @@ impl HospitalLearner {
         match self {
             HospitalLearner::Open(l) => l.num_examples(),
             HospitalLearner::Private(p) => p.announced_samples(),
+        }
+    }
+
+    /// The privacy its ledger says it has spent (DP only): what it
+    /// announces when it joins, before any run.
+    pub fn privacy_spent(&self) -> Option<PrivacySpent> {
+        match self {
+            HospitalLearner::Open(_) => None,
+            HospitalLearner::Private(p) => Some(p.spent()),
         }
     }
 

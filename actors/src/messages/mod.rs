@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use medfed_models::checkpoint::Checkpoint;
 use medfed_models::data::MomentSums;
-use medfed_models::learner::{GlobalModel, LocalUpdate, TrainPlan};
+use medfed_models::learner::{GlobalModel, LocalUpdate, PrivacySpent, TrainPlan};
 use medfed_models::metrics::Metrics;
 use medfed_models::Params;
 
@@ -41,6 +41,10 @@ pub struct HospitalInfo {
     /// `KIND[:FACTOR]`: it says so, and the coordinator records it.
     #[serde(default)]
     pub attack: Option<String>,
+    /// What its ledger says it has spent (DP only), so that the coordinator
+    /// and the panel show it from the moment it joins.
+    #[serde(default)]
+    pub privacy: Option<PrivacySpent>,
 }
 
 /// Which request an answer belongs to: the run (the coordinator's

@@ -317,14 +317,21 @@ impl PrivateLearner {
         Ok(PrivateUpdate {
             delta,
             weight,
-            privacy: PrivacySpent {
-                mechanism: cost.mechanism.clone(),
-                noise_multiplier: cost.noise_multiplier,
-                epsilon: self.epsilon_spent(),
-                budget: self.budget.epsilon,
-                delta: self.budget.delta,
-            },
+            privacy: self.spent(),
         })
+    }
+
+    /// What the ledger says this dataset has spent, all runs included, with
+    /// the mechanism and noise this learner releases under.
+    pub fn spent(&self) -> PrivacySpent {
+        let cost = self.inner.round_cost();
+        PrivacySpent {
+            mechanism: cost.mechanism,
+            noise_multiplier: cost.noise_multiplier,
+            epsilon: self.epsilon_spent(),
+            budget: self.budget.epsilon,
+            delta: self.budget.delta,
+        }
     }
 
     /// Local metrics describe patients and no mechanism noises them: under
