@@ -125,6 +125,7 @@ fn train_message(mib: usize) -> ToHospital {
         },
         plan: TrainPlan {
             round: 1,
+            attempt: 0,
             local_epochs: 1,
             batch_size: 32,
             learning_rate: 0.1,

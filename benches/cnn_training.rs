@@ -40,6 +40,7 @@ fn main() {
     };
     let plan = TrainPlan {
         round: 1,
+        attempt: 0,
         local_epochs: 1,
         batch_size: 32,
         learning_rate: 0.003,

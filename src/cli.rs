@@ -266,6 +266,19 @@ pub struct Overrides {
     pub checkpoint_dir: Option<PathBuf>,
 }
 
+/// The store a command records into (runs, rounds, the model registry).
+#[derive(Debug, Clone, Args, Default)]
+pub struct StoreArgs {
+    /// The store's SQLite file (else `[store] path`; `serve` and
+    /// `coordinator` default to <run.data_dir>/medfed.sqlite, `run` keeps
+    /// everything in memory).
+    #[arg(long, value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    /// Mark the store's interrupted run ID as abandoned instead of resuming it.
+    #[arg(long, value_name = "ID")]
+    pub abandon_run: Option<String>,
+}
+
 fn parse_partition(s: &str) -> Result<PartitionScheme, String> {
     s.parse()
 }
@@ -306,6 +319,8 @@ pub struct RunArgs {
     /// e.g. sign_flip:breast_cancer-3:10. Recorded in the results.
     #[arg(long = "attack", value_name = "KIND:HOSPITAL[:FACTOR]")]
     pub attacks: Vec<String>,
+    #[command(flatten)]
+    pub durable: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -318,6 +333,8 @@ pub struct ServeArgs {
     /// Address to listen on (default: web.http, 127.0.0.1:8080); port 0 picks a free one.
     #[arg(long, value_name = "HOST:PORT")]
     pub http: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub durable: StoreArgs,
 }
 
 #[derive(Debug, Args)]
@@ -369,6 +386,8 @@ pub struct CoordinatorArgs {
     pub http: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub security: ClusterSecurity,
+    #[command(flatten)]
+    pub durable: StoreArgs,
 }
 
 #[derive(Debug, Args)]

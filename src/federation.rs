@@ -15,7 +15,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use medfed_actors::cluster::{node, Envelope, Gateway, GatewayArgs, NodeOptions, SessionEvent, WireStats};
 use medfed_actors::coordinator::fsm::FsmConfig;
-use medfed_actors::coordinator::{Protocol, Scaling};
+use medfed_actors::coordinator::{Protocol, ResumePoint, RoundStore, Scaling};
 use medfed_actors::{
     Coordinator, CoordinatorArgs, CoordinatorMsg, EventBus, FederationEvent, Hospital, HospitalArgs,
     Recording, RunReport, RunRequest, StartRefused, TaskSetup,
@@ -26,9 +26,15 @@ use medfed_models::checkpoint::Checkpoint;
 use medfed_models::learner::TrainPlan;
 
 use crate::config::Loaded;
+use crate::durability::Persistence;
 use crate::hospital_learner::{self, Ledgers, Site};
+use crate::output::TaskContext;
 use crate::shutdown::{RunEnd, ShutdownSignal};
+use crate::store::{record_events, RunFacts};
 use crate::tasks::PreparedTask;
+
+/// The recording the store's observer drains.
+const STORE_RECORDER: &str = "store";
 
 pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
     let c = &task.config;
@@ -61,6 +67,7 @@ pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
         },
         plan: TrainPlan {
             round: 0,
+            attempt: 0,
             local_epochs: c.training.local_epochs,
             batch_size: c.training.batch_size,
             learning_rate: c.training.learning_rate,
@@ -129,17 +136,24 @@ impl Federation {
     /// Build the federation of `tasks`, with a recording for each name in
     /// `recorders`, made before the coordinator starts so that every event
     /// (the hospitals' joins first) reaches them.
+    ///
+    /// With `persistence`, the coordinator commits every closed round into
+    /// its store and a "store" recording is made too (`record_into_store`).
     pub async fn spawn(
         loaded: &Loaded,
         tasks: &[PreparedTask],
         hospitals_at: Hospitals,
         recorders: &[&str],
+        persistence: Option<&Persistence>,
     ) -> Result<Federation> {
         let events = EventBus::default();
-        let recordings = recorders
+        let mut recordings: BTreeMap<String, Recording> = recorders
             .iter()
             .map(|name| (name.to_string(), events.record(name)))
             .collect();
+        if persistence.is_some() {
+            recordings.insert(STORE_RECORDER.into(), events.record(STORE_RECORDER));
+        }
         let setups = tasks
             .iter()
             .map(|t| task_setup(loaded, t))
@@ -150,6 +164,7 @@ impl Federation {
             CoordinatorArgs {
                 tasks: setups,
                 events: events.clone(),
+                store: persistence.map(|p| p.round_store() as Arc<dyn RoundStore>),
             },
         )
         .await
@@ -277,6 +292,29 @@ impl Federation {
             .with_context(|| format!("no recording '{name}' was made for this federation"))
     }
 
+    /// Record every event, run and registered model into the store (the
+    /// federation must have been spawned with it).
+    pub fn record_into_store(
+        &mut self,
+        persistence: &Persistence,
+        contexts: BTreeMap<String, TaskContext>,
+    ) -> Result<()> {
+        let events = self.recording(STORE_RECORDER)?;
+        let facts = RunFacts {
+            fingerprint: persistence.fingerprint.clone(),
+            config: persistence.config.clone(),
+            contexts,
+        };
+        let handle = tokio::spawn(record_events(
+            persistence.store.clone(),
+            events,
+            self.client(),
+            facts,
+        ));
+        self.add_observer(handle);
+        Ok(())
+    }
+
     /// Keep an observer's task (one draining a `Recording`), so that
     /// `shutdown` waits until it has handled every event.
     pub fn add_observer(&mut self, handle: tokio::task::JoinHandle<()>) {
@@ -345,6 +383,15 @@ impl CoordinatorClient {
         Ok(self.try_start(request).await??)
     }
 
+    /// Carry on an interrupted run; the inner error says why it could not.
+    pub async fn resume(&self, point: ResumePoint) -> Result<Result<String, StartRefused>> {
+        ractor::call!(self.coordinator, |reply| CoordinatorMsg::ResumeRun {
+            point: Box::new(point),
+            reply
+        })
+        .context("coordinator did not answer the resume request")
+    }
+
     /// Stop the active run; returns its id (`None`: no run was active).
     /// Its `RunEnded` has been published when this returns.
     pub async fn stop(&self) -> Result<Option<String>> {
@@ -370,17 +417,40 @@ impl CoordinatorClient {
 /// Run one federation of `tasks` in this process to its end. Every event
 /// goes to `on_event`, in order. A `shutdown` signal stops the run cleanly:
 /// it ends as stopped, with the rounds it completed.
+/// With `durable` (the store and the tasks' output contexts), every round
+/// is committed, the run and its models are recorded, and an interrupted
+/// run in that store is resumed instead of a new one started.
 pub async fn run_to_end(
     loaded: &Loaded,
     tasks: &[PreparedTask],
+    durable: Option<(&Persistence, &BTreeMap<String, TaskContext>)>,
     shutdown: ShutdownSignal,
     on_event: impl FnMut(&FederationEvent),
 ) -> Result<RunResult> {
     let started = Instant::now();
     let ledgers = Ledgers::for_simulation(loaded);
-    let mut federation = Federation::spawn(loaded, tasks, Hospitals::InProcess(ledgers), &["run"]).await?;
+    let persistence = durable.map(|(p, _)| p);
+    let mut federation = Federation::spawn(
+        loaded,
+        tasks,
+        Hospitals::InProcess(ledgers),
+        &["run"],
+        persistence,
+    )
+    .await?;
+    if let Some((p, contexts)) = durable {
+        federation.record_into_store(p, contexts.clone())?;
+    }
     let events = federation.recording("run")?;
-    let outcome = drive(&federation.client(), tasks, events, shutdown, on_event).await;
+    let outcome = drive(
+        &federation.client(),
+        tasks,
+        persistence,
+        events,
+        shutdown,
+        on_event,
+    )
+    .await;
     federation.shutdown().await;
     let (report, models, end) = outcome?;
     Ok(RunResult {
@@ -396,17 +466,24 @@ type Driven = (RunReport, BTreeMap<String, Checkpoint>, RunEnd);
 async fn drive(
     client: &CoordinatorClient,
     tasks: &[PreparedTask],
+    persistence: Option<&Persistence>,
     mut events: Recording,
     mut shutdown: ShutdownSignal,
     mut on_event: impl FnMut(&FederationEvent),
 ) -> Result<Driven> {
     let names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
-    client
-        .start(RunRequest {
-            rounds: None,
-            tasks: Some(names),
-        })
-        .await?;
+    let resumed = match persistence {
+        Some(p) => p.resume(client).await?,
+        None => None,
+    };
+    if resumed.is_none() {
+        client
+            .start(RunRequest {
+                rounds: None,
+                tasks: Some(names),
+            })
+            .await?;
+    }
     let mut stop_sent = false;
     let end = loop {
         tokio::select! {

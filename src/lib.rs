@@ -6,13 +6,19 @@
 // builds, which also see the dev-dependencies of the integration tests.
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
+// The binary arms the crash points; the library only carries the dependency.
+#[cfg(feature = "failpoints")]
+use fail as _;
+
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod durability;
 pub mod federation;
 pub mod hospital_learner;
 pub mod logging;
 pub mod output;
 pub mod shutdown;
+pub mod store;
 pub mod tasks;
 pub mod web;

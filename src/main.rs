@@ -13,6 +13,9 @@ use medfed::{commands, logging};
 const BLOCKING_GRACE: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
+    // Test builds only: crash points armed by FAILPOINTS (the resume tests).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -5,6 +5,7 @@
 //! (store, tracking, the run's own bookkeeping) get every event in order;
 //! live watchers (the panel's stream) may skip, and are told how many.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -23,6 +24,10 @@ pub enum FederationEvent {
     RunStarted {
         run_id: String,
         tasks: Vec<String>,
+        /// A resumed run: the last round each task had committed before the
+        /// coordinator restarted (empty for a new run).
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        resumed_after: BTreeMap<String, u32>,
     },
     HospitalJoined {
         task: String,

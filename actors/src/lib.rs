@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod coordinator;
 pub mod events;
+pub mod failpoints;
 pub mod hospital;
 pub mod messages;
 pub mod report;

@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use medfed_models::learner::PrivacySpent;
 use medfed_models::metrics::Metrics;
 
 use crate::coordinator::fsm::{DropCounts, Phase};
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
     pub round: u32,
     pub participants: usize,
@@ -21,12 +21,50 @@ pub struct RoundRecord {
     pub seconds_with_evaluation: Option<f64>,
     /// The same model on the hospitals' local test splits (federated evaluation).
     pub federated: FederatedEval,
+    /// What became of each hospital's training answer this round (its last
+    /// attempt): the lineage of the round's model.
+    #[serde(default)]
+    pub participation: BTreeMap<String, Participation>,
+}
+
+/// One hospital's part in one round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Participation {
+    pub outcome: ParticipationOutcome,
+    /// Why it was rejected, declined, late or departed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The examples its accepted update was weighed by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParticipationOutcome {
+    Accepted,
+    Rejected,
+    Declined,
+    Late,
+    Departed,
+}
+
+impl ParticipationOutcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            ParticipationOutcome::Accepted => "accepted",
+            ParticipationOutcome::Rejected => "rejected",
+            ParticipationOutcome::Declined => "declined",
+            ParticipationOutcome::Late => "late",
+            ParticipationOutcome::Departed => "departed",
+        }
+    }
 }
 
 /// Federated evaluation of one round's global model: each hospital's
 /// metrics on its own test split, and what the strategy made of them when
 /// the stage closed (by default their pooled confusion matrix).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FederatedEval {
     /// Hospitals asked to evaluate.
     pub requested: usize,

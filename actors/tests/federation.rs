@@ -110,6 +110,7 @@ async fn federation_on(
         },
         plan: TrainPlan {
             round: 0,
+            attempt: 0,
             local_epochs: 2,
             batch_size: 16,
             learning_rate: 0.1,

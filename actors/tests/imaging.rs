@@ -45,6 +45,7 @@ async fn run_federation(rounds: u32) -> RunReport {
         },
         plan: TrainPlan {
             round: 0,
+            attempt: 0,
             local_epochs: 2,
             batch_size: 32,
             learning_rate: 0.003,

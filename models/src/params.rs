@@ -150,6 +150,37 @@ impl Params {
     }
 
     /// Iterate `(spec, values)` in layout order.
+    /// The same tensors in `layout`'s order (a file read without an
+    /// expected layout has its tensors sorted by name); an error if a
+    /// tensor is missing, extra or shaped differently.
+    pub fn in_layout(&self, layout: &Arc<Layout>) -> Result<Params> {
+        let mine: std::collections::HashMap<&str, (&TensorSpec, &[f32])> = self
+            .tensors()
+            .map(|(spec, values)| (spec.name.as_str(), (spec, values)))
+            .collect();
+        if mine.len() != layout.specs().len() {
+            return Err(ModelError::Params(format!(
+                "{} tensors where the model has {}",
+                mine.len(),
+                layout.specs().len()
+            )));
+        }
+        let mut values = Vec::with_capacity(layout.len());
+        for spec in layout.specs() {
+            match mine.get(spec.name.as_str()) {
+                Some((have, v)) if have.shape == spec.shape => values.extend_from_slice(v),
+                Some((have, _)) => {
+                    return Err(ModelError::Params(format!(
+                        "tensor '{}' has shape {:?} where the model has {:?}",
+                        spec.name, have.shape, spec.shape
+                    )))
+                }
+                None => return Err(ModelError::Params(format!("no tensor '{}'", spec.name))),
+            }
+        }
+        Params::new(layout.clone(), values)
+    }
+
     pub fn tensors(&self) -> impl Iterator<Item = (&TensorSpec, &[f32])> {
         self.layout
             .specs()

@@ -17,6 +17,7 @@ use super::cluster_node;
 use super::serve::Panel;
 use crate::cli::CoordinatorArgs as Args;
 use crate::config::Loaded;
+use crate::durability::{open_for, Persistence, StoreDefault};
 use crate::federation::{Federation, Hospitals};
 use crate::output::{print_run, TaskContext};
 use crate::shutdown::{shutdown_signal, RunEnd, ShutdownSignal};
@@ -82,17 +83,19 @@ pub async fn execute(args: &Args) -> Result<RunEnd> {
     } else {
         &["coordinator"]
     };
-    let mut federation = Federation::spawn(&loaded, &tasks, remote, recorders).await?;
-    let result = serve(
-        args,
-        &loaded,
-        &tasks,
-        &mut federation,
-        &mut contexts,
-        &stats,
-        &mut shutdown,
-    )
-    .await;
+    let persistence = open_for(&loaded, &tasks, &args.durable, StoreDefault::DataDir)?;
+    let mut federation = Federation::spawn(&loaded, &tasks, remote, recorders, persistence.as_ref()).await?;
+    // With a panel, the panel records into the store (it knows the contexts).
+    if let (Some(p), None) = (&persistence, args.http) {
+        federation.record_into_store(p, contexts.clone())?;
+    }
+    let setup = Setup {
+        loaded: &loaded,
+        tasks: &tasks,
+        persistence: persistence.as_ref(),
+        stats: &stats,
+    };
+    let result = serve(args, &setup, &mut federation, &mut contexts, &mut shutdown).await;
     log_traffic(&stats);
     federation.shutdown().await;
     result
@@ -100,15 +103,27 @@ pub async fn execute(args: &Args) -> Result<RunEnd> {
 
 /// The coordinator's life once its federation is built: the panel, the
 /// auto-started run, and the loop until a signal or the run's end.
+/// What the coordinator was set up with.
+struct Setup<'a> {
+    loaded: &'a Loaded,
+    tasks: &'a [PreparedTask],
+    persistence: Option<&'a Persistence>,
+    stats: &'a Arc<WireStats>,
+}
+
 async fn serve(
     args: &Args,
-    loaded: &Loaded,
-    tasks: &[PreparedTask],
+    setup: &Setup<'_>,
     federation: &mut Federation,
     contexts: &mut BTreeMap<String, TaskContext>,
-    stats: &Arc<WireStats>,
     shutdown: &mut ShutdownSignal,
 ) -> Result<RunEnd> {
+    let Setup {
+        loaded,
+        tasks,
+        persistence,
+        stats,
+    } = *setup;
     let cluster = &loaded.config.cluster;
     let client = federation.client();
     let mut events = federation.recording("coordinator")?;
@@ -118,7 +133,14 @@ async fn serve(
         .context("the cluster node's session events")?;
     let panel = match args.http {
         Some(addr) => {
-            let panel = Panel::start(loaded, tasks, federation, Some(addr), Some(stats.clone()))?;
+            let panel = Panel::start(
+                loaded,
+                tasks,
+                federation,
+                Some(addr),
+                Some(stats.clone()),
+                persistence,
+            )?;
             // Not stdout: with --json, stdout holds exactly the run's JSON.
             eprint!("{}", panel.announcement);
             mark_ready(&panel.state);
@@ -130,7 +152,13 @@ async fn serve(
 
     let started = Instant::now();
     let mut session_log = SessionLog::default();
-    if cluster.auto_start {
+    // An interrupted run in the store is carried on (whether or not runs
+    // start by themselves): a restarted coordinator pod picks up its run.
+    let resumed = match persistence {
+        Some(p) => p.resume(&client).await?,
+        None => None,
+    };
+    if resumed.is_none() && cluster.auto_start {
         // The run itself waits for every expected hospital (up to the
         // assembly timeout), so its start does not depend on join timing.
         let run = client

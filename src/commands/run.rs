@@ -13,6 +13,7 @@ use medfed_models::checkpoint::Checkpoint;
 
 use crate::cli::RunArgs;
 use crate::config::{Loaded, PrivacyMode};
+use crate::durability::{open_for, StoreDefault};
 use crate::federation::run_to_end;
 use crate::hospital_learner::Ledgers;
 use crate::output::{print_run, TaskContext};
@@ -71,7 +72,9 @@ pub async fn execute(args: &RunArgs) -> Result<RunEnd> {
         .map(|t| u64::from(t.config.effective_rounds(&loaded.config.run)))
         .sum();
     let bar = progress_bar(total_rounds, args.json);
-    let outcome = run_to_end(&loaded, &tasks, shutdown, |event| match event {
+    let persistence = open_for(&loaded, &tasks, &args.durable, StoreDefault::None)?;
+    let durable = persistence.as_ref().map(|p| (p, &contexts));
+    let outcome = run_to_end(&loaded, &tasks, durable, shutdown, |event| match event {
         FederationEvent::RoundAggregated {
             task, round, metrics, ..
         } => {

@@ -15,6 +15,7 @@ use medfed_actors::EventBus;
 
 use crate::cli::ServeArgs;
 use crate::config::{Loaded, PrivacyMode};
+use crate::durability::{open_for, Persistence, StoreDefault};
 use crate::federation::{CoordinatorClient, Federation, Hospitals};
 use crate::hospital_learner::Ledgers;
 use crate::output::TaskContext;
@@ -41,15 +42,38 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
         return Ok(());
     };
     let ledgers = Ledgers::long_lived(&loaded)?;
-    let mut federation =
-        Federation::spawn(&loaded, &tasks, Hospitals::InProcess(ledgers), &["panel"]).await?;
-    let panel = match Panel::start(&loaded, &tasks, &mut federation, args.http, None) {
+    let persistence = open_for(&loaded, &tasks, &args.durable, StoreDefault::DataDir)?;
+    let mut federation = Federation::spawn(
+        &loaded,
+        &tasks,
+        Hospitals::InProcess(ledgers),
+        &["panel"],
+        persistence.as_ref(),
+    )
+    .await?;
+    let started = Panel::start(
+        &loaded,
+        &tasks,
+        &mut federation,
+        args.http,
+        None,
+        persistence.as_ref(),
+    );
+    let panel = match started {
         Ok(panel) => panel,
         Err(e) => {
             federation.shutdown().await;
             return Err(e);
         }
     };
+    // A run this server was carrying when it stopped goes on (the panel
+    // shows it); refused, with the reason, if the configuration changed.
+    if let Some(p) = &persistence {
+        if let Err(e) = p.resume(&federation.client()).await {
+            shut_down("the interrupted run cannot be resumed", panel, federation).await?;
+            return Err(e);
+        }
+    }
     // One write, errors ignored: a closed stdout must not take the server down.
     let mut out = std::io::stdout();
     let _ = write!(out, "{}", panel.announcement);
@@ -94,6 +118,7 @@ impl Panel {
         federation: &mut Federation,
         http: Option<std::net::SocketAddr>,
         cluster: Option<Arc<WireStats>>,
+        persistence: Option<&Persistence>,
     ) -> Result<Panel> {
         let addr = match http {
             Some(a) => a,
@@ -109,14 +134,19 @@ impl Panel {
             &token_file,
         )?;
         let followed = federation.recording("panel")?;
-        let state = Arc::new(app_state(
+        let mut state = app_state(
             loaded,
             tasks,
             federation.events.clone(),
             federation.client(),
             token,
             cluster,
-        )?);
+        )?;
+        state.store = persistence.map(|p| p.store.clone());
+        if let Some(p) = persistence {
+            federation.record_into_store(p, state.contexts.clone())?;
+        }
+        let state = Arc::new(state);
         let (server, bound) = crate::web::server(state.clone(), addr)?;
         federation.add_observer(tokio::spawn(follow(state.clone(), followed)));
         let handle = server.handle();
@@ -220,6 +250,7 @@ fn app_state(
         contexts,
         settings: serde_json::Value::Object(settings),
         ready: AtomicBool::new(false),
+        store: None,
     })
 }
 

@@ -20,7 +20,20 @@ pub struct Config {
     pub web: WebConfig,
     #[serde(default)]
     pub cluster: ClusterConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
     pub tasks: BTreeMap<String, TaskConfig>,
+}
+
+/// The store of runs, rounds and the model registry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The SQLite file (`--store` overrides it). Unset: `serve` and
+    /// `coordinator` use `<run.data_dir>/medfed.sqlite`; `run` keeps
+    /// everything in memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
 }
 
 /// `medfed serve`: the control panel, REST API and /metrics.

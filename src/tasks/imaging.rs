@@ -282,6 +282,7 @@ fn centralized_baseline(
         },
         &TrainPlan {
             round: 1,
+            attempt: 0,
             local_epochs: epochs,
             batch_size: config.training.batch_size,
             learning_rate: config.training.learning_rate,

@@ -75,12 +75,17 @@ impl LiveView {
     pub fn apply(&mut self, event: &FederationEvent, now: f64) {
         use FederationEvent as E;
         match event {
-            E::RunStarted { run_id, tasks } => {
+            E::RunStarted {
+                run_id,
+                tasks,
+                resumed_after,
+            } => {
                 self.run_id = Some(run_id.clone());
                 self.run_active = true;
                 for name in tasks {
                     if let Some(t) = self.tasks.get_mut(name) {
-                        t.round = 0;
+                        // A resumed run shows the rounds it had committed.
+                        t.round = resumed_after.get(name).copied().unwrap_or(0);
                         t.last_metrics = None;
                         t.abort_reason = None;
                         if t.target_rounds == 0 {
@@ -259,6 +264,7 @@ mod tests {
             &FederationEvent::RunStarted {
                 run_id: "r".into(),
                 tasks: vec!["t".into()],
+                resumed_after: Default::default(),
             },
             2.0,
         );

@@ -56,6 +56,8 @@ pub struct AppState {
     /// Per task, the strategy and privacy settings a run uses (shown in the panel).
     pub settings: serde_json::Value,
     pub ready: AtomicBool,
+    /// Runs and models that outlive the process (the registry).
+    pub store: Option<std::sync::Arc<crate::store::Store>>,
 }
 
 impl AppState {
@@ -110,7 +112,7 @@ pub async fn follow(state: std::sync::Arc<AppState>, mut events: Recording) {
             state.metrics.observe(&event, &live);
         }
         match &event {
-            FederationEvent::RunStarted { run_id, tasks } => state.record_start(run_id, tasks, None),
+            FederationEvent::RunStarted { run_id, tasks, .. } => state.record_start(run_id, tasks, None),
             FederationEvent::RunEnded { run_id, outcome } => finish_run(&state, run_id, outcome.name()).await,
             _ => {}
         }

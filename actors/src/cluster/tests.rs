@@ -62,6 +62,7 @@ fn train_request_round_trips_bit_exactly() {
     };
     let plan = TrainPlan {
         round: 4,
+        attempt: 0,
         local_epochs: 2,
         batch_size: 16,
         learning_rate: 0.1 + 0.2,
@@ -165,6 +166,7 @@ fn every_to_hospital() -> Vec<ToHospital> {
             model: model(),
             plan: TrainPlan {
                 round: 3,
+                attempt: 0,
                 local_epochs: 1,
                 batch_size: 8,
                 learning_rate: 0.05,

@@ -3,6 +3,7 @@
 //! off the actor thread, event publication and logs. It decides nothing.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ractor::pg::{self, GroupChangeMessage};
@@ -10,9 +11,11 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::{debug, info, warn};
 
 use super::core::{Core, Input, Output};
+use super::durable::RoundStore;
 use super::task::{run_aggregation, write_checkpoint, TaskSetup};
 use super::task_group;
 use crate::events::{EventBus, FederationEvent};
+use crate::failpoints::crash_point;
 use crate::messages::{CoordinatorMsg, ToCoordinator, ToHospital};
 
 pub struct Coordinator;
@@ -20,6 +23,8 @@ pub struct Coordinator;
 pub struct CoordinatorArgs {
     pub tasks: Vec<TaskSetup>,
     pub events: EventBus,
+    /// Where closed rounds are committed; `None`: nothing survives a restart.
+    pub store: Option<Arc<dyn RoundStore>>,
 }
 
 pub struct CoordinatorState {
@@ -27,6 +32,7 @@ pub struct CoordinatorState {
     /// Where each joined hospital's actor is: the transport, not a decision.
     actors: HashMap<ActorId, ActorRef<ToHospital>>,
     events: EventBus,
+    store: Option<Arc<dyn RoundStore>>,
     /// The core's clock: time since this actor started.
     started: Instant,
 }
@@ -50,6 +56,7 @@ impl Actor for Coordinator {
             core,
             actors: HashMap::new(),
             events: args.events,
+            store: args.store,
             started: Instant::now(),
         })
     }
@@ -69,13 +76,25 @@ impl Actor for Coordinator {
                 state.actors.insert(actor, sender);
                 Input::Hello { actor, info }
             }
-            CoordinatorMsg::FromHospital { sender, message } => Input::Message {
-                actor: sender.get_id(),
-                message,
-            },
+            CoordinatorMsg::FromHospital { sender, message } => {
+                if matches!(message, ToCoordinator::Update { .. }) {
+                    crash_point("coordinator::update_received");
+                }
+                Input::Message {
+                    actor: sender.get_id(),
+                    message,
+                }
+            }
             CoordinatorMsg::StartRun { request, reply } => {
                 let now = state.started.elapsed();
                 let (result, outputs) = state.core.start_run(now, request, run_id());
+                execute(&myself, state, outputs);
+                let _ = reply.send(result);
+                return Ok(());
+            }
+            CoordinatorMsg::ResumeRun { point, reply } => {
+                let now = state.started.elapsed();
+                let (result, outputs) = state.core.resume(now, *point);
                 execute(&myself, state, outputs);
                 let _ = reply.send(result);
                 return Ok(());
@@ -147,7 +166,8 @@ fn run_id() -> String {
 }
 
 fn execute(myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState, outputs: Vec<Output>) {
-    for output in outputs {
+    let mut outputs = outputs.into_iter();
+    while let Some(output) = outputs.next() {
         match output {
             Output::Send { to, message } => {
                 if let Some(actor) = state.actors.get(&to) {
@@ -179,6 +199,26 @@ fn execute(myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState, outp
                 // Small (a model), and rare (once a round): written in place.
                 write_checkpoint(&dir, &checkpoint);
             }
+            Output::CommitRound(commit) => {
+                let Some(store) = &state.store else { continue };
+                // The one place the actor waits for the disk: nothing of the
+                // next round may leave before this round is durable.
+                match store.commit(&commit) {
+                    Ok(()) => crash_point("coordinator::round_committed"),
+                    Err(reason) => {
+                        tracing::error!(task = %commit.task, round = commit.checkpoint.round, "cannot commit the round: {reason}");
+                        // What followed the commit must not happen.
+                        drop(outputs);
+                        let input = Input::CommitFailed {
+                            task: commit.task.clone(),
+                            reason,
+                        };
+                        let follow = state.core.handle(state.started.elapsed(), input);
+                        execute(myself, state, follow);
+                        return;
+                    }
+                }
+            }
             Output::Publish(event) => {
                 log(&event);
                 state.events.publish(event);
@@ -192,7 +232,14 @@ fn execute(myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState, outp
 fn log(event: &FederationEvent) {
     use FederationEvent as E;
     match event {
-        E::RunStarted { run_id, tasks } => info!(run = %run_id, tasks = ?tasks, "run started"),
+        E::RunStarted {
+            run_id,
+            tasks,
+            resumed_after,
+        } if !resumed_after.is_empty() => {
+            info!(run = %run_id, tasks = ?tasks, after = ?resumed_after, "run resumed after its last committed round")
+        }
+        E::RunStarted { run_id, tasks, .. } => info!(run = %run_id, tasks = ?tasks, "run started"),
         E::HospitalJoined {
             task,
             hospital,

@@ -23,7 +23,8 @@ use medfed_models::learner::{Evaluator, GlobalModel, LocalUpdate, PrivacySpent, 
 use medfed_models::metrics::Metrics;
 use medfed_models::Params;
 
-use super::fsm::{Effect, Event, HospitalId, Phase, TaskFsm, TimerId, Verdict};
+use super::durable::{ResumePoint, RoundCommit, TaskResume, TaskTotals};
+use super::fsm::{DropReason, Effect, Event, HospitalId, Phase, TaskFsm, TimerId, Verdict};
 use super::stage::StageKind;
 use super::task::{Aggregated, Scaling, TaskSetup};
 use crate::events::{FederationEvent, RunOutcome};
@@ -31,7 +32,7 @@ use crate::messages::{
     Ask, EvalOutcome, HospitalInfo, RunRequest, StartRefused, StatsOutcome, ToCoordinator, ToHospital,
     TrainOutcome,
 };
-use crate::report::{FederatedEval, RoundRecord, RunReport, TaskReport};
+use crate::report::{FederatedEval, Participation, ParticipationOutcome, RoundRecord, RunReport, TaskReport};
 
 /// What happens to the coordinator.
 #[derive(Debug)]
@@ -60,6 +61,12 @@ pub enum Input {
         round: u32,
         result: Result<Aggregated, String>,
     },
+    /// A round commit could not be made durable: the run cannot go on
+    /// without breaking its promise to resume.
+    CommitFailed {
+        task: String,
+        reason: String,
+    },
 }
 
 /// What the shell must do.
@@ -81,6 +88,10 @@ pub enum Output {
         dir: PathBuf,
         checkpoint: Checkpoint,
     },
+    /// Make a closed round durable before anything that follows in these
+    /// outputs (the next round's requests); a failure comes back as
+    /// `Input::CommitFailed`.
+    CommitRound(Box<RoundCommit>),
     Publish(FederationEvent),
 }
 
@@ -152,6 +163,8 @@ struct TaskState {
     privacy: BTreeMap<HospitalId, PrivacySpent>,
     /// Hospitals that declared a simulated attack, and which.
     attacks: BTreeMap<HospitalId, String>,
+    /// What became of each hospital's training answer in the current round.
+    participation: BTreeMap<HospitalId, Participation>,
 }
 
 impl TaskState {
@@ -203,6 +216,7 @@ impl TaskState {
             departures: 0,
             privacy: BTreeMap::new(),
             attacks: BTreeMap::new(),
+            participation: BTreeMap::new(),
         }
     }
 
@@ -222,7 +236,68 @@ impl TaskState {
         self.rejected.clear();
         self.declined = 0;
         self.departures = 0;
+        self.participation.clear();
         Ok(())
+    }
+
+    /// Take up an interrupted run where its last commit left it.
+    fn restore(&mut self, resume: TaskResume) -> Result<(), String> {
+        self.reset_for_run()?;
+        let Some((mut model, strategy)) = resume.committed else {
+            return Ok(());
+        };
+        let params = model.params.in_layout(self.initial.layout()).map_err(|e| {
+            format!(
+                "task '{}': the committed model does not fit this task's model: {e}",
+                self.name
+            )
+        })?;
+        model.params = Arc::new(params);
+        self.strategy
+            .restore(strategy)
+            .map_err(|e| format!("task '{}': {e}", self.name))?;
+        self.global = model;
+        self.kept_updates.clear();
+        self.kept_stats.clear();
+        self.history = resume.history;
+        self.round_started = None;
+        self.rejected = resume.totals.rejected;
+        self.declined = resume.totals.declined;
+        self.departures = resume.totals.departures;
+        self.privacy.extend(resume.privacy);
+        self.participation.clear();
+        Ok(())
+    }
+
+    fn totals(&self) -> TaskTotals {
+        TaskTotals {
+            rejected: self.rejected.clone(),
+            declined: self.declined,
+            departures: self.departures,
+        }
+    }
+
+    /// Record what became of `hospital`'s answer this round, unless it
+    /// already had an outcome that `only_if_new` must not overwrite.
+    fn participated(
+        &mut self,
+        hospital: &str,
+        outcome: ParticipationOutcome,
+        reason: Option<String>,
+        samples: Option<usize>,
+        only_if_new: bool,
+    ) {
+        if only_if_new && self.participation.contains_key(hospital) {
+            return;
+        }
+        self.participation.insert(
+            hospital.to_string(),
+            Participation {
+                outcome,
+                reason,
+                samples,
+            },
+        );
     }
 
     fn combine_stats(&mut self, from: &[HospitalId]) -> Result<(), String> {
@@ -372,6 +447,7 @@ impl Core {
         out.push(Output::Publish(FederationEvent::RunStarted {
             run_id: run_id.clone(),
             tasks: tasks.clone(),
+            resumed_after: BTreeMap::new(),
         }));
         for t in &tasks {
             let rounds = request
@@ -380,6 +456,71 @@ impl Core {
             self.apply(now, t, Event::Start { rounds }, None, out);
         }
         Ok(run_id)
+    }
+
+    /// Carry on the interrupted run `point` describes: each of its tasks
+    /// takes up its committed model, strategy state, history and totals,
+    /// waits for its hospitals as a start does, and begins at the round
+    /// after its last commit.
+    pub fn resume(
+        &mut self,
+        now: Duration,
+        point: ResumePoint,
+    ) -> (Result<String, StartRefused>, Vec<Output>) {
+        let mut out = Vec::new();
+        let result = self.try_resume(now, point, &mut out);
+        (result, out)
+    }
+
+    fn try_resume(
+        &mut self,
+        now: Duration,
+        point: ResumePoint,
+        out: &mut Vec<Output>,
+    ) -> Result<String, StartRefused> {
+        if let Some(run) = self.run.as_ref().filter(|r| r.active) {
+            return Err(StartRefused::RunActive(run.id.clone()));
+        }
+        if point.tasks.is_empty() {
+            return Err(StartRefused::Invalid(format!(
+                "run {} has no task to resume",
+                point.run_id
+            )));
+        }
+        if let Some(unknown) = point.tasks.keys().find(|t| !self.tasks.contains_key(*t)) {
+            return Err(StartRefused::Invalid(format!(
+                "run {} trained task '{unknown}', which this coordinator does not serve (tasks: {})",
+                point.run_id,
+                self.task_names().join(", ")
+            )));
+        }
+        let mut plans = Vec::new();
+        for (name, resume) in point.tasks {
+            let rounds = resume.target_rounds;
+            let after = resume.history.last().map_or(0, |r| r.round);
+            let task = self.tasks.get_mut(&name).expect("checked above");
+            task.restore(resume).map_err(StartRefused::Invalid)?;
+            plans.push((name, rounds, after));
+        }
+        let tasks: Vec<String> = plans.iter().map(|(name, ..)| name.clone()).collect();
+        self.generation += 1;
+        self.run = Some(Run {
+            id: point.run_id.clone(),
+            tasks: tasks.clone(),
+            active: true,
+        });
+        out.push(Output::Publish(FederationEvent::RunStarted {
+            run_id: point.run_id.clone(),
+            tasks,
+            resumed_after: plans
+                .iter()
+                .map(|(name, _, after)| (name.clone(), *after))
+                .collect(),
+        }));
+        for (name, rounds, after) in plans {
+            self.apply(now, &name, Event::Resume { rounds, after }, None, out);
+        }
+        Ok(point.run_id)
     }
 
     /// Stop the active run: every task of it ends as stopped, with the rounds
@@ -412,6 +553,15 @@ impl Core {
                 round,
                 result,
             } => self.on_aggregated(now, task, generation, round, result, &mut out),
+            Input::CommitFailed { task, reason } => self.apply(
+                now,
+                &task,
+                Event::Failed {
+                    reason: format!("cannot commit the round to the store: {reason}"),
+                },
+                None,
+                &mut out,
+            ),
         }
         out
     }
@@ -484,6 +634,15 @@ impl Core {
         self.by_name.remove(&gone.info.name);
         if let Some(task) = self.tasks.get_mut(&gone.info.task) {
             task.departures += 1;
+            if task.fsm.phase().is_active() && task.fsm.phase().round() > 0 {
+                task.participated(
+                    &gone.info.name,
+                    ParticipationOutcome::Departed,
+                    Some("left during the round".into()),
+                    None,
+                    true,
+                );
+            }
         }
         out.push(Output::Publish(FederationEvent::HospitalLeft {
             task: gone.info.task.clone(),
@@ -625,6 +784,7 @@ impl Core {
                     seconds,
                     seconds_with_evaluation: None,
                     federated: FederatedEval::default(),
+                    participation: std::mem::take(&mut t.participation),
                 });
                 out.push(Output::Publish(FederationEvent::RoundAggregated {
                     task: task.clone(),
@@ -715,6 +875,7 @@ impl Core {
         out: &mut Vec<Output>,
     ) -> Result<Vec<Event>, String> {
         let generation = self.generation;
+        let run_id = self.run.as_ref().map(|r| r.id.clone()).unwrap_or_default();
         let by_name = &self.by_name;
         let t = self.tasks.get_mut(task).expect("the task exists");
         let publish = |out: &mut Vec<Output>, e: FederationEvent| out.push(Output::Publish(e));
@@ -746,6 +907,7 @@ impl Core {
                     StageKind::Train => {
                         let base = TrainPlan {
                             round,
+                            attempt,
                             ..t.plan.clone()
                         };
                         t.strategy
@@ -821,6 +983,13 @@ impl Core {
                     if let Some(spent) = &update.privacy {
                         t.privacy.insert(from.clone(), spent.clone());
                     }
+                    t.participated(
+                        &from,
+                        ParticipationOutcome::Accepted,
+                        None,
+                        Some(update.num_examples),
+                        false,
+                    );
                     t.kept_updates.insert(from, update);
                 }
                 (StageKind::Evaluate, Some(Payload::Evaluation(outcome))) => {
@@ -853,6 +1022,13 @@ impl Core {
                 Verdict::Declined(reason) => {
                     if stage == StageKind::Train {
                         t.declined += 1;
+                        t.participated(
+                            &from,
+                            ParticipationOutcome::Declined,
+                            Some(reason.clone()),
+                            None,
+                            false,
+                        );
                     }
                     publish(
                         out,
@@ -866,6 +1042,15 @@ impl Core {
                 }
                 Verdict::Invalid { label, reason } => {
                     *t.rejected.entry(label).or_default() += 1;
+                    if stage == StageKind::Train {
+                        t.participated(
+                            &from,
+                            ParticipationOutcome::Rejected,
+                            Some(reason.clone()),
+                            None,
+                            false,
+                        );
+                    }
                     publish(
                         out,
                         FederationEvent::UpdateRejected {
@@ -878,14 +1063,45 @@ impl Core {
                 }
                 Verdict::Usable => {}
             },
-            Effect::Drop { from, reason } => publish(
-                out,
-                FederationEvent::MessageDropped {
-                    task: task.to_string(),
-                    hospital: from,
-                    reason,
-                },
-            ),
+            Effect::Drop { from, reason } => {
+                let training = matches!(
+                    t.fsm.phase(),
+                    Phase::Collecting {
+                        stage: StageKind::Train,
+                        ..
+                    } | Phase::Aggregating { .. }
+                );
+                if reason == DropReason::Late && training {
+                    let why = Some("answered after its attempt closed".to_string());
+                    t.participated(&from, ParticipationOutcome::Late, why, None, true);
+                }
+                publish(
+                    out,
+                    FederationEvent::MessageDropped {
+                        task: task.to_string(),
+                        hospital: from,
+                        reason,
+                    },
+                )
+            }
+            Effect::RoundClosed { round } => {
+                if let Some(record) = t.history.last().filter(|r| r.round == round) {
+                    out.push(Output::CommitRound(Box::new(RoundCommit {
+                        run_id,
+                        task: task.to_string(),
+                        target_rounds: t.fsm.target_rounds(),
+                        checkpoint: Checkpoint {
+                            task: task.to_string(),
+                            round,
+                            model: t.global.clone(),
+                        },
+                        strategy: t.strategy.state(),
+                        record: record.clone(),
+                        totals: t.totals(),
+                        privacy: t.privacy.clone(),
+                    })));
+                }
+            }
             Effect::DiscardCollected => {
                 t.kept_updates.clear();
                 t.kept_stats.clear();
@@ -939,6 +1155,7 @@ impl Core {
             } => {
                 if attempt == 0 {
                     t.round_started = Some(now);
+                    t.participation.clear();
                 }
                 publish(
                     out,

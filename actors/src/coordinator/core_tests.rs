@@ -39,6 +39,7 @@ fn setup(name: &str) -> TaskSetup {
         },
         plan: TrainPlan {
             round: 0,
+            attempt: 0,
             local_epochs: 1,
             batch_size: 8,
             learning_rate: 0.1,

@@ -151,6 +151,14 @@ pub enum Event {
     Start {
         rounds: u32,
     },
+    /// Carry on a run of `rounds` rounds whose first `after` rounds were
+    /// committed before a restart: it assembles as a start does, then
+    /// begins at round `after + 1` (no preparation: its result is in the
+    /// committed model).
+    Resume {
+        rounds: u32,
+        after: u32,
+    },
     Joined(HospitalId),
     Left(HospitalId),
     Answered {
@@ -252,6 +260,11 @@ pub enum Effect {
         accepted: usize,
         needed: usize,
     },
+    /// Every stage of `round` is done: its result is final and must be
+    /// committed before the next round is asked for.
+    RoundClosed {
+        round: u32,
+    },
     /// An attempt of a round's training stage began.
     RoundStarted {
         round: u32,
@@ -306,6 +319,8 @@ pub struct TaskFsm {
     drops: DropCounts,
     /// Rounds aggregated in the current run.
     aggregated: u32,
+    /// Set by `Resume` until the run begins: the last committed round.
+    resume_after: Option<u32>,
 }
 
 impl TaskFsm {
@@ -326,6 +341,7 @@ impl TaskFsm {
             live_timer: None,
             drops: DropCounts::default(),
             aggregated: 0,
+            resume_after: None,
         }
     }
 
@@ -353,7 +369,8 @@ impl TaskFsm {
     pub fn handle(&mut self, event: Event) -> Vec<Effect> {
         let mut fx = Vec::new();
         match event {
-            Event::Start { rounds } => self.on_start(rounds, &mut fx),
+            Event::Start { rounds } => self.on_start(rounds, None, &mut fx),
+            Event::Resume { rounds, after } => self.on_start(rounds, Some(after), &mut fx),
             Event::Joined(id) => self.on_joined(id, &mut fx),
             Event::Left(id) => {
                 self.members.remove(&id);
@@ -409,17 +426,26 @@ impl TaskFsm {
         self.config.expected_hospitals.max(self.config.quorum())
     }
 
-    fn on_start(&mut self, rounds: u32, fx: &mut Vec<Effect>) {
+    /// Start a run, or resume one `after` committed rounds.
+    fn on_start(&mut self, rounds: u32, after: Option<u32>, fx: &mut Vec<Effect>) {
         if self.phase.is_active() {
             return;
         }
         // A new run has aggregated nothing yet, even while it assembles.
-        self.aggregated = 0;
+        self.aggregated = after.unwrap_or(0);
+        self.resume_after = after;
         if rounds == 0 {
             self.abort("a run needs at least one round".into(), fx);
             return;
         }
         self.target_rounds = rounds;
+        if let Some(done) = after.filter(|done| *done >= rounds) {
+            // Every round was committed; only the run's end was not recorded.
+            self.resume_after = None;
+            self.phase = Phase::Finished { rounds: done };
+            fx.push(Effect::RunFinished { rounds: done });
+            return;
+        }
         if self.members.len() >= self.expected() {
             self.begin_run(fx);
         } else {
@@ -609,7 +635,12 @@ impl TaskFsm {
         let next = self.stage_index + 1;
         if next < self.config.protocol.stages(round).len() {
             self.begin_stage(round, next, 0, fx);
-        } else if round >= self.target_rounds {
+            return;
+        }
+        if round > 0 {
+            fx.push(Effect::RoundClosed { round });
+        }
+        if round >= self.target_rounds {
             self.clear_collection();
             self.phase = Phase::Finished { rounds: round };
             fx.push(Effect::RunFinished { rounds: round });
@@ -619,7 +650,10 @@ impl TaskFsm {
     }
 
     fn begin_run(&mut self, fx: &mut Vec<Effect>) {
-        self.begin_round(0, fx);
+        match self.resume_after.take() {
+            Some(done) if done > 0 => self.begin_round(done + 1, fx),
+            _ => self.begin_round(0, fx),
+        }
     }
 
     /// The first stage of `round`, skipping rounds that have none (a

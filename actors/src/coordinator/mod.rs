@@ -2,15 +2,18 @@
 //! over the stages `stage` declares; `core` is the whole federation —
 //! admission, run lifecycle, each task's model and collected answers — and
 //! returns outputs that carry their data. `actor` is the shell that executes
-//! them; `task` is what a task is set up with and its aggregation job.
+//! them; `task` is what a task is set up with and its aggregation job;
+//! `durable` is what a round commit carries and a resumed run starts from.
 
 pub mod actor;
 pub mod core;
+pub mod durable;
 pub mod fsm;
 pub mod stage;
 pub mod task;
 
 pub use actor::{Coordinator, CoordinatorArgs};
+pub use durable::{ResumePoint, RoundCommit, RoundStore, TaskResume, TaskTotals};
 pub use stage::{Protocol, Stage, StageKind, StageRules};
 pub use task::{Scaling, TaskSetup};
 

@@ -66,6 +66,7 @@ impl std::fmt::Debug for Aggregated {
 /// copy of the strategy and evaluate it on the held-out set. Runs on a
 /// blocking thread.
 pub fn run_aggregation(job: AggregateJob) -> Result<Aggregated, String> {
+    crate::failpoints::crash_point("coordinator::aggregating");
     let AggregateJob {
         round,
         global,

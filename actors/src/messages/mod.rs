@@ -19,6 +19,7 @@ use medfed_models::learner::{GlobalModel, LocalUpdate, PrivacySpent, TrainPlan};
 use medfed_models::metrics::Metrics;
 use medfed_models::Params;
 
+use crate::coordinator::durable::ResumePoint;
 use crate::coordinator::fsm::TimerId;
 use crate::coordinator::task::Aggregated;
 use crate::report::RunReport;
@@ -252,6 +253,11 @@ pub enum CoordinatorMsg {
     },
     StartRun {
         request: RunRequest,
+        reply: RpcReplyPort<Result<String, StartRefused>>,
+    },
+    /// Carry on an interrupted run from its last committed rounds.
+    ResumeRun {
+        point: Box<ResumePoint>,
         reply: RpcReplyPort<Result<String, StartRefused>>,
     },
     /// Stop the active run; the reply names it (`None`: no run was active).

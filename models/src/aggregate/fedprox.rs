@@ -55,6 +55,7 @@ mod tests {
     fn asks_for_the_term_and_averages_like_fedavg() {
         let base = TrainPlan {
             round: 3,
+            attempt: 0,
             local_epochs: 2,
             batch_size: 8,
             learning_rate: 0.1,

@@ -30,7 +30,6 @@ use crate::metrics::{binary_metrics, Metrics};
 use crate::params::{Layout, Params, TensorSpec};
 use crate::privacy::fingerprint::DataFingerprint;
 use crate::privacy::mechanisms::{dp_sgd, DpSgdModel, NoiseSource, Noised};
-use crate::seed;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -431,7 +430,7 @@ impl CnnLearner {
     /// Mini-batch training; returns the exact delta and the last epoch's loss.
     fn train_exact(&self, global: &GlobalModel, plan: &TrainPlan) -> Result<(Params, f64)> {
         let net = self.check_global(global, plan)?;
-        let mut rng = ChaCha8Rng::seed_from_u64(seed::derive(plan.seed, &self.name, u64::from(plan.round)));
+        let mut rng = ChaCha8Rng::seed_from_u64(plan.stream_seed(&self.name));
         let loss = train_net(&net, &self.images, &self.config, plan, &mut rng)?;
         let delta = net.to_params(global.params.layout())?.sub(&global.params)?;
         Ok((delta, loss))
@@ -570,6 +569,7 @@ mod tests {
     fn plan(epochs: u32) -> TrainPlan {
         TrainPlan {
             round: 1,
+            attempt: 0,
             local_epochs: epochs,
             batch_size: 32,
             learning_rate: 0.003,

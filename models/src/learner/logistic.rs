@@ -19,7 +19,6 @@ use crate::privacy::fingerprint::DataFingerprint;
 pub use crate::privacy::mechanisms::DpSgdSettings;
 use crate::privacy::mechanisms::{dp_sgd, release_update, DpSgdModel, NoiseSource, Noised};
 use crate::privacy::rdp::{compose, default_orders};
-use crate::seed;
 
 pub fn layout(n_features: usize) -> Arc<Layout> {
     Arc::new(
@@ -420,7 +419,7 @@ impl Learner for LogisticLearner {
     }
 
     fn train(&mut self, global: &GlobalModel, plan: &TrainPlan) -> Result<LocalUpdate> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed::derive(plan.seed, &self.name, u64::from(plan.round)));
+        let mut rng = ChaCha8Rng::seed_from_u64(plan.stream_seed(&self.name));
         let labels = self.data.raw().labels.clone();
         let (mut coef, x) = Self::prepare(&mut self.data, global, plan)?;
         // A single-class shard is fine: the gradient simply pushes one way.
@@ -496,8 +495,7 @@ impl DpLearner for DpLogisticLearner {
             }
             None => {
                 // Shuffling is not private and need not be: the whole delta is noised.
-                let mut rng =
-                    ChaCha8Rng::seed_from_u64(seed::derive(plan.seed, &self.name, u64::from(plan.round)));
+                let mut rng = ChaCha8Rng::seed_from_u64(plan.stream_seed(&self.name));
                 sgd(&mut coef, x, &labels, plan, &mut rng);
                 self.dp
                     .release_update(&coef.to_params().sub(&global.params)?, &mut self.noise)
@@ -620,6 +618,7 @@ mod tests {
         };
         let plan = TrainPlan {
             round: 1,
+            attempt: 0,
             local_epochs: 5,
             batch_size: 16,
             learning_rate: 0.1,
@@ -656,6 +655,7 @@ mod tests {
         };
         let plan = TrainPlan {
             round: 1,
+            attempt: 0,
             local_epochs: 2,
             batch_size: 1,
             learning_rate: 1.0,
@@ -680,6 +680,7 @@ mod tests {
         };
         let plan = |mu: f64| TrainPlan {
             round: 1,
+            attempt: 0,
             local_epochs: 5,
             batch_size: 16,
             learning_rate: 0.1,
@@ -708,6 +709,7 @@ mod tests {
         };
         let plan = TrainPlan {
             round: 1,
+            attempt: 0,
             local_epochs: 1,
             batch_size: 8,
             learning_rate: 0.1,
@@ -728,6 +730,7 @@ mod dp_tests {
     fn plan() -> TrainPlan {
         TrainPlan {
             round: 1,
+            attempt: 0,
             local_epochs: 1,
             batch_size: 16,
             learning_rate: 1.0,

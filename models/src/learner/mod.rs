@@ -29,6 +29,9 @@ pub struct GlobalModel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainPlan {
     pub round: u32,
+    /// Which attempt of the round (0 unless the round was retried).
+    #[serde(default)]
+    pub attempt: u32,
     pub local_epochs: u32,
     pub batch_size: usize,
     pub learning_rate: f64,
@@ -43,6 +46,21 @@ pub struct TrainPlan {
     /// training. Set by the strategy's configure-training hook.
     #[serde(default)]
     pub proximal_mu: f64,
+}
+
+impl TrainPlan {
+    /// The seed of `hospital`'s training randomness (shuffling, sampling
+    /// that is not privacy noise) for this round and attempt: a function of
+    /// (seed, hospital, round, attempt) only, never of what came before, so
+    /// a run resumed after a crash trains exactly as one left alone.
+    /// Hospital names are unique within a federation, so they imply the task.
+    pub fn stream_seed(&self, hospital: &str) -> u64 {
+        crate::seed::derive(
+            self.seed,
+            hospital,
+            u64::from(self.round) | (u64::from(self.attempt) << 32),
+        )
+    }
 }
 
 /// How something that left a hospital was protected: the label an update
@@ -182,4 +200,32 @@ pub trait DpLearner: Send {
 pub trait Evaluator: Send {
     fn init_params(&self) -> Params;
     fn evaluate(&mut self, global: &GlobalModel) -> Result<Metrics>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_streams_depend_on_round_and_attempt_only() {
+        let plan = TrainPlan {
+            round: 3,
+            attempt: 0,
+            local_epochs: 1,
+            batch_size: 8,
+            learning_rate: 0.1,
+            l2: 0.0,
+            seed: 42,
+            proximal_mu: 0.0,
+        };
+        // Attempt 0 keeps the streams runs used before attempts counted.
+        assert_eq!(plan.stream_seed("h-1"), crate::seed::derive(42, "h-1", 3));
+        let retry = TrainPlan {
+            attempt: 1,
+            ..plan.clone()
+        };
+        assert_ne!(retry.stream_seed("h-1"), plan.stream_seed("h-1"));
+        assert_ne!(plan.stream_seed("h-2"), plan.stream_seed("h-1"));
+        assert_eq!(plan.clone().stream_seed("h-1"), plan.stream_seed("h-1"));
+    }
 }

@@ -409,6 +409,7 @@ mod tests {
     fn plan(round: u32) -> TrainPlan {
         TrainPlan {
             round,
+            attempt: 0,
             local_epochs: 1,
             batch_size: 16,
             learning_rate: 0.5,
