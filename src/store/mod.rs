@@ -188,3 +188,6 @@ fn check_header(path: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -11,14 +11,16 @@ use super::{Result, StoreError};
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 pub struct Writer {
-    jobs: mpsc::Sender<Job>,
+    /// `None` only while dropping.
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     path: String,
 }
 
 impl Writer {
     pub fn start(mut conn: Connection, path: String) -> Writer {
         let (jobs, queue) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("medfed-store".into())
             .spawn(move || {
                 for job in queue {
@@ -26,7 +28,15 @@ impl Writer {
                 }
             })
             .expect("the store's writer thread starts");
-        Writer { jobs, path }
+        Writer {
+            jobs: Some(jobs),
+            thread: Some(thread),
+            path,
+        }
+    }
+
+    fn send(&self, job: Job) -> bool {
+        self.jobs.as_ref().is_some_and(|jobs| jobs.send(job).is_ok())
     }
 
     /// Run `f` in one transaction and wait until it is committed (durable:
@@ -40,7 +50,9 @@ impl Writer {
             let _ = reply.send(in_transaction(conn, f));
         });
         let gone = || StoreError::Refused(format!("store {}: its writer has stopped", self.path));
-        self.jobs.send(job).map_err(|_| gone())?;
+        if !self.send(job) {
+            return Err(gone());
+        }
         answer
             .recv()
             .map_err(|_| gone())?
@@ -62,7 +74,7 @@ impl Writer {
                 tracing::error!(store = %path, "cannot record {what}: {e}");
             }
         });
-        if self.jobs.send(job).is_err() {
+        if !self.send(job) {
             tracing::error!(store = %self.path, "cannot record {what}: the store's writer has stopped");
         }
     }
@@ -70,6 +82,17 @@ impl Writer {
     /// Wait until everything queued so far is written.
     pub fn flush(&self) -> Result<()> {
         self.call(|_| Ok(()))
+    }
+}
+
+/// Everything queued is written and the connection closed (the WAL
+/// checkpointed) before the store is gone.
+impl Drop for Writer {
+    fn drop(&mut self) {
+        drop(self.jobs.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

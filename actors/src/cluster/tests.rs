@@ -201,6 +201,13 @@ fn every_to_coordinator() -> Vec<ToCoordinator> {
                 node: String::new(),
                 held_out: Some("113 examples, crc32 0badf00d".into()),
                 attack: Some("sign_flip:10".into()),
+                privacy: Some(medfed_models::learner::PrivacySpent {
+                    mechanism: "dp-sgd".into(),
+                    noise_multiplier: 1.25,
+                    epsilon: 0.375,
+                    budget: 3.0,
+                    delta: 1e-5,
+                }),
             },
         },
         ToCoordinator::Stats {

@@ -70,6 +70,7 @@ fn info(name: &str, task: &str) -> HospitalInfo {
         node: "in-process".into(),
         held_out: None,
         attack: None,
+        privacy: None,
     }
 }
 
@@ -655,4 +656,130 @@ fn a_hospital_that_declares_an_attack_is_recorded_as_such() {
     let attacks = core.report().tasks["t"].attacks.clone();
     assert_eq!(attacks.len(), 1);
     assert_eq!(attacks["a"], "sign_flip:10");
+}
+
+fn declined_evaluation(round: u32) -> ToCoordinator {
+    ToCoordinator::Evaluated {
+        ask: Ask {
+            run: 1,
+            round,
+            attempt: 0,
+        },
+        outcome: EvalOutcome::Declined {
+            reason: "private".into(),
+        },
+    }
+}
+
+/// Round 1 of a one-round run, aggregated and evaluated: the commit it
+/// asks for, then everything else that step produced.
+fn committed_round_one(core: &mut Core) -> (RoundCommit, Vec<Output>) {
+    let job = first_round_closed(core);
+    let result = run_aggregation(job);
+    core.handle(
+        Duration::ZERO,
+        Input::Aggregated {
+            task: "t".into(),
+            generation: 1,
+            round: 1,
+            result,
+        },
+    );
+    core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(1),
+            message: declined_evaluation(1),
+        },
+    );
+    let out = core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(2),
+            message: declined_evaluation(1),
+        },
+    );
+    let position = out
+        .iter()
+        .position(|o| matches!(o, Output::CommitRound(_)))
+        .expect("the closed round is committed");
+    let mut out = out;
+    let Output::CommitRound(commit) = out.remove(position) else {
+        unreachable!()
+    };
+    let rest = out.split_off(position);
+    (*commit, rest)
+}
+
+#[test]
+fn a_closed_round_is_committed_with_its_lineage_before_anything_follows() {
+    let mut core = Core::new(vec![setup("t")]);
+    let (commit, after) = committed_round_one(&mut core);
+    assert_eq!((commit.run_id.as_str(), commit.task.as_str()), ("run-1", "t"));
+    assert_eq!((commit.checkpoint.round, commit.target_rounds), (1, 1));
+    assert_eq!(commit.checkpoint.model.params.as_slice(), &[2.0, 2.0, 2.0]);
+    assert_eq!(commit.record.round, 1);
+    let accepted: Vec<(&String, Option<usize>)> = commit
+        .record
+        .participation
+        .iter()
+        .map(|(h, p)| {
+            assert_eq!(p.outcome, ParticipationOutcome::Accepted);
+            (h, p.samples)
+        })
+        .collect();
+    assert_eq!(accepted, vec![(&"a".to_string(), Some(10)), (&"b".to_string(), Some(10))]);
+    assert_eq!(commit.strategy.strategy, "fedavg");
+    // The run's end comes after the commit.
+    assert!(events(&after)
+        .iter()
+        .any(|e| matches!(e, FederationEvent::RunEnded { .. })));
+}
+
+/// A new coordinator given the commit carries on at round 2 with the
+/// committed model, and reports round 1 too.
+#[test]
+fn a_resumed_run_carries_on_from_its_commit() {
+    let mut first = Core::new(vec![setup("t")]);
+    let (commit, _) = committed_round_one(&mut first);
+    let mut core = Core::new(vec![setup("t")]);
+    hello(&mut core, 7, "a", "t");
+    hello(&mut core, 8, "b", "t");
+    let point = ResumePoint {
+        run_id: "run-1".into(),
+        tasks: [(
+            "t".to_string(),
+            TaskResume {
+                target_rounds: 2,
+                committed: Some((commit.checkpoint.model.clone(), commit.strategy.clone())),
+                history: vec![commit.record.clone()],
+                totals: commit.totals.clone(),
+                privacy: commit.privacy.clone(),
+            },
+        )]
+        .into(),
+    };
+    let (id, out) = core.resume(Duration::ZERO, point);
+    assert_eq!(id.unwrap(), "run-1");
+    assert!(events(&out).iter().any(|e| matches!(
+        e,
+        FederationEvent::RunStarted { resumed_after, .. } if resumed_after.get("t") == Some(&1)
+    )));
+    let asked = sent(&out);
+    assert_eq!(asked.len(), 2);
+    for (_, message) in asked {
+        let ToHospital::Train { ask, model, .. } = message else {
+            panic!("round 2 is asked for, got {message:?}");
+        };
+        assert_eq!((ask.round, ask.attempt), (2, 0));
+        assert_eq!(model.params.as_slice(), &[2.0, 2.0, 2.0]);
+    }
+    assert_eq!(core.report().tasks["t"].rounds.len(), 1);
+    assert_eq!(core.report().run_id.as_deref(), Some("run-1"));
+    // A second resume (or start) while it runs is refused.
+    let again = ResumePoint {
+        run_id: "run-1".into(),
+        tasks: Default::default(),
+    };
+    assert!(matches!(core.resume(Duration::ZERO, again).0, Err(StartRefused::RunActive(_))));
 }

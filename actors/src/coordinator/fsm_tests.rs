@@ -267,6 +267,7 @@ fn a_round_is_train_then_aggregate_then_evaluate_and_the_run_finishes() {
                 round: 2,
                 from: ids(&["b"])
             },
+            Effect::RoundClosed { round: 2 },
             Effect::RunFinished { rounds: 2 }
         ]
     );
@@ -680,4 +681,84 @@ fn an_answer_to_an_earlier_run_is_dropped_as_late() {
     // It still owes this run's answer.
     let fx = fsm.handle(valid("a", 1, 0));
     assert!(fx.iter().any(|e| matches!(e, Effect::Keep { .. })));
+}
+
+/// A closed round is announced for its commit before the next round's
+/// request; a round that has evaluation closes after it, not at aggregation.
+#[test]
+fn a_round_closes_after_its_last_stage_and_before_the_next_request() {
+    let (mut fsm, _) = in_round_one();
+    let fx = through_training(&mut fsm, 1, &["a", "b", "c"]);
+    assert!(
+        !fx.iter().any(|e| matches!(e, Effect::RoundClosed { .. })),
+        "{fx:?}"
+    );
+    assert_eq!(fsm.phase(), &evaluating(1));
+    fsm.handle(evaluation("a", 1));
+    fsm.handle(evaluation("b", 1));
+    let fx = fsm.handle(evaluation("c", 1));
+    let closed = fx
+        .iter()
+        .position(|e| e == &Effect::RoundClosed { round: 1 })
+        .expect("round 1 closed");
+    let next = fx
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                Effect::Request {
+                    stage: StageKind::Train,
+                    round: 2,
+                    ..
+                }
+            )
+        })
+        .expect("round 2 asked for");
+    assert!(closed < next, "{fx:?}");
+    // The last round closes before the run finishes.
+    through_training(&mut fsm, 2, &["a", "b", "c"]);
+    fsm.handle(evaluation("a", 2));
+    fsm.handle(evaluation("b", 2));
+    let fx = fsm.handle(evaluation("c", 2));
+    assert_eq!(
+        fx[fx.len() - 2..],
+        [
+            Effect::RoundClosed { round: 2 },
+            Effect::RunFinished { rounds: 2 }
+        ]
+    );
+}
+
+/// A resumed run assembles, skips the preparation (its result is in the
+/// committed model) and begins at the round after its last commit.
+#[test]
+fn a_resumed_run_begins_after_its_last_committed_round() {
+    let mut fsm = TaskFsm::new(FsmConfig {
+        rounds: 5,
+        ..config()
+    });
+    let fx = fsm.handle(Event::Resume { rounds: 5, after: 3 });
+    assert_eq!(fsm.phase(), &Phase::Assembling, "{fx:?}");
+    joined(&mut fsm, &["a"]);
+    let fx = fsm.handle(Event::Joined("b".into()));
+    assert_eq!(fsm.phase(), &training(4, 0));
+    assert!(fx.contains(&Effect::Request {
+        stage: StageKind::Train,
+        round: 4,
+        attempt: 0,
+        to: ids(&["a", "b"]),
+    }));
+    // Stopped now, it reports the committed rounds.
+    fsm.handle(Event::Stop);
+    assert_eq!(fsm.phase(), &Phase::Stopped { rounds: 3 });
+    // Nothing committed yet: it starts over with the preparation.
+    let mut fresh = TaskFsm::new(config());
+    joined(&mut fresh, &["a", "b"]);
+    fresh.handle(Event::Resume { rounds: 2, after: 0 });
+    assert_eq!(fresh.phase(), &preparing(0));
+    // Every round committed, only the end unrecorded: it finishes at once.
+    let mut done = TaskFsm::new(config());
+    let fx = done.handle(Event::Resume { rounds: 2, after: 2 });
+    assert_eq!(done.phase(), &Phase::Finished { rounds: 2 });
+    assert_eq!(fx, vec![Effect::RunFinished { rounds: 2 }]);
 }
