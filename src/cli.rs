@@ -56,6 +56,136 @@ pub enum Command {
     /// Datasets: synthetic chest X-rays, and checks of image datasets.
     #[command(subcommand)]
     Data(DataCommand),
+    /// The model registry: versions, lineage, reports, exports.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Score records with a registered model (probabilities and labels).
+    Predict(PredictArgs),
+    /// The store of runs, rounds and models.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+/// Which store a registry command reads: `--store`, else the config's
+/// `[store] path`, else `<run.data_dir>/medfed.sqlite`.
+#[derive(Debug, Clone, Args)]
+pub struct StoreLocation {
+    #[arg(long, value_name = "PATH")]
+    pub store: Option<PathBuf>,
+    /// The configuration that says where the data directory is.
+    #[arg(long, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Every registered version, oldest first.
+    List(ModelsListArgs),
+    /// One version with its lineage: contributions per round, rejections,
+    /// privacy spent, settings.
+    Show(ModelRefArgs),
+    /// Copy a version's safetensors file (checked against its sha256).
+    Export(ModelsExportArgs),
+    /// A report of one version: data, configuration, privacy guarantee,
+    /// per-round and final metrics, federated evaluation, lineage.
+    Report(ModelsReportArgs),
+    /// The versions a hospital contributed an accepted update to (site withdrawal).
+    Affected(ModelsAffectedArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsListArgs {
+    #[command(flatten)]
+    pub at: StoreLocation,
+    /// Only this task's versions.
+    #[arg(long)]
+    pub task: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelRefArgs {
+    #[command(flatten)]
+    pub at: StoreLocation,
+    /// TASK or TASK:VERSION (default: the latest version).
+    pub model: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsExportArgs {
+    #[command(flatten)]
+    pub at: StoreLocation,
+    /// TASK or TASK:VERSION.
+    pub model: String,
+    /// The file to write (refused if it exists).
+    #[arg(long)]
+    pub to: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Md,
+    Html,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsReportArgs {
+    #[command(flatten)]
+    pub at: StoreLocation,
+    pub task: String,
+    pub version: i64,
+    #[arg(long, value_enum, default_value = "md")]
+    pub format: ReportFormat,
+    /// Write here instead of stdout (refused if it exists).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsAffectedArgs {
+    #[command(flatten)]
+    pub at: StoreLocation,
+    #[arg(long)]
+    pub hospital: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub at: StoreLocation,
+    /// TASK or TASK:VERSION of a registered model.
+    #[arg(long)]
+    pub model: String,
+    /// A CSV with the task's feature columns (tabular), or an image folder /
+    /// MedMNIST .npz (imaging).
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Where to write the predictions as CSV (default: stdout).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// A consistent copy of the store (SQLite's online backup: safe while a
+    /// coordinator writes). Restore by stopping medfed and putting the copy
+    /// in the store's place.
+    Backup(StoreBackupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StoreBackupArgs {
+    #[command(flatten)]
+    pub at: StoreLocation,
+    /// The backup file to write (refused if it exists).
+    #[arg(long)]
+    pub to: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]

@@ -18,6 +18,7 @@ pub mod federation;
 pub mod hospital_learner;
 pub mod logging;
 pub mod output;
+pub mod report;
 pub mod shutdown;
 pub mod store;
 pub mod tasks;

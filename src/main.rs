@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use medfed::cli::{Cli, ClusterCommand, Command, ConfigCommand};
+use medfed::cli::{Cli, ClusterCommand, Command, ConfigCommand, StoreCommand};
 use medfed::shutdown::{EXIT_COMPLETED, EXIT_ERROR};
 use medfed::{commands, logging};
 
@@ -63,6 +63,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Privacy(command) => {
             logging::init(cli.log_format, "warn");
             commands::privacy::execute(&command)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Models(command) => {
+            logging::init(cli.log_format, "warn");
+            commands::models::execute(&command)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Predict(args) => {
+            logging::init(cli.log_format, "warn");
+            commands::predict::execute(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Store(StoreCommand::Backup(args)) => {
+            logging::init(cli.log_format, "warn");
+            commands::models::backup(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Check(args)) => {

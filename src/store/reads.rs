@@ -85,6 +85,14 @@ impl Store {
         }))
     }
 
+    /// The configuration a run was started with (TOML), if the run is known.
+    pub fn run_config(&self, id: &str) -> Result<Option<String>> {
+        let conn = self.reader()?;
+        conn.query_row("SELECT config FROM runs WHERE id = ?1", [id], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.sql(e))
+    }
+
     /// The committed rounds of a run's task, in order.
     pub fn rounds(&self, run: &str, task: &str) -> Result<Vec<RoundRow>> {
         let conn = self.reader()?;

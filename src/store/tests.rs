@@ -44,7 +44,11 @@ fn commit(run: &str, round: u32, value: f32, hospitals: &[(&str, ParticipationOu
         },
         strategy: StrategyState {
             strategy: "fedadam".into(),
-            vectors: [("m".to_string(), vec![0.1f32, 1.0 / 3.0]), ("v".to_string(), vec![1e-9, 2.0])].into(),
+            vectors: [
+                ("m".to_string(), vec![0.1f32, 1.0 / 3.0]),
+                ("v".to_string(), vec![1e-9, 2.0]),
+            ]
+            .into(),
         },
         record: RoundRecord {
             round,
@@ -93,20 +97,34 @@ fn garbage_truncated_and_foreign_files_are_refused_and_left_untouched() {
     let garbage = dir.path().join("garbage.sqlite");
     std::fs::write(&garbage, b"this is not a database at all, just text").unwrap();
     let e = Store::open(&garbage).err().unwrap().to_string();
-    assert!(e.contains("not a medfed store") && e.contains("garbage.sqlite"), "{e}");
-    assert_eq!(std::fs::read(&garbage).unwrap(), b"this is not a database at all, just text");
+    assert!(
+        e.contains("not a medfed store") && e.contains("garbage.sqlite"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(&garbage).unwrap(),
+        b"this is not a database at all, just text"
+    );
 
     // A real store with rounds in it, cut in half.
     let store = open(dir.path());
     for round in 1..=3 {
-        durable(&store).commit(&commit("run-1", round, 1.0, &BOTH)).unwrap();
+        durable(&store)
+            .commit(&commit("run-1", round, 1.0, &BOTH))
+            .unwrap();
     }
     drop(store);
     let whole = std::fs::read(dir.path().join("medfed.sqlite")).unwrap();
     let truncated = dir.path().join("truncated.sqlite");
     std::fs::write(&truncated, &whole[..whole.len() / 2]).unwrap();
-    let e = Store::open(&truncated).err().expect("a truncated store is refused").to_string();
-    assert!(e.contains("truncated.sqlite") && e.contains("left untouched"), "{e}");
+    let e = Store::open(&truncated)
+        .err()
+        .expect("a truncated store is refused")
+        .to_string();
+    assert!(
+        e.contains("truncated.sqlite") && e.contains("left untouched"),
+        "{e}"
+    );
     assert_eq!(std::fs::read(&truncated).unwrap(), &whole[..whole.len() / 2]);
     let garbage_tail = dir.path().join("tail.sqlite");
     let mut bytes = whole.clone();
@@ -114,7 +132,10 @@ fn garbage_truncated_and_foreign_files_are_refused_and_left_untouched() {
         *b = 0xA5;
     }
     std::fs::write(&garbage_tail, &bytes).unwrap();
-    let e = Store::open(&garbage_tail).err().expect("a damaged store is refused").to_string();
+    let e = Store::open(&garbage_tail)
+        .err()
+        .expect("a damaged store is refused")
+        .to_string();
     assert!(e.contains("left untouched"), "{e}");
     assert_eq!(std::fs::read(&garbage_tail).unwrap(), bytes);
 
@@ -132,7 +153,8 @@ fn a_newer_schema_is_refused() {
     let path = dir.path().join("medfed.sqlite");
     drop(Store::open(&path).unwrap());
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.pragma_update(None, "user_version", schema::VERSION + 1).unwrap();
+    conn.pragma_update(None, "user_version", schema::VERSION + 1)
+        .unwrap();
     drop(conn);
     let e = Store::open(&path).err().unwrap().to_string();
     assert!(e.contains("newer medfed"), "{e}");
@@ -201,12 +223,16 @@ fn finished_runs_register_numbered_versions_with_their_lineage() {
     let store = open(dir.path());
     let d = durable(&store);
     for round in 1..=3 {
-        d.commit(&commit("run-1", round, f32::from(round as u8), &BOTH)).unwrap();
+        d.commit(&commit("run-1", round, f32::from(round as u8), &BOTH))
+            .unwrap();
     }
     finish(&store, "run-1");
     let v1 = store.register_run("run-1", "fp-1").unwrap();
     assert_eq!(v1.len(), 1);
-    assert!(store.register_run("run-1", "fp-1").unwrap().is_empty(), "registered once");
+    assert!(
+        store.register_run("run-1", "fp-1").unwrap().is_empty(),
+        "registered once"
+    );
     let only_h1 = [("h1", ParticipationOutcome::Accepted)];
     for round in 1..=3 {
         d.commit(&commit("run-2", round, 7.0, &only_h1)).unwrap();
@@ -237,7 +263,11 @@ fn finished_runs_register_numbered_versions_with_their_lineage() {
     assert_eq!(lineage.contributed_samples, [("h1".to_string(), 270)].into());
     let spent = &lineage.privacy["h1"];
     assert_eq!((spent.epsilon_after, spent.releases), (1.5, 3));
-    assert_eq!(lineage.task_config, serde_json::Value::Null, "the test config has no tasks");
+    assert_eq!(
+        lineage.task_config,
+        serde_json::Value::Null,
+        "the test config has no tasks"
+    );
 
     // h2's updates were all rejected: it contributed to nothing.
     assert_eq!(store.affected("h1").unwrap().len(), 2);
@@ -263,7 +293,12 @@ fn the_event_log_is_append_only() {
     let store = open(dir.path());
     store
         .writer()
-        .call(|tx| tx.execute("INSERT INTO events (run_id, at, type, body) VALUES ('r', 0, 'x', '{}')", []))
+        .call(|tx| {
+            tx.execute(
+                "INSERT INTO events (run_id, at, type, body) VALUES ('r', 0, 'x', '{}')",
+                [],
+            )
+        })
         .unwrap();
     let e = store
         .writer()

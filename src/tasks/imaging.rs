@@ -42,7 +42,7 @@ pub struct ImagingSite {
     cnn: CnnConfig,
 }
 
-fn cnn_config(config: &TaskConfig) -> CnnConfig {
+pub fn cnn_config(config: &TaskConfig) -> CnnConfig {
     CnnConfig {
         size: config.data.image_size,
         channels: config.model.channels,
@@ -111,7 +111,7 @@ fn prepare(loaded: &Loaded, name: &str, config: &TaskConfig) -> Result<ImagingDa
     })
 }
 
-fn load_split(path: &Path, format: DataFormat, split: &str, size: usize) -> Result<ImageSet> {
+pub fn load_split(path: &Path, format: DataFormat, split: &str, size: usize) -> Result<ImageSet> {
     let (set, report): (ImageSet, LoadReport) = match format {
         DataFormat::Folder => folder::load(path, split, size)?,
         _ => npz::load(path, split, size)?,

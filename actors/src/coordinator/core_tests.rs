@@ -728,7 +728,10 @@ fn a_closed_round_is_committed_with_its_lineage_before_anything_follows() {
             (h, p.samples)
         })
         .collect();
-    assert_eq!(accepted, vec![(&"a".to_string(), Some(10)), (&"b".to_string(), Some(10))]);
+    assert_eq!(
+        accepted,
+        vec![(&"a".to_string(), Some(10)), (&"b".to_string(), Some(10))]
+    );
     assert_eq!(commit.strategy.strategy, "fedavg");
     // The run's end comes after the commit.
     assert!(events(&after)
@@ -781,5 +784,8 @@ fn a_resumed_run_carries_on_from_its_commit() {
         run_id: "run-1".into(),
         tasks: Default::default(),
     };
-    assert!(matches!(core.resume(Duration::ZERO, again).0, Err(StartRefused::RunActive(_))));
+    assert!(matches!(
+        core.resume(Duration::ZERO, again).0,
+        Err(StartRefused::RunActive(_))
+    ));
 }

@@ -118,6 +118,77 @@ pub fn read_csv(reader: impl std::io::Read, origin: &str, spec: &CsvSpec) -> Res
     Dataset::new(feature_names, features, labels)
 }
 
+/// Records to score: every column is a feature (no label column); the
+/// returned labels are all `false` and mean nothing.
+pub fn load_unlabelled_csv(path: &Path) -> Result<Dataset> {
+    let shown = path.display().to_string();
+    let csv_err = |message: String| ModelError::Csv {
+        path: shown.clone(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|source| ModelError::Io {
+        path: shown.clone(),
+        source,
+    })?;
+    let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(file);
+    let headers = rdr
+        .headers()
+        .map_err(|e| csv_err(format!("cannot read the header row: {e}")))?
+        .clone();
+    let mut values = Vec::new();
+    let mut rows = 0;
+    for (row, record) in rdr.records().enumerate() {
+        let line = row + 2;
+        let record = record.map_err(|e| csv_err(format!("line {line}: {e}")))?;
+        if record.len() != headers.len() {
+            return Err(csv_err(format!(
+                "line {line}: {} fields, header has {}",
+                record.len(),
+                headers.len()
+            )));
+        }
+        for (i, field) in record.iter().enumerate() {
+            let value: f64 = field
+                .parse()
+                .ok()
+                .filter(|v: &f64| v.is_finite())
+                .ok_or_else(|| {
+                    csv_err(format!(
+                        "line {line}, column '{}': '{field}' is not a finite number",
+                        &headers[i]
+                    ))
+                })?;
+            values.push(value);
+        }
+        rows += 1;
+    }
+    if rows == 0 {
+        return Err(csv_err("no data rows".into()));
+    }
+    let features =
+        Array2::from_shape_vec((rows, headers.len()), values).map_err(|e| csv_err(e.to_string()))?;
+    Dataset::new(
+        headers.iter().map(str::to_string).collect(),
+        features,
+        vec![false; rows],
+    )
+}
+
+/// The column names of a CSV's header row.
+pub fn csv_header(path: &Path) -> Result<Vec<String>> {
+    let shown = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|source| ModelError::Io {
+        path: shown.clone(),
+        source,
+    })?;
+    let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(file);
+    let headers = rdr.headers().map_err(|e| ModelError::Csv {
+        path: shown,
+        message: format!("cannot read the header row: {e}"),
+    })?;
+    Ok(headers.iter().map(str::to_string).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

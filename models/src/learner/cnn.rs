@@ -190,6 +190,14 @@ fn batch(images: &ImageSet, idx: &[usize]) -> Result<(Tensor, Tensor)> {
 }
 
 /// Probabilities of the positive class for every image.
+/// The model's probability of the positive class (e.g. pneumonia) for
+/// every image, computed as the held-out evaluation computes it.
+pub fn predict_images(config: &CnnConfig, global: &GlobalModel, images: &ImageSet) -> Result<Vec<f64>> {
+    check_input(config, images)?;
+    let net = Net::from_params(&global.params)?;
+    predict(&net, images)
+}
+
 fn predict(net: &Net, images: &ImageSet) -> Result<Vec<f64>> {
     let mut probs = Vec::with_capacity(images.len());
     let all: Vec<usize> = (0..images.len()).collect();

@@ -538,6 +538,15 @@ fn evaluate_on(data: &mut StandardizedData, global: &GlobalModel) -> Result<Metr
     Ok(binary_metrics(&probs, &labels))
 }
 
+/// The model's probability of the positive class for every row of `data`,
+/// scaled with the model's own scaler exactly as the held-out evaluation
+/// scales (so predictions reproduce the reported metrics).
+pub fn predict(global: &GlobalModel, data: Dataset) -> Result<Vec<f64>> {
+    let coef = Coefficients::from_params(&global.params)?;
+    let mut data = StandardizedData::new(data);
+    coef.probabilities(data.features(global.standardizer.as_ref())?)
+}
+
 /// The coordinator's held-out evaluation of a logistic model.
 pub struct LogisticEvaluator {
     data: StandardizedData,
