@@ -26,8 +26,11 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccd;p
 th{background:#eef1f6}h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ccd}\
 code{background:#f3f4f7;padding:0 .2em;word-break:break-all}.chart{border:1px solid #ccd;background:#fff}";
 
-/// A line chart of `series` (name, colour, points) over rounds, as SVG.
-fn chart(title: &str, series: &[(&str, &str, Vec<(f64, f64)>)]) -> String {
+/// One line of a chart: its name, colour and (round, value) points.
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+/// A line chart of `series` over rounds, as SVG.
+fn chart(title: &str, series: &[Series<'_>]) -> String {
     let (w, h, pad) = (640.0, 220.0, 36.0);
     let points: Vec<&(f64, f64)> = series
         .iter()
