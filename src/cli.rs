@@ -449,6 +449,11 @@ pub struct RunArgs {
     /// e.g. sign_flip:breast_cancer-3:10. Recorded in the results.
     #[arg(long = "attack", value_name = "KIND:HOSPITAL[:FACTOR]")]
     pub attacks: Vec<String>,
+    /// Train without this hospital (repeatable): it is never asked for
+    /// anything. With a store, the registered model replaces the latest
+    /// version the hospital contributed to (site withdrawal).
+    #[arg(long = "exclude-hospital", value_name = "HOSPITAL")]
+    pub exclude: Vec<String>,
     #[command(flatten)]
     pub durable: StoreArgs,
 }

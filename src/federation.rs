@@ -420,9 +420,12 @@ impl CoordinatorClient {
 /// With `durable` (the store and the tasks' output contexts), every round
 /// is committed, the run and its models are recorded, and an interrupted
 /// run in that store is resumed instead of a new one started.
+///
+/// `exclude` names hospitals the run must not use (site withdrawal).
 pub async fn run_to_end(
     loaded: &Loaded,
     tasks: &[PreparedTask],
+    exclude: &[String],
     durable: Option<(&Persistence, &BTreeMap<String, TaskContext>)>,
     shutdown: ShutdownSignal,
     on_event: impl FnMut(&FederationEvent),
@@ -445,6 +448,7 @@ pub async fn run_to_end(
     let outcome = drive(
         &federation.client(),
         tasks,
+        exclude,
         persistence,
         events,
         shutdown,
@@ -466,6 +470,7 @@ type Driven = (RunReport, BTreeMap<String, Checkpoint>, RunEnd);
 async fn drive(
     client: &CoordinatorClient,
     tasks: &[PreparedTask],
+    exclude: &[String],
     persistence: Option<&Persistence>,
     mut events: Recording,
     mut shutdown: ShutdownSignal,
@@ -481,6 +486,7 @@ async fn drive(
             .start(RunRequest {
                 rounds: None,
                 tasks: Some(names),
+                exclude: exclude.to_vec(),
             })
             .await?;
     }

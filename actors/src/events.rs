@@ -28,6 +28,9 @@ pub enum FederationEvent {
         /// coordinator restarted (empty for a new run).
         #[serde(skip_serializing_if = "BTreeMap::is_empty")]
         resumed_after: BTreeMap<String, u32>,
+        /// Hospitals the run leaves out (site withdrawal).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        excluded: Vec<String>,
     },
     HospitalJoined {
         task: String,

@@ -165,6 +165,7 @@ async fn serve(
             .start(RunRequest {
                 rounds: None,
                 tasks: Some(federation_tasks(tasks)),
+                exclude: Vec::new(),
             })
             .await?;
         info!(run = %run, "run started: waiting for the expected hospitals");

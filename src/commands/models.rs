@@ -73,7 +73,7 @@ pub fn execute(command: &ModelsCommand) -> Result<()> {
                     println!("  {}", summary(m));
                 }
                 println!(
-                    "train a replacement without it: medfed run --exclude-hospital {} (or the panel)",
+                    "train a replacement without it: medfed run --exclude-hospital {} (or POST /api/runs with \"exclude\")",
                     a.hospital
                 );
             }

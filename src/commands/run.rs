@@ -74,7 +74,17 @@ pub async fn execute(args: &RunArgs) -> Result<RunEnd> {
     let bar = progress_bar(total_rounds, args.json);
     let persistence = open_for(&loaded, &tasks, &args.durable, StoreDefault::None)?;
     let durable = persistence.as_ref().map(|p| (p, &contexts));
-    let outcome = run_to_end(&loaded, &tasks, durable, shutdown, |event| match event {
+    let known: Vec<String> = tasks
+        .iter()
+        .flat_map(|t| (0..t.hospital_count()).map(|i| t.hospital_name(i)))
+        .collect();
+    if let Some(unknown) = args.exclude.iter().find(|h| !known.contains(h)) {
+        bail!(
+            "--exclude-hospital {unknown}: no such hospital (hospitals: {})",
+            known.join(", ")
+        );
+    }
+    let outcome = run_to_end(&loaded, &tasks, &args.exclude, durable, shutdown, |event| match event {
         FederationEvent::RoundAggregated {
             task, round, metrics, ..
         } => {

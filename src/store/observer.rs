@@ -32,13 +32,15 @@ pub async fn record_events(
     let facts = Arc::new(facts);
     let mut run: Option<String> = None;
     while let Some(event) = events.recv().await {
-        if let FederationEvent::RunStarted { run_id, .. } = &event {
+        if let FederationEvent::RunStarted { run_id, excluded, .. } = &event {
             run = Some(run_id.clone());
             let (id, fingerprint, config) = (run_id.clone(), facts.fingerprint.clone(), facts.config.clone());
+            let excluded = serde_json::to_string(excluded).unwrap_or_else(|_| "[]".into());
             store.writer().queue("the run's start", move |tx| {
                 tx.execute(
-                    "INSERT OR IGNORE INTO runs (id, started_at, status, fingerprint, config) VALUES (?1, ?2, 'running', ?3, ?4)",
-                    params![id, unix_now(), fingerprint, config],
+                    "INSERT INTO runs (id, started_at, status, fingerprint, config, excluded) VALUES (?1, ?2, 'running', ?3, ?4, ?5)
+                     ON CONFLICT(id) DO UPDATE SET excluded = excluded.excluded",
+                    params![id, unix_now(), fingerprint, config, excluded],
                 )?;
                 Ok(())
             });

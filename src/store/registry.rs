@@ -113,17 +113,26 @@ impl Store {
             .and_then(|rows| rows.collect())
             .map_err(|e| self.sql(e))?;
         let mut registered = Vec::new();
-        for (task, round, path, sha, record, replaces) in finals {
+        let excluded: Vec<String> = {
+            let text: String = conn
+                .query_row("SELECT excluded FROM runs WHERE id = ?1", [run_id], |r| r.get(0))
+                .map_err(|e| self.sql(e))?;
+            serde_json::from_str(&text).unwrap_or_default()
+        };
+        for (task, round, path, sha, record, _) in finals {
             let bytes = files::read_checked(std::path::Path::new(&path), &sha)?;
+            // Trained without a withdrawn hospital: it replaces the latest
+            // version that hospital contributed to.
+            let mut replaces: Option<i64> = None;
+            for hospital in &excluded {
+                for v in self.affected(hospital)?.into_iter().filter(|v| v.task == task) {
+                    replaces = replaces.max(Some(v.version));
+                }
+            }
             let metrics = serde_json::from_str::<serde_json::Value>(&record)
                 .ok()
                 .and_then(|r| r.get("metrics").cloned())
                 .unwrap_or(serde_json::Value::Null);
-            let replaces = replaces
-                .as_deref()
-                .and_then(|r| r.split_once(':'))
-                .filter(|(t, _)| *t == task)
-                .and_then(|(_, v)| v.parse::<i64>().ok());
             let t = task.clone();
             let version: i64 = self.writer().call(move |tx| {
                 tx.query_row(

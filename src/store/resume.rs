@@ -234,9 +234,13 @@ impl Store {
             };
             tasks.insert(task, resume);
         }
+        let excluded: String = conn
+            .query_row("SELECT excluded FROM runs WHERE id = ?1", [run_id], |r| r.get(0))
+            .map_err(|e| self.sql(e))?;
         Ok(ResumePoint {
             run_id: run_id.to_string(),
             tasks,
+            excluded: serde_json::from_str(&excluded).unwrap_or_default(),
         })
     }
 

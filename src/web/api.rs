@@ -147,13 +147,33 @@ pub async fn runs(state: web::Data<Arc<AppState>>) -> ApiResult {
                    "rounds": r.rounds, "tasks": r.tasks, "final_accuracy": finals})
         })
         .collect();
+    drop(runs);
+    let mut list = list;
+    // Runs recorded before this process started come from the store.
+    if let Some(store) = &state.store {
+        let known: std::collections::BTreeSet<String> =
+            list.iter().filter_map(|r| r["id"].as_str().map(str::to_string)).collect();
+        let stored = store.runs(100).map_err(|e| ApiError::internal(e.into()))?;
+        for r in stored.into_iter().filter(|r| !known.contains(&r.id)) {
+            let finals: BTreeMap<&String, _> =
+                r.report.iter().map(|(t, j)| (t, j["final"]["accuracy"].as_f64())).collect();
+            list.push(json!({"id": r.id, "status": r.status, "started_at": r.started_at, "ended_at": r.ended_at,
+                             "tasks": r.tasks, "final_accuracy": finals, "excluded": r.excluded}));
+        }
+    }
     Ok(HttpResponse::Ok().json(json!({ "runs": list })))
 }
 
 pub async fn run(state: web::Data<Arc<AppState>>, id: web::Path<String>) -> ApiResult {
-    let mut record = state
-        .run(&id)
-        .ok_or_else(|| ApiError::not_found(format!("no run '{id}'")))?;
+    let Some(mut record) = state.run(&id) else {
+        // Not in this process's memory: a run recorded before a restart.
+        if let Some(store) = &state.store {
+            if let Some(row) = store.run(&id).map_err(|e| ApiError::internal(e.into()))? {
+                return Ok(HttpResponse::Ok().json(row));
+            }
+        }
+        return Err(ApiError::not_found(format!("no run '{id}'")));
+    };
     if record.report.is_none() {
         // Still running: the coordinator's report so far.
         record.report = Some(
@@ -171,6 +191,9 @@ pub async fn run(state: web::Data<Arc<AppState>>, id: web::Path<String>) -> ApiR
 struct StartBody {
     rounds: Option<u32>,
     tasks: Option<Vec<String>>,
+    /// Hospitals to train without (site withdrawal).
+    #[serde(default)]
+    exclude: Vec<String>,
 }
 
 pub async fn start_run(
@@ -204,6 +227,12 @@ pub async fn start_run(
         .unwrap_or_else(|| state.contexts.keys().cloned().collect());
     // Targets first, so the panel shows n/N from the run's first event on.
     if let Ok(mut live) = state.live.write() {
+        if let Some(unknown) = body.exclude.iter().find(|h| !live.hospitals.contains_key(*h)) {
+            return Err(ApiError::bad_request(format!(
+                "exclude: no hospital '{unknown}' (hospitals: {})",
+                live.hospitals.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
         if live.run_active {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -218,6 +247,7 @@ pub async fn start_run(
     let request = RunRequest {
         rounds: body.rounds,
         tasks: Some(tasks.clone()),
+        exclude: body.exclude.clone(),
     };
     match state
         .client
@@ -292,6 +322,60 @@ pub async fn model(req: HttpRequest, state: web::Data<Arc<AppState>>, id: web::P
                 "attachment; filename=\"{}-{}.safetensors\"",
                 record.id, query.task
             ),
+        ))
+        .body(bytes))
+}
+
+fn store_of(state: &AppState) -> Result<&crate::store::Store, ApiError> {
+    state.store.as_deref().ok_or_else(|| {
+        ApiError::not_found("this server keeps no store, so no model registry (see [store] path)")
+    })
+}
+
+/// The registry: every version, oldest first.
+pub async fn models(state: web::Data<Arc<AppState>>) -> ApiResult {
+    let models = store_of(&state)?
+        .models(None)
+        .map_err(|e| ApiError::internal(e.into()))?;
+    Ok(HttpResponse::Ok().json(json!({ "models": models })))
+}
+
+fn model_version(state: &AppState, task: &str, version: &str) -> Result<crate::store::ModelVersion, ApiError> {
+    let version: i64 = version
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("version must be a number, got '{version}'")))?;
+    store_of(state)?
+        .model(task, Some(version))
+        .map_err(|e| ApiError::not_found(e.to_string()))
+}
+
+/// One version with its lineage.
+pub async fn model_detail(state: web::Data<Arc<AppState>>, path: web::Path<(String, String)>) -> ApiResult {
+    let model = model_version(&state, &path.0, &path.1)?;
+    let lineage = store_of(&state)?
+        .lineage(&model)
+        .map_err(|e| ApiError::internal(e.into()))?;
+    Ok(HttpResponse::Ok().json(lineage))
+}
+
+/// The version's safetensors file (checked against its sha256); it is a
+/// model trained on patient data, so it needs the token.
+pub async fn model_download(
+    req: HttpRequest,
+    state: web::Data<Arc<AppState>>,
+    path: web::Path<(String, String)>,
+) -> ApiResult {
+    require_token(&req, &state)?;
+    let model = model_version(&state, &path.0, &path.1)?;
+    let bytes = store_of(&state)?
+        .model_bytes(&model)
+        .map_err(|e| ApiError::internal(e.into()))?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header(("X-Content-SHA256", model.sha256.clone()))
+        .insert_header((
+            "Content-Disposition",
+            format!("attachment; filename=\"{}-v{}.safetensors\"", model.task, model.version),
         ))
         .body(bytes))
 }

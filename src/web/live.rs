@@ -79,6 +79,7 @@ impl LiveView {
                 run_id,
                 tasks,
                 resumed_after,
+                ..
             } => {
                 self.run_id = Some(run_id.clone());
                 self.run_active = true;
@@ -265,6 +266,7 @@ mod tests {
                 run_id: "r".into(),
                 tasks: vec!["t".into()],
                 resumed_after: Default::default(),
+                excluded: Vec::new(),
             },
             2.0,
         );

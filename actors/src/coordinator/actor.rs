@@ -236,6 +236,7 @@ fn log(event: &FederationEvent) {
             run_id,
             tasks,
             resumed_after,
+            ..
         } if !resumed_after.is_empty() => {
             info!(run = %run_id, tasks = ?tasks, after = ?resumed_after, "run resumed after its last committed round")
         }

@@ -122,6 +122,8 @@ struct Run {
     id: String,
     tasks: Vec<String>,
     active: bool,
+    /// Never asked for anything in this run (site withdrawal).
+    excluded: BTreeSet<String>,
 }
 
 pub struct Core {
@@ -439,15 +441,18 @@ impl Core {
             }
         }
         self.generation += 1;
+        let excluded: BTreeSet<String> = request.exclude.iter().cloned().collect();
         self.run = Some(Run {
             id: run_id.clone(),
             tasks: tasks.clone(),
             active: true,
+            excluded: excluded.clone(),
         });
         out.push(Output::Publish(FederationEvent::RunStarted {
             run_id: run_id.clone(),
             tasks: tasks.clone(),
             resumed_after: BTreeMap::new(),
+            excluded: excluded.into_iter().collect(),
         }));
         for t in &tasks {
             let rounds = request
@@ -508,6 +513,7 @@ impl Core {
             id: point.run_id.clone(),
             tasks: tasks.clone(),
             active: true,
+            excluded: point.excluded.iter().cloned().collect(),
         });
         out.push(Output::Publish(FederationEvent::RunStarted {
             run_id: point.run_id.clone(),
@@ -516,6 +522,7 @@ impl Core {
                 .iter()
                 .map(|(name, _, after)| (name.clone(), *after))
                 .collect(),
+            excluded: point.excluded.clone(),
         }));
         for (name, rounds, after) in plans {
             self.apply(now, &name, Event::Resume { rounds, after }, None, out);
@@ -876,6 +883,7 @@ impl Core {
     ) -> Result<Vec<Event>, String> {
         let generation = self.generation;
         let run_id = self.run.as_ref().map(|r| r.id.clone()).unwrap_or_default();
+        let excluded = self.run.as_ref().map(|r| &r.excluded);
         let by_name = &self.by_name;
         let t = self.tasks.get_mut(task).expect("the task exists");
         let publish = |out: &mut Vec<Output>, e: FederationEvent| out.push(Output::Publish(e));
@@ -897,6 +905,11 @@ impl Core {
                     round,
                     attempt,
                 };
+                // A withdrawn hospital is excused from every stage, as one
+                // the strategy leaves out.
+                let (to, withdrawn): (Vec<String>, Vec<String>) =
+                    to.into_iter().partition(|h| excluded.is_none_or(|x| !x.contains(h)));
+                follow_ups.extend(withdrawn.into_iter().map(Event::Excused));
                 // The strategy may leave hospitals out; it may not add any.
                 let members: BTreeSet<&String> = to.iter().collect();
                 let asked: Vec<(String, ToHospital)> = match stage {

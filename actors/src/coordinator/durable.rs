@@ -64,4 +64,6 @@ pub struct TaskResume {
 pub struct ResumePoint {
     pub run_id: String,
     pub tasks: BTreeMap<String, TaskResume>,
+    /// Hospitals the run leaves out (site withdrawal).
+    pub excluded: Vec<String>,
 }

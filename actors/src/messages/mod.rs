@@ -233,6 +233,9 @@ impl wire::CarriesTensors for ToCoordinator {
 pub struct RunRequest {
     pub rounds: Option<u32>,
     pub tasks: Option<Vec<String>>,
+    /// Hospitals this run must not use (site withdrawal): never asked for
+    /// anything, whether or not they are joined.
+    pub exclude: Vec<String>,
 }
 
 /// Why the coordinator would not start a run.
