@@ -84,19 +84,28 @@ pub async fn execute(args: &RunArgs) -> Result<RunEnd> {
             known.join(", ")
         );
     }
-    let outcome = run_to_end(&loaded, &tasks, &args.exclude, durable, shutdown, |event| match event {
-        FederationEvent::RoundAggregated {
-            task, round, metrics, ..
-        } => {
-            bar.inc(1);
-            bar.set_message(format!("{task} round {round}: accuracy {:.4}", metrics.accuracy));
-        }
-        FederationEvent::RoundBelowQuorum { task, round, .. } => {
-            bar.println(format!("{task} round {round}: below quorum, retrying"));
-        }
-        FederationEvent::TaskAborted { task, reason } => bar.println(format!("{task}: aborted: {reason}")),
-        _ => {}
-    })
+    let outcome = run_to_end(
+        &loaded,
+        &tasks,
+        &args.exclude,
+        durable,
+        shutdown,
+        |event| match event {
+            FederationEvent::RoundAggregated {
+                task, round, metrics, ..
+            } => {
+                bar.inc(1);
+                bar.set_message(format!("{task} round {round}: accuracy {:.4}", metrics.accuracy));
+            }
+            FederationEvent::RoundBelowQuorum { task, round, .. } => {
+                bar.println(format!("{task} round {round}: below quorum, retrying"));
+            }
+            FederationEvent::TaskAborted { task, reason } => {
+                bar.println(format!("{task}: aborted: {reason}"))
+            }
+            _ => {}
+        },
+    )
     .await?;
     bar.finish_and_clear();
 

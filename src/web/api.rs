@@ -151,14 +151,21 @@ pub async fn runs(state: web::Data<Arc<AppState>>) -> ApiResult {
     let mut list = list;
     // Runs recorded before this process started come from the store.
     if let Some(store) = &state.store {
-        let known: std::collections::BTreeSet<String> =
-            list.iter().filter_map(|r| r["id"].as_str().map(str::to_string)).collect();
+        let known: std::collections::BTreeSet<String> = list
+            .iter()
+            .filter_map(|r| r["id"].as_str().map(str::to_string))
+            .collect();
         let stored = store.runs(100).map_err(|e| ApiError::internal(e.into()))?;
         for r in stored.into_iter().filter(|r| !known.contains(&r.id)) {
-            let finals: BTreeMap<&String, _> =
-                r.report.iter().map(|(t, j)| (t, j["final"]["accuracy"].as_f64())).collect();
-            list.push(json!({"id": r.id, "status": r.status, "started_at": r.started_at, "ended_at": r.ended_at,
-                             "tasks": r.tasks, "final_accuracy": finals, "excluded": r.excluded}));
+            let finals: BTreeMap<&String, _> = r
+                .report
+                .iter()
+                .map(|(t, j)| (t, j["final"]["accuracy"].as_f64()))
+                .collect();
+            list.push(
+                json!({"id": r.id, "status": r.status, "started_at": r.started_at, "ended_at": r.ended_at,
+                             "tasks": r.tasks, "final_accuracy": finals, "excluded": r.excluded}),
+            );
         }
     }
     Ok(HttpResponse::Ok().json(json!({ "runs": list })))
@@ -340,7 +347,11 @@ pub async fn models(state: web::Data<Arc<AppState>>) -> ApiResult {
     Ok(HttpResponse::Ok().json(json!({ "models": models })))
 }
 
-fn model_version(state: &AppState, task: &str, version: &str) -> Result<crate::store::ModelVersion, ApiError> {
+fn model_version(
+    state: &AppState,
+    task: &str,
+    version: &str,
+) -> Result<crate::store::ModelVersion, ApiError> {
     let version: i64 = version
         .parse()
         .map_err(|_| ApiError::bad_request(format!("version must be a number, got '{version}'")))?;
@@ -375,7 +386,10 @@ pub async fn model_download(
         .insert_header(("X-Content-SHA256", model.sha256.clone()))
         .insert_header((
             "Content-Disposition",
-            format!("attachment; filename=\"{}-v{}.safetensors\"", model.task, model.version),
+            format!(
+                "attachment; filename=\"{}-v{}.safetensors\"",
+                model.task, model.version
+            ),
         ))
         .body(bytes))
 }

@@ -80,7 +80,10 @@ pub fn server(state: Arc<AppState>, addr: SocketAddr) -> Result<(Server, SocketA
             .route("/api/runs/{id}/model", web::get().to(api::model))
             .route("/api/models", web::get().to(api::models))
             .route("/api/models/{task}/{version}", web::get().to(api::model_detail))
-            .route("/api/models/{task}/{version}/download", web::get().to(api::model_download))
+            .route(
+                "/api/models/{task}/{version}/download",
+                web::get().to(api::model_download),
+            )
             .default_service(web::to(api::not_found))
     })
     .workers(1)

@@ -907,8 +907,9 @@ impl Core {
                 };
                 // A withdrawn hospital is excused from every stage, as one
                 // the strategy leaves out.
-                let (to, withdrawn): (Vec<String>, Vec<String>) =
-                    to.into_iter().partition(|h| excluded.is_none_or(|x| !x.contains(h)));
+                let (to, withdrawn): (Vec<String>, Vec<String>) = to
+                    .into_iter()
+                    .partition(|h| excluded.is_none_or(|x| !x.contains(h)));
                 follow_ups.extend(withdrawn.into_iter().map(Event::Excused));
                 // The strategy may leave hospitals out; it may not add any.
                 let members: BTreeSet<&String> = to.iter().collect();
