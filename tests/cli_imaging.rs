@@ -290,3 +290,39 @@ fn update_level_dp_trains_imaging_hospitals_and_reports_their_spending() {
         assert!(eps > 0.0 && eps <= 8.0 + 1e-9, "{h}: {eps}");
     }
 }
+
+/// An imaging model from the registry scores the .npz's test split (the
+/// run's held-out set) with exactly the accuracy the run reported.
+#[test]
+fn a_registered_imaging_model_predicts_its_held_out_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let (npz_file, config) = npz_config(dir.path());
+    let store = dir.path().join("medfed.sqlite");
+    let v = run(&config, &["--store", store.to_str().unwrap()]);
+    let out = medfed(
+        &[
+            "predict",
+            "--model",
+            "xray:1",
+            "--input",
+            npz_file.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let accuracy: f64 = err
+        .split("accuracy ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("metrics printed: {err}"));
+    assert_eq!(
+        accuracy,
+        v["tasks"]["xray"]["final"]["accuracy"].as_f64().unwrap()
+    );
+    let rows = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert!(rows > 10, "one line per test image: {rows}");
+}

@@ -1,14 +1,23 @@
 //! The store's one writing connection, on a thread of its own. Jobs run in
-//! order, each in its own transaction: `call` waits for the result (the
-//! round commit), `queue` does not (the event log).
+//! order: `call` runs one in its own transaction and waits for the result
+//! (the round commit); `queue` does not wait (the event log), and queued
+//! jobs that arrive together share one transaction — one fsync for a burst
+//! of events, not one each — each inside a savepoint, so one failing job
+//! loses nothing else.
 
 use std::sync::mpsc;
 
-use rusqlite::{Connection, Transaction};
+use rusqlite::Connection;
 
 use super::{Result, StoreError};
 
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+type Work = Box<dyn FnOnce(&mut Connection) + Send>;
+type Queued = Box<dyn FnOnce(&Connection) -> rusqlite::Result<()> + Send>;
+
+enum Job {
+    Call(Work),
+    Queued(&'static str, Queued),
+}
 
 pub struct Writer {
     /// `None` only while dropping.
@@ -20,11 +29,35 @@ pub struct Writer {
 impl Writer {
     pub fn start(mut conn: Connection, path: String) -> Writer {
         let (jobs, queue) = mpsc::channel::<Job>();
+        let shown = path.clone();
         let thread = std::thread::Builder::new()
             .name("medfed-store".into())
             .spawn(move || {
-                for job in queue {
-                    job(&mut conn);
+                let mut next: Option<Job> = None;
+                loop {
+                    let job = match next.take() {
+                        Some(job) => job,
+                        None => match queue.recv() {
+                            Ok(job) => job,
+                            Err(_) => break,
+                        },
+                    };
+                    match job {
+                        Job::Call(work) => work(&mut conn),
+                        Job::Queued(what, first) => {
+                            let mut batch = vec![(what, first)];
+                            while let Ok(job) = queue.try_recv() {
+                                match job {
+                                    Job::Queued(what, f) => batch.push((what, f)),
+                                    call => {
+                                        next = Some(call);
+                                        break;
+                                    }
+                                }
+                            }
+                            write_batch(&mut conn, batch, &shown);
+                        }
+                    }
                 }
             })
             .expect("the store's writer thread starts");
@@ -43,14 +76,14 @@ impl Writer {
     /// `synchronous=FULL`).
     pub fn call<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Transaction) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T> {
         let (reply, answer) = mpsc::channel();
-        let job: Job = Box::new(move |conn| {
+        let work: Work = Box::new(move |conn| {
             let _ = reply.send(in_transaction(conn, f));
         });
         let gone = || StoreError::Refused(format!("store {}: its writer has stopped", self.path));
-        if !self.send(job) {
+        if !self.send(Job::Call(work)) {
             return Err(gone());
         }
         answer
@@ -66,15 +99,9 @@ impl Writer {
     pub fn queue(
         &self,
         what: &'static str,
-        f: impl FnOnce(&Transaction) -> rusqlite::Result<()> + Send + 'static,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<()> + Send + 'static,
     ) {
-        let path = self.path.clone();
-        let job: Job = Box::new(move |conn| {
-            if let Err(e) = in_transaction(conn, f) {
-                tracing::error!(store = %path, "cannot record {what}: {e}");
-            }
-        });
-        if !self.send(job) {
+        if !self.send(Job::Queued(what, Box::new(f))) {
             tracing::error!(store = %self.path, "cannot record {what}: the store's writer has stopped");
         }
     }
@@ -98,10 +125,27 @@ impl Drop for Writer {
 
 fn in_transaction<T>(
     conn: &mut Connection,
-    f: impl FnOnce(&Transaction) -> rusqlite::Result<T>,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<T> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let value = f(&tx)?;
     tx.commit()?;
     Ok(value)
+}
+
+fn write_batch(conn: &mut Connection, batch: Vec<(&'static str, Queued)>, path: &str) {
+    let result = (|| -> rusqlite::Result<()> {
+        let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for (what, f) in batch {
+            let sp = tx.savepoint()?;
+            match f(&sp) {
+                Ok(()) => sp.commit()?,
+                Err(e) => tracing::error!(store = %path, "cannot record {what}: {e}"),
+            }
+        }
+        tx.commit()
+    })();
+    if let Err(e) = result {
+        tracing::error!(store = %path, "cannot record queued events: {e}");
+    }
 }

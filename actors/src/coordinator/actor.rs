@@ -203,8 +203,17 @@ fn execute(myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState, outp
                 let Some(store) = &state.store else { continue };
                 // The one place the actor waits for the disk: nothing of the
                 // next round may leave before this round is durable.
+                let started = Instant::now();
                 match store.commit(&commit) {
-                    Ok(()) => crash_point("coordinator::round_committed"),
+                    Ok(()) => {
+                        debug!(
+                            task = %commit.task,
+                            round = commit.checkpoint.round,
+                            ms = started.elapsed().as_secs_f64() * 1e3,
+                            "round committed"
+                        );
+                        crash_point("coordinator::round_committed");
+                    }
                     Err(reason) => {
                         tracing::error!(task = %commit.task, round = commit.checkpoint.round, "cannot commit the round: {reason}");
                         // What followed the commit must not happen.
@@ -320,6 +329,9 @@ fn log(event: &FederationEvent) {
         E::TaskStopped { task, rounds } => info!(task = %task, rounds, "task stopped by the operator"),
         E::TaskAborted { task, reason } => warn!(task = %task, "task aborted: {reason}"),
         E::RunEnded { run_id, outcome } => info!(run = %run_id, outcome = outcome.name(), "run ended"),
-        E::RoundStarted { .. } | E::UpdateAccepted { .. } | E::HospitalEvaluated { .. } => {}
+        E::RoundStarted {
+            task, round, attempt, ..
+        } => debug!(task = %task, round, attempt, "round started"),
+        E::UpdateAccepted { .. } | E::HospitalEvaluated { .. } => {}
     }
 }

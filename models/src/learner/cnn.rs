@@ -194,7 +194,9 @@ fn batch(images: &ImageSet, idx: &[usize]) -> Result<(Tensor, Tensor)> {
 /// every image, computed as the held-out evaluation computes it.
 pub fn predict_images(config: &CnnConfig, global: &GlobalModel, images: &ImageSet) -> Result<Vec<f64>> {
     check_input(config, images)?;
-    let net = Net::from_params(&global.params)?;
+    // A file read without a layout has its tensors sorted by name.
+    let params = global.params.in_layout(&config.layout())?;
+    let net = Net::from_params(&params)?;
     predict(&net, images)
 }
 
