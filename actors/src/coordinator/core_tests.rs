@@ -398,6 +398,7 @@ fn bad_run_requests_are_refused_with_the_reason() {
         RunRequest {
             rounds: None,
             tasks: Some(vec!["x".into()]),
+            exclude: Vec::new(),
         },
     );
     assert_eq!(e, "unknown task 'x' (tasks: t)");
@@ -406,7 +407,8 @@ fn bad_run_requests_are_refused_with_the_reason() {
             &mut core,
             RunRequest {
                 rounds: Some(0),
-                tasks: None
+                tasks: None,
+                exclude: Vec::new(),
             }
         ),
         "rounds must be at least 1"
@@ -416,7 +418,8 @@ fn bad_run_requests_are_refused_with_the_reason() {
             &mut core,
             RunRequest {
                 rounds: None,
-                tasks: Some(vec![])
+                tasks: Some(vec![]),
+                exclude: Vec::new(),
             }
         ),
         "a run needs at least one task"
@@ -761,6 +764,7 @@ fn a_resumed_run_carries_on_from_its_commit() {
             },
         )]
         .into(),
+        excluded: Vec::new(),
     };
     let (id, out) = core.resume(Duration::ZERO, point);
     assert_eq!(id.unwrap(), "run-1");
@@ -783,9 +787,53 @@ fn a_resumed_run_carries_on_from_its_commit() {
     let again = ResumePoint {
         run_id: "run-1".into(),
         tasks: Default::default(),
+        excluded: Vec::new(),
     };
     assert!(matches!(
         core.resume(Duration::ZERO, again).0,
         Err(StartRefused::RunActive(_))
     ));
+}
+
+/// A withdrawn hospital is never asked for anything; the others train.
+#[test]
+fn an_excluded_hospital_is_never_asked() {
+    let mut setup = setup("t");
+    setup.fsm.protocol = Protocol::federated(false, 1, 0, Duration::from_secs(30));
+    let mut core = Core::new(vec![setup]);
+    hello(&mut core, 1, "a", "t");
+    hello(&mut core, 2, "b", "t");
+    let (id, out) = core.start_run(
+        Duration::ZERO,
+        RunRequest {
+            exclude: vec!["b".into()],
+            ..RunRequest::default()
+        },
+        "run-1".into(),
+    );
+    id.unwrap();
+    let asked: Vec<ActorId> = sent(&out).into_iter().map(|(to, _)| to).collect();
+    assert_eq!(asked, vec![actor(1)]);
+    assert!(events(&out).iter().any(|e| matches!(
+        e,
+        FederationEvent::RunStarted { excluded, .. } if excluded == &vec!["b".to_string()]
+    )));
+    // Its update, were it to send one, is not one that was asked for.
+    let out = core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(2),
+            message: update(1.0),
+        },
+    );
+    assert!(aggregate_job(out).is_none());
+    let out = core.handle(
+        Duration::ZERO,
+        Input::Message {
+            actor: actor(1),
+            message: update(3.0),
+        },
+    );
+    let job = aggregate_job(out).expect("a alone closes the stage");
+    assert_eq!(job.updates.len(), 1);
 }
