@@ -134,6 +134,7 @@ async fn federation_on(
         CoordinatorArgs {
             tasks: vec![setup],
             events: bus,
+            store: None,
         },
     )
     .await
@@ -191,7 +192,10 @@ async fn spawn_hospital_with(
 impl Fed {
     async fn start(&self, rounds: Option<u32>) {
         ractor::call!(self.coordinator, |reply| CoordinatorMsg::StartRun {
-            request: RunRequest { rounds, tasks: None },
+            request: RunRequest {
+                rounds,
+                ..RunRequest::default()
+            },
             reply
         })
         .unwrap()

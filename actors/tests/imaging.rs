@@ -67,6 +67,7 @@ async fn run_federation(rounds: u32) -> RunReport {
         CoordinatorArgs {
             tasks: vec![setup],
             events: bus,
+            store: None,
         },
     )
     .await
