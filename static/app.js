@@ -122,12 +122,13 @@ $("#start-form").addEventListener("submit", async (e) => {
   showError(null);
   const tasks = [...document.querySelectorAll("input[name=task]:checked")].map((i) => i.value);
   const rounds = Number($("#rounds").value);
+  const exclude = $("#exclude").value.split(",").map((h) => h.trim()).filter((h) => h);
   sessionStorage.setItem("medfed-token", token());
   try {
     const r = await api("/api/runs", {
       method: "POST",
       headers: { "Content-Type": "application/json", "Authorization": `Bearer ${token()}` },
-      body: JSON.stringify({ rounds, tasks }),
+      body: JSON.stringify({ rounds, tasks, exclude }),
     });
     state.runId = r.id;
   } catch (err) { showError(`Could not start the run: ${err.message}`); }
@@ -198,6 +199,45 @@ async function loadRuns() {
   }
 }
 
+// The registry, from the store: every value is set as text.
+async function loadModels() {
+  const body = $("#model-table tbody");
+  let models = [];
+  try { ({ models } = await api("/api/models")); } catch (_) { models = []; }
+  body.replaceChildren();
+  for (const m of models) {
+    const row = document.createElement("tr");
+    const cells = [`${m.task}:${m.version}`, m.run_id, String(m.round), fmt(m.metrics && m.metrics.accuracy),
+      fmt(m.metrics && m.metrics.auc), m.replaces ? `version ${m.replaces}` : "—", m.sha256.slice(0, 16)];
+    for (const text of cells) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      row.appendChild(td);
+    }
+    const td = document.createElement("td");
+    const button = document.createElement("button");
+    button.className = "link";
+    button.textContent = "download";
+    button.addEventListener("click", () => downloadModel(m).catch((err) => showError(err.message)));
+    td.appendChild(button);
+    row.appendChild(td);
+    body.appendChild(row);
+  }
+}
+
+// Downloads need the token, so they go through fetch.
+async function downloadModel(m) {
+  const path = `/api/models/${encodeURIComponent(m.task)}/${encodeURIComponent(m.version)}/download`;
+  const response = await fetch(path, { headers: { "Authorization": `Bearer ${token()}` } });
+  if (!response.ok) throw new Error(`Could not download ${m.task}:${m.version}: ${response.status} (is the API token set?)`);
+  const url = URL.createObjectURL(await response.blob());
+  const a = document.createElement("a");
+  a.href = url;
+  a.download = `${m.task}-v${m.version}.safetensors`;
+  a.click();
+  URL.revokeObjectURL(url);
+}
+
 $("#run-table").addEventListener("click", async (e) => {
   const id = e.target.dataset && e.target.dataset.run;
   if (!id) return;
@@ -256,7 +296,7 @@ function onEvent(event) {
       showError(`${event.task} aborted: ${event.reason}`); break;
     case "run_ended":
       state.runActive = false; renderCards();
-      loadRuns().catch((e) => showError(e.message));
+      Promise.all([loadRuns(), loadModels()]).catch((e) => showError(e.message));
       loadState().catch((e) => showError(e.message));
       break;
     case "lagged":
@@ -281,12 +321,12 @@ for (const tab of document.querySelectorAll(".tab")) {
     for (const t of document.querySelectorAll(".tab")) t.classList.toggle("active", t === tab);
     for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== `view-${tab.dataset.view}`;
     if (tab.dataset.view === "hospitals") loadHospitals().catch((e) => showError(e.message));
-    if (tab.dataset.view === "runs") loadRuns().catch((e) => showError(e.message));
+    if (tab.dataset.view === "runs") Promise.all([loadRuns(), loadModels()]).catch((e) => showError(e.message));
   });
 }
 
 $("#token").value = sessionStorage.getItem("medfed-token") || "";
 connect();
-Promise.all([loadState(), loadHospitals(), loadRuns()])
+Promise.all([loadState(), loadHospitals(), loadRuns(), loadModels()])
   .then(loadRunSeries)
   .catch((e) => showError(`Cannot reach the coordinator: ${e.message}`));
