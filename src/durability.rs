@@ -50,6 +50,9 @@ impl Persistence {
     pub fn open(loaded: &Loaded, tasks: &[PreparedTask], path: &Path) -> Result<Persistence> {
         let store = Store::open(path)?;
         info!(store = %path.display(), "store open");
+        for late in store.register_unregistered()? {
+            info!(task = %late.task, version = late.version, run = %late.run_id, "model of a finished run registered");
+        }
         Ok(Persistence {
             store: Arc::new(store),
             fingerprint: fingerprint(loaded, tasks),
@@ -68,8 +71,13 @@ impl Persistence {
 
     /// Take up the store's interrupted run, if there is one: refused (with
     /// the reason) when the configuration or data changed since it started.
-    /// Returns the resumed run's id.
-    pub async fn resume(&self, client: &CoordinatorClient) -> Result<Option<String>> {
+    /// Returns the resumed run's id. `exclude`: the hospitals this command
+    /// was asked to leave out (`medfed run`), which must be the run's.
+    pub async fn resume(
+        &self,
+        client: &CoordinatorClient,
+        exclude: Option<&[String]>,
+    ) -> Result<Option<String>> {
         let Some(run) = self.store.interrupted()? else {
             return Ok(None);
         };
@@ -91,6 +99,23 @@ impl Persistence {
             return Ok(None);
         }
         let point = self.store.resume_point(&run.run_id)?;
+        if let Some(asked) = exclude {
+            let mut asked = asked.to_vec();
+            asked.sort();
+            let mut stored = point.excluded.clone();
+            stored.sort();
+            if asked != stored {
+                bail!(
+                    "run {} in {} was interrupted and left out [{}], not the [{}] asked for now: run it \
+                     again as it was started, or give it up with --abandon-run {}",
+                    run.run_id,
+                    self.store.path().display(),
+                    stored.join(", "),
+                    asked.join(", "),
+                    run.run_id
+                );
+            }
+        }
         let id = client
             .resume(point)
             .await?
@@ -109,8 +134,8 @@ impl Persistence {
     }
 }
 
-fn short(fingerprint: &str) -> &str {
-    &fingerprint[..fingerprint.len().min(12)]
+fn short(fingerprint: &str) -> String {
+    fingerprint.chars().take(12).collect()
 }
 
 /// What a resumed run must share with the run it continues: the settings

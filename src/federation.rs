@@ -302,7 +302,6 @@ impl Federation {
         let events = self.recording(STORE_RECORDER)?;
         let facts = RunFacts {
             fingerprint: persistence.fingerprint.clone(),
-            config: persistence.config.clone(),
             contexts,
         };
         let handle = tokio::spawn(record_events(
@@ -433,6 +432,16 @@ pub async fn run_to_end(
     let started = Instant::now();
     let ledgers = Ledgers::for_simulation(loaded);
     let persistence = durable.map(|(p, _)| p);
+    if let Some(p) = persistence {
+        let private = loaded.config.privacy.mode != crate::config::PrivacyMode::Off;
+        if private && ledgers == Ledgers::Simulation && p.store.interrupted()?.is_some() {
+            bail!(
+                "the store's interrupted run cannot be resumed with differential privacy and in-memory \
+                 ledgers: every hospital would start again from a full budget. Set privacy.ledger_dir, or \
+                 give the run up with --abandon-run"
+            );
+        }
+    }
     let mut federation = Federation::spawn(
         loaded,
         tasks,
@@ -478,7 +487,7 @@ async fn drive(
 ) -> Result<Driven> {
     let names: Vec<String> = tasks.iter().map(|t| t.name.clone()).collect();
     let resumed = match persistence {
-        Some(p) => p.resume(client).await?,
+        Some(p) => p.resume(client, Some(exclude)).await?,
         None => None,
     };
     if resumed.is_none() {

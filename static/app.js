@@ -235,7 +235,8 @@ async function downloadModel(m) {
   a.href = url;
   a.download = `${m.task}-v${m.version}.safetensors`;
   a.click();
-  URL.revokeObjectURL(url);
+  // Some browsers cancel a download whose URL is revoked at once.
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
 }
 
 $("#run-table").addEventListener("click", async (e) => {

@@ -333,13 +333,24 @@ fn serve_killed_mid_run_carries_the_run_on_after_a_restart() {
         .map(|r| r["round"].as_u64().unwrap())
         .collect();
     assert_eq!(rounds, (1..=8).collect::<Vec<_>>());
-    let models: Value = client
-        .get(second.url("/api/models"))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let sha = models["models"][0]["sha256"].as_str().unwrap().to_string();
+    // Registered by the store's observer once the run ended.
+    let deadline = std::time::Instant::now() + LONG;
+    let sha = loop {
+        let models: Value = client
+            .get(second.url("/api/models"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if let Some(sha) = models["models"][0]["sha256"].as_str() {
+            break sha.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no model registered: {models}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     drop(second);
 
     // The same run, left alone, in `medfed run`.

@@ -155,7 +155,7 @@ async fn serve(
     // An interrupted run in the store is carried on (whether or not runs
     // start by themselves): a restarted coordinator pod picks up its run.
     let resumed = match persistence {
-        Some(p) => p.resume(&client).await?,
+        Some(p) => p.resume(&client, None).await?,
         None => None,
     };
     if resumed.is_none() && cluster.auto_start {

@@ -141,7 +141,7 @@ fn summary(m: &ModelVersion) -> String {
         m.round,
         metric("accuracy"),
         metric("auc"),
-        &m.sha256[..m.sha256.len().min(16)]
+        m.sha256.chars().take(16).collect::<String>()
     )
 }
 
@@ -172,7 +172,7 @@ pub fn open_existing(at: &StoreLocation) -> Result<Store> {
             path.display()
         );
     }
-    Ok(Store::open(&path)?)
+    Ok(Store::open_read_only(&path)?)
 }
 
 fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {

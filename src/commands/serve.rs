@@ -69,7 +69,7 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
     // A run this server was carrying when it stopped goes on (the panel
     // shows it); refused, with the reason, if the configuration changed.
     if let Some(p) = &persistence {
-        if let Err(e) = p.resume(&federation.client()).await {
+        if let Err(e) = p.resume(&federation.client(), None).await {
             shut_down("the interrupted run cannot be resumed", panel, federation).await?;
             return Err(e);
         }

@@ -53,11 +53,13 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// An open store: where it is, and its writer.
+/// An open store: where it is, and its writer (none when opened to read).
 pub struct Store {
     path: PathBuf,
     files: PathBuf,
-    writer: Writer,
+    writer: Option<Writer>,
+    /// Held while this process may write: one writer per store.
+    _lock: Option<std::fs::File>,
 }
 
 impl Store {
@@ -75,6 +77,7 @@ impl Store {
                 source,
             })?;
         }
+        let lock = lock(path)?;
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -99,7 +102,45 @@ impl Store {
         Ok(Store {
             path: path.to_path_buf(),
             files,
-            writer: Writer::start(conn, display),
+            writer: Some(Writer::start(conn, display)),
+            _lock: Some(lock),
+        })
+    }
+
+    /// Open an existing store to read it (the registry commands): no lock,
+    /// no writer, nothing migrated; safe while a coordinator writes.
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        let display = path.display().to_string();
+        if !path.exists() {
+            return Err(StoreError::Invalid {
+                path: display,
+                message: "does not exist: nothing has been recorded there yet".into(),
+            });
+        }
+        check_header(path)?;
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Sql {
+            path: display.clone(),
+            source,
+        })?;
+        schema::check_readable(&conn).map_err(|e| match e {
+            schema::SchemaError::Sql(source) => StoreError::Sql {
+                path: display.clone(),
+                source,
+            },
+            schema::SchemaError::Refused(message) => StoreError::Invalid {
+                path: display.clone(),
+                message,
+            },
+        })?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            files: files_dir(path),
+            writer: None,
+            _lock: None,
         })
     }
 
@@ -112,8 +153,11 @@ impl Store {
         &self.files
     }
 
-    pub fn writer(&self) -> &Writer {
-        &self.writer
+    /// The writer; an error for a store opened to read.
+    pub fn writer(&self) -> Result<&Writer> {
+        self.writer
+            .as_ref()
+            .ok_or_else(|| StoreError::Refused(format!("store {}: opened to read only", self.path.display())))
     }
 
     /// A read connection of its own (WAL: readers never wait for the writer).
@@ -152,6 +196,35 @@ impl Store {
             .map_err(|e| self.sql(e))?;
         Ok(())
     }
+}
+
+/// An exclusive lock on `<store>.lock` for as long as the file is open:
+/// two processes writing one store would resume each other's live runs.
+fn lock(store: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let mut name = store.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    // SAFETY: flock(2) on a descriptor this function owns.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        return Err(StoreError::Invalid {
+            path: store.display().to_string(),
+            message: "is in use by another medfed process (serve, coordinator or run --store): one \
+                      process writes a store at a time; the registry commands read it meanwhile"
+                .into(),
+        });
+    }
+    Ok(file)
 }
 
 /// `medfed.sqlite` -> `medfed-models/` in the same directory.

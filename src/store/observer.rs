@@ -18,7 +18,6 @@ use crate::web::state::unix_now;
 /// What the observer records runs under.
 pub struct RunFacts {
     pub fingerprint: String,
-    pub config: String,
     pub contexts: BTreeMap<String, TaskContext>,
 }
 
@@ -30,25 +29,25 @@ pub async fn record_events(
     facts: RunFacts,
 ) {
     let facts = Arc::new(facts);
+    let writer = match store.writer() {
+        Ok(writer) => writer,
+        Err(e) => {
+            tracing::error!("cannot record the federation: {e}");
+            // Still drained: a recording that is not read holds events back.
+            while events.recv().await.is_some() {}
+            return;
+        }
+    };
     let mut run: Option<String> = None;
     while let Some(event) = events.recv().await {
-        if let FederationEvent::RunStarted { run_id, excluded, .. } = &event {
+        // The run's row was written by the coordinator before it started.
+        if let FederationEvent::RunStarted { run_id, .. } = &event {
             run = Some(run_id.clone());
-            let (id, fingerprint, config) = (run_id.clone(), facts.fingerprint.clone(), facts.config.clone());
-            let excluded = serde_json::to_string(excluded).unwrap_or_else(|_| "[]".into());
-            store.writer().queue("the run's start", move |tx| {
-                tx.execute(
-                    "INSERT INTO runs (id, started_at, status, fingerprint, config, excluded) VALUES (?1, ?2, 'running', ?3, ?4, ?5)
-                     ON CONFLICT(id) DO UPDATE SET excluded = excluded.excluded",
-                    params![id, unix_now(), fingerprint, config, excluded],
-                )?;
-                Ok(())
-            });
         }
         let kind = event_type(&event);
         let body = serde_json::to_string(&event).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"));
         let run_id = run.clone();
-        store.writer().queue("an event", move |tx| {
+        writer.queue("an event", move |tx| {
             tx.execute(
                 "INSERT INTO events (run_id, at, type, body) VALUES (?1, ?2, ?3, ?4)",
                 params![run_id, unix_now(), kind, body],
@@ -59,7 +58,7 @@ pub async fn record_events(
             end_run(&store, &client, &facts, run_id, *outcome).await;
         }
     }
-    if let Err(e) = store.writer().flush() {
+    if let Err(e) = writer.flush() {
         tracing::error!("cannot flush the store: {e}");
     }
 }
@@ -101,18 +100,20 @@ async fn end_run(
     };
     let id = run_id.to_string();
     let status = outcome.name();
-    let ended = store.writer().call(move |tx| {
-        tx.execute(
-            "UPDATE runs SET status = ?2, ended_at = ?3 WHERE id = ?1",
-            params![id, status, unix_now()],
-        )?;
-        for (task, (task_status, reason, report)) in &reports {
+    let ended = store.writer().and_then(|writer| {
+        writer.call(move |tx| {
             tx.execute(
+                "UPDATE runs SET status = ?2, ended_at = ?3 WHERE id = ?1",
+                params![id, status, unix_now()],
+            )?;
+            for (task, (task_status, reason, report)) in &reports {
+                tx.execute(
                 "UPDATE run_tasks SET status = ?3, reason = ?4, report = ?5 WHERE run_id = ?1 AND task = ?2",
                 params![id, task, task_status, reason, report],
             )?;
-        }
-        Ok(())
+            }
+            Ok(())
+        })
     });
     if let Err(e) = ended {
         tracing::error!(run = run_id, "cannot record the run's end: {e}");

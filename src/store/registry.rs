@@ -117,7 +117,11 @@ impl Store {
             let text: String = conn
                 .query_row("SELECT excluded FROM runs WHERE id = ?1", [run_id], |r| r.get(0))
                 .map_err(|e| self.sql(e))?;
-            serde_json::from_str(&text).unwrap_or_default()
+            serde_json::from_str(&text).map_err(|e| {
+                StoreError::Refused(format!(
+                    "run {run_id}: its list of hospitals left out cannot be read: {e}"
+                ))
+            })?
         };
         for (task, round, path, sha, record, _) in finals {
             let bytes = files::read_checked(std::path::Path::new(&path), &sha)?;
@@ -134,7 +138,7 @@ impl Store {
                 .and_then(|r| r.get("metrics").cloned())
                 .unwrap_or(serde_json::Value::Null);
             let t = task.clone();
-            let version: i64 = self.writer().call(move |tx| {
+            let version: i64 = self.writer()?.call(move |tx| {
                 tx.query_row(
                     "SELECT coalesce(max(version), 0) + 1 FROM models WHERE task = ?1",
                     [t],
@@ -156,7 +160,7 @@ impl Store {
                 replaces,
             };
             let row = model.clone();
-            self.writer().call(move |tx| {
+            self.writer()?.call(move |tx| {
                 tx.execute(
                     &format!(
                         "INSERT INTO models ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
@@ -176,6 +180,27 @@ impl Store {
                 )
             })?;
             registered.push(model);
+        }
+        Ok(registered)
+    }
+
+    /// Register the models of finished runs that have none (the process
+    /// that finished them stopped before registering); returns them.
+    pub fn register_unregistered(&self) -> Result<Vec<ModelVersion>> {
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, fingerprint FROM runs r WHERE status = 'finished'
+                 AND NOT EXISTS (SELECT 1 FROM models m WHERE m.run_id = r.id) ORDER BY started_at",
+            )
+            .map_err(|e| self.sql(e))?;
+        let runs: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.sql(e))?;
+        let mut registered = Vec::new();
+        for (run, fingerprint) in runs {
+            registered.extend(self.register_run(&run, &fingerprint)?);
         }
         Ok(registered)
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rusqlite::{params, OptionalExtension};
 
-use medfed_actors::coordinator::{ResumePoint, RoundCommit, RoundStore, TaskResume, TaskTotals};
+use medfed_actors::coordinator::{ResumePoint, RoundCommit, RoundStore, RunBegin, TaskResume, TaskTotals};
 use medfed_actors::RoundRecord;
 use medfed_models::aggregate::StrategyState;
 use medfed_models::checkpoint::Checkpoint;
@@ -33,6 +33,27 @@ impl Durable {
         }
     }
 
+    /// The run, every task with its planned rounds, and the hospitals left
+    /// out, before the run asks anything of anyone.
+    fn begin_run(&self, run: &RunBegin) -> Result<()> {
+        let (id, fingerprint, config) = (run.run_id.clone(), self.fingerprint.clone(), self.config.clone());
+        let excluded = to_json(&run.excluded)?;
+        let tasks = run.tasks.clone();
+        self.store.writer()?.call(move |tx| {
+            tx.execute(
+                "INSERT INTO runs (id, started_at, status, fingerprint, config, excluded) VALUES (?1, ?2, 'running', ?3, ?4, ?5)",
+                params![id, unix_now(), fingerprint, config, excluded],
+            )?;
+            for (task, rounds) in &tasks {
+                tx.execute(
+                    "INSERT INTO run_tasks (run_id, task, target_rounds) VALUES (?1, ?2, ?3)",
+                    params![id, task, rounds],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
     fn commit_round(&self, c: &RoundCommit) -> Result<()> {
         let round = c.checkpoint.round;
         let bytes = c
@@ -47,24 +68,14 @@ impl Durable {
         let totals = to_json(&c.totals)?;
         let privacy = to_json(&c.privacy)?;
         let (run, task) = (c.run_id.clone(), c.task.clone());
-        let (fingerprint, config) = (self.fingerprint.clone(), self.config.clone());
-        let target = c.target_rounds;
         let metrics = c.record.metrics.clone();
         let participants = c.record.participants as i64;
         let seconds = c.record.seconds;
         let participation = c.record.participation.clone();
         let spent = c.privacy.clone();
         let path_text = path.display().to_string();
-        self.store.writer().call(move |tx| {
+        self.store.writer()?.call(move |tx| {
             let now = unix_now();
-            tx.execute(
-                "INSERT OR IGNORE INTO runs (id, started_at, status, fingerprint, config) VALUES (?1, ?2, 'running', ?3, ?4)",
-                params![run, now, fingerprint, config],
-            )?;
-            tx.execute(
-                "INSERT OR IGNORE INTO run_tasks (run_id, task, target_rounds) VALUES (?1, ?2, ?3)",
-                params![run, task, target],
-            )?;
             tx.execute(
                 "INSERT INTO rounds (run_id, task, round, participants, accuracy, loss, f1, auc, seconds, record, committed_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -118,6 +129,10 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
 }
 
 impl RoundStore for Durable {
+    fn begin(&self, run: &RunBegin) -> std::result::Result<(), String> {
+        self.begin_run(run).map_err(|e| e.to_string())
+    }
+
     fn commit(&self, commit: &RoundCommit) -> std::result::Result<(), String> {
         self.commit_round(commit).map_err(|e| e.to_string())
     }
@@ -237,17 +252,19 @@ impl Store {
         let excluded: String = conn
             .query_row("SELECT excluded FROM runs WHERE id = ?1", [run_id], |r| r.get(0))
             .map_err(|e| self.sql(e))?;
+        let excluded = serde_json::from_str(&excluded)
+            .map_err(|e| bad(format!("its list of hospitals left out cannot be read: {e}")))?;
         Ok(ResumePoint {
             run_id: run_id.to_string(),
             tasks,
-            excluded: serde_json::from_str(&excluded).unwrap_or_default(),
+            excluded,
         })
     }
 
     /// Mark a run that will never be resumed as abandoned.
     pub fn abandon(&self, run_id: &str) -> Result<()> {
         let id = run_id.to_string();
-        let changed = self.writer().call(move |tx| {
+        let changed = self.writer()?.call(move |tx| {
             tx.execute(
                 "UPDATE runs SET status = 'abandoned', ended_at = ?2 WHERE id = ?1 AND status = 'running'",
                 params![id, unix_now()],

@@ -128,6 +128,23 @@ const MIGRATIONS: &[&str] = &[
 /// The newest schema version this build writes.
 pub const VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// A store opened to read must be a medfed store of exactly this schema
+/// (an older one is migrated by the next writer that opens it).
+pub fn check_readable(conn: &Connection) -> Result<(), SchemaError> {
+    let app: i64 = conn.query_row("PRAGMA application_id", [], |r| r.get(0))?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if app != APPLICATION_ID {
+        return Err(SchemaError::Refused("is not a medfed store".into()));
+    }
+    if version != VERSION {
+        return Err(SchemaError::Refused(format!(
+            "has schema {version}, this medfed reads {VERSION}: open it with `medfed serve` or \
+             `medfed coordinator` of this version first (they migrate it), or use the medfed that wrote it"
+        )));
+    }
+    Ok(())
+}
+
 /// Settings, integrity check and migrations. `existed`: the file was there.
 pub fn prepare(conn: &Connection, existed: bool) -> Result<(), SchemaError> {
     conn.busy_timeout(std::time::Duration::from_secs(30))?;

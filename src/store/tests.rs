@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use medfed_actors::coordinator::{RoundCommit, RoundStore, TaskTotals};
+use medfed_actors::coordinator::{RoundCommit, RoundStore, RunBegin, TaskTotals};
 use medfed_actors::report::{FederatedEval, Participation, ParticipationOutcome};
 use medfed_actors::RoundRecord;
 use medfed_models::aggregate::StrategyState;
@@ -86,6 +86,18 @@ fn durable(store: &Arc<Store>) -> Durable {
     Durable::new(store.clone(), "fp-1".into(), "[run]\nseed = 1\n".into())
 }
 
+/// `durable(store)` after recording the start of `run` (task "t", 3 rounds).
+fn started(store: &Arc<Store>, run: &str) -> Durable {
+    let d = durable(store);
+    d.begin(&RunBegin {
+        run_id: run.into(),
+        tasks: [("t".to_string(), 3)].into(),
+        excluded: Vec::new(),
+    })
+    .unwrap();
+    d
+}
+
 const BOTH: [(&str, ParticipationOutcome); 2] = [
     ("h1", ParticipationOutcome::Accepted),
     ("h2", ParticipationOutcome::Rejected),
@@ -108,11 +120,12 @@ fn garbage_truncated_and_foreign_files_are_refused_and_left_untouched() {
 
     // A real store with rounds in it, cut in half.
     let store = open(dir.path());
+    let d = started(&store, "run-1");
     for round in 1..=3 {
-        durable(&store)
-            .commit(&commit("run-1", round, 1.0, &BOTH))
-            .unwrap();
+        d.commit(&commit("run-1", round, 1.0, &BOTH)).unwrap();
     }
+    // Closed (the write-ahead log checkpointed into the file).
+    drop(d);
     drop(store);
     let whole = std::fs::read(dir.path().join("medfed.sqlite")).unwrap();
     let truncated = dir.path().join("truncated.sqlite");
@@ -165,7 +178,7 @@ fn committed_rounds_resume_exactly_and_a_round_is_never_recorded_twice() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     assert!(store.interrupted().unwrap().is_none());
-    let d = durable(&store);
+    let d = started(&store, "run-1");
     d.commit(&commit("run-1", 1, 1.0, &BOTH)).unwrap();
     let second = commit("run-1", 2, 2.5, &BOTH);
     d.commit(&second).unwrap();
@@ -199,7 +212,7 @@ fn a_changed_model_file_is_refused_on_resume() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     let c = commit("run-1", 1, 1.0, &BOTH);
-    durable(&store).commit(&c).unwrap();
+    started(&store, "run-1").commit(&c).unwrap();
     let path = files::checkpoint_path(store.files_dir(), "run-1", "t", 1);
     let mut bytes = std::fs::read(&path).unwrap();
     let last = bytes.len() - 1;
@@ -213,6 +226,7 @@ fn finish(store: &Arc<Store>, run: &str) {
     let id = run.to_string();
     store
         .writer()
+        .unwrap()
         .call(move |tx| tx.execute("UPDATE runs SET status = 'finished' WHERE id = ?1", [id]))
         .unwrap();
 }
@@ -221,7 +235,7 @@ fn finish(store: &Arc<Store>, run: &str) {
 fn finished_runs_register_numbered_versions_with_their_lineage() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    let d = durable(&store);
+    let d = started(&store, "run-1");
     for round in 1..=3 {
         d.commit(&commit("run-1", round, f32::from(round as u8), &BOTH))
             .unwrap();
@@ -234,6 +248,7 @@ fn finished_runs_register_numbered_versions_with_their_lineage() {
         "registered once"
     );
     let only_h1 = [("h1", ParticipationOutcome::Accepted)];
+    let d = started(&store, "run-2");
     for round in 1..=3 {
         d.commit(&commit("run-2", round, 7.0, &only_h1)).unwrap();
     }
@@ -278,7 +293,9 @@ fn finished_runs_register_numbered_versions_with_their_lineage() {
 fn a_backup_is_a_store_with_the_same_runs_and_never_overwrites() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
-    durable(&store).commit(&commit("run-1", 1, 1.0, &BOTH)).unwrap();
+    started(&store, "run-1")
+        .commit(&commit("run-1", 1, 1.0, &BOTH))
+        .unwrap();
     let target = dir.path().join("backup.sqlite");
     store.backup(&target).unwrap();
     let copy = Store::open(&target).unwrap();
@@ -293,6 +310,7 @@ fn the_event_log_is_append_only() {
     let store = open(dir.path());
     store
         .writer()
+        .unwrap()
         .call(|tx| {
             tx.execute(
                 "INSERT INTO events (run_id, at, type, body) VALUES ('r', 0, 'x', '{}')",
@@ -302,8 +320,52 @@ fn the_event_log_is_append_only() {
         .unwrap();
     let e = store
         .writer()
+        .unwrap()
         .call(|tx| tx.execute("DELETE FROM events", []))
         .unwrap_err()
         .to_string();
     assert!(e.contains("append-only"), "{e}");
+}
+
+#[test]
+fn one_process_writes_a_store_and_readers_read_it_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    started(&store, "run-1")
+        .commit(&commit("run-1", 1, 1.0, &BOTH))
+        .unwrap();
+    let path = dir.path().join("medfed.sqlite");
+    let e = Store::open(&path)
+        .err()
+        .expect("a second writer is refused")
+        .to_string();
+    assert!(e.contains("in use by another medfed process"), "{e}");
+    let reader = Store::open_read_only(&path).unwrap();
+    assert_eq!(reader.interrupted().unwrap().unwrap().tasks["t"], (3, 1));
+    assert!(reader
+        .abandon("run-1")
+        .unwrap_err()
+        .to_string()
+        .contains("read only"));
+    drop(store);
+    Store::open(&path).expect("free again once the writer is gone");
+    let e = Store::open_read_only(&dir.path().join("none.sqlite"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("does not exist"), "{e}");
+}
+
+#[test]
+fn a_finished_run_left_unregistered_is_registered_when_the_store_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let d = started(&store, "run-1");
+    for round in 1..=3 {
+        d.commit(&commit("run-1", round, 1.0, &BOTH)).unwrap();
+    }
+    finish(&store, "run-1");
+    let late = store.register_unregistered().unwrap();
+    assert_eq!(late.len(), 1);
+    assert!(store.register_unregistered().unwrap().is_empty());
 }

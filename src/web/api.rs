@@ -234,10 +234,15 @@ pub async fn start_run(
         .unwrap_or_else(|| state.contexts.keys().cloned().collect());
     // Targets first, so the panel shows n/N from the run's first event on.
     if let Ok(mut live) = state.live.write() {
-        if let Some(unknown) = body.exclude.iter().find(|h| !live.hospitals.contains_key(*h)) {
+        // Joined, or expected by the configuration (a withdrawn site may be offline).
+        let mut known: std::collections::BTreeSet<String> = live.hospitals.keys().cloned().collect();
+        for (task, ctx) in &state.contexts {
+            known.extend((1..=ctx.hospitals).map(|i| format!("{task}-{i}")));
+        }
+        if let Some(unknown) = body.exclude.iter().find(|h| !known.contains(*h)) {
             return Err(ApiError::bad_request(format!(
                 "exclude: no hospital '{unknown}' (hospitals: {})",
-                live.hospitals.keys().cloned().collect::<Vec<_>>().join(", ")
+                known.into_iter().collect::<Vec<_>>().join(", ")
             )));
         }
         if live.run_active {

@@ -199,6 +199,22 @@ fn execute(myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState, outp
                 // Small (a model), and rare (once a round): written in place.
                 write_checkpoint(&dir, &checkpoint);
             }
+            Output::BeginRun(begin) => {
+                let Some(store) = &state.store else { continue };
+                if let Err(e) = store.begin(&begin) {
+                    tracing::error!(run = %begin.run_id, "cannot record the run's start: {e}");
+                    drop(outputs);
+                    for task in begin.tasks.keys() {
+                        let input = Input::CommitFailed {
+                            task: task.clone(),
+                            reason: format!("cannot record the run's start in the store: {e}"),
+                        };
+                        let follow = state.core.handle(state.started.elapsed(), input);
+                        execute(myself, state, follow);
+                    }
+                    return;
+                }
+            }
             Output::CommitRound(commit) => {
                 let Some(store) = &state.store else { continue };
                 // The one place the actor waits for the disk: nothing of the
@@ -220,7 +236,10 @@ fn execute(myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState, outp
                         drop(outputs);
                         let input = Input::CommitFailed {
                             task: commit.task.clone(),
-                            reason,
+                            reason: format!(
+                                "cannot commit round {} to the store: {reason}",
+                                commit.checkpoint.round
+                            ),
                         };
                         let follow = state.core.handle(state.started.elapsed(), input);
                         execute(myself, state, follow);

@@ -23,7 +23,7 @@ use medfed_models::learner::{Evaluator, GlobalModel, LocalUpdate, PrivacySpent, 
 use medfed_models::metrics::Metrics;
 use medfed_models::Params;
 
-use super::durable::{ResumePoint, RoundCommit, TaskResume, TaskTotals};
+use super::durable::{ResumePoint, RoundCommit, RunBegin, TaskResume, TaskTotals};
 use super::fsm::{DropReason, Effect, Event, HospitalId, Phase, TaskFsm, TimerId, Verdict};
 use super::stage::StageKind;
 use super::task::{Aggregated, Scaling, TaskSetup};
@@ -61,8 +61,9 @@ pub enum Input {
         round: u32,
         result: Result<Aggregated, String>,
     },
-    /// A round commit could not be made durable: the run cannot go on
-    /// without breaking its promise to resume.
+    /// A run's start or a round commit could not be made durable (`reason`
+    /// says which): the run cannot go on without breaking its promise to
+    /// resume.
     CommitFailed {
         task: String,
         reason: String,
@@ -88,6 +89,10 @@ pub enum Output {
         dir: PathBuf,
         checkpoint: Checkpoint,
     },
+    /// Record a run's start before anything that follows in these outputs
+    /// (its first requests); a failure comes back as `Input::CommitFailed`
+    /// for each of its tasks.
+    BeginRun(RunBegin),
     /// Make a closed round durable before anything that follows in these
     /// outputs (the next round's requests); a failure comes back as
     /// `Input::CommitFailed`.
@@ -266,7 +271,16 @@ impl TaskState {
         self.rejected = resume.totals.rejected;
         self.declined = resume.totals.declined;
         self.departures = resume.totals.departures;
-        self.privacy.extend(resume.privacy);
+        // A hospital that joined before the resume announced what its ledger
+        // says now; the commit may be older (a replayed round was charged).
+        for (hospital, spent) in resume.privacy {
+            match self.privacy.get(&hospital) {
+                Some(now) if now.epsilon >= spent.epsilon => {}
+                _ => {
+                    self.privacy.insert(hospital, spent);
+                }
+            }
+        }
         self.participation.clear();
         Ok(())
     }
@@ -448,17 +462,28 @@ impl Core {
             active: true,
             excluded: excluded.clone(),
         });
+        let planned: BTreeMap<String, u32> = tasks
+            .iter()
+            .map(|t| {
+                let rounds = request
+                    .rounds
+                    .unwrap_or_else(|| self.tasks[t].fsm.config().rounds);
+                (t.clone(), rounds)
+            })
+            .collect();
+        out.push(Output::BeginRun(RunBegin {
+            run_id: run_id.clone(),
+            tasks: planned.clone(),
+            excluded: excluded.iter().cloned().collect(),
+        }));
         out.push(Output::Publish(FederationEvent::RunStarted {
             run_id: run_id.clone(),
             tasks: tasks.clone(),
             resumed_after: BTreeMap::new(),
             excluded: excluded.into_iter().collect(),
         }));
-        for t in &tasks {
-            let rounds = request
-                .rounds
-                .unwrap_or_else(|| self.tasks[t].fsm.config().rounds);
-            self.apply(now, t, Event::Start { rounds }, None, out);
+        for (t, rounds) in planned {
+            self.apply(now, &t, Event::Start { rounds }, None, out);
         }
         Ok(run_id)
     }
@@ -560,15 +585,14 @@ impl Core {
                 round,
                 result,
             } => self.on_aggregated(now, task, generation, round, result, &mut out),
-            Input::CommitFailed { task, reason } => self.apply(
-                now,
-                &task,
-                Event::Failed {
-                    reason: format!("cannot commit the round to the store: {reason}"),
-                },
-                None,
-                &mut out,
-            ),
+            Input::CommitFailed { task, reason } => {
+                // The outputs after the failed commit (a finish, the run's
+                // end) were never carried out: the run is still going.
+                if let Some(run) = self.run.as_mut().filter(|r| r.tasks.contains(&task)) {
+                    run.active = true;
+                }
+                self.apply(now, &task, Event::CommitFailed { reason }, None, &mut out)
+            }
         }
         out
     }

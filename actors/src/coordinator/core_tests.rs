@@ -837,3 +837,47 @@ fn an_excluded_hospital_is_never_asked() {
     let job = aggregate_job(out).expect("a alone closes the stage");
     assert_eq!(job.updates.len(), 1);
 }
+
+/// The last round's commit fails: the outputs after it (the finish, the
+/// run's end) were dropped by the shell, and the run ends aborted instead
+/// of hanging.
+#[test]
+fn a_failed_last_commit_aborts_the_run_instead_of_finishing_it() {
+    let mut core = Core::new(vec![setup("t")]);
+    let (_, after) = committed_round_one(&mut core);
+    assert!(events(&after).iter().any(|e| matches!(
+        e,
+        FederationEvent::RunEnded {
+            outcome: RunOutcome::Finished,
+            ..
+        }
+    )));
+    let out = core.handle(
+        Duration::ZERO,
+        Input::CommitFailed {
+            task: "t".into(),
+            reason: "disk full".into(),
+        },
+    );
+    let ended: Vec<&FederationEvent> = events(&out)
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                e,
+                FederationEvent::RunEnded { .. } | FederationEvent::TaskAborted { .. }
+            )
+        })
+        .collect();
+    assert_eq!(ended.len(), 2, "{ended:?}");
+    assert!(matches!(
+        ended[1],
+        FederationEvent::RunEnded {
+            outcome: RunOutcome::Aborted,
+            ..
+        }
+    ));
+    let FederationEvent::TaskAborted { reason, .. } = ended[0] else {
+        panic!("{ended:?}")
+    };
+    assert_eq!(reason, "disk full");
+}

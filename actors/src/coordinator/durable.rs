@@ -40,9 +40,20 @@ pub struct RoundCommit {
     pub privacy: BTreeMap<String, PrivacySpent>,
 }
 
-/// Where a commit goes. `commit` returns once the round is durable; the
-/// coordinator asks for the next round only after that.
+/// A run about to start: recorded before anything is asked of a hospital,
+/// so that a crash at any point leaves every task and exclusion on record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunBegin {
+    pub run_id: String,
+    /// Each task with its planned rounds.
+    pub tasks: BTreeMap<String, u32>,
+    pub excluded: Vec<String>,
+}
+
+/// Where a run's start and its commits go. Both return once durable; the
+/// coordinator asks nothing of the hospitals before that.
 pub trait RoundStore: Send + Sync {
+    fn begin(&self, run: &RunBegin) -> Result<(), String>;
     fn commit(&self, commit: &RoundCommit) -> Result<(), String>;
 }
 

@@ -185,6 +185,11 @@ pub enum Event {
     Failed {
         reason: String,
     },
+    /// A closed round could not be committed. Unlike `Failed` it also
+    /// undoes a finish: a run whose last round is not durable did not finish.
+    CommitFailed {
+        reason: String,
+    },
     Stop,
 }
 
@@ -402,6 +407,11 @@ impl TaskFsm {
             }
             Event::Failed { reason } => {
                 if self.phase.is_active() {
+                    self.abort(reason, &mut fx);
+                }
+            }
+            Event::CommitFailed { reason } => {
+                if self.phase.is_active() || matches!(self.phase, Phase::Finished { .. }) {
                     self.abort(reason, &mut fx);
                 }
             }

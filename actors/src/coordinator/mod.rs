@@ -13,7 +13,7 @@ pub mod stage;
 pub mod task;
 
 pub use actor::{Coordinator, CoordinatorArgs};
-pub use durable::{ResumePoint, RoundCommit, RoundStore, TaskResume, TaskTotals};
+pub use durable::{ResumePoint, RoundCommit, RoundStore, RunBegin, TaskResume, TaskTotals};
 pub use stage::{Protocol, Stage, StageKind, StageRules};
 pub use task::{Scaling, TaskSetup};
 
