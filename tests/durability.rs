@@ -375,3 +375,45 @@ fn serve_killed_mid_run_carries_the_run_on_after_a_restart() {
         "resumed serve run = uninterrupted run, bit for bit"
     );
 }
+
+/// With `store.on_terminate = "suspend"`, SIGTERM (a Kubernetes rollout or
+/// node drain) leaves the run interrupted, and `serve` restarted on its
+/// data directory carries it on to the end.
+#[test]
+fn sigterm_suspends_a_stored_run_when_asked_and_a_restart_resumes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = synthetic_config(dir.path());
+    let data = dir.path().join("serve-data");
+    let args = ["--config", config.to_str().unwrap()];
+    let suspend = [("MEDFED_STORE__ON_TERMINATE", "suspend")];
+    let mut first = Served::start_in(&data, &args, &suspend);
+    let client = reqwest::blocking::Client::new();
+    let started: Value = client
+        .post(first.url("/api/runs"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"rounds": 6}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let id = started["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + LONG;
+    loop {
+        let state: Value = client.get(first.url("/api/state")).send().unwrap().json().unwrap();
+        if state["tasks"]["synthetic"]["round"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no round 2: {state}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    first.terminate();
+    assert!(first.wait_exit(LONG).success(), "{}", first.log());
+    assert!(first.log().contains("stays interrupted in the store"), "{}", first.log());
+
+    let second = Served::start_in(&data, &args, &suspend);
+    assert!(second.log().contains("resuming the interrupted run"), "{}", second.log());
+    let run = wait_for_run(&second, &id);
+    assert_eq!(run["status"], "finished", "{run}");
+    let rounds = run["report"]["synthetic"]["rounds"].as_array().unwrap().len();
+    assert_eq!(rounds, 6);
+}

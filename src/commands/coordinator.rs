@@ -189,6 +189,10 @@ async fn serve(
                 None => bail!("the coordinator stopped"),
             },
             signal = shutdown.received(), if !stop_sent => {
+                if loaded.config.store.on_terminate.suspends(signal, persistence.is_some()) {
+                    info!("{signal}: shutting down; a run in progress stays interrupted in the store and resumes when the coordinator restarts");
+                    break None;
+                }
                 // The core knows whether a run is active; its end, if any,
                 // is already on its way to `events`.
                 match client.stop().await? {

@@ -70,7 +70,7 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
     // shows it); refused, with the reason, if the configuration changed.
     if let Some(p) = &persistence {
         if let Err(e) = p.resume(&federation.client(), None).await {
-            shut_down("the interrupted run cannot be resumed", panel, federation).await?;
+            shut_down("the interrupted run cannot be resumed", panel, federation, false).await?;
             return Err(e);
         }
     }
@@ -79,20 +79,28 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
     let _ = write!(out, "{}", panel.announcement);
     let _ = out.flush();
     let expected = tasks.iter().map(PreparedTask::hospital_count).sum();
+    let on_terminate = loaded.config.store.on_terminate;
+    let has_store = persistence.is_some();
+    let suspends = |signal: &str| on_terminate.suspends(signal, has_store);
     tokio::select! {
         _ = wait_for_hospitals(&panel.state, expected) => mark_ready(&panel.state),
-        signal = shutdown.received() => return shut_down(signal, panel, federation).await,
+        signal = shutdown.received() => return shut_down(signal, panel, federation, suspends(signal)).await,
     }
     let signal = shutdown.received().await;
-    shut_down(signal, panel, federation).await
+    shut_down(signal, panel, federation, suspends(signal)).await
 }
 
 /// Stop the run in progress (its end is then already published), end the
 /// live event streams, stop serving, and shut the federation down, which
 /// lets the panel's recorder record the stopped run first.
-async fn shut_down(signal: &str, panel: Panel, federation: Federation) -> Result<()> {
+async fn shut_down(signal: &str, panel: Panel, federation: Federation, suspend: bool) -> Result<()> {
     eprintln!("shutting down ({signal})...");
-    let stopped = federation.client().stop().await;
+    let stopped = if suspend {
+        tracing::info!("{signal}: a run in progress stays interrupted in the store and resumes when serve restarts");
+        Ok(None)
+    } else {
+        federation.client().stop().await
+    };
     federation.events.close_live();
     panel.stop().await;
     federation.shutdown().await;

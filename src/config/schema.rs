@@ -34,6 +34,26 @@ pub struct StoreConfig {
     /// everything in memory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// What SIGTERM does to a run of `serve` or `coordinator` that records
+    /// into a store: "stop" it (recorded as stopped), or "suspend" it (left
+    /// interrupted: the process restarted on the store resumes it — what a
+    /// Kubernetes rollout or node drain wants). Ctrl-C always stops.
+    pub on_terminate: OnTerminate,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnTerminate {
+    #[default]
+    Stop,
+    Suspend,
+}
+
+impl OnTerminate {
+    /// Whether `signal` ("SIGTERM", "Ctrl-C") leaves a stored run to resume.
+    pub fn suspends(self, signal: &str, has_store: bool) -> bool {
+        self == OnTerminate::Suspend && signal == "SIGTERM" && has_store
+    }
 }
 
 /// `medfed serve`: the control panel, REST API and /metrics.
