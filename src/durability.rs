@@ -15,6 +15,8 @@ use crate::tasks::PreparedTask;
 /// An open store and what runs are recorded under.
 pub struct Persistence {
     pub store: Arc<Store>,
+    /// Per task, the model's input columns (tables).
+    pub features: std::collections::BTreeMap<String, Vec<String>>,
     /// Of the configuration that shapes training, and of each task's
     /// held-out set: a run is resumed only under the same one.
     pub fingerprint: String,
@@ -54,6 +56,10 @@ impl Persistence {
             info!(task = %late.task, version = late.version, run = %late.run_id, "model of a finished run registered");
         }
         Ok(Persistence {
+            features: tasks
+                .iter()
+                .filter_map(|t| Some((t.name.clone(), t.data.feature_names()?)))
+                .collect(),
             store: Arc::new(store),
             fingerprint: fingerprint(loaded, tasks),
             config: crate::config::to_toml(&loaded.config),
@@ -62,11 +68,10 @@ impl Persistence {
 
     /// The coordinator's round commits into this store.
     pub fn round_store(&self) -> Arc<Durable> {
-        Arc::new(Durable::new(
-            self.store.clone(),
-            self.fingerprint.clone(),
-            self.config.clone(),
-        ))
+        Arc::new(
+            Durable::new(self.store.clone(), self.fingerprint.clone(), self.config.clone())
+                .with_features(self.features.clone()),
+        )
     }
 
     /// Take up the store's interrupted run, if there is one: refused (with

@@ -399,7 +399,12 @@ fn sigterm_suspends_a_stored_run_when_asked_and_a_restart_resumes_it() {
     let id = started["id"].as_str().unwrap().to_string();
     let deadline = std::time::Instant::now() + LONG;
     loop {
-        let state: Value = client.get(first.url("/api/state")).send().unwrap().json().unwrap();
+        let state: Value = client
+            .get(first.url("/api/state"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
         if state["tasks"]["synthetic"]["round"].as_u64().unwrap_or(0) >= 2 {
             break;
         }
@@ -408,10 +413,18 @@ fn sigterm_suspends_a_stored_run_when_asked_and_a_restart_resumes_it() {
     }
     first.terminate();
     assert!(first.wait_exit(LONG).success(), "{}", first.log());
-    assert!(first.log().contains("stays interrupted in the store"), "{}", first.log());
+    assert!(
+        first.log().contains("stays interrupted in the store"),
+        "{}",
+        first.log()
+    );
 
     let second = Served::start_in(&data, &args, &suspend);
-    assert!(second.log().contains("resuming the interrupted run"), "{}", second.log());
+    assert!(
+        second.log().contains("resuming the interrupted run"),
+        "{}",
+        second.log()
+    );
     let run = wait_for_run(&second, &id);
     assert_eq!(run["status"], "finished", "{run}");
     let rounds = run["report"]["synthetic"]["rounds"].as_array().unwrap().len();

@@ -250,6 +250,60 @@ fn a_registered_version_reports_and_predicts_what_its_run_reported() {
         &[],
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+    // Columns are matched by name: reversed, the same probabilities.
+    let text_unlabelled = std::fs::read_to_string(&unlabelled).unwrap();
+    let reversed: Vec<String> = text_unlabelled
+        .lines()
+        .map(|line| line.split(',').rev().collect::<Vec<_>>().join(","))
+        .collect();
+    let shuffled = dir.path().join("reversed.csv");
+    std::fs::write(&shuffled, reversed.join("\n") + "\n").unwrap();
+    let out = medfed(
+        &[
+            &[
+                "predict",
+                "--model",
+                "breast_cancer",
+                "--input",
+                shuffled.to_str().unwrap(),
+            ][..],
+            &at,
+        ]
+        .concat(),
+        &[],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        text,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A column missing: refused, naming it.
+    let cut: Vec<String> = text_unlabelled
+        .lines()
+        .map(|line| line.split(',').skip(1).collect::<Vec<_>>().join(","))
+        .collect();
+    let missing = dir.path().join("missing.csv");
+    std::fs::write(&missing, cut.join("\n") + "\n").unwrap();
+    let out = medfed(
+        &[
+            &[
+                "predict",
+                "--model",
+                "breast_cancer",
+                "--input",
+                missing.to_str().unwrap(),
+            ][..],
+            &at,
+        ]
+        .concat(),
+        &[],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("missing [mean_radius]"),
+        "{err}"
+    );
     // Wrong columns, unknown models: clear errors.
     let wrong = dir.path().join("wrong.csv");
     std::fs::write(&wrong, "a,b\n1,2\n").unwrap();
@@ -267,8 +321,10 @@ fn a_registered_version_reports_and_predicts_what_its_run_reported() {
         .concat(),
         &[],
     );
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("2 feature columns, but the model was trained on 30")
+        err.contains("do not match: missing [") && err.contains("unknown [a, b]"),
+        "{err}"
     );
     let out = medfed(
         &[

@@ -40,8 +40,9 @@ pub fn execute(a: &PredictArgs) -> Result<()> {
             model.run_id, model.task
         )
     })?;
+    let features = store.features(&model.run_id, &model.task)?;
     let (probabilities, labels, positive) = match task.kind {
-        HospitalKind::Tabular => tabular(a, task, &checkpoint)?,
+        HospitalKind::Tabular => tabular(a, task, &checkpoint, features)?,
         HospitalKind::Imaging => imaging(a, task, &checkpoint)?,
         other => bail!("predict does not support {} tasks yet", other.name()),
     };
@@ -75,11 +76,37 @@ pub fn execute(a: &PredictArgs) -> Result<()> {
 
 type Scored = (Vec<f64>, Option<Vec<bool>>, String);
 
-fn tabular(a: &PredictArgs, task: &TaskConfig, checkpoint: &Checkpoint) -> Result<Scored> {
+fn tabular(
+    a: &PredictArgs,
+    task: &TaskConfig,
+    checkpoint: &Checkpoint,
+    features: Option<Vec<String>>,
+) -> Result<Scored> {
     let label = task.data.label_column.clone().unwrap_or_default();
     let positive = task.data.positive_class.clone().unwrap_or_default();
     let header = csv_header(&a.input)?;
-    let (data, labels) = if !label.is_empty() && header.contains(&label) {
+    // Columns are matched by name: a CSV whose columns come in another order
+    // is scored right, one that lacks a column is refused.
+    if let Some(expected) = &features {
+        let given: Vec<&String> = header.iter().filter(|h| **h != label).collect();
+        if given
+            .iter()
+            .map(|s| s.as_str())
+            .ne(expected.iter().map(|s| s.as_str()))
+        {
+            let missing: Vec<&String> = expected.iter().filter(|f| !header.contains(f)).collect();
+            let extra: Vec<&&String> = given.iter().filter(|g| !expected.contains(g)).collect();
+            if !missing.is_empty() || !extra.is_empty() {
+                bail!(
+                    "{}: the model's input columns do not match: missing [{}], unknown [{}]",
+                    a.input.display(),
+                    missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "),
+                    extra.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+    }
+    let (mut data, labels) = if !label.is_empty() && header.contains(&label) {
         let spec = CsvSpec {
             label_column: label,
             positive_class: positive.clone(),
@@ -90,6 +117,9 @@ fn tabular(a: &PredictArgs, task: &TaskConfig, checkpoint: &Checkpoint) -> Resul
     } else {
         (load_unlabelled_csv(&a.input)?, None)
     };
+    if let Some(expected) = &features {
+        data = data.with_columns(expected)?;
+    }
     let weights = checkpoint.model.params.as_slice().len().saturating_sub(1);
     if data.n_features() != weights {
         bail!(

@@ -96,7 +96,9 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
 async fn shut_down(signal: &str, panel: Panel, federation: Federation, suspend: bool) -> Result<()> {
     eprintln!("shutting down ({signal})...");
     let stopped = if suspend {
-        tracing::info!("{signal}: a run in progress stays interrupted in the store and resumes when serve restarts");
+        tracing::info!(
+            "{signal}: a run in progress stays interrupted in the store and resumes when serve restarts"
+        );
         Ok(None)
     } else {
         federation.client().stop().await

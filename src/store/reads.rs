@@ -93,6 +93,27 @@ impl Store {
             .map_err(|e| self.sql(e))
     }
 
+    /// The input columns a task's model was trained on, in order (tables).
+    pub fn features(&self, run: &str, task: &str) -> Result<Option<Vec<String>>> {
+        let conn = self.reader()?;
+        let text: Option<Option<String>> = conn
+            .query_row(
+                "SELECT features FROM run_tasks WHERE run_id = ?1 AND task = ?2",
+                params![run, task],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        match text.flatten() {
+            None => Ok(None),
+            Some(json) => serde_json::from_str(&json).map(Some).map_err(|e| {
+                super::StoreError::Refused(format!(
+                    "run {run}, task {task}: its feature list cannot be read: {e}"
+                ))
+            }),
+        }
+    }
+
     /// The committed rounds of a run's task, in order.
     pub fn rounds(&self, run: &str, task: &str) -> Result<Vec<RoundRow>> {
         let conn = self.reader()?;

@@ -22,6 +22,8 @@ pub struct Durable {
     store: Arc<Store>,
     fingerprint: String,
     config: String,
+    /// Per task, the model's input columns (tables): what `predict` matches.
+    features: BTreeMap<String, Vec<String>>,
 }
 
 impl Durable {
@@ -30,7 +32,13 @@ impl Durable {
             store,
             fingerprint,
             config,
+            features: BTreeMap::new(),
         }
+    }
+
+    pub fn with_features(mut self, features: BTreeMap<String, Vec<String>>) -> Self {
+        self.features = features;
+        self
     }
 
     /// The run, every task with its planned rounds, and the hospitals left
@@ -39,6 +47,11 @@ impl Durable {
         let (id, fingerprint, config) = (run.run_id.clone(), self.fingerprint.clone(), self.config.clone());
         let excluded = to_json(&run.excluded)?;
         let tasks = run.tasks.clone();
+        let features: BTreeMap<String, String> = self
+            .features
+            .iter()
+            .map(|(task, names)| Ok((task.clone(), to_json(names)?)))
+            .collect::<Result<_>>()?;
         self.store.writer()?.call(move |tx| {
             tx.execute(
                 "INSERT INTO runs (id, started_at, status, fingerprint, config, excluded) VALUES (?1, ?2, 'running', ?3, ?4, ?5)",
@@ -46,8 +59,8 @@ impl Durable {
             )?;
             for (task, rounds) in &tasks {
                 tx.execute(
-                    "INSERT INTO run_tasks (run_id, task, target_rounds) VALUES (?1, ?2, ?3)",
-                    params![id, task, rounds],
+                    "INSERT INTO run_tasks (run_id, task, target_rounds, features) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, task, rounds, features.get(task)],
                 )?;
             }
             Ok(())

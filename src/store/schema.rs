@@ -40,6 +40,8 @@ const MIGRATIONS: &[&str] = &[
         run_id TEXT NOT NULL REFERENCES runs(id),
         task TEXT NOT NULL,
         target_rounds INTEGER NOT NULL,
+        -- JSON list of the model's input columns, in order (tables)
+        features TEXT,
         status TEXT NOT NULL DEFAULT 'running',
         reason TEXT,
         -- the task's result as `medfed run --json` shows it, once the run ended

@@ -65,6 +65,10 @@ pub fn kind_of(kind: HospitalKind) -> Result<&'static dyn TaskKind> {
 /// A task's data, prepared: held-out set and shards.
 pub trait TaskData: Send + Sync {
     fn hospital_count(&self) -> usize;
+    /// The model's input columns, in order (tables); `None` for images.
+    fn feature_names(&self) -> Option<Vec<String>> {
+        None
+    }
     /// Examples in the training pool and in the held-out set.
     fn sizes(&self) -> (usize, usize);
     /// What one example is, for tables ("rows", "images").

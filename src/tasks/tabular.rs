@@ -124,6 +124,10 @@ impl TaskData for TabularData {
         self.shards.len()
     }
 
+    fn feature_names(&self) -> Option<Vec<String>> {
+        Some(self.held_out.feature_names.clone())
+    }
+
     fn sizes(&self) -> (usize, usize) {
         (self.train.len(), self.held_out.len())
     }

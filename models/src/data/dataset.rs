@@ -44,6 +44,21 @@ impl Dataset {
         self.labels.is_empty()
     }
 
+    /// The same rows with the columns named `order`, in that order.
+    pub fn with_columns(self, order: &[String]) -> Result<Dataset> {
+        let index = order
+            .iter()
+            .map(|name| {
+                self.feature_names
+                    .iter()
+                    .position(|n| n == name)
+                    .ok_or_else(|| ModelError::Data(format!("no column '{name}'")))
+            })
+            .collect::<Result<Vec<usize>>>()?;
+        let features = self.features.select(ndarray::Axis(1), &index);
+        Dataset::new(order.to_vec(), features, self.labels)
+    }
+
     pub fn n_features(&self) -> usize {
         self.features.ncols()
     }
