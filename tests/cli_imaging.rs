@@ -312,13 +312,7 @@ fn a_registered_imaging_model_predicts_its_held_out_metrics() {
         &[],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let err = String::from_utf8_lossy(&out.stderr);
-    let accuracy: f64 = err
-        .split("accuracy ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("metrics printed: {err}"));
+    let accuracy = common::predicted_accuracy(&out.stderr);
     assert_eq!(
         accuracy,
         v["tasks"]["xray"]["final"]["accuracy"].as_f64().unwrap()

@@ -117,41 +117,23 @@ fn a_registered_version_reports_and_predicts_what_its_run_reported() {
 
     // The HTML page, rendered by Chromium.
     let html = dir.path().join("report.html");
-    let out = medfed(
-        &[
-            &[
-                "models",
-                "report",
-                "breast_cancer",
-                "1",
-                "--format",
-                "html",
-                "--out",
-                html.to_str().unwrap(),
-            ][..],
-            &at,
-        ]
-        .concat(),
-        &[],
-    );
+    let html_report = || {
+        let to = html.to_str().unwrap();
+        let args = [
+            "models",
+            "report",
+            "breast_cancer",
+            "1",
+            "--format",
+            "html",
+            "--out",
+            to,
+        ];
+        medfed(&[&args[..], &at].concat(), &[])
+    };
+    let out = html_report();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let again = medfed(
-        &[
-            &[
-                "models",
-                "report",
-                "breast_cancer",
-                "1",
-                "--format",
-                "html",
-                "--out",
-                html.to_str().unwrap(),
-            ][..],
-            &at,
-        ]
-        .concat(),
-        &[],
-    );
+    let again = html_report();
     assert!(String::from_utf8_lossy(&again.stderr).contains("never overwritten"));
     if external_available("chromium") {
         let profile = tempfile::tempdir().unwrap();
@@ -221,13 +203,7 @@ fn a_registered_version_reports_and_predicts_what_its_run_reported() {
         &[],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let err = String::from_utf8_lossy(&out.stderr);
-    let accuracy: f64 = err
-        .split("accuracy ")
-        .nth(1)
-        .and_then(|s| s.split(',').next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("metrics printed: {err}"));
+    let accuracy = common::predicted_accuracy(&out.stderr);
     assert_eq!(accuracy, task["final"]["accuracy"].as_f64().unwrap());
     let text = std::fs::read_to_string(&predictions).unwrap();
     assert_eq!(text.lines().next(), Some("row,probability_M,predicted_M"));

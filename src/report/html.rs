@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use super::{incidents, num, ModelReport};
+use super::{federated_sentence, final_sentence, incidents, num, ModelReport};
 
 fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -208,16 +208,7 @@ pub fn render(r: &ModelReport) -> String {
     let fm = &r.final_metrics;
     let c = &fm["confusion"];
     b.push_str("<h2>Final held-out metrics</h2>");
-    let _ = write!(
-        b,
-        "<p>Accuracy {}, precision {}, recall {}, F1 {}, AUC {}, loss {}.</p>",
-        num(fm["accuracy"].as_f64()),
-        num(fm["precision"].as_f64()),
-        num(fm["recall"].as_f64()),
-        num(fm["f1"].as_f64()),
-        num(fm["auc"].as_f64()),
-        num(fm["loss"].as_f64())
-    );
+    let _ = write!(b, "<p>{}</p>", esc(&final_sentence(r)));
     table(
         &mut b,
         &["", "predicted positive", "predicted negative"],
@@ -227,13 +218,7 @@ pub fn render(r: &ModelReport) -> String {
         ],
     );
     b.push_str("<h2>Federated evaluation</h2>");
-    let _ = write!(
-        b,
-        "<p>Pooled over the hospitals' local test splits: accuracy {} ({} of {} hospitals evaluated).</p>",
-        num(r.federated["pooled"]["accuracy"].as_f64()),
-        esc(&r.federated["evaluated"].to_string()),
-        esc(&r.federated["requested"].to_string())
-    );
+    let _ = write!(b, "<p>{}</p>", esc(&federated_sentence(r)));
     b.push_str("<h2>Lineage</h2>");
     let rows: Vec<Vec<String>> = r
         .lineage

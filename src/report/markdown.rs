@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use super::{incidents, num, ModelReport};
+use super::{federated_sentence, final_sentence, incidents, num, ModelReport};
 
 /// Table cells hold names from the federation: pipes and newlines would
 /// break the table.
@@ -82,29 +82,14 @@ pub fn render(r: &ModelReport) -> String {
     let fm = &r.final_metrics;
     let c = &fm["confusion"];
     let _ = writeln!(s, "\n## Final held-out metrics\n");
-    let _ = writeln!(
-        s,
-        "Accuracy {}, precision {}, recall {}, F1 {}, AUC {}, loss {}.\n",
-        num(fm["accuracy"].as_f64()),
-        num(fm["precision"].as_f64()),
-        num(fm["recall"].as_f64()),
-        num(fm["f1"].as_f64()),
-        num(fm["auc"].as_f64()),
-        num(fm["loss"].as_f64())
-    );
+    let _ = writeln!(s, "{}\n", final_sentence(r));
     let _ = writeln!(
         s,
         "| | predicted positive | predicted negative |\n|---|---|---|\n| positive | {} | {} |\n| negative | {} | {} |\n",
         c["tp"], c["fn"], c["fp"], c["tn"]
     );
     let _ = writeln!(s, "## Federated evaluation\n");
-    let _ = writeln!(
-        s,
-        "Pooled over the hospitals' local test splits: accuracy {} ({} of {} hospitals evaluated).\n",
-        num(r.federated["pooled"]["accuracy"].as_f64()),
-        r.federated["evaluated"],
-        r.federated["requested"]
-    );
+    let _ = writeln!(s, "{}\n", federated_sentence(r));
     let _ = writeln!(s, "## Lineage\n");
     let _ = writeln!(
         s,

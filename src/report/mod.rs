@@ -185,6 +185,29 @@ fn num(v: Option<f64>) -> String {
     }
 }
 
+/// "Accuracy ..., precision ..., ..." of the final held-out metrics.
+fn final_sentence(r: &ModelReport) -> String {
+    let fm = &r.final_metrics;
+    format!(
+        "Accuracy {}, precision {}, recall {}, F1 {}, AUC {}, loss {}.",
+        num(fm["accuracy"].as_f64()),
+        num(fm["precision"].as_f64()),
+        num(fm["recall"].as_f64()),
+        num(fm["f1"].as_f64()),
+        num(fm["auc"].as_f64()),
+        num(fm["loss"].as_f64())
+    )
+}
+
+fn federated_sentence(r: &ModelReport) -> String {
+    format!(
+        "Pooled over the hospitals' local test splits: accuracy {} ({} of {} hospitals evaluated).",
+        num(r.federated["pooled"]["accuracy"].as_f64()),
+        r.federated["evaluated"],
+        r.federated["requested"]
+    )
+}
+
 /// The attacks and rejections seen, as lines.
 fn incidents(r: &ModelReport) -> Vec<String> {
     let mut lines = Vec::new();

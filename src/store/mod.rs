@@ -88,16 +88,7 @@ impl Store {
             path: display.clone(),
             source,
         })?;
-        schema::prepare(&conn, existed).map_err(|e| match e {
-            schema::SchemaError::Sql(source) => StoreError::Sql {
-                path: display.clone(),
-                source,
-            },
-            schema::SchemaError::Refused(message) => StoreError::Invalid {
-                path: display.clone(),
-                message,
-            },
-        })?;
+        schema::prepare(&conn, existed).map_err(|e| e.at(&display))?;
         let files = files_dir(path);
         Ok(Store {
             path: path.to_path_buf(),
@@ -126,16 +117,7 @@ impl Store {
             path: display.clone(),
             source,
         })?;
-        schema::check_readable(&conn).map_err(|e| match e {
-            schema::SchemaError::Sql(source) => StoreError::Sql {
-                path: display.clone(),
-                source,
-            },
-            schema::SchemaError::Refused(message) => StoreError::Invalid {
-                path: display.clone(),
-                message,
-            },
-        })?;
+        schema::check_readable(&conn).map_err(|e| e.at(&display))?;
         Ok(Store {
             path: path.to_path_buf(),
             files: files_dir(path),

@@ -13,6 +13,22 @@ pub enum SchemaError {
     Refused(String),
 }
 
+impl SchemaError {
+    /// As the store's error, naming the file.
+    pub fn at(self, path: &str) -> super::StoreError {
+        match self {
+            SchemaError::Sql(source) => super::StoreError::Sql {
+                path: path.to_string(),
+                source,
+            },
+            SchemaError::Refused(message) => super::StoreError::Invalid {
+                path: path.to_string(),
+                message,
+            },
+        }
+    }
+}
+
 impl From<rusqlite::Error> for SchemaError {
     fn from(e: rusqlite::Error) -> Self {
         SchemaError::Sql(e)

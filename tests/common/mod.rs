@@ -97,3 +97,14 @@ pub fn external_available(program: &str) -> bool {
     }
     found
 }
+
+/// The accuracy `medfed predict` printed for labelled input.
+#[allow(dead_code)] // only the registry tests predict
+pub fn predicted_accuracy(stderr: &[u8]) -> f64 {
+    let err = String::from_utf8_lossy(stderr);
+    err.split("accuracy ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("metrics printed: {err}"))
+}

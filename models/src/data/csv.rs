@@ -28,6 +28,12 @@ pub fn load_csv(path: &Path, spec: &CsvSpec) -> Result<Dataset> {
 
 /// Parse CSV from any reader; `origin` names it in errors.
 pub fn read_csv(reader: impl std::io::Read, origin: &str, spec: &CsvSpec) -> Result<Dataset> {
+    parse(reader, origin, Some(spec))
+}
+
+/// With `spec`, its label column is the label; without, every column is a
+/// feature and the labels are all `false` (records to score).
+fn parse(reader: impl std::io::Read, origin: &str, spec: Option<&CsvSpec>) -> Result<Dataset> {
     let csv_err = |message: String| ModelError::Csv {
         path: origin.to_string(),
         message,
@@ -37,20 +43,25 @@ pub fn read_csv(reader: impl std::io::Read, origin: &str, spec: &CsvSpec) -> Res
         .headers()
         .map_err(|e| csv_err(format!("cannot read the header row: {e}")))?
         .clone();
-    let label_idx = headers
-        .iter()
-        .position(|h| h == spec.label_column)
-        .ok_or_else(|| {
-            csv_err(format!(
-                "no label column '{}' in the header ({} columns)",
-                spec.label_column,
-                headers.len()
-            ))
-        })?;
+    let label_idx = match spec {
+        Some(spec) => Some(
+            headers
+                .iter()
+                .position(|h| h == spec.label_column)
+                .ok_or_else(|| {
+                    csv_err(format!(
+                        "no label column '{}' in the header ({} columns)",
+                        spec.label_column,
+                        headers.len()
+                    ))
+                })?,
+        ),
+        None => None,
+    };
     let feature_names: Vec<String> = headers
         .iter()
         .enumerate()
-        .filter(|(i, _)| *i != label_idx)
+        .filter(|(i, _)| Some(*i) != label_idx)
         .map(|(_, h)| h.to_string())
         .collect();
     if feature_names.is_empty() {
@@ -60,6 +71,7 @@ pub fn read_csv(reader: impl std::io::Read, origin: &str, spec: &CsvSpec) -> Res
     let mut values = Vec::new();
     let mut labels = Vec::new();
     let mut label_values: Vec<String> = Vec::new();
+    let positive = spec.map(|s| s.positive_class.as_str());
     for (row, record) in rdr.records().enumerate() {
         // Data rows are numbered from 2: the header is line 1.
         let line = row + 2;
@@ -71,12 +83,15 @@ pub fn read_csv(reader: impl std::io::Read, origin: &str, spec: &CsvSpec) -> Res
                 headers.len()
             )));
         }
+        if label_idx.is_none() {
+            labels.push(false);
+        }
         for (i, field) in record.iter().enumerate() {
-            if i == label_idx {
+            if Some(i) == label_idx {
                 if !label_values.iter().any(|v| v == field) {
                     label_values.push(field.to_string());
                 }
-                labels.push(field == spec.positive_class);
+                labels.push(Some(field) == positive);
                 continue;
             }
             let value: f64 = field.parse().map_err(|_| {
@@ -97,6 +112,11 @@ pub fn read_csv(reader: impl std::io::Read, origin: &str, spec: &CsvSpec) -> Res
     if labels.is_empty() {
         return Err(csv_err("no data rows".into()));
     }
+    let Some(spec) = spec else {
+        let features = Array2::from_shape_vec((labels.len(), feature_names.len()), values)
+            .map_err(|e| csv_err(e.to_string()))?;
+        return Dataset::new(feature_names, features, labels);
+    };
     if label_values.len() > 2 {
         return Err(csv_err(format!(
             "label column '{}' has {} distinct values ({}); a binary label is expected",
@@ -122,56 +142,11 @@ pub fn read_csv(reader: impl std::io::Read, origin: &str, spec: &CsvSpec) -> Res
 /// returned labels are all `false` and mean nothing.
 pub fn load_unlabelled_csv(path: &Path) -> Result<Dataset> {
     let shown = path.display().to_string();
-    let csv_err = |message: String| ModelError::Csv {
-        path: shown.clone(),
-        message,
-    };
     let file = std::fs::File::open(path).map_err(|source| ModelError::Io {
         path: shown.clone(),
         source,
     })?;
-    let mut rdr = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(file);
-    let headers = rdr
-        .headers()
-        .map_err(|e| csv_err(format!("cannot read the header row: {e}")))?
-        .clone();
-    let mut values = Vec::new();
-    let mut rows = 0;
-    for (row, record) in rdr.records().enumerate() {
-        let line = row + 2;
-        let record = record.map_err(|e| csv_err(format!("line {line}: {e}")))?;
-        if record.len() != headers.len() {
-            return Err(csv_err(format!(
-                "line {line}: {} fields, header has {}",
-                record.len(),
-                headers.len()
-            )));
-        }
-        for (i, field) in record.iter().enumerate() {
-            let value: f64 = field
-                .parse()
-                .ok()
-                .filter(|v: &f64| v.is_finite())
-                .ok_or_else(|| {
-                    csv_err(format!(
-                        "line {line}, column '{}': '{field}' is not a finite number",
-                        &headers[i]
-                    ))
-                })?;
-            values.push(value);
-        }
-        rows += 1;
-    }
-    if rows == 0 {
-        return Err(csv_err("no data rows".into()));
-    }
-    let features =
-        Array2::from_shape_vec((rows, headers.len()), values).map_err(|e| csv_err(e.to_string()))?;
-    Dataset::new(
-        headers.iter().map(str::to_string).collect(),
-        features,
-        vec![false; rows],
-    )
+    parse(file, &shown, None)
 }
 
 /// The column names of a CSV's header row.
