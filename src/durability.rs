@@ -144,8 +144,9 @@ fn short(fingerprint: &str) -> String {
 }
 
 /// What a resumed run must share with the run it continues: the settings
-/// that shape training (run seed and rounds, federation, privacy, tasks —
-/// not where files, ports or certificates are) and each task's held-out set.
+/// that shape training (run seed and rounds, federation, privacy, tasks
+/// with their data paths — not where the store, caches, ports or
+/// certificates are) and each task's held-out set.
 pub fn fingerprint(loaded: &Loaded, tasks: &[PreparedTask]) -> String {
     let c = &loaded.config;
     let shaping = serde_json::json!({

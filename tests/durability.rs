@@ -351,6 +351,25 @@ fn serve_killed_mid_run_carries_the_run_on_after_a_restart() {
         );
         std::thread::sleep(Duration::from_millis(100));
     };
+    // The version's lineage, and its file: with the token only.
+    let lineage: Value = client
+        .get(second.url("/api/models/breast_cancer/1"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(lineage["rounds"].as_object().unwrap().len(), 8, "{lineage}");
+    let download = second.url("/api/models/breast_cancer/1/download");
+    assert_eq!(client.get(&download).send().unwrap().status().as_u16(), 401);
+    let file = client.get(&download).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!(file.headers()["x-content-sha256"].to_str().unwrap(), sha);
+    let bytes = file.bytes().unwrap();
+    assert_eq!(medfed::store::sha256_hex(&bytes), sha);
+    let missing = client
+        .get(second.url("/api/models/breast_cancer/9"))
+        .send()
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
     drop(second);
 
     // The same run, left alone, in `medfed run`.
