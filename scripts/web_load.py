@@ -83,7 +83,7 @@ def main():
         # does not take the cores from training on this shared machine.
         nice = ["chrt", "--idle", "0"] if args.client_idle else []
         wrks = [subprocess.Popen(nice + ["wrk", "-t1", f"-c{args.connections}", f"-d{duration}s", "--latency",
-                                  f"{base}{path}"], stdout=subprocess.PIPE, text=True)
+                                  "-H", f"Authorization: Bearer {TOKEN}", f"{base}{path}"], stdout=subprocess.PIPE, text=True)
                 for path in ("/api/state", "/metrics")]
         time.sleep(1)
         loaded, _ = run_once(base, args.rounds)

@@ -469,7 +469,20 @@ pub struct ServeArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub http: Option<std::net::SocketAddr>,
     #[command(flatten)]
+    pub https: HttpTlsArgs,
+    #[command(flatten)]
     pub durable: StoreArgs,
+}
+
+/// HTTPS for the control panel and API (also web.tls_cert / web.tls_key).
+#[derive(Debug, Clone, Args, Default)]
+pub struct HttpTlsArgs {
+    /// The HTTP server's certificate chain (PEM): serve HTTPS.
+    #[arg(long, value_name = "PATH")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, value_name = "PATH")]
+    pub http_tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -519,6 +532,8 @@ pub struct CoordinatorArgs {
     /// Also serve the control panel, REST API and /metrics here.
     #[arg(long, value_name = "HOST:PORT")]
     pub http: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub https: HttpTlsArgs,
     #[command(flatten)]
     pub security: ClusterSecurity,
     #[command(flatten)]

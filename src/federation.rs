@@ -165,6 +165,7 @@ impl Federation {
                 tasks: setups,
                 events: events.clone(),
                 store: persistence.map(|p| p.round_store() as Arc<dyn RoundStore>),
+                denied: loaded.config.cluster.deny.clone(),
             },
         )
         .await

@@ -1,9 +1,27 @@
 // medfed control panel: plain JS, live updates from /api/events (SSE).
+// Every server-provided string reaches the page as text (textContent,
+// never innerHTML); the Content-Security-Policy allows no inline script.
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
 const state = { tasks: {}, settings: {}, runId: null, runActive: false, series: {}, charts: {},
-                privacy: {}, privacyChart: null };
+                privacy: {}, privacyChart: null, csrf: null, source: null };
+
+// An element with attributes and children; strings become text nodes.
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === "className") node.className = v;
+    else if (k === "dataset") Object.assign(node.dataset, v);
+    else node.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const child of children.flat(Infinity)) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
 
 function showError(message) {
   const box = $("#error");
@@ -12,44 +30,93 @@ function showError(message) {
   box.hidden = false;
 }
 
+class Unauthenticated extends Error {}
+
+// Same-origin requests carry the session cookie; changes also carry the
+// session's CSRF token.
 async function api(path, options = {}) {
-  const response = await fetch(path, options);
+  const method = options.method || "GET";
+  const headers = Object.assign({}, options.headers || {});
+  if (method !== "GET" && state.csrf) headers["X-CSRF-Token"] = state.csrf;
+  const response = await fetch(path, Object.assign({}, options, { headers, credentials: "same-origin" }));
   const text = await response.text();
   let body = null;
   try { body = text ? JSON.parse(text) : null; } catch (_) { body = { error: text }; }
+  if (response.status === 401 && path !== "/api/login") {
+    signedOut();
+    throw new Unauthenticated((body && body.error) || "sign in first");
+  }
   if (!response.ok) {
     throw new Error((body && body.error) || `${response.status} ${response.statusText}`);
   }
   return body;
 }
 
-function token() { return $("#token").value.trim(); }
-
 function fmt(x, digits = 4) { return x === null || x === undefined ? "—" : Number(x).toFixed(digits); }
 
 function time(unix) { return unix ? new Date(unix * 1000).toLocaleTimeString() : "—"; }
+
+// ---------- sign-in ----------
+
+function signedOut() {
+  state.csrf = null;
+  if (state.source) { state.source.close(); state.source = null; }
+  $("#main").hidden = true;
+  $("#logout").hidden = true;
+  $("#login-form").hidden = false;
+  $("#connection").textContent = "signed out";
+  $("#connection").className = "pill offline";
+}
+
+function signedIn(csrf) {
+  state.csrf = csrf;
+  $("#login-form").hidden = true;
+  $("#main").hidden = false;
+  $("#logout").hidden = false;
+  connect();
+  Promise.all([loadState(), loadHospitals(), loadRuns(), loadModels()])
+    .then(loadRunSeries)
+    .catch(reportError("Cannot reach the coordinator"));
+}
+
+function reportError(prefix) {
+  return (err) => { if (!(err instanceof Unauthenticated)) showError(`${prefix}: ${err.message}`); };
+}
+
+$("#login-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  showError(null);
+  const input = $("#token");
+  try {
+    const session = await api("/api/login", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ token: input.value.trim() }),
+    });
+    input.value = "";
+    signedIn(session.csrf);
+  } catch (err) { showError(`Could not sign in: ${err.message}`); }
+});
+
+$("#logout").addEventListener("click", async () => {
+  try { await api("/api/logout", { method: "POST" }); } catch (_) { /* signed out either way */ }
+  signedOut();
+});
 
 // ---------- overview ----------
 
 function renderCards() {
   const cards = $("#task-cards");
-  cards.innerHTML = "";
+  cards.replaceChildren();
   for (const [name, t] of Object.entries(state.tasks)) {
     const m = t.last_metrics || {};
-    const card = document.createElement("div");
-    card.className = "card";
-    card.id = `card-${name}`;
-    card.innerHTML = `
-      <h3>${name} <span class="phase ${t.phase}" id="phase-${name}">${t.phase}</span></h3>
-      <div>round <span class="round" id="round-${name}">${t.round}/${t.target_rounds}</span></div>
-      <dl>
-        <dt>kind</dt><dd>${t.kind}</dd>
-        <dt>accuracy</dt><dd>${fmt(m.accuracy)}</dd>
-        <dt>AUC</dt><dd>${fmt(m.auc)}</dd>
-        <dt>loss</dt><dd>${fmt(m.loss)}</dd>
-        ${t.abort_reason ? `<dt>aborted</dt><dd class="status-offline">${t.abort_reason}</dd>` : ""}
-      </dl>`;
-    cards.appendChild(card);
+    const facts = [["kind", t.kind], ["accuracy", fmt(m.accuracy)], ["AUC", fmt(m.auc)], ["loss", fmt(m.loss)]];
+    const list = el("dl", {}, facts.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
+    if (t.abort_reason) list.append(el("dt", {}, "aborted"), el("dd", { className: "status-offline" }, t.abort_reason));
+    cards.append(el("div", { className: "card", id: `card-${name}` },
+      el("h3", {}, name, " ", el("span", { className: `phase ${t.phase}`, id: `phase-${name}` }, t.phase)),
+      el("div", {}, "round ", el("span", { className: "round", id: `round-${name}` }, `${t.round}/${t.target_rounds}`)),
+      list));
   }
   $("#start").disabled = state.runActive;
   $("#stop").disabled = !state.runActive;
@@ -57,26 +124,23 @@ function renderCards() {
 
 function renderForm() {
   const choices = $("#task-choices");
-  choices.innerHTML = "";
+  choices.replaceChildren();
   for (const name of Object.keys(state.tasks)) {
-    const label = document.createElement("label");
-    label.innerHTML = `<input type="checkbox" name="task" value="${name}" checked> ${name}`;
-    choices.appendChild(label);
+    choices.append(el("label", {}, el("input", { type: "checkbox", name: "task", value: name, checked: true }), " ", name));
   }
   const lines = Object.entries(state.settings).map(([name, s]) => {
     const p = s.privacy.mode === "off" ? "privacy off" :
       `privacy ${s.privacy.mode} (${s.privacy.relation}), epsilon ${s.privacy.epsilon}, delta ${s.privacy.delta}`;
     return `${name}: ${s.hospitals} ${s.kind} hospitals (quorum ${s.min_hospitals}), ${s.strategy}, ${s.partition} partition, ${p}`;
   });
-  $("#settings").innerHTML = "Settings from the configuration: " + lines.join("; ");
+  $("#settings").textContent = "Settings from the configuration: " + lines.join("; ");
 }
 
 function chartFor(name) {
   if (state.charts[name]) return state.charts[name];
-  const box = document.createElement("div");
-  box.className = "panel";
-  box.innerHTML = `<h2>${name}: held-out metrics per round</h2><div id="chart-${name}"></div>`;
-  $("#charts").appendChild(box);
+  const target = el("div", { id: `chart-${name}` });
+  const box = el("div", { className: "panel" }, el("h2", {}, `${name}: held-out metrics per round`), target);
+  $("#charts").append(box);
   const s = state.series[name] || (state.series[name] = { round: [], accuracy: [], auc: [], loss: [] });
   const width = Math.max(380, box.clientWidth - 40);
   const chart = new uPlot({
@@ -87,7 +151,7 @@ function chartFor(name) {
       { label: "accuracy", stroke: "#1f6feb", width: 2 },
       { label: "AUC", stroke: "#1a7f37", width: 2 },
       { label: "loss", stroke: "#cf222e", width: 2 }],
-  }, [s.round, s.accuracy, s.auc, s.loss], $(`#chart-${name}`));
+  }, [s.round, s.accuracy, s.auc, s.loss], target);
   state.charts[name] = chart;
   return chart;
 }
@@ -123,24 +187,22 @@ $("#start-form").addEventListener("submit", async (e) => {
   const tasks = [...document.querySelectorAll("input[name=task]:checked")].map((i) => i.value);
   const rounds = Number($("#rounds").value);
   const exclude = $("#exclude").value.split(",").map((h) => h.trim()).filter((h) => h);
-  sessionStorage.setItem("medfed-token", token());
   try {
     const r = await api("/api/runs", {
       method: "POST",
-      headers: { "Content-Type": "application/json", "Authorization": `Bearer ${token()}` },
+      headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ rounds, tasks, exclude }),
     });
     state.runId = r.id;
-  } catch (err) { showError(`Could not start the run: ${err.message}`); }
+  } catch (err) { reportError("Could not start the run")(err); }
 });
 
 $("#stop").addEventListener("click", async () => {
   showError(null);
   if (!state.runId) return;
   try {
-    await api(`/api/runs/${encodeURIComponent(state.runId)}/stop`,
-      { method: "POST", headers: { "Authorization": `Bearer ${token()}` } });
-  } catch (err) { showError(`Could not stop the run: ${err.message}`); }
+    await api(`/api/runs/${encodeURIComponent(state.runId)}/stop`, { method: "POST" });
+  } catch (err) { reportError("Could not stop the run")(err); }
 });
 
 // ---------- hospitals ----------
@@ -148,14 +210,16 @@ $("#stop").addEventListener("click", async () => {
 async function loadHospitals() {
   const { hospitals } = await api("/api/hospitals");
   const body = $("#hospital-table tbody");
-  body.innerHTML = "";
+  body.replaceChildren();
   for (const h of hospitals) {
     const privacy = h.epsilon_budget ? `${fmt(h.epsilon_spent || 0, 3)} / ${fmt(h.epsilon_budget, 2)}` : "DP off";
-    const row = document.createElement("tr");
-    row.innerHTML = `<td>${h.name}</td><td>${h.task}</td><td>${h.kind}</td><td>${h.node}</td>
-      <td class="status-${h.status}">${h.status}</td><td>${time(h.last_seen)}</td><td>${h.samples === 0 ? "withheld (DP)" : h.epsilon_budget ? `${h.samples} (noised)` : h.samples}</td>
-      <td>${privacy}</td><td>${h.last_update || "—"}</td><td>${fmt(h.last_train_loss)}</td>`;
-    body.appendChild(row);
+    const samples = h.samples === 0 ? "withheld (DP)" : h.epsilon_budget ? `${h.samples} (noised)` : String(h.samples);
+    const cells = [h.name, h.task, h.kind, h.node];
+    body.append(el("tr", {},
+      cells.map((c) => el("td", {}, c ?? "—")),
+      el("td", { className: `status-${h.status}` }, h.status),
+      el("td", {}, time(h.last_seen)), el("td", {}, samples), el("td", {}, privacy),
+      el("td", {}, h.last_update || "—"), el("td", {}, fmt(h.last_train_loss))));
   }
 }
 
@@ -169,7 +233,7 @@ function recordPrivacy(event) {
   const data = [x, ...hospitals.map((h) => steps.map((k) => state.privacy[h][k] ?? null))];
   if (!state.privacyChart) {
     const box = $("#privacy-chart");
-    box.innerHTML = "<h2>Epsilon spent per hospital, by round</h2>";
+    box.replaceChildren(el("h2", {}, "Epsilon spent per hospital, by round"));
     state.privacyChart = new uPlot({
       width: Math.max(380, box.clientWidth - 20), height: 240, scales: { x: { time: false } },
       axes: [{ label: "round (all tasks)", incrs: [1, 2, 5, 10, 20, 50, 100] }, { label: "epsilon" }],
@@ -184,59 +248,43 @@ function recordPrivacy(event) {
 
 // ---------- runs ----------
 
+// A download link: same-origin, so the session cookie authenticates it.
+function download(path, filename, text) {
+  return el("a", { href: path, download: filename }, text);
+}
+
 async function loadRuns() {
   const { runs } = await api("/api/runs");
   const body = $("#run-table tbody");
-  body.innerHTML = "";
+  body.replaceChildren();
   for (const r of runs) {
     const acc = Object.entries(r.final_accuracy || {}).map(([t, a]) => `${t} ${fmt(a)}`).join(", ") || "—";
-    const models = r.tasks.map((t) =>
-      `<a href="/api/runs/${encodeURIComponent(r.id)}/model?task=${encodeURIComponent(t)}" download>${t}.safetensors</a>`).join(" ");
-    const row = document.createElement("tr");
-    row.innerHTML = `<td><button class="link" data-run="${r.id}">${r.id}</button></td><td>${r.status}</td>
-      <td>${time(r.started_at)}</td><td>${r.tasks.join(", ")}</td><td>${acc}</td><td>${models}</td>`;
-    body.appendChild(row);
+    const models = r.tasks.map((t) => [download(
+      `/api/runs/${encodeURIComponent(r.id)}/model?task=${encodeURIComponent(t)}`,
+      `${r.id}-${t}.safetensors`, `${t}.safetensors`), " "]);
+    body.append(el("tr", {},
+      el("td", {}, el("button", { type: "button", className: "link", dataset: { run: r.id } }, r.id)),
+      el("td", {}, r.status), el("td", {}, time(r.started_at)), el("td", {}, r.tasks.join(", ")),
+      el("td", {}, acc), el("td", {}, models)));
   }
 }
 
-// The registry, from the store: every value is set as text.
+// The registry, from the store.
 async function loadModels() {
   const body = $("#model-table tbody");
   let models = [];
-  try { ({ models } = await api("/api/models")); } catch (_) { models = []; }
+  try { ({ models } = await api("/api/models")); } catch (err) {
+    if (err instanceof Unauthenticated) throw err;
+    models = []; // this server keeps no store
+  }
   body.replaceChildren();
   for (const m of models) {
-    const row = document.createElement("tr");
     const cells = [`${m.task}:${m.version}`, m.run_id, String(m.round), fmt(m.metrics && m.metrics.accuracy),
       fmt(m.metrics && m.metrics.auc), m.replaces ? `version ${m.replaces}` : "—", m.sha256.slice(0, 16)];
-    for (const text of cells) {
-      const td = document.createElement("td");
-      td.textContent = text;
-      row.appendChild(td);
-    }
-    const td = document.createElement("td");
-    const button = document.createElement("button");
-    button.className = "link";
-    button.textContent = "download";
-    button.addEventListener("click", () => downloadModel(m).catch((err) => showError(err.message)));
-    td.appendChild(button);
-    row.appendChild(td);
-    body.appendChild(row);
+    const path = `/api/models/${encodeURIComponent(m.task)}/${encodeURIComponent(m.version)}/download`;
+    body.append(el("tr", {}, cells.map((c) => el("td", {}, c)),
+      el("td", {}, download(path, `${m.task}-v${m.version}.safetensors`, "download"))));
   }
-}
-
-// Downloads need the token, so they go through fetch.
-async function downloadModel(m) {
-  const path = `/api/models/${encodeURIComponent(m.task)}/${encodeURIComponent(m.version)}/download`;
-  const response = await fetch(path, { headers: { "Authorization": `Bearer ${token()}` } });
-  if (!response.ok) throw new Error(`Could not download ${m.task}:${m.version}: ${response.status} (is the API token set?)`);
-  const url = URL.createObjectURL(await response.blob());
-  const a = document.createElement("a");
-  a.href = url;
-  a.download = `${m.task}-v${m.version}.safetensors`;
-  a.click();
-  // Some browsers cancel a download whose URL is revoked at once.
-  setTimeout(() => URL.revokeObjectURL(url), 60000);
 }
 
 $("#run-table").addEventListener("click", async (e) => {
@@ -245,19 +293,18 @@ $("#run-table").addEventListener("click", async (e) => {
   try {
     const run = await api(`/api/runs/${encodeURIComponent(id)}`);
     const detail = $("#run-detail");
-    detail.innerHTML = "";
+    detail.replaceChildren();
     for (const [name, t] of Object.entries(run.report || {})) {
-      const box = document.createElement("div");
-      box.className = "panel";
-      box.innerHTML = `<h2>${run.id} — ${name} (${t.status}${t.abort_reason ? ": " + t.abort_reason : ""})</h2>`;
-      detail.appendChild(box);
+      const title = `${run.id} — ${name} (${t.status}${t.abort_reason ? ": " + t.abort_reason : ""})`;
+      const box = el("div", { className: "panel" }, el("h2", {}, title));
+      detail.append(box);
       new uPlot({ width: Math.max(380, box.clientWidth - 40), height: 220, scales: { x: { time: false } },
         series: [{ label: "round" }, { label: "accuracy", stroke: "#1f6feb", width: 2 },
           { label: "AUC", stroke: "#1a7f37", width: 2 }, { label: "loss", stroke: "#cf222e", width: 2 }] },
         [t.rounds.map((r) => r.round), t.rounds.map((r) => r.accuracy), t.rounds.map((r) => r.auc),
          t.rounds.map((r) => r.loss)], box);
     }
-  } catch (err) { showError(`Could not load run ${id}: ${err.message}`); }
+  } catch (err) { reportError(`Could not load run ${id}`)(err); }
 });
 
 // ---------- live events ----------
@@ -265,7 +312,7 @@ $("#run-table").addEventListener("click", async (e) => {
 let refreshTimer = null;
 function refreshSoon() {
   clearTimeout(refreshTimer);
-  refreshTimer = setTimeout(() => loadHospitals().catch((e) => showError(e.message)), 200);
+  refreshTimer = setTimeout(() => loadHospitals().catch(reportError("Cannot load hospitals")), 200);
 }
 
 function onEvent(event) {
@@ -273,7 +320,7 @@ function onEvent(event) {
     case "run_started":
       state.runId = event.run_id; state.runActive = true;
       for (const t of event.tasks) { state.series[t] = { round: [], accuracy: [], auc: [], loss: [] }; redraw(t); }
-      loadState().catch((e) => showError(e.message));
+      loadState().catch(reportError("Cannot load the state"));
       break;
     case "phase_changed":
       if (state.tasks[event.task]) {
@@ -297,21 +344,31 @@ function onEvent(event) {
       showError(`${event.task} aborted: ${event.reason}`); break;
     case "run_ended":
       state.runActive = false; renderCards();
-      Promise.all([loadRuns(), loadModels()]).catch((e) => showError(e.message));
-      loadState().catch((e) => showError(e.message));
+      Promise.all([loadRuns(), loadModels()]).catch(reportError("Cannot load runs"));
+      loadState().catch(reportError("Cannot load the state"));
       break;
     case "lagged":
-      loadState().then(loadRunSeries).catch((e) => showError(e.message)); break;
+      loadState().then(loadRunSeries).catch(reportError("Cannot load the state")); break;
     default:
       if (event.type && event.type.startsWith("hospital_")) refreshSoon();
       if (event.type && event.type.startsWith("update_")) refreshSoon();
   }
 }
 
+// The stream is a same-origin GET: the session cookie authenticates it,
+// so no token ever goes into a URL.
 function connect() {
+  if (state.source) state.source.close();
   const source = new EventSource("/api/events");
+  state.source = source;
   source.onopen = () => { $("#connection").textContent = "live"; $("#connection").className = "pill online"; };
-  source.onerror = () => { $("#connection").textContent = "reconnecting"; $("#connection").className = "pill offline"; };
+  source.onerror = () => {
+    $("#connection").textContent = "reconnecting"; $("#connection").className = "pill offline";
+    // A refused stream is not retried by the browser: find out whether the session ended.
+    if (source.readyState === EventSource.CLOSED) {
+      api("/api/session").then(() => setTimeout(connect, 2000)).catch(() => {});
+    }
+  };
   source.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch (e) { showError(`bad event: ${e.message}`); } };
 }
 
@@ -321,13 +378,12 @@ for (const tab of document.querySelectorAll(".tab")) {
   tab.addEventListener("click", () => {
     for (const t of document.querySelectorAll(".tab")) t.classList.toggle("active", t === tab);
     for (const v of document.querySelectorAll(".view")) v.hidden = v.id !== `view-${tab.dataset.view}`;
-    if (tab.dataset.view === "hospitals") loadHospitals().catch((e) => showError(e.message));
-    if (tab.dataset.view === "runs") Promise.all([loadRuns(), loadModels()]).catch((e) => showError(e.message));
+    if (tab.dataset.view === "hospitals") loadHospitals().catch(reportError("Cannot load hospitals"));
+    if (tab.dataset.view === "runs") Promise.all([loadRuns(), loadModels()]).catch(reportError("Cannot load runs"));
   });
 }
 
-$("#token").value = sessionStorage.getItem("medfed-token") || "";
-connect();
-Promise.all([loadState(), loadHospitals(), loadRuns(), loadModels()])
-  .then(loadRunSeries)
-  .catch((e) => showError(`Cannot reach the coordinator: ${e.message}`));
+// A page reload keeps its session (the cookie): ask for its CSRF token.
+api("/api/session")
+  .then((s) => signedIn(s.csrf))
+  .catch((err) => { if (!(err instanceof Unauthenticated)) showError(`Cannot reach the server: ${err.message}`); });

@@ -289,8 +289,21 @@ fn a_duplicate_hospital_name_is_refused_on_both_sides() {
     let coordinator = start_coordinator(d, "coordinator", &addr, &["--http".into(), http.clone()], &[]);
     let _first = start_hospital(d, "h1", &addr, 1, &[], &[]);
     coordinator.wait_for(&["hospital said hello"], 1, SHORT);
-    // The control panel's API shows the cluster hospital and its node.
-    let hospitals: Value = reqwest::blocking::get(format!("http://{http}/api/hospitals"))
+    // The control panel's API shows the cluster hospital and its node. Its
+    // token was generated into the coordinator's own token file (stderr is
+    // not a terminal, so it is not in the log) and reads need it.
+    let port = http.rsplit(':').next().unwrap();
+    let token_file = d.join(format!("coordinator.data/tokens/coordinator-{port}.token"));
+    let token = std::fs::read_to_string(&token_file).expect("the generated token file");
+    let token = token.trim();
+    assert!(!coordinator.log().contains(token), "the token is never logged");
+    assert!(coordinator.log().contains(&token_file.display().to_string()));
+    let url = format!("http://{http}/api/hospitals");
+    assert_eq!(reqwest::blocking::get(&url).unwrap().status(), 401);
+    let hospitals: Value = reqwest::blocking::Client::new()
+        .get(&url)
+        .bearer_auth(token)
+        .send()
         .and_then(|r| r.json())
         .expect("the coordinator serves /api/hospitals");
     let text = hospitals.to_string();
@@ -490,7 +503,32 @@ fn garbage_on_the_cluster_port_and_bad_frames_do_not_crash_the_coordinator() {
 
 #[test]
 fn bad_cluster_flags_are_refused_with_the_reason() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
+        // Markup in a name is refused before any data is read.
+        (
+            &[
+                "hospital",
+                "--task",
+                TASK,
+                "--shard",
+                "1/5",
+                "--name",
+                "<img src=x onerror=document.title=1>",
+            ],
+            "hospital name \"<img src=x onerror=document.title=1>\" is not allowed: use 1 to 64 characters",
+        ),
+        (
+            &[
+                "coordinator",
+                "--task",
+                TASK,
+                "--http",
+                "127.0.0.1:0",
+                "--http-tls-cert",
+                "x.pem",
+            ],
+            "--http-tls-cert needs --http-tls-key",
+        ),
         (
             &["coordinator", "--task", TASK, "--tls-cert", "x.pem"],
             "missing --tls-key, --tls-ca",

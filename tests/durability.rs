@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::cluster::{spawn, Process};
 use common::free_port;
-use common::server::{Served, TOKEN};
+use common::server::{authed, Served};
 
 use medfed::store::Store;
 use serde_json::{json, Value};
@@ -263,7 +263,7 @@ fn a_changed_configuration_is_refused_and_an_abandoned_run_is_not_resumed() {
 }
 
 fn wait_for_run(s: &Served, id: &str) -> Value {
-    let client = reqwest::blocking::Client::new();
+    let client = authed();
     let deadline = std::time::Instant::now() + LONG;
     while std::time::Instant::now() < deadline {
         let run: Value = client
@@ -294,10 +294,9 @@ fn serve_killed_mid_run_carries_the_run_on_after_a_restart() {
         &args,
         &[("FAILPOINTS", "coordinator::round_committed=3*off->return")],
     );
-    let client = reqwest::blocking::Client::new();
+    let client = authed();
     let started: Value = client
         .post(first.url("/api/runs"))
-        .bearer_auth(TOKEN)
         .json(&json!({"rounds": 8}))
         .send()
         .unwrap()
@@ -360,8 +359,9 @@ fn serve_killed_mid_run_carries_the_run_on_after_a_restart() {
         .unwrap();
     assert_eq!(lineage["rounds"].as_object().unwrap().len(), 8, "{lineage}");
     let download = second.url("/api/models/breast_cancer/1/download");
-    assert_eq!(client.get(&download).send().unwrap().status().as_u16(), 401);
-    let file = client.get(&download).bearer_auth(TOKEN).send().unwrap();
+    let anonymous = reqwest::blocking::Client::new();
+    assert_eq!(anonymous.get(&download).send().unwrap().status().as_u16(), 401);
+    let file = client.get(&download).send().unwrap();
     assert_eq!(file.headers()["x-content-sha256"].to_str().unwrap(), sha);
     let bytes = file.bytes().unwrap();
     assert_eq!(medfed::store::sha256_hex(&bytes), sha);
@@ -406,10 +406,9 @@ fn sigterm_suspends_a_stored_run_when_asked_and_a_restart_resumes_it() {
     let args = ["--config", config.to_str().unwrap()];
     let suspend = [("MEDFED_STORE__ON_TERMINATE", "suspend")];
     let mut first = Served::start_in(&data, &args, &suspend);
-    let client = reqwest::blocking::Client::new();
+    let client = authed();
     let started: Value = client
         .post(first.url("/api/runs"))
-        .bearer_auth(TOKEN)
         .json(&json!({"rounds": 6}))
         .send()
         .unwrap()

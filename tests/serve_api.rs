@@ -8,19 +8,25 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::server::{Served, TOKEN};
+use common::server::{authed, Served, TOKEN};
 use common::{external_available, free_port};
 
 use medfed_models::checkpoint::Checkpoint;
 use reqwest::blocking::{Client, Response};
 use serde_json::{json, Value};
 
+/// Authenticated with the token.
 fn client() -> Client {
+    authed()
+}
+
+/// No credentials.
+fn anonymous() -> Client {
     Client::builder().timeout(None).build().unwrap()
 }
 
 fn post(s: &Served, path: &str, token: Option<&str>, body: &str) -> Response {
-    let mut r = client()
+    let mut r = anonymous()
         .post(s.url(path))
         .header("Content-Type", "application/json")
         .body(body.to_string());
@@ -81,8 +87,8 @@ fn every_endpoint_answers_and_every_bad_request_gets_a_named_4xx() {
         .iter()
         .all(|h| h["status"] == "online" && h["samples"].as_u64() > Some(0)));
 
-    // The panel's files are served from the binary.
-    let index = client().get(s.url("/")).send().unwrap();
+    // The panel's files are served from the binary, to anyone.
+    let index = anonymous().get(s.url("/")).send().unwrap();
     assert!(index.headers()["content-type"]
         .to_str()
         .unwrap()
@@ -93,9 +99,13 @@ fn every_endpoint_answers_and_every_bad_request_gets_a_named_4xx() {
         "/static/style.css",
         "/static/vendor/uplot/uPlot.iife.min.js",
     ] {
-        assert_eq!(client().get(s.url(path)).send().unwrap().status(), 200, "{path}");
+        assert_eq!(
+            anonymous().get(s.url(path)).send().unwrap().status(),
+            200,
+            "{path}"
+        );
     }
-    let license = client()
+    let license = anonymous()
         .get(s.url("/static/vendor/uplot/LICENSE"))
         .send()
         .unwrap()

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::cluster::{spawn, Process};
 use common::free_port;
-use common::server::{Served, TOKEN};
+use common::server::{authed, Served};
 use serde_json::{json, Value};
 
 const TASK: &str = "breast_cancer";
@@ -57,16 +57,9 @@ fn sigterm_stops_medfed_run_which_prints_the_stopped_run_and_exits_3() {
 #[test]
 fn sigterm_stops_the_run_medfed_serve_is_running_and_exits_0_with_a_live_stream_open() {
     let mut served = Served::start(&["--task", TASK], &SLOW);
-    let client = reqwest::blocking::Client::builder()
-        .timeout(None)
-        .build()
-        .unwrap();
+    let client = authed();
     // A panel watching the live stream must not hold the shutdown.
-    let mut stream = client
-        .get(served.url("/api/events"))
-        .header("Authorization", format!("Bearer {TOKEN}"))
-        .send()
-        .unwrap();
+    let mut stream = client.get(served.url("/api/events")).send().unwrap();
     let watcher = std::thread::spawn(move || {
         let mut seen = String::new();
         let _ = std::io::Read::read_to_string(&mut stream, &mut seen);
@@ -74,7 +67,6 @@ fn sigterm_stops_the_run_medfed_serve_is_running_and_exits_0_with_a_live_stream_
     });
     let started: Value = client
         .post(served.url("/api/runs"))
-        .header("Authorization", format!("Bearer {TOKEN}"))
         .json(&json!({ "rounds": 1000 }))
         .send()
         .unwrap()

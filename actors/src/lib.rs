@@ -12,6 +12,7 @@ pub mod events;
 pub mod failpoints;
 pub mod hospital;
 pub mod messages;
+pub mod names;
 pub mod report;
 pub mod wire;
 

@@ -135,6 +135,7 @@ async fn federation_on(
             tasks: vec![setup],
             events: bus,
             store: None,
+            denied: Vec::new(),
         },
     )
     .await

@@ -68,6 +68,7 @@ async fn run_federation(rounds: u32) -> RunReport {
             tasks: vec![setup],
             events: bus,
             store: None,
+            denied: Vec::new(),
         },
     )
     .await

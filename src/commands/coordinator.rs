@@ -4,6 +4,7 @@
 //! hospitals on their local test splits.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal as _;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +15,7 @@ use medfed_actors::cluster::{NodeOptions, SessionLog, WireStats};
 use medfed_actors::{FederationEvent, RunRequest};
 
 use super::cluster_node;
-use super::serve::Panel;
+use super::serve::{Panel, PanelOptions};
 use crate::cli::CoordinatorArgs as Args;
 use crate::config::Loaded;
 use crate::durability::{open_for, Persistence, StoreDefault};
@@ -137,12 +138,16 @@ async fn serve(
                 loaded,
                 tasks,
                 federation,
-                Some(addr),
-                Some(stats.clone()),
+                PanelOptions {
+                    command: "coordinator",
+                    http: Some(addr),
+                    https: &args.https,
+                    cluster: Some(stats.clone()),
+                },
                 persistence,
             )?;
             // Not stdout: with --json, stdout holds exactly the run's JSON.
-            eprint!("{}", panel.announcement);
+            eprint!("{}", panel.announcement(std::io::stderr().is_terminal()));
             mark_ready(&panel.state);
             Some(panel)
         }

@@ -68,6 +68,10 @@ pub async fn execute(args: &Args) -> Result<()> {
         .or_else(|| h.data.as_ref().map(|p| loaded.resolve(p)));
 
     let name = args.name.clone().or(h.name.clone());
+    // Checked here, before any data is read; the coordinator checks again.
+    if let Some(name) = &name {
+        medfed_actors::names::check_hospital_name(name).map_err(anyhow::Error::msg)?;
+    }
     let (prepare, task_name) = (loaded.clone(), task.clone());
     // Loading the data and calibrating the noise may take a while: a signal
     // meanwhile ends the agent at once.

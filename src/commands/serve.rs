@@ -2,7 +2,7 @@
 //! with the control panel, REST API, event stream and /metrics.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -13,6 +13,7 @@ use serde_json::json;
 use medfed_actors::cluster::WireStats;
 use medfed_actors::EventBus;
 
+use crate::cli::HttpTlsArgs;
 use crate::cli::ServeArgs;
 use crate::config::{Loaded, PrivacyMode};
 use crate::durability::{open_for, Persistence, StoreDefault};
@@ -21,10 +22,12 @@ use crate::hospital_learner::Ledgers;
 use crate::output::TaskContext;
 use crate::shutdown::shutdown_signal;
 use crate::tasks::{prepare_task, PreparedTask};
-use crate::web::auth::{self, TokenSource};
+use crate::web::auth::token::{TokenSource, Tokens};
+use crate::web::auth::Auth;
 use crate::web::live::{LiveView, TaskView};
 use crate::web::metrics::Metrics;
 use crate::web::state::{follow, mark_ready, AppState};
+use crate::web::tls::HttpTls;
 
 pub async fn execute(args: &ServeArgs) -> Result<()> {
     let mut shutdown = shutdown_signal()?;
@@ -55,8 +58,12 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
         &loaded,
         &tasks,
         &mut federation,
-        args.http,
-        None,
+        PanelOptions {
+            command: "serve",
+            http: args.http,
+            https: &args.https,
+            cluster: None,
+        },
         persistence.as_ref(),
     );
     let panel = match started {
@@ -76,7 +83,7 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
     }
     // One write, errors ignored: a closed stdout must not take the server down.
     let mut out = std::io::stdout();
-    let _ = write!(out, "{}", panel.announcement);
+    let _ = write!(out, "{}", panel.announcement(std::io::stdout().is_terminal()));
     let _ = out.flush();
     let expected = tasks.iter().map(PreparedTask::hospital_count).sum();
     let on_terminate = loaded.config.store.on_terminate;
@@ -113,10 +120,19 @@ async fn shut_down(signal: &str, panel: Panel, federation: Federation, suspend: 
 /// coordinator (in-process hospitals or cluster mode alike).
 pub struct Panel {
     pub state: Arc<AppState>,
-    /// Where the panel is and how the API token was chosen (print it once).
-    pub announcement: String,
+    /// Where the panel is.
+    pub url: String,
+    token_source: TokenSource,
     handle: actix_web::dev::ServerHandle,
     serving: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// Which command serves the panel (it names the token file), and where.
+pub struct PanelOptions<'a> {
+    pub command: &'static str,
+    pub http: Option<std::net::SocketAddr>,
+    pub https: &'a HttpTlsArgs,
+    pub cluster: Option<Arc<WireStats>>,
 }
 
 impl Panel {
@@ -126,56 +142,96 @@ impl Panel {
         loaded: &Loaded,
         tasks: &[PreparedTask],
         federation: &mut Federation,
-        http: Option<std::net::SocketAddr>,
-        cluster: Option<Arc<WireStats>>,
+        options: PanelOptions,
         persistence: Option<&Persistence>,
     ) -> Result<Panel> {
-        let addr = match http {
+        let web = &loaded.config.web;
+        let addr: std::net::SocketAddr = match options.http {
             Some(a) => a,
-            None => loaded.config.web.http.parse().context("web.http")?,
+            None => web.http.parse().context("web.http")?,
         };
-        let token_file = match &loaded.config.web.token_file {
+        let tls = HttpTls::from_parts(
+            options
+                .https
+                .http_tls_cert
+                .clone()
+                .or(web.tls_cert.as_ref().map(|f| loaded.resolve(f))),
+            options
+                .https
+                .http_tls_key
+                .clone()
+                .or(web.tls_key.as_ref().map(|f| loaded.resolve(f))),
+        )?;
+        // One file per command and instance: serve and a coordinator on
+        // the same machine never overwrite each other's token.
+        let token_file = match &web.token_file {
             Some(f) => loaded.resolve(f),
-            None => loaded.cache_dir()?.join("api-token"),
+            None => {
+                let instance = match addr.port() {
+                    0 => format!("pid{}", std::process::id()),
+                    port => port.to_string(),
+                };
+                loaded
+                    .data_dir()?
+                    .join("tokens")
+                    .join(format!("{}-{instance}.token", options.command))
+            }
         };
-        let (token, source) = auth::resolve(
+        let (tokens, token_source) = Tokens::resolve(
             std::env::var("MEDFED_API_TOKEN").ok(),
-            loaded.config.web.api_token.as_deref(),
+            web.api_token.as_deref(),
             &token_file,
         )?;
+        let auth = Auth::with_limit(
+            tokens,
+            web.scrape_token.clone(),
+            web.secure_cookies || tls.is_some(),
+            web.auth_failures_per_minute,
+        );
         let followed = federation.recording("panel")?;
         let mut state = app_state(
             loaded,
             tasks,
             federation.events.clone(),
             federation.client(),
-            token,
-            cluster,
+            auth,
+            options.cluster,
         )?;
         state.store = persistence.map(|p| p.store.clone());
         if let Some(p) = persistence {
             federation.record_into_store(p, state.contexts.clone())?;
         }
         let state = Arc::new(state);
-        let (server, bound) = crate::web::server(state.clone(), addr)?;
+        let (server, bound) = crate::web::server(state.clone(), addr, tls.as_ref())?;
         federation.add_observer(tokio::spawn(follow(state.clone(), followed)));
         let handle = server.handle();
         let serving = tokio::spawn(server);
-        let token_line = match source {
-            TokenSource::Generated(file) => format!(
-                "API token (shown once; also in {}, readable only by you): {}",
-                file.display(),
-                state.token
-            ),
-            TokenSource::Environment => "API token: from MEDFED_API_TOKEN".into(),
-            TokenSource::Config => "API token: from web.api_token in the config".into(),
-        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         Ok(Panel {
-            announcement: format!("medfed control panel: http://{bound}/\n{token_line}\n"),
+            url: format!("{scheme}://{bound}/"),
+            token_source,
             state,
             handle,
             serving,
         })
+    }
+
+    /// Where the panel is and where its token comes from. A generated
+    /// token is shown only on a terminal (never into a log file).
+    pub fn announcement(&self, terminal: bool) -> String {
+        let token_line = match &self.token_source {
+            TokenSource::Generated(file) if terminal => format!(
+                "API token (shown once; also in {}, readable only by you): {}",
+                file.display(),
+                self.state.auth.tokens.primary()
+            ),
+            TokenSource::Generated(file) | TokenSource::File(file) => {
+                format!("API token: in {} (sign in to the panel with it)", file.display())
+            }
+            TokenSource::Environment => "API token: from MEDFED_API_TOKEN".into(),
+            TokenSource::Config => "API token: from web.api_token in the config".into(),
+        };
+        format!("medfed control panel: {}\n{token_line}\n", self.url)
     }
 
     /// Stop serving (end the live streams first: `EventBus::close_live`).
@@ -190,7 +246,7 @@ fn app_state(
     tasks: &[PreparedTask],
     events: EventBus,
     client: CoordinatorClient,
-    token: String,
+    auth: Auth,
     cluster: Option<Arc<WireStats>>,
 ) -> Result<AppState> {
     let privacy = &loaded.config.privacy;
@@ -256,7 +312,7 @@ fn app_state(
             None => Metrics::new(model_bytes, &budgets),
         }
         .with_observers(observed),
-        token,
+        auth,
         contexts,
         settings: serde_json::Value::Object(settings),
         ready: AtomicBool::new(false),

@@ -62,14 +62,29 @@ impl OnTerminate {
 pub struct WebConfig {
     /// Address the web server listens on (`--http` overrides it).
     pub http: String,
-    /// Bearer token of the control endpoints (POST). Unset and no
-    /// MEDFED_API_TOKEN: `serve` generates one and writes it to `token_file`.
+    /// The API token (every route but the panel's files, health and
+    /// metrics). Unset and no MEDFED_API_TOKEN: the tokens in `token_file`,
+    /// generated there when it does not exist.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_token: Option<String>,
-    /// Where a generated token is written (mode 0600); default
-    /// `<cache dir>/api-token`.
+    /// Token file (one token per line, all accepted; re-read when it
+    /// changes, so tokens rotate without a restart). Default
+    /// `<data dir>/tokens/<command>-<port>.token`, mode 0600.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
+    /// When set (or MEDFED_SCRAPE_TOKEN), /metrics needs it as a bearer token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scrape_token: Option<String>,
+    /// HTTPS: certificate and key (PEM); also --http-tls-cert/--http-tls-key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Mark the session cookie Secure (implied by TLS; set it behind a
+    /// TLS-terminating ingress).
+    pub secure_cookies: bool,
+    /// Failed authentications one source address may make per minute.
+    pub auth_failures_per_minute: usize,
 }
 
 impl Default for WebConfig {
@@ -78,6 +93,11 @@ impl Default for WebConfig {
             http: "127.0.0.1:8080".into(),
             api_token: None,
             token_file: None,
+            scrape_token: None,
+            tls_cert: None,
+            tls_key: None,
+            secure_cookies: false,
+            auth_failures_per_minute: 10,
         }
     }
 }
@@ -106,6 +126,9 @@ pub struct ClusterConfig {
     pub auto_start: bool,
     /// Coordinator: exit when the run ends (exit code 2 if it aborted, 3 if stopped).
     pub exit_after_run: bool,
+    /// Hospitals whose access was revoked: refused at hello, with the reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
     pub hospital: ClusterHospitalConfig,
 }
 
@@ -120,6 +143,7 @@ impl Default for ClusterConfig {
             tls_ca: None,
             auto_start: false,
             exit_after_run: false,
+            deny: Vec::new(),
             hospital: ClusterHospitalConfig::default(),
         }
     }

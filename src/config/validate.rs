@@ -33,13 +33,32 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             format!("must be HOST:PORT with an IP address, got '{}'", config.web.http),
         );
     }
-    if let Some(token) = &config.web.api_token {
-        if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return bad(
-                "web.api_token".into(),
-                "must be at least 16 printable characters without spaces".into(),
-            );
+    for (key, token) in [
+        ("web.api_token", &config.web.api_token),
+        ("web.scrape_token", &config.web.scrape_token),
+    ] {
+        if let Some(token) = token {
+            if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return bad(
+                    key.into(),
+                    "must be at least 16 printable characters without spaces".into(),
+                );
+            }
         }
+    }
+    for name in &config.cluster.deny {
+        if let Err(e) = medfed_actors::names::check_hospital_name(name) {
+            return bad("cluster.deny".into(), e);
+        }
+    }
+    if config.web.auth_failures_per_minute == 0 {
+        return bad("web.auth_failures_per_minute".into(), "must be at least 1".into());
+    }
+    if config.web.tls_cert.is_some() != config.web.tls_key.is_some() {
+        return bad(
+            "web.tls_cert".into(),
+            "web.tls_cert and web.tls_key go together".into(),
+        );
     }
     for (name, task) in &config.tasks {
         let key = |k: &str| format!("tasks.{name}.{k}");

@@ -1,5 +1,5 @@
 //! REST handlers. Every error is a 4xx/5xx with `{"error": "..."}` that
-//! names the problem; control endpoints need the bearer token.
+//! names the problem; authentication happens before them (`guard`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -14,7 +14,6 @@ use serde_json::json;
 
 use medfed_actors::{RunRequest, StartRefused};
 
-use super::auth::authorized;
 use super::state::AppState;
 
 /// Largest accepted request body.
@@ -75,20 +74,8 @@ fn read_view(state: &AppState) -> Result<std::sync::RwLockReadGuard<'_, super::l
         .map_err(|_| ApiError::internal(anyhow::anyhow!("view lock poisoned")))
 }
 
-fn require_token(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
-    let header = req.headers().get("Authorization").and_then(|h| h.to_str().ok());
-    if authorized(header, &state.token) {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong token: send Authorization: Bearer <token>",
-        ))
-    }
-}
-
 /// Read a JSON body of at most `MAX_BODY` bytes.
-async fn json_body<T: serde::de::DeserializeOwned>(mut payload: web::Payload) -> Result<T, ApiError> {
+pub async fn json_body<T: serde::de::DeserializeOwned>(mut payload: web::Payload) -> Result<T, ApiError> {
     let mut body = Vec::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
@@ -203,12 +190,7 @@ struct StartBody {
     exclude: Vec<String>,
 }
 
-pub async fn start_run(
-    req: HttpRequest,
-    state: web::Data<Arc<AppState>>,
-    payload: web::Payload,
-) -> ApiResult {
-    require_token(&req, &state)?;
+pub async fn start_run(state: web::Data<Arc<AppState>>, payload: web::Payload) -> ApiResult {
     let body: StartBody = json_body(payload).await?;
     if let Some(r) = body.rounds {
         if r == 0 || r > MAX_ROUNDS {
@@ -276,8 +258,7 @@ pub async fn start_run(
     }
 }
 
-pub async fn stop_run(req: HttpRequest, state: web::Data<Arc<AppState>>, id: web::Path<String>) -> ApiResult {
-    require_token(&req, &state)?;
+pub async fn stop_run(state: web::Data<Arc<AppState>>, id: web::Path<String>) -> ApiResult {
     let record = state
         .run(&id)
         .ok_or_else(|| ApiError::not_found(format!("no run '{id}'")))?;
@@ -374,14 +355,8 @@ pub async fn model_detail(state: web::Data<Arc<AppState>>, path: web::Path<(Stri
     Ok(HttpResponse::Ok().json(lineage))
 }
 
-/// The version's safetensors file (checked against its sha256); it is a
-/// model trained on patient data, so it needs the token.
-pub async fn model_download(
-    req: HttpRequest,
-    state: web::Data<Arc<AppState>>,
-    path: web::Path<(String, String)>,
-) -> ApiResult {
-    require_token(&req, &state)?;
+/// The version's safetensors file (checked against its sha256).
+pub async fn model_download(state: web::Data<Arc<AppState>>, path: web::Path<(String, String)>) -> ApiResult {
     let model = model_version(&state, &path.0, &path.1)?;
     let bytes = store_of(&state)?
         .model_bytes(&model)

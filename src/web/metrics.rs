@@ -75,6 +75,11 @@ struct RouteLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
     status: String,
 }
@@ -111,6 +116,7 @@ pub struct Metrics {
     http_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
     /// Events the live stream (SSE) skipped for clients that fell behind.
     stream_skipped: Counter,
+    auth_failures: Family<ReasonLabel, Counter>,
     /// Bytes of one model (or update) of each task, as f32 payload.
     model_bytes: BTreeMap<String, u64>,
 }
@@ -139,6 +145,7 @@ impl Metrics {
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(http_histogram),
             stream_skipped: Counter::default(),
+            auth_failures: Family::default(),
             model_bytes,
         };
         registry.register(
@@ -221,6 +228,11 @@ impl Metrics {
             "medfed_event_stream_skipped",
             "Events the live event stream (/api/events) skipped for clients that fell behind; each client is told how many",
             m.stream_skipped.clone(),
+        );
+        registry.register(
+            "medfed_http_auth_failures",
+            "Refused authentications by reason (missing, wrong_token, csrf, throttled)",
+            m.auth_failures.clone(),
         );
         for (hospital, budget) in budgets {
             m.epsilon_budget
@@ -359,6 +371,14 @@ impl Metrics {
     /// A live-stream client fell behind and skipped `missed` events.
     pub fn stream_skipped(&self, missed: u64) {
         self.stream_skipped.inc_by(missed);
+    }
+
+    pub fn auth_failed(&self, reason: &str) {
+        self.auth_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     pub fn observe_http(&self, route: &str, method: &str, status: u16, seconds: f64) {

@@ -4,18 +4,23 @@
 pub mod api;
 pub mod assets;
 pub mod auth;
+pub mod guard;
 pub mod live;
+pub mod login;
 pub mod metrics;
 pub mod sse;
 pub mod state;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::dev::{Server, Service};
-use actix_web::{web, App, HttpServer};
+use actix_web::http::header::{HeaderValue, CACHE_CONTROL};
+use actix_web::{web, App, HttpMessage, HttpServer};
 use anyhow::{Context, Result};
+use futures_util::future::{ready, Either};
 
 use state::AppState;
 
@@ -36,15 +41,41 @@ fn yield_to_training() {
     }
 }
 
-/// Bind `addr` and return the server (not yet awaited) and the bound address.
-pub fn server(state: Arc<AppState>, addr: SocketAddr) -> Result<(Server, SocketAddr)> {
+/// Bind `addr` (with TLS when `tls` is given) and return the server (not
+/// yet awaited) and the bound address.
+pub fn server(
+    state: Arc<AppState>,
+    addr: SocketAddr,
+    tls: Option<&tls::HttpTls>,
+) -> Result<(Server, SocketAddr)> {
     let data = web::Data::new(state);
     let http = HttpServer::new(move || {
         // Called once on each worker thread as it starts.
         yield_to_training();
         let observed = data.clone();
+        let guarded = data.clone();
         App::new()
             .app_data(data.clone())
+            // Innermost: nothing is handled before authentication.
+            .wrap_fn(move |req, srv| match guard::decide(&guarded, &req) {
+                Ok(principal) => {
+                    let api = auth::access(req.path()) == auth::Access::Api;
+                    req.extensions_mut().insert(principal);
+                    let call = srv.call(req);
+                    Either::Left(async move {
+                        let mut response = call.await?;
+                        if api && !response.headers().contains_key(CACHE_CONTROL) {
+                            response
+                                .headers_mut()
+                                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                        }
+                        Ok(response)
+                    })
+                }
+                Err(refusal) => {
+                    Either::Right(ready(Ok(req.into_response(guard::refusal_response(&refusal)))))
+                }
+            })
             .wrap_fn(move |req, srv| {
                 let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
                 let method = req.method().to_string();
@@ -84,14 +115,21 @@ pub fn server(state: Arc<AppState>, addr: SocketAddr) -> Result<(Server, SocketA
                 "/api/models/{task}/{version}/download",
                 web::get().to(api::model_download),
             )
+            .route("/api/login", web::post().to(login::login))
+            .route("/api/session", web::get().to(login::session))
+            .route("/api/logout", web::post().to(login::logout))
             .default_service(web::to(api::not_found))
+            .wrap(guard::security_headers())
     })
     .workers(1)
     .disable_signals()
     // Live event streams are ended before the server stops; this bounds
     // what any other slow connection can add to a shutdown.
-    .shutdown_timeout(2)
-    .bind(addr)
+    .shutdown_timeout(2);
+    let http = match tls {
+        Some(tls) => http.bind_rustls_0_23(addr, tls.server_config()?),
+        None => http.bind(addr),
+    }
     .with_context(|| format!("cannot listen on {addr}"))?;
     let bound = *http.addrs().first().context("the server bound no address")?;
     Ok((http.run(), bound))

@@ -51,7 +51,7 @@ pub struct AppState {
     pub live: RwLock<LiveView>,
     pub runs: RwLock<VecDeque<RunRecord>>,
     pub metrics: Metrics,
-    pub token: String,
+    pub auth: super::auth::Auth,
     pub contexts: BTreeMap<String, TaskContext>,
     /// Per task, the strategy and privacy settings a run uses (shown in the panel).
     pub settings: serde_json::Value,

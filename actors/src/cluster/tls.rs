@@ -13,6 +13,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::ClusterError;
 
+/// The rustls server configuration type (for HTTPS servers built on it).
+pub type RustlsServerConfig = ServerConfig;
+
 /// A node's certificate and key, and the CA its peers must be signed by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFiles {
@@ -78,6 +81,19 @@ pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, ClusterError> {
             )
         })?;
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A plain TLS server identity (no client certificates): the HTTPS side of
+/// the control panel and API, whose clients authenticate with the token.
+pub fn https_server(cert: &Path, key_file: &Path) -> Result<ServerConfig, ClusterError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClusterError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs(cert)?, key(key_file)?)
+        .map_err(|e| tls_err("certificate and key do not form a server identity:", cert, e))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// The connecting side: trusts only the CA and presents its own certificate.

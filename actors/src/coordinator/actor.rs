@@ -25,6 +25,8 @@ pub struct CoordinatorArgs {
     pub events: EventBus,
     /// Where closed rounds are committed; `None`: nothing survives a restart.
     pub store: Option<Arc<dyn RoundStore>>,
+    /// Hospitals refused at hello (`cluster.deny`).
+    pub denied: Vec<String>,
 }
 
 pub struct CoordinatorState {
@@ -47,7 +49,7 @@ impl Actor for Coordinator {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let core = Core::new(args.tasks);
+        let core = Core::new(args.tasks).deny(args.denied);
         for task in core.task_names() {
             pg::monitor(task_group(&task), myself.get_cell());
         }

@@ -139,6 +139,8 @@ pub struct Core {
     run: Option<Run>,
     /// Bumped per run so that results of an earlier run are recognised.
     generation: u64,
+    /// Hospital names refused at hello (revoked access).
+    denied: BTreeSet<String>,
 }
 
 /// One task's data on the coordinator.
@@ -386,7 +388,14 @@ impl Core {
             by_name: HashMap::new(),
             run: None,
             generation: 0,
+            denied: BTreeSet::new(),
         }
+    }
+
+    /// Refuse these hospitals at hello from now on.
+    pub fn deny(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.denied.extend(names);
+        self
     }
 
     pub fn task_names(&self) -> Vec<String> {
@@ -606,6 +615,11 @@ impl Core {
             None => {}
         }
         let refusal = match self.tasks.get(&info.task) {
+            _ if crate::names::check_hospital_name(&info.name).is_err() => crate::names::check_hospital_name(&info.name).err(),
+            _ if self.denied.contains(&info.name) => Some(format!(
+                "hospital '{}' is on this coordinator's deny list (cluster.deny): its access was revoked",
+                info.name
+            )),
             None => Some(format!(
                 "task '{}' is not served by this coordinator (tasks: {})",
                 info.task,
@@ -623,9 +637,17 @@ impl Core {
             },
         };
         if let Some(reason) = refusal {
+            // The name may be anything the sender chose: published escaped.
+            let hospital = match crate::names::check_hospital_name(&info.name) {
+                Ok(()) => info.name.clone(),
+                Err(_) => crate::names::shown(&info.name),
+            };
             out.push(Output::Publish(FederationEvent::HospitalRefused {
-                task: info.task.clone(),
-                hospital: info.name.clone(),
+                task: match self.tasks.contains_key(&info.task) {
+                    true => info.task.clone(),
+                    false => crate::names::printable(&info.task),
+                },
+                hospital,
                 reason: reason.clone(),
             }));
             out.push(Output::Send {

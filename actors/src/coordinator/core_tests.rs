@@ -204,6 +204,34 @@ fn admission_refuses_taken_names_unknown_tasks_and_other_held_out_sets() {
 }
 
 #[test]
+fn hellos_with_unsafe_names_or_from_revoked_hospitals_are_refused_and_published_escaped() {
+    let mut core = Core::new(vec![setup("t")]).deny(["revoked-1".to_string()]);
+    let evil = "<img src=x onerror=alert(1)>\nINFO forged line";
+    let out = hello(&mut core, 1, evil, "t");
+    let reason = refusal(&out).unwrap();
+    assert!(
+        reason.contains("is not allowed: use 1 to 64 characters"),
+        "{reason}"
+    );
+    assert!(!reason.contains('\n'), "{reason}");
+    let published = out.iter().find_map(|o| match o {
+        Output::Publish(FederationEvent::HospitalRefused { hospital, .. }) => Some(hospital.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        published.as_deref(),
+        Some("\"<img src=x onerror=alert(1)>\\nINFO forged line\"")
+    );
+    // An unknown task name is published escaped too.
+    let out = hello(&mut core, 2, "h2", "t\u{1b}[31m");
+    assert!(out.iter().any(|o| matches!(o,
+        Output::Publish(FederationEvent::HospitalRefused { task, .. }) if task == "t\\u{1b}[31m")));
+    let out = hello(&mut core, 3, "revoked-1", "t");
+    assert!(refusal(&out).unwrap().contains("deny list"));
+    assert_eq!(core.report().tasks["t"].hospitals, 0);
+}
+
+#[test]
 fn a_run_from_start_to_end_with_payloads_in_the_outputs() {
     let mut core = Core::new(vec![setup("t")]);
     hello(&mut core, 1, "a", "t");

@@ -1,0 +1,71 @@
+//! What a hospital may be called. Names travel to logs, metrics labels, the
+//! store and the control panel, so they are checked where they enter: the
+//! hospital refuses to start with a bad one, the coordinator refuses a
+//! hello that carries one.
+
+/// Longest accepted hospital name.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// The rule, for error messages.
+pub const NAME_RULE: &str =
+    "1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-', starting with a letter or digit";
+
+/// `Ok` for a valid hospital name, else why not.
+pub fn check_hospital_name(name: &str) -> Result<(), String> {
+    let starts_well = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.len() <= MAX_NAME_LEN && starts_well && name.chars().all(allowed) {
+        Ok(())
+    } else {
+        Err(format!(
+            "hospital name {} is not allowed: use {NAME_RULE}",
+            shown(name)
+        ))
+    }
+}
+
+/// Any name a peer sent, safe to put in a log line or message: control
+/// characters and quotes escaped, cut short.
+pub fn printable(name: &str) -> String {
+    let escaped: String = name.escape_debug().take(MAX_NAME_LEN + 16).collect();
+    let cut = if escaped.len() < name.escape_debug().count() {
+        "..."
+    } else {
+        ""
+    };
+    format!("{escaped}{cut}")
+}
+
+/// [`printable`], quoted.
+pub fn shown(name: &str) -> String {
+    format!("\"{}\"", printable(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_a_small_safe_alphabet() {
+        for good in ["breast_cancer-1", "St.Mary-2", "h1", &"a".repeat(64)] {
+            assert_eq!(check_hospital_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "-lead",
+            ".hidden",
+            "has space",
+            "<img src=x onerror=alert(1)>",
+            "new\nline",
+            "quote\"",
+            "é",
+            &"a".repeat(65),
+        ] {
+            let e = check_hospital_name(bad).unwrap_err();
+            assert!(e.contains(NAME_RULE), "{e}");
+            assert!(!e.contains('\n'), "escaped: {e}");
+        }
+        assert_eq!(shown("a\nb"), "\"a\\nb\"");
+        assert!(shown(&"x".repeat(500)).ends_with("...\""));
+    }
+}

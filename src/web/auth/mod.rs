@@ -1,0 +1,221 @@
+//! Who may use the API: the bearer token (API clients), a browser session
+//! opened with it (the panel), a separate optional scrape token for
+//! /metrics; failed attempts logged, counted and limited per source.
+//! Which route needs what is decided in one place: [`access`].
+
+pub mod limiter;
+pub mod session;
+pub mod token;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use limiter::FailureLimiter;
+use session::{csrf_matches, Session, Sessions};
+use token::{bearer, Tokens};
+
+/// Failed authentications one source may make per minute.
+pub const DEFAULT_FAILURES_PER_MINUTE: usize = 10;
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The panel's page and assets, /healthz, /readyz.
+    Public,
+    /// /metrics: the scrape token when one is set, else open.
+    Scrape,
+    /// /api/login: checks the token itself (rate limited).
+    Login,
+    /// Everything else: the API token or a browser session.
+    Api,
+}
+
+/// The access class of a request path.
+pub fn access(path: &str) -> Access {
+    match path {
+        "/" | "/index.html" | "/healthz" | "/readyz" => Access::Public,
+        "/metrics" => Access::Scrape,
+        "/api/login" => Access::Login,
+        p if p.starts_with("/static/") => Access::Public,
+        _ => Access::Api,
+    }
+}
+
+/// How a request authenticated.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    Anonymous,
+    Bearer,
+    Session { id: String, csrf: String },
+    Scraper,
+}
+
+/// Why a request was refused (each is worded for the client and counted).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    Missing,
+    WrongToken,
+    Csrf,
+    Throttled(Duration),
+}
+
+impl Refusal {
+    /// The metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Missing => "missing",
+            Refusal::WrongToken => "wrong_token",
+            Refusal::Csrf => "csrf",
+            Refusal::Throttled(_) => "throttled",
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::Missing | Refusal::WrongToken => 401,
+            Refusal::Csrf => 403,
+            Refusal::Throttled(_) => 429,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::Missing => "authentication required: send Authorization: Bearer <token>, \
+                                 or sign in to the panel with the token"
+                .into(),
+            Refusal::WrongToken => "wrong token".into(),
+            Refusal::Csrf => "missing or wrong X-CSRF-Token header: a signed-in panel sends it \
+                              with every change (API clients use the bearer token instead)"
+                .into(),
+            Refusal::Throttled(wait) => format!(
+                "too many failed authentications from this address: retry in {} s",
+                wait.as_secs().max(1)
+            ),
+        }
+    }
+}
+
+/// What a request presents.
+#[derive(Debug, Default)]
+pub struct Credentials<'a> {
+    pub authorization: Option<&'a str>,
+    pub session_cookie: Option<&'a str>,
+    pub csrf_header: Option<&'a str>,
+    /// Not GET/HEAD/OPTIONS: a session must also send its CSRF token.
+    pub changes_state: bool,
+}
+
+pub struct Auth {
+    pub tokens: Tokens,
+    pub sessions: Sessions,
+    /// When set, /metrics needs `Authorization: Bearer <scrape token>`
+    /// (the API token is accepted there too).
+    pub scrape_token: Option<String>,
+    limiter: FailureLimiter,
+}
+
+impl Auth {
+    pub fn new(tokens: Tokens, scrape_token: Option<String>, secure_cookies: bool) -> Self {
+        Self::with_limit(tokens, scrape_token, secure_cookies, DEFAULT_FAILURES_PER_MINUTE)
+    }
+
+    pub fn with_limit(
+        tokens: Tokens,
+        scrape_token: Option<String>,
+        secure_cookies: bool,
+        failures_per_minute: usize,
+    ) -> Self {
+        Self {
+            tokens,
+            sessions: Sessions::new(secure_cookies),
+            scrape_token,
+            limiter: FailureLimiter::new(failures_per_minute),
+        }
+    }
+
+    /// Decide a request to a route of class `access` from `source`.
+    pub fn check(
+        &self,
+        access: Access,
+        credentials: &Credentials,
+        source: IpAddr,
+        now: Instant,
+    ) -> Result<Principal, Refusal> {
+        match access {
+            Access::Public | Access::Login => Ok(Principal::Anonymous),
+            Access::Scrape => {
+                let Some(expected) = &self.scrape_token else {
+                    return Ok(Principal::Anonymous);
+                };
+                self.throttle(source, now)?;
+                let given = credentials
+                    .authorization
+                    .and_then(bearer)
+                    .ok_or(Refusal::Missing)?;
+                let scrape = token::constant_time_eq(given.as_bytes(), expected.as_bytes());
+                if scrape | self.tokens.accepts(given) {
+                    Ok(Principal::Scraper)
+                } else {
+                    Err(self.failed(source, now))
+                }
+            }
+            Access::Api => {
+                self.throttle(source, now)?;
+                if let Some(header) = credentials.authorization {
+                    let given = bearer(header).ok_or(Refusal::Missing)?;
+                    return if self.tokens.accepts(given) {
+                        Ok(Principal::Bearer)
+                    } else {
+                        Err(self.failed(source, now))
+                    };
+                }
+                // A session id is 256 random bits: an unknown one is a stale
+                // cookie (a restart, an expiry), not a guess worth counting.
+                let id = credentials.session_cookie.ok_or(Refusal::Missing)?;
+                let session = self.live_session(id, now).ok_or(Refusal::Missing)?;
+                if credentials.changes_state && !csrf_matches(&session, credentials.csrf_header) {
+                    return Err(Refusal::Csrf);
+                }
+                Ok(Principal::Session {
+                    id: id.to_string(),
+                    csrf: session.csrf,
+                })
+            }
+        }
+    }
+
+    /// A login: the token in exchange for a session (id, session).
+    pub fn login(&self, token: &str, source: IpAddr, now: Instant) -> Result<(String, Session), Refusal> {
+        self.throttle(source, now)?;
+        if !self.tokens.accepts(token) {
+            return Err(self.failed(source, now));
+        }
+        Ok(self.sessions.open(token, now))
+    }
+
+    /// A session, while the token it was opened with is still accepted.
+    fn live_session(&self, id: &str, now: Instant) -> Option<Session> {
+        let session = self.sessions.find(id, now)?;
+        if self.tokens.accepts_digest(&session.token_digest) {
+            Some(session)
+        } else {
+            self.sessions.close(id);
+            None
+        }
+    }
+
+    fn throttle(&self, source: IpAddr, now: Instant) -> Result<(), Refusal> {
+        match self.limiter.refused_for(source, now) {
+            Some(wait) => Err(Refusal::Throttled(wait)),
+            None => Ok(()),
+        }
+    }
+
+    fn failed(&self, source: IpAddr, now: Instant) -> Refusal {
+        self.limiter.record(source, now);
+        Refusal::WrongToken
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,116 @@
+//! The HTTP side of authentication: reads a request's credentials, asks
+//! [`Auth`](super::auth::Auth) and refuses with a JSON error, logging and
+//! counting every refusal (source address and route, never a token). Also
+//! the security headers every response carries.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Instant;
+
+use actix_web::dev::ServiceRequest;
+use actix_web::http::{Method, StatusCode};
+use actix_web::middleware::DefaultHeaders;
+use actix_web::HttpResponse;
+use serde_json::json;
+
+use super::auth::session::CSRF_HEADER;
+use super::auth::{access, Credentials, Principal, Refusal};
+use super::state::AppState;
+
+/// Scripts, styles and connections from this origin only: no inline script,
+/// no framing, no plug-ins.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
+    form-action 'self'; frame-ancestors 'none'";
+
+/// Headers on every response.
+pub fn security_headers() -> DefaultHeaders {
+    DefaultHeaders::new()
+        .add(("Content-Security-Policy", CONTENT_SECURITY_POLICY))
+        .add(("X-Content-Type-Options", "nosniff"))
+        .add(("Referrer-Policy", "no-referrer"))
+        .add(("X-Frame-Options", "DENY"))
+        .add(("Cross-Origin-Opener-Policy", "same-origin"))
+}
+
+/// The request's source address (0.0.0.0 when unknown).
+pub fn source(req: &ServiceRequest) -> IpAddr {
+    req.peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+}
+
+/// The value of cookie `name` in the request's Cookie headers.
+pub fn cookie<'a>(headers: &'a actix_web::http::header::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all("Cookie")
+        .filter_map(|h| h.to_str().ok())
+        .flat_map(|h| h.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Decide `req`; the route pattern names it in logs (never the raw path,
+/// which the client chose).
+pub fn decide(state: &AppState, req: &ServiceRequest) -> Result<Principal, Refusal> {
+    let headers = req.headers();
+    let credentials = Credentials {
+        authorization: headers.get("Authorization").and_then(|h| h.to_str().ok()),
+        session_cookie: cookie(headers, state.auth.sessions.cookie_name),
+        csrf_header: headers.get(CSRF_HEADER).and_then(|h| h.to_str().ok()),
+        changes_state: !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS),
+    };
+    let source = source(req);
+    let decided = state
+        .auth
+        .check(access(req.path()), &credentials, source, Instant::now());
+    if let Err(refusal) = &decided {
+        refused(state, refusal, source, &route(req));
+    }
+    decided
+}
+
+pub fn route(req: &ServiceRequest) -> String {
+    req.match_pattern().unwrap_or_else(|| "unmatched".into())
+}
+
+/// Log and count a refusal.
+pub fn refused(state: &AppState, refusal: &Refusal, source: IpAddr, route: &str) {
+    state.metrics.auth_failed(refusal.reason());
+    match refusal {
+        // Not signed in yet (the panel asks before its login): not an attempt.
+        Refusal::Missing => tracing::debug!(%source, route, "unauthenticated request refused"),
+        _ => tracing::warn!(%source, route, reason = refusal.reason(), "authentication failed"),
+    }
+}
+
+/// The JSON error for a refusal.
+pub fn refusal_response(refusal: &Refusal) -> HttpResponse {
+    let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let mut response = HttpResponse::build(status);
+    match refusal {
+        Refusal::Throttled(wait) => {
+            response.insert_header(("Retry-After", wait.as_secs().max(1).to_string()));
+        }
+        Refusal::Missing | Refusal::WrongToken => {
+            response.insert_header(("WWW-Authenticate", "Bearer realm=\"medfed\""));
+        }
+        Refusal::Csrf => {}
+    }
+    response.json(json!({ "error": refusal.message() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let req = actix_web::test::TestRequest::default()
+            .insert_header(("Cookie", "a=1; medfed_session=abc; medfed_session_x=zzz"))
+            .to_srv_request();
+        assert_eq!(cookie(req.headers(), "medfed_session"), Some("abc"));
+        assert_eq!(cookie(req.headers(), "a"), Some("1"));
+        assert_eq!(cookie(req.headers(), "b"), None);
+    }
+}

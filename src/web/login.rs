@@ -1,0 +1,68 @@
+//! The browser's sign-in: `POST /api/login` exchanges the API token for a
+//! session cookie and a CSRF token; `GET /api/session` gives a reloaded
+//! page its CSRF token back; `POST /api/logout` ends the session.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::api::{json_body, ApiError};
+use super::auth::session::SESSION_TTL;
+use super::auth::Principal;
+use super::guard::{refusal_response, refused};
+use super::state::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    token: String,
+}
+
+pub async fn login(
+    req: HttpRequest,
+    state: web::Data<Arc<AppState>>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body: LoginBody = json_body(payload).await?;
+    let source = req
+        .peer_addr()
+        .map(|a| a.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    match state.auth.login(body.token.trim(), source, Instant::now()) {
+        Ok((id, session)) => {
+            tracing::info!(%source, "panel session opened");
+            Ok(HttpResponse::Ok()
+                .insert_header(("Set-Cookie", state.auth.sessions.cookie(&id)))
+                .insert_header(("Cache-Control", "no-store"))
+                .json(json!({ "csrf": session.csrf, "expires_in": SESSION_TTL.as_secs() })))
+        }
+        Err(refusal) => {
+            refused(&state, &refusal, source, "/api/login");
+            Ok(refusal_response(&refusal))
+        }
+    }
+}
+
+/// How this request is authenticated; a session also gets its CSRF token.
+pub async fn session(req: HttpRequest) -> HttpResponse {
+    let principal = req.extensions().get::<Principal>().cloned();
+    let body = match principal {
+        Some(Principal::Session { csrf, .. }) => json!({ "auth": "session", "csrf": csrf }),
+        _ => json!({ "auth": "bearer" }),
+    };
+    HttpResponse::Ok()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(body)
+}
+
+pub async fn logout(req: HttpRequest, state: web::Data<Arc<AppState>>) -> HttpResponse {
+    if let Some(Principal::Session { id, .. }) = req.extensions().get::<Principal>() {
+        state.auth.sessions.close(id);
+    }
+    HttpResponse::Ok()
+        .insert_header(("Set-Cookie", state.auth.sessions.expired_cookie()))
+        .json(json!({ "auth": "none" }))
+}
