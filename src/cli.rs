@@ -563,6 +563,11 @@ pub struct HospitalNodeArgs {
     /// gaussian, nan or zero. It logs a warning and declares it in its hello.
     #[arg(long, value_name = "KIND[:FACTOR]", value_parser = parse_attack)]
     pub attack: Option<medfed_models::attack::Attack>,
+    /// Give up after this many failed attempts in a row to reach the
+    /// coordinator (default: keep trying, with backoff up to 10 s, or a
+    /// minute after the coordinator announced a normal shutdown).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_reconnect_attempts: Option<u64>,
     #[command(flatten)]
     pub security: ClusterSecurity,
 }

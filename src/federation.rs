@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use ractor::{Actor, ActorRef};
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use medfed_actors::cluster::gateway::farewell;
 use medfed_actors::cluster::{node, Envelope, Gateway, GatewayArgs, NodeOptions, SessionEvent, WireStats};
 use medfed_actors::coordinator::fsm::FsmConfig;
 use medfed_actors::coordinator::{Protocol, ResumePoint, RoundStore, Scaling};
@@ -118,6 +119,9 @@ pub enum Hospitals {
 
 /// A running federation: the coordinator, its in-process hospitals or its
 /// cluster node, the event bus and the observers recording it.
+/// How long a coordinator waits after telling its hospitals it is leaving.
+const FAREWELL_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
+
 pub struct Federation {
     pub coordinator: ActorRef<CoordinatorMsg>,
     pub events: EventBus,
@@ -130,6 +134,10 @@ pub struct Federation {
     gateway: Option<(ActorRef<Envelope>, tokio::task::JoinHandle<()>)>,
     /// The cluster node's session events, until the command takes them.
     pub sessions: Option<UnboundedReceiver<SessionEvent>>,
+    /// Cluster mode: the wire counters and the tasks served (for the
+    /// farewell at shutdown).
+    wire_stats: Option<Arc<WireStats>>,
+    cluster_tasks: Vec<String>,
 }
 
 impl Federation {
@@ -180,6 +188,8 @@ impl Federation {
             node: None,
             gateway: None,
             sessions: None,
+            wire_stats: None,
+            cluster_tasks: Vec::new(),
         };
         let built = match hospitals_at {
             Hospitals::InProcess(ledgers) => federation.spawn_hospitals(loaded, tasks, &ledgers).await,
@@ -268,6 +278,8 @@ impl Federation {
         stats: Arc<WireStats>,
     ) -> Result<()> {
         let (node, sessions) = node::start(options).await?;
+        self.wire_stats = Some(stats.clone());
+        self.cluster_tasks = tasks.clone();
         let gateway = Actor::spawn(
             None,
             Gateway,
@@ -338,17 +350,32 @@ impl Federation {
         for observer in self.observers {
             let _ = observer.await;
         }
-        if let Some(node) = &self.node {
-            node.stop();
-        }
-        if let Some((gateway, handle)) = self.gateway {
-            gateway.stop(None);
-            let _ = handle.await;
+        // Cluster hospitals are told this is a normal shutdown, then the
+        // coordinator stops before their sessions close (their leaving is
+        // then no departure), then the gateway and the node.
+        if let Some(stats) = &self.wire_stats {
+            let told = farewell(&self.cluster_tasks, stats);
+            tracing::info!(
+                hospitals = told,
+                "told the hospital nodes this coordinator is shutting down"
+            );
+            // Their links handle a departure before a queued message
+            // (supervision first): give the farewell time to arrive.
+            if told > 0 {
+                tokio::time::sleep(FAREWELL_GRACE).await;
+            }
         }
         let mut handles = self.handles.into_iter();
         self.coordinator.stop(None);
         if let Some(coordinator) = handles.next() {
             let _ = coordinator.await;
+        }
+        if let Some((gateway, handle)) = self.gateway {
+            gateway.stop(None);
+            let _ = handle.await;
+        }
+        if let Some(node) = &self.node {
+            node.stop();
         }
         for h in &self.hospitals {
             h.kill();

@@ -24,6 +24,43 @@ pub fn check_hospital_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Longest free-text field of a hello (kind, attack, held-out fingerprint).
+pub const MAX_LABEL_LEN: usize = 128;
+
+/// Every field of a hello a peer chose, checked before any of them is
+/// logged, published or put into a refusal's reason.
+pub fn check_hello(info: &crate::messages::HospitalInfo) -> Result<(), String> {
+    check_hospital_name(&info.name)?;
+    let task_ok = !info.task.is_empty()
+        && info.task.len() <= MAX_NAME_LEN
+        && info
+            .task
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !task_ok {
+        return Err(format!(
+            "task name {} is not allowed: task names use a-z, 0-9 and _ only",
+            shown(&info.task)
+        ));
+    }
+    for (field, value) in [
+        ("kind", Some(&info.kind)),
+        ("attack", info.attack.as_ref()),
+        ("held_out", info.held_out.as_ref()),
+    ] {
+        if let Some(value) = value {
+            let printable = value.chars().all(|c| c.is_ascii_graphic() || c == ' ');
+            if !printable || value.len() > MAX_LABEL_LEN {
+                return Err(format!(
+                    "the hello's {field} {} is not allowed: printable ASCII, at most {MAX_LABEL_LEN} characters",
+                    shown(value)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Any name a peer sent, safe to put in a log line or message: control
 /// characters and quotes escaped, cut short.
 pub fn printable(name: &str) -> String {

@@ -48,6 +48,33 @@ pub fn cookie(loaded: &Loaded) -> Result<String> {
     Ok(cookie)
 }
 
+/// A peer's cluster address must be HOST:PORT (a name or an IP; IPv6 in
+/// brackets) with a port: anything else fails at once instead of retrying
+/// forever.
+pub fn check_address(addr: &str) -> Result<()> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        bail!("expected HOST:PORT, got '{addr}' (no port)");
+    };
+    let host_ok = match host.strip_prefix('[') {
+        Some(v6) => v6
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok()),
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        }
+    };
+    if !host_ok {
+        bail!("expected HOST:PORT, got '{addr}' (bad host '{host}')");
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => bail!("expected HOST:PORT, got '{addr}' (bad port '{port}')"),
+    }
+}
+
 /// Mutual TLS when certificate, key and CA are all given; a partial set is an error.
 pub fn tls(loaded: &Loaded) -> Result<Option<TlsFiles>> {
     let ClusterConfig {

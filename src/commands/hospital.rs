@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use ractor::Actor;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use medfed_actors::cluster::reconnect::{Next, Reconnect};
 use medfed_actors::cluster::{
-    node, HospitalLink, LinkArgs, LinkStatus, NodeOptions, SessionLog, Shared, Uplink, WireStats,
+    node, ClusterError, HospitalLink, LinkArgs, LinkStatus, NodeOptions, SessionLog, Shared, Uplink,
+    WireStats,
 };
 use medfed_actors::{Hospital, HospitalArgs};
 use medfed_models::learner::Evaluator;
@@ -22,10 +24,6 @@ use crate::config::Loaded;
 use crate::hospital_learner::{self, BuiltLearner, Ledgers, Site};
 use crate::shutdown::shutdown_signal;
 use crate::tasks::{kind_of, prepare_task};
-
-/// How long a connected session may take to show the coordinator before
-/// the hospital reconnects.
-const FIND_COORDINATOR: Duration = Duration::from_secs(30);
 
 pub async fn execute(args: &Args) -> Result<()> {
     let mut shutdown = shutdown_signal()?;
@@ -57,6 +55,7 @@ pub async fn execute(args: &Args) -> Result<()> {
         .coordinator
         .clone()
         .unwrap_or_else(|| loaded.config.cluster.coordinator.clone());
+    cluster_node::check_address(&coordinator_addr).context("--coordinator (cluster.coordinator)")?;
     let cookie = cluster_node::cookie(&loaded)?;
     let tls = cluster_node::tls(&loaded)?;
     let shard = args.shard.clone().or(h.shard.clone());
@@ -139,24 +138,21 @@ pub async fn execute(args: &Args) -> Result<()> {
     .await?;
 
     info!(hospital = %local.name, task = %task, coordinator = %coordinator_addr, "connecting");
-    // Connecting (with backoff) runs in its own task so that a signal and
-    // session events are handled meanwhile; its outcome arrives here.
-    let (connected_tx, mut connection) = tokio::sync::mpsc::unbounded_channel();
-    let connect = |node: node::Node, addr: String, to: tokio::sync::mpsc::UnboundedSender<_>| {
-        tokio::spawn(async move {
-            let _ = to.send(node.connect_with_backoff(&addr).await);
-        })
+    let mut link = Connection {
+        node: node.clone(),
+        addr: coordinator_addr.clone(),
+        policy: Reconnect::new(args.max_reconnect_attempts),
+        retry_armed: true,
+        last_summary: tokio::time::Instant::now(),
     };
-    connect(node.clone(), coordinator_addr.clone(), connected_tx.clone());
+    // At most one connection attempt in flight and one retry timer, so
+    // reconnect loops never pile up.
+    let mut attempt: Option<tokio::task::JoinHandle<Result<(), ClusterError>>> = None;
+    let retry = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(retry);
     let mut sessions = SessionLog::default();
     let mut connected = false;
-    // A session closed before authenticating is a refusal (wrong cookie or
-    // certificate) only when it happens again: once, it may have been a
-    // coordinator dying or starting on that port.
-    let mut refusals = 0u32;
     let mut hospital_done = hospital_done;
-    let find_deadline = tokio::time::sleep(FIND_COORDINATOR);
-    tokio::pin!(find_deadline);
     loop {
         tokio::select! {
             biased;
@@ -168,36 +164,100 @@ pub async fn execute(args: &Args) -> Result<()> {
             Some(s) = status.recv() => match s {
                 LinkStatus::CoordinatorUp => {
                     connected = true;
-                    refusals = 0;
+                    link.policy.authenticated();
                     info!(hospital = %local.name, "connected to the coordinator");
+                }
+                LinkStatus::CoordinatorLeaving => {
+                    link.policy.coordinator_leaving();
+                    info!(hospital = %local.name, "the coordinator is shutting down normally: waiting for the next one");
                 }
                 LinkStatus::CoordinatorDown => {
                     connected = false;
-                    warn!(hospital = %local.name, "coordinator gone: reconnecting");
-                    connect(node.clone(), coordinator_addr.clone(), connected_tx.clone());
-                    find_deadline.as_mut().reset(tokio::time::Instant::now() + FIND_COORDINATOR);
+                    if link.policy.announced_leave {
+                        info!(hospital = %local.name, "the coordinator left: reconnecting when it is back");
+                    } else {
+                        warn!(hospital = %local.name, "coordinator gone: reconnecting");
+                    }
+                    let next = link.policy.lost();
+                    link.schedule(next, retry.as_mut())?;
                 }
                 LinkStatus::Refused(reason) => bail!("the coordinator refused this hospital: {reason}"),
             },
-            Some(result) = connection.recv() => result?,
-            Some(event) = node_events.recv() => {
-                if let Some(refusal) = sessions.observe(&event) {
-                    if !event.inbound {
-                        refusals += 1;
-                        if refusals >= 2 {
-                            bail!("the coordinator at {coordinator_addr} did not accept this node: {refusal}");
-                        }
-                        warn!("{refusal}: trying once more");
-                        connect(node.clone(), coordinator_addr.clone(), connected_tx.clone());
+            // The one connection attempt in flight finished.
+            Some(result) = async { attempt.as_mut()?.await.ok() }, if attempt.is_some() => {
+                attempt = None;
+                match result {
+                    // Open: the session's events say whether it was accepted.
+                    Ok(()) => {}
+                    Err(e @ ClusterError::Tls(_)) => bail!("{e}"),
+                    Err(e) => {
+                        link.report_unreachable(&e);
+                        let next = link.policy.unreachable();
+                        link.schedule(next, retry.as_mut())?;
                     }
                 }
             }
-            _ = &mut find_deadline, if !connected => {
-                warn!("connected, but no coordinator appeared within {} s: reconnecting", FIND_COORDINATOR.as_secs());
-                connect(node.clone(), coordinator_addr.clone(), connected_tx.clone());
-                find_deadline.as_mut().reset(tokio::time::Instant::now() + FIND_COORDINATOR);
+            () = &mut retry, if link.retry_armed && attempt.is_none() => {
+                link.retry_armed = false;
+                attempt = Some(link.start_attempt());
+            }
+            Some(event) = node_events.recv() => {
+                if let Some(closed) = sessions.observe(&event) {
+                    if !event.inbound && !connected {
+                        let next = link.policy.closed_unauthenticated(closed.peer_named, &coordinator_addr);
+                        if let Next::GiveUp(why) = &next {
+                            bail!("the coordinator at {coordinator_addr} did not accept this node: {why}");
+                        }
+                        link.schedule(next, retry.as_mut())?;
+                    }
+                }
             }
             _ = &mut hospital_done => bail!("the hospital agent stopped"),
+        }
+    }
+}
+
+/// The hospital's way to its coordinator: the retry policy and its logs.
+struct Connection {
+    node: node::Node,
+    addr: String,
+    policy: Reconnect,
+    retry_armed: bool,
+    last_summary: tokio::time::Instant,
+}
+
+/// How often a hospital that keeps failing to reach its coordinator says so
+/// at INFO (single failures are DEBUG after the first).
+const WAITING_SUMMARY: Duration = Duration::from_secs(300);
+
+impl Connection {
+    fn start_attempt(&mut self) -> tokio::task::JoinHandle<Result<(), ClusterError>> {
+        self.policy.attempting();
+        let (node, addr) = (self.node.clone(), self.addr.clone());
+        tokio::spawn(async move { node.connect(&addr).await })
+    }
+
+    /// Arm the retry timer (replacing any armed one), or give up.
+    fn schedule(&mut self, next: Next, retry: std::pin::Pin<&mut tokio::time::Sleep>) -> Result<()> {
+        match next {
+            Next::RetryIn(wait) => {
+                retry.reset(tokio::time::Instant::now() + wait);
+                self.retry_armed = true;
+                Ok(())
+            }
+            Next::GiveUp(why) => bail!("{why}"),
+        }
+    }
+
+    fn report_unreachable(&mut self, e: &ClusterError) {
+        let attempts = self.policy.attempts;
+        if attempts == 1 {
+            warn!(coordinator = %self.addr, "cannot reach the coordinator: {e}; retrying with backoff");
+        } else if self.last_summary.elapsed() >= WAITING_SUMMARY {
+            self.last_summary = tokio::time::Instant::now();
+            info!(coordinator = %self.addr, attempts, "still waiting for the coordinator: {e}");
+        } else {
+            debug!(coordinator = %self.addr, attempts, "cannot reach the coordinator: {e}");
         }
     }
 }

@@ -72,7 +72,7 @@ pub struct WebConfig {
     /// `<data dir>/tokens/<command>-<port>.token`, mode 0600.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
-    /// When set (or MEDFED_SCRAPE_TOKEN), /metrics needs it as a bearer token.
+    /// When set (or MEDFED_WEB__SCRAPE_TOKEN), /metrics needs it as a bearer token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scrape_token: Option<String>,
     /// HTTPS: certificate and key (PEM); also --http-tls-cert/--http-tls-key.

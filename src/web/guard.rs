@@ -61,9 +61,19 @@ pub fn decide(state: &AppState, req: &ServiceRequest) -> Result<Principal, Refus
         changes_state: !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS),
     };
     let source = source(req);
-    let decided = state
-        .auth
-        .check(access(req.path()), &credentials, source, Instant::now());
+    // A browser says where a request comes from: a change another site's
+    // page asks for (a form post, a no-cors fetch) is refused outright,
+    // login included, so such a page cannot spend the address's failures.
+    let cross_site = headers
+        .get("Sec-Fetch-Site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site");
+    let decided = if cross_site && credentials.changes_state {
+        Err(Refusal::CrossSite)
+    } else {
+        state
+            .auth
+            .check(access(req.path()), &credentials, source, Instant::now())
+    };
     if let Err(refusal) = &decided {
         refused(state, refusal, source, &route(req));
     }
@@ -78,8 +88,11 @@ pub fn route(req: &ServiceRequest) -> String {
 pub fn refused(state: &AppState, refusal: &Refusal, source: IpAddr, route: &str) {
     state.metrics.auth_failed(refusal.reason());
     match refusal {
-        // Not signed in yet (the panel asks before its login): not an attempt.
-        Refusal::Missing => tracing::debug!(%source, route, "unauthenticated request refused"),
+        // Not signed in yet (the panel asks before its login): not an attempt;
+        // a throttled source's failures were logged when they happened.
+        Refusal::Missing | Refusal::Throttled(_) => {
+            tracing::debug!(%source, route, reason = refusal.reason(), "request refused")
+        }
         _ => tracing::warn!(%source, route, reason = refusal.reason(), "authentication failed"),
     }
 }
@@ -95,7 +108,7 @@ pub fn refusal_response(refusal: &Refusal) -> HttpResponse {
         Refusal::Missing | Refusal::WrongToken => {
             response.insert_header(("WWW-Authenticate", "Bearer realm=\"medfed\""));
         }
-        Refusal::Csrf => {}
+        Refusal::Csrf | Refusal::CrossSite => {}
     }
     response.json(json!({ "error": refusal.message() }))
 }

@@ -26,6 +26,18 @@ pub async fn login(
     state: web::Data<Arc<AppState>>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    // A cross-origin page can post text/plain without a preflight; JSON it cannot.
+    let json = req
+        .headers()
+        .get("Content-Type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            actix_web::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the token as JSON: Content-Type: application/json, body {\"token\": \"...\"}",
+        ));
+    }
     let body: LoginBody = json_body(payload).await?;
     let source = req
         .peer_addr()

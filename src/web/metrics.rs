@@ -382,6 +382,12 @@ impl Metrics {
     }
 
     pub fn observe_http(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        // Clients choose methods: unknown ones share a label, so they
+        // cannot grow the metric without bound.
+        let method = match method {
+            "GET" | "HEAD" | "POST" | "PUT" | "DELETE" | "OPTIONS" | "PATCH" => method,
+            _ => "other",
+        };
         self.http_requests
             .get_or_create(&HttpLabels {
                 route: route.into(),

@@ -87,6 +87,11 @@ impl Process {
         super::sigterm(&self.child);
     }
 
+    /// Its process id (for /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }

@@ -124,12 +124,17 @@ impl Actor for Gateway {
         // Bound to the link it came from: the coordinator sees it from that
         // hospital's proxy, whatever the message says.
         match state.links.get(&link) {
-            Some(l) => state.coordinator.cast(CoordinatorMsg::FromHospital {
-                sender: l.proxy.clone(),
-                message,
-            })?,
+            Some(l) => {
+                // The coordinator stops first at a shutdown: not an error here.
+                if let Err(e) = state.coordinator.cast(CoordinatorMsg::FromHospital {
+                    sender: l.proxy.clone(),
+                    message,
+                }) {
+                    debug!("the coordinator did not take a hospital's message: {e}");
+                }
+            }
             None => {
-                warn!(link = %link, message = message.name(), "dropped a message from a link that has not said hello");
+                warn!(link = %crate::names::printable(&link), message = message.name(), "dropped a message from a link that has not said hello");
                 state.inbox.stats().count_drop("unknown_link");
             }
         }
@@ -169,7 +174,7 @@ impl Actor for Gateway {
                             "its node left the cluster ({}; process exited or connection lost)",
                             state.nodes.describe(&id)
                         );
-                        warn!(hospital = %l.hospital, group = %group, link = %link, "hospital departed: {reason}");
+                        warn!(hospital = %crate::names::printable(&l.hospital), group = %group, link = %crate::names::printable(&link), "hospital departed: {reason}");
                         l.proxy.stop(Some(reason));
                     }
                 }
@@ -187,6 +192,24 @@ impl Actor for Gateway {
         }
         Ok(())
     }
+}
+
+/// Tell every hospital node of `tasks` that this coordinator is shutting
+/// down normally (before its node stops); returns how many were told.
+pub fn farewell(tasks: &[String], stats: &WireStats) -> usize {
+    let mut told = 0;
+    for task in tasks {
+        for cell in pg::get_members(&link_group(task)) {
+            if cell.get_id().is_local() {
+                continue;
+            }
+            match send(&ActorRef::<Envelope>::from(cell), &ToHospital::Leaving, stats) {
+                Ok(()) => told += 1,
+                Err(e) => debug!("could not tell a hospital node the coordinator is leaving: {e}"),
+            }
+        }
+    }
+    told
 }
 
 /// Tell a hospital node this coordinator is here, in this node's wire version.
@@ -218,11 +241,11 @@ async fn on_hello(
     // A hospital of a task not served here still gets a proxy: the
     // coordinator then refuses it with the list of its tasks.
     let Some(cell) = member_named(&link_group(&info.task), &link) else {
-        debug!(link = %link, "hello before the link's group membership arrived; waiting");
+        debug!(link = %crate::names::printable(&link), "hello before the link's group membership arrived; waiting");
         if state.pending.len() < MAX_PENDING_HELLOS {
             state.pending.insert(link, info);
         } else {
-            warn!(link = %link, "too many hellos from unknown links: dropped");
+            warn!(link = %crate::names::printable(&link), "too many hellos from unknown links: dropped");
         }
         return;
     };
@@ -238,13 +261,20 @@ async fn on_hello(
             match Actor::spawn_linked(None, HospitalProxy, args, myself.get_cell()).await {
                 Ok((proxy, _)) => proxy,
                 Err(e) => {
-                    warn!(hospital = %info.name, "cannot start a proxy for the hospital: {e}");
+                    warn!(hospital = %crate::names::printable(&info.name), "cannot start a proxy for the hospital: {e}");
                     return;
                 }
             }
         }
     };
-    info!(hospital = %info.name, task = %info.task, node = %info.node, link = %link, "hospital said hello");
+    // Not checked yet (the coordinator does that): logged escaped.
+    info!(
+        hospital = %crate::names::printable(&info.name),
+        task = %crate::names::printable(&info.task),
+        node = %info.node,
+        link = %crate::names::printable(&link),
+        "hospital said hello"
+    );
     state.links.insert(
         link,
         Link {

@@ -24,6 +24,8 @@ use crate::wire::WireError;
 pub enum LinkStatus {
     CoordinatorUp,
     CoordinatorDown,
+    /// It announced a normal shutdown.
+    CoordinatorLeaving,
     Refused(String),
 }
 
@@ -132,6 +134,10 @@ impl Actor for HospitalLink {
         match &message {
             // Presence is known from the process group; the welcome's work was its version.
             ToHospital::Welcome => return Ok(()),
+            ToHospital::Leaving => {
+                let _ = state.args.status.send(LinkStatus::CoordinatorLeaving);
+                return Ok(());
+            }
             ToHospital::Refused { reason } => {
                 let _ = state.args.status.send(LinkStatus::Refused(reason.clone()));
             }

@@ -10,13 +10,14 @@ pub mod gateway;
 pub mod hospital_link;
 pub mod link;
 pub mod node;
+pub mod reconnect;
 pub mod tls;
 
 pub use envelope::Envelope;
 pub use gateway::{Gateway, GatewayArgs, NodeDirectory};
 pub use hospital_link::{HospitalLink, LinkArgs, LinkStatus, Shared, Uplink};
 pub use link::WireStats;
-pub use node::{Node, NodeOptions, SessionEvent, SessionEventKind, SessionLog};
+pub use node::{EarlyClose, Node, NodeOptions, SessionEvent, SessionEventKind, SessionLog};
 pub use tls::TlsFiles;
 
 /// The process group of the coordinator's gateway.

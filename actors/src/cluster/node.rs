@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use ractor::{Actor, ActorRef};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
@@ -12,7 +11,7 @@ use ractor_cluster::ClientConnectErr;
 use ractor_cluster::{IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tokio_rustls::TlsConnector;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::gateway::NodeDirectory;
 use super::tls::{self, TlsFiles};
@@ -156,47 +155,34 @@ impl Node {
         })
     }
 
-    /// Connect, retrying with exponential backoff (200 ms doubling to 5 s)
-    /// while the coordinator is unreachable. A failed TLS handshake is not
-    /// retried: certificates do not fix themselves.
-    pub async fn connect_with_backoff(&self, addr: &str) -> Result<(), ClusterError> {
-        let mut wait = Duration::from_millis(200);
-        loop {
-            match self.connect(addr).await {
-                Ok(()) => return Ok(()),
-                Err(e @ ClusterError::Tls(_)) => return Err(e),
-                Err(e) => {
-                    warn!(
-                        retry_in_ms = wait.as_millis() as u64,
-                        "cannot reach the coordinator: {e}"
-                    );
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-
     pub fn stop(&self) {
         self.server.stop(None);
     }
 }
 
-/// Logs session events and recognises refusals: a session that closes
-/// before it authenticated (a wrong cookie on either side, a TLS peer
-/// that was not accepted, or something that is not a medfed node).
+/// Logs session events and recognises sessions that closed before they
+/// authenticated (see `reconnect` for what they mean).
 #[derive(Default)]
 pub struct SessionLog {
     authenticated: HashSet<u64>,
 }
 
+/// A session that closed before it authenticated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EarlyClose {
+    /// The peer had named itself: the handshake itself failed (a wrong
+    /// cookie). Otherwise it closed before any handshake message.
+    pub peer_named: bool,
+    pub description: String,
+}
+
 impl SessionLog {
-    /// Log `event`; returns the refusal's description when a session closed unauthenticated.
-    pub fn observe(&mut self, event: &SessionEvent) -> Option<String> {
+    /// Log `event`; returns what it means when a session closed unauthenticated.
+    pub fn observe(&mut self, event: &SessionEvent) -> Option<EarlyClose> {
         let peer = event.peer_name.as_deref().unwrap_or("unnamed node");
         match event.kind {
             SessionEventKind::Opened => {
-                info!(node = event.node_id, addr = %event.peer_addr, inbound = event.inbound, "cluster session opened");
+                debug!(node = event.node_id, addr = %event.peer_addr, inbound = event.inbound, "cluster session opened");
                 None
             }
             SessionEventKind::Authenticated => {
@@ -204,18 +190,33 @@ impl SessionLog {
                 info!(node = event.node_id, peer, addr = %event.peer_addr, "cluster node authenticated");
                 None
             }
+            SessionEventKind::Disconnected if self.authenticated.remove(&event.node_id) => {
+                info!(node = event.node_id, peer, addr = %event.peer_addr, "cluster node disconnected");
+                None
+            }
+            SessionEventKind::Disconnected if event.peer_name.is_some() => {
+                let description = format!(
+                    "the session with {} ({peer}) closed before authenticating: refused \
+                     (a wrong cookie on one side)",
+                    event.peer_addr
+                );
+                warn!(node = event.node_id, addr = %event.peer_addr, "{description}");
+                Some(EarlyClose {
+                    peer_named: true,
+                    description,
+                })
+            }
             SessionEventKind::Disconnected => {
-                if self.authenticated.remove(&event.node_id) {
-                    warn!(node = event.node_id, peer, addr = %event.peer_addr, "cluster node disconnected");
-                    None
-                } else {
-                    let refusal = format!(
-                        "the session with {} closed before authenticating: refused (wrong cookie, a certificate the peer does not trust, or not a medfed node)",
-                        event.peer_addr
-                    );
-                    warn!(node = event.node_id, addr = %event.peer_addr, "{refusal}");
-                    Some(refusal)
-                }
+                let description = format!(
+                    "the session with {} closed before any handshake message \
+                     (a node stopping or starting there, TLS on one side only, or an untrusted certificate)",
+                    event.peer_addr
+                );
+                info!(node = event.node_id, addr = %event.peer_addr, "{description}");
+                Some(EarlyClose {
+                    peer_named: false,
+                    description,
+                })
             }
         }
     }

@@ -133,9 +133,10 @@ fn to_hospital_variant(m: &ToHospital) -> usize {
         ToHospital::Train { .. } => 2,
         ToHospital::Evaluate { .. } => 3,
         ToHospital::Refused { .. } => 4,
+        ToHospital::Leaving => 5,
     }
 }
-const TO_HOSPITAL_VARIANTS: usize = 5;
+const TO_HOSPITAL_VARIANTS: usize = 6;
 
 fn to_coordinator_variant(m: &ToCoordinator) -> usize {
     match m {
@@ -186,6 +187,7 @@ fn every_to_hospital() -> Vec<ToHospital> {
         ToHospital::Refused {
             reason: "hospital name 'h1' is already in use".into(),
         },
+        ToHospital::Leaving,
     ]
 }
 

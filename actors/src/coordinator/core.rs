@@ -614,8 +614,10 @@ impl Core {
             Some(_) => self.on_left(now, actor, out),
             None => {}
         }
+        // Checked first: every later reason may quote the hello's fields.
+        let valid = crate::names::check_hello(&info);
         let refusal = match self.tasks.get(&info.task) {
-            _ if crate::names::check_hospital_name(&info.name).is_err() => crate::names::check_hospital_name(&info.name).err(),
+            _ if valid.is_err() => valid.clone().err(),
             _ if self.denied.contains(&info.name) => Some(format!(
                 "hospital '{}' is on this coordinator's deny list (cluster.deny): its access was revoked",
                 info.name
@@ -638,15 +640,12 @@ impl Core {
         };
         if let Some(reason) = refusal {
             // The name may be anything the sender chose: published escaped.
-            let hospital = match crate::names::check_hospital_name(&info.name) {
+            let hospital = match valid {
                 Ok(()) => info.name.clone(),
                 Err(_) => crate::names::shown(&info.name),
             };
             out.push(Output::Publish(FederationEvent::HospitalRefused {
-                task: match self.tasks.contains_key(&info.task) {
-                    true => info.task.clone(),
-                    false => crate::names::printable(&info.task),
-                },
+                task: crate::names::printable(&info.task),
                 hospital,
                 reason: reason.clone(),
             }));

@@ -150,6 +150,8 @@ impl Actor for Hospital {
                 };
                 ToCoordinator::Evaluated { ask, outcome }
             }
+            // The cluster link handles it; nothing to do in the agent.
+            ToHospital::Leaving => return Ok(()),
             ToHospital::Refused { reason } => {
                 error!(hospital = %state.info.name, "coordinator refused this hospital: {reason}");
                 myself.stop(Some(reason));

@@ -125,6 +125,9 @@ pub enum ToHospital {
     },
     /// The coordinator refused this hospital (e.g. its name is taken).
     Refused { reason: String },
+    /// The coordinator is shutting down normally (not a crash): wait for
+    /// the next one patiently.
+    Leaving,
 }
 
 /// Hospital -> coordinator.
@@ -158,6 +161,7 @@ impl ToHospital {
             ToHospital::Train { .. } => "train",
             ToHospital::Evaluate { .. } => "evaluate",
             ToHospital::Refused { .. } => "refused",
+            ToHospital::Leaving => "leaving",
         }
     }
 }
@@ -188,7 +192,10 @@ impl wire::CarriesTensors for ToHospital {
     fn tensors(&self) -> Option<&Params> {
         match self {
             ToHospital::Train { model, .. } | ToHospital::Evaluate { model, .. } => Some(&model.params),
-            ToHospital::Welcome | ToHospital::CollectStats { .. } | ToHospital::Refused { .. } => None,
+            ToHospital::Welcome
+            | ToHospital::CollectStats { .. }
+            | ToHospital::Refused { .. }
+            | ToHospital::Leaving => None,
         }
     }
 

@@ -45,8 +45,14 @@ pub fn access(path: &str) -> Access {
 #[derive(Debug, Clone)]
 pub enum Principal {
     Anonymous,
-    Bearer,
-    Session { id: String, csrf: String },
+    /// The sha256 of the token used (the token is not kept).
+    Bearer {
+        token_digest: [u8; 32],
+    },
+    Session {
+        id: String,
+        csrf: String,
+    },
     Scraper,
 }
 
@@ -56,6 +62,8 @@ pub enum Refusal {
     Missing,
     WrongToken,
     Csrf,
+    /// A state-changing request from another site's page.
+    CrossSite,
     Throttled(Duration),
 }
 
@@ -66,6 +74,7 @@ impl Refusal {
             Refusal::Missing => "missing",
             Refusal::WrongToken => "wrong_token",
             Refusal::Csrf => "csrf",
+            Refusal::CrossSite => "cross_site",
             Refusal::Throttled(_) => "throttled",
         }
     }
@@ -73,7 +82,7 @@ impl Refusal {
     pub fn status(&self) -> u16 {
         match self {
             Refusal::Missing | Refusal::WrongToken => 401,
-            Refusal::Csrf => 403,
+            Refusal::Csrf | Refusal::CrossSite => 403,
             Refusal::Throttled(_) => 429,
         }
     }
@@ -87,6 +96,7 @@ impl Refusal {
             Refusal::Csrf => "missing or wrong X-CSRF-Token header: a signed-in panel sends it \
                               with every change (API clients use the bearer token instead)"
                 .into(),
+            Refusal::CrossSite => "refused: a change requested by another site's page".into(),
             Refusal::Throttled(wait) => format!(
                 "too many failed authentications from this address: retry in {} s",
                 wait.as_secs().max(1)
@@ -160,26 +170,36 @@ impl Auth {
                 }
             }
             Access::Api => {
+                // A live session (256 random bits, not guessable) passes even
+                // while its address is throttled: a page the operator visits
+                // cannot lock the operator's own panel out.
+                if credentials.authorization.is_none() {
+                    if let Some(id) = credentials.session_cookie {
+                        if let Some(session) = self.live_session(id, now) {
+                            if credentials.changes_state && !csrf_matches(&session, credentials.csrf_header) {
+                                return Err(Refusal::Csrf);
+                            }
+                            return Ok(Principal::Session {
+                                id: id.to_string(),
+                                csrf: session.csrf,
+                            });
+                        }
+                    }
+                }
                 self.throttle(source, now)?;
                 if let Some(header) = credentials.authorization {
                     let given = bearer(header).ok_or(Refusal::Missing)?;
                     return if self.tokens.accepts(given) {
-                        Ok(Principal::Bearer)
+                        Ok(Principal::Bearer {
+                            token_digest: session::digest(given),
+                        })
                     } else {
                         Err(self.failed(source, now))
                     };
                 }
-                // A session id is 256 random bits: an unknown one is a stale
-                // cookie (a restart, an expiry), not a guess worth counting.
-                let id = credentials.session_cookie.ok_or(Refusal::Missing)?;
-                let session = self.live_session(id, now).ok_or(Refusal::Missing)?;
-                if credentials.changes_state && !csrf_matches(&session, credentials.csrf_header) {
-                    return Err(Refusal::Csrf);
-                }
-                Ok(Principal::Session {
-                    id: id.to_string(),
-                    csrf: session.csrf,
-                })
+                // An unknown session id is a stale cookie (a restart, an
+                // expiry, a sign-out), not a guess worth counting.
+                Err(Refusal::Missing)
             }
         }
     }
@@ -191,6 +211,16 @@ impl Auth {
             return Err(self.failed(source, now));
         }
         Ok(self.sessions.open(token, now))
+    }
+
+    /// Whether `principal` may still act: a long-lived request (the event
+    /// stream) asks again, so sign-out, expiry and rotation end it.
+    pub fn still_valid(&self, principal: &Principal, now: Instant) -> bool {
+        match principal {
+            Principal::Session { id, .. } => self.live_session(id, now).is_some(),
+            Principal::Bearer { token_digest } => self.tokens.accepts_digest(token_digest),
+            Principal::Anonymous | Principal::Scraper => true,
+        }
     }
 
     /// A session, while the token it was opened with is still accepted.

@@ -49,7 +49,7 @@ fn api_requests_need_the_token_or_a_session_with_its_csrf_token() {
             changes_state: true,
             ..Default::default()
         }),
-        Ok(Principal::Bearer)
+        Ok(Principal::Bearer { .. })
     ));
     let (id, session) = auth.login(TOKEN, source, now).unwrap();
     fn with_session<'a>(id: &'a str, csrf: Option<&'a str>, changes_state: bool) -> Credentials<'a> {
@@ -121,6 +121,21 @@ fn wrong_tokens_are_throttled_per_source_and_a_throttled_source_is_refused_even_
         auth.login(TOKEN, operator, now),
         Err(Refusal::Throttled(_))
     ));
+    // A session opened before keeps working from a throttled address.
+    let later = now + limiter::WINDOW;
+    let (id, _) = auth.login(TOKEN, attacker, later).unwrap();
+    for _ in 0..3 {
+        let _ = auth.check(Access::Api, &wrong, attacker, later);
+    }
+    assert!(matches!(
+        auth.check(Access::Api, &good, attacker, later),
+        Err(Refusal::Throttled(_))
+    ));
+    let session = Credentials {
+        session_cookie: Some(&id),
+        ..Default::default()
+    };
+    assert!(auth.check(Access::Api, &session, attacker, later).is_ok());
 }
 
 #[test]

@@ -36,7 +36,7 @@ pub struct Tokens {
 
 struct Current {
     tokens: Vec<String>,
-    seen: Option<(SystemTime, u64)>,
+    seen: Option<Stamp>,
     checked: Instant,
 }
 
@@ -48,7 +48,8 @@ impl Tokens {
         configured: Option<&str>,
         token_file: &Path,
     ) -> Result<(Tokens, TokenSource)> {
-        if let Some(t) = env.filter(|t| !t.is_empty()) {
+        // A Secret mounted into the environment often ends in a newline.
+        if let Some(t) = env.map(|t| t.trim().to_string()).filter(|t| !t.is_empty()) {
             check_length(&t).context("MEDFED_API_TOKEN")?;
             return Ok((Tokens::fixed(t), TokenSource::Environment));
         }
@@ -174,9 +175,20 @@ fn check_length(token: &str) -> Result<()> {
     Ok(())
 }
 
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+/// What changes when a file is rewritten or replaced: modification time,
+/// size and, on Unix, inode and change time (a `cp -p` keeps the first two).
+type Stamp = (SystemTime, u64, u64, i64, i64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
     let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
+    #[cfg(unix)]
+    let (ino, ctime, ctime_ns) = {
+        use std::os::unix::fs::MetadataExt;
+        (meta.ino(), meta.ctime(), meta.ctime_nsec())
+    };
+    #[cfg(not(unix))]
+    let (ino, ctime, ctime_ns) = (0, 0, 0);
+    Some((meta.modified().ok()?, meta.len(), ino, ctime, ctime_ns))
 }
 
 /// One token per line; blank lines and `#` comments are skipped, and lines
@@ -300,6 +312,8 @@ mod tests {
         .unwrap();
         assert!(env.accepts("from-the-environment"));
         assert!(Tokens::resolve(Some("short".into()), None, &file).is_err());
+        let (padded, _) = Tokens::resolve(Some("from-the-environment\n".into()), None, &file).unwrap();
+        assert!(padded.accepts("from-the-environment"), "trimmed");
         assert!(Tokens::resolve(None, Some("short"), &file).is_err());
         let (cfg, _) = Tokens::resolve(None, Some("from-config-000000"), &file).unwrap();
         assert!(cfg.accepts("from-config-000000"));
