@@ -436,6 +436,9 @@ pub struct RunArgs {
     /// Print exactly one JSON object on stdout instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// No progress on stderr (by default a bar on a terminal, else one line per round).
+    #[arg(short, long)]
+    pub quiet: bool,
     /// Also train the same model centrally on all training rows and report it.
     #[arg(long)]
     pub baseline: bool,

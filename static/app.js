@@ -4,7 +4,7 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { tasks: {}, settings: {}, runId: null, runActive: false, series: {}, charts: {},
+const state = { tasks: {}, settings: {}, joined: {}, runId: null, runActive: false, series: {}, charts: {},
                 privacy: {}, privacyChart: null, csrf: null, source: null };
 
 // An element with attributes and children; strings become text nodes.
@@ -110,7 +110,11 @@ function renderCards() {
   cards.replaceChildren();
   for (const [name, t] of Object.entries(state.tasks)) {
     const m = t.last_metrics || {};
-    const facts = [["kind", t.kind], ["accuracy", fmt(m.accuracy)], ["AUC", fmt(m.auc)], ["loss", fmt(m.loss)]];
+    const s = state.settings[name] || {};
+    const joined = state.joined[name] ?? 0;
+    const members = s.hospitals ? `${joined} of ${s.hospitals} joined (quorum ${s.min_hospitals})` : String(joined);
+    const facts = [["kind", t.kind], ["hospitals", members], ["accuracy", fmt(m.accuracy)], ["AUC", fmt(m.auc)],
+      ["loss", fmt(m.loss)]];
     const list = el("dl", {}, facts.map(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
     if (t.abort_reason) list.append(el("dt", {}, "aborted"), el("dd", { className: "status-offline" }, t.abort_reason));
     cards.append(el("div", { className: "card", id: `card-${name}` },
@@ -163,7 +167,7 @@ function redraw(name) {
 
 async function loadState() {
   const s = await api("/api/state");
-  state.tasks = s.tasks; state.settings = s.settings;
+  state.tasks = s.tasks; state.settings = s.settings; state.joined = s.joined || {};
   state.runId = s.run_id; state.runActive = s.run_active;
   renderCards();
   if (!$("#task-choices").children.length) renderForm();
@@ -211,6 +215,10 @@ async function loadHospitals() {
   const { hospitals } = await api("/api/hospitals");
   const body = $("#hospital-table tbody");
   body.replaceChildren();
+  // Membership on the overview cards follows the hospital table.
+  state.joined = {};
+  for (const h of hospitals) if (h.status === "online") state.joined[h.task] = (state.joined[h.task] || 0) + 1;
+  renderCards();
   for (const h of hospitals) {
     const privacy = h.epsilon_budget ? `${fmt(h.epsilon_spent || 0, 3)} / ${fmt(h.epsilon_budget, 2)}` : "DP off";
     const samples = h.samples === 0 ? "withheld (DP)" : h.epsilon_budget ? `${h.samples} (noised)` : String(h.samples);

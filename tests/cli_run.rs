@@ -124,12 +124,31 @@ fn table_output_shows_rounds_and_summary() {
         "{text}"
     );
     assert!(text.contains("centralized baseline"), "{text}");
+    // Not on a terminal: one progress line per round on stderr.
+    let progress = String::from_utf8(out.stderr).unwrap();
+    for round in [
+        "breast_cancer round 1/2: held-out accuracy",
+        "breast_cancer round 2/2: held-out accuracy",
+    ] {
+        assert!(progress.contains(round), "{progress}");
+    }
     // Both tasks of the demo, one table each.
     assert!(text.contains("breast_cancer: 5 hospitals"), "{text}");
     assert!(
         text.contains("pneumonia_xray: 3 hospitals (iid partition), 700 training images"),
         "{text}"
     );
+}
+
+#[test]
+fn quiet_runs_print_no_progress() {
+    let out = medfed(
+        &["run", "-q", "--json", "--rounds", "2", "--task", "breast_cancer"],
+        &[],
+    );
+    assert!(out.status.success());
+    let progress = String::from_utf8(out.stderr).unwrap();
+    assert!(!progress.contains("round 1/2"), "{progress}");
 }
 
 #[test]

@@ -173,7 +173,7 @@ fn a_killed_hospital_is_counted_out_and_rejoins() {
     let mut hospitals: Vec<Process> = (1..=5)
         .map(|i| start_hospital(d, &format!("h{i}"), &addr, i, &[], &envs))
         .collect();
-    coordinator.wait_for(&["round complete", "\"round\":2,"], 1, LONG);
+    coordinator.wait_for(&["round aggregated", "\"round\":2,"], 1, LONG);
     hospitals[2].kill();
     coordinator.wait_for(&["hospital departed", "breast_cancer-3"], 1, SHORT);
     let _back = start_hospital(d, "h3-restarted", &addr, 3, &[], &envs);

@@ -159,6 +159,12 @@ async fn start_a_run_from_the_panel_and_watch_it_finish() {
     let card = text_of(&browser, "#card-breast_cancer").await.unwrap();
     assert!(card.contains("accuracy") && card.contains("kind"), "{card}");
     assert!(!card.contains("[object"), "{card}");
+    eventually("the membership on the card", Duration::from_secs(10), || async {
+        text_of(&browser, "#card-breast_cancer")
+            .await
+            .is_some_and(|t| t.contains("5 of 5 joined (quorum 4)"))
+    })
+    .await;
     let visible_cookies = browser.execute("return document.cookie;", vec![]).await.unwrap();
     assert_eq!(visible_cookies, json!(""), "the session cookie is HttpOnly");
     let without = browser

@@ -79,6 +79,8 @@ fn every_hospital_survives_ten_coordinator_kills_during_runs_and_rejoins() {
             &["--auto-start", "--rounds", "10000"],
         );
         c.wait_for(&["hospital said hello"], HOSPITALS, LONG);
+        // Membership is logged as it changes.
+        c.wait_for(&["3 of 3 hospitals joined (quorum 3)"], 1, LONG);
         c.wait_for(&["round aggregated"], 1, LONG);
         c.kill();
         for h in &mut hospitals {

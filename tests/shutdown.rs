@@ -142,7 +142,7 @@ fn sigterm_stops_the_coordinators_run_and_a_hospital_leaves_cleanly() {
             spawn(d, &format!("h{i}"), &args, &SLOW)
         })
         .collect();
-    coordinator.wait_for(&["round complete"], 2, LONG);
+    coordinator.wait_for(&["round aggregated"], 2, LONG);
 
     // A hospital told to stop leaves the federation and exits 0; the
     // coordinator counts it out and goes on.

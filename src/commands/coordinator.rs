@@ -176,14 +176,21 @@ async fn serve(
         info!(run = %run, "run started: waiting for the expected hospitals");
     }
     let mut stop_sent = false;
+    let mut membership = Membership::of(tasks);
+    let mut waiting_log = tokio::time::interval(WAITING_LOG);
+    waiting_log.tick().await;
     let end = loop {
         tokio::select! {
             Some(event) = sessions.recv() => {
                 session_log.observe(&event);
             }
+            _ = waiting_log.tick() => membership.log_waiting(),
             event = events.recv() => match event {
-                Some(FederationEvent::RoundAggregated { task, round, metrics, participants, .. }) => {
-                    info!(task = %task, round, participants, accuracy = metrics.accuracy, "round complete");
+                Some(FederationEvent::HospitalJoined { task, hospital, .. }) => {
+                    membership.joined(&task, hospital);
+                }
+                Some(FederationEvent::HospitalLeft { task, hospital, .. }) => {
+                    membership.left(&task, &hospital);
                 }
                 Some(FederationEvent::RunEnded { outcome, .. }) => {
                     if cluster.exit_after_run || stop_sent {
@@ -232,6 +239,60 @@ async fn serve(
         panel.stop().await;
     }
     Ok(end.unwrap_or(RunEnd::Completed))
+}
+
+/// How often a coordinator still missing hospitals says so.
+const WAITING_LOG: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Who has joined each task, against the configuration's count and quorum:
+/// logged when it changes and, while hospitals are missing, periodically.
+struct Membership {
+    tasks: BTreeMap<String, (std::collections::BTreeSet<String>, usize, usize)>,
+}
+
+impl Membership {
+    fn of(tasks: &[PreparedTask]) -> Self {
+        Self {
+            tasks: tasks
+                .iter()
+                .map(|t| {
+                    let quorum = t.config.effective_min_hospitals();
+                    (t.name.clone(), (Default::default(), t.hospital_count(), quorum))
+                })
+                .collect(),
+        }
+    }
+
+    fn joined(&mut self, task: &str, hospital: String) {
+        if let Some((joined, ..)) = self.tasks.get_mut(task) {
+            if joined.insert(hospital) {
+                self.log(task);
+            }
+        }
+    }
+
+    fn left(&mut self, task: &str, hospital: &str) {
+        if let Some((joined, ..)) = self.tasks.get_mut(task) {
+            if joined.remove(hospital) {
+                self.log(task);
+            }
+        }
+    }
+
+    fn log(&self, task: &str) {
+        if let Some((joined, expected, quorum)) = self.tasks.get(task) {
+            let k = joined.len();
+            info!(task = %task, joined = k, expected, quorum, "{k} of {expected} hospitals joined (quorum {quorum})");
+        }
+    }
+
+    fn log_waiting(&self) {
+        for (task, (joined, expected, _)) in &self.tasks {
+            if joined.len() < *expected {
+                self.log(task);
+            }
+        }
+    }
 }
 
 fn federation_tasks(tasks: &[PreparedTask]) -> Vec<String> {

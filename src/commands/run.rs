@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use medfed_actors::FederationEvent;
 use medfed_models::checkpoint::Checkpoint;
@@ -71,7 +71,11 @@ pub async fn execute(args: &RunArgs) -> Result<RunEnd> {
         .iter()
         .map(|t| u64::from(t.config.effective_rounds(&loaded.config.run)))
         .sum();
-    let bar = progress_bar(total_rounds, args.json);
+    let targets: BTreeMap<String, u32> = tasks
+        .iter()
+        .map(|t| (t.name.clone(), t.config.effective_rounds(&loaded.config.run)))
+        .collect();
+    let progress = Progress::new(total_rounds, args.quiet, targets);
     let persistence = open_for(&loaded, &tasks, &args.durable, StoreDefault::None)?;
     let durable = persistence.as_ref().map(|p| (p, &contexts));
     let known: Vec<String> = tasks
@@ -84,30 +88,11 @@ pub async fn execute(args: &RunArgs) -> Result<RunEnd> {
             known.join(", ")
         );
     }
-    let outcome = run_to_end(
-        &loaded,
-        &tasks,
-        &args.exclude,
-        durable,
-        shutdown,
-        |event| match event {
-            FederationEvent::RoundAggregated {
-                task, round, metrics, ..
-            } => {
-                bar.inc(1);
-                bar.set_message(format!("{task} round {round}: accuracy {:.4}", metrics.accuracy));
-            }
-            FederationEvent::RoundBelowQuorum { task, round, .. } => {
-                bar.println(format!("{task} round {round}: below quorum, retrying"));
-            }
-            FederationEvent::TaskAborted { task, reason } => {
-                bar.println(format!("{task}: aborted: {reason}"))
-            }
-            _ => {}
-        },
-    )
+    let outcome = run_to_end(&loaded, &tasks, &args.exclude, durable, shutdown, |event| {
+        progress.observe(event)
+    })
     .await?;
-    bar.finish_and_clear();
+    progress.finish();
 
     print_run(&outcome.report, &contexts, outcome.wall_seconds, args.json, "")?;
     // After the results are printed: a failed write loses nothing already shown.
@@ -163,13 +148,66 @@ fn save_models(dir: &Path, models: &BTreeMap<String, Checkpoint>) -> Result<()> 
     Ok(())
 }
 
-fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
-    let bar = ProgressBar::new(total);
-    if quiet || !std::io::stderr().is_terminal() {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
+/// Progress on stderr: a bar on a terminal, else one line per round (a
+/// log file or CI shows the run is alive), nothing with `-q`.
+enum Progress {
+    Bar(ProgressBar),
+    Lines(BTreeMap<String, u32>),
+    Quiet,
+}
+
+impl Progress {
+    fn new(total: u64, quiet: bool, targets: BTreeMap<String, u32>) -> Self {
+        if quiet {
+            return Progress::Quiet;
+        }
+        if !std::io::stderr().is_terminal() {
+            return Progress::Lines(targets);
+        }
+        let bar = ProgressBar::new(total);
+        if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} rounds  {msg}") {
+            bar.set_style(style);
+        }
+        Progress::Bar(bar)
     }
-    if let Ok(style) = ProgressStyle::with_template("{bar:30} {pos}/{len} rounds  {msg}") {
-        bar.set_style(style);
+
+    fn say(&self, line: String) {
+        match self {
+            Progress::Bar(bar) => bar.println(line),
+            Progress::Lines(_) => eprintln!("{line}"),
+            Progress::Quiet => {}
+        }
     }
-    bar
+
+    fn observe(&self, event: &FederationEvent) {
+        match event {
+            FederationEvent::RoundAggregated {
+                task, round, metrics, ..
+            } => match self {
+                Progress::Bar(bar) => {
+                    bar.inc(1);
+                    bar.set_message(format!("{task} round {round}: accuracy {:.4}", metrics.accuracy));
+                }
+                Progress::Lines(targets) => {
+                    let target = targets.get(task).copied().unwrap_or(0);
+                    eprintln!(
+                        "{task} round {round}/{target}: held-out accuracy {:.4}, loss {:.4}",
+                        metrics.accuracy, metrics.loss
+                    );
+                }
+                Progress::Quiet => {}
+            },
+            FederationEvent::RoundBelowQuorum { task, round, .. } => {
+                self.say(format!("{task} round {round}: below quorum, retrying"))
+            }
+            FederationEvent::TaskAborted { task, reason } => self.say(format!("{task}: aborted: {reason}")),
+            _ => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Progress::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
 }

@@ -95,10 +95,18 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(mut payload: web::Payload
 
 pub async fn state(state: web::Data<Arc<AppState>>) -> ApiResult {
     let live = read_view(&state)?;
+    // Hospitals online per task, against the settings' count and quorum.
+    let mut joined: BTreeMap<&str, usize> = live.tasks.keys().map(|t| (t.as_str(), 0)).collect();
+    for h in live.hospitals.values().filter(|h| h.status == "online") {
+        if let Some(n) = joined.get_mut(h.task.as_str()) {
+            *n += 1;
+        }
+    }
     Ok(HttpResponse::Ok().json(json!({
         "run_id": live.run_id,
         "run_active": live.run_active,
         "tasks": live.tasks,
+        "joined": joined,
         "settings": state.settings,
     })))
 }

@@ -326,9 +326,17 @@ fn log(event: &FederationEvent) {
             accepted,
             needed,
         } => warn!(task = %task, round, attempt, accepted, needed, "attempt ended below quorum"),
+        // The one INFO line per round.
         E::RoundAggregated {
-            task, round, metrics, ..
-        } => info!(task = %task, round, accuracy = metrics.accuracy, loss = metrics.loss, "round aggregated"),
+            task,
+            round,
+            participants,
+            metrics,
+            seconds,
+        } => info!(
+            task = %task, round, participants, accuracy = metrics.accuracy, loss = metrics.loss, seconds,
+            "round aggregated"
+        ),
         E::StartingWithout {
             task,
             joined,
