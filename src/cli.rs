@@ -22,6 +22,12 @@ pub struct Cli {
         env = "MEDFED_LOG_FORMAT"
     )]
     pub log_format: LogFormat,
+    /// Let ractor_cluster log at DEBUG/TRACE, where it prints whole
+    /// messages (model weights, scaler sums): for debugging the transport
+    /// only, never with patient data. Without it its level is capped at INFO
+    /// whatever RUST_LOG says.
+    #[arg(long, global = true)]
+    pub log_wire_payloads: bool,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -258,6 +258,7 @@ impl Federation {
                         local_test,
                         held_out: None,
                         attack,
+                        site_record: false,
                     },
                 )
                 .await

@@ -31,57 +31,57 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // An aborted or stopped run printed what it had; the exit code says
         // how it ended (see `medfed::shutdown`).
         Command::Run(args) => {
-            logging::init(cli.log_format, "warn");
+            logging::init(cli.log_format, cli.log_wire_payloads, "warn");
             let end = on_runtime(commands::run::execute(&args))?;
             Ok(ExitCode::from(end.exit_code()))
         }
         Command::Serve(args) => {
-            logging::init(cli.log_format, "info");
+            logging::init(cli.log_format, cli.log_wire_payloads, "info");
             on_runtime(commands::serve::execute(&args))?;
             Ok(ExitCode::from(EXIT_COMPLETED))
         }
         Command::Coordinator(args) => {
-            logging::init(cli.log_format, "info");
+            logging::init(cli.log_format, cli.log_wire_payloads, "info");
             let end = on_runtime(commands::coordinator::execute(&args))?;
             Ok(ExitCode::from(end.exit_code()))
         }
         Command::Hospital(args) => {
-            logging::init(cli.log_format, "info");
+            logging::init(cli.log_format, cli.log_wire_payloads, "info");
             on_runtime(commands::hospital::execute(&args))?;
             Ok(ExitCode::from(EXIT_COMPLETED))
         }
         Command::Cluster(ClusterCommand::GenCerts(args)) => {
-            logging::init(cli.log_format, "warn");
+            logging::init(cli.log_format, cli.log_wire_payloads, "warn");
             commands::gen_certs::execute(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Data(command) => {
-            logging::init(cli.log_format, "warn");
+            logging::init(cli.log_format, cli.log_wire_payloads, "warn");
             commands::data::execute(&command)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Privacy(command) => {
-            logging::init(cli.log_format, "warn");
+            logging::init(cli.log_format, cli.log_wire_payloads, "warn");
             commands::privacy::execute(&command)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Models(command) => {
-            logging::init(cli.log_format, "warn");
+            logging::init(cli.log_format, cli.log_wire_payloads, "warn");
             commands::models::execute(&command)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Predict(args) => {
-            logging::init(cli.log_format, "warn");
+            logging::init(cli.log_format, cli.log_wire_payloads, "warn");
             commands::predict::execute(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Store(StoreCommand::Backup(args)) => {
-            logging::init(cli.log_format, "warn");
+            logging::init(cli.log_format, cli.log_wire_payloads, "warn");
             commands::models::backup(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Check(args)) => {
-            logging::init(cli.log_format, "warn");
+            logging::init(cli.log_format, cli.log_wire_payloads, "warn");
             commands::config_check::execute(&args)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -118,7 +118,28 @@ fn a_normal_shutdown_is_announced_and_the_hospitals_wait_quietly_for_the_next_co
         &addr,
         &["--auto-start", "--rounds", "2", "--exit-after-run", "--json"],
     );
-    let mut hospitals: Vec<Process> = (1..=HOSPITALS).map(|i| hospital(d, i, &addr, &[])).collect();
+    // h1 at RUST_LOG=debug: ractor_cluster still may not log payloads; h2
+    // asks for them explicitly (and is warned).
+    let debug: &[(&str, &str)] = &[("RUST_LOG", "debug")];
+    let mut hospitals: Vec<Process> = vec![
+        hospital(d, 1, &addr, debug),
+        spawn(
+            d,
+            "h2",
+            &[
+                "--log-wire-payloads",
+                "hospital",
+                "--task",
+                TASK,
+                "--coordinator",
+                &addr,
+                "--shard",
+                "2/3",
+            ],
+            debug,
+        ),
+        hospital(d, 3, &addr, &[]),
+    ];
     assert!(first.wait_exit(LONG).success(), "{}", first.log());
     assert_eq!(first.json()["tasks"][TASK]["status"], "finished");
     // No departures are reported for hospitals that stay behind a normal exit.
@@ -127,6 +148,26 @@ fn a_normal_shutdown_is_announced_and_the_hospitals_wait_quietly_for_the_next_co
         h.wait_for(&["the coordinator is shutting down normally"], 1, LONG);
         let log = h.log();
         assert!(!log.contains("coordinator gone"), "{}:\n{log}", h.name);
+        // Each site keeps its own record of what it released (2 rounds).
+        assert_eq!(
+            h.count(&["released a model update: ", " bytes (differential privacy off)"]),
+            2,
+            "{}:\n{log}",
+            h.name
+        );
+        let wire_debug = log
+            .lines()
+            .filter(|l| {
+                l.contains("\"target\":\"ractor_cluster")
+                    && (l.contains("\"DEBUG\"") || l.contains("\"TRACE\""))
+            })
+            .count();
+        if h.name == "h2" {
+            assert!(wire_debug > 0, "the flag lets them through:\n{log}");
+            assert!(log.contains("do not keep these logs"), "{log}");
+        } else {
+            assert_eq!(wire_debug, 0, "{}:\n{log}", h.name);
+        }
         assert!(!log.contains("did not accept"), "{}:\n{log}", h.name);
     }
     let second = coordinator(d, "coordinator-2", &addr, &[]);
@@ -157,6 +198,10 @@ fn a_hospital_waiting_for_a_coordinator_makes_a_bounded_number_of_attempts_in_fl
         assert!(h.is_running(), "{}", h.log());
     }
     let (rss_after, threads_after) = footprint(h.pid());
+    // Errors in words, not Debug dumps.
+    let log = h.log();
+    assert!(log.contains("Connection refused"), "{log}");
+    assert!(!log.contains("Os {"), "{log}");
     let attempts =
         h.count(&["cannot reach the coordinator"]) + h.count(&["still waiting for the coordinator"]);
     // Backoff from 0.2 s doubling to 10 s: about 8 attempts in the first 30 s,

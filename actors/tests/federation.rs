@@ -183,6 +183,7 @@ async fn spawn_hospital_with(
             local_test: None,
             held_out: None,
             attack: None,
+            site_record: false,
         },
     )
     .await

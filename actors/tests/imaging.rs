@@ -88,6 +88,7 @@ async fn run_federation(rounds: u32) -> RunReport {
                 local_test: None,
                 held_out: None,
                 attack: None,
+                site_record: false,
             },
         )
         .await

@@ -120,6 +120,7 @@ pub async fn execute(args: &Args) -> Result<()> {
             local_test: local.local_test,
             held_out: local.held_out,
             attack: args.attack,
+            site_record: true,
         },
     )
     .await

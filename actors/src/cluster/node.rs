@@ -147,11 +147,15 @@ impl Node {
             }
             None => ractor_cluster::client_connect(&self.server, addr).await,
         };
+        // Its Display is a Debug dump: worded here instead.
         result.map_err(|e| match e {
             ClientConnectErr::Encryption(e) => {
                 ClusterError::Tls(format!("handshake with {addr} failed: {e}"))
             }
-            other => ClusterError::Connect(format!("{addr}: {other}")),
+            ClientConnectErr::Socket(e) => ClusterError::Connect(format!("{addr}: {e}")),
+            ClientConnectErr::Messaging(_) => {
+                ClusterError::Connect(format!("{addr}: this node's cluster server has stopped"))
+            }
         })
     }
 

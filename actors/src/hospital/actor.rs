@@ -26,6 +26,9 @@ pub struct HospitalArgs {
     pub held_out: Option<String>,
     /// Simulate this attack on every update (an evaluation tool).
     pub attack: Option<Attack>,
+    /// Log every release at INFO: the site's own record (a hospital in its
+    /// own process); the in-process simulation logs them at DEBUG.
+    pub site_record: bool,
 }
 
 pub struct HospitalState {
@@ -36,6 +39,7 @@ pub struct HospitalState {
     local_test: Option<Arc<Mutex<Box<dyn Evaluator>>>>,
     coordinator: ActorRef<CoordinatorMsg>,
     attack: Option<Attack>,
+    site_record: bool,
 }
 
 impl Actor for Hospital {
@@ -78,6 +82,7 @@ impl Actor for Hospital {
             local_test: args.local_test.map(|e| Arc::new(Mutex::new(e))),
             coordinator: args.coordinator,
             attack: args.attack,
+            site_record: args.site_record,
         })
     }
 
@@ -158,6 +163,7 @@ impl Actor for Hospital {
                 return Ok(());
             }
         };
+        super::releases::log_release(&state.info.name, &reply, state.site_record);
         state.coordinator.cast(CoordinatorMsg::FromHospital {
             sender: myself,
             message: reply,

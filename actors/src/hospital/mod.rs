@@ -3,6 +3,7 @@
 
 mod actor;
 mod learner;
+pub mod releases;
 
 pub use actor::{Hospital, HospitalArgs};
 pub use learner::HospitalLearner;
