@@ -32,7 +32,7 @@ pub fn describe(reply: &ToCoordinator) -> String {
         },
         ToCoordinator::Update { outcome, .. } => match outcome {
             TrainOutcome::Trained { update } => {
-                let bytes = update.delta.as_slice().len() * std::mem::size_of::<f32>();
+                let bytes = std::mem::size_of_val(update.delta.as_slice());
                 match &update.privacy {
                     Some(p) => format!(
                         "released a model update: {bytes} bytes; epsilon spent {:.4} of {:.4} ({:.4} remaining, delta {:e})",
