@@ -70,6 +70,25 @@ pub enum Command {
     /// The store of runs, rounds and models.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// The tamper-evident audit logs of serve and coordinator.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check an audit log's hash chain (an edited, deleted, inserted or
+    /// moved line is found and named) and that it holds every entry the
+    /// store kept of it (a cut-off end). Exit code 1 when it is broken.
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// The log (default: every audit-*.jsonl in the data directory).
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub at: StoreLocation,
 }
 
 /// Which store a registry command reads: `--store`, else the config's

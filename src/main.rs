@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use medfed::cli::{Cli, ClusterCommand, Command, ConfigCommand, StoreCommand};
+use medfed::cli::{AuditCommand, Cli, ClusterCommand, Command, ConfigCommand, StoreCommand};
 use medfed::shutdown::{EXIT_COMPLETED, EXIT_ERROR};
 use medfed::{commands, logging};
 
@@ -78,6 +78,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Store(StoreCommand::Backup(args)) => {
             logging::init(cli.log_format, cli.log_wire_payloads, "warn");
             commands::models::backup(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify(args)) => {
+            logging::init(cli.log_format, cli.log_wire_payloads, "warn");
+            commands::audit::verify(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Check(args)) => {

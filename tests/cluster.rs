@@ -328,6 +328,15 @@ fn a_duplicate_hospital_name_is_refused_on_both_sides() {
         twin.log()
     );
     coordinator.wait_for(&["join refused", "already in use"], 1, SHORT);
+    // The coordinator's audit log has the admission and the refusal.
+    let audit = std::fs::read_to_string(d.join("coordinator.data/audit-coordinator.jsonl")).unwrap();
+    assert!(audit.contains("\"action\":\"hospital_admitted\""), "{audit}");
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("\"action\":\"hospital_refused\"") && l.contains("already in use")),
+        "{audit}"
+    );
 
     // A shard split with another seed could hold the coordinator's held-out rows.
     let mut other_split = start_hospital(d, "other-split", &addr, 3, &["--seed".into(), "7".into()], &[]);

@@ -15,7 +15,8 @@ use medfed_actors::cluster::{NodeOptions, SessionLog, WireStats};
 use medfed_actors::{FederationEvent, RunRequest};
 
 use super::cluster_node;
-use super::serve::{Panel, PanelOptions};
+use super::serve::{open_audit, Panel, PanelOptions};
+use crate::audit::AuditLog;
 use crate::cli::CoordinatorArgs as Args;
 use crate::config::Loaded;
 use crate::durability::{open_for, Persistence, StoreDefault};
@@ -85,6 +86,7 @@ pub async fn execute(args: &Args) -> Result<RunEnd> {
         &["coordinator"]
     };
     let persistence = open_for(&loaded, &tasks, &args.durable, StoreDefault::DataDir)?;
+    let audit = open_audit(&loaded, "coordinator", persistence.as_ref())?;
     let mut federation = Federation::spawn(&loaded, &tasks, remote, recorders, persistence.as_ref()).await?;
     // With a panel, the panel records into the store (it knows the contexts).
     if let (Some(p), None) = (&persistence, args.http) {
@@ -95,6 +97,7 @@ pub async fn execute(args: &Args) -> Result<RunEnd> {
         tasks: &tasks,
         persistence: persistence.as_ref(),
         stats: &stats,
+        audit: &audit,
     };
     let result = serve(args, &setup, &mut federation, &mut contexts, &mut shutdown).await;
     log_traffic(&stats);
@@ -110,6 +113,7 @@ struct Setup<'a> {
     tasks: &'a [PreparedTask],
     persistence: Option<&'a Persistence>,
     stats: &'a Arc<WireStats>,
+    audit: &'a Arc<AuditLog>,
 }
 
 async fn serve(
@@ -124,6 +128,7 @@ async fn serve(
         tasks,
         persistence,
         stats,
+        audit,
     } = *setup;
     let cluster = &loaded.config.cluster;
     let client = federation.client();
@@ -143,6 +148,8 @@ async fn serve(
                     http: Some(addr),
                     https: &args.https,
                     cluster: Some(stats.clone()),
+                    audit: Some(audit.clone()),
+                    audit_events: false,
                 },
                 persistence,
             )?;
@@ -173,6 +180,11 @@ async fn serve(
                 exclude: Vec::new(),
             })
             .await?;
+        audit.record(
+            "coordinator --auto-start",
+            "run_start_requested",
+            serde_json::json!({ "run": run, "tasks": federation_tasks(tasks) }),
+        );
         info!(run = %run, "run started: waiting for the expected hospitals");
     }
     let mut stop_sent = false;
@@ -185,7 +197,11 @@ async fn serve(
                 session_log.observe(&event);
             }
             _ = waiting_log.tick() => membership.log_waiting(),
-            event = events.recv() => match event {
+            event = events.recv() => {
+                if let Some(event) = &event {
+                    crate::audit::events::observe(audit, event);
+                }
+                match event {
                 Some(FederationEvent::HospitalJoined { task, hospital, .. }) => {
                     membership.joined(&task, hospital);
                 }
@@ -199,7 +215,7 @@ async fn serve(
                 }
                 Some(_) => {}
                 None => bail!("the coordinator stopped"),
-            },
+            }},
             signal = shutdown.received(), if !stop_sent => {
                 if loaded.config.store.on_terminate.suspends(signal, persistence.is_some()) {
                     info!("{signal}: shutting down; a run in progress stays interrupted in the store and resumes when the coordinator restarts");
@@ -208,7 +224,10 @@ async fn serve(
                 // The core knows whether a run is active; its end, if any,
                 // is already on its way to `events`.
                 match client.stop().await? {
-                    Some(run) => info!(run = %run, "{signal}: stopping the run, then shutting down"),
+                    Some(run) => {
+                        audit.record(&format!("signal {signal}"), "run_stop_requested", serde_json::json!({ "run": run }));
+                        info!(run = %run, "{signal}: stopping the run, then shutting down")
+                    }
                     None => {
                         info!("{signal}: shutting down (no run in progress)");
                         break None;

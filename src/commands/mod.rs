@@ -1,5 +1,6 @@
 //! One module per CLI command.
 
+pub mod audit;
 pub mod cluster_node;
 pub mod config_check;
 pub mod coordinator;

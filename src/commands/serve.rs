@@ -13,6 +13,7 @@ use serde_json::json;
 use medfed_actors::cluster::WireStats;
 use medfed_actors::EventBus;
 
+use crate::audit::AuditLog;
 use crate::cli::HttpTlsArgs;
 use crate::cli::ServeArgs;
 use crate::config::{Loaded, PrivacyMode};
@@ -46,6 +47,7 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
     };
     let ledgers = Ledgers::long_lived(&loaded)?;
     let persistence = open_for(&loaded, &tasks, &args.durable, StoreDefault::DataDir)?;
+    let audit = open_audit(&loaded, "serve", persistence.as_ref())?;
     let mut federation = Federation::spawn(
         &loaded,
         &tasks,
@@ -63,6 +65,8 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
             http: args.http,
             https: &args.https,
             cluster: None,
+            audit: Some(audit),
+            audit_events: true,
         },
         persistence.as_ref(),
     );
@@ -95,6 +99,20 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
     }
     let signal = shutdown.received().await;
     shut_down(signal, panel, federation, suspends(signal)).await
+}
+
+/// The process's audit log (`<data dir>/audit-<command>.jsonl`), mirrored
+/// into the store when there is one.
+pub fn open_audit(
+    loaded: &Loaded,
+    command: &str,
+    persistence: Option<&Persistence>,
+) -> Result<Arc<AuditLog>> {
+    let log = Arc::new(AuditLog::open(&AuditLog::path_for(&loaded.data_dir()?, command))?);
+    if let Some(p) = persistence {
+        log.mirror_into(p.store.clone());
+    }
+    Ok(log)
 }
 
 /// Stop the run in progress (its end is then already published), end the
@@ -133,6 +151,10 @@ pub struct PanelOptions<'a> {
     pub http: Option<std::net::SocketAddr>,
     pub https: &'a HttpTlsArgs,
     pub cluster: Option<Arc<WireStats>>,
+    /// The process's audit log; `audit_events`: the panel records the
+    /// federation's events into it too (`serve`).
+    pub audit: Option<Arc<AuditLog>>,
+    pub audit_events: bool,
 }
 
 impl Panel {
@@ -198,6 +220,8 @@ impl Panel {
             options.cluster,
         )?;
         state.store = persistence.map(|p| p.store.clone());
+        state.audit = options.audit.clone();
+        state.audit_events = options.audit_events;
         if let Some(p) = persistence {
             federation.record_into_store(p, state.contexts.clone())?;
         }
@@ -313,6 +337,8 @@ fn app_state(
         }
         .with_observers(observed),
         auth,
+        audit: None,
+        audit_events: false,
         contexts,
         settings: serde_json::Value::Object(settings),
         ready: AtomicBool::new(false),

@@ -141,6 +141,15 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (run_id, task)
     );
     "#,
+    // 2: the audit logs' entries, line for line (a cut-off file shows).
+    r#"
+    CREATE TABLE audit (
+        log TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        line TEXT NOT NULL,
+        PRIMARY KEY (log, seq)
+    );
+    "#,
 ];
 
 /// The newest schema version this build writes.

@@ -198,7 +198,11 @@ struct StartBody {
     exclude: Vec<String>,
 }
 
-pub async fn start_run(state: web::Data<Arc<AppState>>, payload: web::Payload) -> ApiResult {
+pub async fn start_run(
+    req: HttpRequest,
+    state: web::Data<Arc<AppState>>,
+    payload: web::Payload,
+) -> ApiResult {
     let body: StartBody = json_body(payload).await?;
     if let Some(r) = body.rounds {
         if r == 0 || r > MAX_ROUNDS {
@@ -251,6 +255,7 @@ pub async fn start_run(state: web::Data<Arc<AppState>>, payload: web::Payload) -
         tasks: Some(tasks.clone()),
         exclude: body.exclude.clone(),
     };
+    let asked = json!({ "rounds": body.rounds, "tasks": tasks, "exclude": body.exclude });
     match state
         .client
         .try_start(request)
@@ -258,6 +263,11 @@ pub async fn start_run(state: web::Data<Arc<AppState>>, payload: web::Payload) -
         .map_err(ApiError::internal)?
     {
         Ok(id) => {
+            if let Some(audit) = &state.audit {
+                let mut details = asked;
+                details["run"] = json!(id);
+                audit.record(&super::guard::who(&req), "run_start_requested", details);
+            }
             state.record_start(&id, &tasks, body.rounds);
             Ok(HttpResponse::Accepted().json(json!({ "id": id })))
         }
@@ -266,7 +276,7 @@ pub async fn start_run(state: web::Data<Arc<AppState>>, payload: web::Payload) -
     }
 }
 
-pub async fn stop_run(state: web::Data<Arc<AppState>>, id: web::Path<String>) -> ApiResult {
+pub async fn stop_run(req: HttpRequest, state: web::Data<Arc<AppState>>, id: web::Path<String>) -> ApiResult {
     let record = state
         .run(&id)
         .ok_or_else(|| ApiError::not_found(format!("no run '{id}'")))?;
@@ -277,7 +287,16 @@ pub async fn stop_run(state: web::Data<Arc<AppState>>, id: web::Path<String>) ->
         ));
     }
     match state.client.stop().await.map_err(ApiError::internal)? {
-        Some(_) => Ok(HttpResponse::Accepted().json(json!({ "id": record.id, "status": "stopping" }))),
+        Some(_) => {
+            if let Some(audit) = &state.audit {
+                audit.record(
+                    &super::guard::who(&req),
+                    "run_stop_requested",
+                    json!({ "run": record.id }),
+                );
+            }
+            Ok(HttpResponse::Accepted().json(json!({ "id": record.id, "status": "stopping" })))
+        }
         // It ended between the check above and the stop.
         None => Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -84,9 +84,30 @@ pub fn route(req: &ServiceRequest) -> String {
     req.match_pattern().unwrap_or_else(|| "unmatched".into())
 }
 
-/// Log and count a refusal.
+/// Who is asking, for the audit log: how they authenticated and from where.
+pub fn who(req: &actix_web::HttpRequest) -> String {
+    use actix_web::HttpMessage;
+    let source = req
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "an unknown address".into());
+    match req.extensions().get::<Principal>() {
+        Some(Principal::Bearer { .. }) => format!("api token from {source}"),
+        Some(Principal::Session { .. }) => format!("panel session from {source}"),
+        _ => format!("anonymous from {source}"),
+    }
+}
+
+/// Log and count a refusal (and audit the ones that are attempts).
 pub fn refused(state: &AppState, refusal: &Refusal, source: IpAddr, route: &str) {
     state.metrics.auth_failed(refusal.reason());
+    if let (Some(audit), Refusal::WrongToken | Refusal::Csrf | Refusal::CrossSite) = (&state.audit, refusal) {
+        audit.record(
+            &format!("anonymous from {source}"),
+            "auth_failed",
+            serde_json::json!({ "route": route, "reason": refusal.reason() }),
+        );
+    }
     match refusal {
         // Not signed in yet (the panel asks before its login): not an attempt;
         // a throttled source's failures were logged when they happened.

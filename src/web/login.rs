@@ -46,6 +46,13 @@ pub async fn login(
     match state.auth.login(body.token.trim(), source, Instant::now()) {
         Ok((id, session)) => {
             tracing::info!(%source, "panel session opened");
+            if let Some(audit) = &state.audit {
+                audit.record(
+                    &format!("panel session from {source}"),
+                    "session_opened",
+                    json!({}),
+                );
+            }
             Ok(HttpResponse::Ok()
                 .insert_header(("Set-Cookie", state.auth.sessions.cookie(&id)))
                 .insert_header(("Cache-Control", "no-store"))

@@ -58,6 +58,10 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Runs and models that outlive the process (the registry).
     pub store: Option<std::sync::Arc<crate::store::Store>>,
+    /// Who did what through the API (and, with `audit_events`, what the
+    /// federation did: `serve`; a coordinator records its events itself).
+    pub audit: Option<std::sync::Arc<crate::audit::AuditLog>>,
+    pub audit_events: bool,
 }
 
 impl AppState {
@@ -110,6 +114,9 @@ pub async fn follow(state: std::sync::Arc<AppState>, mut events: Recording) {
         if let Ok(mut live) = state.live.write() {
             live.apply(&event, unix_now());
             state.metrics.observe(&event, &live);
+        }
+        if let (Some(audit), true) = (&state.audit, state.audit_events) {
+            crate::audit::events::observe(audit, &event);
         }
         match &event {
             FederationEvent::RunStarted { run_id, tasks, .. } => state.record_start(run_id, tasks, None),

@@ -1,0 +1,281 @@
+//! The audit log: who started and stopped which run with which settings,
+//! failed authentications, hospitals admitted and refused and why, budgets
+//! exhausted. Append-only JSONL, each line chained to the one before by
+//! sha256 (`chain`), fsynced as it is written, one writer per file (flock),
+//! and mirrored into the store when there is one, so a cut-off end is
+//! detectable too. `medfed audit verify` checks it.
+
+pub mod chain;
+pub mod events;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use chain::{Content, Entry};
+
+pub struct AuditLog {
+    path: PathBuf,
+    /// The file's name: the log's name in the store's copy.
+    name: String,
+    state: Mutex<Tail>,
+    store: Mutex<Option<Arc<crate::store::Store>>>,
+    /// Held for the process's life: one writer per file.
+    _lock: std::fs::File,
+}
+
+struct Tail {
+    file: std::fs::File,
+    seq: u64,
+    prev: String,
+}
+
+impl AuditLog {
+    /// `<data dir>/audit-<command>.jsonl`.
+    pub fn path_for(data_dir: &Path, command: &str) -> PathBuf {
+        data_dir.join(format!("audit-{command}.jsonl"))
+    }
+
+    /// Open (or create, mode 0600) and continue the chain; a log whose
+    /// chain is broken is refused with the line and the problem.
+    pub fn open(path: &Path) -> Result<AuditLog> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let lock = lock(path)?;
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(e).with_context(|| format!("reading the audit log {}", path.display())),
+        };
+        let (prev, seq) = chain::tail(&text).map_err(|b| {
+            anyhow::anyhow!(
+                "the audit log {} is broken at line {}: {} (run `medfed audit verify`; move it aside to start a new one)",
+                path.display(),
+                b.line,
+                b.problem
+            )
+        })?;
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options
+            .open(path)
+            .with_context(|| format!("opening the audit log {}", path.display()))?;
+        Ok(AuditLog {
+            path: path.to_path_buf(),
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            state: Mutex::new(Tail { file, seq, prev }),
+            store: Mutex::new(None),
+            _lock: lock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Also keep every entry from now on in `store`.
+    pub fn mirror_into(&self, store: Arc<crate::store::Store>) {
+        if let Ok(mut s) = self.store.lock() {
+            *s = Some(store);
+        }
+    }
+
+    /// Append one entry (written and fsynced before this returns). An
+    /// entry that cannot be written is logged as an error: the action it
+    /// records has happened either way.
+    pub fn record(&self, actor: &str, action: &str, details: Value) {
+        if let Err(e) = self.append(actor, action, details) {
+            tracing::error!(audit_log = %self.path.display(), "cannot write the audit entry '{action}': {e:#}");
+        }
+    }
+
+    fn append(&self, actor: &str, action: &str, details: Value) -> Result<()> {
+        let mut tail = self
+            .state
+            .lock()
+            .map_err(|_| anyhow::anyhow!("audit log lock poisoned"))?;
+        let entry = Entry::chain(
+            Content {
+                seq: tail.seq + 1,
+                time: rfc3339_now(),
+                actor: actor.to_string(),
+                action: action.to_string(),
+                details,
+            },
+            &tail.prev,
+        );
+        let line = serde_json::to_string(&entry)?;
+        tail.file.write_all(format!("{line}\n").as_bytes())?;
+        tail.file.sync_data()?;
+        tail.seq = entry.content.seq;
+        tail.prev = entry.hash.clone();
+        drop(tail);
+        if let Some(store) = self.store.lock().ok().and_then(|s| s.clone()) {
+            let (log, seq) = (self.name.clone(), entry.content.seq as i64);
+            if let Ok(writer) = store.writer() {
+                writer.queue("an audit entry", move |conn| {
+                    conn.execute(
+                        "INSERT OR REPLACE INTO audit (log, seq, line) VALUES (?1, ?2, ?3)",
+                        rusqlite::params![log, seq, line],
+                    )
+                    .map(|_| ())
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn lock(path: &Path) -> Result<std::fs::File> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let lock_path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock(2) on a descriptor this function owns.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if locked != 0 {
+            anyhow::bail!(
+                "the audit log {} is in use by another medfed process: one writer per log",
+                path.display()
+            );
+        }
+    }
+    Ok(file)
+}
+
+/// What `medfed audit verify` found.
+pub struct Verified {
+    pub entries: usize,
+    /// Entries the store holds for this log (when a store was given).
+    pub in_store: Option<usize>,
+}
+
+/// Check the chain of the log at `path` and, with a store, that the file
+/// holds every entry the store kept of it (a cut-off end shows there).
+pub fn verify(path: &Path, store: Option<&crate::store::Store>) -> Result<Verified> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let entries = chain::verify(&text)
+        .map_err(|b| anyhow::anyhow!("{} is broken at line {}: {}", path.display(), b.line, b.problem))?;
+    let Some(store) = store else {
+        return Ok(Verified {
+            entries,
+            in_store: None,
+        });
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let conn = store.reader()?;
+    let mut statement = conn.prepare("SELECT seq, line FROM audit WHERE log = ?1 ORDER BY seq")?;
+    let kept: Vec<(i64, String)> = statement
+        .query_map([&name], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let lines: Vec<&str> = text.lines().collect();
+    for (seq, line) in &kept {
+        match lines.get((*seq as usize).saturating_sub(1)) {
+            Some(in_file) if in_file == line => {}
+            Some(_) => anyhow::bail!(
+                "{}: entry {seq} differs from the store's copy (the file was rewritten)",
+                path.display()
+            ),
+            None => anyhow::bail!(
+                "{}: entry {seq} is in the store but not in the file (its end was cut off: {} of {} entries left)",
+                path.display(),
+                lines.len(),
+                kept.len().max(lines.len())
+            ),
+        }
+    }
+    Ok(Verified {
+        entries,
+        in_store: Some(kept.len()),
+    })
+}
+
+/// Now as RFC 3339 in UTC, to the millisecond.
+pub fn rfc3339_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    rfc3339(now.as_secs() as i64, now.subsec_millis())
+}
+
+fn rfc3339(secs: i64, millis: u32) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Days since 1970-01-01 to a civil date (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn dates_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.005Z");
+        assert_eq!(rfc3339(1_796_342_399, 999), "2026-12-03T23:59:59.999Z");
+    }
+
+    #[test]
+    fn a_log_continues_across_opens_and_one_writer_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = AuditLog::path_for(dir.path(), "serve");
+        {
+            let log = AuditLog::open(&path).unwrap();
+            log.record("cli", "run_started", json!({ "run": "run-1" }));
+            assert!(AuditLog::open(&path).is_err(), "one writer");
+        }
+        let log = AuditLog::open(&path).unwrap();
+        log.record("cli", "run_ended", json!({ "run": "run-1" }));
+        drop(log);
+        assert_eq!(verify(&path, None).unwrap().entries, 2);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A broken log is not continued.
+        let text = std::fs::read_to_string(&path).unwrap().replace("run-1", "run-2");
+        std::fs::write(&path, text).unwrap();
+        let e = AuditLog::open(&path).err().unwrap().to_string();
+        assert!(e.contains("broken at line 1"), "{e}");
+    }
+}
