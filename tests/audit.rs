@@ -3,11 +3,11 @@
 //! `medfed audit verify` on it, intact, with an edited line, a deleted line
 //! and a cut-off end (found through the store's copy).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
 use common::medfed;
-use common::server::{authed, Served};
+use common::server::Served;
 
 use serde_json::{json, Value};
 
@@ -26,29 +26,8 @@ fn verify(data: &std::path::Path) -> (bool, String) {
 fn serve_keeps_a_tamper_evident_audit_log_that_verify_checks() {
     let data = tempfile::tempdir().unwrap();
     let mut s = Served::start_in(data.path(), &["--task", "breast_cancer"], &[]);
-    let client = authed();
-    let started: Value = client
-        .post(s.url("/api/runs"))
-        .json(&json!({ "rounds": 2 }))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let id = started["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let run: Value = client
-            .get(s.url(&format!("/api/runs/{id}")))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        if run["status"] != "running" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{run}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let id = s.start_run(&json!({ "rounds": 2 }));
+    s.wait_run_ended(&id, Duration::from_secs(120));
     let wrong = reqwest::blocking::Client::new()
         .get(s.url("/api/state"))
         .bearer_auth("wrong-token-0123456789")

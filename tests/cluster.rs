@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use common::cluster::{spawn, Process, COOKIE};
+use common::cluster::{shard_hospital, spawn, Process, COOKIE};
 use common::{free_port, json_of, medfed};
 use serde_json::Value;
 
@@ -53,17 +53,7 @@ fn start_hospital(
     envs: &[(&str, &str)],
 ) -> Process {
     let shard = format!("{shard}/5");
-    let mut args: Vec<String> = owned(&[
-        "hospital",
-        "--task",
-        TASK,
-        "--coordinator",
-        addr,
-        "--shard",
-        &shard,
-    ]);
-    args.extend(extra.iter().cloned());
-    spawn(dir, name, &strs(&args), envs)
+    shard_hospital(dir, name, TASK, addr, &shard, &strs(extra), envs)
 }
 
 /// 1 coordinator + 5 hospital processes, 10 rounds, the run's JSON.

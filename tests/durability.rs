@@ -295,14 +295,7 @@ fn serve_killed_mid_run_carries_the_run_on_after_a_restart() {
         &[("FAILPOINTS", "coordinator::round_committed=3*off->return")],
     );
     let client = authed();
-    let started: Value = client
-        .post(first.url("/api/runs"))
-        .json(&json!({"rounds": 8}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let id = started["id"].as_str().unwrap().to_string();
+    let id = first.start_run(&json!({"rounds": 8}));
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(first.wait_exit(LONG).signal(), Some(9), "{}", first.log());
 

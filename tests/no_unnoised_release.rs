@@ -104,16 +104,18 @@ const REVIEWED: &[(&str, &str, usize, &str)] = &[
         "decoding at the coordinator: a received update's header, nothing leaves",
     ),
     (
-        "actors/src/cluster/tests.rs",
+        "actors/src/messages/samples.rs",
         "Release::Noised",
         1,
-        "wire round-trip test data",
+        "wire samples for the round-trip tests and the fuzz corpus; compiled only under cfg(test) or \
+         the `samples` feature, which only medfed-fuzz enables",
     ),
     (
-        "actors/src/cluster/tests.rs",
+        "actors/src/messages/samples.rs",
         "LocalUpdate {",
         2,
-        "wire round-trip test data: the sample's constructor and its signature",
+        "wire samples (the sample's constructor and its signature); cfg(test) or the `samples` \
+         feature only, which only medfed-fuzz enables",
     ),
     (
         "actors/src/coordinator/core_tests.rs",

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::cluster::{spawn, Process};
+use common::cluster::{shard_hospital, spawn, Process};
 use common::free_port;
 
 const TASK: &str = "breast_cancer";
@@ -34,20 +34,7 @@ fn coordinator(dir: &Path, name: &str, addr: &str, extra: &[&str]) -> Process {
 
 fn hospital(dir: &Path, i: usize, addr: &str, envs: &[(&str, &str)]) -> Process {
     let shard = format!("{i}/{HOSPITALS}");
-    spawn(
-        dir,
-        &format!("h{i}"),
-        &[
-            "hospital",
-            "--task",
-            TASK,
-            "--coordinator",
-            addr,
-            "--shard",
-            &shard,
-        ],
-        envs,
-    )
+    shard_hospital(dir, &format!("h{i}"), TASK, addr, &shard, &[], envs)
 }
 
 /// (resident memory in kB, threads) of a process, from /proc.

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use medfed_actors::{RunRequest, StartRefused};
 
+use super::bodies::StartBody;
 use super::state::AppState;
 
 /// Largest accepted request body.
@@ -87,10 +88,7 @@ pub async fn json_body<T: serde::de::DeserializeOwned>(mut payload: web::Payload
         }
         body.extend_from_slice(&chunk);
     }
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("a JSON body is required"));
-    }
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    super::bodies::parse(&body).map_err(ApiError::bad_request)
 }
 
 pub async fn state(state: web::Data<Arc<AppState>>) -> ApiResult {
@@ -186,16 +184,6 @@ pub async fn run(state: web::Data<Arc<AppState>>, id: web::Path<String>) -> ApiR
         );
     }
     Ok(HttpResponse::Ok().json(record))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StartBody {
-    rounds: Option<u32>,
-    tasks: Option<Vec<String>>,
-    /// Hospitals to train without (site withdrawal).
-    #[serde(default)]
-    exclude: Vec<String>,
 }
 
 pub async fn start_run(

@@ -6,20 +6,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
-use serde::Deserialize;
 use serde_json::json;
 
 use super::api::{json_body, ApiError};
 use super::auth::session::SESSION_TTL;
 use super::auth::Principal;
+use super::bodies::LoginBody;
 use super::guard::{refusal_response, refused};
 use super::state::AppState;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoginBody {
-    token: String,
-}
 
 pub async fn login(
     req: HttpRequest,

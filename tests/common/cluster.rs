@@ -17,6 +17,30 @@ pub struct Process {
     pub stderr: PathBuf,
 }
 
+/// `medfed hospital --task TASK --coordinator ADDR --shard SHARD EXTRA...`
+/// named `name`.
+pub fn shard_hospital(
+    dir: &Path,
+    name: &str,
+    task: &str,
+    addr: &str,
+    shard: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Process {
+    let mut args = vec![
+        "hospital",
+        "--task",
+        task,
+        "--coordinator",
+        addr,
+        "--shard",
+        shard,
+    ];
+    args.extend_from_slice(extra);
+    spawn(dir, name, &args, envs)
+}
+
 /// Start `medfed <args>` from the repository root; its output goes to
 /// `<dir>/<name>.out` and `.log`, its durable state (ledgers, store) to
 /// `<dir>/<name>.data`, so that a restart under the same name finds it.

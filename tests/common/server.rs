@@ -100,6 +100,39 @@ impl Served {
         format!("{}{path}", self.base)
     }
 
+    /// `POST /api/runs` with `body` (authenticated); the run's id.
+    pub fn start_run(&self, body: &serde_json::Value) -> String {
+        let started: serde_json::Value = authed()
+            .post(self.url("/api/runs"))
+            .json(body)
+            .send()
+            .expect("POST /api/runs")
+            .json()
+            .expect("a JSON answer");
+        started["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no run id in {started}"))
+            .to_string()
+    }
+
+    /// Poll `GET /api/runs/{id}` until the run is no longer running.
+    pub fn wait_run_ended(&self, id: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let run: serde_json::Value = authed()
+                .get(self.url(&format!("/api/runs/{id}")))
+                .send()
+                .expect("GET /api/runs/{id}")
+                .json()
+                .expect("a JSON answer");
+            if run["status"] != "running" {
+                return run;
+            }
+            assert!(Instant::now() < deadline, "run {id} still running: {run}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn wait_ready(&self) {
         // The tests' HTTP client speaks no TLS: an HTTPS test polls itself.
         if self.base.starts_with("https://") {

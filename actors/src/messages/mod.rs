@@ -8,6 +8,9 @@
 //! from the actor it came from (in process the hospital itself; in cluster
 //! mode the proxy the gateway bound to that hospital's link).
 
+// Hand-built messages: tests and the fuzz corpus only (feature `samples`).
+#[cfg(any(test, feature = "samples"))]
+pub mod samples;
 pub mod wire;
 
 use ractor::{ActorRef, RpcReplyPort};

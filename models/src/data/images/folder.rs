@@ -14,13 +14,27 @@ fn is_image(path: &Path) -> bool {
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "jpeg" | "jpg" | "png"))
 }
 
+/// Largest accepted image side and decoding allocation: a header that
+/// claims more is refused before any pixel is allocated.
+pub const MAX_SIDE: u32 = 16_384;
+pub const MAX_DECODE_BYTES: u64 = 512 << 20;
+
 fn decode(path: &Path, size: usize) -> std::result::Result<Vec<f32>, String> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| e.to_string())?
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    decode_bytes(&bytes, size)
+}
+
+/// One JPEG or PNG file's bytes, grey, resized to `size`, in [0, 1].
+pub fn decode_bytes(bytes: &[u8], size: usize) -> std::result::Result<Vec<f32>, String> {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| e.to_string())?
-        .decode()
         .map_err(|e| e.to_string())?;
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| e.to_string())?;
     let grey = img.to_luma8();
     let resized = image::imageops::resize(
         &grey,

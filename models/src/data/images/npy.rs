@@ -53,7 +53,11 @@ pub fn parse(bytes: &[u8], name: &str) -> Result<U8Array> {
                 .map_err(|_| err(format!("bad shape entry '{s}'")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let count: usize = shape.iter().product();
+    // Untrusted dimensions: their product must not overflow.
+    let count = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| err(format!("shape {shape:?} is too large")))?;
     let data = bytes
         .get(start + header_len..)
         .filter(|d| d.len() == count)
@@ -103,6 +107,19 @@ pub fn write(array: &U8Array) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shape_whose_size_overflows_is_an_error_not_a_panic() {
+        // Read while writing the fuzz targets: the product of untrusted
+        // dimensions overflowed (a panic in debug builds, a wrapped size in
+        // release).
+        let a = U8Array {
+            shape: vec![usize::MAX, 2],
+            data: Vec::new(),
+        };
+        let e = parse(&write(&a), "huge").unwrap_err().to_string();
+        assert!(e.contains("is too large"), "{e}");
+    }
 
     #[test]
     fn round_trip_and_numpy_header() {

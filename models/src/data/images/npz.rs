@@ -19,8 +19,18 @@ pub fn load(path: &Path, split: &str, size: usize) -> Result<(ImageSet, LoadRepo
         path: path.display().to_string(),
         source,
     })?;
+    read(file, path, split, size)
+}
+
+/// The same from any seekable bytes (`path` names them in errors).
+pub fn read(
+    reader: impl std::io::Read + std::io::Seek,
+    path: &Path,
+    split: &str,
+    size: usize,
+) -> Result<(ImageSet, LoadReport)> {
     let mut archive =
-        zip::ZipArchive::new(file).map_err(|e| err(path, format!("not a .npz (zip) file: {e}")))?;
+        zip::ZipArchive::new(reader).map_err(|e| err(path, format!("not a .npz (zip) file: {e}")))?;
     let names: Vec<String> = archive
         .file_names()
         .filter_map(|n| n.ok().map(|n| n.trim_end_matches(".npy").to_string()))
@@ -50,6 +60,17 @@ pub fn load(path: &Path, split: &str, size: usize) -> Result<(ImageSet, LoadRepo
             ))
         }
     };
+    // Every dimension at least 1 (then the data's length bounds them all)
+    // and grey, RGB or RGBA pixels.
+    if h == 0 || w == 0 || !(1..=4).contains(&c) {
+        return Err(err(
+            path,
+            format!(
+                "{split}_images has shape {:?}; expected H, W >= 1 and 1 to 4 channels",
+                images.shape
+            ),
+        ));
+    }
     let label_count = labels.shape.first().copied().unwrap_or(0);
     if label_count != n || labels.data.len() != n {
         return Err(err(
@@ -150,6 +171,42 @@ mod tests {
         let n = labels.len();
         let pixels = (0..n * size * size).map(|i| (i % 7) as f32 / 7.0).collect();
         ImageSet::new(size, pixels, labels).unwrap()
+    }
+
+    #[test]
+    fn empty_dimensions_and_odd_channel_counts_are_errors_not_panics() {
+        // Read while writing the fuzz targets: 0 channels reached
+        // `chunks_exact(0)` (a panic), and 0-sized images a huge reservation.
+        let dir = tempfile::tempdir().unwrap();
+        for shape in [vec![2, 8, 8, 0], vec![2, 0, 8], vec![2, 8, 8, 5]] {
+            let path = dir.path().join("odd.npz");
+            let file = std::fs::File::create(&path).unwrap();
+            let mut zip = zip::ZipWriter::new(file);
+            let options = zip::write::SimpleFileOptions::default();
+            let count: usize = shape.iter().product();
+            for (name, array) in [
+                (
+                    "train_images",
+                    U8Array {
+                        shape: shape.clone(),
+                        data: vec![0; count],
+                    },
+                ),
+                (
+                    "train_labels",
+                    U8Array {
+                        shape: vec![2],
+                        data: vec![0, 1],
+                    },
+                ),
+            ] {
+                zip.start_file(format!("{name}.npy"), options).unwrap();
+                zip.write_all(&npy::write(&array)).unwrap();
+            }
+            zip.finish().unwrap();
+            let e = load(&path, "train", 8).unwrap_err().to_string();
+            assert!(e.contains("1 to 4 channels"), "{shape:?}: {e}");
+        }
     }
 
     #[test]
