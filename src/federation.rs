@@ -117,11 +117,11 @@ pub enum Hospitals {
     },
 }
 
-/// A running federation: the coordinator, its in-process hospitals or its
-/// cluster node, the event bus and the observers recording it.
 /// How long a coordinator waits after telling its hospitals it is leaving.
 const FAREWELL_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
 
+/// A running federation: the coordinator, its in-process hospitals or its
+/// cluster node, the event bus and the observers recording it.
 pub struct Federation {
     pub coordinator: ActorRef<CoordinatorMsg>,
     pub events: EventBus,
@@ -343,9 +343,10 @@ impl Federation {
 
     /// Shut down in order: the bus closes and the observers handle every
     /// event published before (they may still ask the coordinator for a
-    /// run's report); then the cluster node; then the coordinator, so that
-    /// hospitals stopping afterwards are not reported as departures; then
-    /// the hospitals (killed: one may be in the middle of a long epoch).
+    /// run's report); cluster hospitals are told it is a normal shutdown;
+    /// then the coordinator stops, so that hospitals leaving afterwards are
+    /// not reported as departures; then the gateway and the cluster node;
+    /// then in-process hospitals (killed: one may be in a long epoch).
     pub async fn shutdown(self) {
         self.events.close();
         for observer in self.observers {

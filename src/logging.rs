@@ -3,29 +3,34 @@
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 use crate::cli::LogFormat;
 
 pub fn init(format: LogFormat, wire_payloads: bool, default_level: &str) {
-    let mut filter = EnvFilter::try_from_default_env()
+    let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{default_level},ractor=warn,ractor_cluster=warn")));
-    // ractor_cluster prints whole messages (weights, scaler sums) at DEBUG
-    // and below: capped, so RUST_LOG=debug cannot turn it on by accident.
-    if !wire_payloads {
-        for directive in ["ractor_cluster=info", "ractor=info"] {
-            if let Ok(d) = directive.parse() {
-                filter = filter.add_directive(d);
-            }
-        }
-    }
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // ractor and ractor_cluster print whole messages (weights, scaler sums)
+    // at DEBUG and below: dropped whatever RUST_LOG says (any module of
+    // theirs), unless --log-wire-payloads.
+    let wire = move |meta: &tracing::Metadata<'_>| {
+        wire_payloads
+            || *meta.level() <= tracing::Level::INFO
+            || !(meta.target().starts_with("ractor_cluster") || meta.target().starts_with("ractor::"))
+    };
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => tracing_subscriber::registry()
+            .with(layer.with_filter(filter.and(filter_fn(wire))))
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(layer.json().with_filter(filter.and(filter_fn(wire))))
+            .try_init(),
     };
     if wire_payloads {
         tracing::warn!(

@@ -29,8 +29,19 @@ pub struct AuditLog {
 
 struct Tail {
     file: std::fs::File,
+    /// The file's length after the last whole entry.
+    len: u64,
     seq: u64,
     prev: String,
+    /// This log's name in the store: the file's name and its first entry's
+    /// hash, so a replaced or restarted file is another log there.
+    identity: Option<String>,
+}
+
+/// `audit-serve.jsonl#<first 16 hex digits of the first entry's hash>`.
+fn identity(name: &str, first_line: &str) -> Option<String> {
+    let entry: Entry = serde_json::from_str(first_line).ok()?;
+    Some(format!("{name}#{}", &entry.hash[..16.min(entry.hash.len())]))
 }
 
 impl AuditLog {
@@ -46,11 +57,27 @@ impl AuditLog {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let lock = lock(path)?;
-        let text = match std::fs::read_to_string(path) {
+        let bytes = match std::fs::read(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(e).with_context(|| format!("reading the audit log {}", path.display())),
         };
+        // A crash mid-write leaves a last line without its newline: it was
+        // never a whole entry, so it is dropped (and said so).
+        let whole = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if whole < bytes.len() {
+            tracing::warn!(
+                audit_log = %path.display(),
+                bytes = bytes.len() - whole,
+                "dropped an incomplete last line (a write cut short by a crash)"
+            );
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_len(whole as u64))
+                .with_context(|| format!("repairing the audit log {}", path.display()))?;
+        }
+        let text = String::from_utf8_lossy(&bytes[..whole]).into_owned();
         let (prev, seq) = chain::tail(&text).map_err(|b| {
             anyhow::anyhow!(
                 "the audit log {} is broken at line {}: {} (run `medfed audit verify`; move it aside to start a new one)",
@@ -69,13 +96,21 @@ impl AuditLog {
         let file = options
             .open(path)
             .with_context(|| format!("opening the audit log {}", path.display()))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let identity = text.lines().next().and_then(|first| identity(&name, first));
         Ok(AuditLog {
             path: path.to_path_buf(),
-            name: path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            state: Mutex::new(Tail { file, seq, prev }),
+            name,
+            state: Mutex::new(Tail {
+                file,
+                len: whole as u64,
+                seq,
+                prev,
+                identity,
+            }),
             store: Mutex::new(None),
             _lock: lock,
         })
@@ -85,8 +120,31 @@ impl AuditLog {
         &self.path
     }
 
-    /// Also keep every entry from now on in `store`.
+    /// Also keep every entry from now on in `store`; says so when the store
+    /// already holds entries of this log past the file's end (it was cut).
     pub fn mirror_into(&self, store: Arc<crate::store::Store>) {
+        if let Ok(tail) = self.state.lock() {
+            if let Some(identity) = &tail.identity {
+                let kept: Option<i64> = store
+                    .reader()
+                    .ok()
+                    .and_then(|c| {
+                        c.query_row("SELECT MAX(seq) FROM audit WHERE log = ?1", [identity], |r| {
+                            r.get(0)
+                        })
+                        .ok()
+                    })
+                    .flatten();
+                if let Some(kept) = kept.filter(|k| *k as u64 > tail.seq) {
+                    tracing::error!(
+                        audit_log = %self.path.display(),
+                        file_ends_at = tail.seq,
+                        store_holds = kept,
+                        "the audit log file is missing entries the store holds: it was cut (see `medfed audit verify`)"
+                    );
+                }
+            }
+        }
         if let Ok(mut s) = self.store.lock() {
             *s = Some(store);
         }
@@ -117,17 +175,32 @@ impl AuditLog {
             &tail.prev,
         );
         let line = serde_json::to_string(&entry)?;
-        tail.file.write_all(format!("{line}\n").as_bytes())?;
-        tail.file.sync_data()?;
+        let written = format!("{line}\n");
+        let appended = tail
+            .file
+            .write_all(written.as_bytes())
+            .and_then(|()| tail.file.sync_data());
+        if let Err(e) = appended {
+            // Never leave half an entry for the next one to follow.
+            let _ = tail.file.set_len(tail.len);
+            return Err(e.into());
+        }
+        tail.len += written.len() as u64;
         tail.seq = entry.content.seq;
         tail.prev = entry.hash.clone();
+        if tail.identity.is_none() {
+            tail.identity = identity(&self.name, &line);
+        }
+        let log = tail.identity.clone().unwrap_or_else(|| self.name.clone());
         drop(tail);
         if let Some(store) = self.store.lock().ok().and_then(|s| s.clone()) {
-            let (log, seq) = (self.name.clone(), entry.content.seq as i64);
+            let seq = entry.content.seq as i64;
             if let Ok(writer) = store.writer() {
+                // A plain insert: an entry already kept under this log and
+                // number is never overwritten (the write fails, logged).
                 writer.queue("an audit entry", move |conn| {
                     conn.execute(
-                        "INSERT OR REPLACE INTO audit (log, seq, line) VALUES (?1, ?2, ?3)",
+                        "INSERT INTO audit (log, seq, line) VALUES (?1, ?2, ?3)",
                         rusqlite::params![log, seq, line],
                     )
                     .map(|_| ())
@@ -186,10 +259,16 @@ pub fn verify(path: &Path, store: Option<&crate::store::Store>) -> Result<Verifi
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let Some(log) = text.lines().next().and_then(|first| identity(&name, first)) else {
+        return Ok(Verified {
+            entries,
+            in_store: None,
+        });
+    };
     let conn = store.reader()?;
     let mut statement = conn.prepare("SELECT seq, line FROM audit WHERE log = ?1 ORDER BY seq")?;
     let kept: Vec<(i64, String)> = statement
-        .query_map([&name], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([&log], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let lines: Vec<&str> = text.lines().collect();
     for (seq, line) in &kept {
@@ -200,10 +279,9 @@ pub fn verify(path: &Path, store: Option<&crate::store::Store>) -> Result<Verifi
                 path.display()
             ),
             None => anyhow::bail!(
-                "{}: entry {seq} is in the store but not in the file (its end was cut off: {} of {} entries left)",
+                "{}: entry {seq} is in the store but not in the file (its end was cut off: the file ends at entry {})",
                 path.display(),
-                lines.len(),
-                kept.len().max(lines.len())
+                lines.len()
             ),
         }
     }
@@ -272,6 +350,14 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+        // A crash mid-write: the incomplete last line is dropped, the log goes on.
+        let mut file = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"seq\":3,\"ti").unwrap();
+        drop(file);
+        let log = AuditLog::open(&path).unwrap();
+        log.record("cli", "run_started", json!({ "run": "run-2" }));
+        drop(log);
+        assert_eq!(verify(&path, None).unwrap().entries, 3);
         // A broken log is not continued.
         let text = std::fs::read_to_string(&path).unwrap().replace("run-1", "run-2");
         std::fs::write(&path, text).unwrap();

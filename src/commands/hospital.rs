@@ -12,8 +12,8 @@ use tracing::{debug, info, warn};
 
 use medfed_actors::cluster::reconnect::{Next, Reconnect};
 use medfed_actors::cluster::{
-    node, ClusterError, HospitalLink, LinkArgs, LinkStatus, NodeOptions, SessionLog, Shared, Uplink,
-    WireStats,
+    node, ClusterError, HospitalLink, LinkArgs, LinkStatus, NodeOptions, SessionEventKind, SessionLog,
+    Shared, Uplink, WireStats,
 };
 use medfed_actors::{Hospital, HospitalArgs};
 use medfed_models::learner::Evaluator;
@@ -165,6 +165,8 @@ pub async fn execute(args: &Args) -> Result<()> {
             Some(s) = status.recv() => match s {
                 LinkStatus::CoordinatorUp => {
                     connected = true;
+                    // A pending retry (the handshake watchdog) is moot.
+                    link.retry_armed = false;
                     link.policy.authenticated();
                     info!(hospital = %local.name, "connected to the coordinator");
                 }
@@ -185,10 +187,14 @@ pub async fn execute(args: &Args) -> Result<()> {
                 LinkStatus::Refused(reason) => bail!("the coordinator refused this hospital: {reason}"),
             },
             // The one connection attempt in flight finished.
-            Some(result) = async { attempt.as_mut()?.await.ok() }, if attempt.is_some() => {
+            Some(result) = async { Some(attempt.as_mut()?.await) }, if attempt.is_some() => {
                 attempt = None;
+                let result = result.unwrap_or_else(|e| Err(ClusterError::Connect(format!("the attempt failed: {e}"))));
                 match result {
-                    // Open: the session's events say whether it was accepted.
+                    // Open: the session's events say whether it was accepted;
+                    // if neither acceptance nor a coordinator follows in
+                    // time, this watchdog tries again.
+                    Ok(()) if !connected => link.schedule(Next::RetryIn(HANDSHAKE_WATCHDOG), retry.as_mut())?,
                     Ok(()) => {}
                     Err(e @ ClusterError::Tls(_)) => bail!("{e}"),
                     Err(e) => {
@@ -203,14 +209,25 @@ pub async fn execute(args: &Args) -> Result<()> {
                 attempt = Some(link.start_attempt());
             }
             Some(event) = node_events.recv() => {
-                if let Some(closed) = sessions.observe(&event) {
-                    if !event.inbound && !connected {
+                let closed = sessions.observe(&event);
+                if event.inbound || connected {
+                    continue;
+                }
+                match closed {
+                    Some(closed) => {
                         let next = link.policy.closed_unauthenticated(closed.peer_named, &coordinator_addr);
                         if let Next::GiveUp(why) = &next {
                             bail!("the coordinator at {coordinator_addr} did not accept this node: {why}");
                         }
                         link.schedule(next, retry.as_mut())?;
                     }
+                    // An accepted session that closed before a coordinator
+                    // showed up in it: no link status follows, so retry here.
+                    None if event.kind == SessionEventKind::Disconnected => {
+                        let next = link.policy.lost();
+                        link.schedule(next, retry.as_mut())?;
+                    }
+                    None => {}
                 }
             }
             _ = &mut hospital_done => bail!("the hospital agent stopped"),
@@ -226,6 +243,10 @@ struct Connection {
     retry_armed: bool,
     last_summary: tokio::time::Instant,
 }
+
+/// How long an open connection may take to show an accepted session with a
+/// coordinator in it before the hospital tries again.
+const HANDSHAKE_WATCHDOG: Duration = Duration::from_secs(30);
 
 /// How often a hospital that keeps failing to reach its coordinator says so
 /// at INFO (single failures are DEBUG after the first).

@@ -101,7 +101,9 @@ pub fn who(req: &actix_web::HttpRequest) -> String {
 /// Log and count a refusal (and audit the ones that are attempts).
 pub fn refused(state: &AppState, refusal: &Refusal, source: IpAddr, route: &str) {
     state.metrics.auth_failed(refusal.reason());
-    if let (Some(audit), Refusal::WrongToken | Refusal::Csrf | Refusal::CrossSite) = (&state.audit, refusal) {
+    // Wrong tokens are throttled per source, so these entries are bounded;
+    // cross-site refusals are not attempts at a credential and are not kept.
+    if let (Some(audit), Refusal::WrongToken | Refusal::Csrf) = (&state.audit, refusal) {
         audit.record(
             &format!("anonymous from {source}"),
             "auth_failed",

@@ -271,7 +271,7 @@ async fn on_hello(
     info!(
         hospital = %crate::names::printable(&info.name),
         task = %crate::names::printable(&info.task),
-        node = %info.node,
+        node = %crate::names::printable(&info.node),
         link = %crate::names::printable(&link),
         "hospital said hello"
     );

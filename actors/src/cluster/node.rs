@@ -77,6 +77,9 @@ impl NodeEventSubscription for Forward {
     }
 }
 
+/// How long opening a connection (TCP and, with TLS, its handshake) may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A running node; cheap to clone (connecting can run in its own task).
 #[derive(Clone)]
 pub struct Node {
@@ -135,6 +138,16 @@ impl Node {
     /// Ok means the connection is open, not that the peer accepted us:
     /// authentication is reported by the session events.
     pub async fn connect(&self, addr: &str) -> Result<(), ClusterError> {
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.connect_now(addr)).await {
+            Ok(result) => result,
+            Err(_) => Err(ClusterError::Connect(format!(
+                "{addr}: no answer within {} s",
+                CONNECT_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    async fn connect_now(&self, addr: &str) -> Result<(), ClusterError> {
         let result = match &self.connector {
             Some(connector) => {
                 ractor_cluster::client_connect_enc(
@@ -147,8 +160,21 @@ impl Node {
             }
             None => ractor_cluster::client_connect(&self.server, addr).await,
         };
-        // Its Display is a Debug dump: worded here instead.
+        // Its Display is a Debug dump: worded here instead. A TLS handshake
+        // cut short (a coordinator stopping or starting) is a connection
+        // failure to retry; anything else in TLS is a refusal.
         result.map_err(|e| match e {
+            ClientConnectErr::Encryption(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                ClusterError::Connect(format!("{addr}: the TLS handshake was cut short ({e})"))
+            }
             ClientConnectErr::Encryption(e) => {
                 ClusterError::Tls(format!("handshake with {addr} failed: {e}"))
             }
@@ -191,18 +217,20 @@ impl SessionLog {
             }
             SessionEventKind::Authenticated => {
                 self.authenticated.insert(event.node_id);
-                info!(node = event.node_id, peer, addr = %event.peer_addr, "cluster node authenticated");
+                info!(node = event.node_id, peer = %crate::names::printable(peer), addr = %event.peer_addr, "cluster node authenticated");
                 None
             }
             SessionEventKind::Disconnected if self.authenticated.remove(&event.node_id) => {
-                info!(node = event.node_id, peer, addr = %event.peer_addr, "cluster node disconnected");
+                info!(node = event.node_id, peer = %crate::names::printable(peer), addr = %event.peer_addr, "cluster node disconnected");
                 None
             }
             SessionEventKind::Disconnected if event.peer_name.is_some() => {
+                // The peer's name is whatever it said before the cookie check.
                 let description = format!(
-                    "the session with {} ({peer}) closed before authenticating: refused \
+                    "the session with {} ({}) closed before authenticating: refused \
                      (a wrong cookie on one side)",
-                    event.peer_addr
+                    event.peer_addr,
+                    crate::names::printable(peer)
                 );
                 warn!(node = event.node_id, addr = %event.peer_addr, "{description}");
                 Some(EarlyClose {

@@ -9,6 +9,10 @@ use super::npy::{self, U8Array};
 use super::{resize_grey, ImageSet, LoadReport};
 use crate::error::{ModelError, Result};
 
+/// Largest array accepted from an archive (MedMNIST+'s largest split at
+/// 224 px is about 1.5 GB).
+pub const MAX_ARRAY_BYTES: u64 = 2 << 30;
+
 fn err(path: &Path, message: String) -> ModelError {
     ModelError::Data(format!("{}: {message}", path.display()))
 }
@@ -39,10 +43,27 @@ pub fn read(
         let mut entry = archive
             .by_name(&format!("{key}.npy"))
             .map_err(|_| err(path, format!("no array '{key}' (arrays: {})", names.join(", "))))?;
+        // The declared size is checked and enforced (a zip bomb stops there).
+        if entry.size() > MAX_ARRAY_BYTES {
+            return Err(err(
+                path,
+                format!(
+                    "'{key}' unpacks to {} bytes, more than {MAX_ARRAY_BYTES}",
+                    entry.size()
+                ),
+            ));
+        }
         let mut bytes = Vec::new();
-        entry
+        (&mut entry)
+            .take(MAX_ARRAY_BYTES + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| err(path, format!("cannot read '{key}': {e}")))?;
+        if bytes.len() as u64 > MAX_ARRAY_BYTES {
+            return Err(err(
+                path,
+                format!("'{key}' unpacks to more than {MAX_ARRAY_BYTES} bytes"),
+            ));
+        }
         npy::parse(&bytes, key)
     };
     let images = read(&format!("{split}_images"))?;
