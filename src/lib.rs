@@ -17,6 +17,7 @@ pub mod config;
 pub mod durability;
 pub mod federation;
 pub mod hospital_learner;
+pub mod lockfile;
 pub mod logging;
 pub mod output;
 pub mod report;

@@ -110,21 +110,7 @@ fn a_normal_shutdown_is_announced_and_the_hospitals_wait_quietly_for_the_next_co
     let debug: &[(&str, &str)] = &[("RUST_LOG", "debug")];
     let mut hospitals: Vec<Process> = vec![
         hospital(d, 1, &addr, debug),
-        spawn(
-            d,
-            "h2",
-            &[
-                "--log-wire-payloads",
-                "hospital",
-                "--task",
-                TASK,
-                "--coordinator",
-                &addr,
-                "--shard",
-                "2/3",
-            ],
-            debug,
-        ),
+        shard_hospital(d, "h2", TASK, &addr, "2/3", &["--log-wire-payloads"], debug),
         hospital(d, 3, &addr, &[]),
     ];
     assert!(first.wait_exit(LONG).success(), "{}", first.log());

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{spawn, Process};
+use common::cluster::{shard_hospital, spawn, Process};
 use common::free_port;
 use common::server::{authed, Served};
 use serde_json::{json, Value};
@@ -128,19 +128,7 @@ fn sigterm_stops_the_coordinators_run_and_a_hospital_leaves_cleanly() {
     let mut coordinator = spawn(d, "coordinator", &coordinator_args, &SLOW);
     coordinator.wait_for(&["coordinator listening for hospitals"], 1, LONG);
     let mut hospitals: Vec<Process> = (1..=5)
-        .map(|i| {
-            let shard = format!("{i}/5");
-            let args = [
-                "hospital",
-                "--task",
-                TASK,
-                "--coordinator",
-                &addr,
-                "--shard",
-                &shard,
-            ];
-            spawn(d, &format!("h{i}"), &args, &SLOW)
-        })
+        .map(|i| shard_hospital(d, &format!("h{i}"), TASK, &addr, &format!("{i}/5"), &[], &SLOW))
         .collect();
     coordinator.wait_for(&["round aggregated"], 2, LONG);
 

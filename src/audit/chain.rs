@@ -4,7 +4,6 @@
 //! the link to its neighbour. Pure: lines in, verdicts out.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// The `prev` of the first entry.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -49,13 +48,10 @@ impl Entry {
 }
 
 fn hash_of(content: &Content, prev: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(prev.as_bytes());
-    h.update(b"\n");
     // serde_json writes struct fields in order and object keys sorted: the
     // same content always gives the same bytes.
-    h.update(serde_json::to_vec(content).unwrap_or_default());
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    let json = serde_json::to_vec(content).unwrap_or_default();
+    crate::store::sha256_hex(&[prev.as_bytes(), b"\n", &json].concat())
 }
 
 /// The first problem in a log, worded for an operator.

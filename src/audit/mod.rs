@@ -212,28 +212,14 @@ impl AuditLog {
 }
 
 fn lock(path: &Path) -> Result<std::fs::File> {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".lock");
-    let lock_path = PathBuf::from(name);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock(2) on a descriptor this function owns.
-        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if locked != 0 {
-            anyhow::bail!(
+    crate::lockfile::acquire(path)
+        .with_context(|| format!("locking the audit log {}", path.display()))?
+        .with_context(|| {
+            format!(
                 "the audit log {} is in use by another medfed process: one writer per log",
                 path.display()
-            );
-        }
-    }
-    Ok(file)
+            )
+        })
 }
 
 /// What `medfed audit verify` found.

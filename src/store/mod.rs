@@ -183,30 +183,16 @@ impl Store {
 /// An exclusive lock on `<store>.lock` for as long as the file is open:
 /// two processes writing one store would resume each other's live runs.
 fn lock(store: &Path) -> Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let mut name = store.as_os_str().to_owned();
-    name.push(".lock");
-    let path = PathBuf::from(name);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|source| StoreError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-    // SAFETY: flock(2) on a descriptor this function owns.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if locked != 0 {
-        return Err(StoreError::Invalid {
-            path: store.display().to_string(),
-            message: "is in use by another medfed process (serve, coordinator or run --store): one \
-                      process writes a store at a time; the registry commands read it meanwhile"
-                .into(),
-        });
-    }
-    Ok(file)
+    let held = crate::lockfile::acquire(store).map_err(|source| StoreError::Io {
+        path: format!("{}.lock", store.display()),
+        source,
+    })?;
+    held.ok_or_else(|| StoreError::Invalid {
+        path: store.display().to_string(),
+        message: "is in use by another medfed process (serve, coordinator or run --store): one \
+                  process writes a store at a time; the registry commands read it meanwhile"
+            .into(),
+    })
 }
 
 /// `medfed.sqlite` -> `medfed-models/` in the same directory.

@@ -33,7 +33,7 @@ pub fn security_headers() -> DefaultHeaders {
 }
 
 /// The request's source address (0.0.0.0 when unknown).
-pub fn source(req: &ServiceRequest) -> IpAddr {
+pub fn source(req: &actix_web::HttpRequest) -> IpAddr {
     req.peer_addr()
         .map(|a| a.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
@@ -60,7 +60,7 @@ pub fn decide(state: &AppState, req: &ServiceRequest) -> Result<Principal, Refus
         csrf_header: headers.get(CSRF_HEADER).and_then(|h| h.to_str().ok()),
         changes_state: !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS),
     };
-    let source = source(req);
+    let source = source(req.request());
     // A browser says where a request comes from: a change another site's
     // page asks for (a form post, a no-cors fetch) is refused outright,
     // login included, so such a page cannot spend the address's failures.
@@ -87,10 +87,7 @@ pub fn route(req: &ServiceRequest) -> String {
 /// Who is asking, for the audit log: how they authenticated and from where.
 pub fn who(req: &actix_web::HttpRequest) -> String {
     use actix_web::HttpMessage;
-    let source = req
-        .peer_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|| "an unknown address".into());
+    let source = source(req);
     match req.extensions().get::<Principal>() {
         Some(Principal::Bearer { .. }) => format!("api token from {source}"),
         Some(Principal::Session { .. }) => format!("panel session from {source}"),

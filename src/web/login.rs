@@ -33,10 +33,7 @@ pub async fn login(
         ));
     }
     let body: LoginBody = json_body(payload).await?;
-    let source = req
-        .peer_addr()
-        .map(|a| a.ip())
-        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let source = super::guard::source(&req);
     match state.auth.login(body.token.trim(), source, Instant::now()) {
         Ok((id, session)) => {
             tracing::info!(%source, "panel session opened");
