@@ -548,6 +548,10 @@ pub struct CoordinatorArgs {
     /// The cluster port hospitals connect to.
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<std::net::SocketAddr>,
+    /// Accept hospitals without TLS on a non-loopback address (models and
+    /// updates then cross the network in clear; logged loudly).
+    #[arg(long)]
+    pub insecure_plaintext: bool,
     /// Start a run as soon as every task has min_hospitals joined.
     #[arg(long)]
     pub auto_start: bool,
@@ -609,14 +613,24 @@ pub enum ClusterCommand {
 
 #[derive(Debug, Args)]
 pub struct GenCertsArgs {
-    /// Directory to write ca.pem, ca-key.pem, and <node>.pem / <node>-key.pem.
+    /// Directory for the nodes' files: ca.pem, coordinator.pem and
+    /// coordinator-key.pem, <hospital>.pem and <hospital>-key.pem.
     #[arg(long)]
     pub out: PathBuf,
-    /// Node names, comma-separated (e.g. coordinator,h1,h2); each certificate
-    /// is valid for its name, localhost and 127.0.0.1.
-    #[arg(long, value_delimiter = ',', required = true)]
-    pub nodes: Vec<String>,
-    /// Extra host names or IPs every node certificate is valid for.
-    #[arg(long = "host", value_name = "HOST")]
-    pub hosts: Vec<String>,
+    /// Hospital names, comma-separated (e.g. h1,h2): one client
+    /// certificate each, naming the hospital.
+    #[arg(long, value_delimiter = ',')]
+    pub hospitals: Vec<String>,
+    /// Names hospitals dial the coordinator by (DNS names or IPs, e.g. its
+    /// Kubernetes Service names), comma-separated; localhost and 127.0.0.1
+    /// are always included.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub coordinator_names: Vec<String>,
+    /// Validity of the CA and every certificate, in days.
+    #[arg(long, default_value_t = 365)]
+    pub days: u32,
+    /// Where the CA key goes: outside --out (default: beside it, as
+    /// <out>.ca-key.pem).
+    #[arg(long, value_name = "PATH")]
+    pub ca_key: Option<PathBuf>,
 }

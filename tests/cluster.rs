@@ -72,7 +72,9 @@ fn six_process_run(dir: &Path, tls: Option<&Path>) -> Value {
     let mut hospitals = Vec::new();
     for i in (1..=5).rev() {
         let name = format!("h{i}");
-        hospitals.push(start_hospital(dir, &name, &addr, i, &tls_of(&name), &[]));
+        // Each certificate names its hospital (the shard's name).
+        let tls = tls_of(&format!("{TASK}-{i}"));
+        hospitals.push(start_hospital(dir, &name, &addr, i, &tls, &[]));
         let joined = 6 - i;
         coordinator.wait_for(&["hospital said hello"], joined, SHORT);
         std::thread::sleep(Duration::from_millis(300));
@@ -237,16 +239,20 @@ fn a_node_with_the_wrong_cookie_is_refused() {
         &addr,
         1,
         &[],
-        &[("MEDFED_CLUSTER_COOKIE", "not-the-cookie")],
+        &[("MEDFED_CLUSTER_COOKIE", "nOt-the-Cookie/7Hq2xVw9Lp4Rz8Kd1Mb")],
     );
     let status = intruder.wait_exit(SHORT);
     assert!(!status.success());
+    // The coordinator proves the cookie first: the intruder learns it
+    // differs and answers nothing the coordinator could check.
     assert!(
-        intruder.log().contains("did not accept this node"),
+        intruder
+            .log()
+            .contains("did not prove it holds the cluster cookie"),
         "{}",
         intruder.log()
     );
-    coordinator.wait_for(&["closed before authenticating: refused"], 1, SHORT);
+    coordinator.wait_for(&["ended before authenticating"], 1, SHORT);
     assert_eq!(coordinator.count(&["hospital said hello"]), 0);
     assert!(coordinator.is_running());
 
@@ -311,20 +317,22 @@ fn a_duplicate_hospital_name_is_refused_on_both_sides() {
     );
     let status = twin.wait_exit(SHORT);
     assert!(!status.success());
+    // Refused at the cluster handshake: the first session is active.
     assert!(
         twin.log()
-            .contains("hospital name 'breast_cancer-1' is already in use"),
+            .contains("hospital breast_cancer-1 is already connected from another session"),
         "{}",
         twin.log()
     );
-    coordinator.wait_for(&["join refused", "already in use"], 1, SHORT);
+    coordinator.wait_for(&["refused a cluster connection", "duplicate_session"], 1, SHORT);
     // The coordinator's audit log has the admission and the refusal.
     let audit = std::fs::read_to_string(d.join("coordinator.data/audit-coordinator.jsonl")).unwrap();
     assert!(audit.contains("\"action\":\"hospital_admitted\""), "{audit}");
     assert!(
         audit
             .lines()
-            .any(|l| l.contains("\"action\":\"hospital_refused\"") && l.contains("already in use")),
+            .any(|l| l.contains("\"action\":\"cluster_connection_refused\"")
+                && l.contains("duplicate_session")),
         "{audit}"
     );
 
@@ -344,14 +352,20 @@ fn mutual_tls_refuses_plaintext_and_foreign_certificates_and_runs_the_federation
     let d = dir.path();
     let certs = d.join("certs");
     let rogue = d.join("rogue");
-    for (out, nodes) in [(&certs, "coordinator,h1,h2,h3,h4,h5"), (&rogue, "rogue")] {
+    for (out, nodes) in [
+        (
+            &certs,
+            "breast_cancer-1,breast_cancer-2,breast_cancer-3,breast_cancer-4,breast_cancer-5",
+        ),
+        (&rogue, "breast_cancer-2"),
+    ] {
         let made = medfed(
             &[
                 "cluster",
                 "gen-certs",
                 "--out",
                 &out.display().to_string(),
-                "--nodes",
+                "--hospitals",
                 nodes,
             ],
             &[],
@@ -370,12 +384,24 @@ fn mutual_tls_refuses_plaintext_and_foreign_certificates_and_runs_the_federation
     // A plaintext node, and one whose certificate another CA signed (it
     // trusts the right CA, so only the coordinator's check can stop it).
     let mut plaintext = start_hospital(d, "plaintext", &addr, 1, &[], &[]);
-    let mut foreign = start_hospital(d, "foreign", &addr, 2, &tls_args(&rogue, &ca, "rogue"), &[]);
+    let mut foreign = start_hospital(
+        d,
+        "foreign",
+        &addr,
+        2,
+        &tls_args(&rogue, &ca, "breast_cancer-2"),
+        &[],
+    );
     for p in [&mut plaintext, &mut foreign] {
         let status = p.wait_exit(SHORT);
         assert!(!status.success(), "{} was let in:\n{}", p.name, p.log());
     }
-    coordinator.wait_for(&["Error establishing secure socket"], 2, SHORT);
+    // Throttled per kind and source: one line for both (both from 127.0.0.1).
+    coordinator.wait_for(
+        &["refused a cluster connection", "TLS handshake failed"],
+        1,
+        SHORT,
+    );
     assert_eq!(coordinator.count(&["hospital said hello"]), 0);
     assert!(coordinator.is_running());
     drop(coordinator);
@@ -387,6 +413,7 @@ fn mutual_tls_refuses_plaintext_and_foreign_certificates_and_runs_the_federation
 
 #[test]
 fn garbage_on_the_cluster_port_and_bad_frames_do_not_crash_the_coordinator() {
+    use medfed_actors::cluster::gate::Identity;
     use medfed_actors::cluster::node::{self, NodeOptions};
     use medfed_actors::cluster::{Envelope, COORDINATOR_GROUP};
     use medfed_actors::wire::Frame;
@@ -431,12 +458,12 @@ fn garbage_on_the_cluster_port_and_bad_frames_do_not_crash_the_coordinator() {
     // Inside an authenticated session: envelopes that are not medfed frames.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let (prober, _events) = node::start(NodeOptions {
-            name: "prober".into(),
-            cookie: COOKIE.into(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tls: None,
-        })
+        let prober_id = Identity::Hospital("prober".into());
+        let (prober, _events) = node::start(NodeOptions::new(
+            format!("{}0123456789abcdef", prober_id.node_name_prefix()),
+            prober_id,
+            COOKIE.into(),
+        ))
         .await
         .unwrap();
         prober.connect(&addr).await.unwrap();
@@ -463,7 +490,7 @@ fn garbage_on_the_cluster_port_and_bad_frames_do_not_crash_the_coordinator() {
             bad_checksum,
             good, // a frame, but its header is not a medfed message
         ] {
-            gateway.cast(Envelope(bytes)).unwrap();
+            gateway.cast(Envelope::new(bytes)).unwrap();
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         prober.stop();
@@ -559,8 +586,15 @@ fn bad_cluster_flags_are_refused_with_the_reason() {
             "--name is required",
         ),
         (
-            &["cluster", "gen-certs", "--out", "/tmp/unused", "--nodes", "a/b"],
-            "not a usable node name",
+            &[
+                "cluster",
+                "gen-certs",
+                "--out",
+                "/tmp/unused",
+                "--hospitals",
+                "a/b",
+            ],
+            "hospital name \"a/b\" is not allowed",
         ),
     ];
     for (args, expected) in cases {

@@ -418,9 +418,12 @@ fn https_serves_the_panel_and_marks_the_session_cookie_secure() {
     }
     let certs = tempfile::tempdir().unwrap();
     let out = certs.path().display().to_string();
-    let made = medfed(&["cluster", "gen-certs", "--out", &out, "--nodes", "panel"], &[]);
+    let made = medfed(&["cluster", "gen-certs", "--out", &out], &[]);
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let (cert, key) = (certs.path().join("panel.pem"), certs.path().join("panel-key.pem"));
+    let (cert, key) = (
+        certs.path().join("coordinator.pem"),
+        certs.path().join("coordinator-key.pem"),
+    );
     let s = Served::start(
         &[
             "--task",

@@ -45,6 +45,8 @@ pub fn cookie(loaded: &Loaded) -> Result<String> {
             "cluster mode needs a cookie: pass --cookie-file PATH (or cluster.cookie_file) or set {COOKIE_VAR}; refusing to start without one"
         );
     }
+    // Checked before any data is read: a weak cookie fails at once.
+    medfed_actors::cluster::gate::Cookie::new(&cookie).map_err(anyhow::Error::msg)?;
     Ok(cookie)
 }
 

@@ -11,7 +11,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use tracing::info;
 
-use medfed_actors::cluster::{NodeOptions, SessionLog, WireStats};
+use medfed_actors::cluster::gate::Identity;
+use medfed_actors::cluster::{NodeOptions, SessionEventKind, SessionLog, WireStats};
 use medfed_actors::{FederationEvent, RunRequest};
 
 use super::cluster_node;
@@ -38,6 +39,7 @@ pub async fn execute(args: &Args) -> Result<RunEnd> {
         c.listen = listen.to_string();
     }
     c.auto_start |= args.auto_start;
+    c.insecure_plaintext |= args.insecure_plaintext;
     c.exit_after_run |= args.exit_after_run;
     let cluster = loaded.config.cluster.clone();
     let listen = cluster
@@ -72,10 +74,15 @@ pub async fn execute(args: &Args) -> Result<RunEnd> {
     let stats = Arc::new(WireStats::default());
     let remote = Hospitals::Remote {
         node: NodeOptions {
-            name: "coordinator".into(),
-            cookie,
-            listen,
+            listen: Some(listen),
             tls: tls.clone(),
+            allow: (!cluster.allow.is_empty()).then(|| cluster.allow.iter().cloned().collect()),
+            insecure_plaintext: cluster.insecure_plaintext,
+            ..NodeOptions::new(
+                Identity::Coordinator.node_name_prefix(),
+                Identity::Coordinator,
+                cookie,
+            )
         },
         tasks: selected.clone(),
         stats: stats.clone(),
@@ -195,6 +202,13 @@ async fn serve(
         tokio::select! {
             Some(event) = sessions.recv() => {
                 session_log.observe(&event);
+                if let (SessionEventKind::Refused, Some(reason)) = (event.kind, &event.reason) {
+                    audit.record(
+                        "cluster gate",
+                        "cluster_connection_refused",
+                        serde_json::json!({ "addr": event.peer_addr, "reason": reason }),
+                    );
+                }
             }
             _ = waiting_log.tick() => membership.log_waiting(),
             event = events.recv() => {

@@ -1,69 +1,148 @@
-//! `medfed cluster gen-certs`: a THROWAWAY certificate authority and one
-//! certificate per node, for development and tests only (the CA key is
-//! written beside the certificates, so anyone with the directory can mint
-//! more). Production clusters use certificates from their own PKI.
+//! `medfed cluster gen-certs`: a small certificate authority for one
+//! cluster, a server certificate for the coordinator (its names) and a
+//! client certificate per hospital (its name, in a `urn:medfed:hospital:`
+//! SAN; client use only). The CA may sign nothing but leaves (path length
+//! 0) and, by name constraints, no server names but the coordinator's.
+//! Its key is written apart from the nodes' files, which hold only what a
+//! node needs. Clusters with a PKI of their own issue the same shapes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CidrSubnet, DnType, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, NameConstraints, SanType,
 };
 
 use crate::cli::GenCertsArgs;
+use medfed_actors::cluster::tls::HOSPITAL_URI;
+
+/// Names every coordinator certificate carries (local runs and tests).
+const LOCAL_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
 
 pub fn execute(args: &GenCertsArgs) -> Result<()> {
-    for node in &args.nodes {
-        if node.is_empty()
-            || !node
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        {
-            bail!("--nodes: '{node}' is not a usable node name (letters, digits, '-', '_', '.')");
+    for h in &args.hospitals {
+        medfed_actors::names::check_hospital_name(h).map_err(|e| anyhow::anyhow!("--hospitals: {e}"))?;
+        if h == "coordinator" || h == "ca" {
+            bail!("--hospitals: '{h}' would overwrite the file of the {h}");
         }
+    }
+    if args.days == 0 || args.days > 3650 {
+        bail!("--days: {} is not between 1 and 3650", args.days);
+    }
+    let mut coordinator_names: Vec<String> = LOCAL_NAMES.iter().map(|s| s.to_string()).collect();
+    for name in &args.coordinator_names {
+        let ok = name.parse::<std::net::IpAddr>().is_ok()
+            || (!name.is_empty()
+                && name.len() <= 253
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
+        if !ok {
+            bail!("--coordinator-names: '{name}' is neither a DNS name nor an IP address");
+        }
+        if !coordinator_names.contains(name) {
+            coordinator_names.push(name.clone());
+        }
+    }
+    let ca_key_path = args.ca_key.clone().unwrap_or_else(|| default_ca_key(&args.out));
+    if ca_key_path.starts_with(&args.out) {
+        bail!(
+            "--ca-key: {} is inside --out {}: the CA key must not travel with the nodes' files",
+            ca_key_path.display(),
+            args.out.display()
+        );
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("--out: creating {}", args.out.display()))?;
 
+    let now = time::OffsetDateTime::now_utc();
+    let (not_before, not_after) = (
+        now - time::Duration::hours(1),
+        now + time::Duration::days(i64::from(args.days)),
+    );
     let ca_key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.distinguished_name
-        .push(DnType::CommonName, "medfed THROWAWAY development CA");
+        .push(DnType::CommonName, "medfed cluster CA");
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.name_constraints = Some(NameConstraints {
+        permitted_subtrees: coordinator_names.iter().map(|n| subtree(n)).collect(),
+        excluded_subtrees: Vec::new(),
+    });
+    (ca.not_before, ca.not_after) = (not_before, not_after);
     let ca_cert = ca.self_signed(&ca_key)?;
     write(&args.out.join("ca.pem"), &ca_cert.pem())?;
-    write(&args.out.join("ca-key.pem"), &ca_key.serialize_pem())?;
+    if let Some(parent) = ca_key_path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("--ca-key: creating {}", parent.display()))?;
+    }
+    write(&ca_key_path, &ca_key.serialize_pem())?;
     let issuer = Issuer::new(ca, ca_key);
 
-    for node in &args.nodes {
-        let mut names = vec![node.clone(), "localhost".to_string(), "127.0.0.1".to_string()];
-        names.extend(args.hosts.iter().cloned());
-        names.dedup();
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(names)?;
-        params.distinguished_name.push(DnType::CommonName, node.as_str());
-        // Every node is both a server (the coordinator) and a client (hospitals connecting).
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params.signed_by(&key, &issuer)?;
-        write(&args.out.join(format!("{node}.pem")), &cert.pem())?;
-        write(&args.out.join(format!("{node}-key.pem")), &key.serialize_pem())?;
+    let leaf =
+        |common_name: &str, sans: Vec<SanType>, usage: ExtendedKeyUsagePurpose| -> Result<(String, String)> {
+            let key = KeyPair::generate()?;
+            let mut params = CertificateParams::default();
+            params.distinguished_name.push(DnType::CommonName, common_name);
+            params.subject_alt_names = sans;
+            params.extended_key_usages = vec![usage];
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            (params.not_before, params.not_after) = (not_before, not_after);
+            let cert = params.signed_by(&key, &issuer)?;
+            Ok((cert.pem(), key.serialize_pem()))
+        };
+    let sans = coordinator_names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => Ok(SanType::DnsName(n.as_str().try_into()?)),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (cert, key) = leaf("medfed coordinator", sans, ExtendedKeyUsagePurpose::ServerAuth)?;
+    write(&args.out.join("coordinator.pem"), &cert)?;
+    write(&args.out.join("coordinator-key.pem"), &key)?;
+    for h in &args.hospitals {
+        let uri = SanType::URI(format!("{HOSPITAL_URI}{h}").as_str().try_into()?);
+        let (cert, key) = leaf(h, vec![uri], ExtendedKeyUsagePurpose::ClientAuth)?;
+        write(&args.out.join(format!("{h}.pem")), &cert)?;
+        write(&args.out.join(format!("{h}-key.pem")), &key)?;
     }
     eprintln!(
-        "wrote a THROWAWAY CA and {} node certificate(s) to {} (development and tests only)",
-        args.nodes.len(),
-        args.out.display()
+        "wrote the CA certificate, a coordinator certificate ({}) and {} hospital certificate(s) to {}, \
+         valid for {} days; the CA key is in {} (keep it off the nodes)",
+        coordinator_names.join(", "),
+        args.hospitals.len(),
+        args.out.display(),
+        args.days,
+        ca_key_path.display()
     );
     Ok(())
 }
 
-/// Keys are secrets: owner-only permissions from the start.
+/// `certs/` -> `certs.ca-key.pem`, beside the directory, not in it.
+fn default_ca_key(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "medfed".into());
+    out.with_file_name(format!("{name}.ca-key.pem"))
+}
+
+/// A permitted subtree naming exactly one coordinator name.
+fn subtree(name: &str) -> GeneralSubtree {
+    match name.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => GeneralSubtree::IpAddress(CidrSubnet::V4(ip.octets(), [255; 4])),
+        Ok(std::net::IpAddr::V6(ip)) => GeneralSubtree::IpAddress(CidrSubnet::V6(ip.octets(), [255; 16])),
+        Err(_) => GeneralSubtree::DnsName(name.to_string()),
+    }
+}
+
+/// Keys are secrets and certificates need no readers but the node: owner-only
+/// permissions, also when a file is rewritten.
 fn write(path: &Path, contents: &str) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -71,6 +150,8 @@ fn write(path: &Path, contents: &str) -> Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("writing {}", path.display()))?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("restricting {}", path.display()))?;
     file.write_all(contents.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }

@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use ractor::Actor;
 use tracing::{debug, info, warn};
 
+use medfed_actors::cluster::gate::Identity;
 use medfed_actors::cluster::reconnect::{Next, Reconnect};
 use medfed_actors::cluster::{
     node, ClusterError, HospitalLink, LinkArgs, LinkStatus, NodeOptions, SessionEventKind, SessionLog,
@@ -98,11 +99,11 @@ pub async fn execute(args: &Args) -> Result<()> {
     // Unique per process: ractor_cluster refuses a second session under a
     // node name it already has, before the coordinator could say why.
     let link_name = format!("medfed.hospital.{}.{:016x}", local.name, rand::random::<u64>());
+    // Hospitals listen nowhere: they adopt only the coordinator they dial.
+    let identity = Identity::Hospital(local.name.clone());
     let (node, mut node_events) = node::start(NodeOptions {
-        name: link_name.clone(),
-        cookie,
-        listen: "127.0.0.1:0".parse().expect("a valid address"),
         tls,
+        ..NodeOptions::new(link_name.clone(), identity, cookie)
     })
     .await?;
     let stats = Arc::new(WireStats::default());
@@ -196,7 +197,17 @@ pub async fn execute(args: &Args) -> Result<()> {
                     // time, this watchdog tries again.
                     Ok(()) if !connected => link.schedule(Next::RetryIn(HANDSHAKE_WATCHDOG), retry.as_mut())?,
                     Ok(()) => {}
-                    Err(e @ ClusterError::Tls(_)) => bail!("{e}"),
+                    Err(
+                        e @ (ClusterError::Tls(_)
+                        | ClusterError::Refused(_)
+                        | ClusterError::Handshake(_)
+                        | ClusterError::Config(_)),
+                    ) => bail!("{e}"),
+                    Err(ClusterError::ClosedEarly(why)) => {
+                        debug!(coordinator = %link.addr, "{why}");
+                        let next = link.policy.closed_unauthenticated(false, &coordinator_addr);
+                        link.schedule(next, retry.as_mut())?;
+                    }
                     Err(e) => {
                         link.report_unreachable(&e);
                         let next = link.policy.unreachable();

@@ -129,6 +129,13 @@ pub struct ClusterConfig {
     /// Hospitals whose access was revoked: refused at hello, with the reason.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub deny: Vec<String>,
+    /// Coordinator: the hospitals expected in this cluster; any other name
+    /// is refused at the handshake. Empty: any hospital with the cookie (or,
+    /// under mutual TLS, a certificate of the cluster's CA).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Coordinator: accept hospitals without TLS on a non-loopback address.
+    pub insecure_plaintext: bool,
     pub hospital: ClusterHospitalConfig,
 }
 
@@ -144,6 +151,8 @@ impl Default for ClusterConfig {
             auto_start: false,
             exit_after_run: false,
             deny: Vec::new(),
+            allow: Vec::new(),
+            insecure_plaintext: false,
             hospital: ClusterHospitalConfig::default(),
         }
     }

@@ -46,9 +46,14 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             }
         }
     }
-    for name in &config.cluster.deny {
-        if let Err(e) = medfed_actors::names::check_hospital_name(name) {
-            return bad("cluster.deny".into(), e);
+    for (key, names) in [
+        ("cluster.deny", &config.cluster.deny),
+        ("cluster.allow", &config.cluster.allow),
+    ] {
+        for name in names {
+            if let Err(e) = medfed_actors::names::check_hospital_name(name) {
+                return bad(key.into(), e);
+            }
         }
     }
     if config.web.auth_failures_per_minute == 0 {

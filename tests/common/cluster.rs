@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use super::CACHE_DIR;
 
-pub const COOKIE: &str = "test-cluster-cookie";
+/// Strong enough for the gate (128+ bits estimated); the same in every test.
+pub const COOKIE: &str = "tE5t-Cluster-c00kie/9fQ2xLw7Rb4Kz1Hd";
 
 pub struct Process {
     pub name: String,

@@ -1,11 +1,35 @@
 //! `Envelope`: the one message type that crosses nodes. It carries an
 //! encoded wire frame as opaque bytes, so ractor_cluster moves it without
-//! a value-by-value conversion and every decoding step is ours.
+//! a value-by-value conversion and every decoding step is ours, and the
+//! identity of the session it arrived on, which the receiving node's gate
+//! stamped into ractor's metadata (whatever the sender put there).
 
 use ractor::message::{BoxedDowncastErr, SerializedMessage};
 
+use super::gate::Identity;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope(pub Vec<u8>);
+pub struct Envelope {
+    pub frame: Vec<u8>,
+    /// Who sent it: the authenticated peer of the session it came in on;
+    /// `None` for an envelope that never crossed a node.
+    pub from: Option<Identity>,
+}
+
+impl Envelope {
+    /// An envelope to send (the receiving gate says who sent it).
+    pub fn new(frame: Vec<u8>) -> Self {
+        Self { frame, from: None }
+    }
+
+    /// An envelope as it arrives from `from` (for tests of the receivers).
+    pub fn arrived(frame: Vec<u8>, from: Identity) -> Self {
+        Self {
+            frame,
+            from: Some(from),
+        }
+    }
+}
 
 const VARIANT: &str = "medfed.frame";
 
@@ -17,7 +41,7 @@ impl ractor::Message for Envelope {
     fn serialize(self) -> Result<SerializedMessage, BoxedDowncastErr> {
         Ok(SerializedMessage::Cast {
             variant: VARIANT.to_string(),
-            args: self.0,
+            args: self.frame,
             metadata: None,
         })
     }
@@ -26,7 +50,10 @@ impl ractor::Message for Envelope {
         match bytes {
             // The variant is not trusted either: the frame's own magic,
             // version and checksum decide whether the bytes are used.
-            SerializedMessage::Cast { args, .. } => Ok(Envelope(args)),
+            SerializedMessage::Cast { args, metadata, .. } => Ok(Envelope {
+                frame: args,
+                from: metadata.as_deref().and_then(Identity::from_stamp),
+            }),
             _ => Err(BoxedDowncastErr),
         }
     }

@@ -1,18 +1,25 @@
 //! The coordinator node's side of cluster mode. The `Gateway` is the one
 //! remotely addressable actor: hospitals find it in the `COORDINATOR_GROUP`
-//! process group and send it envelopes. For each hospital that says hello
-//! it spawns a local `HospitalProxy`, which the unchanged coordinator
-//! treats as the hospital itself (it joins the task's process group, so
-//! its stop is the hospital's departure).
+//! process group and send it envelopes. Every envelope carries the identity
+//! the gate authenticated on the session it arrived on; a hello must name
+//! that identity, and every later message must come from the session of the
+//! hospital it is bound to. For each hospital that says hello it spawns a
+//! local `HospitalProxy`, which the unchanged coordinator treats as the
+//! hospital itself (it joins the task's process group, so its stop is the
+//! hospital's departure).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ractor::pg::{self, GroupChangeMessage};
 use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tracing::{debug, info, warn};
 
+use super::directory::NodeDirectory;
 use super::envelope::Envelope;
+use super::gate::stats::LogThrottle;
+use super::gate::Identity;
 use super::link::{send, Inbox, Received, WireStats};
 use super::{link_group, version_mismatch, Side, COORDINATOR_GROUP};
 use crate::coordinator::task_group;
@@ -20,33 +27,8 @@ use crate::messages::wire::Uplinked;
 use crate::messages::{CoordinatorMsg, HospitalInfo, ToCoordinator, ToHospital};
 use crate::wire::WireError;
 
-/// Hellos kept while waiting for their sender's group membership.
-const MAX_PENDING_HELLOS: usize = 1024;
-
-/// Node ids of the cluster's sessions, described for logs ("h3 at 127.0.0.1:40112").
-#[derive(Debug, Clone, Default)]
-pub struct NodeDirectory(Arc<Mutex<HashMap<u64, String>>>);
-
-impl NodeDirectory {
-    pub fn set(&self, node_id: u64, description: String) {
-        if let Ok(mut m) = self.0.lock() {
-            m.insert(node_id, description);
-        }
-    }
-
-    /// Where an actor lives, for logs and the hospitals table.
-    pub fn describe(&self, actor: &ActorId) -> String {
-        match actor {
-            ActorId::Local(_) => "local".to_string(),
-            ActorId::Remote { node_id, .. } => self
-                .0
-                .lock()
-                .ok()
-                .and_then(|m| m.get(node_id).cloned())
-                .map_or_else(|| format!("node {node_id}"), |d| format!("node {node_id} ({d})")),
-        }
-    }
-}
+/// How long a hello waits for its sender's process-group membership.
+const PENDING_HELLO_TTL: Duration = Duration::from_secs(60);
 
 pub struct Gateway;
 
@@ -58,19 +40,40 @@ pub struct GatewayArgs {
 }
 
 struct Link {
-    hospital: String,
+    /// The hospital's link actor's name (unique per hospital process).
+    name: String,
     remote: ActorId,
     proxy: ActorRef<ToHospital>,
 }
 
+struct PendingHello {
+    link: String,
+    info: HospitalInfo,
+    since: Instant,
+}
+
 pub struct GatewayState {
     coordinator: ActorRef<CoordinatorMsg>,
-    inbox: Inbox<Uplinked>,
+    stats: Arc<WireStats>,
+    /// One decoder (and chunk reassembler) per sending hospital.
+    inboxes: HashMap<String, Inbox<Uplinked>>,
     nodes: NodeDirectory,
-    /// By link name (unique per hospital process).
+    /// By hospital name: the session identity each link is bound to.
     links: HashMap<String, Link>,
-    /// Hellos that arrived before their sender's process-group membership.
-    pending: HashMap<String, HospitalInfo>,
+    /// Hellos that arrived before their sender's process-group membership,
+    /// one per hospital, expiring.
+    pending: HashMap<String, PendingHello>,
+    logs: LogThrottle,
+}
+
+impl GatewayState {
+    /// Drop `why`'s message from `from`: logged (throttled) and counted.
+    fn refuse(&self, label: &'static str, from: &str, why: &str) {
+        self.stats.count_drop(label);
+        if let Some(suppressed) = self.logs.allow(&format!("{label} {from}")) {
+            warn!(sender = %crate::names::printable(from), suppressed, reason = label, "dropped a cluster message: {why}");
+        }
+    }
 }
 
 impl Actor for Gateway {
@@ -93,10 +96,12 @@ impl Actor for Gateway {
         pg::join(COORDINATOR_GROUP.to_string(), vec![myself.get_cell()]);
         Ok(GatewayState {
             coordinator: args.coordinator,
-            inbox: Inbox::new(args.stats),
+            stats: args.stats,
+            inboxes: HashMap::new(),
             nodes: args.nodes,
             links: HashMap::new(),
             pending: HashMap::new(),
+            logs: LogThrottle::default(),
         })
     }
 
@@ -106,7 +111,20 @@ impl Actor for Gateway {
         envelope: Envelope,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let Uplinked { link, message } = match state.inbox.receive(envelope) {
+        let Some(Identity::Hospital(sender)) = envelope.from.clone() else {
+            state.refuse(
+                "no_hospital_session",
+                "?",
+                "it did not arrive on a hospital's authenticated session",
+            );
+            return Ok(());
+        };
+        let stats = state.stats.clone();
+        let inbox = state
+            .inboxes
+            .entry(sender.clone())
+            .or_insert_with(|| Inbox::new(stats));
+        let Uplinked { link, message } = match inbox.receive(envelope) {
             Received::Message(m) => m,
             Received::Dropped(WireError::UnsupportedVersion { got, supported }) => {
                 warn!(
@@ -118,13 +136,21 @@ impl Actor for Gateway {
             Received::Pending | Received::Dropped(_) => return Ok(()),
         };
         if let ToCoordinator::Hello { info } = message {
+            if info.name != sender {
+                let why = format!(
+                    "a hello naming {} arrived on hospital {sender}'s session",
+                    crate::names::shown(&info.name)
+                );
+                state.refuse("identity_mismatch", &sender, &why);
+                return Ok(());
+            }
             on_hello(&myself, state, link, info).await;
             return Ok(());
         }
-        // Bound to the link it came from: the coordinator sees it from that
-        // hospital's proxy, whatever the message says.
-        match state.links.get(&link) {
-            Some(l) => {
+        // Bound to the session's hospital: the coordinator sees it from that
+        // hospital's proxy, and only if it names that hospital's link.
+        match state.links.get(&sender) {
+            Some(l) if l.name == link => {
                 // The coordinator stops first at a shutdown: not an error here.
                 if let Err(e) = state.coordinator.cast(CoordinatorMsg::FromHospital {
                     sender: l.proxy.clone(),
@@ -133,9 +159,13 @@ impl Actor for Gateway {
                     debug!("the coordinator did not take a hospital's message: {e}");
                 }
             }
+            Some(_) => {
+                let why = format!("its {} names another link than the hospital's", message.name());
+                state.refuse("wrong_link", &sender, &why);
+            }
             None => {
-                warn!(link = %crate::names::printable(&link), message = message.name(), "dropped a message from a link that has not said hello");
-                state.inbox.stats().count_drop("unknown_link");
+                let why = format!("a {} before the hospital's hello", message.name());
+                state.refuse("unknown_link", &sender, &why);
             }
         }
         Ok(())
@@ -149,19 +179,25 @@ impl Actor for Gateway {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ProcessGroupChanged(GroupChangeMessage::Join(_, group, cells)) => {
+                state.pending.retain(|_, p| p.since.elapsed() < PENDING_HELLO_TTL);
                 for cell in cells.iter().filter(|c| !c.get_id().is_local()) {
                     let name = cell.get_name().unwrap_or_default();
-                    info!(group = %group, link = %name, node = %state.nodes.describe(&cell.get_id()), "hospital node joined its task group");
-                    welcome(cell, state.inbox.stats());
-                    if let Some(info) = state.pending.remove(&name) {
-                        on_hello(&myself, state, name, info).await;
+                    info!(group = %group, link = %crate::names::printable(&name), node = %state.nodes.describe(&cell.get_id()), "hospital node joined its task group");
+                    welcome(cell, &state.stats);
+                    let Some(Identity::Hospital(hospital)) = state.nodes.identity(&cell.get_id()) else {
+                        continue;
+                    };
+                    if state.pending.get(&hospital).is_some_and(|p| p.link == name) {
+                        if let Some(p) = state.pending.remove(&hospital) {
+                            on_hello(&myself, state, p.link, p.info).await;
+                        }
                     }
                 }
             }
             SupervisionEvent::ProcessGroupChanged(GroupChangeMessage::Leave(_, group, cells)) => {
                 for cell in cells {
                     let id = cell.get_id();
-                    let Some(link) = state
+                    let Some(hospital) = state
                         .links
                         .iter()
                         .find(|(_, l)| l.remote == id)
@@ -169,12 +205,13 @@ impl Actor for Gateway {
                     else {
                         continue;
                     };
-                    if let Some(l) = state.links.remove(&link) {
+                    state.inboxes.remove(&hospital);
+                    if let Some(l) = state.links.remove(&hospital) {
                         let reason = format!(
                             "its node left the cluster ({}; process exited or connection lost)",
                             state.nodes.describe(&id)
                         );
-                        warn!(hospital = %crate::names::printable(&l.hospital), group = %group, link = %crate::names::printable(&link), "hospital departed: {reason}");
+                        warn!(hospital = %crate::names::printable(&hospital), group = %group, link = %crate::names::printable(&l.name), "hospital departed: {reason}");
                         l.proxy.stop(Some(reason));
                     }
                 }
@@ -226,12 +263,16 @@ fn welcome(cell: &ActorCell, stats: &WireStats) {
     }
 }
 
-fn member_named(group: &str, name: &str) -> Option<ActorCell> {
-    pg::get_members(&group.to_string())
-        .into_iter()
-        .find(|c| !c.get_id().is_local() && c.get_name().as_deref() == Some(name))
+/// The member of `group` named `link` on a node the gate authenticated as `hospital`.
+fn member_of(group: &str, link: &str, hospital: &str, nodes: &NodeDirectory) -> Option<ActorCell> {
+    pg::get_members(&group.to_string()).into_iter().find(|c| {
+        !c.get_id().is_local()
+            && c.get_name().as_deref() == Some(link)
+            && nodes.identity(&c.get_id()) == Some(Identity::Hospital(hospital.to_string()))
+    })
 }
 
+/// A hello whose name the gate vouched for (`info.name` is the sender).
 async fn on_hello(
     myself: &ActorRef<Envelope>,
     state: &mut GatewayState,
@@ -240,23 +281,37 @@ async fn on_hello(
 ) {
     // A hospital of a task not served here still gets a proxy: the
     // coordinator then refuses it with the list of its tasks.
-    let Some(cell) = member_named(&link_group(&info.task), &link) else {
+    let Some(cell) = member_of(&link_group(&info.task), &link, &info.name, &state.nodes) else {
         debug!(link = %crate::names::printable(&link), "hello before the link's group membership arrived; waiting");
-        if state.pending.len() < MAX_PENDING_HELLOS {
-            state.pending.insert(link, info);
-        } else {
-            warn!(link = %crate::names::printable(&link), "too many hellos from unknown links: dropped");
-        }
+        state.pending.retain(|_, p| p.since.elapsed() < PENDING_HELLO_TTL);
+        state.pending.insert(
+            info.name.clone(),
+            PendingHello {
+                link,
+                info,
+                since: Instant::now(),
+            },
+        );
         return;
     };
     info.node = state.nodes.describe(&cell.get_id());
-    let proxy = match state.links.get(&link) {
-        Some(existing) => existing.proxy.clone(),
+    let existing = state
+        .links
+        .get(&info.name)
+        .filter(|l| l.remote == cell.get_id())
+        .map(|l| l.proxy.clone());
+    let proxy = match existing {
+        Some(proxy) => proxy,
         None => {
+            if let Some(stale) = state.links.remove(&info.name) {
+                stale
+                    .proxy
+                    .stop(Some("the hospital said hello from a new link".into()));
+            }
             let args = ProxyArgs {
                 remote: ActorRef::from(cell.clone()),
                 task: info.task.clone(),
-                stats: state.inbox.stats().clone(),
+                stats: state.stats.clone(),
             };
             match Actor::spawn_linked(None, HospitalProxy, args, myself.get_cell()).await {
                 Ok((proxy, _)) => proxy,
@@ -267,7 +322,7 @@ async fn on_hello(
             }
         }
     };
-    // Not checked yet (the coordinator does that): logged escaped.
+    // The coordinator checks the rest of the hello: logged escaped.
     info!(
         hospital = %crate::names::printable(&info.name),
         task = %crate::names::printable(&info.task),
@@ -276,9 +331,9 @@ async fn on_hello(
         "hospital said hello"
     );
     state.links.insert(
-        link,
+        info.name.clone(),
         Link {
-            hospital: info.name.clone(),
+            name: link,
             remote: cell.get_id(),
             proxy: proxy.clone(),
         },

@@ -13,6 +13,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
 use super::envelope::Envelope;
+use super::gate::Identity;
 use super::link::{send, Inbox, Received, WireStats};
 use super::{link_group, version_mismatch, Side, COORDINATOR_GROUP};
 use crate::messages::wire::Uplinked;
@@ -122,6 +123,13 @@ impl Actor for HospitalLink {
         envelope: Envelope,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        // Only the coordinator's session (the one this hospital dialled;
+        // hospitals accept none) speaks to the link.
+        if envelope.from != Some(Identity::Coordinator) {
+            state.args.shared.stats.count_drop("not_from_coordinator");
+            warn!("dropped a cluster message that did not come from the coordinator's session");
+            return Ok(());
+        }
         let message = match state.inbox.receive(envelope) {
             Received::Message(m) => m,
             Received::Dropped(WireError::UnsupportedVersion { got, supported }) => {

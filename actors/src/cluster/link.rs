@@ -77,7 +77,7 @@ pub fn send<M: WireMessage>(
     };
     for envelope in envelopes {
         let n = envelope.len() as u64;
-        to.cast(Envelope(envelope))
+        to.cast(Envelope::new(envelope))
             .map_err(|e| SendError::Gone(e.to_string()))?;
         stats.bytes_sent.fetch_add(n, Ordering::Relaxed);
     }
@@ -128,8 +128,8 @@ impl<M: WireMessage> Inbox<M> {
     pub fn receive(&mut self, envelope: Envelope) -> Received<M> {
         self.stats
             .bytes_received
-            .fetch_add(envelope.0.len() as u64, Ordering::Relaxed);
-        match self.decode(&envelope.0) {
+            .fetch_add(envelope.frame.len() as u64, Ordering::Relaxed);
+        match self.decode(&envelope.frame) {
             Ok(Some(message)) => {
                 self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
                 Received::Message(message)
@@ -138,7 +138,7 @@ impl<M: WireMessage> Inbox<M> {
             Err(e) => {
                 warn!(
                     reason = e.label(),
-                    bytes = envelope.0.len(),
+                    bytes = envelope.frame.len(),
                     "dropped an inbound cluster frame: {e}"
                 );
                 self.stats.count_drop(e.label());

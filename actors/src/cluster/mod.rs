@@ -1,11 +1,15 @@
 //! Cluster mode (DESIGN §3): the coordinator and each hospital in their own
-//! process, connected by ractor_cluster with cookie authentication,
-//! optional mutual TLS and Isolated connections. Only `Envelope`s cross
+//! process, connected by ractor_cluster behind medfed's gate (`gate`: its
+//! own accept loop and connect, mutual cookie authentication, optional
+//! mutual TLS whose certificates name each node, a per-session identity on
+//! every message) in Isolated mode. Only `Envelope`s cross
 //! nodes, each one frame of the one message set (`messages`); on each side a
 //! local stand-in (`HospitalProxy`, `Uplink`) forwards those messages
 //! unchanged, so the coordinator and hospital actors run as in process.
 
+pub mod directory;
 pub mod envelope;
+pub mod gate;
 pub mod gateway;
 pub mod hospital_link;
 pub mod link;
@@ -13,8 +17,9 @@ pub mod node;
 pub mod reconnect;
 pub mod tls;
 
+pub use directory::NodeDirectory;
 pub use envelope::Envelope;
-pub use gateway::{Gateway, GatewayArgs, NodeDirectory};
+pub use gateway::{Gateway, GatewayArgs};
 pub use hospital_link::{HospitalLink, LinkArgs, LinkStatus, Shared, Uplink};
 pub use link::WireStats;
 pub use node::{EarlyClose, Node, NodeOptions, SessionEvent, SessionEventKind, SessionLog};
@@ -58,6 +63,18 @@ pub enum ClusterError {
     Start(String),
     #[error("cannot connect to {0}")]
     Connect(String),
+    /// The coordinator turned this hospital away for good (or is not one).
+    #[error("the coordinator refused this hospital: {0}")]
+    Refused(String),
+    /// The cluster handshake failed for good (a wrong cookie, or not a coordinator).
+    #[error("{0}")]
+    Handshake(String),
+    /// The peer closed the connection before answering the hello.
+    #[error("{0}")]
+    ClosedEarly(String),
+    /// The coordinator turned this hospital away for now (retry later).
+    #[error("the coordinator cannot take this hospital yet: {0}")]
+    Busy(String),
 }
 
 #[cfg(test)]

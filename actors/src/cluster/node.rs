@@ -1,28 +1,53 @@
-//! A cluster node: ractor_cluster's `NodeServer` with the cookie, optional
-//! mutual TLS and Isolated connection mode (hospitals connect to the
-//! coordinator only, never to each other), plus its session events.
+//! A cluster node: ractor_cluster's `NodeServer` in Isolated mode behind
+//! medfed's gate. The gate accepts (coordinator) and dials (hospital); the
+//! NodeServer's own listener is bound to loopback behind a TLS acceptor
+//! without a certificate, so no session can start through it.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use ractor::{Actor, ActorRef};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
-use ractor_cluster::ClientConnectErr;
 use ractor_cluster::{IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio_rustls::TlsConnector;
 use tracing::{debug, info, warn};
 
-use super::gateway::NodeDirectory;
+use super::directory::NodeDirectory;
+use super::gate::{self, Cookie, Gate, GateStats, GateTls, Identity, Limits, Sessions};
 use super::tls::{self, TlsFiles};
 use super::ClusterError;
 
 pub struct NodeOptions {
-    /// This node's name in the cluster (the hospital's name, or "coordinator").
+    /// This node's ractor_cluster name: `medfed.coordinator`, or
+    /// `medfed.hospital.<name>.<16 hex digits>` (see `Identity::node_name_prefix`).
     pub name: String,
+    /// Who this node is (under TLS, its certificate must say the same).
+    pub identity: Identity,
     pub cookie: String,
-    pub listen: SocketAddr,
+    /// Where the coordinator accepts hospitals; hospitals listen nowhere.
+    pub listen: Option<SocketAddr>,
     pub tls: Option<TlsFiles>,
+    pub limits: Limits,
+    /// The coordinator's expected hospitals (others refused); `None`: any.
+    pub allow: Option<BTreeSet<String>>,
+    /// Accept a non-loopback listener without TLS.
+    pub insecure_plaintext: bool,
+}
+
+impl NodeOptions {
+    pub fn new(name: String, identity: Identity, cookie: String) -> Self {
+        Self {
+            name,
+            identity,
+            cookie,
+            listen: None,
+            tls: None,
+            limits: Limits::default(),
+            allow: None,
+            insecure_plaintext: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,16 +55,21 @@ pub enum SessionEventKind {
     Opened,
     Authenticated,
     Disconnected,
+    /// The gate refused a connection (logged there; for the audit log).
+    Refused,
 }
 
 #[derive(Debug, Clone)]
 pub struct SessionEvent {
     pub kind: SessionEventKind,
     pub node_id: u64,
+    /// Who the gate authenticated, and where: "hospital h1 at 10.0.0.7:40112".
     pub peer_addr: String,
     pub peer_name: Option<String>,
     /// An inbound session (we are its server).
     pub inbound: bool,
+    /// Why the gate refused it (`Refused` only).
+    pub reason: Option<String>,
 }
 
 struct Forward {
@@ -50,10 +80,10 @@ struct Forward {
 impl Forward {
     fn send(&self, kind: SessionEventKind, ses: NodeServerSessionInformation) {
         let peer_name = ses.peer_name.map(|p| p.name);
-        if kind == SessionEventKind::Authenticated {
-            let name = peer_name.clone().unwrap_or_else(|| "unnamed".into());
-            self.directory
-                .set(ses.node_id, format!("{name} at {}", ses.peer_addr));
+        match kind {
+            SessionEventKind::Opened => self.directory.opened(ses.node_id, &ses.peer_addr),
+            SessionEventKind::Disconnected => self.directory.closed(ses.node_id),
+            SessionEventKind::Authenticated | SessionEventKind::Refused => {}
         }
         let _ = self.to.send(SessionEvent {
             kind,
@@ -61,6 +91,7 @@ impl Forward {
             peer_addr: ses.peer_addr,
             peer_name,
             inbound: ses.is_server,
+            reason: None,
         });
     }
 }
@@ -77,43 +108,76 @@ impl NodeEventSubscription for Forward {
     }
 }
 
-/// How long opening a connection (TCP and, with TLS, its handshake) may take.
-const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// A running node; cheap to clone (connecting can run in its own task).
 #[derive(Clone)]
 pub struct Node {
     pub server: ActorRef<NodeServerMessage>,
     pub directory: NodeDirectory,
-    connector: Option<TlsConnector>,
+    pub gate: Gate,
+    /// Where the gate accepts sessions (the coordinator's node).
+    pub listening: Option<SocketAddr>,
+    accept: Option<tokio::task::AbortHandle>,
 }
 
-/// Start the node server; its session events arrive on the receiver.
+/// Start the node; its session events arrive on the receiver.
 pub async fn start(options: NodeOptions) -> Result<(Node, UnboundedReceiver<SessionEvent>), ClusterError> {
-    if options.cookie.trim().is_empty() {
-        return Err(ClusterError::Config("the cluster cookie is empty".into()));
+    let cookie = Cookie::new(&options.cookie).map_err(|e| ClusterError::Config(e.to_string()))?;
+    if !options.name.starts_with(&options.identity.node_name_prefix()) {
+        return Err(ClusterError::Config(format!(
+            "node name '{}' is not one of {}'s",
+            options.name, options.identity
+        )));
     }
-    let (encryption, connector) = match &options.tls {
-        Some(files) => (
-            Some(IncomingEncryptionMode::Tls(tls::acceptor(files)?)),
-            Some(tls::connector(files)?),
-        ),
-        None => (None, None),
+    let tls = match &options.tls {
+        Some(files) => {
+            tls::check_own(files, &options.identity)?;
+            Some(GateTls {
+                acceptor: tls::acceptor(files)?,
+                connector: tls::connector(files)?,
+            })
+        }
+        None => None,
     };
+    if let Some(addr) = options.listen {
+        if tls.is_none() && !addr.ip().is_loopback() {
+            if !options.insecure_plaintext {
+                return Err(ClusterError::Config(format!(
+                    "refusing to accept hospitals on {addr} without TLS: models, updates and sums would                      cross the network readable and alterable. Give --tls-cert, --tls-key and --tls-ca                      (see `medfed cluster gen-certs`), listen on 127.0.0.1, or pass --insecure-plaintext                      on a network you trust"
+                )));
+            }
+            warn!(
+                listen = %addr,
+                "INSECURE: accepting hospitals without TLS on a non-loopback address (--insecure-plaintext):                  anyone on the network can read and alter models and updates"
+            );
+        }
+    }
+    let directory = NodeDirectory::default();
+    let (to, events) = unbounded_channel();
+    let gate = Gate {
+        events: to.clone(),
+        directory: directory.clone(),
+        me: options.identity.clone(),
+        cookie: Arc::new(cookie),
+        tls,
+        limits: options.limits.clone(),
+        stats: Arc::new(GateStats::default()),
+        sessions: Sessions::default(),
+        allow: options.allow.clone().map(Arc::new),
+    };
+    // ractor_cluster always runs a listener of its own: on loopback, behind
+    // TLS without a certificate, it accepts nothing.
     let server = NodeServer::new(
-        options.listen.port(),
+        0,
         options.cookie.trim().to_string(),
         options.name.clone(),
-        options.listen.ip().to_string(),
-        encryption,
+        "127.0.0.1".to_string(),
+        Some(IncomingEncryptionMode::Tls(tls::refuse_all()?)),
         Some(NodeConnectionMode::Isolated),
     )
-    .with_listen_addr(options.listen.ip());
+    .with_listen_addr(std::net::Ipv4Addr::LOCALHOST.into());
     let (server, _) = Actor::spawn(None, server, ())
         .await
-        .map_err(|e| ClusterError::Start(format!("cluster node on {}: {e}", options.listen)))?;
-    let (to, events) = unbounded_channel();
-    let directory = NodeDirectory::default();
+        .map_err(|e| ClusterError::Start(format!("cluster node: {e}")))?;
     server
         .cast(NodeServerMessage::SubscribeToEvents {
             id: "medfed".into(),
@@ -123,69 +187,41 @@ pub async fn start(options: NodeOptions) -> Result<(Node, UnboundedReceiver<Sess
             }),
         })
         .map_err(|e| ClusterError::Start(e.to_string()))?;
+    let (accept, listening) = match options.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| ClusterError::Start(format!("cannot listen on {addr}: {e}")))?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            let task = tokio::spawn(gate::accept::serve(listener, gate.clone(), server.clone()));
+            (Some(task.abort_handle()), Some(bound))
+        }
+        None => (None, None),
+    };
     Ok((
         Node {
             server,
             directory,
-            connector,
+            gate,
+            listening,
+            accept,
         },
         events,
     ))
 }
 
 impl Node {
-    /// Open a session to `addr` (TLS when this node has certificates).
-    /// Ok means the connection is open, not that the peer accepted us:
-    /// authentication is reported by the session events.
+    /// Open an authenticated session to the coordinator at `addr` (TLS
+    /// when this node has certificates). Ok means the coordinator proved
+    /// itself and admitted this node.
     pub async fn connect(&self, addr: &str) -> Result<(), ClusterError> {
-        match tokio::time::timeout(CONNECT_TIMEOUT, self.connect_now(addr)).await {
-            Ok(result) => result,
-            Err(_) => Err(ClusterError::Connect(format!(
-                "{addr}: no answer within {} s",
-                CONNECT_TIMEOUT.as_secs()
-            ))),
-        }
-    }
-
-    async fn connect_now(&self, addr: &str) -> Result<(), ClusterError> {
-        let result = match &self.connector {
-            Some(connector) => {
-                ractor_cluster::client_connect_enc(
-                    &self.server,
-                    addr,
-                    connector.clone(),
-                    tls::server_name(addr)?,
-                )
-                .await
-            }
-            None => ractor_cluster::client_connect(&self.server, addr).await,
-        };
-        // Its Display is a Debug dump: worded here instead. A TLS handshake
-        // cut short (a coordinator stopping or starting) is a connection
-        // failure to retry; anything else in TLS is a refusal.
-        result.map_err(|e| match e {
-            ClientConnectErr::Encryption(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::UnexpectedEof
-                        | std::io::ErrorKind::ConnectionReset
-                        | std::io::ErrorKind::ConnectionAborted
-                        | std::io::ErrorKind::BrokenPipe
-                ) =>
-            {
-                ClusterError::Connect(format!("{addr}: the TLS handshake was cut short ({e})"))
-            }
-            ClientConnectErr::Encryption(e) => {
-                ClusterError::Tls(format!("handshake with {addr} failed: {e}"))
-            }
-            ClientConnectErr::Socket(e) => ClusterError::Connect(format!("{addr}: {e}")),
-            ClientConnectErr::Messaging(_) => {
-                ClusterError::Connect(format!("{addr}: this node's cluster server has stopped"))
-            }
-        })
+        gate::dial::dial(&self.gate, addr, &self.server).await
     }
 
     pub fn stop(&self) {
+        if let Some(accept) = &self.accept {
+            accept.abort();
+        }
         self.server.stop(None);
     }
 }
@@ -238,6 +274,7 @@ impl SessionLog {
                     description,
                 })
             }
+            SessionEventKind::Refused => None,
             SessionEventKind::Disconnected => {
                 let description = format!(
                     "the session with {} closed before any handshake message \

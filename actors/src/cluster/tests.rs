@@ -10,6 +10,7 @@ use medfed_models::Params;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::envelope::Envelope;
+use super::gate::Identity;
 use super::hospital_link::{HospitalLink, LinkArgs, LinkStatus, Shared};
 use super::link::{Inbox, WireStats, MAX_ENVELOPE};
 use super::{version_mismatch, Gateway, GatewayArgs, NodeDirectory, Side};
@@ -24,7 +25,7 @@ fn inbox<M: WireMessage>() -> Inbox<M> {
 
 fn through_inbox<M: WireMessage>(message: &M) -> M {
     let bytes = message.encode().unwrap();
-    inbox().accept(Envelope(bytes)).expect("decodes")
+    inbox().accept(Envelope::new(bytes)).expect("decodes")
 }
 
 fn bits(p: &Params) -> Vec<u32> {
@@ -155,12 +156,12 @@ fn header_and_tensor_block_must_agree() {
     let frame = Frame { kind: 1, payload }.encode().unwrap();
     let stats = Arc::new(WireStats::default());
     let mut inbox: Inbox<ToHospital> = Inbox::new(stats.clone());
-    assert!(inbox.accept(Envelope(frame)).is_none());
+    assert!(inbox.accept(Envelope::new(frame)).is_none());
     let json = serde_json::to_vec(&ToHospital::Welcome).unwrap();
     let tensors = crate::wire::tensors::encode(&params(3, 1));
     let payload = [&(json.len() as u32).to_le_bytes()[..], &json, &tensors].concat();
     assert!(inbox
-        .accept(Envelope(Frame { kind: 1, payload }.encode().unwrap()))
+        .accept(Envelope::new(Frame { kind: 1, payload }.encode().unwrap()))
         .is_none());
     assert_eq!(
         stats.dropped().get("malformed"),
@@ -181,7 +182,7 @@ fn header_and_tensor_block_must_agree() {
     let json = serde_json::to_vec(&value).unwrap();
     let payload = [&(json.len() as u32).to_le_bytes()[..], &json].concat();
     assert!(inbox
-        .accept(Envelope(Frame { kind: 1, payload }.encode().unwrap()))
+        .accept(Envelope::new(Frame { kind: 1, payload }.encode().unwrap()))
         .is_none());
 }
 
@@ -251,7 +252,8 @@ async fn another_wire_version_is_refused_at_hello_naming_both_versions_on_both_s
     .await
     .unwrap();
     let welcome = as_version(ToHospital::Welcome.encode().unwrap(), other);
-    link.cast(Envelope(welcome)).unwrap();
+    link.cast(Envelope::arrived(welcome, Identity::Coordinator))
+        .unwrap();
     let refused = tokio::time::timeout(std::time::Duration::from_secs(5), status.recv())
         .await
         .unwrap();
@@ -288,13 +290,18 @@ async fn another_wire_version_is_refused_at_hello_naming_both_versions_on_both_s
         message: every_to_coordinator().remove(0),
     };
     gateway
-        .cast(Envelope(as_version(hello.encode().unwrap(), other)))
+        .cast(Envelope::arrived(
+            as_version(hello.encode().unwrap(), other),
+            h1(),
+        ))
         .unwrap();
     let update = Uplinked {
         link: "l".into(),
         message: every_to_coordinator().remove(4),
     };
-    gateway.cast(Envelope(update.encode().unwrap())).unwrap();
+    gateway
+        .cast(Envelope::arrived(update.encode().unwrap(), h1()))
+        .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(
         stats.dropped().get("bad_version"),
@@ -355,9 +362,9 @@ fn a_model_above_the_envelope_limit_arrives_whole_from_shuffled_chunks() {
     let mut inbox: Inbox<ToHospital> = inbox();
     let last = envelopes.pop().unwrap();
     for e in envelopes {
-        assert!(inbox.accept(Envelope(e)).is_none());
+        assert!(inbox.accept(Envelope::new(e)).is_none());
     }
-    match inbox.accept(Envelope(last)) {
+    match inbox.accept(Envelope::new(last)) {
         Some(ToHospital::Evaluate { model: got, .. }) => {
             assert_eq!(bits(&got.params), bits(&model.params))
         }
@@ -371,21 +378,23 @@ fn bad_envelopes_are_dropped_counted_and_never_panic() {
     let mut inbox: Inbox<ToHospital> = Inbox::new(stats.clone());
     let good = ToHospital::Refused { reason: "x".into() }.encode().unwrap();
     // Truncated, corrupted, garbage, wrong version, a header that is not ours.
-    assert!(inbox.accept(Envelope(good[..good.len() - 1].to_vec())).is_none());
+    assert!(inbox
+        .accept(Envelope::new(good[..good.len() - 1].to_vec()))
+        .is_none());
     let mut flipped = good.clone();
     *flipped.last_mut().unwrap() ^= 0x20;
-    assert!(inbox.accept(Envelope(flipped)).is_none());
+    assert!(inbox.accept(Envelope::new(flipped)).is_none());
     assert!(inbox
-        .accept(Envelope(b"GET / HTTP/1.1\r\n\r\n".to_vec()))
+        .accept(Envelope::new(b"GET / HTTP/1.1\r\n\r\n".to_vec()))
         .is_none());
     let mut version = good.clone();
     version[4] = 99;
-    assert!(inbox.accept(Envelope(version)).is_none());
+    assert!(inbox.accept(Envelope::new(version)).is_none());
     let not_json = Frame {
         kind: 1,
         payload: [&3u32.to_le_bytes()[..], b"{{{"].concat(),
     };
-    assert!(inbox.accept(Envelope(not_json.encode().unwrap())).is_none());
+    assert!(inbox.accept(Envelope::new(not_json.encode().unwrap())).is_none());
     let dropped = stats.dropped();
     assert_eq!(dropped.get("truncated"), Some(&1), "{dropped:?}");
     assert_eq!(dropped.get("bad_checksum"), Some(&1));
@@ -407,11 +416,15 @@ fn bad_envelopes_are_dropped_counted_and_never_panic() {
         } else {
             body
         };
-        let _ = inbox.accept(Envelope(bytes));
+        let _ = inbox.accept(Envelope::new(bytes));
     }
     // The inbox still works afterwards.
     assert!(matches!(
-        inbox.accept(Envelope(good)),
+        inbox.accept(Envelope::new(good)),
         Some(ToHospital::Refused { .. })
     ));
+}
+
+fn h1() -> Identity {
+    Identity::Hospital("h1".into())
 }

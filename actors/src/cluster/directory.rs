@@ -1,0 +1,76 @@
+//! The cluster's sessions by ractor node id: who the gate authenticated
+//! there (for binding messages to hospitals) and a description for logs
+//! and the hospitals table ("hospital h3 at 127.0.0.1:40112").
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ractor::ActorId;
+
+use super::gate::Identity;
+
+#[derive(Debug, Clone, Default)]
+pub struct NodeDirectory(Arc<Mutex<Inner>>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Sessions handed to ractor_cluster, by their label, until it opens them.
+    expected: HashMap<String, Identity>,
+    nodes: HashMap<u64, Entry>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    description: String,
+    identity: Option<Identity>,
+}
+
+impl NodeDirectory {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut inner)
+    }
+
+    /// The gate authenticated `identity` on the session labelled `label`.
+    pub fn expect(&self, label: &str, identity: Identity) {
+        self.with(|d| d.expected.insert(label.to_string(), identity));
+    }
+
+    /// ractor_cluster opened node `node_id` for the session labelled `label`.
+    pub fn opened(&self, node_id: u64, label: &str) {
+        self.with(|d| {
+            let identity = d.expected.remove(label);
+            d.nodes.insert(
+                node_id,
+                Entry {
+                    description: label.to_string(),
+                    identity,
+                },
+            );
+        });
+    }
+
+    pub fn closed(&self, node_id: u64) {
+        self.with(|d| d.nodes.remove(&node_id));
+    }
+
+    /// Who the gate authenticated on the node `actor` lives on.
+    pub fn identity(&self, actor: &ActorId) -> Option<Identity> {
+        match actor {
+            ActorId::Local(_) => None,
+            ActorId::Remote { node_id, .. } => {
+                self.with(|d| d.nodes.get(node_id).and_then(|e| e.identity.clone()))
+            }
+        }
+    }
+
+    /// Where an actor lives, for logs and the hospitals table.
+    pub fn describe(&self, actor: &ActorId) -> String {
+        match actor {
+            ActorId::Local(_) => "local".to_string(),
+            ActorId::Remote { node_id, .. } => self
+                .with(|d| d.nodes.get(node_id).map(|e| e.description.clone()))
+                .map_or_else(|| format!("node {node_id}"), |d| format!("node {node_id} ({d})")),
+        }
+    }
+}
