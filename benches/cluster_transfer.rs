@@ -21,6 +21,7 @@ use ractor::pg::{self, GroupChangeMessage};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use medfed_actors::cluster::gate::Identity;
 use medfed_actors::cluster::link::{send, Inbox};
 use medfed_actors::cluster::node::{self, NodeOptions};
 use medfed_actors::cluster::{Envelope, TlsFiles, WireStats};
@@ -32,7 +33,7 @@ use medfed_models::{Layout, Params, TensorSpec};
 mod support;
 use support::{mean_ns, output_dir};
 
-const COOKIE: &str = "bench-cookie";
+const COOKIE: &str = "bench-Cookie/7Hq2xVw9Lp4Rz8Kd1Mb0Ty";
 const SIZES_MIB: [usize; 2] = [4, 64];
 
 fn main() {
@@ -44,7 +45,7 @@ fn main() {
     let mut c = Criterion::default().output_directory(&dir).configure_from_args();
     let certs = tempfile::tempdir().expect("a temporary directory");
     let made = Command::new(env!("CARGO_BIN_EXE_medfed"))
-        .args(["cluster", "gen-certs", "--nodes", "coordinator,hospital", "--out"])
+        .args(["cluster", "gen-certs", "--hospitals", "hospital", "--out"])
         .arg(certs.path())
         .output()
         .expect("medfed gen-certs runs");
@@ -188,10 +189,13 @@ impl Echo {
             .expect("a free port")
             .port();
         let (node, _events) = node::start(NodeOptions {
-            name: format!("bench-coordinator-{mode}"),
-            cookie: COOKIE.into(),
-            listen: format!("127.0.0.1:{port}").parse().expect("address"),
+            listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
             tls: tls.clone(),
+            ..NodeOptions::new(
+                Identity::Coordinator.node_name_prefix(),
+                Identity::Coordinator,
+                COOKIE.into(),
+            )
         })
         .await
         .expect("node starts");
@@ -361,11 +365,14 @@ fn echo_node(spec: &str) {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(async move {
         let tls = (!certs.is_empty()).then(|| files(&PathBuf::from(&certs), "hospital"));
+        let me = Identity::Hospital("hospital".into());
         let (node, _events) = node::start(NodeOptions {
-            name: format!("bench-hospital-{mode}"),
-            cookie: COOKIE.into(),
-            listen: "127.0.0.1:0".parse().expect("address"),
             tls,
+            ..NodeOptions::new(
+                format!("{}00000000000000b1", me.node_name_prefix()),
+                me,
+                COOKIE.into(),
+            )
         })
         .await
         .expect("echo node starts");

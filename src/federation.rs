@@ -111,7 +111,7 @@ pub enum Hospitals {
     /// In their own processes (`medfed hospital`), connecting to this
     /// process's cluster node; its traffic is counted in `stats`.
     Remote {
-        node: NodeOptions,
+        node: Box<NodeOptions>,
         tasks: Vec<String>,
         stats: Arc<WireStats>,
     },
@@ -193,7 +193,7 @@ impl Federation {
         };
         let built = match hospitals_at {
             Hospitals::InProcess(ledgers) => federation.spawn_hospitals(loaded, tasks, &ledgers).await,
-            Hospitals::Remote { node, tasks, stats } => federation.listen(node, tasks, stats).await,
+            Hospitals::Remote { node, tasks, stats } => federation.listen(*node, tasks, stats).await,
         };
         if let Err(e) = built {
             federation.shutdown().await;

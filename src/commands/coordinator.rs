@@ -73,7 +73,7 @@ pub async fn execute(args: &Args) -> Result<RunEnd> {
         .collect();
     let stats = Arc::new(WireStats::default());
     let remote = Hospitals::Remote {
-        node: NodeOptions {
+        node: Box::new(NodeOptions {
             listen: Some(listen),
             tls: tls.clone(),
             allow: (!cluster.allow.is_empty()).then(|| cluster.allow.iter().cloned().collect()),
@@ -83,7 +83,7 @@ pub async fn execute(args: &Args) -> Result<RunEnd> {
                 Identity::Coordinator,
                 cookie,
             )
-        },
+        }),
         tasks: selected.clone(),
         stats: stats.clone(),
     };

@@ -195,7 +195,11 @@ where
     }
     let mut reason = vec![0u8; len];
     io.read_exact(&mut reason).await?;
-    let reason = crate::names::printable(&String::from_utf8_lossy(&reason)).to_string();
+    // The coordinator's words, shown in this hospital's log: printable only.
+    let reason: String = String::from_utf8_lossy(&reason)
+        .chars()
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .collect();
     match head[0] {
         ACCEPTED => Ok(()),
         code @ (REFUSED | BUSY) => Err(Failure::Refused(Refusal {

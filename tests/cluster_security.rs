@@ -1,0 +1,511 @@
+//! Cluster mode attacked from outside and from inside, against real
+//! `medfed` processes on 127.0.0.1: each experiment of the security review
+//! (forged messages, Sybil names, session take-over, oversized
+//! announcements, a cookie oracle, connection floods, certificates) is now
+//! refused, logged, and leaves the federation working.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::cluster::{shard_hospital, spawn, Process, COOKIE};
+use common::{free_port, medfed};
+use medfed_actors::cluster::gate::{frames, handshake, Cookie, Identity};
+use medfed_actors::cluster::node::{self, NodeOptions};
+use medfed_actors::cluster::{ClusterError, Envelope, COORDINATOR_GROUP};
+use medfed_actors::messages::wire::{Uplinked, WireMessage};
+use medfed_actors::messages::{Ask, HospitalInfo, ToCoordinator, TrainOutcome};
+use prost::Message;
+
+const TASK: &str = "breast_cancer";
+const SHORT: Duration = Duration::from_secs(60);
+
+fn coordinator(dir: &std::path::Path, addr: &str, extra: &[&str], envs: &[(&str, &str)]) -> Process {
+    let mut args = vec!["coordinator", "--task", TASK, "--listen", addr];
+    args.extend_from_slice(extra);
+    let p = spawn(dir, "coordinator", &args, envs);
+    p.wait_for(&["coordinator listening for hospitals"], 1, SHORT);
+    p
+}
+
+fn hospital(dir: &std::path::Path, name: &str, addr: &str, shard: usize, extra: &[&str]) -> Process {
+    shard_hospital(dir, name, TASK, addr, &format!("{shard}/5"), extra, &[])
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn hello(name: &str) -> HospitalInfo {
+    HospitalInfo {
+        name: name.into(),
+        task: TASK.into(),
+        kind: "tabular".into(),
+        samples: 100_000,
+        node: String::new(),
+        held_out: None,
+        attack: None,
+        privacy: None,
+    }
+}
+
+/// A node holding the cookie that says it is hospital `name`.
+async fn intruder(name: &str) -> node::Node {
+    let id = Identity::Hospital(name.into());
+    let (n, _events) = node::start(NodeOptions::new(
+        format!("{}00000000000000aa", id.node_name_prefix()),
+        id,
+        COOKIE.into(),
+    ))
+    .await
+    .unwrap();
+    n
+}
+
+async fn gateway() -> ractor::ActorRef<Envelope> {
+    loop {
+        if let Some(c) = ractor::pg::get_members(&COORDINATOR_GROUP.to_string())
+            .into_iter()
+            .find(|c| !c.get_id().is_local())
+        {
+            return ractor::ActorRef::from(c);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[test]
+fn forged_hellos_and_updates_under_another_name_are_dropped_and_a_live_hospital_cannot_be_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let coordinator = coordinator(d, &addr, &[], &[]);
+    let _real = hospital(d, "h1", &addr, 1, &[]);
+    coordinator.wait_for(&["hospital said hello"], 1, SHORT);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // Mallory holds the cookie and connects as herself, then speaks for
+        // breast_cancer-1: a hello in its name (three Sybil names too) and
+        // an update under its link.
+        let mallory = intruder("mallory").await;
+        mallory.connect(&addr).await.unwrap();
+        let gateway = gateway().await;
+        let link = "medfed.hospital.breast_cancer-1.0000000000000000".to_string();
+        for name in ["breast_cancer-1", "sybil-1", "sybil-2", "sybil-3"] {
+            let forged = Uplinked {
+                link: link.clone(),
+                message: ToCoordinator::Hello { info: hello(name) },
+            };
+            gateway.cast(Envelope::new(forged.encode().unwrap())).unwrap();
+        }
+        let stats = Uplinked {
+            link: link.clone(),
+            message: ToCoordinator::Update {
+                ask: Ask {
+                    run: 1,
+                    round: 1,
+                    attempt: 0,
+                },
+                outcome: TrainOutcome::Declined {
+                    reason: "forged".into(),
+                },
+            },
+        };
+        gateway.cast(Envelope::new(stats.encode().unwrap())).unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+
+        // Taking the name at the handshake: refused while the real one lives.
+        let twin = intruder("breast_cancer-1").await;
+        match twin.connect(&addr).await {
+            Err(ClusterError::Refused(reason)) => assert!(reason.contains("already connected"), "{reason}"),
+            other => panic!("a second session of breast_cancer-1 was not refused: {other:?}"),
+        }
+        mallory.stop();
+        twin.stop();
+    });
+    coordinator.wait_for(&["dropped a cluster message", "identity_mismatch"], 1, SHORT);
+    coordinator.wait_for(&["dropped a cluster message", "unknown_link"], 1, SHORT);
+    coordinator.wait_for(&["refused a cluster connection", "duplicate_session"], 1, SHORT);
+    // Only the real hospital ever said hello; no Sybil counts toward a quorum.
+    assert_eq!(
+        coordinator.count(&["hospital said hello"]),
+        1,
+        "{}",
+        coordinator.log()
+    );
+    // Four forged hellos from one session, one log line (throttled per kind and sender).
+    assert_eq!(
+        coordinator.count(&["identity_mismatch"]),
+        1,
+        "{}",
+        coordinator.log()
+    );
+}
+
+#[test]
+fn hospitals_outside_the_allow_list_and_weak_cookies_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let coordinator = coordinator(
+        d,
+        &addr,
+        &[],
+        &[("MEDFED_CLUSTER__ALLOW", "[\"breast_cancer-1\"]")],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let sybil = intruder("sybil-1").await;
+        match sybil.connect(&addr).await {
+            Err(ClusterError::Refused(reason)) => {
+                assert!(reason.contains("not on this coordinator's list"), "{reason}")
+            }
+            other => panic!("sybil-1 was not refused: {other:?}"),
+        }
+        sybil.stop();
+    });
+    coordinator.wait_for(&["refused a cluster connection", "not_admitted"], 1, SHORT);
+    let allowed = hospital(d, "h1", &addr, 1, &[]);
+    coordinator.wait_for(&["hospital said hello", "breast_cancer-1"], 1, SHORT);
+    drop(allowed);
+
+    for weak in ["test-cluster-cookie", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"] {
+        let out = medfed(
+            &["coordinator", "--task", TASK, "--listen", "127.0.0.1:1"],
+            &[("MEDFED_CLUSTER_COOKIE", weak)],
+        );
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("too weak") && err.contains("/dev/urandom"), "{err}");
+    }
+    // Plaintext beyond loopback needs the explicit flag.
+    let data = d.join("plaintext.data");
+    let out = medfed(
+        &["coordinator", "--task", TASK, "--listen", "0.0.0.0:1"],
+        &[
+            ("MEDFED_CLUSTER_COOKIE", COOKIE),
+            ("MEDFED_RUN__DATA_DIR", data.to_str().unwrap()),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without TLS") && err.contains("--insecure-plaintext"),
+        "{err}"
+    );
+}
+
+/// Write one ractor_cluster frame.
+fn write_frame(s: &mut TcpStream, message: &frames::NetworkMessage) {
+    s.write_all(&frames::frame(message)).unwrap();
+}
+
+#[test]
+fn a_200000_actor_process_group_join_closes_the_session_and_memory_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let coordinator = coordinator(d, &addr, &[], &[]);
+    let before = rss_kib(coordinator.pid());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut socket = runtime.block_on(async {
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let cookie = Cookie::new(COOKIE).unwrap();
+        handshake::as_hospital(&mut tcp, &cookie, &Identity::Hospital("bulk".into()), b"")
+            .await
+            .unwrap();
+        tcp.into_std().unwrap()
+    });
+    socket.set_nonblocking(false).unwrap();
+    let join = frames::NetworkMessage {
+        message: Some(frames::Family::Control(frames::ControlMessage {
+            msg: Some(frames::ControlKind::PgJoin(frames::PgChange {
+                group: "medfed.link.breast_cancer".into(),
+                actors: (0..200_000)
+                    .map(|pid| frames::Actor {
+                        pid,
+                        name: Some(format!("a{pid}")),
+                    })
+                    .collect(),
+                scope: String::new(),
+            })),
+        })),
+    };
+    assert!(join.encoded_len() > 1 << 20);
+    let _ = socket.write_all(&frames::frame(&join));
+    coordinator.wait_for(&["closed the cluster session", "frame"], 1, SHORT);
+    let mut rest = Vec::new();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = socket.read_to_end(&mut rest);
+    // A join within the frame limit but over the actor budget.
+    let mut second = runtime.block_on(async {
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let cookie = Cookie::new(COOKIE).unwrap();
+        handshake::as_hospital(&mut tcp, &cookie, &Identity::Hospital("bulk2".into()), b"")
+            .await
+            .unwrap();
+        tcp.into_std().unwrap()
+    });
+    second.set_nonblocking(false).unwrap();
+    let mut many = join.clone();
+    if let Some(frames::Family::Control(frames::ControlMessage {
+        msg: Some(frames::ControlKind::PgJoin(j)),
+    })) = &mut many.message
+    {
+        j.actors.truncate(100);
+    }
+    write_frame(&mut second, &many);
+    coordinator.wait_for(&["closed the cluster session", "announced 17 actors"], 1, SHORT);
+    let after = rss_kib(coordinator.pid());
+    assert!(
+        after < before + 64 * 1024,
+        "the coordinator grew from {before} to {after} KiB"
+    );
+}
+
+#[test]
+fn a_rogue_server_learns_nothing_from_a_hospital_but_its_hello() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rogue = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = rogue.local_addr().unwrap().to_string();
+    let mut h = hospital(d, "h1", &addr, 1, &[]);
+    let (mut s, _) = rogue.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let name = "breast_cancer-1";
+    let mut hello = vec![0u8; handshake::MAGIC.len() + 2 + name.len() + 32];
+    s.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello[..16], handshake::MAGIC);
+    // A challenge and a made-up proof: a classic oracle would now answer.
+    let mut reply = handshake::MAGIC.to_vec();
+    reply.extend_from_slice(&[0x5a; 64]);
+    s.write_all(&reply).unwrap();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "the hospital answered {} bytes", rest.len());
+    assert!(!h.wait_exit(SHORT).success());
+    assert!(
+        h.log().contains("did not prove it holds the cluster cookie"),
+        "{}",
+        h.log()
+    );
+}
+
+#[test]
+fn floods_of_unauthenticated_connections_are_capped_quietly_and_hospitals_still_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let coordinator = coordinator(d, &addr, &[], &[]);
+    let before = rss_kib(coordinator.pid());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // 500 idle connections from another loopback address.
+    let idle = runtime.block_on(async {
+        let mut idle = Vec::new();
+        for _ in 0..500 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+            if let Ok(s) = socket.connect(addr.parse().unwrap()).await {
+                idle.push(s);
+            }
+        }
+        idle
+    });
+    assert!(idle.len() >= 400, "{} connections", idle.len());
+    let h = hospital(d, "h1", &addr, 1, &[]);
+    coordinator.wait_for(&["hospital said hello"], 1, SHORT);
+    let after = rss_kib(coordinator.pid());
+    assert!(after < before + 64 * 1024, "{before} -> {after} KiB");
+    let flood_lines = coordinator.count(&["closed a cluster connection at once"]);
+    assert!(
+        (1..=3).contains(&flood_lines),
+        "{flood_lines} lines:\n{}",
+        coordinator.log()
+    );
+    drop(idle);
+    drop(h);
+}
+
+#[test]
+fn an_idle_connection_does_not_hold_up_a_tls_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let certs = d.join("certs");
+    let made = medfed(
+        &[
+            "cluster",
+            "gen-certs",
+            "--out",
+            certs.to_str().unwrap(),
+            "--hospitals",
+            "breast_cancer-1",
+        ],
+        &[],
+    );
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let tls = |name: &str| {
+        vec![
+            "--tls-cert".to_string(),
+            certs.join(format!("{name}.pem")).display().to_string(),
+            "--tls-key".to_string(),
+            certs.join(format!("{name}-key.pem")).display().to_string(),
+            "--tls-ca".to_string(),
+            certs.join("ca.pem").display().to_string(),
+        ]
+    };
+    let addr = format!("127.0.0.1:{}", free_port());
+    let c_args = tls("coordinator");
+    let coordinator = coordinator(
+        d,
+        &addr,
+        &c_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+    );
+    // Connected, silent: before the gate, this blocked every TLS join.
+    let idle = TcpStream::connect(&addr).unwrap();
+    let h_args = tls("breast_cancer-1");
+    let _h = hospital(
+        d,
+        "h1",
+        &addr,
+        1,
+        &h_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    // Well inside the idle connection's 10 s handshake deadline.
+    coordinator.wait_for(&["hospital said hello"], 1, Duration::from_secs(8));
+    drop(idle);
+}
+
+#[test]
+fn gen_certs_issues_certificates_that_say_what_they_are() {
+    use std::os::unix::fs::PermissionsExt;
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::pem::parse_x509_pem;
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    std::fs::create_dir_all(&out).unwrap();
+    // A file left from before is rewritten owner-only.
+    std::fs::write(out.join("h1.pem"), "old").unwrap();
+    std::fs::set_permissions(out.join("h1.pem"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let made = medfed(
+        &[
+            "cluster",
+            "gen-certs",
+            "--out",
+            out.to_str().unwrap(),
+            "--hospitals",
+            "h1,h2",
+            "--coordinator-names",
+            "medfed-coordinator.medfed.svc,10.0.0.7",
+            "--days",
+            "30",
+        ],
+        &[],
+    );
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let ca_key = dir.path().join("certs.ca-key.pem");
+    assert!(ca_key.exists(), "the CA key beside the directory");
+    let mut files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "ca.pem",
+            "coordinator-key.pem",
+            "coordinator.pem",
+            "h1-key.pem",
+            "h1.pem",
+            "h2-key.pem",
+            "h2.pem"
+        ]
+    );
+    for f in files.iter().map(|f| out.join(f)).chain([ca_key]) {
+        let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+    let read = |name: &str| std::fs::read(out.join(name)).unwrap();
+    let days = |c: &x509_parser::certificate::X509Certificate| {
+        (c.validity().not_after.timestamp() - c.validity().not_before.timestamp()) / 86_400
+    };
+
+    let ca_pem = read("ca.pem");
+    let (_, pem) = parse_x509_pem(&ca_pem).unwrap();
+    let ca = pem.parse_x509().unwrap();
+    let bc = ca.basic_constraints().unwrap().unwrap().value;
+    assert!(bc.ca);
+    assert_eq!(bc.path_len_constraint, Some(0));
+    let constraints = ca
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::NameConstraints(n) => {
+                Some(n.permitted_subtrees.clone().unwrap_or_default().len())
+            }
+            _ => None,
+        })
+        .expect("name constraints");
+    assert_eq!(constraints, 4, "localhost, 127.0.0.1 and the two names given");
+    assert_eq!(days(&ca), 30);
+
+    let coordinator_pem = read("coordinator.pem");
+    let (_, pem) = parse_x509_pem(&coordinator_pem).unwrap();
+    let c = pem.parse_x509().unwrap();
+    let eku = c.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && !eku.client_auth);
+    let names: Vec<String> = c
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| match n {
+            GeneralName::DNSName(d) => d.to_string(),
+            GeneralName::IPAddress(ip) => format!("{ip:?}"),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert!(
+        names.contains(&"medfed-coordinator.medfed.svc".to_string()),
+        "{names:?}"
+    );
+    assert!(names.contains(&"localhost".to_string()), "{names:?}");
+    assert_eq!(
+        medfed_actors::cluster::tls::certificate_identity(&pem.contents),
+        Ok(Identity::Coordinator)
+    );
+
+    let h1_pem = read("h1.pem");
+    let (_, pem) = parse_x509_pem(&h1_pem).unwrap();
+    let h = pem.parse_x509().unwrap();
+    let eku = h.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.client_auth && !eku.server_auth);
+    assert_eq!(days(&h), 30);
+    assert_eq!(
+        medfed_actors::cluster::tls::certificate_identity(&pem.contents),
+        Ok(Identity::Hospital("h1".into()))
+    );
+    // The CA key may not be written among the nodes' files.
+    let inside = medfed(
+        &[
+            "cluster",
+            "gen-certs",
+            "--out",
+            out.to_str().unwrap(),
+            "--ca-key",
+            out.join("ca-key.pem").to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!inside.status.success());
+    assert!(String::from_utf8_lossy(&inside.stderr).contains("must not travel with the nodes"));
+}
