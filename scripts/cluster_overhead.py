@@ -41,7 +41,7 @@ def in_process(task, env):
 
 def cluster(task, hospitals, env):
     addr = f"127.0.0.1:{free_port()}"
-    env = dict(env, MEDFED_CLUSTER_COOKIE="overhead-measurement",
+    env = dict(env, MEDFED_CLUSTER_COOKIE="overhead-Measurement/7Hq2xVw9Lp4Rz8Kd1Mb",
                **{f"MEDFED_TASKS__{task.upper()}__MIN_HOSPITALS": str(hospitals)})
     with tempfile.TemporaryFile() as log:
         coord = subprocess.Popen([BIN, "coordinator", "--task", task, "--listen", addr,
