@@ -78,7 +78,9 @@ pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
         },
         check: UpdateCheck {
             max_norm: c.max_update_norm,
+            max_examples: c.max_examples_per_hospital,
         },
+        max_hospitals: c.max_hospitals,
         evaluator: task.evaluator(loaded.config.run.seed)?,
         strategy,
         scaling,

@@ -514,6 +514,15 @@ fn garbage_on_the_cluster_port_and_bad_frames_do_not_crash_the_coordinator() {
         assert!(metrics.contains(&line), "no '{line}' in:\n{metrics}");
     }
     assert!(metrics.contains("medfed_cluster_bytes_total{direction=\"received\"}"));
+    // The gate's view: the raw garbage never got past the handshake, the
+    // prober's session did.
+    for line in [
+        "medfed_cluster_handshakes_refused_total{reason=\"not_medfed\"}",
+        "medfed_cluster_sessions_accepted_total 1",
+        "medfed_cluster_connections_authenticating 0",
+    ] {
+        assert!(metrics.contains(line), "no '{line}' in:\n{metrics}");
+    }
     // And it still runs a federation.
     let _hospitals: Vec<Process> = (1..=5)
         .map(|i| start_hospital(d, &format!("h{i}"), &addr, i, &[], &[]))

@@ -359,7 +359,9 @@ fn an_idle_connection_does_not_hold_up_a_tls_join() {
         ]
     };
     let addr = format!("127.0.0.1:{}", free_port());
-    let c_args = tls("coordinator");
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut c_args = tls("coordinator");
+    c_args.extend(["--http".to_string(), http.clone()]);
     let coordinator = coordinator(
         d,
         &addr,
@@ -379,6 +381,26 @@ fn an_idle_connection_does_not_hold_up_a_tls_join() {
     // Well inside the idle connection's 10 s handshake deadline.
     coordinator.wait_for(&["hospital said hello"], 1, Duration::from_secs(8));
     drop(idle);
+    // The certificates' expiry is on /metrics (open: no scrape token set).
+    let metrics = reqwest::blocking::get(format!("http://{http}/metrics"))
+        .and_then(|r| r.text())
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for certificate in ["node", "ca"] {
+        let prefix =
+            format!("medfed_cluster_certificate_expiry_timestamp_seconds{{certificate=\"{certificate}\"}} ");
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("{metrics}"));
+        let at: i64 = line[prefix.len()..].trim().parse().unwrap();
+        let days = (at - now) / 86_400;
+        assert!((364..=365).contains(&days), "{line}");
+    }
+    assert!(metrics.contains("medfed_cluster_sessions 1"), "{metrics}");
 }
 
 #[test]

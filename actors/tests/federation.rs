@@ -119,8 +119,10 @@ async fn federation_on(
             proximal_mu: 0.0,
         },
         check: UpdateCheck {
+            max_examples: None,
             max_norm: Some(100.0),
         },
+        max_hospitals: None,
         evaluator: Box::new(LogisticEvaluator::new(test).unwrap()),
         strategy: Box::new(FedAvg),
         scaling: Scaling::Federated,

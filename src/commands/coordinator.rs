@@ -78,6 +78,7 @@ pub async fn execute(args: &Args) -> Result<RunEnd> {
             tls: tls.clone(),
             allow: (!cluster.allow.is_empty()).then(|| cluster.allow.iter().cloned().collect()),
             insecure_plaintext: cluster.insecure_plaintext,
+            stats: stats.gate.clone(),
             ..NodeOptions::new(
                 Identity::Coordinator.node_name_prefix(),
                 Identity::Coordinator,

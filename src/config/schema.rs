@@ -271,6 +271,13 @@ pub struct TaskConfig {
     /// Largest accepted L2 norm of an update (model delta); absent: no bound.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_update_norm: Option<f64>,
+    /// Most training examples one hospital may claim (at hello, in each
+    /// update, in its feature statistics); absent: no bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_examples_per_hospital: Option<usize>,
+    /// Most hospitals this task admits at once; absent: no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_hospitals: Option<usize>,
     pub data: DataConfig,
     #[serde(default)]
     pub partition: PartitionConfig,

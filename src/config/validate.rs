@@ -157,6 +157,14 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                 );
             }
         }
+        for (k, v) in [
+            ("max_examples_per_hospital", task.max_examples_per_hospital),
+            ("max_hospitals", task.max_hospitals),
+        ] {
+            if v == Some(0) {
+                return bad(key(k), "must be at least 1 (or absent: no bound)".into());
+            }
+        }
         let t = task.data.test_fraction;
         if !(t > 0.0 && t < 1.0) {
             return bad(key("data.test_fraction"), format!("must be in (0, 1), got {t}"));

@@ -15,6 +15,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use medfed_actors::cluster::gate::GateStats;
 use medfed_actors::cluster::WireStats;
 use medfed_actors::FederationEvent;
 
@@ -453,8 +454,76 @@ impl Collector for ClusterTraffic {
         for (reason, count) in &dropped {
             ConstCounter::new(*count).encode(frames.encode_family(&[("reason", reason.as_str())])?)?;
         }
-        Ok(())
+        encode_gate(&stats.gate, &mut encoder)
     }
+}
+
+/// The gate's connections, sessions and refusals, and certificate expiry:
+/// `medfed_cluster_*`.
+fn encode_gate(gate: &GateStats, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+    use prometheus_client::metrics::gauge::ConstGauge;
+    for (name, help, value) in [
+        (
+            "medfed_cluster_connections_authenticating",
+            "Connections in TLS or the cookie handshake now",
+            GateStats::get(&gate.unauthenticated),
+        ),
+        (
+            "medfed_cluster_sessions",
+            "Authenticated cluster sessions open now",
+            GateStats::get(&gate.sessions),
+        ),
+    ] {
+        let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        ConstGauge::new(value as i64).encode(metric)?;
+    }
+    for (name, help, value) in [
+        (
+            "medfed_cluster_sessions_accepted",
+            "Cluster sessions authenticated and admitted since start",
+            GateStats::get(&gate.accepted),
+        ),
+        (
+            "medfed_cluster_connections_over_cap",
+            "Connections closed at once because too many were authenticating",
+            GateStats::get(&gate.over_cap),
+        ),
+        (
+            "medfed_cluster_accept_errors",
+            "Errors accepting cluster connections (each followed by a pause)",
+            GateStats::get(&gate.accept_errors),
+        ),
+    ] {
+        let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        ConstCounter::new(value).encode(metric)?;
+    }
+    for (name, help, counts) in [
+        (
+            "medfed_cluster_handshakes_refused",
+            "Cluster connections refused or failed before a session, by reason",
+            gate.refused(),
+        ),
+        (
+            "medfed_cluster_sessions_closed",
+            "Authenticated sessions closed by the gate's frame filter, by reason",
+            gate.closed(),
+        ),
+    ] {
+        let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+        for (reason, count) in counts {
+            ConstCounter::new(count).encode(family.encode_family(&[("reason", reason)])?)?;
+        }
+    }
+    let mut expiry = encoder.encode_descriptor(
+        "medfed_cluster_certificate_expiry_timestamp_seconds",
+        "When this node's cluster certificate and its CA expire (Unix time)",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (certificate, at) in gate.expiries() {
+        ConstGauge::new(at).encode(expiry.encode_family(&[("certificate", certificate)])?)?;
+    }
+    Ok(())
 }
 
 /// `medfed_observer_backlog{observer}`: events published but not yet

@@ -19,14 +19,22 @@ use crate::wire::{encode_frame, parse, WireError};
 pub const MAX_ENVELOPE: usize = 8 << 20;
 /// The largest message reassembled from chunks (a model of 256M parameters).
 pub const MAX_MESSAGE: u64 = 1 << 30;
-/// Incomplete chunked messages kept at once (from departed senders, say).
-const MAX_IN_FLIGHT: usize = 32;
+/// Incomplete chunked messages kept at once from one sender (each sender
+/// has its own decoder): the oldest is dropped beyond it.
+const MAX_IN_FLIGHT: usize = 4;
+/// Bytes of incomplete messages kept from one sender: one largest message
+/// and the start of the next.
+const MAX_BUFFERED: u64 = MAX_MESSAGE + MAX_ENVELOPE as u64;
+/// How long an incomplete message waits for its next chunks.
+const PARTIAL_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 /// Frame header bytes around a chunk (see `wire`).
 const FRAME_OVERHEAD: usize = 16;
 
 /// Traffic and drop counters of one node, shared with whoever reports them.
 #[derive(Debug, Default)]
 pub struct WireStats {
+    /// The node's gate: connections, sessions, refusals, certificates.
+    pub gate: Arc<super::gate::GateStats>,
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
     pub messages_sent: AtomicU64,
@@ -105,7 +113,7 @@ pub enum Received<M> {
 impl<M: WireMessage> Inbox<M> {
     pub fn new(stats: Arc<WireStats>) -> Self {
         Self {
-            reassembler: Reassembler::new(MAX_MESSAGE, MAX_IN_FLIGHT),
+            reassembler: Reassembler::new(MAX_MESSAGE, MAX_IN_FLIGHT).with_budget(MAX_BUFFERED, PARTIAL_TTL),
             stats,
             family: std::marker::PhantomData,
         }
@@ -129,7 +137,14 @@ impl<M: WireMessage> Inbox<M> {
         self.stats
             .bytes_received
             .fetch_add(envelope.frame.len() as u64, Ordering::Relaxed);
-        match self.decode(&envelope.frame) {
+        let decoded = self.decode(&envelope.frame);
+        let (evicted, expired) = self.reassembler.take_dropped();
+        for (n, label) in [(evicted, "chunks_evicted"), (expired, "chunks_expired")] {
+            for _ in 0..n {
+                self.stats.count_drop(label);
+            }
+        }
+        match decoded {
             Ok(Some(message)) => {
                 self.stats.messages_received.fetch_add(1, Ordering::Relaxed);
                 Received::Message(message)

@@ -33,6 +33,8 @@ pub struct NodeOptions {
     pub allow: Option<BTreeSet<String>>,
     /// Accept a non-loopback listener without TLS.
     pub insecure_plaintext: bool,
+    /// Where the gate counts (shared with `/metrics`).
+    pub stats: Arc<GateStats>,
 }
 
 impl NodeOptions {
@@ -46,6 +48,7 @@ impl NodeOptions {
             limits: Limits::default(),
             allow: None,
             insecure_plaintext: false,
+            stats: Arc::new(GateStats::default()),
         }
     }
 }
@@ -131,6 +134,8 @@ pub async fn start(options: NodeOptions) -> Result<(Node, UnboundedReceiver<Sess
     let tls = match &options.tls {
         Some(files) => {
             tls::check_own(files, &options.identity)?;
+            options.stats.set_expiry("node", tls::not_after(&files.cert)?);
+            options.stats.set_expiry("ca", tls::not_after(&files.ca)?);
             Some(GateTls {
                 acceptor: tls::acceptor(files)?,
                 connector: tls::connector(files)?,
@@ -160,7 +165,7 @@ pub async fn start(options: NodeOptions) -> Result<(Node, UnboundedReceiver<Sess
         cookie: Arc::new(cookie),
         tls,
         limits: options.limits.clone(),
-        stats: Arc::new(GateStats::default()),
+        stats: options.stats.clone(),
         sessions: Sessions::default(),
         allow: options.allow.clone().map(Arc::new),
     };

@@ -234,3 +234,11 @@ pub fn refuse_all() -> Result<TlsAcceptor, ClusterError> {
         .with_cert_resolver(Arc::new(NoCertificate));
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
+
+/// When the first certificate in `path` expires (Unix seconds).
+pub fn not_after(path: &Path) -> Result<i64, ClusterError> {
+    let cert = certs(path)?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(&cert[0])
+        .map_err(|e| tls_err("cannot read the certificate in", path, e))?;
+    Ok(parsed.validity().not_after.timestamp())
+}

@@ -149,6 +149,7 @@ struct TaskState {
     fsm: TaskFsm,
     plan: TrainPlan,
     check: UpdateCheck,
+    max_hospitals: Option<usize>,
     evaluator: Arc<Mutex<Box<dyn Evaluator>>>,
     strategy: Box<dyn Strategy>,
     /// Why the training quorum is above the configured one, if it is.
@@ -204,6 +205,7 @@ impl TaskState {
             fsm: TaskFsm::new(fsm),
             plan: setup.plan,
             check: setup.check,
+            max_hospitals: setup.max_hospitals,
             evaluator: Arc::new(Mutex::new(setup.evaluator)),
             strategy: setup.strategy,
             quorum_note,
@@ -630,6 +632,24 @@ impl Core {
             Some(_) if self.by_name.get(&info.name).is_some_and(|id| *id != actor) => {
                 Some(format!("hospital name '{}' is already in use", info.name))
             }
+            Some(task) if task.check.check_examples(info.samples).is_err() => Some(format!(
+                "it declares {} training examples, above this task's bound of {} (tasks.{}.max_examples_per_hospital)",
+                info.samples,
+                task.check.max_examples.unwrap_or_default(),
+                info.task
+            )),
+            Some(task)
+                if task.max_hospitals.is_some_and(|max| {
+                    self.hospitals.values().filter(|h| h.info.task == info.task).count() >= max
+                }) =>
+            {
+                Some(format!(
+                    "task '{}' already has its most hospitals ({}; tasks.{}.max_hospitals)",
+                    info.task,
+                    task.max_hospitals.unwrap_or_default(),
+                    info.task
+                ))
+            }
             Some(task) => match (&info.held_out, &task.held_out) {
                 (Some(theirs), Some(ours)) if theirs != ours => Some(format!(
                     "its data was split from a different held-out set ({theirs}; the coordinator's is {ours}): \
@@ -710,6 +730,8 @@ impl Core {
             return;
         };
         let (from, task) = (r.info.name.clone(), r.info.task.clone());
+        // Its statistics carry DP noise when it releases under DP.
+        let noised = r.info.privacy.is_some();
         let Some(t) = self.tasks.get_mut(&task) else {
             return;
         };
@@ -737,7 +759,17 @@ impl Core {
             ToCoordinator::Hello { .. } => return,
             ToCoordinator::Stats { outcome, .. } => match outcome {
                 StatsOutcome::Released { stats } => {
-                    (StageKind::Stats, Verdict::Usable, Some(Payload::Stats(stats)))
+                    match stats.as_ref().map(|s| t.check.check_stats(s, noised)) {
+                        Some(Err(reason)) => (
+                            StageKind::Stats,
+                            Verdict::Invalid {
+                                label: reason.label().to_string(),
+                                reason: reason.to_string(),
+                            },
+                            None,
+                        ),
+                        _ => (StageKind::Stats, Verdict::Usable, Some(Payload::Stats(stats))),
+                    }
                 }
                 StatsOutcome::Declined { reason } => (StageKind::Stats, Verdict::Declined(reason), None),
             },

@@ -47,7 +47,11 @@ fn setup(name: &str) -> TaskSetup {
             seed: 1,
             proximal_mu: 0.0,
         },
-        check: UpdateCheck { max_norm: Some(10.0) },
+        check: UpdateCheck {
+            max_norm: Some(10.0),
+            max_examples: Some(1_000_000),
+        },
+        max_hospitals: None,
         evaluator: Box::new(FixedEvaluator),
         strategy: Box::new(FedAvg),
         scaling: Scaling::None,
@@ -908,4 +912,31 @@ fn a_failed_last_commit_aborts_the_run_instead_of_finishing_it() {
         panic!("{ended:?}")
     };
     assert_eq!(reason, "disk full");
+}
+
+#[test]
+fn claims_above_the_tasks_bounds_are_refused_and_its_hospital_cap_holds() {
+    let mut capped = setup("t");
+    capped.max_hospitals = Some(2);
+    let mut core = Core::new(vec![capped]);
+    // A hello declaring more examples than the bound (1,000,000 here).
+    let mut sybil = info("big", "t");
+    sybil.samples = 100_000_000;
+    let out = core.handle(
+        Duration::ZERO,
+        Input::Hello {
+            actor: actor(9),
+            info: sybil,
+        },
+    );
+    let reason = refusal(&out).expect("refused");
+    assert!(
+        reason.contains("declares 100000000 training examples"),
+        "{reason}"
+    );
+    assert!(reason.contains("max_examples_per_hospital"), "{reason}");
+    assert!(refusal(&hello(&mut core, 1, "a", "t")).is_none());
+    assert!(refusal(&hello(&mut core, 2, "b", "t")).is_none());
+    let reason = refusal(&hello(&mut core, 3, "c", "t")).expect("over the cap");
+    assert!(reason.contains("already has its most hospitals (2"), "{reason}");
 }

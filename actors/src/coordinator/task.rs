@@ -21,6 +21,8 @@ pub struct TaskSetup {
     /// The plan sent each round (`round` is filled in per round).
     pub plan: TrainPlan,
     pub check: UpdateCheck,
+    /// Most hospitals this task admits at once (`None`: no cap).
+    pub max_hospitals: Option<usize>,
     pub evaluator: Box<dyn Evaluator>,
     pub strategy: Box<dyn Strategy>,
     pub scaling: Scaling,

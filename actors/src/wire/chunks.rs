@@ -6,6 +6,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use super::{Reader, WireError};
 
@@ -60,23 +61,111 @@ struct Partial {
     /// Chunks that arrived ahead of their turn.
     ahead: BTreeMap<u32, Vec<u8>>,
     received: u64,
+    /// Arrival order of its first chunk: the oldest is evicted first.
+    seq: u64,
+    started: Instant,
 }
 
-/// Collects chunks per message id; bounded in memory.
+/// Collects chunks per message id; bounded in count, bytes and age.
 pub struct Reassembler {
     max_message: u64,
     max_in_flight: usize,
+    max_buffered: u64,
+    ttl: Duration,
     partial: BTreeMap<u64, Partial>,
+    next_seq: u64,
+    buffered: u64,
+    evicted: u64,
+    expired: u64,
 }
+
+/// How long an incomplete message is kept by default.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
+/// The most reserved ahead for a message before its bytes arrive.
+const MAX_RESERVE: u64 = 16 << 20;
 
 impl Reassembler {
     /// `max_message`: the largest payload accepted; `max_in_flight`: how many
     /// messages may be incomplete at once (the oldest is dropped beyond it).
+    /// Buffered bytes are bounded by twice `max_message` until
+    /// `with_budget` says otherwise.
     pub fn new(max_message: u64, max_in_flight: usize) -> Self {
         Self {
             max_message,
             max_in_flight: max_in_flight.max(1),
+            max_buffered: max_message.saturating_mul(2),
+            ttl: DEFAULT_TTL,
             partial: BTreeMap::new(),
+            next_seq: 0,
+            buffered: 0,
+            evicted: 0,
+            expired: 0,
+        }
+    }
+
+    /// At most `max_buffered` bytes of incomplete messages, each kept at
+    /// most `ttl`.
+    pub fn with_budget(mut self, max_buffered: u64, ttl: Duration) -> Self {
+        self.max_buffered = max_buffered.max(self.max_message);
+        self.ttl = ttl;
+        self
+    }
+
+    /// Incomplete messages dropped since the last call: (evicted for room, expired).
+    pub fn take_dropped(&mut self) -> (u64, u64) {
+        let dropped = (self.evicted, self.expired);
+        (self.evicted, self.expired) = (0, 0);
+        dropped
+    }
+
+    /// Bytes held by incomplete messages.
+    pub fn buffered(&self) -> u64 {
+        self.buffered
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Partial> {
+        let p = self.partial.remove(&id)?;
+        self.buffered -= p.received;
+        Some(p)
+    }
+
+    /// Drop the oldest incomplete message other than `keep`; false if none.
+    fn evict_oldest(&mut self, keep: u64) -> bool {
+        let oldest = self
+            .partial
+            .iter()
+            .filter(|(id, _)| **id != keep)
+            .min_by_key(|(_, p)| p.seq)
+            .map(|(id, _)| *id);
+        match oldest {
+            Some(id) => {
+                self.remove(id);
+                self.evicted += 1;
+                tracing::warn!(
+                    message = id,
+                    "dropped an incomplete message: the sender's buffer is full"
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn expire(&mut self) {
+        let ttl = self.ttl;
+        let stale: Vec<u64> = self
+            .partial
+            .iter()
+            .filter(|(_, p)| p.started.elapsed() > ttl)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            self.remove(id);
+            self.expired += 1;
+            tracing::warn!(
+                message = id,
+                "dropped an incomplete message: its chunks stopped coming"
+            );
         }
     }
 
@@ -98,14 +187,21 @@ impl Reassembler {
         if count == 0 || index >= count {
             return Err(bad(format!("message {id}: chunk {index} of {count}")));
         }
+        self.expire();
         if !self.partial.contains_key(&id) && self.partial.len() >= self.max_in_flight {
-            let oldest = *self.partial.keys().next().expect("non-empty");
-            self.partial.remove(&oldest);
-            tracing::warn!(
-                message = oldest,
-                "dropped an incomplete message: too many in flight"
-            );
+            self.evict_oldest(id);
         }
+        let incoming = data.len() as u64;
+        while self.buffered + incoming > self.max_buffered {
+            if !self.evict_oldest(id) {
+                self.remove(id);
+                return Err(WireError::TooLarge(format!(
+                    "message {id}: more than {} bytes of incomplete messages from one sender",
+                    self.max_buffered
+                )));
+            }
+        }
+        let seq = self.next_seq;
         let p = self.partial.entry(id).or_insert_with(|| Partial {
             count,
             total,
@@ -113,23 +209,29 @@ impl Reassembler {
             next: 0,
             ahead: BTreeMap::new(),
             received: 0,
+            seq,
+            started: Instant::now(),
         });
+        if p.seq == seq {
+            self.next_seq += 1;
+        }
         if p.count != count || p.total != total {
-            self.partial.remove(&id);
+            self.remove(id);
             return Err(bad(format!("message {id}: chunks disagree on its size")));
         }
         if index < p.next || p.ahead.contains_key(&index) {
             return Err(bad(format!("message {id}: chunk {index} arrived twice")));
         }
-        p.received += data.len() as u64;
-        if p.received > total {
-            self.partial.remove(&id);
+        if p.received + incoming > total {
+            self.remove(id);
             return Err(bad(format!("message {id}: more bytes than announced")));
         }
+        p.received += incoming;
+        self.buffered += incoming;
         if index == p.next {
             if p.whole.capacity() == 0 {
-                // Capped: a peer's announced size alone must not reserve gigabytes.
-                p.whole.reserve_exact(total.min(256 << 20) as usize);
+                // Capped: a peer's announced size alone must not reserve much.
+                p.whole.reserve_exact(total.min(MAX_RESERVE) as usize);
             }
             p.whole.extend_from_slice(data);
             p.next += 1;
@@ -143,7 +245,9 @@ impl Reassembler {
         if p.next < count {
             return Ok(None);
         }
-        let p = self.partial.remove(&id).expect("present");
+        let Some(p) = self.remove(id) else {
+            return Err(bad(format!("message {id}: lost while assembling")));
+        };
         if p.received != p.total {
             return Err(bad(format!("message {id}: {} of {} bytes", p.received, p.total)));
         }
@@ -215,5 +319,40 @@ mod tests {
             r.push(&chunks[0]).unwrap();
         }
         assert_eq!(r.in_flight(), 2);
+    }
+
+    /// The oldest incomplete message goes first, not the smallest id (a
+    /// high id must not evict an honest upload that started earlier).
+    #[test]
+    fn eviction_takes_the_oldest_and_bytes_and_age_are_bounded() {
+        let chunks = |id: u64| split(id, &[7u8; 100], CHUNK_HEADER + 10).unwrap();
+        let mut r = Reassembler::new(1 << 20, 2);
+        let honest = chunks(5);
+        r.push(&honest[0]).unwrap();
+        r.push(&chunks(1)[0]).unwrap();
+        r.push(&chunks(u64::MAX)[0]).unwrap();
+        assert_eq!(r.take_dropped(), (1, 0));
+        // id 5 was the oldest: evicted; the two later ones remain.
+        assert!(r.push(&honest[1]).unwrap().is_none());
+        assert_eq!(r.in_flight(), 2);
+
+        // Bytes: a budget of 250 holds two messages of 100, not three.
+        let mut r = Reassembler::new(100, 10).with_budget(250, DEFAULT_TTL);
+        let whole = |id: u64| split(id, &[1u8; 100], CHUNK_HEADER + 90).unwrap();
+        for id in 0..3 {
+            let c = whole(id);
+            r.push(&c[0]).unwrap();
+        }
+        assert!(r.buffered() <= 250, "{}", r.buffered());
+        assert_eq!(r.take_dropped().0, 1);
+
+        // Age: an abandoned message expires at the next push.
+        let mut r = Reassembler::new(1 << 20, 4).with_budget(1 << 20, Duration::from_millis(10));
+        r.push(&chunks(1)[0]).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        r.push(&chunks(2)[0]).unwrap();
+        assert_eq!(r.take_dropped(), (0, 1));
+        assert_eq!(r.in_flight(), 1);
+        assert_eq!(r.buffered(), 10);
     }
 }

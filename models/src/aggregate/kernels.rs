@@ -47,7 +47,11 @@ pub fn weighted_sum(base: &[f32], inputs: &[&[f32]], weights: &[f32]) -> Vec<f32
 /// Each update's share of the examples (FedAvg's weights), after checking
 /// that there is something to average and that every update fits `global`.
 pub fn sample_weights(strategy: &str, global: &Params, updates: &[WeightedDelta<'_>]) -> Result<Vec<f32>> {
-    let total: usize = updates.iter().map(|u| u.num_examples).sum();
+    // Checked: claimed counts must not wrap around to a small total.
+    let total = updates
+        .iter()
+        .try_fold(0usize, |t, u| t.checked_add(u.num_examples))
+        .ok_or_else(|| ModelError::Invalid(format!("{strategy}: the updates' example counts overflow")))?;
     if updates.is_empty() || total == 0 {
         return Err(ModelError::Invalid(format!(
             "{strategy} needs at least one update with examples"

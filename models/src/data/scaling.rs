@@ -51,6 +51,12 @@ impl MomentSums {
                 *t += p;
             }
         }
+        let finite = total.count.is_finite() && total.sum.iter().chain(&total.sum_sq).all(|v| v.is_finite());
+        if !finite {
+            return Err(ModelError::Data(
+                "the combined feature statistics overflow".into(),
+            ));
+        }
         Ok(total)
     }
 }

@@ -16,6 +16,8 @@ pub struct GateStats {
     pub over_cap: AtomicU64,
     /// Accept errors (descriptor exhaustion, say), each followed by a pause.
     pub accept_errors: AtomicU64,
+    /// Expiry (Unix seconds) of this node's certificate and of the CA, under TLS.
+    pub certificate_expiry: Mutex<BTreeMap<&'static str, i64>>,
     /// Handshakes refused or failed, by reason.
     refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Authenticated sessions closed by the frame filter, by reason.
@@ -41,6 +43,19 @@ impl GateStats {
 
     pub fn closed(&self) -> BTreeMap<&'static str, u64> {
         self.closed.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    pub fn set_expiry(&self, which: &'static str, unix_seconds: i64) {
+        if let Ok(mut m) = self.certificate_expiry.lock() {
+            m.insert(which, unix_seconds);
+        }
+    }
+
+    pub fn expiries(&self) -> BTreeMap<&'static str, i64> {
+        self.certificate_expiry
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default()
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {
