@@ -475,3 +475,46 @@ fn https_serves_the_panel_and_marks_the_session_cookie_secure() {
     let refused = curl(&[&plain]);
     assert!(!String::from_utf8_lossy(&refused.stdout).contains("ok"));
 }
+
+#[test]
+fn requests_for_another_host_or_from_another_origin_are_refused() {
+    let s = Served::start(
+        &["--task", "breast_cancer"],
+        &[("MEDFED_WEB__ALLOWED_HOSTS", "[\"medfed.hospital.example\"]")],
+    );
+    let client = anonymous();
+    // DNS rebinding: an attacker's name resolving to this address. Even
+    // health answers only to this server's names.
+    for path in ["/healthz", "/api/state", "/"] {
+        let r = client.get(s.url(path)).header("Host", "rebind.attacker.example").send().unwrap();
+        let (status, error) = error_of(r);
+        assert_eq!(status, 421, "{path}");
+        assert!(error.contains("web.allowed_hosts"), "{error}");
+    }
+    // The configured ingress name and IP literals are this server.
+    let port = s.base.rsplit(':').next().unwrap().to_string();
+    for host in [format!("medfed.hospital.example:{port}"), format!("127.0.0.1:{port}")] {
+        let r = client.get(s.url("/healthz")).header("Host", host.as_str()).send().unwrap();
+        assert_eq!(r.status(), 200, "{host}");
+    }
+    // Another site's page, whatever the method and even with the token.
+    let r = client
+        .post(s.url("/api/runs"))
+        .bearer_auth(TOKEN)
+        .header("Origin", "http://evil.example")
+        .header("Content-Type", "application/json")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(error_of(r).0, 403);
+    let r = client
+        .get(s.url("/api/state"))
+        .bearer_auth(TOKEN)
+        .header("Origin", &s.base)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "its own origin");
+    let metrics = client.get(s.url("/metrics")).send().unwrap().text().unwrap();
+    assert!(metrics.contains("reason=\"unknown_host\""), "{metrics}");
+    assert!(metrics.contains("reason=\"foreign_origin\""), "{metrics}");
+}

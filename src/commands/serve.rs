@@ -343,6 +343,7 @@ fn app_state(
         settings: serde_json::Value::Object(settings),
         ready: AtomicBool::new(false),
         store: None,
+        allowed_hosts: loaded.config.web.allowed_hosts.clone(),
     })
 }
 

@@ -85,6 +85,10 @@ pub struct WebConfig {
     pub secure_cookies: bool,
     /// Failed authentications one source address may make per minute.
     pub auth_failures_per_minute: usize,
+    /// Host names the web server answers to (an ingress's, say), besides IP
+    /// literals and localhost; other Host or Origin headers are refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
 }
 
 impl Default for WebConfig {
@@ -98,6 +102,7 @@ impl Default for WebConfig {
             tls_key: None,
             secure_cookies: false,
             auth_failures_per_minute: 10,
+            allowed_hosts: Vec::new(),
         }
     }
 }

@@ -56,6 +56,17 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             }
         }
     }
+    for host in &config.web.allowed_hosts {
+        let ok = !host.is_empty()
+            && host.len() <= 253
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !ok {
+            return bad(
+                "web.allowed_hosts".into(),
+                format!("'{host}' is not a host name (no scheme, port or path)"),
+            );
+        }
+    }
     if config.web.auth_failures_per_minute == 0 {
         return bad("web.auth_failures_per_minute".into(), "must be at least 1".into());
     }

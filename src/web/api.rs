@@ -44,9 +44,14 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, message)
     }
 
+    /// The details go to the log only; the client gets an id to quote.
     fn internal(e: anyhow::Error) -> Self {
-        tracing::error!("request failed: {e:#}");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+        let id = format!("{:08x}", rand::random::<u32>());
+        tracing::error!(error_id = %id, "request failed: {e:#}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("internal error {id}: the server's log has the details"),
+        )
     }
 }
 
@@ -438,4 +443,17 @@ pub async fn asset(req: HttpRequest) -> HttpResponse {
 
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     ApiError::not_found(format!("no route {} {}", req.method(), req.path())).error_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_tell_clients_an_id_not_the_details() {
+        let e = ApiError::internal(anyhow::anyhow!("cannot open /var/lib/medfed/secret.sqlite"));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.message.contains("secret"), "{}", e.message);
+        assert!(e.message.starts_with("internal error "), "{}", e.message);
+    }
 }

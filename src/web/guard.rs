@@ -61,6 +61,10 @@ pub fn decide(state: &AppState, req: &ServiceRequest) -> Result<Principal, Refus
         changes_state: !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS),
     };
     let source = source(req.request());
+    if let Err(refusal) = check_host(headers, &state.allowed_hosts) {
+        refused(state, &refusal, source, &route(req));
+        return Err(refusal);
+    }
     // A browser says where a request comes from: a change another site's
     // page asks for (a form post, a no-cors fetch) is refused outright,
     // login included, so such a page cannot spend the address's failures.
@@ -78,6 +82,47 @@ pub fn decide(state: &AppState, req: &ServiceRequest) -> Result<Principal, Refus
         refused(state, refusal, source, &route(req));
     }
     decided
+}
+
+/// The host part of a Host header or an origin's authority (no port, no
+/// brackets), lower-cased.
+fn host_of(authority: &str) -> String {
+    let authority = authority.trim().to_ascii_lowercase();
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default().to_string();
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host.to_string(),
+        _ => authority,
+    }
+}
+
+/// An IP literal or `localhost` names this server whatever DNS says; any
+/// other name must be on the allow-list (an attacker's DNS name pointed at
+/// this address must not reach the API: DNS rebinding).
+pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    host.parse::<IpAddr>().is_ok() || host == "localhost" || allowed.iter().any(|a| a.eq_ignore_ascii_case(host))
+}
+
+/// The Host header (required) and any Origin must name this server.
+pub fn check_host(headers: &actix_web::http::header::HeaderMap, allowed: &[String]) -> Result<(), Refusal> {
+    let host = headers
+        .get("Host")
+        .and_then(|h| h.to_str().ok())
+        .map(host_of)
+        .ok_or(Refusal::UnknownHost)?;
+    if !host_allowed(&host, allowed) {
+        return Err(Refusal::UnknownHost);
+    }
+    if let Some(origin) = headers.get("Origin") {
+        let origin = origin.to_str().unwrap_or("null");
+        let authority = origin.split_once("://").map(|(_, rest)| rest);
+        match authority {
+            Some(a) if host_allowed(&host_of(a), allowed) => {}
+            _ => return Err(Refusal::ForeignOrigin),
+        }
+    }
+    Ok(())
 }
 
 pub fn route(req: &ServiceRequest) -> String {
@@ -113,6 +158,9 @@ pub fn refused(state: &AppState, refusal: &Refusal, source: IpAddr, route: &str)
         Refusal::Missing | Refusal::Throttled(_) => {
             tracing::debug!(%source, route, reason = refusal.reason(), "request refused")
         }
+        Refusal::UnknownHost | Refusal::ForeignOrigin => {
+            tracing::info!(%source, route, reason = refusal.reason(), "request for another host or origin refused")
+        }
         _ => tracing::warn!(%source, route, reason = refusal.reason(), "authentication failed"),
     }
 }
@@ -128,7 +176,7 @@ pub fn refusal_response(refusal: &Refusal) -> HttpResponse {
         Refusal::Missing | Refusal::WrongToken => {
             response.insert_header(("WWW-Authenticate", "Bearer realm=\"medfed\""));
         }
-        Refusal::Csrf | Refusal::CrossSite => {}
+        Refusal::Csrf | Refusal::CrossSite | Refusal::UnknownHost | Refusal::ForeignOrigin => {}
     }
     response.json(json!({ "error": refusal.message() }))
 }
@@ -136,6 +184,31 @@ pub fn refusal_response(refusal: &Refusal) -> HttpResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hosts_and_origins_must_name_this_server() {
+        let allowed = vec!["medfed.hospital.example".to_string()];
+        let check = |host: Option<&str>, origin: Option<&str>| {
+            let mut req = actix_web::test::TestRequest::default();
+            if let Some(h) = host {
+                req = req.insert_header(("Host", h));
+            }
+            if let Some(o) = origin {
+                req = req.insert_header(("Origin", o));
+            }
+            check_host(req.to_srv_request().headers(), &allowed).err().map(|r| r.reason())
+        };
+        for ok in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080", "10.1.2.3", "MEDFED.hospital.example"] {
+            assert_eq!(check(Some(ok), None), None, "{ok}");
+        }
+        assert_eq!(check(Some("attacker.example:8080"), None), Some("unknown_host"));
+        assert_eq!(check(Some("localhost.attacker.example"), None), Some("unknown_host"));
+        assert_eq!(check(None, None), Some("unknown_host"));
+        assert_eq!(check(Some("127.0.0.1:8080"), Some("http://127.0.0.1:8080")), None);
+        assert_eq!(check(Some("127.0.0.1:8080"), Some("https://medfed.hospital.example")), None);
+        assert_eq!(check(Some("127.0.0.1:8080"), Some("http://evil.example")), Some("foreign_origin"));
+        assert_eq!(check(Some("127.0.0.1:8080"), Some("null")), Some("foreign_origin"));
+    }
 
     #[test]
     fn cookies_are_found_by_exact_name() {

@@ -62,6 +62,8 @@ pub struct AppState {
     /// federation did: `serve`; a coordinator records its events itself).
     pub audit: Option<std::sync::Arc<crate::audit::AuditLog>>,
     pub audit_events: bool,
+    /// Host names this server answers to besides IP literals and localhost.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl AppState {

@@ -64,6 +64,10 @@ pub enum Refusal {
     Csrf,
     /// A state-changing request from another site's page.
     CrossSite,
+    /// A Host header naming a server this is not (DNS rebinding).
+    UnknownHost,
+    /// An Origin header naming another site.
+    ForeignOrigin,
     Throttled(Duration),
 }
 
@@ -75,6 +79,8 @@ impl Refusal {
             Refusal::WrongToken => "wrong_token",
             Refusal::Csrf => "csrf",
             Refusal::CrossSite => "cross_site",
+            Refusal::UnknownHost => "unknown_host",
+            Refusal::ForeignOrigin => "foreign_origin",
             Refusal::Throttled(_) => "throttled",
         }
     }
@@ -82,7 +88,8 @@ impl Refusal {
     pub fn status(&self) -> u16 {
         match self {
             Refusal::Missing | Refusal::WrongToken => 401,
-            Refusal::Csrf | Refusal::CrossSite => 403,
+            Refusal::Csrf | Refusal::CrossSite | Refusal::ForeignOrigin => 403,
+            Refusal::UnknownHost => 421,
             Refusal::Throttled(_) => 429,
         }
     }
@@ -97,6 +104,10 @@ impl Refusal {
                               with every change (API clients use the bearer token instead)"
                 .into(),
             Refusal::CrossSite => "refused: a change requested by another site's page".into(),
+            Refusal::UnknownHost => "refused: this server does not answer to that host name \
+                                     (add it to web.allowed_hosts)"
+                .into(),
+            Refusal::ForeignOrigin => "refused: a request from another site's page".into(),
             Refusal::Throttled(wait) => format!(
                 "too many failed authentications from this address: retry in {} s",
                 wait.as_secs().max(1)
