@@ -531,3 +531,246 @@ fn gen_certs_issues_certificates_that_say_what_they_are() {
     assert!(!inside.status.success());
     assert!(String::from_utf8_lossy(&inside.stderr).contains("must not travel with the nodes"));
 }
+
+/// The TLS flags of `name` in the certificate directory `certs`.
+fn tls_flags(certs: &std::path::Path, name: &str) -> Vec<String> {
+    vec![
+        "--tls-cert".into(),
+        certs.join(format!("{name}.pem")).display().to_string(),
+        "--tls-key".into(),
+        certs.join(format!("{name}-key.pem")).display().to_string(),
+        "--tls-ca".into(),
+        certs.join("ca.pem").display().to_string(),
+    ]
+}
+
+fn tls_files(certs: &std::path::Path, name: &str) -> medfed_actors::cluster::TlsFiles {
+    medfed_actors::cluster::TlsFiles {
+        cert: certs.join(format!("{name}.pem")),
+        key: certs.join(format!("{name}-key.pem")),
+        ca: certs.join("ca.pem"),
+    }
+}
+
+#[test]
+fn a_hospital_with_another_hospitals_valid_certificate_cannot_speak_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let certs = d.join("certs");
+    let made = medfed(
+        &[
+            "cluster",
+            "gen-certs",
+            "--out",
+            certs.to_str().unwrap(),
+            "--hospitals",
+            "breast_cancer-1,breast_cancer-2",
+        ],
+        &[],
+    );
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let addr = format!("127.0.0.1:{}", free_port());
+    let flags = tls_flags(&certs, "coordinator");
+    let coordinator = coordinator(d, &addr, &flags.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    // The honest binary refuses to start under a name its certificate lacks.
+    let h = tls_flags(&certs, "breast_cancer-2");
+    let mut args: Vec<&str> = h.iter().map(String::as_str).collect();
+    args.extend(["--name", "breast_cancer-1"]);
+    let mut wrong = shard_hospital(d, "wrong", TASK, &addr, "1/5", &args, &[]);
+    assert!(!wrong.wait_exit(SHORT).success());
+    assert!(
+        wrong.log().contains("is the certificate of hospital breast_cancer-2, but this node is hospital breast_cancer-1"),
+        "{}",
+        wrong.log()
+    );
+    // A modified one skips that check and claims breast_cancer-1 in the
+    // handshake with breast_cancer-2's certificate: the coordinator refuses.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let id = Identity::Hospital("breast_cancer-2".into());
+        let mut options = NodeOptions::new(
+            format!("{}00000000000000c2", id.node_name_prefix()),
+            id,
+            COOKIE.into(),
+        );
+        options.tls = Some(tls_files(&certs, "breast_cancer-2"));
+        let (node, _events) = node::start(options).await.unwrap();
+        let mut forged = node.gate.clone();
+        forged.me = Identity::Hospital("breast_cancer-1".into());
+        match medfed_actors::cluster::gate::dial::dial(&forged, &addr, &node.server).await {
+            Err(ClusterError::Refused(reason)) => assert!(
+                reason.contains("its certificate names hospital breast_cancer-2 but its handshake says hospital breast_cancer-1"),
+                "{reason}"
+            ),
+            other => panic!("not refused: {other:?}"),
+        }
+        node.stop();
+    });
+    coordinator.wait_for(&["refused a cluster connection", "certificate_mismatch"], 1, SHORT);
+    assert_eq!(coordinator.count(&["hospital said hello"]), 0);
+}
+
+#[test]
+fn a_coordinator_certificate_for_both_uses_is_refused_by_the_hospital() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let certs = d.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    // A CA and, as older releases made them, a leaf for server AND client use.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    std::fs::write(certs.join("ca.pem"), ca_cert.pem()).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let leaf = |name: &str, sans: Vec<SanType>, usages: Vec<ExtendedKeyUsagePurpose>| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.subject_alt_names = sans;
+        p.extended_key_usages = usages;
+        let cert = p.signed_by(&key, &issuer).unwrap();
+        std::fs::write(certs.join(format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(certs.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+    };
+    leaf(
+        "rogue",
+        vec![
+            SanType::DnsName("localhost".try_into().unwrap()),
+            SanType::IpAddress("127.0.0.1".parse().unwrap()),
+        ],
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+    );
+    leaf(
+        "breast_cancer-1",
+        vec![SanType::URI("urn:medfed:hospital:breast_cancer-1".try_into().unwrap())],
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let acceptor = medfed_actors::cluster::tls::acceptor(&tls_files(&certs, "rogue")).unwrap();
+    // The rogue completes TLS, then counts what the hospital tells it.
+    let rogue = runtime.spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut heard = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut heard)).await;
+        heard.len()
+    });
+    let flags = tls_flags(&certs, "breast_cancer-1");
+    let mut h = hospital(d, "h1", &addr, 1, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!h.wait_exit(SHORT).success());
+    assert!(h.log().contains("marked for both server and client use"), "{}", h.log());
+    assert_eq!(runtime.block_on(rogue).unwrap(), 0, "the hospital said nothing to it");
+}
+
+/// The TCP ports process `pid` listens on, with their addresses.
+fn listening(pid: u32) -> Vec<(String, u16)> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().to_string();
+            l.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_string)
+        })
+        .collect();
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+                let (ip, port) = f[1].split_once(':').unwrap();
+                out.push((ip.to_string(), u16::from_str_radix(port, 16).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_hospital_accepts_no_session_from_anyone_it_did_not_dial() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let coordinator = coordinator(d, &addr, &[], &[]);
+    let h = hospital(d, "h1", &addr, 1, &[]);
+    coordinator.wait_for(&["hospital said hello"], 1, SHORT);
+    // Its only listening socket is ractor_cluster's own, on loopback.
+    let ports = listening(h.pid());
+    assert_eq!(ports.len(), 1, "{ports:?}");
+    assert_eq!(ports[0].0, "0100007F", "bound to 127.0.0.1: {ports:?}");
+    let port = ports[0].1;
+    // A rogue coordinator with the cookie dials it: medfed's handshake...
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let rogue = intruder("rogue").await;
+        let refused = rogue.connect(&format!("127.0.0.1:{port}")).await;
+        assert!(refused.is_err(), "{refused:?}");
+        rogue.stop();
+    });
+    // ...and ractor_cluster's own protocol (its first frame, a name):
+    // the listener speaks only TLS without a certificate and closes.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let name = frames::NetworkMessage {
+        message: Some(frames::Family::Auth(frames::AuthenticationMessage {
+            msg: Some(frames::AuthKind::Name(frames::NameMessage {
+                name: "medfed.coordinator@127.0.0.1".into(),
+            })),
+        })),
+    };
+    write_frame(&mut s, &name);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(answer.len() < 64, "{} bytes", answer.len());
+    std::thread::sleep(Duration::from_millis(300));
+    let h_log = std::fs::read_to_string(&h.stderr).unwrap();
+    assert_eq!(h_log.matches("coordinator found").count(), 1, "{h_log}");
+}
+
+#[test]
+fn a_session_that_takes_another_hospitals_node_name_is_closed_and_the_hospital_stays() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let coordinator = coordinator(d, &addr, &[], &[]);
+    let _real = hospital(d, "h1", &addr, 1, &[]);
+    coordinator.wait_for(&["hospital said hello"], 1, SHORT);
+    let node_name = coordinator
+        .log()
+        .lines()
+        .find(|l| l.contains("cluster node authenticated"))
+        .and_then(|l| l.split("\"peer\":\"").nth(1))
+        .and_then(|p| p.split('"').next())
+        .map(str::to_string)
+        .expect("the real hospital's node name in the log");
+    assert!(node_name.starts_with("medfed.hospital.breast_cancer-1."), "{node_name}");
+    // Mallory authenticates as herself, then names her node like the real
+    // hospital's (ractor_cluster's duplicate-session rule would keep hers).
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut s = runtime.block_on(async {
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let cookie = Cookie::new(COOKIE).unwrap();
+        handshake::as_hospital(&mut tcp, &cookie, &Identity::Hospital("mallory".into()), b"")
+            .await
+            .unwrap();
+        tcp.into_std().unwrap()
+    });
+    s.set_nonblocking(false).unwrap();
+    let name = frames::NetworkMessage {
+        message: Some(frames::Family::Auth(frames::AuthenticationMessage {
+            msg: Some(frames::AuthKind::Name(frames::NameMessage { name: node_name })),
+        })),
+    };
+    write_frame(&mut s, &name);
+    coordinator.wait_for(&["closed the cluster session", "node name"], 1, SHORT);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(coordinator.count(&["hospital departed"]), 0, "{}", coordinator.log());
+    assert_eq!(coordinator.count(&["cluster node disconnected"]), 0, "{}", coordinator.log());
+}
