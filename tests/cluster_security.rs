@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::cluster::{shard_hospital, spawn, Process, COOKIE};
+use common::cluster::{shard_hospital, spawn, spawn_program, Process, COOKIE};
 use common::{free_port, medfed};
 use medfed_actors::cluster::gate::{frames, handshake, Cookie, Identity};
 use medfed_actors::cluster::node::{self, NodeOptions};
@@ -571,7 +571,12 @@ fn a_hospital_with_another_hospitals_valid_certificate_cannot_speak_for_it() {
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     let addr = format!("127.0.0.1:{}", free_port());
     let flags = tls_flags(&certs, "coordinator");
-    let coordinator = coordinator(d, &addr, &flags.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    let coordinator = coordinator(
+        d,
+        &addr,
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[],
+    );
     // The honest binary refuses to start under a name its certificate lacks.
     let h = tls_flags(&certs, "breast_cancer-2");
     let mut args: Vec<&str> = h.iter().map(String::as_str).collect();
@@ -579,7 +584,9 @@ fn a_hospital_with_another_hospitals_valid_certificate_cannot_speak_for_it() {
     let mut wrong = shard_hospital(d, "wrong", TASK, &addr, "1/5", &args, &[]);
     assert!(!wrong.wait_exit(SHORT).success());
     assert!(
-        wrong.log().contains("is the certificate of hospital breast_cancer-2, but this node is hospital breast_cancer-1"),
+        wrong.log().contains(
+            "is the certificate of hospital breast_cancer-2, but this node is hospital breast_cancer-1"
+        ),
         "{}",
         wrong.log()
     );
@@ -606,7 +613,11 @@ fn a_hospital_with_another_hospitals_valid_certificate_cannot_speak_for_it() {
         }
         node.stop();
     });
-    coordinator.wait_for(&["refused a cluster connection", "certificate_mismatch"], 1, SHORT);
+    coordinator.wait_for(
+        &["refused a cluster connection", "certificate_mismatch"],
+        1,
+        SHORT,
+    );
     assert_eq!(coordinator.count(&["hospital said hello"]), 0);
 }
 
@@ -642,15 +653,22 @@ fn a_coordinator_certificate_for_both_uses_is_refused_by_the_hospital() {
             SanType::DnsName("localhost".try_into().unwrap()),
             SanType::IpAddress("127.0.0.1".parse().unwrap()),
         ],
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth],
+        vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
     );
     leaf(
         "breast_cancer-1",
-        vec![SanType::URI("urn:medfed:hospital:breast_cancer-1".try_into().unwrap())],
+        vec![SanType::URI(
+            "urn:medfed:hospital:breast_cancer-1".try_into().unwrap(),
+        )],
         vec![ExtendedKeyUsagePurpose::ClientAuth],
     );
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let acceptor = medfed_actors::cluster::tls::acceptor(&tls_files(&certs, "rogue")).unwrap();
     // The rogue completes TLS, then counts what the hospital tells it.
@@ -663,10 +681,24 @@ fn a_coordinator_certificate_for_both_uses_is_refused_by_the_hospital() {
         heard.len()
     });
     let flags = tls_flags(&certs, "breast_cancer-1");
-    let mut h = hospital(d, "h1", &addr, 1, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut h = hospital(
+        d,
+        "h1",
+        &addr,
+        1,
+        &flags.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     assert!(!h.wait_exit(SHORT).success());
-    assert!(h.log().contains("marked for both server and client use"), "{}", h.log());
-    assert_eq!(runtime.block_on(rogue).unwrap(), 0, "the hospital said nothing to it");
+    assert!(
+        h.log().contains("marked for both server and client use"),
+        "{}",
+        h.log()
+    );
+    assert_eq!(
+        runtime.block_on(rogue).unwrap(),
+        0,
+        "the hospital said nothing to it"
+    );
 }
 
 /// The TCP ports process `pid` listens on, with their addresses.
@@ -750,7 +782,10 @@ fn a_session_that_takes_another_hospitals_node_name_is_closed_and_the_hospital_s
         .and_then(|p| p.split('"').next())
         .map(str::to_string)
         .expect("the real hospital's node name in the log");
-    assert!(node_name.starts_with("medfed.hospital.breast_cancer-1."), "{node_name}");
+    assert!(
+        node_name.starts_with("medfed.hospital.breast_cancer-1."),
+        "{node_name}"
+    );
     // Mallory authenticates as herself, then names her node like the real
     // hospital's (ractor_cluster's duplicate-session rule would keep hers).
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -771,6 +806,137 @@ fn a_session_that_takes_another_hospitals_node_name_is_closed_and_the_hospital_s
     write_frame(&mut s, &name);
     coordinator.wait_for(&["closed the cluster session", "node name"], 1, SHORT);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(coordinator.count(&["hospital departed"]), 0, "{}", coordinator.log());
-    assert_eq!(coordinator.count(&["cluster node disconnected"]), 0, "{}", coordinator.log());
+    assert_eq!(
+        coordinator.count(&["hospital departed"]),
+        0,
+        "{}",
+        coordinator.log()
+    );
+    assert_eq!(
+        coordinator.count(&["cluster node disconnected"]),
+        0,
+        "{}",
+        coordinator.log()
+    );
+}
+
+#[test]
+fn a_chunk_flood_from_an_authenticated_node_does_not_disturb_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let coordinator = coordinator(d, &addr, &["--rounds", "3", "--auto-start", "--http", &http], &[]);
+    let before = rss_kib(coordinator.pid());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // The flooder starts 400 messages it never finishes, each announcing
+    // 1 GiB, ids high and low; then the hospitals join and the run goes on.
+    let flooder = runtime.block_on(async {
+        let flooder = intruder("flooder").await;
+        flooder.connect(&addr).await.unwrap();
+        let gateway = gateway().await;
+        for n in 0..400u64 {
+            let id = if n % 2 == 0 { u64::MAX - n } else { n };
+            let mut chunk = medfed_actors::wire::chunks::split(id, &[0u8; 64 << 10], (64 << 10) + 24)
+                .unwrap()
+                .remove(0);
+            // Announce 1 GiB in 16,384 chunks of which only this one comes.
+            chunk[12..16].copy_from_slice(&16_384u32.to_le_bytes());
+            chunk[16..24].copy_from_slice(&(1u64 << 30).to_le_bytes());
+            let frame = medfed_actors::wire::Frame {
+                kind: medfed_actors::messages::wire::KIND_CHUNK,
+                payload: chunk,
+            }
+            .encode()
+            .unwrap();
+            gateway.cast(Envelope::new(frame)).unwrap();
+        }
+        flooder
+    });
+    let _hospitals: Vec<Process> = (1..=5)
+        .map(|i| hospital(d, &format!("h{i}"), &addr, i, &[]))
+        .collect();
+    coordinator.wait_for(&["run ended"], 1, SHORT);
+    assert_eq!(
+        coordinator.count(&["round aggregated"]),
+        3,
+        "{}",
+        coordinator.log()
+    );
+    let metrics = reqwest::blocking::get(format!("http://{http}/metrics"))
+        .and_then(|r| r.text())
+        .unwrap();
+    let evicted: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("medfed_cluster_frames_dropped_total{reason=\"chunks_evicted\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert_eq!(evicted, 396, "all but the last 4 of its 400");
+    let after = rss_kib(coordinator.pid());
+    assert!(after < before + 100 * 1024, "{before} -> {after} KiB");
+    // Evictions are counted, and logged only now and then.
+    let lines = coordinator.count(&["dropped incomplete messages of one sender"]);
+    assert!((1..=3).contains(&lines), "{lines} lines");
+    runtime.block_on(async { flooder.stop() });
+}
+
+/// User and system CPU seconds process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit(')').next().unwrap();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 (utime, stime), counted from after the name.
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+#[test]
+fn out_of_descriptors_the_accept_loop_pauses_instead_of_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    // A coordinator with 40 descriptors (it needs about 20).
+    let bin = env!("CARGO_BIN_EXE_medfed");
+    let args = [
+        "-c",
+        "ulimit -n 40 && exec \"$0\" \"$@\"",
+        bin,
+        "--log-format",
+        "json",
+        "coordinator",
+        "--task",
+        TASK,
+        "--listen",
+        &addr,
+    ];
+    let coordinator = spawn_program(d, "coordinator", "sh", &args, &[]);
+    coordinator.wait_for(&["coordinator listening for hospitals"], 1, SHORT);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // 8 idle connections from each of 6 addresses: more than it can hold.
+    let idle = runtime.block_on(async {
+        let mut idle = Vec::new();
+        for source in 2..8 {
+            for _ in 0..8 {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket
+                    .bind(format!("127.0.0.{source}:0").parse().unwrap())
+                    .unwrap();
+                if let Ok(s) = socket.connect(addr.parse().unwrap()).await {
+                    idle.push(s);
+                }
+            }
+        }
+        idle
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let cpu = cpu_seconds(coordinator.pid());
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_seconds(coordinator.pid()) - cpu;
+    assert!(used < 1.0, "{used} CPU seconds in 3 s: the accept loop spins");
+    let lines = coordinator.count(&["cannot accept cluster connections"]);
+    assert!((1..=2).contains(&lines), "{lines} lines:\n{}", coordinator.log());
+    // Once they go, a hospital joins.
+    drop(idle);
+    let _h = hospital(d, "h1", &addr, 1, &[]);
+    coordinator.wait_for(&["hospital said hello"], 1, SHORT);
 }

@@ -486,15 +486,26 @@ fn requests_for_another_host_or_from_another_origin_are_refused() {
     // DNS rebinding: an attacker's name resolving to this address. Even
     // health answers only to this server's names.
     for path in ["/healthz", "/api/state", "/"] {
-        let r = client.get(s.url(path)).header("Host", "rebind.attacker.example").send().unwrap();
+        let r = client
+            .get(s.url(path))
+            .header("Host", "rebind.attacker.example")
+            .send()
+            .unwrap();
         let (status, error) = error_of(r);
         assert_eq!(status, 421, "{path}");
         assert!(error.contains("web.allowed_hosts"), "{error}");
     }
     // The configured ingress name and IP literals are this server.
     let port = s.base.rsplit(':').next().unwrap().to_string();
-    for host in [format!("medfed.hospital.example:{port}"), format!("127.0.0.1:{port}")] {
-        let r = client.get(s.url("/healthz")).header("Host", host.as_str()).send().unwrap();
+    for host in [
+        format!("medfed.hospital.example:{port}"),
+        format!("127.0.0.1:{port}"),
+    ] {
+        let r = client
+            .get(s.url("/healthz"))
+            .header("Host", host.as_str())
+            .send()
+            .unwrap();
         assert_eq!(r.status(), 200, "{host}");
     }
     // Another site's page, whatever the method and even with the token.

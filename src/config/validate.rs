@@ -59,7 +59,9 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
     for host in &config.web.allowed_hosts {
         let ok = !host.is_empty()
             && host.len() <= 253
-            && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
         if !ok {
             return bad(
                 "web.allowed_hosts".into(),

@@ -101,7 +101,9 @@ fn host_of(authority: &str) -> String {
 /// other name must be on the allow-list (an attacker's DNS name pointed at
 /// this address must not reach the API: DNS rebinding).
 pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
-    host.parse::<IpAddr>().is_ok() || host == "localhost" || allowed.iter().any(|a| a.eq_ignore_ascii_case(host))
+    host.parse::<IpAddr>().is_ok()
+        || host == "localhost"
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(host))
 }
 
 /// The Host header (required) and any Origin must name this server.
@@ -196,18 +198,38 @@ mod tests {
             if let Some(o) = origin {
                 req = req.insert_header(("Origin", o));
             }
-            check_host(req.to_srv_request().headers(), &allowed).err().map(|r| r.reason())
+            check_host(req.to_srv_request().headers(), &allowed)
+                .err()
+                .map(|r| r.reason())
         };
-        for ok in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080", "10.1.2.3", "MEDFED.hospital.example"] {
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "[::1]:8080",
+            "10.1.2.3",
+            "MEDFED.hospital.example",
+        ] {
             assert_eq!(check(Some(ok), None), None, "{ok}");
         }
         assert_eq!(check(Some("attacker.example:8080"), None), Some("unknown_host"));
-        assert_eq!(check(Some("localhost.attacker.example"), None), Some("unknown_host"));
+        assert_eq!(
+            check(Some("localhost.attacker.example"), None),
+            Some("unknown_host")
+        );
         assert_eq!(check(None, None), Some("unknown_host"));
         assert_eq!(check(Some("127.0.0.1:8080"), Some("http://127.0.0.1:8080")), None);
-        assert_eq!(check(Some("127.0.0.1:8080"), Some("https://medfed.hospital.example")), None);
-        assert_eq!(check(Some("127.0.0.1:8080"), Some("http://evil.example")), Some("foreign_origin"));
-        assert_eq!(check(Some("127.0.0.1:8080"), Some("null")), Some("foreign_origin"));
+        assert_eq!(
+            check(Some("127.0.0.1:8080"), Some("https://medfed.hospital.example")),
+            None
+        );
+        assert_eq!(
+            check(Some("127.0.0.1:8080"), Some("http://evil.example")),
+            Some("foreign_origin")
+        );
+        assert_eq!(
+            check(Some("127.0.0.1:8080"), Some("null")),
+            Some("foreign_origin")
+        );
     }
 
     #[test]

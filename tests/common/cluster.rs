@@ -46,12 +46,17 @@ pub fn shard_hospital(
 /// `<dir>/<name>.out` and `.log`, its durable state (ledgers, store) to
 /// `<dir>/<name>.data`, so that a restart under the same name finds it.
 pub fn spawn(dir: &Path, name: &str, args: &[&str], envs: &[(&str, &str)]) -> Process {
+    let mut all = vec!["--log-format", "json"];
+    all.extend_from_slice(args);
+    spawn_program(dir, name, env!("CARGO_BIN_EXE_medfed"), &all, envs)
+}
+
+/// As `spawn`, running `program ARGS` (a shell that execs medfed, say).
+pub fn spawn_program(dir: &Path, name: &str, program: &str, args: &[&str], envs: &[(&str, &str)]) -> Process {
     let stdout = dir.join(format!("{name}.out"));
     let stderr = dir.join(format!("{name}.log"));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_medfed"));
+    let mut cmd = Command::new(program);
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .arg("--log-format")
-        .arg("json")
         .args(args)
         .env("MEDFED_RUN__CACHE_DIR", CACHE_DIR)
         .env("MEDFED_RUN__DATA_DIR", dir.join(format!("{name}.data")))

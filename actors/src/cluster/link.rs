@@ -25,6 +25,8 @@ const MAX_IN_FLIGHT: usize = 4;
 /// Bytes of incomplete messages kept from one sender: one largest message
 /// and the start of the next.
 const MAX_BUFFERED: u64 = MAX_MESSAGE + MAX_ENVELOPE as u64;
+/// At most one log line per sender and period about dropped incomplete messages.
+const DROP_LOG_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long an incomplete message waits for its next chunks.
 const PARTIAL_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 /// Frame header bytes around a chunk (see `wire`).
@@ -96,6 +98,9 @@ pub fn send<M: WireMessage>(
 /// One receiving actor's decoder of the message family `M`.
 pub struct Inbox<M> {
     reassembler: Reassembler,
+    /// Incomplete messages dropped since the last log line about them.
+    unlogged_drops: u64,
+    drops_logged: std::time::Instant,
     stats: Arc<WireStats>,
     family: std::marker::PhantomData<fn() -> M>,
 }
@@ -114,6 +119,8 @@ impl<M: WireMessage> Inbox<M> {
     pub fn new(stats: Arc<WireStats>) -> Self {
         Self {
             reassembler: Reassembler::new(MAX_MESSAGE, MAX_IN_FLIGHT).with_budget(MAX_BUFFERED, PARTIAL_TTL),
+            unlogged_drops: 0,
+            drops_logged: std::time::Instant::now() - DROP_LOG_PERIOD,
             stats,
             family: std::marker::PhantomData,
         }
@@ -143,6 +150,15 @@ impl<M: WireMessage> Inbox<M> {
             for _ in 0..n {
                 self.stats.count_drop(label);
             }
+            self.unlogged_drops += n;
+        }
+        if self.unlogged_drops > 0 && self.drops_logged.elapsed() >= DROP_LOG_PERIOD {
+            warn!(
+                count = self.unlogged_drops,
+                "dropped incomplete messages of one sender (its buffer was full, or its chunks stopped coming)"
+            );
+            self.unlogged_drops = 0;
+            self.drops_logged = std::time::Instant::now();
         }
         match decoded {
             Ok(Some(message)) => {

@@ -453,7 +453,14 @@ async fn a_chunk_flood_from_one_sender_leaves_the_others_uploads_whole() {
         chunks::split(id, payload, size)
             .unwrap()
             .into_iter()
-            .map(|c| Frame { kind: KIND_CHUNK, payload: c }.encode().unwrap())
+            .map(|c| {
+                Frame {
+                    kind: KIND_CHUNK,
+                    payload: c,
+                }
+                .encode()
+                .unwrap()
+            })
             .collect()
     };
     // h1's update, framed and split in 3 chunks.
@@ -478,7 +485,10 @@ async fn a_chunk_flood_from_one_sender_leaves_the_others_uploads_whole() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let dropped = stats.dropped();
     // The flooder lost its own partial messages (4 kept at most)...
-    assert!(dropped.get("chunks_evicted").copied().unwrap_or(0) >= 140, "{dropped:?}");
+    assert!(
+        dropped.get("chunks_evicted").copied().unwrap_or(0) >= 140,
+        "{dropped:?}"
+    );
     // ...and h1's update was reassembled and decoded: dropped only because
     // h1 never said hello here.
     assert_eq!(dropped.get("unknown_link"), Some(&1), "{dropped:?}");

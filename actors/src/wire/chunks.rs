@@ -141,10 +141,6 @@ impl Reassembler {
             Some(id) => {
                 self.remove(id);
                 self.evicted += 1;
-                tracing::warn!(
-                    message = id,
-                    "dropped an incomplete message: the sender's buffer is full"
-                );
                 true
             }
             None => false,
@@ -162,10 +158,6 @@ impl Reassembler {
         for id in stale {
             self.remove(id);
             self.expired += 1;
-            tracing::warn!(
-                message = id,
-                "dropped an incomplete message: its chunks stopped coming"
-            );
         }
     }
 
