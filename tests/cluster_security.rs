@@ -122,7 +122,7 @@ fn forged_hellos_and_updates_under_another_name_are_dropped_and_a_live_hospital_
         // Taking the name at the handshake: refused while the real one lives.
         let twin = intruder("breast_cancer-1").await;
         match twin.connect(&addr).await {
-            Err(ClusterError::Refused(reason)) => assert!(reason.contains("already connected"), "{reason}"),
+            Err(ClusterError::Duplicate(reason)) => assert!(reason.contains("already connected"), "{reason}"),
             other => panic!("a second session of breast_cancer-1 was not refused: {other:?}"),
         }
         mallory.stop();
@@ -232,7 +232,7 @@ fn a_200000_actor_process_group_join_closes_the_session_and_memory_stays_bounded
                         name: Some(format!("a{pid}")),
                     })
                     .collect(),
-                scope: String::new(),
+                scope: "__default_scope__".into(),
             })),
         })),
     };
@@ -530,6 +530,36 @@ fn gen_certs_issues_certificates_that_say_what_they_are() {
     );
     assert!(!inside.status.success());
     assert!(String::from_utf8_lossy(&inside.stderr).contains("must not travel with the nodes"));
+    // Also when written relative to a differently spelt --out.
+    let relative = std::process::Command::new(env!("CARGO_BIN_EXE_medfed"))
+        .current_dir(dir.path())
+        .args([
+            "cluster",
+            "gen-certs",
+            "--out",
+            "./certs",
+            "--ca-key",
+            "certs/ca-key.pem",
+        ])
+        .output()
+        .unwrap();
+    assert!(!relative.status.success());
+    assert!(String::from_utf8_lossy(&relative.stderr).contains("must not travel with the nodes"));
+    // Hospital names whose files would overwrite others.
+    for names in ["coordinator-key", "h1,h1-key", "ca", "h1,H1"] {
+        let out = medfed(
+            &[
+                "cluster",
+                "gen-certs",
+                "--out",
+                out.to_str().unwrap(),
+                "--hospitals",
+                names,
+            ],
+            &[],
+        );
+        assert!(!out.status.success(), "{names}");
+    }
 }
 
 /// The TLS flags of `name` in the certificate directory `certs`.
@@ -754,6 +784,7 @@ fn a_hospital_accepts_no_session_from_anyone_it_did_not_dial() {
         message: Some(frames::Family::Auth(frames::AuthenticationMessage {
             msg: Some(frames::AuthKind::Name(frames::NameMessage {
                 name: "medfed.coordinator@127.0.0.1".into(),
+                ..Default::default()
             })),
         })),
     };
@@ -800,7 +831,10 @@ fn a_session_that_takes_another_hospitals_node_name_is_closed_and_the_hospital_s
     s.set_nonblocking(false).unwrap();
     let name = frames::NetworkMessage {
         message: Some(frames::Family::Auth(frames::AuthenticationMessage {
-            msg: Some(frames::AuthKind::Name(frames::NameMessage { name: node_name })),
+            msg: Some(frames::AuthKind::Name(frames::NameMessage {
+                name: node_name,
+                ..Default::default()
+            })),
         })),
     };
     write_frame(&mut s, &name);

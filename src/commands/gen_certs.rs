@@ -21,10 +21,15 @@ use medfed_actors::cluster::tls::HOSPITAL_URI;
 const LOCAL_NAMES: [&str; 2] = ["localhost", "127.0.0.1"];
 
 pub fn execute(args: &GenCertsArgs) -> Result<()> {
+    let mut seen = std::collections::BTreeSet::new();
     for h in &args.hospitals {
         medfed_actors::names::check_hospital_name(h).map_err(|e| anyhow::anyhow!("--hospitals: {e}"))?;
-        if h == "coordinator" || h == "ca" {
-            bail!("--hospitals: '{h}' would overwrite the file of the {h}");
+        // Files are <name>.pem and <name>-key.pem beside ca.pem and coordinator*.pem.
+        if h == "coordinator" || h == "ca" || h.ends_with("-key") {
+            bail!("--hospitals: '{h}' would collide with another file (coordinator, ca and names ending in -key are taken)");
+        }
+        if !seen.insert(h.to_ascii_lowercase()) {
+            bail!("--hospitals: '{h}' is given twice");
         }
     }
     if args.days == 0 || args.days > 3650 {
@@ -45,15 +50,35 @@ pub fn execute(args: &GenCertsArgs) -> Result<()> {
             coordinator_names.push(name.clone());
         }
     }
-    let ca_key_path = args.ca_key.clone().unwrap_or_else(|| default_ca_key(&args.out));
-    if ca_key_path.starts_with(&args.out) {
+    std::fs::create_dir_all(&args.out).with_context(|| format!("--out: creating {}", args.out.display()))?;
+    // Compared as real paths: "certs/x.pem" is inside "./certs", and so is a symlink into it.
+    let out = args
+        .out
+        .canonicalize()
+        .with_context(|| format!("--out: resolving {}", args.out.display()))?;
+    let ca_key_path = match &args.ca_key {
+        Some(path) => {
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("--ca-key: creating {}", parent.display()))?;
+            let name = path.file_name().context("--ca-key: a file name is needed")?;
+            parent
+                .canonicalize()
+                .with_context(|| format!("--ca-key: resolving {}", parent.display()))?
+                .join(name)
+        }
+        None => default_ca_key(&out),
+    };
+    if ca_key_path.starts_with(&out) {
         bail!(
             "--ca-key: {} is inside --out {}: the CA key must not travel with the nodes' files",
             ca_key_path.display(),
-            args.out.display()
+            out.display()
         );
     }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("--out: creating {}", args.out.display()))?;
 
     let now = time::OffsetDateTime::now_utc();
     let (not_before, not_after) = (
@@ -73,10 +98,6 @@ pub fn execute(args: &GenCertsArgs) -> Result<()> {
     (ca.not_before, ca.not_after) = (not_before, not_after);
     let ca_cert = ca.self_signed(&ca_key)?;
     write(&args.out.join("ca.pem"), &ca_cert.pem())?;
-    if let Some(parent) = ca_key_path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("--ca-key: creating {}", parent.display()))?;
-    }
     write(&ca_key_path, &ca_key.serialize_pem())?;
     let issuer = Issuer::new(ca, ca_key);
 

@@ -154,6 +154,7 @@ pub async fn execute(args: &Args) -> Result<()> {
     tokio::pin!(retry);
     let mut sessions = SessionLog::default();
     let mut connected = false;
+    let mut first_duplicate: Option<tokio::time::Instant> = None;
     let mut hospital_done = hospital_done;
     loop {
         tokio::select! {
@@ -166,6 +167,7 @@ pub async fn execute(args: &Args) -> Result<()> {
             Some(s) = status.recv() => match s {
                 LinkStatus::CoordinatorUp => {
                     connected = true;
+                    first_duplicate = None;
                     // A pending retry (the handshake watchdog) is moot.
                     link.retry_armed = false;
                     link.policy.authenticated();
@@ -203,6 +205,17 @@ pub async fn execute(args: &Args) -> Result<()> {
                         | ClusterError::Handshake(_)
                         | ClusterError::Config(_)),
                     ) => bail!("{e}"),
+                    Err(e @ ClusterError::Duplicate(_)) => {
+                        // A dead session of ours lingers up to the idle
+                        // timeout; one that stays active is another node.
+                        let since = *first_duplicate.get_or_insert_with(tokio::time::Instant::now);
+                        if since.elapsed() >= DUPLICATE_GIVE_UP {
+                            bail!("{e} (for {} s in a row: is another hospital using this name?)", since.elapsed().as_secs());
+                        }
+                        warn!(coordinator = %link.addr, "{e}; retrying");
+                        let next = link.policy.unreachable();
+                        link.schedule(next, retry.as_mut())?;
+                    }
                     Err(ClusterError::ClosedEarly(why)) => {
                         debug!(coordinator = %link.addr, "{why}");
                         let next = link.policy.closed_unauthenticated(false, &coordinator_addr);
@@ -258,6 +271,11 @@ struct Connection {
 /// How long an open connection may take to show an accepted session with a
 /// coordinator in it before the hospital tries again.
 const HANDSHAKE_WATCHDOG: Duration = Duration::from_secs(30);
+
+/// How long a hospital keeps retrying while another session of its name is
+/// active at the coordinator: longer than it takes a dead session of its own
+/// to go silent (10 s).
+const DUPLICATE_GIVE_UP: Duration = Duration::from_secs(15);
 
 /// How often a hospital that keeps failing to reach its coordinator says so
 /// at INFO (single failures are DEBUG after the first).

@@ -106,22 +106,28 @@ pub fn host_allowed(host: &str, allowed: &[String]) -> bool {
         || allowed.iter().any(|a| a.eq_ignore_ascii_case(host))
 }
 
-/// The Host header (required) and any Origin must name this server.
+/// The Host header (required) must name this server, and any Origin must
+/// be this server as the browser reached it (the same host and port as the
+/// Host header) or a host on the allow-list (an ingress in front of it).
 pub fn check_host(headers: &actix_web::http::header::HeaderMap, allowed: &[String]) -> Result<(), Refusal> {
-    let host = headers
+    let authority = headers
         .get("Host")
         .and_then(|h| h.to_str().ok())
-        .map(host_of)
         .ok_or(Refusal::UnknownHost)?;
-    if !host_allowed(&host, allowed) {
+    if !host_allowed(&host_of(authority), allowed) {
         return Err(Refusal::UnknownHost);
     }
     if let Some(origin) = headers.get("Origin") {
         let origin = origin.to_str().unwrap_or("null");
-        let authority = origin.split_once("://").map(|(_, rest)| rest);
-        match authority {
-            Some(a) if host_allowed(&host_of(a), allowed) => {}
-            _ => return Err(Refusal::ForeignOrigin),
+        let same = match origin.split_once("://").map(|(_, rest)| rest) {
+            Some(a) => {
+                a.eq_ignore_ascii_case(authority)
+                    || allowed.iter().any(|h| h.eq_ignore_ascii_case(&host_of(a)))
+            }
+            None => false,
+        };
+        if !same {
+            return Err(Refusal::ForeignOrigin);
         }
     }
     Ok(())
@@ -160,8 +166,9 @@ pub fn refused(state: &AppState, refusal: &Refusal, source: IpAddr, route: &str)
         Refusal::Missing | Refusal::Throttled(_) => {
             tracing::debug!(%source, route, reason = refusal.reason(), "request refused")
         }
+        // Counted; not logged one line each (anyone can send them).
         Refusal::UnknownHost | Refusal::ForeignOrigin => {
-            tracing::info!(%source, route, reason = refusal.reason(), "request for another host or origin refused")
+            tracing::debug!(%source, route, reason = refusal.reason(), "request for another host or origin refused")
         }
         _ => tracing::warn!(%source, route, reason = refusal.reason(), "authentication failed"),
     }
@@ -218,6 +225,15 @@ mod tests {
         );
         assert_eq!(check(None, None), Some("unknown_host"));
         assert_eq!(check(Some("127.0.0.1:8080"), Some("http://127.0.0.1:8080")), None);
+        // Another server on an IP or another port of this host is not this one.
+        assert_eq!(
+            check(Some("127.0.0.1:8080"), Some("http://203.0.113.5")),
+            Some("foreign_origin")
+        );
+        assert_eq!(
+            check(Some("localhost:8080"), Some("http://localhost:9999")),
+            Some("foreign_origin")
+        );
         assert_eq!(
             check(Some("127.0.0.1:8080"), Some("https://medfed.hospital.example")),
             None

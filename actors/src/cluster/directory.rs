@@ -50,6 +50,11 @@ impl NodeDirectory {
         });
     }
 
+    /// The session labelled `label` ended (whether or not ractor_cluster opened it).
+    pub fn ended(&self, label: &str) {
+        self.with(|d| d.expected.remove(label));
+    }
+
     pub fn closed(&self, node_id: u64) {
         self.with(|d| d.nodes.remove(&node_id));
     }

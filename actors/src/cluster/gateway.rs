@@ -27,6 +27,10 @@ use crate::messages::wire::Uplinked;
 use crate::messages::{CoordinatorMsg, HospitalInfo, ToCoordinator, ToHospital};
 use crate::wire::WireError;
 
+/// A sender's decoder is dropped after this long without a message (its
+/// incomplete messages would have expired by then anyway).
+const INBOX_IDLE: Duration = Duration::from_secs(600);
+const INBOX_PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// How long a hello waits for its sender's process-group membership.
 const PENDING_HELLO_TTL: Duration = Duration::from_secs(60);
 
@@ -55,8 +59,10 @@ struct PendingHello {
 pub struct GatewayState {
     coordinator: ActorRef<CoordinatorMsg>,
     stats: Arc<WireStats>,
-    /// One decoder (and chunk reassembler) per sending hospital.
-    inboxes: HashMap<String, Inbox<Uplinked>>,
+    /// One decoder (and chunk reassembler) per sending hospital, with when
+    /// it last sent.
+    inboxes: HashMap<String, (Inbox<Uplinked>, Instant)>,
+    last_prune: Instant,
     nodes: NodeDirectory,
     /// By hospital name: the session identity each link is bound to.
     links: HashMap<String, Link>,
@@ -98,6 +104,7 @@ impl Actor for Gateway {
             coordinator: args.coordinator,
             stats: args.stats,
             inboxes: HashMap::new(),
+            last_prune: Instant::now(),
             nodes: args.nodes,
             links: HashMap::new(),
             pending: HashMap::new(),
@@ -119,11 +126,21 @@ impl Actor for Gateway {
             );
             return Ok(());
         };
+        let now = Instant::now();
+        if now.duration_since(state.last_prune) >= INBOX_PRUNE_EVERY {
+            // Senders gone quiet (disconnected before a hello, say) give back
+            // what their partial messages held.
+            state
+                .inboxes
+                .retain(|_, (_, seen)| now.duration_since(*seen) < INBOX_IDLE);
+            state.last_prune = now;
+        }
         let stats = state.stats.clone();
-        let inbox = state
+        let (inbox, seen) = state
             .inboxes
             .entry(sender.clone())
-            .or_insert_with(|| Inbox::new(stats));
+            .or_insert_with(|| (Inbox::new(stats), now));
+        *seen = now;
         let Uplinked { link, message } = match inbox.receive(envelope) {
             Received::Message(m) => m,
             Received::Dropped(WireError::UnsupportedVersion { got, supported }) => {
@@ -304,9 +321,18 @@ async fn on_hello(
         Some(proxy) => proxy,
         None => {
             if let Some(stale) = state.links.remove(&info.name) {
-                stale
+                // Its departure must reach the coordinator before the new
+                // hello, or the name would still look taken.
+                let stopped = stale
                     .proxy
-                    .stop(Some("the hospital said hello from a new link".into()));
+                    .stop_and_wait(
+                        Some("the hospital said hello from a new link".into()),
+                        Some(Duration::from_secs(2)),
+                    )
+                    .await;
+                if let Err(e) = stopped {
+                    debug!("the stale proxy did not stop in time: {e}");
+                }
             }
             let args = ProxyArgs {
                 remote: ActorRef::from(cell.clone()),

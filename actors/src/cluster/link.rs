@@ -46,8 +46,15 @@ pub struct WireStats {
 
 impl WireStats {
     pub fn count_drop(&self, label: &str) {
+        self.count_drops(label, 1);
+    }
+
+    pub fn count_drops(&self, label: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
         if let Ok(mut d) = self.dropped.lock() {
-            *d.entry(label.to_string()).or_default() += 1;
+            *d.entry(label.to_string()).or_default() += n;
         }
     }
 
@@ -147,9 +154,7 @@ impl<M: WireMessage> Inbox<M> {
         let decoded = self.decode(&envelope.frame);
         let (evicted, expired) = self.reassembler.take_dropped();
         for (n, label) in [(evicted, "chunks_evicted"), (expired, "chunks_expired")] {
-            for _ in 0..n {
-                self.stats.count_drop(label);
-            }
+            self.stats.count_drops(label, n);
             self.unlogged_drops += n;
         }
         if self.unlogged_drops > 0 && self.drops_logged.elapsed() >= DROP_LOG_PERIOD {

@@ -72,6 +72,9 @@ pub enum ClusterError {
     /// The peer closed the connection before answering the hello.
     #[error("{0}")]
     ClosedEarly(String),
+    /// Another session of this hospital's name is active at the coordinator.
+    #[error("the coordinator refused this hospital: {0}")]
+    Duplicate(String),
     /// The coordinator turned this hospital away for now (retry later).
     #[error("the coordinator cannot take this hospital yet: {0}")]
     Busy(String),

@@ -147,12 +147,16 @@ pub async fn start(options: NodeOptions) -> Result<(Node, UnboundedReceiver<Sess
         if tls.is_none() && !addr.ip().is_loopback() {
             if !options.insecure_plaintext {
                 return Err(ClusterError::Config(format!(
-                    "refusing to accept hospitals on {addr} without TLS: models, updates and sums would                      cross the network readable and alterable. Give --tls-cert, --tls-key and --tls-ca                      (see `medfed cluster gen-certs`), listen on 127.0.0.1, or pass --insecure-plaintext                      on a network you trust"
+                    "refusing to accept hospitals on {addr} without TLS: models, updates and sums would \
+                     cross the network readable and alterable. Give --tls-cert, --tls-key and --tls-ca \
+                     (see `medfed cluster gen-certs`), listen on 127.0.0.1, or pass --insecure-plaintext \
+                     on a network you trust"
                 )));
             }
             warn!(
                 listen = %addr,
-                "INSECURE: accepting hospitals without TLS on a non-loopback address (--insecure-plaintext):                  anyone on the network can read and alter models and updates"
+                "INSECURE: accepting hospitals without TLS on a non-loopback address (--insecure-plaintext): \
+                     anyone on the network can read and alter models and updates"
             );
         }
     }

@@ -173,12 +173,26 @@ pub fn certificate_identity(der: &[u8]) -> Result<Identity, String> {
     let names = cert
         .subject_alternative_name()
         .map_err(|e| format!("its certificate's names cannot be read: {e}"))?;
-    let hospital = names.and_then(|san| {
-        san.value.general_names.iter().find_map(|n| match n {
-            GeneralName::URI(uri) => uri.strip_prefix(HOSPITAL_URI).map(str::to_string),
-            _ => None,
+    let hospitals: Vec<String> = names
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::URI(uri) => uri.strip_prefix(HOSPITAL_URI).map(str::to_string),
+                    _ => None,
+                })
+                .collect()
         })
-    });
+        .unwrap_or_default();
+    if hospitals.len() > 1 {
+        return Err(format!(
+            "its certificate names {} hospitals ({}); a hospital's certificate names one",
+            hospitals.len(),
+            hospitals.join(", ")
+        ));
+    }
+    let hospital = hospitals.into_iter().next();
     const NEW: &str = "make new ones with `medfed cluster gen-certs`";
     match (usage, hospital) {
         (Some((true, true)), _) => Err(format!(

@@ -632,12 +632,19 @@ impl Core {
             Some(_) if self.by_name.get(&info.name).is_some_and(|id| *id != actor) => {
                 Some(format!("hospital name '{}' is already in use", info.name))
             }
-            Some(task) if task.check.check_examples(info.samples).is_err() => Some(format!(
-                "it declares {} training examples, above this task's bound of {} (tasks.{}.max_examples_per_hospital)",
-                info.samples,
-                task.check.max_examples.unwrap_or_default(),
-                info.task
-            )),
+            Some(task)
+                if task
+                    .check
+                    .check_examples(info.samples, info.privacy.is_some())
+                    .is_err() =>
+            {
+                Some(format!(
+                    "it declares {} training examples, above this task's bound of {} (tasks.{}.max_examples_per_hospital)",
+                    info.samples,
+                    task.check.max_examples.unwrap_or_default(),
+                    info.task
+                ))
+            }
             Some(task)
                 if task.max_hospitals.is_some_and(|max| {
                     self.hospitals.values().filter(|h| h.info.task == info.task).count() >= max
@@ -776,10 +783,11 @@ impl Core {
             ToCoordinator::Update { outcome, .. } => {
                 let (verdict, payload) = match outcome {
                     TrainOutcome::Trained { update } => {
-                        match t
+                        let checked = t
                             .check
                             .check(&t.global.params, &update.delta, update.num_examples)
-                        {
+                            .and_then(|()| t.check.check_examples(update.num_examples, noised));
+                        match checked {
                             Ok(()) => (Verdict::Usable, Some(Payload::Update(update))),
                             Err(reason) => (
                                 Verdict::Invalid {

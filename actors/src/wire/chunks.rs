@@ -54,6 +54,10 @@ pub fn plan(message_id: u64, len: usize, max_chunk: usize) -> Result<Vec<ChunkPl
 struct Partial {
     count: u32,
     total: u64,
+    /// Bytes in every chunk but the last, once a non-last chunk arrived.
+    body: Option<u64>,
+    /// What it counts against the budget (bytes plus a cost per chunk).
+    charged: u64,
     /// The chunks 0..next, in order: over one connection chunks arrive in
     /// order, so the message is assembled in place, copied once.
     whole: Vec<u8>,
@@ -81,8 +85,45 @@ pub struct Reassembler {
 
 /// How long an incomplete message is kept by default.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(600);
+/// What each buffered chunk costs beyond its bytes (its bookkeeping), so
+/// that many tiny chunks cannot hold memory the byte budget does not see.
+const CHUNK_COST: u64 = 64;
 /// The most reserved ahead for a message before its bytes arrive.
 const MAX_RESERVE: u64 = 16 << 20;
+
+/// Chunks as `plan` makes them: every one but the last carries the same
+/// number of bytes (`body`, learnt from the first such chunk), the count is
+/// what that size implies, the last carries the rest, and none is empty
+/// unless the whole message is. Returns the body size, once known.
+fn check_layout(
+    id: u64,
+    index: u32,
+    count: u32,
+    total: u64,
+    len: u64,
+    body: Option<u64>,
+) -> Result<Option<u64>, WireError> {
+    let bad = |why: &str| Err(WireError::Malformed(format!("message {id}: chunk {index} {why}")));
+    if count == 1 {
+        return if len == total {
+            Ok(None)
+        } else {
+            bad("does not hold the whole message")
+        };
+    }
+    if len == 0 {
+        return bad("is empty");
+    }
+    let last = index == count - 1;
+    match (last, body) {
+        (false, Some(b)) if len != b => bad("differs in size from the others"),
+        (false, None) if total.div_ceil(len) != u64::from(count) => bad("does not match the chunk count"),
+        (false, _) => Ok(Some(len)),
+        (true, Some(b)) if len != total - (u64::from(count) - 1) * b => bad("is not the rest of the message"),
+        (true, _) if len > total => bad("is larger than the message"),
+        (true, body) => Ok(body),
+    }
+}
 
 impl Reassembler {
     /// `max_message`: the largest payload accepted; `max_in_flight`: how many
@@ -125,7 +166,7 @@ impl Reassembler {
 
     fn remove(&mut self, id: u64) -> Option<Partial> {
         let p = self.partial.remove(&id)?;
-        self.buffered -= p.received;
+        self.buffered -= p.charged;
         Some(p)
     }
 
@@ -162,6 +203,8 @@ impl Reassembler {
     }
 
     /// Add one chunk; returns the whole payload when its last chunk arrives.
+    /// A chunk that is inconsistent with its message is refused before it
+    /// can cost any other message its place.
     pub fn push(&mut self, chunk: &[u8]) -> Result<Option<(u64, Vec<u8>)>, WireError> {
         let bad = |m: String| WireError::Malformed(m);
         let mut r = Reader::new(chunk);
@@ -179,12 +222,39 @@ impl Reassembler {
         if count == 0 || index >= count {
             return Err(bad(format!("message {id}: chunk {index} of {count}")));
         }
+        let len = data.len() as u64;
         self.expire();
-        if !self.partial.contains_key(&id) && self.partial.len() >= self.max_in_flight {
+        let known = self.partial.get(&id);
+        if let Some(p) = known {
+            if p.count != count || p.total != total {
+                self.remove(id);
+                return Err(bad(format!("message {id}: chunks disagree on its size")));
+            }
+            if index < p.next || p.ahead.contains_key(&index) {
+                return Err(bad(format!("message {id}: chunk {index} arrived twice")));
+            }
+            if p.received + len > total {
+                self.remove(id);
+                return Err(bad(format!("message {id}: more bytes than announced")));
+            }
+        }
+        let body = known.and_then(|p| p.body);
+        let body = match check_layout(id, index, count, total, len, body) {
+            Ok(body) => body,
+            Err(e) => {
+                self.remove(id);
+                return Err(e);
+            }
+        };
+        if count == 1 && known.is_none() {
+            // Whole in one chunk: nothing to buffer.
+            return Ok(Some((id, data.to_vec())));
+        }
+        if known.is_none() && self.partial.len() >= self.max_in_flight {
             self.evict_oldest(id);
         }
-        let incoming = data.len() as u64;
-        while self.buffered + incoming > self.max_buffered {
+        let cost = len + CHUNK_COST;
+        while self.buffered + cost > self.max_buffered {
             if !self.evict_oldest(id) {
                 self.remove(id);
                 return Err(WireError::TooLarge(format!(
@@ -197,29 +267,22 @@ impl Reassembler {
         let p = self.partial.entry(id).or_insert_with(|| Partial {
             count,
             total,
+            body: None,
             whole: Vec::new(),
             next: 0,
             ahead: BTreeMap::new(),
             received: 0,
+            charged: 0,
             seq,
             started: Instant::now(),
         });
         if p.seq == seq {
             self.next_seq += 1;
         }
-        if p.count != count || p.total != total {
-            self.remove(id);
-            return Err(bad(format!("message {id}: chunks disagree on its size")));
-        }
-        if index < p.next || p.ahead.contains_key(&index) {
-            return Err(bad(format!("message {id}: chunk {index} arrived twice")));
-        }
-        if p.received + incoming > total {
-            self.remove(id);
-            return Err(bad(format!("message {id}: more bytes than announced")));
-        }
-        p.received += incoming;
-        self.buffered += incoming;
+        p.body = body;
+        p.received += len;
+        p.charged += cost;
+        self.buffered += cost;
         if index == p.next {
             if p.whole.capacity() == 0 {
                 // Capped: a peer's announced size alone must not reserve much.
@@ -329,13 +392,13 @@ mod tests {
         assert_eq!(r.in_flight(), 2);
 
         // Bytes: a budget of 250 holds two messages of 100, not three.
-        let mut r = Reassembler::new(100, 10).with_budget(250, DEFAULT_TTL);
+        let mut r = Reassembler::new(100, 10).with_budget(350, DEFAULT_TTL);
         let whole = |id: u64| split(id, &[1u8; 100], CHUNK_HEADER + 90).unwrap();
         for id in 0..3 {
             let c = whole(id);
             r.push(&c[0]).unwrap();
         }
-        assert!(r.buffered() <= 250, "{}", r.buffered());
+        assert!(r.buffered() <= 350, "{}", r.buffered());
         assert_eq!(r.take_dropped().0, 1);
 
         // Age: an abandoned message expires at the next push.
@@ -345,6 +408,41 @@ mod tests {
         r.push(&chunks(2)[0]).unwrap();
         assert_eq!(r.take_dropped(), (0, 1));
         assert_eq!(r.in_flight(), 1);
-        assert_eq!(r.buffered(), 10);
+        assert_eq!(r.buffered(), 10 + CHUNK_COST);
+    }
+
+    /// Chunks must be laid out as `plan` lays them out: no empty chunks, a
+    /// count that matches their size, a last chunk that is the rest.
+    #[test]
+    fn chunks_that_are_not_laid_out_as_planned_are_refused() {
+        let header = |id: u64, index: u32, count: u32, total: u64| {
+            let mut h = Vec::new();
+            h.extend_from_slice(&id.to_le_bytes());
+            h.extend_from_slice(&index.to_le_bytes());
+            h.extend_from_slice(&count.to_le_bytes());
+            h.extend_from_slice(&total.to_le_bytes());
+            h
+        };
+        let mut r = Reassembler::new(1 << 30, 4);
+        // Empty chunks announcing a huge message: no free buffering.
+        let e = r.push(&header(1, 0, u32::MAX, 1 << 30)).unwrap_err();
+        assert!(e.to_string().contains("is empty"), "{e}");
+        // 1-byte chunks of a message announced as 1 GiB in 16 chunks.
+        let mut tiny = header(2, 0, 16, 1 << 30);
+        tiny.push(0);
+        assert!(r.push(&tiny).unwrap_err().to_string().contains("chunk count"));
+        // A second chunk of another size than the first.
+        let mut first = header(3, 0, 3, 25);
+        first.extend_from_slice(&[1; 10]);
+        r.push(&first).unwrap();
+        let mut second = header(3, 1, 3, 25);
+        second.extend_from_slice(&[1; 9]);
+        assert!(r
+            .push(&second)
+            .unwrap_err()
+            .to_string()
+            .contains("differs in size"));
+        assert_eq!(r.in_flight(), 0, "the inconsistent message is dropped");
+        assert_eq!(r.buffered(), 0);
     }
 }

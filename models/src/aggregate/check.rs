@@ -50,6 +50,17 @@ pub struct UpdateCheck {
 /// this fraction (plus `COUNT_SLACK_ROWS`) before it is implausible.
 const COUNT_SLACK: f64 = 0.1;
 const COUNT_SLACK_ROWS: f64 = 10.0;
+/// The largest magnitude a feature sum or sum of squares may have.
+const MAX_STATISTIC: f64 = 1e200;
+
+/// The most a count may be: the bound, plus the DP slack when noised.
+fn count_limit(max: usize, noised: bool) -> f64 {
+    if noised {
+        max as f64 * (1.0 + COUNT_SLACK) + COUNT_SLACK_ROWS
+    } else {
+        max as f64
+    }
+}
 
 impl UpdateCheck {
     pub fn check(&self, global: &Params, delta: &Params, num_examples: usize) -> Result<(), RejectReason> {
@@ -62,7 +73,6 @@ impl UpdateCheck {
         if num_examples == 0 {
             return Err(RejectReason::NoExamples);
         }
-        self.check_examples(num_examples)?;
         if let Some(bound) = self.max_norm {
             let norm = delta.l2_norm();
             if norm > bound {
@@ -72,18 +82,23 @@ impl UpdateCheck {
         Ok(())
     }
 
-    /// A claimed number of examples (an update's, a hello's) within the bound.
-    pub fn check_examples(&self, claimed: usize) -> Result<(), RejectReason> {
+    /// A claimed number of examples (an update's, a hello's) within the
+    /// bound; a `noised` count (released under DP) may exceed it by the DP
+    /// slack.
+    pub fn check_examples(&self, claimed: usize, noised: bool) -> Result<(), RejectReason> {
         match self.max_examples {
-            Some(max) if claimed > max => Err(RejectReason::TooManyExamples { claimed, max }),
+            Some(max) if claimed as f64 > count_limit(max, noised) => {
+                Err(RejectReason::TooManyExamples { claimed, max })
+            }
             _ => Ok(()),
         }
     }
 
-    /// Feature statistics must be finite, cover a plausible number of rows
-    /// (within the bound, allowing for DP noise on the count) and, without
-    /// noise, describe real data (no negative variance). Sums of checked
-    /// parts stay finite when combined.
+    /// Feature statistics must be finite and of a magnitude real data has
+    /// (so that sums of checked parts stay finite when combined), cover a
+    /// plausible number of rows (within the bound, allowing for DP noise on
+    /// the count) and, without noise, describe real data (no negative
+    /// variance).
     pub fn check_stats(&self, stats: &MomentSums, noised: bool) -> Result<(), RejectReason> {
         let bad = |m: String| Err(RejectReason::BadStatistics(m));
         let finite = stats.count.is_finite() && stats.sum.iter().chain(&stats.sum_sq).all(|v| v.is_finite());
@@ -97,8 +112,17 @@ impl UpdateCheck {
                 stats.sum_sq.len()
             ));
         }
+        // No value near f64's range: the sums of up to 1e100 hospitals stay finite.
+        if let Some(v) = stats
+            .sum
+            .iter()
+            .chain(&stats.sum_sq)
+            .find(|v| v.abs() > MAX_STATISTIC)
+        {
+            return bad(format!("a sum of {v:e}, beyond any real data"));
+        }
         if let Some(max) = self.max_examples {
-            let limit = max as f64 * (1.0 + COUNT_SLACK) + COUNT_SLACK_ROWS;
+            let limit = count_limit(max, noised);
             if stats.count > limit {
                 return bad(format!(
                     "a count of {:.0} rows, above this task's bound of {max}",
@@ -139,12 +163,16 @@ mod tests {
             max_examples: Some(1000),
         };
         assert_eq!(
-            check.check(&params(vec![0.0; 2]), &params(vec![0.0; 2]), 4242),
+            check.check_examples(4242, false),
             Err(RejectReason::TooManyExamples {
                 claimed: 4242,
                 max: 1000
             })
         );
+        // A DP-released count may be a little above (noise), not far.
+        assert_eq!(check.check_examples(1050, true), Ok(()));
+        assert!(check.check_examples(1050, false).is_err());
+        assert!(check.check_examples(1200, true).is_err());
         let global = params(vec![0.0; 2]);
         assert_eq!(check.check(&global, &params(vec![3.0, 4.0]), 5), Ok(()));
         assert_eq!(
@@ -208,6 +236,11 @@ mod stats_tests {
         );
         assert_eq!(
             label(check.check_stats(&sums(2.5, 6.0, 14.0), false)),
+            "bad_statistics"
+        );
+        // Sums near f64's range would overflow when combined.
+        assert_eq!(
+            label(check.check_stats(&sums(3.0, 1e300, 1e300), true)),
             "bad_statistics"
         );
         // Under DP the count and sums are noisy: only bounds and finiteness.

@@ -103,13 +103,15 @@ async fn admit(tcp: TcpStream, addr: SocketAddr, gate: &Gate) -> Result<(BoxIo, 
 
 async fn admit_now(tcp: TcpStream, gate: &Gate) -> Result<(BoxIo, Identity, Live), Failure> {
     let _ = tcp.set_nodelay(true);
-    let (mut io, binding, certified): (BoxIo, Vec<u8>, Option<Identity>) = match &gate.tls {
+    // Under TLS: who the certificate names, or why it names no hospital
+    // (told to the hospital in the verdict, after the handshake).
+    type Certified = Option<Result<Identity, String>>;
+    let (mut io, binding, certified): (BoxIo, Vec<u8>, Certified) = match &gate.tls {
         Some(tls) => {
             let stream = tls.acceptor.accept(tcp).await.map_err(Failure::Tls)?;
             let (_, connection) = stream.get_ref();
             let binding = super::super::tls::exporter(connection)?;
-            let certified = super::super::tls::peer_identity(connection.peer_certificates())
-                .map_err(|e| Failure::Refused(refusal(e, "certificate")))?;
+            let certified = super::super::tls::peer_identity(connection.peer_certificates());
             (Box::new(stream), binding, Some(certified))
         }
         None => (Box::new(tcp), Vec::new(), None),
@@ -135,9 +137,10 @@ async fn admit_now(tcp: TcpStream, gate: &Gate) -> Result<(BoxIo, Identity, Live
     }
 }
 
-/// A second session of an identity whose first one lives. A first one that
-/// is still active means two nodes use one name (fatal for the newcomer);
-/// a silent one may be a dead connection not yet closed (retry later).
+/// A second session of an identity whose first one lives: refused, to be
+/// retried. A first one that stays active means two nodes use one name
+/// (the newcomer gives up after a while); a silent one may be a dead
+/// connection not yet closed (retry when it is).
 fn duplicate(identity: &Identity, silent: Duration, idle: Duration) -> Refusal {
     if silent < ACTIVE_WITHIN {
         Refusal {
@@ -146,8 +149,8 @@ fn duplicate(identity: &Identity, silent: Duration, idle: Duration) -> Refusal {
                  two nodes use the name, and the first one keeps it",
                 silent.as_secs()
             ),
-            retry: false,
-            label: "duplicate_session",
+            retry: true,
+            label: handshake::DUPLICATE_LABEL,
         }
     } else {
         Refusal {
@@ -175,14 +178,20 @@ fn refusal(reason: String, label: &'static str) -> Refusal {
 }
 
 /// The certificate's identity must be the handshake's; then the allow-list.
-fn check(gate: &Gate, claimed: &Identity, certified: Option<&Identity>) -> Result<(), Refusal> {
-    if let Some(certified) = certified {
-        if certified != claimed {
+fn check(
+    gate: &Gate,
+    claimed: &Identity,
+    certified: Option<&Result<Identity, String>>,
+) -> Result<(), Refusal> {
+    match certified {
+        Some(Err(why)) => return Err(refusal(why.clone(), "certificate")),
+        Some(Ok(certified)) if certified != claimed => {
             return Err(refusal(
                 format!("its certificate names {certified} but its handshake says {claimed}"),
                 "certificate_mismatch",
-            ));
+            ))
         }
+        _ => {}
     }
     gate.admit(claimed)
 }

@@ -35,9 +35,12 @@ pub enum CookieError {
     Weak { bits: f64, distinct: usize },
 }
 
-/// A conservative estimate of a cookie's strength: its length times the
-/// bits of the character classes it uses, capped by how many distinct
-/// characters it has (a long run of few symbols is not strong).
+/// A conservative estimate of a cookie's strength: the bits of the
+/// character classes it uses (capped by how many distinct characters it
+/// has: a long run of few symbols is not strong) for each character that
+/// does not continue a run ("abcd", "4321", "aaaa" count one bit a
+/// character after their first two). It cannot see dictionary words: use
+/// random cookies.
 pub fn estimated_bits(cookie: &str) -> (f64, usize) {
     let chars: Vec<char> = cookie.chars().collect();
     let mut pool = 0u32;
@@ -57,7 +60,15 @@ pub fn estimated_bits(cookie: &str) -> (f64, usize) {
     let per_char = f64::from(pool.max(1))
         .log2()
         .min((distinct.max(1) as f64).log2().max(0.0) + 1.0);
-    (chars.len() as f64 * per_char, distinct)
+    let in_run = chars
+        .windows(3)
+        .filter(|w| {
+            let (a, b, c) = (w[0] as i64, w[1] as i64, w[2] as i64);
+            b - a == c - b && (b - a).abs() <= 1
+        })
+        .count();
+    let free = chars.len() - in_run;
+    (free as f64 * per_char + in_run as f64, distinct)
 }
 
 impl Cookie {
@@ -105,6 +116,8 @@ mod tests {
             "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
             "abababababababababababababababababababababababababababab",
             "password123",
+            "abcdefghijklmnopqrstuvwxyzabcdefghijkl",
+            "0123456789012345678901234567890123456789",
         ] {
             let e = Cookie::new(weak).unwrap_err();
             assert!(e.to_string().contains("too weak"), "{weak}: {e}");

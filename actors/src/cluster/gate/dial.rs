@@ -70,6 +70,9 @@ async fn dial_now(gate: &Gate, addr: &str, server: &ActorRef<NodeServerMessage>)
                  starting there, TLS on one side only, or not a medfed coordinator"
             )))
         }
+        Err(Failure::Refused(r)) if r.label == handshake::DUPLICATE_LABEL => {
+            return Err(ClusterError::Duplicate(r.reason))
+        }
         Err(Failure::Refused(r)) if r.retry => return Err(ClusterError::Busy(r.reason)),
         Err(Failure::Refused(r)) => return Err(ClusterError::Refused(r.reason)),
         Err(other) => return Err(ClusterError::Handshake(format!("{addr}: {other}"))),

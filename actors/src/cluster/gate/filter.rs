@@ -1,9 +1,11 @@
-//! The inbound side of an authenticated session: every frame the peer sends
-//! passes here before ractor_cluster reads it. Actor messages are stamped
-//! with the session's identity (whatever the peer put there), actor and
-//! process-group announcements are budgeted, the peer's node name must be
-//! its identity's, and frames are size-limited by family before they are
-//! read. Anything outside that closes the session with a logged reason.
+//! Both directions of an authenticated session. Every frame the peer sends
+//! passes here before ractor_cluster reads it, which gets the gate's own
+//! encoding of what was checked: actor messages stamped with the session's
+//! identity (whatever the peer put there), actor and process-group
+//! announcements budgeted and limited to the groups the peer's role joins,
+//! its node name its identity's, frames size-limited by family before they
+//! are read and again once decoded. Outbound, a peer that stops reading is
+//! cut off. Anything outside that closes the session with a logged reason.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -22,6 +24,10 @@ use super::sessions::Activity;
 pub enum Breach {
     #[error("no frame for {} s", .0.as_secs())]
     Idle(Duration),
+    #[error("a frame's body took longer than {} s to arrive", .0.as_secs())]
+    Slow(Duration),
+    #[error("it did not read what this node sent for {} s", .0.as_secs())]
+    NotReading(Duration),
     #[error("a {family} frame of {len} bytes (at most {limit})")]
     TooLarge {
         family: &'static str,
@@ -38,22 +44,30 @@ pub enum Breach {
     },
     #[error("it announced {count} actors (at most {limit} per session)")]
     TooManyActors { count: usize, limit: usize },
-    #[error("it joined process group {0}, which is not medfed's")]
+    #[error("it made {count} process-group memberships (at most {limit} per session)")]
+    TooManyMemberships { count: usize, limit: usize },
+    #[error("it joined process group {0}, which is not one it may join")]
     Group(String),
     #[error("it made an actor call or reply, which medfed's protocol does not use")]
     Call,
+    #[error("it asked for the cluster's other sessions, which medfed's isolated nodes do not share")]
+    Transitive,
 }
 
 impl Breach {
     pub fn label(&self) -> &'static str {
         match self {
             Self::Idle(_) => "idle",
+            Self::Slow(_) => "slow_frame",
+            Self::NotReading(_) => "not_reading",
             Self::TooLarge { .. } => "frame_too_large",
             Self::Malformed(_) => "malformed_frame",
             Self::NodeName { .. } => "node_name",
             Self::TooManyActors { .. } => "too_many_actors",
+            Self::TooManyMemberships { .. } => "too_many_memberships",
             Self::Group(_) => "foreign_group",
             Self::Call => "actor_call",
+            Self::Transitive => "session_enumeration",
         }
     }
 }
@@ -65,10 +79,12 @@ pub struct Policy {
     /// We accepted the session (the peer is a hospital that dialled us).
     inbound: bool,
     announced: HashSet<u64>,
+    memberships: HashSet<(String, u64)>,
     activity: Activity,
 }
 
-const MAX_GROUP_NAME: usize = 128;
+/// ractor's default process-group scope, the only one medfed uses.
+const SCOPE: &str = ractor::pg::DEFAULT_SCOPE;
 
 impl Policy {
     pub fn new(peer: Identity, limits: Limits, inbound: bool, activity: Activity) -> Self {
@@ -77,6 +93,7 @@ impl Policy {
             limits,
             inbound,
             announced: HashSet::new(),
+            memberships: HashSet::new(),
             activity,
         }
     }
@@ -89,60 +106,112 @@ impl Policy {
         }
     }
 
-    /// Check one frame's payload; `Some` is the payload to pass on instead.
-    pub fn inspect(&mut self, payload: bytes::Bytes) -> Result<Option<Vec<u8>>, Breach> {
-        let message = NetworkMessage::decode(payload).map_err(|e| Breach::Malformed(e.to_string()))?;
-        match message.message {
+    /// The groups this peer may join: a hospital its task's link group, the
+    /// coordinator its own group.
+    fn may_join(&self, group: &str) -> bool {
+        match self.peer {
+            Identity::Hospital(_) => {
+                group.len() <= 128
+                    && group
+                        .strip_prefix("medfed.link.")
+                        .is_some_and(|task| !task.is_empty())
+            }
+            Identity::Coordinator => group == super::super::COORDINATOR_GROUP,
+        }
+    }
+
+    /// Check one frame's payload and return what ractor_cluster gets: the
+    /// gate's own encoding of exactly what it checked (casts stamped).
+    pub fn inspect(&mut self, payload: bytes::Bytes) -> Result<Vec<u8>, Breach> {
+        let len = payload.len() as u64;
+        let mut message = NetworkMessage::decode(payload).map_err(|e| Breach::Malformed(e.to_string()))?;
+        // The decoded family's limit, whatever the first byte announced.
+        let first = match &message.message {
+            Some(Family::Auth(_)) => frames::KEY_AUTH,
+            Some(Family::Node(_)) => frames::KEY_NODE,
+            Some(Family::Control(_)) => frames::KEY_CONTROL,
+            None => return Err(Breach::Malformed("an empty frame".into())),
+        };
+        let (family, limit) = self.limit_for(first);
+        if len > limit {
+            return Err(Breach::TooLarge { family, len, limit });
+        }
+        match &mut message.message {
             Some(Family::Auth(auth)) => {
-                if let (true, Some(AuthKind::Name(name))) = (self.inbound, auth.msg) {
-                    let node = name.name.split('@').next().unwrap_or_default();
-                    let prefix = self.peer.node_name_prefix();
-                    // The prefix, then the 16 hex digits that make it unique.
-                    let suffix_ok = node
-                        .strip_prefix(&prefix)
-                        .is_some_and(|rest| rest.len() == 16 && rest.bytes().all(|b| b.is_ascii_hexdigit()));
-                    if !suffix_ok {
-                        return Err(Breach::NodeName {
-                            shown: crate::names::shown(&name.name),
-                            identity: self.peer.to_string(),
-                            prefix,
-                        });
-                    }
+                if let (true, Some(AuthKind::Name(name))) = (self.inbound, &auth.msg) {
+                    self.check_node_name(&name.name)?;
                 }
-                Ok(None)
             }
-            Some(Family::Control(control)) => {
-                match control.msg {
-                    Some(ControlKind::Spawn(spawn)) => self.announce(spawn.actors.iter().map(|a| a.pid))?,
-                    Some(ControlKind::PgJoin(join)) => {
-                        if !join.group.starts_with("medfed.") || join.group.len() > MAX_GROUP_NAME {
-                            return Err(Breach::Group(crate::names::shown(&join.group)));
-                        }
-                        self.announce(join.actors.iter().map(|a| a.pid))?;
-                    }
-                    Some(ControlKind::Terminate(t)) => {
-                        for pid in t.ids {
-                            self.announced.remove(&pid);
-                        }
-                    }
-                    Some(ControlKind::PgLeave(_)) | None => {}
-                }
-                Ok(None)
-            }
-            Some(Family::Node(node)) => match node.msg {
-                Some(NodeKind::Cast(mut cast)) => {
-                    cast.metadata = Some(self.peer.stamp());
-                    let stamped = NetworkMessage {
-                        message: Some(Family::Node(frames::NodeMessage {
-                            msg: Some(NodeKind::Cast(cast)),
-                        })),
-                    };
-                    Ok(Some(stamped.encode_to_vec()))
-                }
-                Some(NodeKind::Call(_) | NodeKind::Reply(_)) => Err(Breach::Call),
-                None => Ok(None),
+            Some(Family::Control(control)) => self.check_control(control)?,
+            Some(Family::Node(node)) => match &mut node.msg {
+                Some(NodeKind::Cast(cast)) => cast.metadata = Some(self.peer.stamp()),
+                Some(NodeKind::Call(_) | NodeKind::Reply(_)) => return Err(Breach::Call),
+                None => return Err(Breach::Malformed("an empty node message".into())),
             },
-            None => Ok(None),
+            None => {}
+        }
+        Ok(message.encode_to_vec())
+    }
+
+    fn check_node_name(&self, name: &str) -> Result<(), Breach> {
+        let node = name.split('@').next().unwrap_or_default();
+        let prefix = self.peer.node_name_prefix();
+        // The prefix, then the 16 hex digits that make it unique.
+        let suffix_ok = node
+            .strip_prefix(&prefix)
+            .is_some_and(|rest| rest.len() == 16 && rest.bytes().all(|b| b.is_ascii_hexdigit()));
+        if suffix_ok {
+            Ok(())
+        } else {
+            Err(Breach::NodeName {
+                shown: crate::names::shown(name),
+                identity: self.peer.to_string(),
+                prefix,
+            })
+        }
+    }
+
+    fn check_control(&mut self, control: &frames::ControlMessage) -> Result<(), Breach> {
+        match &control.msg {
+            Some(ControlKind::Spawn(spawn)) => self.announce(spawn.actors.iter().map(|a| a.pid)),
+            Some(ControlKind::PgJoin(join)) => {
+                if !self.may_join(&join.group) || join.scope != SCOPE {
+                    return Err(Breach::Group(crate::names::shown(&format!(
+                        "{}/{}",
+                        join.scope, join.group
+                    ))));
+                }
+                self.announce(join.actors.iter().map(|a| a.pid))?;
+                for actor in &join.actors {
+                    self.memberships.insert((join.group.clone(), actor.pid));
+                }
+                let limit = self.limits.max_announced_actors;
+                if self.memberships.len() > limit {
+                    return Err(Breach::TooManyMemberships {
+                        count: self.memberships.len(),
+                        limit,
+                    });
+                }
+                Ok(())
+            }
+            Some(ControlKind::PgLeave(leave)) => {
+                for actor in &leave.actors {
+                    self.memberships.remove(&(leave.group.clone(), actor.pid));
+                }
+                Ok(())
+            }
+            Some(ControlKind::Terminate(t)) => {
+                for pid in &t.ids {
+                    self.announced.remove(pid);
+                    self.memberships.retain(|(_, p)| p != pid);
+                }
+                Ok(())
+            }
+            Some(ControlKind::EnumerateNodeSessions(_) | ControlKind::NodeSessions(_)) => {
+                Err(Breach::Transitive)
+            }
+            Some(ControlKind::Ping(_) | ControlKind::Pong(_) | ControlKind::Ready(_)) => Ok(()),
+            None => Err(Breach::Malformed("an empty control message".into())),
         }
     }
 
@@ -179,24 +248,23 @@ where
             Ok(Ok(_)) => {}
         }
         let len = u64::from_be_bytes(head[..8].try_into().unwrap_or_default());
+        if len == 0 {
+            return Err(Breach::Malformed("a frame of 0 bytes".into()));
+        }
         let (family, limit) = policy.limit_for(head[8]);
-        if len == 0 || len > limit {
+        if len > limit {
             return Err(Breach::TooLarge { family, len, limit });
         }
         let mut payload = BytesMut::zeroed(len as usize);
         payload[0] = head[8];
         let body = idle + Duration::from_secs(len / MIN_RATE);
         match tokio::time::timeout(body, from.read_exact(&mut payload[1..])).await {
-            Err(_) => return Err(Breach::Idle(body)),
+            Err(_) => return Err(Breach::Slow(body)),
             Ok(Err(_)) => return Ok(()),
             Ok(Ok(_)) => {}
         }
         policy.activity.touch();
-        let payload = payload.freeze();
-        let out = match policy.inspect(payload.clone())? {
-            Some(replaced) => replaced,
-            None => payload.to_vec(),
-        };
+        let out = policy.inspect(payload.freeze())?;
         let written = async {
             to.write_all(&(out.len() as u64).to_be_bytes()).await?;
             to.write_all(&out).await?;
@@ -205,6 +273,32 @@ where
         if written.await.is_err() {
             // ractor_cluster closed its end: the session is over.
             return Ok(());
+        }
+    }
+}
+
+/// Copy ractor_cluster's frames to the peer as they are, until either end
+/// closes; a peer that stops reading for `stall` is a breach (what it does
+/// not read would pile up in this node's queues).
+pub async fn pump_out<R, W>(mut from: R, mut to: W, stall: Duration) -> Result<(), Breach>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(n) => n,
+        };
+        let written = async {
+            to.write_all(&buf[..n]).await?;
+            to.flush().await
+        };
+        match tokio::time::timeout(stall, written).await {
+            Err(_) => return Err(Breach::NotReading(stall)),
+            Ok(Err(_)) => return Ok(()),
+            Ok(Ok(())) => {}
         }
     }
 }
@@ -233,6 +327,18 @@ mod tests {
         (0..n).map(|pid| Actor { pid, name: None }).collect()
     }
 
+    fn join(group: &str, n: u64) -> NetworkMessage {
+        control(ControlKind::PgJoin(PgChange {
+            group: group.into(),
+            actors: actors(n),
+            scope: SCOPE.into(),
+        }))
+    }
+
+    fn label(p: &mut Policy, m: &NetworkMessage) -> &'static str {
+        p.inspect(m.encode_to_vec().into()).unwrap_err().label()
+    }
+
     #[test]
     fn casts_are_stamped_with_the_session_identity() {
         let forged = NetworkMessage {
@@ -245,7 +351,7 @@ mod tests {
                 })),
             })),
         };
-        let out = policy().inspect(forged.encode_to_vec().into()).unwrap().unwrap();
+        let out = policy().inspect(forged.encode_to_vec().into()).unwrap();
         let Some(Family::Node(NodeMessage {
             msg: Some(NodeKind::Cast(cast)),
         })) = NetworkMessage::decode(out.as_slice()).unwrap().message
@@ -257,71 +363,114 @@ mod tests {
     }
 
     #[test]
-    fn announcements_are_budgeted() {
+    fn announcements_and_group_joins_are_budgeted_and_limited_to_the_peers_role() {
         let mut p = policy();
-        let join = |n| {
-            control(ControlKind::PgJoin(PgChange {
-                group: "medfed.link.breast_cancer".into(),
-                actors: actors(n),
-                scope: String::new(),
-            }))
-        };
-        assert_eq!(p.inspect(join(3).encode_to_vec().into()), Ok(None));
-        let e = p.inspect(join(200_000).encode_to_vec().into()).unwrap_err();
-        assert_eq!(e.label(), "too_many_actors", "{e}");
-        let spawn = control(ControlKind::Spawn(Actors { actors: actors(17) }));
+        assert!(p
+            .inspect(join("medfed.link.breast_cancer", 3).encode_to_vec().into())
+            .is_ok());
         assert_eq!(
-            policy()
-                .inspect(spawn.encode_to_vec().into())
-                .unwrap_err()
-                .label(),
+            label(&mut p, &join("medfed.link.breast_cancer", 17)),
             "too_many_actors"
         );
-        let foreign = control(ControlKind::PgJoin(PgChange {
-            group: "other".into(),
-            actors: actors(1),
-            scope: String::new(),
-        }));
+        // 200,000 actors do not even fit a control frame.
         assert_eq!(
-            policy()
-                .inspect(foreign.encode_to_vec().into())
-                .unwrap_err()
-                .label(),
-            "foreign_group"
+            label(&mut policy(), &join("medfed.link.breast_cancer", 200_000)),
+            "frame_too_large"
         );
+        let spawn = control(ControlKind::Spawn(Actors { actors: actors(17) }));
+        assert_eq!(label(&mut policy(), &spawn), "too_many_actors");
+        // The same actors in many groups: memberships are budgeted too.
+        let mut p = policy();
+        let mut last = Ok(Vec::new());
+        for task in 0..20 {
+            last = p.inspect(join(&format!("medfed.link.t{task}"), 1).encode_to_vec().into());
+        }
+        assert_eq!(last.unwrap_err().label(), "too_many_memberships");
+        // A hospital joins link groups only, in the default scope.
+        for group in ["other", "medfed.coordinator", "medfed.link."] {
+            assert_eq!(label(&mut policy(), &join(group, 1)), "foreign_group", "{group}");
+        }
+        let mut scoped = join("medfed.link.t", 1);
+        if let Some(Family::Control(ControlMessage {
+            msg: Some(ControlKind::PgJoin(j)),
+        })) = &mut scoped.message
+        {
+            j.scope = "elsewhere".into();
+        }
+        assert_eq!(label(&mut policy(), &scoped), "foreign_group");
+        // The coordinator joins its own group only.
+        let mut c = Policy::new(
+            Identity::Coordinator,
+            Limits::default(),
+            false,
+            Activity::default(),
+        );
+        assert!(c
+            .inspect(join("medfed.coordinator", 1).encode_to_vec().into())
+            .is_ok());
+        assert_eq!(label(&mut c, &join("medfed.link.t", 1)), "foreign_group");
+    }
+
+    #[test]
+    fn the_gate_forwards_what_it_checked_not_what_was_sent() {
+        // A join, a ping and a second join in one frame: prost keeps the last
+        // variant. The gate checks that one and forwards exactly it.
+        let mut bytes = join("medfed.link.t", 1).encode_to_vec();
+        bytes.extend(control(ControlKind::Ping(frames::Ping { timestamp: None })).encode_to_vec());
+        bytes.extend(join("medfed.link.u", 1).encode_to_vec());
+        let out = policy().inspect(bytes.into()).unwrap();
+        let decoded = NetworkMessage::decode(out.as_slice()).unwrap();
+        let Some(Family::Control(ControlMessage {
+            msg: Some(ControlKind::PgJoin(j)),
+        })) = decoded.message
+        else {
+            panic!("{decoded:?}");
+        };
+        assert_eq!(j.group, "medfed.link.u");
+        // A frame announced as a message but holding a control message gets
+        // the control limit.
+        let big = join("medfed.link.t", 16);
+        let mut padded = vec![frames::KEY_NODE, 0];
+        padded.extend(big.encode_to_vec());
+        let limits = Limits {
+            max_control_frame: 64,
+            ..Limits::default()
+        };
+        let mut p = Policy::new(Identity::Hospital("h1".into()), limits, true, Activity::default());
+        assert_eq!(p.inspect(padded.into()).unwrap_err().label(), "frame_too_large");
+    }
+
+    #[test]
+    fn session_enumeration_and_calls_close_the_session() {
+        let enumerate = control(ControlKind::EnumerateNodeSessions(frames::NameMessage::default()));
+        assert_eq!(label(&mut policy(), &enumerate), "session_enumeration");
+        let call = NetworkMessage {
+            message: Some(Family::Node(NodeMessage {
+                msg: Some(NodeKind::Call(frames::Call::default())),
+            })),
+        };
+        assert_eq!(label(&mut policy(), &call), "actor_call");
     }
 
     #[test]
     fn a_node_name_must_be_the_identitys() {
         let name = |n: &str| NetworkMessage {
             message: Some(Family::Auth(frames::AuthenticationMessage {
-                msg: Some(AuthKind::Name(frames::NameMessage { name: n.into() })),
+                msg: Some(AuthKind::Name(frames::NameMessage {
+                    name: n.into(),
+                    ..Default::default()
+                })),
             })),
         };
-        let mut p = policy();
-        assert_eq!(
-            p.inspect(
-                name("medfed.hospital.h1.00ff00ff00ff00ff@127.0.0.1")
-                    .encode_to_vec()
-                    .into()
-            ),
-            Ok(None)
-        );
-        let e = policy()
-            .inspect(
-                name("medfed.hospital.h2.00ff00ff00ff00ff@127.0.0.1")
-                    .encode_to_vec()
-                    .into(),
-            )
-            .unwrap_err();
-        assert_eq!(e.label(), "node_name");
-        // "h1" must not take "h10"'s or "h1.x"'s names.
+        let ok = name("medfed.hospital.h1.00ff00ff00ff00ff@127.0.0.1");
+        assert!(policy().inspect(ok.encode_to_vec().into()).is_ok());
+        // Not h2's, nor "h10"'s or "h1.x"'s.
         for other in [
+            "medfed.hospital.h2.00ff00ff00ff00ff@127.0.0.1",
             "medfed.hospital.h10.00ff00ff00ff00ff",
             "medfed.hospital.h1.x.00ff00ff00ff00ff",
         ] {
-            let e = policy().inspect(name(other).encode_to_vec().into()).unwrap_err();
-            assert_eq!(e.label(), "node_name");
+            assert_eq!(label(&mut policy(), &name(other)), "node_name", "{other}");
         }
     }
 
@@ -352,5 +501,15 @@ mod tests {
         )
         .await;
         assert_eq!(r.unwrap_err().label(), "idle");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_stops_reading_is_cut_off() {
+        // The peer's side holds 64 bytes and is never read.
+        let (_peer, gate_side) = tokio::io::duplex(64);
+        let (mut ractor_side, gate_in) = tokio::io::duplex(1 << 16);
+        ractor_side.write_all(&[7u8; 4096]).await.unwrap();
+        let r = pump_out(gate_in, gate_side, Duration::from_millis(50)).await;
+        assert_eq!(r.unwrap_err().label(), "not_reading");
     }
 }

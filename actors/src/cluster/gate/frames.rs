@@ -1,12 +1,13 @@
-//! The parts of ractor_cluster's wire protocol the gate inspects, modelled
-//! after its .proto files (ractor_cluster 0.16, `src/protocol/*.proto`).
-//! Fields not modelled are skipped when decoding; only actor messages are
-//! re-encoded, and those are modelled whole.
+//! ractor_cluster's wire protocol, modelled whole after its .proto files
+//! (ractor_cluster 0.16, `src/protocol/*.proto`; private in that crate).
+//! Whole, because the gate forwards its own re-encoding of what it checked:
+//! ractor_cluster never decodes bytes the gate read differently.
 
 use prost::Message;
 
-/// The first byte of a frame's payload says which family it is (the
-/// field key of `NetworkMessage`'s oneof): known before reading the rest.
+/// The first byte of a frame's payload announces its family (the field key
+/// of `NetworkMessage`'s oneof): the size limit to read it under. The
+/// decoded family's limit is checked again.
 pub const KEY_AUTH: u8 = (1 << 3) | 2;
 pub const KEY_NODE: u8 = (2 << 3) | 2;
 pub const KEY_CONTROL: u8 = (3 << 3) | 2;
@@ -29,7 +30,7 @@ pub enum Family {
 
 #[derive(Clone, PartialEq, Message)]
 pub struct AuthenticationMessage {
-    #[prost(oneof = "AuthKind", tags = "1")]
+    #[prost(oneof = "AuthKind", tags = "1, 2, 3, 4, 5, 6")]
     pub msg: Option<AuthKind>,
 }
 
@@ -38,12 +39,72 @@ pub enum AuthKind {
     /// The connecting node's name (the first thing a client says).
     #[prost(message, tag = "1")]
     Name(NameMessage),
+    #[prost(message, tag = "2")]
+    ServerStatus(ServerStatus),
+    #[prost(message, tag = "3")]
+    ClientStatus(ClientStatus),
+    #[prost(message, tag = "4")]
+    ServerChallenge(Challenge),
+    #[prost(message, tag = "5")]
+    ClientChallenge(ChallengeReply),
+    #[prost(message, tag = "6")]
+    ServerAck(ChallengeAck),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct NodeFlags {
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
 }
 
 #[derive(Clone, PartialEq, Message)]
 pub struct NameMessage {
     #[prost(string, tag = "1")]
     pub name: String,
+    #[prost(message, optional, tag = "2")]
+    pub flags: Option<NodeFlags>,
+    #[prost(string, tag = "3")]
+    pub connection_string: String,
+    #[prost(uint64, tag = "4")]
+    pub connection_id: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ServerStatus {
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ClientStatus {
+    #[prost(bool, tag = "1")]
+    pub status: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Challenge {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(message, optional, tag = "2")]
+    pub flags: Option<NodeFlags>,
+    #[prost(uint32, tag = "3")]
+    pub challenge: u32,
+    #[prost(string, tag = "4")]
+    pub connection_string: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ChallengeReply {
+    #[prost(uint32, tag = "1")]
+    pub challenge: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub digest: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ChallengeAck {
+    #[prost(bytes = "vec", tag = "1")]
+    pub digest: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -57,9 +118,9 @@ pub enum NodeKind {
     #[prost(message, tag = "1")]
     Cast(Cast),
     #[prost(message, tag = "2")]
-    Call(Opaque),
+    Call(Call),
     #[prost(message, tag = "3")]
-    Reply(Opaque),
+    Reply(CallReply),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -74,13 +135,35 @@ pub struct Cast {
     pub metadata: Option<Vec<u8>>,
 }
 
-/// A message whose content the gate does not read.
 #[derive(Clone, PartialEq, Message)]
-pub struct Opaque {}
+pub struct Call {
+    #[prost(uint64, tag = "1")]
+    pub to: u64,
+    #[prost(bytes = "bytes", tag = "2")]
+    pub what: bytes::Bytes,
+    #[prost(uint64, tag = "3")]
+    pub tag: u64,
+    #[prost(uint64, optional, tag = "4")]
+    pub timeout_ms: Option<u64>,
+    #[prost(string, tag = "5")]
+    pub variant: String,
+    #[prost(bytes = "vec", optional, tag = "6")]
+    pub metadata: Option<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct CallReply {
+    #[prost(uint64, tag = "1")]
+    pub to: u64,
+    #[prost(uint64, tag = "2")]
+    pub tag: u64,
+    #[prost(bytes = "bytes", tag = "3")]
+    pub what: bytes::Bytes,
+}
 
 #[derive(Clone, PartialEq, Message)]
 pub struct ControlMessage {
-    #[prost(oneof = "ControlKind", tags = "1, 2, 5, 6")]
+    #[prost(oneof = "ControlKind", tags = "1, 2, 3, 4, 5, 6, 7, 8, 9")]
     pub msg: Option<ControlKind>,
 }
 
@@ -90,11 +173,47 @@ pub enum ControlKind {
     Spawn(Actors),
     #[prost(message, tag = "2")]
     Terminate(Terminate),
+    #[prost(message, tag = "3")]
+    Ping(Ping),
+    #[prost(message, tag = "4")]
+    Pong(Ping),
     #[prost(message, tag = "5")]
     PgJoin(PgChange),
     #[prost(message, tag = "6")]
     PgLeave(PgChange),
+    /// Asks for every session's name and address (Transitive mode only).
+    #[prost(message, tag = "7")]
+    EnumerateNodeSessions(NameMessage),
+    #[prost(message, tag = "8")]
+    NodeSessions(NodeSessions),
+    #[prost(message, tag = "9")]
+    Ready(Ready),
 }
+
+/// `google.protobuf.Timestamp`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Timestamp {
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
+}
+
+/// A ping or pong.
+#[derive(Clone, PartialEq, Message)]
+pub struct Ping {
+    #[prost(message, optional, tag = "1")]
+    pub timestamp: Option<Timestamp>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct NodeSessions {
+    #[prost(message, repeated, tag = "1")]
+    pub sessions: Vec<NameMessage>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Ready {}
 
 #[derive(Clone, PartialEq, Message)]
 pub struct Actor {

@@ -61,24 +61,29 @@ pub fn hand_over(
             }),
             is_server: inbound,
         })
-        .map_err(|_| "this node's cluster server has stopped".to_string())?;
+        .map_err(|_| {
+            gate.directory.ended(&label);
+            "this node's cluster server has stopped".to_string()
+        })?;
     let activity = live.as_ref().map(|l| l.activity.clone()).unwrap_or_default();
     let policy = Policy::new(peer, gate.limits.clone(), inbound, activity);
+    let stall = gate.limits.idle_timeout;
     let stats = gate.stats.clone();
+    let directory = gate.directory.clone();
     tokio::spawn(async move {
         let _live = live;
         let _open = Held::new(&stats, |s| &s.sessions);
-        let (socket_in, mut socket_out) = tokio::io::split(io);
-        let (mut pipe_in, pipe_out) = tokio::io::split(ours);
-        tokio::select! {
-            result = filter::pump(socket_in, pipe_out, policy) => {
-                if let Err(breach) = result {
-                    stats.count_closed(breach.label());
-                    warn!(peer = %label, "closed the cluster session: {breach}");
-                }
-            }
-            _ = tokio::io::copy(&mut pipe_in, &mut socket_out) => {}
+        let (socket_in, socket_out) = tokio::io::split(io);
+        let (pipe_in, pipe_out) = tokio::io::split(ours);
+        let result = tokio::select! {
+            result = filter::pump(socket_in, pipe_out, policy) => result,
+            result = filter::pump_out(pipe_in, socket_out, stall) => result,
+        };
+        if let Err(breach) = result {
+            stats.count_closed(breach.label());
+            warn!(peer = %label, "closed the cluster session: {breach}");
         }
+        directory.ended(&label);
         debug!(peer = %label, "cluster connection closed");
     });
     Ok(())

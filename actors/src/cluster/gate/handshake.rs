@@ -1,11 +1,14 @@
 //! medfed's cluster handshake, run inside TLS (when configured) before
 //! ractor_cluster sees a byte. Mutual: the coordinator proves it holds the
 //! cookie first, over a nonce the hospital chose and one of its own; only
-//! then does the hospital prove it, so neither side answers a challenge
-//! for a peer that has proven nothing, and no proof can be replayed or
-//! relayed into another session (both nonces, both roles and, under TLS,
-//! the channel's exporter key are in it). 256-bit nonces; constant-time
-//! comparison. Every message is small and bounded.
+//! then does the hospital prove it. So a hospital never answers a peer that
+//! has proven nothing (a rogue server learns nothing from it), and no proof
+//! can be replayed or relayed into another session (both nonces, both roles
+//! and, under TLS, the channel's exporter key are in it). The coordinator
+//! does answer any client first: its proof lets whoever connects test
+//! cookie guesses offline, which is why weak cookies are refused (and why
+//! the port belongs behind TLS). 256-bit nonces; constant-time comparison.
+//! Every message is small and bounded.
 //!
 //! hospital -> coordinator  MAGIC, role, name length, name, nonce_h
 //! coordinator -> hospital  MAGIC, nonce_c, proof_c
@@ -28,6 +31,11 @@ const MAX_REASON: usize = 1024;
 const ACCEPTED: u8 = 0;
 const REFUSED: u8 = 1;
 const BUSY: u8 = 2;
+/// Busy because another session of the same identity is active.
+const DUPLICATE: u8 = 3;
+
+/// The label of a refusal for an active duplicate session.
+pub const DUPLICATE_LABEL: &str = "duplicate_session";
 
 /// The TLS exporter label binding proofs to the channel.
 pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-medfed-cluster-handshake";
@@ -202,10 +210,14 @@ where
         .collect();
     match head[0] {
         ACCEPTED => Ok(()),
-        code @ (REFUSED | BUSY) => Err(Failure::Refused(Refusal {
+        code @ (REFUSED | BUSY | DUPLICATE) => Err(Failure::Refused(Refusal {
             reason,
-            retry: code == BUSY,
-            label: "refused",
+            retry: code != REFUSED,
+            label: if code == DUPLICATE {
+                DUPLICATE_LABEL
+            } else {
+                "refused"
+            },
         })),
         other => Err(Failure::Malformed(format!("verdict {other}"))),
     }
@@ -275,6 +287,7 @@ impl Claim {
 pub async fn answer<S: AsyncWrite + Unpin>(io: &mut S, verdict: Result<(), &Refusal>) -> std::io::Result<()> {
     let (code, reason) = match verdict {
         Ok(()) => (ACCEPTED, ""),
+        Err(r) if r.retry && r.label == DUPLICATE_LABEL => (DUPLICATE, r.reason.as_str()),
         Err(r) if r.retry => (BUSY, r.reason.as_str()),
         Err(r) => (REFUSED, r.reason.as_str()),
     };

@@ -30,7 +30,9 @@ impl Default for Limits {
             unauthenticated_total: 128,
             unauthenticated_per_source: 8,
             idle_timeout: Duration::from_secs(30),
-            max_message_frame: ractor_cluster::DEFAULT_MAX_INBOUND_FRAME_SIZE,
+            // Room for the identity stamp the gate adds: ractor_cluster
+            // refuses frames above its own limit.
+            max_message_frame: ractor_cluster::DEFAULT_MAX_INBOUND_FRAME_SIZE - (4 << 10),
             max_auth_frame: 4 << 10,
             max_control_frame: 64 << 10,
             max_announced_actors: 16,

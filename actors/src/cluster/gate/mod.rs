@@ -55,8 +55,8 @@ pub struct GateTls {
 }
 
 impl Gate {
-    /// Whether `peer` may hold a session now: on the allow-list (when there
-    /// is one) and not already connected.
+    /// Whether `peer` may be admitted: on the allow-list, when there is one
+    /// (one session per identity is `Sessions::claim`'s to decide).
     pub fn admit(&self, peer: &Identity) -> Result<(), handshake::Refusal> {
         if let (Identity::Hospital(name), Some(allow)) = (peer, &self.allow) {
             if !allow.contains(name) {

@@ -79,6 +79,7 @@ impl Sessions {
 
     /// Count a new unauthenticated connection from `source`, unless a cap is reached.
     pub fn begin(&self, source: IpAddr, limits: &Limits) -> Result<Pending, OverCap> {
+        let source = source_key(source);
         self.with(|inner| {
             if inner.unauthenticated >= limits.unauthenticated_total {
                 return Err(OverCap::Total);
@@ -122,6 +123,22 @@ impl Sessions {
         let mut live: Vec<Identity> = self.with(|inner| inner.live.keys().cloned().collect());
         live.sort();
         live
+    }
+}
+
+/// One source for the per-source cap: an IPv4 address, or an IPv6 /64
+/// (what one site or host is usually given).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut octets = v6.octets();
+                octets[8..].fill(0);
+                IpAddr::V6(octets.into())
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -178,6 +195,15 @@ mod tests {
         assert_eq!(s.begin(b, &limits).err(), Some(OverCap::Total));
         drop(p1);
         s.begin(a, &limits).unwrap();
+
+        // Addresses of one IPv6 /64 share the per-source cap.
+        let s = Sessions::default();
+        let _x = s.begin("2001:db8::1".parse().unwrap(), &limits).unwrap();
+        let _y = s.begin("2001:db8::2:3".parse().unwrap(), &limits).unwrap();
+        assert_eq!(
+            s.begin("2001:db8::ffff".parse().unwrap(), &limits).err(),
+            Some(OverCap::Source)
+        );
 
         let h1 = Identity::Hospital("h1".into());
         let live = s.claim(&h1).unwrap();

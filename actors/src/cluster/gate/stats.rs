@@ -90,19 +90,40 @@ impl Drop for Held {
 #[derive(Debug, Default)]
 pub struct LogThrottle {
     last: Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
+    pruned: Mutex<Option<std::time::Instant>>,
 }
+
+/// Keys (kind and source) remembered at once.
+const MAX_KEYS: usize = 4096;
 
 /// How often one kind of refusal is logged.
 pub const LOG_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl LogThrottle {
+    fn pruned_at(&self) -> std::time::Instant {
+        let pruned = self.pruned.lock().unwrap_or_else(|p| p.into_inner());
+        pruned.unwrap_or_else(|| std::time::Instant::now() - LOG_PERIOD)
+    }
+
+    fn set_pruned_at(&self, at: std::time::Instant) {
+        *self.pruned.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+    }
+
     /// `Some(suppressed since the last line)` when a line may be logged now.
     pub fn allow(&self, key: &str) -> Option<u64> {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
-        if last.len() > 4096 {
-            // Keys include source addresses: forget old ones.
-            last.retain(|_, (at, _)| now.duration_since(*at) < LOG_PERIOD);
+        // Keys include source addresses: bounded, and beyond the bound every
+        // new source shares one key (one line per period for all of them).
+        let mut key = key;
+        if last.len() >= MAX_KEYS && !last.contains_key(key) {
+            if now.duration_since(self.pruned_at()) >= LOG_PERIOD {
+                last.retain(|_, (at, _)| now.duration_since(*at) < LOG_PERIOD);
+                self.set_pruned_at(now);
+            }
+            if last.len() >= MAX_KEYS {
+                key = "many sources";
+            }
         }
         match last.get_mut(key) {
             Some((at, suppressed)) if now.duration_since(*at) < LOG_PERIOD => {
@@ -135,5 +156,12 @@ mod tests {
             assert_eq!(t.allow("wrong_cookie 10.0.0.1"), None);
         }
         assert_eq!(t.allow("over_cap"), Some(0), "another kind is logged");
+        // Many sources: bounded, and the overflow shares one line.
+        let t = LogThrottle::default();
+        let logged = (0..20_000)
+            .filter(|i| t.allow(&format!("wrong_cookie 10.0.{i}")).is_some())
+            .count();
+        assert_eq!(logged, MAX_KEYS + 1);
+        assert!(t.last.lock().unwrap().len() <= MAX_KEYS + 1);
     }
 }
