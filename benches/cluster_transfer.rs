@@ -253,8 +253,13 @@ impl Echo {
     }
 }
 
+/// Groups in the namespaces the gate lets each role join: the echo node is
+/// a hospital (its task's link group), the origin the coordinator.
 fn group(role: &str, mode: &str) -> String {
-    format!("medfed.bench.{role}.{mode}")
+    match role {
+        "echo" => format!("medfed.link.bench_{mode}"),
+        _ => format!("medfed.coordinator.bench_{mode}"),
+    }
 }
 
 /// Decodes whole messages; on the echo node it answers each Train with an

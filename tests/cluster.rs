@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use common::cluster::{shard_hospital, spawn, Process, COOKIE};
+use common::cluster::{gen_certs, scrape, shard_hospital, spawn, Process, COOKIE};
 use common::{free_port, json_of, medfed};
 use serde_json::Value;
 
@@ -352,25 +352,14 @@ fn mutual_tls_refuses_plaintext_and_foreign_certificates_and_runs_the_federation
     let d = dir.path();
     let certs = d.join("certs");
     let rogue = d.join("rogue");
-    for (out, nodes) in [
+    for (out, hospitals) in [
         (
             &certs,
             "breast_cancer-1,breast_cancer-2,breast_cancer-3,breast_cancer-4,breast_cancer-5",
         ),
         (&rogue, "breast_cancer-2"),
     ] {
-        let made = medfed(
-            &[
-                "cluster",
-                "gen-certs",
-                "--out",
-                &out.display().to_string(),
-                "--hospitals",
-                nodes,
-            ],
-            &[],
-        );
-        assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+        gen_certs(out, hospitals);
     }
     let ca = certs.join("ca.pem");
     let addr = format!("127.0.0.1:{}", free_port());
@@ -506,9 +495,7 @@ fn garbage_on_the_cluster_port_and_bad_frames_do_not_crash_the_coordinator() {
     }
     assert!(coordinator.is_running());
     // The drops are on /metrics too, by reason.
-    let metrics = reqwest::blocking::get(format!("http://{http}/metrics"))
-        .and_then(|r| r.text())
-        .expect("/metrics");
+    let metrics = scrape(&http);
     for reason in ["bad_magic", "truncated", "bad_checksum", "malformed"] {
         let line = format!("medfed_cluster_frames_dropped_total{{reason=\"{reason}\"}} 1");
         assert!(metrics.contains(&line), "no '{line}' in:\n{metrics}");

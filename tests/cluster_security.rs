@@ -10,7 +10,9 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::cluster::{shard_hospital, spawn, spawn_program, Process, COOKIE};
+use common::cluster::{
+    gen_certs, metric, scrape, shard_hospital, spawn, spawn_program, tls_flags, Process, COOKIE,
+};
 use common::{free_port, medfed};
 use medfed_actors::cluster::gate::{frames, handshake, Cookie, Identity};
 use medfed_actors::cluster::node::{self, NodeOptions};
@@ -200,6 +202,21 @@ fn hospitals_outside_the_allow_list_and_weak_cookies_are_refused() {
     );
 }
 
+/// A TCP connection that passed the gate's handshake as hospital `name`
+/// (with the cookie), ready for raw ractor_cluster frames.
+fn raw_session(runtime: &tokio::runtime::Runtime, addr: &str, name: &str) -> TcpStream {
+    let tcp = runtime.block_on(async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let cookie = Cookie::new(COOKIE).unwrap();
+        handshake::as_hospital(&mut tcp, &cookie, &Identity::Hospital(name.into()), b"")
+            .await
+            .unwrap();
+        tcp.into_std().unwrap()
+    });
+    tcp.set_nonblocking(false).unwrap();
+    tcp
+}
+
 /// Write one ractor_cluster frame.
 fn write_frame(s: &mut TcpStream, message: &frames::NetworkMessage) {
     s.write_all(&frames::frame(message)).unwrap();
@@ -213,15 +230,7 @@ fn a_200000_actor_process_group_join_closes_the_session_and_memory_stays_bounded
     let coordinator = coordinator(d, &addr, &[], &[]);
     let before = rss_kib(coordinator.pid());
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut socket = runtime.block_on(async {
-        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let cookie = Cookie::new(COOKIE).unwrap();
-        handshake::as_hospital(&mut tcp, &cookie, &Identity::Hospital("bulk".into()), b"")
-            .await
-            .unwrap();
-        tcp.into_std().unwrap()
-    });
-    socket.set_nonblocking(false).unwrap();
+    let mut socket = raw_session(&runtime, &addr, "bulk");
     let join = frames::NetworkMessage {
         message: Some(frames::Family::Control(frames::ControlMessage {
             msg: Some(frames::ControlKind::PgJoin(frames::PgChange {
@@ -243,15 +252,7 @@ fn a_200000_actor_process_group_join_closes_the_session_and_memory_stays_bounded
     socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let _ = socket.read_to_end(&mut rest);
     // A join within the frame limit but over the actor budget.
-    let mut second = runtime.block_on(async {
-        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let cookie = Cookie::new(COOKIE).unwrap();
-        handshake::as_hospital(&mut tcp, &cookie, &Identity::Hospital("bulk2".into()), b"")
-            .await
-            .unwrap();
-        tcp.into_std().unwrap()
-    });
-    second.set_nonblocking(false).unwrap();
+    let mut second = raw_session(&runtime, &addr, "bulk2");
     let mut many = join.clone();
     if let Some(frames::Family::Control(frames::ControlMessage {
         msg: Some(frames::ControlKind::PgJoin(j)),
@@ -336,31 +337,10 @@ fn an_idle_connection_does_not_hold_up_a_tls_join() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let certs = d.join("certs");
-    let made = medfed(
-        &[
-            "cluster",
-            "gen-certs",
-            "--out",
-            certs.to_str().unwrap(),
-            "--hospitals",
-            "breast_cancer-1",
-        ],
-        &[],
-    );
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let tls = |name: &str| {
-        vec![
-            "--tls-cert".to_string(),
-            certs.join(format!("{name}.pem")).display().to_string(),
-            "--tls-key".to_string(),
-            certs.join(format!("{name}-key.pem")).display().to_string(),
-            "--tls-ca".to_string(),
-            certs.join("ca.pem").display().to_string(),
-        ]
-    };
+    gen_certs(&certs, "breast_cancer-1");
     let addr = format!("127.0.0.1:{}", free_port());
     let http = format!("127.0.0.1:{}", free_port());
-    let mut c_args = tls("coordinator");
+    let mut c_args = tls_flags(&certs, "coordinator");
     c_args.extend(["--http".to_string(), http.clone()]);
     let coordinator = coordinator(
         d,
@@ -370,7 +350,7 @@ fn an_idle_connection_does_not_hold_up_a_tls_join() {
     );
     // Connected, silent: before the gate, this blocked every TLS join.
     let idle = TcpStream::connect(&addr).unwrap();
-    let h_args = tls("breast_cancer-1");
+    let h_args = tls_flags(&certs, "breast_cancer-1");
     let _h = hospital(
         d,
         "h1",
@@ -382,9 +362,7 @@ fn an_idle_connection_does_not_hold_up_a_tls_join() {
     coordinator.wait_for(&["hospital said hello"], 1, Duration::from_secs(8));
     drop(idle);
     // The certificates' expiry is on /metrics (open: no scrape token set).
-    let metrics = reqwest::blocking::get(format!("http://{http}/metrics"))
-        .and_then(|r| r.text())
-        .unwrap();
+    let metrics = scrape(&http);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -562,18 +540,6 @@ fn gen_certs_issues_certificates_that_say_what_they_are() {
     }
 }
 
-/// The TLS flags of `name` in the certificate directory `certs`.
-fn tls_flags(certs: &std::path::Path, name: &str) -> Vec<String> {
-    vec![
-        "--tls-cert".into(),
-        certs.join(format!("{name}.pem")).display().to_string(),
-        "--tls-key".into(),
-        certs.join(format!("{name}-key.pem")).display().to_string(),
-        "--tls-ca".into(),
-        certs.join("ca.pem").display().to_string(),
-    ]
-}
-
 fn tls_files(certs: &std::path::Path, name: &str) -> medfed_actors::cluster::TlsFiles {
     medfed_actors::cluster::TlsFiles {
         cert: certs.join(format!("{name}.pem")),
@@ -587,18 +553,7 @@ fn a_hospital_with_another_hospitals_valid_certificate_cannot_speak_for_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let certs = d.join("certs");
-    let made = medfed(
-        &[
-            "cluster",
-            "gen-certs",
-            "--out",
-            certs.to_str().unwrap(),
-            "--hospitals",
-            "breast_cancer-1,breast_cancer-2",
-        ],
-        &[],
-    );
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    gen_certs(&certs, "breast_cancer-1,breast_cancer-2");
     let addr = format!("127.0.0.1:{}", free_port());
     let flags = tls_flags(&certs, "coordinator");
     let coordinator = coordinator(
@@ -820,15 +775,7 @@ fn a_session_that_takes_another_hospitals_node_name_is_closed_and_the_hospital_s
     // Mallory authenticates as herself, then names her node like the real
     // hospital's (ractor_cluster's duplicate-session rule would keep hers).
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut s = runtime.block_on(async {
-        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        let cookie = Cookie::new(COOKIE).unwrap();
-        handshake::as_hospital(&mut tcp, &cookie, &Identity::Hospital("mallory".into()), b"")
-            .await
-            .unwrap();
-        tcp.into_std().unwrap()
-    });
-    s.set_nonblocking(false).unwrap();
+    let mut s = raw_session(&runtime, &addr, "mallory");
     let name = frames::NetworkMessage {
         message: Some(frames::Family::Auth(frames::AuthenticationMessage {
             msg: Some(frames::AuthKind::Name(frames::NameMessage {
@@ -897,15 +844,13 @@ fn a_chunk_flood_from_an_authenticated_node_does_not_disturb_a_run() {
         "{}",
         coordinator.log()
     );
-    let metrics = reqwest::blocking::get(format!("http://{http}/metrics"))
-        .and_then(|r| r.text())
-        .unwrap();
-    let evicted: u64 = metrics
-        .lines()
-        .find(|l| l.starts_with("medfed_cluster_frames_dropped_total{reason=\"chunks_evicted\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("{metrics}"));
-    assert_eq!(evicted, 396, "all but the last 4 of its 400");
+    let metrics = scrape(&http);
+    let evicted = metric(
+        &metrics,
+        "medfed_cluster_frames_dropped_total{reason=\"chunks_evicted\"}",
+    )
+    .unwrap_or_else(|| panic!("{metrics}"));
+    assert_eq!(evicted, 396.0, "all but the last 4 of its 400");
     let after = rss_kib(coordinator.pid());
     assert!(after < before + 100 * 1024, "{before} -> {after} KiB");
     // Evictions are counted, and logged only now and then.

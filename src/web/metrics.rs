@@ -462,40 +462,40 @@ impl Collector for ClusterTraffic {
 /// `medfed_cluster_*`.
 fn encode_gate(gate: &GateStats, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
     use prometheus_client::metrics::gauge::ConstGauge;
-    for (name, help, value) in [
+    let gauge = |v: u64| (MetricType::Gauge, v);
+    let counter = |v: u64| (MetricType::Counter, v);
+    for (name, help, (kind, value)) in [
         (
             "medfed_cluster_connections_authenticating",
             "Connections in TLS or the cookie handshake now",
-            GateStats::get(&gate.unauthenticated),
+            gauge(GateStats::get(&gate.unauthenticated)),
         ),
         (
             "medfed_cluster_sessions",
             "Authenticated cluster sessions open now",
-            GateStats::get(&gate.sessions),
+            gauge(GateStats::get(&gate.sessions)),
         ),
-    ] {
-        let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-        ConstGauge::new(value as i64).encode(metric)?;
-    }
-    for (name, help, value) in [
         (
             "medfed_cluster_sessions_accepted",
             "Cluster sessions authenticated and admitted since start",
-            GateStats::get(&gate.accepted),
+            counter(GateStats::get(&gate.accepted)),
         ),
         (
             "medfed_cluster_connections_over_cap",
             "Connections closed at once because too many were authenticating",
-            GateStats::get(&gate.over_cap),
+            counter(GateStats::get(&gate.over_cap)),
         ),
         (
             "medfed_cluster_accept_errors",
             "Errors accepting cluster connections (each followed by a pause)",
-            GateStats::get(&gate.accept_errors),
+            counter(GateStats::get(&gate.accept_errors)),
         ),
     ] {
-        let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-        ConstCounter::new(value).encode(metric)?;
+        let metric = encoder.encode_descriptor(name, help, None, kind)?;
+        match kind {
+            MetricType::Gauge => ConstGauge::new(value as i64).encode(metric)?,
+            _ => ConstCounter::new(value).encode(metric)?,
+        }
     }
     for (name, help, counts) in [
         (

@@ -150,3 +150,45 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+/// `medfed cluster gen-certs --out OUT --hospitals HOSPITALS`, which must succeed.
+pub fn gen_certs(out: &Path, hospitals: &str) {
+    let made = super::medfed(
+        &[
+            "cluster",
+            "gen-certs",
+            "--out",
+            &out.display().to_string(),
+            "--hospitals",
+            hospitals,
+        ],
+        &[],
+    );
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+}
+
+/// The TLS flags of node `name` (`coordinator` or a hospital) from `gen_certs`.
+pub fn tls_flags(certs: &Path, name: &str) -> Vec<String> {
+    vec![
+        "--tls-cert".into(),
+        certs.join(format!("{name}.pem")).display().to_string(),
+        "--tls-key".into(),
+        certs.join(format!("{name}-key.pem")).display().to_string(),
+        "--tls-ca".into(),
+        certs.join("ca.pem").display().to_string(),
+    ]
+}
+
+/// The `/metrics` text of the server at `http` (HOST:PORT, no scrape token).
+pub fn scrape(http: &str) -> String {
+    reqwest::blocking::get(format!("http://{http}/metrics"))
+        .and_then(|r| r.text())
+        .expect("/metrics")
+}
+
+/// The value of `series` (name and labels, as exposed) in a scrape.
+pub fn metric(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}

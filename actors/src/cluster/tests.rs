@@ -270,21 +270,7 @@ async fn another_wire_version_is_refused_at_hello_naming_both_versions_on_both_s
 
     // Coordinator side: a hello in another version reaches no coordinator;
     // a hello in ours does.
-    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
-    let (coordinator, _) = Actor::spawn(None, CoordinatorSink, seen_tx).await.unwrap();
-    let stats = Arc::new(WireStats::default());
-    let (gateway, _) = Actor::spawn(
-        None,
-        Gateway,
-        GatewayArgs {
-            coordinator,
-            tasks: vec!["version_test".into()],
-            stats: stats.clone(),
-            nodes: NodeDirectory::default(),
-        },
-    )
-    .await
-    .unwrap();
+    let (gateway, stats, mut seen) = gateway_for("version_test").await;
     let hello = Uplinked {
         link: "l".into(),
         message: every_to_coordinator().remove(0),
@@ -425,6 +411,27 @@ fn bad_envelopes_are_dropped_counted_and_never_panic() {
     ));
 }
 
+/// A gateway for `task` whose coordinator reports what reaches it.
+async fn gateway_for(
+    task: &str,
+) -> (
+    ActorRef<Envelope>,
+    Arc<WireStats>,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (seen_tx, seen) = tokio::sync::mpsc::unbounded_channel();
+    let (coordinator, _) = Actor::spawn(None, CoordinatorSink, seen_tx).await.unwrap();
+    let stats = Arc::new(WireStats::default());
+    let args = GatewayArgs {
+        coordinator,
+        tasks: vec![task.into()],
+        stats: stats.clone(),
+        nodes: NodeDirectory::default(),
+    };
+    let (gateway, _) = Actor::spawn(None, Gateway, args).await.unwrap();
+    (gateway, stats, seen)
+}
+
 fn h1() -> Identity {
     Identity::Hospital("h1".into())
 }
@@ -434,21 +441,7 @@ fn h1() -> Identity {
 /// the flood, arrives whole.
 #[tokio::test]
 async fn a_chunk_flood_from_one_sender_leaves_the_others_uploads_whole() {
-    let (seen_tx, _seen) = tokio::sync::mpsc::unbounded_channel();
-    let (coordinator, _) = Actor::spawn(None, CoordinatorSink, seen_tx).await.unwrap();
-    let stats = Arc::new(WireStats::default());
-    let (gateway, _) = Actor::spawn(
-        None,
-        Gateway,
-        GatewayArgs {
-            coordinator,
-            tasks: vec!["flood_test".into()],
-            stats: stats.clone(),
-            nodes: NodeDirectory::default(),
-        },
-    )
-    .await
-    .unwrap();
+    let (gateway, stats, _seen) = gateway_for("flood_test").await;
     let chunk = |id: u64, payload: &[u8], size: usize| -> Vec<Vec<u8>> {
         chunks::split(id, payload, size)
             .unwrap()

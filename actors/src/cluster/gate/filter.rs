@@ -107,7 +107,7 @@ impl Policy {
     }
 
     /// The groups this peer may join: a hospital its task's link group, the
-    /// coordinator its own group.
+    /// coordinator its own group (and groups under it).
     fn may_join(&self, group: &str) -> bool {
         match self.peer {
             Identity::Hospital(_) => {
@@ -116,7 +116,9 @@ impl Policy {
                         .strip_prefix("medfed.link.")
                         .is_some_and(|task| !task.is_empty())
             }
-            Identity::Coordinator => group == super::super::COORDINATOR_GROUP,
+            Identity::Coordinator => group
+                .strip_prefix(super::super::COORDINATOR_GROUP)
+                .is_some_and(|rest| rest.is_empty() || (rest.starts_with('.') && group.len() <= 128)),
         }
     }
 
