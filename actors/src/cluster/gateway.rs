@@ -73,6 +73,14 @@ pub struct GatewayState {
 }
 
 impl GatewayState {
+    /// Drop hellos whose sender never joined its group in time (counted).
+    fn expire_pending(&mut self) {
+        let before = self.pending.len();
+        self.pending.retain(|_, p| p.since.elapsed() < PENDING_HELLO_TTL);
+        self.stats
+            .count_drops("hello_expired", (before - self.pending.len()) as u64);
+    }
+
     /// Drop `why`'s message from `from`: logged (throttled) and counted.
     fn refuse(&self, label: &'static str, from: &str, why: &str) {
         self.stats.count_drop(label);
@@ -196,7 +204,7 @@ impl Actor for Gateway {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ProcessGroupChanged(GroupChangeMessage::Join(_, group, cells)) => {
-                state.pending.retain(|_, p| p.since.elapsed() < PENDING_HELLO_TTL);
+                state.expire_pending();
                 for cell in cells.iter().filter(|c| !c.get_id().is_local()) {
                     let name = cell.get_name().unwrap_or_default();
                     info!(group = %group, link = %crate::names::printable(&name), node = %state.nodes.describe(&cell.get_id()), "hospital node joined its task group");
@@ -300,7 +308,7 @@ async fn on_hello(
     // coordinator then refuses it with the list of its tasks.
     let Some(cell) = member_of(&link_group(&info.task), &link, &info.name, &state.nodes) else {
         debug!(link = %crate::names::printable(&link), "hello before the link's group membership arrived; waiting");
-        state.pending.retain(|_, p| p.since.elapsed() < PENDING_HELLO_TTL);
+        state.expire_pending();
         state.pending.insert(
             info.name.clone(),
             PendingHello {
