@@ -8,25 +8,15 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use common::cluster::{gen_certs, scrape, shard_hospital, spawn, Process, COOKIE};
+use common::cluster::{
+    gen_certs, scrape, shard_hospital, spawn, tls_flags, tls_flags_trusting, Process, COOKIE,
+};
 use common::{free_port, json_of, medfed};
 use serde_json::Value;
 
 const TASK: &str = "breast_cancer";
 const LONG: Duration = Duration::from_secs(180);
 const SHORT: Duration = Duration::from_secs(60);
-
-/// TLS flags for node `name` from certificates made by `cluster gen-certs`.
-fn tls_args(certs: &Path, ca: &Path, name: &str) -> Vec<String> {
-    vec![
-        "--tls-cert".into(),
-        certs.join(format!("{name}.pem")).display().to_string(),
-        "--tls-key".into(),
-        certs.join(format!("{name}-key.pem")).display().to_string(),
-        "--tls-ca".into(),
-        ca.display().to_string(),
-    ]
-}
 
 fn owned(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -62,10 +52,7 @@ fn start_hospital(
 /// run waits for all five expected hospitals, so join timing changes nothing.
 fn six_process_run(dir: &Path, tls: Option<&Path>) -> Value {
     let addr = format!("127.0.0.1:{}", free_port());
-    let tls_of = |name: &str| {
-        tls.map(|c| tls_args(c, &c.join("ca.pem"), name))
-            .unwrap_or_default()
-    };
+    let tls_of = |name: &str| tls.map(|c| tls_flags(c, name)).unwrap_or_default();
     let mut extra: Vec<String> = owned(&["--rounds", "10", "--auto-start", "--exit-after-run", "--json"]);
     extra.extend(tls_of("coordinator"));
     let mut coordinator = start_coordinator(dir, "coordinator", &addr, &extra, &[]);
@@ -367,7 +354,7 @@ fn mutual_tls_refuses_plaintext_and_foreign_certificates_and_runs_the_federation
         d,
         "coordinator",
         &addr,
-        &tls_args(&certs, &ca, "coordinator"),
+        &tls_flags_trusting(&certs, &ca, "coordinator"),
         &[],
     );
     // A plaintext node, and one whose certificate another CA signed (it
@@ -378,7 +365,7 @@ fn mutual_tls_refuses_plaintext_and_foreign_certificates_and_runs_the_federation
         "foreign",
         &addr,
         2,
-        &tls_args(&rogue, &ca, "breast_cancer-2"),
+        &tls_flags_trusting(&rogue, &ca, "breast_cancer-2"),
         &[],
     );
     for p in [&mut plaintext, &mut foreign] {

@@ -134,19 +134,9 @@ fn forged_hellos_and_updates_under_another_name_are_dropped_and_a_live_hospital_
     coordinator.wait_for(&["dropped a cluster message", "unknown_link"], 1, SHORT);
     coordinator.wait_for(&["refused a cluster connection", "duplicate_session"], 1, SHORT);
     // Only the real hospital ever said hello; no Sybil counts toward a quorum.
-    assert_eq!(
-        coordinator.count(&["hospital said hello"]),
-        1,
-        "{}",
-        coordinator.log()
-    );
+    coordinator.assert_lines(&["hospital said hello"], 1);
     // Four forged hellos from one session, one log line (throttled per kind and sender).
-    assert_eq!(
-        coordinator.count(&["identity_mismatch"]),
-        1,
-        "{}",
-        coordinator.log()
-    );
+    coordinator.assert_lines(&["identity_mismatch"], 1);
 }
 
 #[test]
@@ -787,18 +777,8 @@ fn a_session_that_takes_another_hospitals_node_name_is_closed_and_the_hospital_s
     write_frame(&mut s, &name);
     coordinator.wait_for(&["closed the cluster session", "node name"], 1, SHORT);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        coordinator.count(&["hospital departed"]),
-        0,
-        "{}",
-        coordinator.log()
-    );
-    assert_eq!(
-        coordinator.count(&["cluster node disconnected"]),
-        0,
-        "{}",
-        coordinator.log()
-    );
+    coordinator.assert_lines(&["hospital departed"], 0);
+    coordinator.assert_lines(&["cluster node disconnected"], 0);
 }
 
 #[test]
@@ -838,12 +818,7 @@ fn a_chunk_flood_from_an_authenticated_node_does_not_disturb_a_run() {
         .map(|i| hospital(d, &format!("h{i}"), &addr, i, &[]))
         .collect();
     coordinator.wait_for(&["run ended"], 1, SHORT);
-    assert_eq!(
-        coordinator.count(&["round aggregated"]),
-        3,
-        "{}",
-        coordinator.log()
-    );
+    coordinator.assert_lines(&["round aggregated"], 3);
     let metrics = scrape(&http);
     let evicted = metric(
         &metrics,

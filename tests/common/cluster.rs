@@ -77,6 +77,11 @@ pub fn spawn_program(dir: &Path, name: &str, program: &str, args: &[&str], envs:
 }
 
 impl Process {
+    /// Exactly `n` log lines contain every one of `needles` (else the log is shown).
+    pub fn assert_lines(&self, needles: &[&str], n: usize) {
+        assert_eq!(self.count(needles), n, "{needles:?} in:\n{}", self.log());
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
@@ -169,13 +174,18 @@ pub fn gen_certs(out: &Path, hospitals: &str) {
 
 /// The TLS flags of node `name` (`coordinator` or a hospital) from `gen_certs`.
 pub fn tls_flags(certs: &Path, name: &str) -> Vec<String> {
+    tls_flags_trusting(certs, &certs.join("ca.pem"), name)
+}
+
+/// The same, trusting the CA certificate `ca` (another cluster's, say).
+pub fn tls_flags_trusting(certs: &Path, ca: &Path, name: &str) -> Vec<String> {
     vec![
         "--tls-cert".into(),
         certs.join(format!("{name}.pem")).display().to_string(),
         "--tls-key".into(),
         certs.join(format!("{name}-key.pem")).display().to_string(),
         "--tls-ca".into(),
-        certs.join("ca.pem").display().to_string(),
+        ca.display().to_string(),
     ]
 }
 
