@@ -37,9 +37,7 @@ fn hospital(dir: &std::path::Path, name: &str, addr: &str, shard: usize, extra: 
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    common::cluster::proc_status(pid, "VmRSS:")
 }
 
 fn hello(name: &str) -> HospitalInfo {

@@ -39,16 +39,10 @@ fn hospital(dir: &Path, i: usize, addr: &str, envs: &[(&str, &str)]) -> Process 
 
 /// (resident memory in kB, threads) of a process, from /proc.
 fn footprint(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-    };
-    (field("VmRSS:"), field("Threads:"))
+    (
+        common::cluster::proc_status(pid, "VmRSS:"),
+        common::cluster::proc_status(pid, "Threads:"),
+    )
 }
 
 #[test]

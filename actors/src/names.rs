@@ -73,6 +73,14 @@ pub fn printable(name: &str) -> String {
     format!("{escaped}{cut}")
 }
 
+/// Prose a peer sent (a refusal's reason), safe for a log line and still
+/// readable: printable ASCII kept as is, anything else shown as '?'.
+pub fn plain(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
+        .collect()
+}
+
 /// [`printable`], quoted.
 pub fn shown(name: &str) -> String {
     format!("\"{}\"", printable(name))

@@ -37,13 +37,7 @@ pub fn execute(args: &GenCertsArgs) -> Result<()> {
     }
     let mut coordinator_names: Vec<String> = LOCAL_NAMES.iter().map(|s| s.to_string()).collect();
     for name in &args.coordinator_names {
-        let ok = name.parse::<std::net::IpAddr>().is_ok()
-            || (!name.is_empty()
-                && name.len() <= 253
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
-        if !ok {
+        if name.parse::<std::net::IpAddr>().is_err() && !crate::config::is_dns_name(name) {
             bail!("--coordinator-names: '{name}' is neither a DNS name nor an IP address");
         }
         if !coordinator_names.contains(name) {

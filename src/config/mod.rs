@@ -9,7 +9,7 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use schema::*;
-pub use validate::MAX_HOSPITALS;
+pub use validate::{is_dns_name, MAX_HOSPITALS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

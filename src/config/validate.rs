@@ -7,6 +7,16 @@ use super::{
 
 /// The most hospitals a task may have: bounded by memory, not by the
 /// runtime (every per-message cost is a keyed lookup; README "Scale").
+/// A DNS host name as medfed accepts one in its settings: letters, digits,
+/// '-' and '.', at most 253 characters (no scheme, port or path).
+pub fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
 pub const MAX_HOSPITALS: usize = 1_000_000;
 
 pub fn validate(config: &Config) -> Result<(), ConfigError> {
@@ -57,12 +67,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         }
     }
     for host in &config.web.allowed_hosts {
-        let ok = !host.is_empty()
-            && host.len() <= 253
-            && host
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-        if !ok {
+        if !is_dns_name(host) {
             return bad(
                 "web.allowed_hosts".into(),
                 format!("'{host}' is not a host name (no scheme, port or path)"),

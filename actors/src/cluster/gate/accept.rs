@@ -169,14 +169,6 @@ fn duplicate(identity: &Identity, silent: Duration, idle: Duration) -> Refusal {
 /// pings every 1-5 s).
 const ACTIVE_WITHIN: Duration = Duration::from_secs(10);
 
-fn refusal(reason: String, label: &'static str) -> Refusal {
-    Refusal {
-        reason,
-        retry: false,
-        label,
-    }
-}
-
 /// The certificate's identity must be the handshake's; then the allow-list.
 fn check(
     gate: &Gate,
@@ -184,11 +176,11 @@ fn check(
     certified: Option<&Result<Identity, String>>,
 ) -> Result<(), Refusal> {
     match certified {
-        Some(Err(why)) => return Err(refusal(why.clone(), "certificate")),
+        Some(Err(why)) => return Err(Refusal::fatal("certificate", why.clone())),
         Some(Ok(certified)) if certified != claimed => {
-            return Err(refusal(
-                format!("its certificate names {certified} but its handshake says {claimed}"),
+            return Err(Refusal::fatal(
                 "certificate_mismatch",
+                format!("its certificate names {certified} but its handshake says {claimed}"),
             ))
         }
         _ => {}

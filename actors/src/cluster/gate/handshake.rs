@@ -51,11 +51,12 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    pub fn fatal(reason: String) -> Self {
+    /// A refusal not worth retrying, counted under `label`.
+    pub fn fatal(label: &'static str, reason: String) -> Self {
         Self {
             reason,
             retry: false,
-            label: "not_admitted",
+            label,
         }
     }
 }
@@ -203,11 +204,8 @@ where
     }
     let mut reason = vec![0u8; len];
     io.read_exact(&mut reason).await?;
-    // The coordinator's words, shown in this hospital's log: printable only.
-    let reason: String = String::from_utf8_lossy(&reason)
-        .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '?' })
-        .collect();
+    // The coordinator's words, shown in this hospital's log.
+    let reason = crate::names::plain(&String::from_utf8_lossy(&reason));
     match head[0] {
         ACCEPTED => Ok(()),
         code @ (REFUSED | BUSY | DUPLICATE) => Err(Failure::Refused(Refusal {
@@ -267,7 +265,11 @@ where
     let mut proof = [0u8; PROOF];
     io.read_exact(&mut proof).await?;
     if !transcript.verify(cookie, &identity, &proof) {
-        let _ = answer(io, Err(&Refusal::fatal("wrong cluster cookie".into()))).await;
+        let _ = answer(
+            io,
+            Err(&Refusal::fatal("wrong_cookie", "wrong cluster cookie".into())),
+        )
+        .await;
         return Err(Failure::WrongCookie);
     }
     Ok(Claim {

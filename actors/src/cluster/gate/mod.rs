@@ -60,9 +60,12 @@ impl Gate {
     pub fn admit(&self, peer: &Identity) -> Result<(), handshake::Refusal> {
         if let (Identity::Hospital(name), Some(allow)) = (peer, &self.allow) {
             if !allow.contains(name) {
-                return Err(handshake::Refusal::fatal(format!(
+                return Err(handshake::Refusal::fatal(
+                    "not_admitted",
+                    format!(
                     "hospital '{name}' is not on this coordinator's list of expected hospitals (cluster.allow)"
-                )));
+                ),
+                ));
             }
         }
         Ok(())
