@@ -133,6 +133,7 @@ fn train_message(mib: usize) -> ToHospital {
             l2: 0.0,
             seed: 1,
             proximal_mu: 0.0,
+            privacy: None,
         },
     }
 }

@@ -47,6 +47,7 @@ fn main() {
         l2: 1e-4,
         seed: 1,
         proximal_mu: 0.0,
+        privacy: None,
     };
     let a = Tensor::randn(0f32, 1.0, (MATMUL, MATMUL), &Device::Cpu).expect("cpu tensor");
     let b = Tensor::randn(0f32, 1.0, (MATMUL, MATMUL), &Device::Cpu).expect("cpu tensor");

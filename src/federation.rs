@@ -75,6 +75,7 @@ pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
             l2: c.training.l2,
             seed: loaded.config.run.seed,
             proximal_mu: 0.0,
+            privacy: None,
         },
         check: UpdateCheck {
             max_norm: c.max_update_norm,
@@ -528,6 +529,7 @@ async fn drive(
                 rounds: None,
                 tasks: Some(names),
                 exclude: exclude.to_vec(),
+                settings: Default::default(),
             })
             .await?;
     }

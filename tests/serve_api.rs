@@ -120,8 +120,29 @@ fn every_endpoint_answers_and_every_bad_request_gets_a_named_4xx() {
     }
     // Malformed requests: a 4xx naming the problem.
     let big = format!("{{\"tasks\": [\"{}\"]}}", "x".repeat(20_000));
-    let cases: [(&str, u16, &str); 9] = [
-        ("{\"rounds\": 3", 400, "invalid JSON body"),
+    let cases: [(&str, u16, &str); 14] = [
+        ("{\"rounds\": 3", 400, "the body is not valid JSON"),
+        ("5", 400, "the body must be a JSON object, got a number"),
+        (
+            "[\"breast_cancer\"]",
+            400,
+            "the body must be a JSON object, got an array",
+        ),
+        (
+            "{\"tasks\": [\"breast_cancer\", \"breast_cancer\"]}",
+            400,
+            "task 'breast_cancer' is named twice",
+        ),
+        (
+            "{\"settings\": {\"breast_cancer\": {\"training\": {\"learning_rate\": 0}}}}",
+            400,
+            "`settings.breast_cancer.training.learning_rate`: must be positive, got 0",
+        ),
+        (
+            "{\"settings\": {\"breast_cancer\": {\"privacy\": {\"mode\": \"dp-sgd\"}}}}",
+            400,
+            "a run cannot change it",
+        ),
         ("", 400, "a JSON body is required"),
         ("{\"rounds\": 0}", 400, "rounds must be 1..=10000, got 0"),
         ("{\"rounds\": 1000000}", 400, "rounds must be 1..=10000"),
@@ -135,7 +156,35 @@ fn every_endpoint_answers_and_every_bad_request_gets_a_named_4xx() {
         let (code, error) = error_of(post(&s, "/api/runs", Some(TOKEN), body));
         assert_eq!(code, status, "{body:.60}: {error}");
         assert!(error.contains(message), "{body:.60}: {error}");
+        assert!(
+            !error.contains("StartBody") && !error.contains("struct "),
+            "{error}"
+        );
     }
+    // A settings error names its field, for the panel to show it there.
+    let r = post(
+        &s,
+        "/api/runs",
+        Some(TOKEN),
+        "{\"settings\": {\"breast_cancer\": {\"strategy\": {\"name\": \"krum\", \"f\": 7}}}}",
+    );
+    assert_eq!(r.status().as_u16(), 400);
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["key"], "settings.breast_cancer.strategy.f", "{body}");
+    // A method a route does not take: 405 with the JSON error too.
+    for (method, path) in [("PUT", "/api/state"), ("DELETE", "/api/runs")] {
+        let r = client()
+            .request(method.parse().unwrap(), s.url(path))
+            .header("X-CSRF-Token", "unused")
+            .send()
+            .unwrap();
+        let (code, error) = error_of(r);
+        assert_eq!(code, 405, "{method} {path}: {error}");
+        assert_eq!(error, format!("{method} is not allowed on {path}"));
+    }
+    let icon = anonymous().get(s.url("/favicon.ico")).send().unwrap();
+    assert_eq!(icon.status(), 200);
+    assert_eq!(icon.headers()["content-type"], "image/svg+xml");
     for path in [
         "/api/runs/nope",
         "/api/runs/nope/model?task=breast_cancer",
@@ -200,9 +249,19 @@ fn every_endpoint_answers_and_every_bad_request_gets_a_named_4xx() {
         task["rounds"].as_array().unwrap().len() as u64,
         "the final model is the last aggregated round"
     );
-    // A new run can start once the last one ended.
-    let next = start_run(&s, json!({"rounds": 2, "tasks": ["breast_cancer"]}));
-    assert_eq!(wait_ended(&s, &next)["status"], "finished");
+    // A new run can start once the last one ended, with its own settings.
+    let next = start_run(
+        &s,
+        json!({"rounds": 2, "tasks": ["breast_cancer"], "settings": {"breast_cancer": {
+            "strategy": {"name": "trimmed_mean", "beta": 0.2},
+            "training": {"learning_rate": 0.05, "local_epochs": 2}}}}),
+    );
+    let ended = wait_ended(&s, &next);
+    assert_eq!(ended["status"], "finished");
+    let used = &ended["settings"]["breast_cancer"];
+    assert_eq!(used["strategy"]["name"], "trimmed_mean", "{ended}");
+    assert_eq!(used["training"]["learning_rate"], 0.05, "{ended}");
+    assert_eq!(used["training"]["local_epochs"], 2, "{ended}");
 }
 
 #[test]
@@ -338,6 +397,27 @@ fn metrics_pass_promtool_cover_the_dashboard_and_are_scraped_by_prometheus() {
     let text = r.text().unwrap();
     assert!(text.contains("medfed_round{task=\"breast_cancer\"} 3"), "{text}");
     assert!(text.contains("medfed_privacy_epsilon_budget{hospital=\"breast_cancer-1\"} 8"));
+    for line in [
+        "medfed_hospitals_connected{task=\"breast_cancer\"} 5",
+        "medfed_hospitals_expected{task=\"breast_cancer\"} 5",
+        "medfed_hospital_updates_total{task=\"breast_cancer\",hospital=\"breast_cancer-1\",outcome=\"accepted\"} 3",
+        "medfed_hospital_up{task=\"breast_cancer\",hospital=\"breast_cancer-5\"} 1",
+        "medfed_hospital_series_omitted 0",
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
+    for family in [
+        "medfed_build_info{version=",
+        "medfed_hospital_update_latency_seconds{",
+        "medfed_hospital_last_seen_timestamp_seconds{",
+        "medfed_model_sent_bytes_total{",
+        "medfed_update_received_bytes_total{",
+        "process_cpu_seconds_total ",
+        "process_resident_memory_bytes ",
+        "process_start_time_seconds ",
+    ] {
+        assert!(text.contains(family), "{family} in {text}");
+    }
     let om = client()
         .get(s.url("/metrics"))
         .header("Accept", "application/openmetrics-text; version=1.0.0")
@@ -347,7 +427,15 @@ fn metrics_pass_promtool_cover_the_dashboard_and_are_scraped_by_prometheus() {
         .to_str()
         .unwrap()
         .starts_with("application/openmetrics-text"));
-    assert!(om.text().unwrap().trim_end().ends_with("# EOF"));
+    let om = om.text().unwrap();
+    assert!(om.trim_end().ends_with("# EOF"));
+    for unit in [
+        "# UNIT medfed_model_sent_bytes bytes",
+        "# UNIT medfed_round_duration_seconds seconds",
+        "# UNIT process_resident_memory_bytes bytes",
+    ] {
+        assert!(om.contains(unit), "{unit}");
+    }
 
     for name in dashboard_metric_names() {
         let exported = text.lines().any(|l| {
@@ -435,6 +523,23 @@ fn metrics_pass_promtool_cover_the_dashboard_and_are_scraped_by_prometheus() {
 /// `serve` keeps each hospital's ledger under its data directory: after a
 /// restart the hospitals show what they spent before any run, and a
 /// hospital whose budget is spent stays spent (it was once back at 0).
+/// Per-hospital series are kept for the first `web.hospital_series`
+/// hospitals only; the rest are counted.
+#[test]
+fn per_hospital_series_are_capped() {
+    let s = Served::start(
+        &["--task", "breast_cancer"],
+        &[("MEDFED_WEB__HOSPITAL_SERIES", "2")],
+    );
+    let text = client().get(s.url("/metrics")).send().unwrap().text().unwrap();
+    let up = text
+        .lines()
+        .filter(|l| l.starts_with("medfed_hospital_up{"))
+        .count();
+    assert_eq!(up, 2, "{text}");
+    assert!(text.contains("medfed_hospital_series_omitted 3"), "{text}");
+}
+
 #[test]
 fn spent_budgets_survive_a_restart_of_serve() {
     let data = tempfile::tempdir().unwrap();

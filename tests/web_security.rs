@@ -33,11 +33,13 @@ enum Needs {
 const ROUTES: &[(&str, &str, &str, Needs)] = &[
     ("GET", "/", "/", Needs::Nothing),
     ("GET", "/static/{path:.*}", "/static/app.js", Needs::Nothing),
+    ("GET", "/favicon.ico", "/favicon.ico", Needs::Nothing),
     ("GET", "/healthz", "/healthz", Needs::Nothing),
     ("GET", "/readyz", "/readyz", Needs::Nothing),
     ("GET", "/metrics", "/metrics", Needs::ScrapeToken),
     ("GET", "/api/state", "/api/state", Needs::Token),
     ("GET", "/api/hospitals", "/api/hospitals", Needs::Token),
+    ("GET", "/api/privacy", "/api/privacy", Needs::Token),
     ("GET", "/api/events", "/api/events", Needs::Token),
     ("GET", "/api/runs", "/api/runs", Needs::Token),
     ("POST", "/api/runs", "/api/runs", Needs::Token),

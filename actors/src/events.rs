@@ -146,6 +146,33 @@ pub enum FederationEvent {
     },
 }
 
+impl FederationEvent {
+    /// The hospital the event is from or about, if it is about one.
+    pub fn hospital(&self) -> Option<&str> {
+        use FederationEvent as E;
+        match self {
+            E::HospitalJoined { hospital, .. }
+            | E::HospitalLeft { hospital, .. }
+            | E::HospitalRefused { hospital, .. }
+            | E::UpdateAccepted { hospital, .. }
+            | E::UpdateRejected { hospital, .. }
+            | E::UpdateDeclined { hospital, .. }
+            | E::MessageDropped { hospital, .. }
+            | E::HospitalEvaluated { hospital, .. } => Some(hospital),
+            E::RunStarted { .. }
+            | E::PhaseChanged { .. }
+            | E::RoundStarted { .. }
+            | E::RoundBelowQuorum { .. }
+            | E::RoundAggregated { .. }
+            | E::StartingWithout { .. }
+            | E::TaskFinished { .. }
+            | E::TaskStopped { .. }
+            | E::TaskAborted { .. }
+            | E::RunEnded { .. } => None,
+        }
+    }
+}
+
 /// How a run ended: the one place its three outcomes are told apart (the
 /// run's JSON, the panel's history, `medfed_runs_total{status}` and the
 /// exit codes all read it).
@@ -197,7 +224,7 @@ pub struct LiveWatch {
 /// What a live watcher receives next.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Live {
-    Event(FederationEvent),
+    Event(Box<FederationEvent>),
     /// It fell behind and these many events were skipped.
     Skipped(u64),
 }
@@ -210,7 +237,7 @@ impl LiveWatch {
         }
         tokio::select! {
             event = self.events.recv() => match event {
-                Ok(event) => Some(Live::Event(event)),
+                Ok(event) => Some(Live::Event(Box::new(event))),
                 Err(RecvError::Lagged(n)) => Some(Live::Skipped(n)),
                 Err(RecvError::Closed) => None,
             },

@@ -19,5 +19,8 @@ pub mod wire;
 pub use coordinator::{Coordinator, CoordinatorArgs, TaskSetup};
 pub use events::{EventBus, FederationEvent, Live, LiveWatch, Recording, RunOutcome};
 pub use hospital::{Hospital, HospitalArgs, HospitalLearner};
-pub use messages::{Ask, CoordinatorMsg, RunRequest, StartRefused, ToCoordinator, ToHospital};
+pub use messages::{
+    Ask, CoordinatorMsg, RunRequest, StartRefused, TaskRunSettings, ToCoordinator, ToHospital,
+    TrainingSettings,
+};
 pub use report::{RoundRecord, RunReport, TaskReport};

@@ -117,6 +117,7 @@ async fn federation_on(
             l2: 0.0,
             seed: 7,
             proximal_mu: 0.0,
+            privacy: None,
         },
         check: UpdateCheck {
             max_examples: None,

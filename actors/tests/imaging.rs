@@ -52,6 +52,7 @@ async fn run_federation(rounds: u32) -> RunReport {
             l2: 1e-4,
             seed: 3,
             proximal_mu: 0.0,
+            privacy: None,
         },
         check: UpdateCheck::default(),
         max_hospitals: None,

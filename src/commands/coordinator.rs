@@ -186,6 +186,7 @@ async fn serve(
                 rounds: None,
                 tasks: Some(federation_tasks(tasks)),
                 exclude: Vec::new(),
+                settings: Default::default(),
             })
             .await?;
         audit.record(

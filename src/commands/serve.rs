@@ -284,7 +284,9 @@ fn app_state(
     let mut model_bytes = BTreeMap::new();
     let mut budgets = BTreeMap::new();
     let mut settings = serde_json::Map::new();
+    let mut expected = BTreeMap::new();
     for task in tasks {
+        expected.insert(task.name.clone(), task.hospital_count());
         let rounds = task.config.effective_rounds(&loaded.config.run);
         live.tasks.insert(
             task.name.clone(),
@@ -296,6 +298,7 @@ fn app_state(
                 target_rounds: rounds,
                 default_rounds: rounds,
                 last_metrics: None,
+                round_started_at: None,
             },
         );
         contexts.insert(task.name.clone(), TaskContext::of(task, loaded, None, &ledgers));
@@ -315,12 +318,16 @@ fn app_state(
                 "min_hospitals": task.config.effective_min_hospitals(),
                 "rounds": rounds,
                 "strategy": task.config.strategy.name(),
+                // The tables a run's settings start from (the panel's form).
+                "strategy_config": task.config.strategy,
+                "training": task.config.training,
                 "partition": task.config.partition.scheme_name(),
                 "privacy": {
                     "mode": privacy.mode.name(),
                     "relation": privacy.mode.relation(),
                     "epsilon": (privacy.mode != PrivacyMode::Off).then_some(privacy.epsilon),
                     "delta": (privacy.mode != PrivacyMode::Off).then_some(privacy.delta),
+                    "noise_multiplier": privacy.noise_multiplier,
                 },
             }),
         );
@@ -335,12 +342,15 @@ fn app_state(
             Some(stats) => Metrics::new(model_bytes, &budgets).with_cluster(stats),
             None => Metrics::new(model_bytes, &budgets),
         }
-        .with_observers(observed),
+        .with_observers(observed)
+        .with_expected(&expected)
+        .with_hospital_series(loaded.config.web.hospital_series),
         auth,
         audit: None,
         audit_events: false,
         contexts,
         settings: serde_json::Value::Object(settings),
+        config: loaded.config.clone(),
         ready: AtomicBool::new(false),
         store: None,
         allowed_hosts: loaded.config.web.allowed_hosts.clone(),

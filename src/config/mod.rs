@@ -3,6 +3,7 @@
 //! Unknown keys and bad values are errors that name the key.
 
 mod env;
+pub mod run_settings;
 mod schema;
 mod validate;
 

@@ -89,6 +89,9 @@ pub struct WebConfig {
     /// literals and localhost; other Host or Origin headers are refused.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
+    /// Hospitals with their own series on /metrics (the first to join; 0:
+    /// none), so that a huge federation adds a bounded number of series.
+    pub hospital_series: usize,
 }
 
 impl Default for WebConfig {
@@ -103,6 +106,7 @@ impl Default for WebConfig {
             secure_cookies: false,
             auth_failures_per_minute: 10,
             allowed_hosts: Vec::new(),
+            hospital_series: 100,
         }
     }
 }

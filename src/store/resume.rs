@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rusqlite::{params, OptionalExtension};
 
 use medfed_actors::coordinator::{ResumePoint, RoundCommit, RoundStore, RunBegin, TaskResume, TaskTotals};
-use medfed_actors::RoundRecord;
+use medfed_actors::{RoundRecord, TaskRunSettings};
 use medfed_models::aggregate::StrategyState;
 use medfed_models::checkpoint::Checkpoint;
 use medfed_models::learner::PrivacySpent;
@@ -47,6 +47,11 @@ impl Durable {
         let (id, fingerprint, config) = (run.run_id.clone(), self.fingerprint.clone(), self.config.clone());
         let excluded = to_json(&run.excluded)?;
         let tasks = run.tasks.clone();
+        let settings: BTreeMap<String, String> = run
+            .settings
+            .iter()
+            .map(|(task, s)| Ok((task.clone(), to_json(s)?)))
+            .collect::<Result<_>>()?;
         let features: BTreeMap<String, String> = self
             .features
             .iter()
@@ -59,8 +64,8 @@ impl Durable {
             )?;
             for (task, rounds) in &tasks {
                 tx.execute(
-                    "INSERT INTO run_tasks (run_id, task, target_rounds, features) VALUES (?1, ?2, ?3, ?4)",
-                    params![id, task, rounds, features.get(task)],
+                    "INSERT INTO run_tasks (run_id, task, target_rounds, features, settings) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![id, task, rounds, features.get(task), settings.get(task)],
                 )?;
             }
             Ok(())
@@ -201,13 +206,19 @@ impl Store {
         let bad = |what: String| StoreError::Refused(format!("run {run_id}: {what}"));
         let mut tasks = BTreeMap::new();
         let mut stmt = conn
-            .prepare("SELECT task, target_rounds FROM run_tasks WHERE run_id = ?1 ORDER BY task")
+            .prepare("SELECT task, target_rounds, settings FROM run_tasks WHERE run_id = ?1 ORDER BY task")
             .map_err(|e| self.sql(e))?;
-        let planned: Vec<(String, u32)> = stmt
-            .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))
+        let planned: Vec<(String, u32, Option<String>)> = stmt
+            .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .and_then(|rows| rows.collect())
             .map_err(|e| self.sql(e))?;
-        for (task, target_rounds) in planned {
+        let mut settings = BTreeMap::new();
+        for (task, target_rounds, set) in planned {
+            if let Some(json) = set {
+                let parsed: TaskRunSettings = serde_json::from_str(&json)
+                    .map_err(|e| bad(format!("task {task}: its run settings cannot be read: {e}")))?;
+                settings.insert(task.clone(), parsed);
+            }
             let mut stmt = conn
                 .prepare("SELECT record FROM rounds WHERE run_id = ?1 AND task = ?2 ORDER BY round")
                 .map_err(|e| self.sql(e))?;
@@ -271,6 +282,7 @@ impl Store {
             run_id: run_id.to_string(),
             tasks,
             excluded,
+            settings,
         })
     }
 

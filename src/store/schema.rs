@@ -150,6 +150,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (log, seq)
     );
     "#,
+    // 3: the settings a run set for a task instead of the configured ones
+    // (JSON; NULL: the configured ones), what a resumed run carries on with.
+    r#"
+    ALTER TABLE run_tasks ADD COLUMN settings TEXT;
+    "#,
 ];
 
 /// The newest schema version this build writes.

@@ -72,6 +72,8 @@ fn commit(run: &str, round: u32, value: f32, hospitals: &[(&str, ParticipationOu
                 epsilon: 0.5 * f64::from(round),
                 budget: 3.0,
                 delta: 1e-5,
+                sampling_rate: None,
+                steps_per_round: None,
             },
         )]
         .into(),
@@ -86,6 +88,25 @@ fn durable(store: &Arc<Store>) -> Durable {
     Durable::new(store.clone(), "fp-1".into(), "[run]\nseed = 1\n".into())
 }
 
+/// The settings `started` runs with instead of the configured ones.
+fn run_settings() -> medfed_actors::TaskRunSettings {
+    medfed_actors::TaskRunSettings {
+        strategy: medfed_models::aggregate::StrategyConfig::named("median"),
+        training: Some(medfed_actors::TrainingSettings {
+            local_epochs: 3,
+            batch_size: 8,
+            learning_rate: 0.05,
+            l2: 0.0,
+        }),
+        privacy: Some(medfed_models::learner::RunPrivacy {
+            epsilon: Some(1.5),
+            delta: None,
+            noise_multiplier: None,
+            rounds: 0,
+        }),
+    }
+}
+
 /// `durable(store)` after recording the start of `run` (task "t", 3 rounds).
 fn started(store: &Arc<Store>, run: &str) -> Durable {
     let d = durable(store);
@@ -93,6 +114,7 @@ fn started(store: &Arc<Store>, run: &str) -> Durable {
         run_id: run.into(),
         tasks: [("t".to_string(), 3)].into(),
         excluded: Vec::new(),
+        settings: [("t".to_string(), run_settings())].into(),
     })
     .unwrap();
     d
@@ -200,6 +222,8 @@ fn committed_rounds_resume_exactly_and_a_round_is_never_recorded_twice() {
     assert_eq!(t.history[1], second.record);
     assert_eq!(t.totals, second.totals);
     assert_eq!(t.privacy, second.privacy);
+    // A resumed run carries on with the settings it was started with.
+    assert_eq!(point.settings["t"], run_settings());
 
     store.abandon("run-1").unwrap();
     assert!(store.interrupted().unwrap().is_none());

@@ -289,6 +289,7 @@ fn centralized_baseline(
             l2: config.training.l2,
             seed,
             proximal_mu: 0.0,
+            privacy: None,
         },
     )?;
     let mut trained = (*init).clone();

@@ -26,6 +26,9 @@ pub const MAX_ROUNDS: u32 = 10_000;
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// The request field the error is about (`settings.T.training.x`), so
+    /// that the panel shows it next to that field.
+    key: Option<String>,
 }
 
 impl ApiError {
@@ -33,6 +36,14 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            key: None,
+        }
+    }
+
+    fn about(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: Some(key.into()),
+            ..Self::bad_request(message)
         }
     }
 
@@ -67,7 +78,11 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(json!({ "error": self.message }))
+        let body = match &self.key {
+            Some(key) => json!({ "error": self.message, "key": key }),
+            None => json!({ "error": self.message }),
+        };
+        HttpResponse::build(self.status).json(body)
     }
 }
 
@@ -111,6 +126,11 @@ pub async fn state(state: web::Data<Arc<AppState>>) -> ApiResult {
         "tasks": live.tasks,
         "joined": joined,
         "settings": state.settings,
+        // Every strategy with its default parameters (the panel's form).
+        "strategies": medfed_models::aggregate::config::NAMES
+            .iter()
+            .filter_map(|n| Some((*n, medfed_models::aggregate::StrategyConfig::named(n)?)))
+            .collect::<BTreeMap<_, _>>(),
     })))
 }
 
@@ -206,19 +226,28 @@ pub async fn start_run(
     }
     if let Some(tasks) = &body.tasks {
         if tasks.is_empty() {
-            return Err(ApiError::bad_request("tasks must name at least one task"));
+            return Err(ApiError::about("tasks", "tasks must name at least one task"));
         }
         if let Some(unknown) = tasks.iter().find(|t| !state.contexts.contains_key(*t)) {
-            return Err(ApiError::bad_request(format!(
-                "unknown task '{unknown}' (tasks: {})",
-                state.contexts.keys().cloned().collect::<Vec<_>>().join(", ")
-            )));
+            return Err(ApiError::about(
+                "tasks",
+                format!(
+                    "unknown task '{unknown}' (tasks: {})",
+                    state.contexts.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = tasks.iter().find(|t| !seen.insert(*t)) {
+            return Err(ApiError::about("tasks", format!("task '{twice}' is named twice")));
         }
     }
     let tasks = body
         .tasks
         .clone()
         .unwrap_or_else(|| state.contexts.keys().cloned().collect());
+    let settings = crate::config::run_settings::resolve(&state.config, &tasks, &body.settings)
+        .map_err(|e| ApiError::about(e.key.clone(), e.to_string()))?;
     // Targets first, so the panel shows n/N from the run's first event on.
     if let Ok(mut live) = state.live.write() {
         // Joined, or expected by the configuration (a withdrawn site may be offline).
@@ -247,8 +276,10 @@ pub async fn start_run(
         rounds: body.rounds,
         tasks: Some(tasks.clone()),
         exclude: body.exclude.clone(),
+        settings: settings.clone(),
     };
-    let asked = json!({ "rounds": body.rounds, "tasks": tasks, "exclude": body.exclude });
+    let asked =
+        json!({ "rounds": body.rounds, "tasks": tasks, "exclude": body.exclude, "settings": settings });
     match state
         .client
         .try_start(request)
@@ -262,6 +293,7 @@ pub async fn start_run(
                 audit.record(&super::guard::who(&req), "run_start_requested", details);
             }
             state.record_start(&id, &tasks, body.rounds);
+            state.record_settings(&id, settings);
             Ok(HttpResponse::Accepted().json(json!({ "id": id })))
         }
         Err(e @ StartRefused::RunActive(_)) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
@@ -441,8 +473,58 @@ pub async fn asset(req: HttpRequest) -> HttpResponse {
     }
 }
 
+/// Browsers ask for /favicon.ico whatever the page says: the panel's icon.
+pub async fn favicon() -> HttpResponse {
+    match super::assets::find("favicon.svg") {
+        Some(a) => HttpResponse::Ok()
+            .content_type(a.content_type)
+            .insert_header(("Cache-Control", "max-age=86400"))
+            .body(Bytes::from_static(a.body)),
+        None => ApiError::not_found("no icon").error_response(),
+    }
+}
+
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     ApiError::not_found(format!("no route {} {}", req.method(), req.path())).error_response()
+}
+
+/// Error responses made outside the handlers (a method a route does not
+/// take, an extractor's refusal) get the JSON error body too.
+pub fn json_errors<B: actix_web::body::MessageBody + 'static>(
+    res: actix_web::dev::ServiceResponse<B>,
+) -> actix_web::Result<actix_web::middleware::ErrorHandlerResponse<B>> {
+    use actix_web::middleware::ErrorHandlerResponse;
+    let is_json = res
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let status = res.status();
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => format!(
+            "{} is not allowed on {}",
+            res.request().method(),
+            res.request().path()
+        ),
+        other => other
+            .canonical_reason()
+            .unwrap_or("the request failed")
+            .to_lowercase(),
+    };
+    let (req, old) = res.into_parts();
+    let mut response = ApiError::new(status, message).error_response();
+    // Keep what the refusal said about itself (Allow, WWW-Authenticate...).
+    for (name, value) in old.headers() {
+        if name != actix_web::http::header::CONTENT_TYPE && name != actix_web::http::header::CONTENT_LENGTH {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    Ok(ErrorHandlerResponse::Response(
+        actix_web::dev::ServiceResponse::new(req, response).map_into_right_body(),
+    ))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! The live picture the panel and `/api/state` show: what each task and
 //! hospital is doing, built only from `FederationEvent`s by a pure `apply`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
@@ -26,7 +26,35 @@ pub struct TaskView {
     pub default_rounds: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_metrics: Option<MetricsJson>,
+    /// When the current round asked for updates (Unix seconds).
+    #[serde(skip)]
+    pub round_started_at: Option<f64>,
 }
+
+/// A DP hospital's mechanism, as it announced it when it joined: public
+/// parameters, from which anyone can compute what a run would cost.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct MechanismView {
+    pub mechanism: String,
+    pub noise_multiplier: f64,
+    pub delta: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sampling_rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps_per_round: Option<u64>,
+}
+
+/// One point of a hospital's epsilon over rounds.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EpsilonPoint {
+    pub run: String,
+    pub task: String,
+    pub round: u32,
+    pub epsilon: f64,
+}
+
+/// Points kept per hospital (the panel's privacy chart).
+pub const EPSILON_HISTORY: usize = 500;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct HospitalView {
@@ -44,6 +72,18 @@ pub struct HospitalView {
     pub epsilon_spent: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epsilon_budget: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mechanism: Option<MechanismView>,
+    /// What it is doing now ("training round 3"), between a request and its answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activity: Option<String>,
+    /// Its updates since it joined, by outcome.
+    pub accepted: u64,
+    pub declined: u64,
+    pub rejected: u64,
+    /// Seconds from the round's request to its last answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_seconds: Option<f64>,
     /// The hospital's own training loss of its last accepted update:
     /// NOT private (withheld under DP, where this stays empty).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -59,6 +99,9 @@ pub struct LiveView {
     pub run_active: bool,
     pub tasks: BTreeMap<String, TaskView>,
     pub hospitals: BTreeMap<String, HospitalView>,
+    /// Per DP hospital, its epsilon after each accepted round (the latest
+    /// `EPSILON_HISTORY`), for the privacy view.
+    pub epsilon_history: BTreeMap<String, VecDeque<EpsilonPoint>>,
 }
 
 impl LiveView {
@@ -95,7 +138,12 @@ impl LiveView {
                     }
                 }
             }
-            E::RunEnded { .. } => self.run_active = false,
+            E::RunEnded { .. } => {
+                self.run_active = false;
+                for h in self.hospitals.values_mut() {
+                    h.activity = None;
+                }
+            }
             E::HospitalJoined {
                 task,
                 hospital,
@@ -118,6 +166,12 @@ impl LiveView {
                         samples: *samples,
                         epsilon_spent: None,
                         epsilon_budget: None,
+                        mechanism: None,
+                        activity: None,
+                        accepted: 0,
+                        declined: 0,
+                        rejected: 0,
+                        update_seconds: None,
                         last_train_loss: None,
                         last_update: None,
                     });
@@ -125,13 +179,22 @@ impl LiveView {
                 h.node = node.clone();
                 h.samples = *samples;
                 h.last_seen = Some(now);
+                h.activity = None;
                 if let Some(spent) = privacy {
                     h.epsilon_spent = Some(spent.epsilon);
                     h.epsilon_budget = Some(spent.budget);
+                    h.mechanism = Some(MechanismView {
+                        mechanism: spent.mechanism.clone(),
+                        noise_multiplier: spent.noise_multiplier,
+                        delta: spent.delta,
+                        sampling_rate: spent.sampling_rate,
+                        steps_per_round: spent.steps_per_round,
+                    });
                 }
             }
             E::HospitalLeft { hospital, reason, .. } => self.hospital(hospital, now, |h| {
                 h.status = "offline".into();
+                h.activity = None;
                 h.last_update = Some(format!("left: {reason}"));
             }),
             E::HospitalRefused { hospital, reason, .. } => self.hospital(hospital, now, |h| {
@@ -147,34 +210,80 @@ impl LiveView {
                 }
             }
             E::UpdateAccepted {
+                task,
                 round,
                 hospital,
                 train_loss,
                 epsilon_spent,
                 ..
-            } => self.hospital(hospital, now, |h| {
-                h.last_train_loss = *train_loss;
-                if epsilon_spent.is_some() {
-                    h.epsilon_spent = *epsilon_spent;
+            } => {
+                let since = self.round_seconds(task, now);
+                self.hospital(hospital, now, |h| {
+                    h.last_train_loss = *train_loss;
+                    if epsilon_spent.is_some() {
+                        h.epsilon_spent = *epsilon_spent;
+                    }
+                    h.accepted += 1;
+                    h.answered(since);
+                    h.last_update = Some(format!("round {round}: accepted"));
+                });
+                if let (Some(epsilon), Some(run)) = (epsilon_spent, &self.run_id) {
+                    let points = self.epsilon_history.entry(hospital.clone()).or_default();
+                    points.push_back(EpsilonPoint {
+                        run: run.clone(),
+                        task: task.clone(),
+                        round: *round,
+                        epsilon: *epsilon,
+                    });
+                    while points.len() > EPSILON_HISTORY {
+                        points.pop_front();
+                    }
                 }
-                h.last_update = Some(format!("round {round}: accepted"));
-            }),
+            }
             E::UpdateRejected {
+                task,
                 round,
                 hospital,
                 reason,
                 ..
-            } => self.hospital(hospital, now, |h| {
-                h.last_update = Some(format!("round {round}: rejected: {reason}"));
-            }),
+            } => {
+                let since = self.round_seconds(task, now);
+                self.hospital(hospital, now, |h| {
+                    h.rejected += 1;
+                    h.answered(since);
+                    h.last_update = Some(format!("round {round}: rejected: {reason}"));
+                })
+            }
             E::UpdateDeclined {
+                task,
                 round,
                 hospital,
                 reason,
                 ..
-            } => self.hospital(hospital, now, |h| {
-                h.last_update = Some(format!("round {round}: declined: {reason}"));
-            }),
+            } => {
+                let since = self.round_seconds(task, now);
+                self.hospital(hospital, now, |h| {
+                    h.declined += 1;
+                    h.answered(since);
+                    h.last_update = Some(format!("round {round}: declined: {reason}"));
+                })
+            }
+            E::RoundStarted {
+                task,
+                round,
+                participants,
+                ..
+            } => {
+                if let Some(t) = self.tasks.get_mut(task) {
+                    t.round_started_at = Some(now);
+                }
+                // Busy, not silent: a long local round (imaging) shows as such.
+                for name in participants {
+                    if let Some(h) = self.hospitals.get_mut(name) {
+                        h.activity = Some(format!("training round {round}"));
+                    }
+                }
+            }
             E::RoundAggregated {
                 task, round, metrics, ..
             } => {
@@ -191,8 +300,7 @@ impl LiveView {
             } => self.hospital(hospital, now, |h| {
                 h.last_update = Some(format!("round {round}: local test accuracy {:.4}", m.accuracy));
             }),
-            E::RoundStarted { .. }
-            | E::HospitalEvaluated { .. }
+            E::HospitalEvaluated { .. }
             | E::MessageDropped { .. }
             | E::RoundBelowQuorum { .. }
             | E::StartingWithout { .. }
@@ -202,10 +310,25 @@ impl LiveView {
         }
     }
 
+    /// Seconds since `task`'s current round asked for updates.
+    fn round_seconds(&self, task: &str, now: f64) -> Option<f64> {
+        let started = self.tasks.get(task)?.round_started_at?;
+        Some((now - started).max(0.0))
+    }
+
     fn hospital(&mut self, name: &str, now: f64, update: impl FnOnce(&mut HospitalView)) {
         if let Some(h) = self.hospitals.get_mut(name) {
             h.last_seen = Some(now);
             update(h);
+        }
+    }
+}
+
+impl HospitalView {
+    fn answered(&mut self, since_request: Option<f64>) {
+        self.activity = None;
+        if since_request.is_some() {
+            self.update_seconds = since_request;
         }
     }
 }
@@ -227,6 +350,7 @@ mod tests {
                 target_rounds: 0,
                 default_rounds: 10,
                 last_metrics: None,
+                round_started_at: None,
             },
         );
         v
@@ -273,6 +397,16 @@ mod tests {
         assert!(v.run_active);
         assert_eq!(v.tasks["t"].target_rounds, 5);
         v.apply(
+            &FederationEvent::RoundStarted {
+                task: "t".into(),
+                round: 1,
+                attempt: 0,
+                participants: vec!["t-1".into()],
+            },
+            2.5,
+        );
+        assert_eq!(v.hospitals["t-1"].activity.as_deref(), Some("training round 1"));
+        v.apply(
             &FederationEvent::PhaseChanged {
                 task: "t".into(),
                 phase: Phase::Collecting {
@@ -313,6 +447,10 @@ mod tests {
             ("online", 90, Some(4.0))
         );
         assert_eq!((h.epsilon_spent, h.last_train_loss), (Some(0.5), Some(0.3)));
+        assert_eq!((h.accepted, h.declined, h.rejected), (1, 0, 0));
+        assert_eq!((h.activity.as_deref(), h.update_seconds), (None, Some(1.5)));
+        let points = &v.epsilon_history["t-1"];
+        assert_eq!((points.len(), points[0].round, points[0].epsilon), (1, 1, 0.5));
         v.apply(
             &FederationEvent::HospitalLeft {
                 task: "t".into(),

@@ -9,6 +9,7 @@ pub mod guard;
 pub mod live;
 pub mod login;
 pub mod metrics;
+pub mod privacy;
 pub mod sse;
 pub mod state;
 pub mod tls;
@@ -94,32 +95,35 @@ pub fn server(
                     Ok(response)
                 }
             })
-            .route("/", web::get().to(api::asset))
-            .route("/static/{path:.*}", web::get().to(api::asset))
-            .route("/healthz", web::get().to(api::healthz))
-            .route("/readyz", web::get().to(api::readyz))
-            .route("/metrics", web::get().to(api::metrics))
-            .route("/api/state", web::get().to(api::state))
-            .route("/api/hospitals", web::get().to(api::hospitals))
-            .route("/api/events", web::get().to(sse::events))
+            .service(web::resource("/").route(web::get().to(api::asset)))
+            .service(web::resource("/static/{path:.*}").route(web::get().to(api::asset)))
+            .service(web::resource("/favicon.ico").route(web::get().to(api::favicon)))
+            .service(web::resource("/healthz").route(web::get().to(api::healthz)))
+            .service(web::resource("/readyz").route(web::get().to(api::readyz)))
+            .service(web::resource("/metrics").route(web::get().to(api::metrics)))
+            .service(web::resource("/api/state").route(web::get().to(api::state)))
+            .service(web::resource("/api/hospitals").route(web::get().to(api::hospitals)))
+            .service(web::resource("/api/privacy").route(web::get().to(privacy::privacy)))
+            .service(web::resource("/api/events").route(web::get().to(sse::events)))
             .service(
                 web::resource("/api/runs")
                     .route(web::get().to(api::runs))
                     .route(web::post().to(api::start_run)),
             )
-            .route("/api/runs/{id}", web::get().to(api::run))
-            .route("/api/runs/{id}/stop", web::post().to(api::stop_run))
-            .route("/api/runs/{id}/model", web::get().to(api::model))
-            .route("/api/models", web::get().to(api::models))
-            .route("/api/models/{task}/{version}", web::get().to(api::model_detail))
-            .route(
-                "/api/models/{task}/{version}/download",
-                web::get().to(api::model_download),
+            .service(web::resource("/api/runs/{id}").route(web::get().to(api::run)))
+            .service(web::resource("/api/runs/{id}/stop").route(web::post().to(api::stop_run)))
+            .service(web::resource("/api/runs/{id}/model").route(web::get().to(api::model)))
+            .service(web::resource("/api/models").route(web::get().to(api::models)))
+            .service(web::resource("/api/models/{task}/{version}").route(web::get().to(api::model_detail)))
+            .service(
+                web::resource("/api/models/{task}/{version}/download")
+                    .route(web::get().to(api::model_download)),
             )
-            .route("/api/login", web::post().to(login::login))
-            .route("/api/session", web::get().to(login::session))
-            .route("/api/logout", web::post().to(login::logout))
+            .service(web::resource("/api/login").route(web::post().to(login::login)))
+            .service(web::resource("/api/session").route(web::get().to(login::session)))
+            .service(web::resource("/api/logout").route(web::post().to(login::logout)))
             .default_service(web::to(api::not_found))
+            .wrap(actix_web::middleware::ErrorHandlers::new().default_handler(api::json_errors))
             .wrap(guard::security_headers())
     })
     .workers(1)

@@ -37,6 +37,9 @@ pub struct RunRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rounds: Option<u32>,
     pub tasks: Vec<String>,
+    /// Per task, the settings the run set instead of the configured ones.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, medfed_actors::TaskRunSettings>,
     /// Per task, the same shape as `medfed run --json`'s "tasks" (set when the run ends).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report: Option<BTreeMap<String, TaskJson>>,
@@ -55,6 +58,8 @@ pub struct AppState {
     pub contexts: BTreeMap<String, TaskContext>,
     /// Per task, the strategy and privacy settings a run uses (shown in the panel).
     pub settings: serde_json::Value,
+    /// The loaded configuration: a run's own settings are checked against it.
+    pub config: crate::config::Config,
     pub ready: AtomicBool,
     /// Runs and models that outlive the process (the registry).
     pub store: Option<std::sync::Arc<crate::store::Store>>,
@@ -88,11 +93,21 @@ impl AppState {
             ended_at: None,
             rounds,
             tasks: tasks.to_vec(),
+            settings: BTreeMap::new(),
             report: None,
             models: BTreeMap::new(),
         });
         while runs.len() > MAX_RUNS {
             runs.pop_front();
+        }
+    }
+
+    /// Keep the settings a run was started with.
+    pub fn record_settings(&self, id: &str, settings: BTreeMap<String, medfed_actors::TaskRunSettings>) {
+        if let Ok(mut runs) = self.runs.write() {
+            if let Some(r) = runs.iter_mut().find(|r| r.id == id) {
+                r.settings = settings;
+            }
         }
     }
 

@@ -50,6 +50,7 @@ fn train_request_round_trips_bit_exactly() {
         l2: 1e-4,
         seed: u64::MAX,
         proximal_mu: 0.0,
+        privacy: None,
     };
     let ask = Ask {
         run: u64::MAX,

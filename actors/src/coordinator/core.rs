@@ -19,7 +19,7 @@ use ractor::ActorId;
 use medfed_models::aggregate::{Strategy, StrategyState, UpdateCheck};
 use medfed_models::checkpoint::Checkpoint;
 use medfed_models::data::{MomentSums, Standardizer};
-use medfed_models::learner::{Evaluator, GlobalModel, LocalUpdate, PrivacySpent, TrainPlan};
+use medfed_models::learner::{Evaluator, GlobalModel, LocalUpdate, PrivacySpent, RunPrivacy, TrainPlan};
 use medfed_models::metrics::Metrics;
 use medfed_models::Params;
 
@@ -29,8 +29,8 @@ use super::stage::StageKind;
 use super::task::{Aggregated, Scaling, TaskSetup};
 use crate::events::{FederationEvent, RunOutcome};
 use crate::messages::{
-    Ask, EvalOutcome, HospitalInfo, RunRequest, StartRefused, StatsOutcome, ToCoordinator, ToHospital,
-    TrainOutcome,
+    Ask, EvalOutcome, HospitalInfo, RunRequest, StartRefused, StatsOutcome, TaskRunSettings, ToCoordinator,
+    ToHospital, TrainOutcome,
 };
 use crate::report::{FederatedEval, Participation, ParticipationOutcome, RoundRecord, RunReport, TaskReport};
 
@@ -147,11 +147,14 @@ pub struct Core {
 struct TaskState {
     name: String,
     fsm: TaskFsm,
+    /// This run's plan and strategy: the configured ones, or a run's settings.
     plan: TrainPlan,
     check: UpdateCheck,
     max_hospitals: Option<usize>,
     evaluator: Arc<Mutex<Box<dyn Evaluator>>>,
     strategy: Box<dyn Strategy>,
+    configured_plan: TrainPlan,
+    configured_strategy: Box<dyn Strategy>,
     /// Why the training quorum is above the configured one, if it is.
     quorum_note: Option<String>,
     scaling: Scaling,
@@ -203,6 +206,8 @@ impl TaskState {
         Self {
             name: setup.name,
             fsm: TaskFsm::new(fsm),
+            configured_plan: setup.plan.clone(),
+            configured_strategy: setup.strategy.boxed_clone(),
             plan: setup.plan,
             check: setup.check,
             max_hospitals: setup.max_hospitals,
@@ -229,6 +234,50 @@ impl TaskState {
             attacks: BTreeMap::new(),
             participation: BTreeMap::new(),
         }
+    }
+
+    /// Take up a run's settings for this task (`None`: the configured
+    /// ones); `rounds` is the run's planned rounds.
+    fn use_settings(&mut self, settings: Option<&TaskRunSettings>, rounds: u32) -> Result<(), String> {
+        let settings = settings.cloned().unwrap_or_default();
+        self.strategy = match &settings.strategy {
+            None => self.configured_strategy.boxed_clone(),
+            Some(config) => {
+                let hospitals = self.fsm.config().expected_hospitals;
+                config.validate(hospitals).map_err(|unfit| {
+                    format!(
+                        "task '{}': strategy {}: `{}`: {}",
+                        self.name,
+                        config.name(),
+                        unfit.key,
+                        unfit.message
+                    )
+                })?;
+                let strategy = config.build(hospitals);
+                let quorum = self.fsm.config().quorum();
+                if strategy.min_updates() > quorum {
+                    return Err(format!(
+                        "task '{}': strategy {} needs at least {} updates a round, above this task's quorum of {quorum} \
+                         (tasks.{}.min_hospitals); choose a smaller f, or raise the quorum in the configuration",
+                        self.name,
+                        config.name(),
+                        strategy.min_updates(),
+                        self.name
+                    ));
+                }
+                strategy
+            }
+        };
+        let mut plan = self.configured_plan.clone();
+        if let Some(t) = settings.training {
+            plan.local_epochs = t.local_epochs;
+            plan.batch_size = t.batch_size;
+            plan.learning_rate = t.learning_rate;
+            plan.l2 = t.l2;
+        }
+        plan.privacy = settings.privacy.map(|p| RunPrivacy { rounds, ..p });
+        self.plan = plan;
+        Ok(())
     }
 
     fn reset_for_run(&mut self) -> Result<(), String> {
@@ -460,6 +509,28 @@ impl Core {
         if request.rounds == Some(0) {
             return Err(StartRefused::Invalid("rounds must be at least 1".into()));
         }
+        if let Some(other) = request.settings.keys().find(|t| !tasks.contains(*t)) {
+            return Err(StartRefused::Invalid(format!(
+                "settings for task '{other}', which this run does not train (tasks: {})",
+                tasks.join(", ")
+            )));
+        }
+        let planned: BTreeMap<String, u32> = tasks
+            .iter()
+            .map(|t| {
+                let rounds = request
+                    .rounds
+                    .unwrap_or_else(|| self.tasks[t].fsm.config().rounds);
+                (t.clone(), rounds)
+            })
+            .collect();
+        // All settings are checked before any task takes them up.
+        for (t, rounds) in &planned {
+            if let Some(task) = self.tasks.get_mut(t) {
+                task.use_settings(request.settings.get(t), *rounds)
+                    .map_err(StartRefused::Invalid)?;
+            }
+        }
         for t in &tasks {
             if let Some(task) = self.tasks.get_mut(t) {
                 task.reset_for_run().map_err(StartRefused::Invalid)?;
@@ -473,19 +544,11 @@ impl Core {
             active: true,
             excluded: excluded.clone(),
         });
-        let planned: BTreeMap<String, u32> = tasks
-            .iter()
-            .map(|t| {
-                let rounds = request
-                    .rounds
-                    .unwrap_or_else(|| self.tasks[t].fsm.config().rounds);
-                (t.clone(), rounds)
-            })
-            .collect();
         out.push(Output::BeginRun(RunBegin {
             run_id: run_id.clone(),
             tasks: planned.clone(),
             excluded: excluded.iter().cloned().collect(),
+            settings: request.settings.clone(),
         }));
         out.push(Output::Publish(FederationEvent::RunStarted {
             run_id: run_id.clone(),
@@ -540,6 +603,8 @@ impl Core {
             let rounds = resume.target_rounds;
             let after = resume.history.last().map_or(0, |r| r.round);
             let task = self.tasks.get_mut(&name).expect("checked above");
+            task.use_settings(point.settings.get(&name), rounds)
+                .map_err(StartRefused::Invalid)?;
             task.restore(resume).map_err(StartRefused::Invalid)?;
             plans.push((name, rounds, after));
         }

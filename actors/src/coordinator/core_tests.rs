@@ -46,6 +46,7 @@ fn setup(name: &str) -> TaskSetup {
             l2: 0.0,
             seed: 1,
             proximal_mu: 0.0,
+            privacy: None,
         },
         check: UpdateCheck {
             max_norm: Some(10.0),
@@ -431,6 +432,7 @@ fn bad_run_requests_are_refused_with_the_reason() {
             rounds: None,
             tasks: Some(vec!["x".into()]),
             exclude: Vec::new(),
+            ..Default::default()
         },
     );
     assert_eq!(e, "unknown task 'x' (tasks: t)");
@@ -441,6 +443,7 @@ fn bad_run_requests_are_refused_with_the_reason() {
                 rounds: Some(0),
                 tasks: None,
                 exclude: Vec::new(),
+                ..Default::default()
             }
         ),
         "rounds must be at least 1"
@@ -452,6 +455,7 @@ fn bad_run_requests_are_refused_with_the_reason() {
                 rounds: None,
                 tasks: Some(vec![]),
                 exclude: Vec::new(),
+                ..Default::default()
             }
         ),
         "a run needs at least one task"
@@ -797,6 +801,7 @@ fn a_resumed_run_carries_on_from_its_commit() {
         )]
         .into(),
         excluded: Vec::new(),
+        settings: [("t".to_string(), lower_rate())].into(),
     };
     let (id, out) = core.resume(Duration::ZERO, point);
     assert_eq!(id.unwrap(), "run-1");
@@ -807,10 +812,11 @@ fn a_resumed_run_carries_on_from_its_commit() {
     let asked = sent(&out);
     assert_eq!(asked.len(), 2);
     for (_, message) in asked {
-        let ToHospital::Train { ask, model, .. } = message else {
+        let ToHospital::Train { ask, model, plan } = message else {
             panic!("round 2 is asked for, got {message:?}");
         };
         assert_eq!((ask.round, ask.attempt), (2, 0));
+        assert_eq!(plan.learning_rate, 0.05, "the run's own settings carry on");
         assert_eq!(model.params.as_slice(), &[2.0, 2.0, 2.0]);
     }
     assert_eq!(core.report().tasks["t"].rounds.len(), 1);
@@ -820,6 +826,7 @@ fn a_resumed_run_carries_on_from_its_commit() {
         run_id: "run-1".into(),
         tasks: Default::default(),
         excluded: Vec::new(),
+        settings: Default::default(),
     };
     assert!(matches!(
         core.resume(Duration::ZERO, again).0,
@@ -939,4 +946,111 @@ fn claims_above_the_tasks_bounds_are_refused_and_its_hospital_cap_holds() {
     assert!(refusal(&hello(&mut core, 2, "b", "t")).is_none());
     let reason = refusal(&hello(&mut core, 3, "c", "t")).expect("over the cap");
     assert!(reason.contains("already has its most hospitals (2"), "{reason}");
+}
+
+/// Settings that lower the learning rate.
+fn lower_rate() -> TaskRunSettings {
+    TaskRunSettings {
+        training: Some(crate::messages::TrainingSettings {
+            local_epochs: 1,
+            batch_size: 8,
+            learning_rate: 0.05,
+            l2: 0.0,
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_runs_settings_reach_the_plan_and_the_next_run_is_back_to_the_configuration() {
+    let mut core = Core::new(vec![setup("t")]);
+    hello(&mut core, 1, "a", "t");
+    hello(&mut core, 2, "b", "t");
+    let settings = TaskRunSettings {
+        strategy: medfed_models::aggregate::StrategyConfig::named("fedprox"),
+        privacy: Some(medfed_models::learner::RunPrivacy {
+            epsilon: Some(1.0),
+            delta: None,
+            noise_multiplier: Some(2.0),
+            rounds: 0,
+        }),
+        ..lower_rate()
+    };
+    let request = RunRequest {
+        rounds: Some(4),
+        settings: [("t".to_string(), settings)].into(),
+        ..Default::default()
+    };
+    let (id, out) = core.start_run(Duration::ZERO, request, "run-1".into());
+    id.unwrap();
+    let begin = out.iter().find_map(|o| match o {
+        Output::BeginRun(b) => Some(b.clone()),
+        _ => None,
+    });
+    assert!(
+        begin.unwrap().settings["t"].strategy.is_some(),
+        "recorded with the run"
+    );
+    let asked = sent(&out);
+    assert_eq!(asked.len(), 2);
+    for (_, message) in asked {
+        let ToHospital::Train { plan, .. } = message else {
+            panic!("training is asked for, got {message:?}");
+        };
+        assert_eq!(plan.learning_rate, 0.05);
+        assert!(plan.proximal_mu > 0.0, "FedProx configured the round");
+        let privacy = plan.privacy.unwrap();
+        assert_eq!(
+            (privacy.epsilon, privacy.noise_multiplier, privacy.rounds),
+            (Some(1.0), Some(2.0), 4)
+        );
+    }
+    core.stop(Duration::ZERO);
+    let (_, out) = start(&mut core, "run-2");
+    for (_, message) in sent(&out) {
+        let ToHospital::Train { plan, .. } = message else {
+            panic!("training is asked for, got {message:?}");
+        };
+        assert_eq!(
+            (plan.learning_rate, plan.proximal_mu, plan.privacy),
+            (0.1, 0.0, None)
+        );
+    }
+}
+
+#[test]
+fn settings_the_task_cannot_take_are_refused_before_anything_starts() {
+    let mut five = setup("t");
+    five.fsm.expected_hospitals = 5;
+    let mut core = Core::new(vec![five, setup("u")]);
+    let refuse = |core: &mut Core, task: &str, settings: TaskRunSettings| {
+        let request = RunRequest {
+            tasks: Some(vec!["t".into()]),
+            settings: [(task.to_string(), settings)].into(),
+            ..Default::default()
+        };
+        core.start_run(Duration::ZERO, request, "r".into())
+            .0
+            .unwrap_err()
+            .to_string()
+    };
+    let e = refuse(&mut core, "u", lower_rate());
+    assert_eq!(
+        e,
+        "settings for task 'u', which this run does not train (tasks: t)"
+    );
+    // Krum with f = 1 fits 5 hospitals but needs more updates than this
+    // task's quorum of 2; with f = 2 it does not fit 5 hospitals at all.
+    let krum = |f| TaskRunSettings {
+        strategy: Some(medfed_models::aggregate::StrategyConfig::Krum { f }),
+        ..Default::default()
+    };
+    let e = refuse(&mut core, "t", krum(1));
+    assert!(
+        e.contains("needs at least 5 updates") && e.contains("quorum of 2"),
+        "{e}"
+    );
+    let e = refuse(&mut core, "t", krum(2));
+    assert!(e.starts_with("task 't': strategy krum: `f`:"), "{e}");
+    assert!(core.report().run_id.is_none());
 }

@@ -11,6 +11,7 @@ use medfed_models::aggregate::StrategyState;
 use medfed_models::checkpoint::Checkpoint;
 use medfed_models::learner::{GlobalModel, PrivacySpent};
 
+use crate::messages::TaskRunSettings;
 use crate::report::RoundRecord;
 
 /// A task's running totals, kept across a restart.
@@ -48,6 +49,8 @@ pub struct RunBegin {
     /// Each task with its planned rounds.
     pub tasks: BTreeMap<String, u32>,
     pub excluded: Vec<String>,
+    /// Per task, the settings the run uses instead of the configured ones.
+    pub settings: BTreeMap<String, TaskRunSettings>,
 }
 
 /// Where a run's start and its commits go. Both return once durable; the
@@ -77,4 +80,6 @@ pub struct ResumePoint {
     pub tasks: BTreeMap<String, TaskResume>,
     /// Hospitals the run leaves out (site withdrawal).
     pub excluded: Vec<String>,
+    /// Per task, the settings the run was started with.
+    pub settings: BTreeMap<String, TaskRunSettings>,
 }

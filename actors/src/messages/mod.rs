@@ -13,12 +13,15 @@
 pub mod samples;
 pub mod wire;
 
+use std::collections::BTreeMap;
+
 use ractor::{ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 
+use medfed_models::aggregate::StrategyConfig;
 use medfed_models::checkpoint::Checkpoint;
 use medfed_models::data::MomentSums;
-use medfed_models::learner::{GlobalModel, LocalUpdate, PrivacySpent, TrainPlan};
+use medfed_models::learner::{GlobalModel, LocalUpdate, PrivacySpent, RunPrivacy, TrainPlan};
 use medfed_models::metrics::Metrics;
 use medfed_models::Params;
 
@@ -246,6 +249,35 @@ pub struct RunRequest {
     /// Hospitals this run must not use (site withdrawal): never asked for
     /// anything, whether or not they are joined.
     pub exclude: Vec<String>,
+    /// Per task, settings this run uses instead of the configured ones.
+    pub settings: BTreeMap<String, TaskRunSettings>,
+}
+
+/// What one run sets for one task instead of its configuration (the app
+/// validates them with the configuration's own rules first). Recorded with
+/// the run, so that a resumed run carries on with them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskRunSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<StrategyConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingSettings>,
+    /// Sent to the hospitals in each training plan (its `rounds` set by
+    /// the coordinator); a hospital only ever takes it to be more private.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<RunPrivacy>,
+}
+
+/// The local training a run asks for (every field of the training plan
+/// that is not the round's own).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSettings {
+    pub local_epochs: u32,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub l2: f64,
 }
 
 /// Why the coordinator would not start a run.

@@ -54,6 +54,8 @@ pub fn update() -> LocalUpdate {
             epsilon: 0.123456789012345,
             budget: 3.0,
             delta: 1e-5,
+            sampling_rate: None,
+            steps_per_round: None,
         }),
     }
 }
@@ -84,6 +86,7 @@ pub fn every_to_hospital() -> Vec<ToHospital> {
                 l2: 0.0,
                 seed: 42,
                 proximal_mu: 0.0,
+                privacy: None,
             },
         },
         ToHospital::Evaluate {
@@ -119,6 +122,8 @@ pub fn every_to_coordinator() -> Vec<ToCoordinator> {
                     epsilon: 0.375,
                     budget: 3.0,
                     delta: 1e-5,
+                    sampling_rate: None,
+                    steps_per_round: None,
                 }),
             },
         },

@@ -62,6 +62,7 @@ mod tests {
             l2: 0.0,
             seed: 9,
             proximal_mu: 0.0,
+            privacy: None,
         };
         let asked = FedProx { mu: 0.01 }.configure_train(3, &base, &["a".into(), "b".into()]);
         assert_eq!(asked.len(), 2);

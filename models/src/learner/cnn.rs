@@ -502,6 +502,10 @@ impl DpLearner for DpCnnLearner {
         self.dp
     }
 
+    fn set_noise_multiplier(&mut self, sigma: f64) {
+        self.dp = self.dp.with_noise_multiplier(sigma);
+    }
+
     fn train_private(
         &mut self,
         global: &GlobalModel,
@@ -586,6 +590,7 @@ mod tests {
             l2: 1e-4,
             seed: 5,
             proximal_mu: 0.0,
+            privacy: None,
         }
     }
 

@@ -225,6 +225,27 @@ impl LocalDp {
         }
     }
 
+    /// The same mechanism at noise multiplier `sigma`.
+    pub fn with_noise_multiplier(self, sigma: f64) -> Self {
+        match self {
+            LocalDp::DpSgd {
+                sampling_rate,
+                max_grad_norm,
+                local_steps,
+                ..
+            } => LocalDp::DpSgd {
+                sampling_rate,
+                max_grad_norm,
+                noise_multiplier: sigma,
+                local_steps,
+            },
+            LocalDp::Update { max_update_norm, .. } => LocalDp::Update {
+                max_update_norm,
+                noise_multiplier: sigma,
+            },
+        }
+    }
+
     /// Refuse parameters no mechanism can use.
     pub fn validate(&self) -> Result<()> {
         match *self {
@@ -464,6 +485,10 @@ impl DpLearner for DpLogisticLearner {
         self.dp
     }
 
+    fn set_noise_multiplier(&mut self, sigma: f64) {
+        self.dp = self.dp.with_noise_multiplier(sigma);
+    }
+
     fn train_private(
         &mut self,
         global: &GlobalModel,
@@ -634,6 +659,7 @@ mod tests {
             l2: 0.0,
             seed: 9,
             proximal_mu: 0.0,
+            privacy: None,
         };
         let u1 = learner.train(&global, &plan).unwrap();
         let u2 = learner.train(&global, &plan).unwrap();
@@ -671,6 +697,7 @@ mod tests {
             l2: 0.0,
             seed: 1,
             proximal_mu: 0.5,
+            privacy: None,
         };
         let delta = learner.train(&global, &plan).unwrap().delta;
         let want = 0.5 + (1.0 - 1.0 / (1.0 + (-1.0f64).exp())) - 0.25;
@@ -696,6 +723,7 @@ mod tests {
             l2: 0.0,
             seed: 3,
             proximal_mu: mu,
+            privacy: None,
         };
         let norms: Vec<f64> = [0.0, 0.1, 1.0, 10.0]
             .iter()
@@ -725,6 +753,7 @@ mod tests {
             l2: 0.0,
             seed: 1,
             proximal_mu: 0.0,
+            privacy: None,
         };
         let u = learner.train(&global, &plan).unwrap();
         assert!(u.delta.tensor("bias").unwrap()[0] > 0.0);
@@ -746,6 +775,7 @@ mod dp_tests {
             l2: 0.0,
             seed: 1,
             proximal_mu: 0.0,
+            privacy: None,
         }
     }
 

@@ -46,6 +46,27 @@ pub struct TrainPlan {
     /// training. Set by the strategy's configure-training hook.
     #[serde(default)]
     pub proximal_mu: f64,
+    /// What the run asks of a private hospital beyond its own policy
+    /// (`POST /api/runs` settings); ignored with DP off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<RunPrivacy>,
+}
+
+/// A run's privacy request. A hospital only ever takes the more private of
+/// it and its own policy (`PrivateLearner`): a lower epsilon or delta caps
+/// its lifetime budget for this run, a higher noise multiplier replaces its
+/// own, and nothing here can loosen either.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunPrivacy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_multiplier: Option<f64>,
+    /// The run's planned rounds: what a lower epsilon is spread over.
+    pub rounds: u32,
 }
 
 impl TrainPlan {
@@ -94,6 +115,12 @@ pub struct PrivacySpent {
     pub epsilon: f64,
     pub budget: f64,
     pub delta: f64,
+    /// The mechanism's public parameters per round, so that what a run
+    /// would cost can be computed by anyone (the panel's privacy view).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling_rate: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps_per_round: Option<u64>,
 }
 
 /// The privacy cost of one release, as Rényi-DP over the accountant's orders.
@@ -173,6 +200,9 @@ pub trait DpLearner: Send {
     fn round_cost(&self) -> RoundCost {
         self.local_dp().round_cost()
     }
+    /// Train with `sigma` as the noise multiplier from now on. Only
+    /// `PrivateLearner` calls it, and only to raise its policy's.
+    fn set_noise_multiplier(&mut self, sigma: f64);
     /// Whether it needs a released record count to normalise by (DP-SGD).
     fn needs_count(&self) -> bool {
         self.local_dp().dp_sgd_settings().is_some()
@@ -217,6 +247,7 @@ mod tests {
             l2: 0.0,
             seed: 42,
             proximal_mu: 0.0,
+            privacy: None,
         };
         // Attempt 0 keeps the streams runs used before attempts counted.
         assert_eq!(plan.stream_seed("h-1"), crate::seed::derive(42, "h-1", 3));

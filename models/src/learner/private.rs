@@ -9,14 +9,15 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{DpLearner, GlobalModel, LocalUpdate, PrivacySpent, Release, RoundCost, TrainPlan};
+use super::logistic::LocalDp;
+use super::{DpLearner, GlobalModel, LocalUpdate, PrivacySpent, Release, RoundCost, RunPrivacy, TrainPlan};
 use crate::data::MomentSums;
 use crate::error::{ModelError, Result};
 use crate::metrics::Metrics;
 use crate::params::{Layout, Params};
 use crate::privacy::ledger::{Charge, Ledger, LedgerEntry, Limit, ReleasedCount};
 use crate::privacy::mechanisms::{count_released_before, release_count, NoiseSource, Noised};
-use crate::privacy::rdp::{check_delta, compose, default_orders};
+use crate::privacy::rdp::{check_delta, compose, default_orders, noise_for_epsilon};
 use crate::privacy::PrivacyError;
 
 /// A hospital's privacy budget for one dataset, over all runs.
@@ -111,6 +112,8 @@ impl PrivateUpdate {
 
 pub struct PrivateLearner {
     inner: Box<dyn DpLearner>,
+    /// The hospital's own mechanism; a run may only raise its noise.
+    policy: LocalDp,
     ledger: Ledger,
     budget: Budget,
     hospital: String,
@@ -166,6 +169,7 @@ impl PrivateLearner {
             }
         }
         let mut guarded = Self {
+            policy: inner.local_dp(),
             inner,
             ledger,
             budget,
@@ -243,14 +247,14 @@ impl PrivateLearner {
 
     /// Refuse `cost` early if it does not fit what this process last saw
     /// (the authoritative check runs again under the ledger's lock).
-    fn admit(&self, cost: &RoundCost) -> Result<()> {
-        let after = self.ledger.epsilon_after(&cost.rdp, self.budget.delta);
+    fn admit(&self, cost: &RoundCost, budget: Budget) -> Result<()> {
+        let after = self.ledger.epsilon_after(&cost.rdp, budget.delta);
         // A NaN refuses too.
-        if after.is_nan() || after > self.budget.epsilon * (1.0 + 1e-9) {
+        if after.is_nan() || after > budget.epsilon * (1.0 + 1e-9) {
             return Err(ModelError::BudgetExhausted(format!(
                 "epsilon spent {:.4} of {}; this {} release would bring it to {:.4}",
-                self.epsilon_spent(),
-                self.budget.epsilon,
+                self.ledger.epsilon(budget.delta),
+                budget.epsilon,
                 cost.mechanism,
                 after
             )));
@@ -258,7 +262,49 @@ impl PrivateLearner {
         Ok(())
     }
 
-    fn charge(&mut self, cost: &RoundCost, round: u32) -> Result<()> {
+    /// The budget and mechanism of one round: the policy's, made more
+    /// private where the run asks for it, never less. A lower epsilon or
+    /// delta caps the lifetime budget, and the noise is calibrated to spread
+    /// what is left under that cap over the run's remaining rounds.
+    fn for_run(&self, plan: &TrainPlan) -> (Budget, LocalDp) {
+        let Some(RunPrivacy {
+            epsilon,
+            delta,
+            noise_multiplier,
+            rounds,
+        }) = plan.privacy
+        else {
+            return (self.budget, self.policy);
+        };
+        // `f64::min`/`max` ignore a NaN: a malformed request changes nothing.
+        let budget = Budget {
+            epsilon: epsilon.map_or(self.budget.epsilon, |e| self.budget.epsilon.min(e)),
+            delta: delta.map_or(self.budget.delta, |d| self.budget.delta.min(d)),
+        };
+        let mut sigma = self.policy.noise_multiplier();
+        if let Some(s) = noise_multiplier.filter(|s| s.is_finite()) {
+            sigma = sigma.max(s);
+        }
+        if budget != self.budget {
+            let cost = self.policy.round_cost();
+            let remaining = u64::from(rounds.saturating_sub(plan.round).saturating_add(1));
+            let steps = cost.steps.saturating_mul(remaining.max(1));
+            // Nothing left under the cap: the policy's noise stands and the
+            // budget check declines the round.
+            if let Ok(s) = noise_for_epsilon(
+                budget.epsilon,
+                cost.sampling_rate,
+                steps,
+                budget.delta,
+                Some(self.ledger.spent_rdp()),
+            ) {
+                sigma = sigma.max(s);
+            }
+        }
+        (budget, self.policy.with_noise_multiplier(sigma))
+    }
+
+    fn charge(&mut self, cost: &RoundCost, round: u32, budget: Budget) -> Result<()> {
         let charge = Charge {
             cost: &cost.rdp,
             entry: self.entry(
@@ -270,12 +316,10 @@ impl PrivateLearner {
             ),
             count: None,
         };
-        self.ledger
-            .charge(charge, self.budget.limit())
-            .map_err(|e| match e {
-                PrivacyError::BudgetExhausted(m) => ModelError::BudgetExhausted(m),
-                e => ledger_error(e),
-            })
+        self.ledger.charge(charge, budget.limit()).map_err(|e| match e {
+            PrivacyError::BudgetExhausted(m) => ModelError::BudgetExhausted(m),
+            e => ledger_error(e),
+        })
     }
 
     /// Noised feature statistics, charged; `None` when a public scaler is used.
@@ -284,11 +328,11 @@ impl PrivateLearner {
             return Ok(None);
         };
         self.check_count()?;
-        self.admit(&cost)?;
+        self.admit(&cost, self.budget)?;
         let Some(stats) = self.inner.private_stats()? else {
             return Ok(None);
         };
-        self.charge(&cost, 0)?;
+        self.charge(&cost, 0, self.budget)?;
         Ok(Some(stats))
     }
 
@@ -305,15 +349,17 @@ impl PrivateLearner {
 
     /// One round of private training, charged before it is returned.
     pub fn train(&mut self, global: &GlobalModel, plan: &TrainPlan) -> Result<PrivateUpdate> {
+        let (budget, dp) = self.for_run(plan);
+        self.inner.set_noise_multiplier(dp.noise_multiplier());
         let cost = self.inner.round_cost();
-        self.admit(&cost)?;
+        self.admit(&cost, budget)?;
         self.check_count()?;
         let (public_count, weight) = match &self.count {
             Some(c) if self.inner.needs_count() => (Some(*c.value()), *c.value() as usize),
             _ => (None, 1),
         };
         let delta = self.inner.train_private(global, plan, public_count)?;
-        self.charge(&cost, plan.round)?;
+        self.charge(&cost, plan.round, budget)?;
         Ok(PrivateUpdate {
             delta,
             weight,
@@ -331,6 +377,8 @@ impl PrivateLearner {
             epsilon: self.epsilon_spent(),
             budget: self.budget.epsilon,
             delta: self.budget.delta,
+            sampling_rate: Some(cost.sampling_rate),
+            steps_per_round: Some(cost.steps),
         }
     }
 
@@ -416,6 +464,7 @@ mod tests {
             l2: 0.0,
             seed: 1,
             proximal_mu: 0.0,
+            privacy: None,
         }
     }
 
@@ -444,6 +493,79 @@ mod tests {
         // The count release plus one charge per round; nothing for the declined one.
         assert_eq!(p.ledger().entries().len(), trained as usize + 1);
         assert!(p.epsilon_spent() <= 3.0);
+    }
+
+    fn run_plan(round: u32, request: RunPrivacy) -> TrainPlan {
+        TrainPlan {
+            privacy: Some(request),
+            ..plan(round)
+        }
+    }
+
+    /// A run's lower epsilon caps the budget and is spread over the run's
+    /// rounds with more noise; every round of it trains, and the total stays
+    /// under the run's cap.
+    #[test]
+    fn a_lower_run_epsilon_raises_the_noise_and_caps_the_spending() {
+        let mut p = in_memory(dp_learner(dp_sgd(1.0)), 8.0);
+        let g = global(p.layout());
+        let request = RunPrivacy {
+            epsilon: Some(2.0),
+            delta: None,
+            noise_multiplier: None,
+            rounds: 5,
+        };
+        for round in 1..=5 {
+            let u = p.train(&g, &run_plan(round, request)).unwrap();
+            assert!(
+                u.privacy.noise_multiplier > 1.0,
+                "round {round}: {}",
+                u.privacy.noise_multiplier
+            );
+        }
+        let spent = p.epsilon_spent();
+        assert!(spent <= 2.0 + 1e-9 && spent > 1.5, "spent {spent}");
+        // Over the cap, the next round of that run is declined.
+        let err = p.train(&g, &run_plan(6, request)).unwrap_err();
+        assert!(matches!(err, ModelError::BudgetExhausted(_)), "{err}");
+        // A later run without the cap goes back to the policy's noise and budget.
+        let u = p.train(&g, &plan(7)).unwrap();
+        assert_eq!(u.privacy.noise_multiplier, 1.0);
+    }
+
+    /// Nothing in a run's request loosens the policy: a larger epsilon or
+    /// delta and a smaller noise multiplier are ignored.
+    #[test]
+    fn a_run_cannot_make_a_hospital_less_private() {
+        let mut p = in_memory(dp_learner(dp_sgd(3.0)), 3.0);
+        let g = global(p.layout());
+        let looser = RunPrivacy {
+            epsilon: Some(100.0),
+            delta: Some(0.5),
+            noise_multiplier: Some(0.1),
+            rounds: 1,
+        };
+        let u = p.train(&g, &run_plan(1, looser)).unwrap();
+        assert_eq!(u.privacy.noise_multiplier, 3.0);
+        let mut trained = 1;
+        while p.train(&g, &run_plan(trained + 1, looser)).is_ok() {
+            trained += 1;
+            assert!(trained < 1000, "never declined");
+        }
+        assert!(p.epsilon_spent() <= 3.0 + 1e-9, "{}", p.epsilon_spent());
+        // A higher noise multiplier is taken.
+        let mut q = in_memory(dp_learner(dp_sgd(3.0)), 30.0);
+        let higher = RunPrivacy {
+            noise_multiplier: Some(5.0),
+            ..looser
+        };
+        assert_eq!(
+            q.train(&g, &run_plan(1, higher))
+                .unwrap()
+                .privacy
+                .noise_multiplier,
+            5.0
+        );
     }
 
     /// DP-SGD releases a noised record count once, charges it, weighs

@@ -33,7 +33,7 @@ pub enum Access {
 /// The access class of a request path.
 pub fn access(path: &str) -> Access {
     match path {
-        "/" | "/index.html" | "/healthz" | "/readyz" => Access::Public,
+        "/" | "/index.html" | "/favicon.ico" | "/healthz" | "/readyz" => Access::Public,
         "/metrics" => Access::Scrape,
         "/api/login" => Access::Login,
         p if p.starts_with("/static/") => Access::Public,

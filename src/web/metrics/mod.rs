@@ -1,5 +1,10 @@
-//! `/metrics`: Prometheus/OpenMetrics families, all named `medfed_*`, kept
-//! up to date from the event stream and the HTTP middleware.
+//! `/metrics`: Prometheus/OpenMetrics families, named `medfed_*` (and the
+//! standard `process_*`), kept up to date from the event stream and the
+//! HTTP middleware. Names follow OpenMetrics: counters end in `_total`,
+//! a family with a unit ends in it and declares it (`# UNIT`).
+
+mod hospitals;
+mod process;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -13,7 +18,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 use medfed_actors::cluster::gate::GateStats;
 use medfed_actors::cluster::WireStats;
@@ -115,6 +120,11 @@ pub struct Metrics {
     runs: Family<StatusLabel, Counter>,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    /// Hospitals online (connected now), and expected by the configuration, per task.
+    connected: Family<TaskLabel, Gauge>,
+    expected: Family<TaskLabel, Gauge>,
+    /// Per-hospital series, for a bounded number of hospitals.
+    per_hospital: Arc<hospitals::HospitalSeries>,
     /// Events the live stream (SSE) skipped for clients that fell behind.
     stream_skipped: Counter,
     auth_failures: Family<ReasonLabel, Counter>,
@@ -145,6 +155,9 @@ impl Metrics {
             runs: Family::default(),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(http_histogram),
+            connected: Family::default(),
+            expected: Family::default(),
+            per_hospital: Arc::new(hospitals::HospitalSeries::new(hospitals::DEFAULT_LIMIT)),
             stream_skipped: Counter::default(),
             auth_failures: Family::default(),
             model_bytes,
@@ -166,12 +179,23 @@ impl Metrics {
         );
         registry.register(
             "medfed_hospitals",
-            "Hospitals by task, kind and status",
+            "Hospitals that joined since start, by task, kind and status (online, offline, refused)",
             m.hospitals.clone(),
         );
         registry.register(
-            "medfed_round_duration_seconds",
+            "medfed_hospitals_connected",
+            "Hospitals online now, per task",
+            m.connected.clone(),
+        );
+        registry.register(
+            "medfed_hospitals_expected",
+            "Hospitals the configuration expects, per task",
+            m.expected.clone(),
+        );
+        registry.register_with_unit(
+            "medfed_round_duration",
             "Wall time of a round, from its first request to its aggregated model",
+            Unit::Seconds,
             m.round_duration.clone(),
         );
         registry.register(
@@ -194,14 +218,16 @@ impl Metrics {
             "Held-out log-loss of the latest global model",
             m.loss.clone(),
         );
-        registry.register(
-            "medfed_bytes_sent",
-            "Model payload bytes sent to hospitals",
+        registry.register_with_unit(
+            "medfed_model_sent",
+            "Global-model payload sent to hospitals",
+            Unit::Bytes,
             m.bytes_sent.clone(),
         );
-        registry.register(
-            "medfed_bytes_received",
-            "Update payload bytes received from hospitals",
+        registry.register_with_unit(
+            "medfed_update_received",
+            "Update payload received from hospitals",
+            Unit::Bytes,
             m.bytes_received.clone(),
         );
         registry.register(
@@ -220,9 +246,10 @@ impl Metrics {
             "HTTP requests by route, method and status",
             m.http_requests.clone(),
         );
-        registry.register(
-            "medfed_http_request_duration_seconds",
+        registry.register_with_unit(
+            "medfed_http_request_duration",
             "HTTP request latency by route",
+            Unit::Seconds,
             m.http_duration.clone(),
         );
         registry.register(
@@ -242,7 +269,27 @@ impl Metrics {
                 })
                 .set(*budget);
         }
+        registry.register_collector(Box::new(BuildInfo));
+        registry.register_collector(Box::new(process::ProcessMetrics));
+        registry.register_collector(Box::new(hospitals::Collector(m.per_hospital.clone())));
         Metrics { registry, ..m }
+    }
+
+    /// Per task, the hospitals the configuration expects.
+    pub fn with_expected(self, expected: &BTreeMap<String, usize>) -> Self {
+        for (task, n) in expected {
+            self.expected
+                .get_or_create(&TaskLabel { task: task.clone() })
+                .set(*n as i64);
+        }
+        self
+    }
+
+    /// Keep per-hospital series for at most `limit` hospitals (the first
+    /// to join; 0: none), so that a huge federation adds bounded series.
+    pub fn with_hospital_series(self, limit: usize) -> Self {
+        self.per_hospital.set_limit(limit);
+        self
     }
 
     /// Update from one event, after `live` has applied it.
@@ -324,6 +371,11 @@ impl Metrics {
             }
             _ => {}
         }
+        if let Some(hospital) = event.hospital() {
+            if let Some(h) = live.hospitals.get(hospital) {
+                self.per_hospital.update(h);
+            }
+        }
         self.sync_with(live);
     }
 
@@ -352,7 +404,11 @@ impl Metrics {
                 .set(i64::from(t.target_rounds));
         }
         let mut counts: BTreeMap<(String, String, String), i64> = BTreeMap::new();
+        let mut connected: BTreeMap<&str, i64> = live.tasks.keys().map(|t| (t.as_str(), 0)).collect();
         for h in live.hospitals.values() {
+            if h.status == "online" {
+                *connected.entry(h.task.as_str()).or_insert(0) += 1;
+            }
             for status in STATUSES {
                 counts
                     .entry((h.task.clone(), h.kind.clone(), status.into()))
@@ -365,6 +421,11 @@ impl Metrics {
         for ((task, kind, status), n) in counts {
             self.hospitals
                 .get_or_create(&HospitalLabels { task, kind, status })
+                .set(n);
+        }
+        for (task, n) in connected {
+            self.connected
+                .get_or_create(&TaskLabel { task: task.into() })
                 .set(n);
         }
     }
@@ -419,6 +480,23 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// `medfed_build_info{version}`: always 1; the labels say which build.
+#[derive(Debug)]
+struct BuildInfo;
+
+impl Collector for BuildInfo {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let mut info = encoder.encode_descriptor(
+            "medfed_build_info",
+            "This medfed's version (the value is always 1)",
+            None,
+            MetricType::Gauge,
+        )?;
+        prometheus_client::metrics::gauge::ConstGauge::new(1)
+            .encode(info.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)
     }
 }
 
@@ -601,7 +679,13 @@ mod tests {
         live.apply(&event, 0.0);
         m.observe(&event, &live);
         let text = m.encode();
-        assert!(text.contains("medfed_bytes_sent_total{task=\"t\"} 800"), "{text}");
+        assert!(
+            text.contains("medfed_model_sent_bytes_total{task=\"t\"} 800"),
+            "{text}"
+        );
+        assert!(text.contains("# UNIT medfed_model_sent_bytes bytes"), "{text}");
+        assert!(text.contains("medfed_build_info{version=\""), "{text}");
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
         m.observe_http("/api/state", "GET", 200, 0.001);
         assert!(m
             .encode()
