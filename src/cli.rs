@@ -500,6 +500,10 @@ pub struct ServeArgs {
     pub https: HttpTlsArgs,
     #[command(flatten)]
     pub durable: StoreArgs,
+    /// Also train each task's model centrally on all training rows once at
+    /// start: the panel's charts show it as a reference line (DP off only).
+    #[arg(long)]
+    pub baseline: bool,
 }
 
 /// HTTPS for the control panel and API (also web.tls_cert / web.tls_key).

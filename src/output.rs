@@ -8,7 +8,7 @@ use serde::Serialize;
 use medfed_actors::coordinator::fsm::Phase;
 use medfed_actors::report::FederatedEval;
 use medfed_actors::{RunReport, TaskReport};
-use medfed_models::metrics::Metrics;
+use medfed_models::metrics::{Confusion, Metrics};
 
 use crate::config::{DpScaling, Loaded, PrivacyMode};
 use crate::tasks::PreparedTask;
@@ -21,6 +21,8 @@ pub struct MetricsJson {
     pub f1: f64,
     pub auc: Option<f64>,
     pub loss: f64,
+    /// At threshold 0.5, over the examples the metrics are of.
+    pub confusion: Confusion,
 }
 
 impl From<&Metrics> for MetricsJson {
@@ -32,6 +34,7 @@ impl From<&Metrics> for MetricsJson {
             f1: m.f1,
             auc: m.auc,
             loss: m.loss,
+            confusion: m.confusion,
         }
     }
 }

@@ -339,13 +339,27 @@ fn unsafe_privacy_combinations_are_refused_with_the_reason() {
         ],
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("privacy.scaling"));
-    // A pooled, non-private baseline beside a private run: refused.
-    let out = medfed(
-        &["run", "--config", "config/dp.toml", "--rounds", "1", "--baseline"],
-        &[],
-    );
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("non-private model on the pooled data"));
+    // A pooled, non-private baseline beside a private run: refused, by
+    // `run` and by `serve` (before it listens anywhere).
+    for command in ["run", "serve"] {
+        let out = medfed(
+            &[
+                command,
+                "--config",
+                "config/dp.toml",
+                "--rounds",
+                "1",
+                "--baseline",
+            ],
+            &[],
+        );
+        assert!(!out.status.success(), "{command}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("non-private model on the pooled data"),
+            "{command}: {stderr}"
+        );
+    }
     // A cluster hospital with seeded noise, or whose ledger cannot be
     // written: refused before it connects anywhere.
     let cookie = dir.path().join("cookie");

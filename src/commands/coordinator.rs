@@ -158,6 +158,7 @@ async fn serve(
                     cluster: Some(stats.clone()),
                     audit: Some(audit.clone()),
                     audit_events: false,
+                    baselines: Default::default(),
                 },
                 persistence,
             )?;

@@ -12,13 +12,14 @@ use medfed_actors::FederationEvent;
 use medfed_models::checkpoint::Checkpoint;
 
 use crate::cli::RunArgs;
-use crate::config::{Loaded, PrivacyMode};
+use crate::config::Loaded;
 use crate::durability::{open_for, StoreDefault};
 use crate::federation::run_to_end;
 use crate::hospital_learner::Ledgers;
 use crate::output::{print_run, TaskContext};
 use crate::shutdown::{shutdown_signal, RunEnd};
 use crate::tasks::prepare_task;
+use crate::tasks::PreparedTask;
 
 /// Runs the federation; returns how it ended (completed, aborted, stopped).
 pub async fn execute(args: &RunArgs) -> Result<RunEnd> {
@@ -28,13 +29,8 @@ pub async fn execute(args: &RunArgs) -> Result<RunEnd> {
         add_attacks(&mut loaded, &args.attacks)?;
         crate::config::validate(&loaded.config)?;
     }
-    if args.baseline && loaded.config.privacy.mode != PrivacyMode::Off {
-        bail!(
-            "--baseline trains a non-private model on the pooled data of every hospital, which \
-             differential privacy exists to prevent; it is refused with privacy.mode = \"{}\". \
-             Run the baseline without DP (a simulation-only comparison)",
-            loaded.config.privacy.mode.name()
-        );
+    if args.baseline {
+        PreparedTask::check_baseline_allowed(&loaded)?;
     }
     // Loading, splitting (and the baseline's training) can take minutes: a
     // signal meanwhile ends the command at once.

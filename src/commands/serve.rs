@@ -33,13 +33,22 @@ use crate::web::tls::HttpTls;
 pub async fn execute(args: &ServeArgs) -> Result<()> {
     let mut shutdown = shutdown_signal()?;
     let (loaded, selected) = super::overrides::load_with(&args.config, &args.overrides)?;
+    if args.baseline {
+        PreparedTask::check_baseline_allowed(&loaded)?;
+    }
     let prepare = loaded.clone();
-    let Some(tasks) = shutdown
+    let baseline = args.baseline;
+    let Some((tasks, baselines)) = shutdown
         .unless_received(move || {
-            selected
+            let tasks = selected
                 .iter()
                 .map(|name| prepare_task(&prepare, name))
-                .collect::<Result<Vec<_>>>()
+                .collect::<Result<Vec<_>>>()?;
+            let mut baselines = BTreeMap::new();
+            for task in tasks.iter().filter(|_| baseline) {
+                baselines.insert(task.name.clone(), task.centralized_baseline(&prepare)?);
+            }
+            Ok((tasks, baselines))
         })
         .await?
     else {
@@ -67,6 +76,7 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
             cluster: None,
             audit: Some(audit),
             audit_events: true,
+            baselines,
         },
         persistence.as_ref(),
     );
@@ -155,6 +165,8 @@ pub struct PanelOptions<'a> {
     /// federation's events into it too (`serve`).
     pub audit: Option<Arc<AuditLog>>,
     pub audit_events: bool,
+    /// Each task's centralized baseline, where one was trained (`--baseline`).
+    pub baselines: BTreeMap<String, medfed_models::metrics::Metrics>,
 }
 
 impl Panel {
@@ -218,6 +230,7 @@ impl Panel {
             federation.client(),
             auth,
             options.cluster,
+            &options.baselines,
         )?;
         state.store = persistence.map(|p| p.store.clone());
         state.audit = options.audit.clone();
@@ -272,6 +285,7 @@ fn app_state(
     client: CoordinatorClient,
     auth: Auth,
     cluster: Option<Arc<WireStats>>,
+    baselines: &BTreeMap<String, medfed_models::metrics::Metrics>,
 ) -> Result<AppState> {
     let privacy = &loaded.config.privacy;
     let seed = loaded.config.run.seed;
@@ -301,7 +315,11 @@ fn app_state(
                 round_started_at: None,
             },
         );
-        contexts.insert(task.name.clone(), TaskContext::of(task, loaded, None, &ledgers));
+        let baseline = baselines.get(&task.name).cloned();
+        contexts.insert(
+            task.name.clone(),
+            TaskContext::of(task, loaded, baseline, &ledgers),
+        );
         let params = task.evaluator(seed)?.init_params().as_slice().len() as u64;
         model_bytes.insert(task.name.clone(), params * 4);
         if privacy.mode != PrivacyMode::Off {

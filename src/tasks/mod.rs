@@ -236,6 +236,21 @@ impl PreparedTask {
             .with_context(|| format!("task '{}'", self.name))
     }
 
+    /// The baseline pools every hospital's rows, which differential privacy
+    /// exists to prevent: refused with DP on.
+    pub fn check_baseline_allowed(loaded: &Loaded) -> Result<()> {
+        let mode = loaded.config.privacy.mode;
+        if mode != crate::config::PrivacyMode::Off {
+            anyhow::bail!(
+                "--baseline trains a non-private model on the pooled data of every hospital, which \
+                 differential privacy exists to prevent; it is refused with privacy.mode = \"{}\". \
+                 Run the baseline without DP (a simulation-only comparison)",
+                mode.name()
+            );
+        }
+        Ok(())
+    }
+
     pub fn centralized_baseline(&self, loaded: &Loaded) -> Result<Metrics> {
         self.data
             .centralized_baseline(loaded, &self.config)

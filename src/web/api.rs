@@ -219,9 +219,10 @@ pub async fn start_run(
     let body: StartBody = json_body(payload).await?;
     if let Some(r) = body.rounds {
         if r == 0 || r > MAX_ROUNDS {
-            return Err(ApiError::bad_request(format!(
-                "rounds must be 1..={MAX_ROUNDS}, got {r}"
-            )));
+            return Err(ApiError::about(
+                "rounds",
+                format!("rounds must be 1..={MAX_ROUNDS}, got {r}"),
+            ));
         }
     }
     if let Some(tasks) = &body.tasks {
@@ -256,10 +257,13 @@ pub async fn start_run(
             known.extend((1..=ctx.hospitals).map(|i| format!("{task}-{i}")));
         }
         if let Some(unknown) = body.exclude.iter().find(|h| !known.contains(*h)) {
-            return Err(ApiError::bad_request(format!(
-                "exclude: no hospital '{unknown}' (hospitals: {})",
-                known.into_iter().collect::<Vec<_>>().join(", ")
-            )));
+            return Err(ApiError::about(
+                "exclude",
+                format!(
+                    "exclude: no hospital '{unknown}' (hospitals: {})",
+                    known.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            ));
         }
         if live.run_active {
             return Err(ApiError::new(

@@ -20,6 +20,11 @@ macro_rules! asset {
 pub const ASSETS: &[Asset] = &[
     asset!("index.html", "text/html; charset=utf-8"),
     asset!("app.js", "text/javascript; charset=utf-8"),
+    asset!("js/common.js", "text/javascript; charset=utf-8"),
+    asset!("js/charts.js", "text/javascript; charset=utf-8"),
+    asset!("js/runform.js", "text/javascript; charset=utf-8"),
+    asset!("js/privacy.js", "text/javascript; charset=utf-8"),
+    asset!("js/taskview.js", "text/javascript; charset=utf-8"),
     asset!("style.css", "text/css; charset=utf-8"),
     asset!("favicon.svg", "image/svg+xml"),
     asset!("vendor/uplot/uPlot.iife.min.js", "text/javascript; charset=utf-8"),

@@ -52,6 +52,10 @@ pub struct TrainPlan {
     pub privacy: Option<RunPrivacy>,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 /// A run's privacy request. A hospital only ever takes the more private of
 /// it and its own policy (`PrivateLearner`): a lower epsilon or delta caps
 /// its lifetime budget for this run, a higher noise multiplier replaces its
@@ -65,7 +69,9 @@ pub struct RunPrivacy {
     pub delta: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub noise_multiplier: Option<f64>,
-    /// The run's planned rounds: what a lower epsilon is spread over.
+    /// The run's planned rounds: what a lower epsilon is spread over (set
+    /// by the coordinator; 0 in a request).
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub rounds: u32,
 }
 
