@@ -499,6 +499,25 @@ async fn a_run_with_its_own_settings_and_the_privacy_view() {
         text_of(&browser, &format!("{RATE}-error")).await.as_deref(),
         Some("")
     );
+    // The privacy mode is the hospitals' policy: a run cannot turn DP off.
+    const MODE: &str = "#field-settings-breast_cancer-privacy-mode";
+    set(EPSILON, "8").await;
+    let mode = browser.find(Locator::Css(MODE)).await.unwrap();
+    mode.select_by_value("off").await.unwrap();
+    click(&browser, "#start").await;
+    eventually("the mode's error", Duration::from_secs(10), || async {
+        text_of(&browser, &format!("{MODE}-error"))
+            .await
+            .is_some_and(|t| t.contains("a run cannot change it"))
+    })
+    .await;
+    browser
+        .find(Locator::Css(MODE))
+        .await
+        .unwrap()
+        .select_by_value("dp-sgd")
+        .await
+        .unwrap();
     std::fs::write(
         artifacts().join("panel-field-error.png"),
         browser.screenshot().await.unwrap(),

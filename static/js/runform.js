@@ -50,6 +50,10 @@ function taskSettings(task) {
       numberInput(s.training[k], step, { min: step === "1" ? 1 : undefined }))));
   strategyParams(task, s.strategy, params);
   const p = s.privacy;
+  // The mode is the hospitals' policy: offered so that the form covers the
+  // setting, and a change is refused by the server next to it.
+  const mode = el("select", {}, ["off", "dp-sgd", "update"].map((m) => el("option", { value: m, selected: m === p.mode }, m)));
+  box.append(field(`settings.${task}.privacy.mode`, "Privacy mode", mode));
   if (p.mode === "off") {
     box.append(el("p", { className: "privacy-line" }, "Privacy: off (the hospitals' policy)"));
   } else {
@@ -103,14 +107,16 @@ function collect(tasks) {
       if (v !== null && v !== s.training[k]) training[k] = v;
     }
     if (Object.keys(training).length) mine.training = training;
+    const privacy = {};
+    const mode = box.querySelector(`[data-key="settings.${task}.privacy.mode"]`).value;
+    if (mode !== s.privacy.mode) privacy.mode = mode;
     if (s.privacy.mode !== "off") {
-      const privacy = {};
       const eps = num(box.querySelector(`[data-key="settings.${task}.privacy.epsilon"]`));
       if (eps !== null && eps !== s.privacy.epsilon) privacy.epsilon = eps;
       const sigma = num(box.querySelector(`[data-key="settings.${task}.privacy.noise_multiplier"]`));
       if (sigma !== null && sigma !== s.privacy.noise_multiplier) privacy.noise_multiplier = sigma;
-      if (Object.keys(privacy).length) mine.privacy = privacy;
     }
+    if (Object.keys(privacy).length) mine.privacy = privacy;
     if (Object.keys(mine).length) out[task] = mine;
   }
   return out;
