@@ -408,7 +408,6 @@ fn metrics_pass_promtool_cover_the_dashboard_and_are_scraped_by_prometheus() {
     }
     for family in [
         "medfed_build_info{version=",
-        "medfed_hospital_update_latency_seconds{",
         "medfed_hospital_last_seen_timestamp_seconds{",
         "medfed_model_sent_bytes_total{",
         "medfed_update_received_bytes_total{",
@@ -418,6 +417,16 @@ fn metrics_pass_promtool_cover_the_dashboard_and_are_scraped_by_prometheus() {
     ] {
         assert!(text.contains(family), "{family} in {text}");
     }
+    // Under DP a hospital's answer time would track its record count: the
+    // family is declared, with no sample.
+    assert!(
+        text.contains("# TYPE medfed_hospital_update_latency_seconds gauge"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("medfed_hospital_update_latency_seconds{"),
+        "{text}"
+    );
     let om = client()
         .get(s.url("/metrics"))
         .header("Accept", "application/openmetrics-text; version=1.0.0")
@@ -438,9 +447,13 @@ fn metrics_pass_promtool_cover_the_dashboard_and_are_scraped_by_prometheus() {
     }
 
     for name in dashboard_metric_names() {
+        // A sample, or the family declared without one (answer times under DP).
         let exported = text.lines().any(|l| {
             l.strip_prefix(name.as_str())
                 .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                || l.strip_prefix("# TYPE ")
+                    .and_then(|l| l.strip_prefix(name.as_str()))
+                    .is_some_and(|rest| rest.starts_with(' '))
         });
         assert!(
             exported,
@@ -570,6 +583,28 @@ fn spent_budgets_survive_a_restart_of_serve() {
 
     let mut second = Served::start_in(data.path(), &args, &[]);
     assert_eq!(spent_of(&second), after_run, "the ledgers outlived the process");
+    // The privacy view's history too: the first run's three rounds, from the store.
+    let (_, privacy) = get_json(&second, "/api/privacy");
+    for h in privacy["hospitals"].as_array().unwrap() {
+        let history = h["history"].as_array().unwrap();
+        assert_eq!(history.len(), 3, "{h}");
+        assert_eq!(history[2]["run"], id.as_str(), "{h}");
+        let last = history[2]["epsilon"].as_f64().unwrap();
+        let name = h["name"].as_str().unwrap();
+        let (_, hospitals) = get_json(&second, "/api/hospitals");
+        let spent = hospitals["hospitals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == name)
+            .unwrap()["epsilon_spent"]
+            .as_f64()
+            .unwrap();
+        assert!(
+            (last - spent).abs() < 1e-9,
+            "{name}: history ends at {last}, ledger says {spent}"
+        );
+    }
     // Spend the rest: a run long enough to exhaust epsilon 1, then one more.
     let id = start_run(&second, json!({"rounds": 40}));
     wait_ended(&second, &id);

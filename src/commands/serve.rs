@@ -233,6 +233,21 @@ impl Panel {
             &options.baselines,
         )?;
         state.store = persistence.map(|p| p.store.clone());
+        if let (Some(store), Ok(live)) = (&state.store, state.live.get_mut()) {
+            // The privacy chart starts with what earlier processes recorded.
+            match store.epsilon_history(50_000) {
+                Ok(rows) => live.seed_epsilon_history(rows.into_iter().map(|r| {
+                    let point = crate::web::live::EpsilonPoint {
+                        run: r.run,
+                        task: r.task,
+                        round: r.round,
+                        epsilon: r.epsilon,
+                    };
+                    (r.hospital, point)
+                })),
+                Err(e) => tracing::warn!("cannot read the privacy history from the store: {e}"),
+            }
+        }
         state.audit = options.audit.clone();
         state.audit_events = options.audit_events;
         if let Some(p) = persistence {
@@ -296,7 +311,6 @@ fn app_state(
     let mut live = LiveView::default();
     let mut contexts = BTreeMap::new();
     let mut model_bytes = BTreeMap::new();
-    let mut budgets = BTreeMap::new();
     let mut settings = serde_json::Map::new();
     let mut expected = BTreeMap::new();
     for task in tasks {
@@ -322,12 +336,6 @@ fn app_state(
         );
         let params = task.evaluator(seed)?.init_params().as_slice().len() as u64;
         model_bytes.insert(task.name.clone(), params * 4);
-        if privacy.mode != PrivacyMode::Off {
-            for i in 0..task.hospital_count() {
-                let name = task.hospital_name(i);
-                budgets.insert(name.clone(), privacy.for_hospital(&name).epsilon);
-            }
-        }
         settings.insert(
             task.name.clone(),
             json!({
@@ -357,8 +365,8 @@ fn app_state(
         live: RwLock::new(live),
         runs: RwLock::new(Default::default()),
         metrics: match cluster {
-            Some(stats) => Metrics::new(model_bytes, &budgets).with_cluster(stats),
-            None => Metrics::new(model_bytes, &budgets),
+            Some(stats) => Metrics::new(model_bytes).with_cluster(stats),
+            None => Metrics::new(model_bytes),
         }
         .with_observers(observed)
         .with_expected(&expected)

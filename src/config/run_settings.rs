@@ -86,7 +86,22 @@ fn resolve_task(
             // A strategy is replaced whole: its name decides its parameters.
             "strategy" => doc["tasks"][task]["strategy"] = value.clone(),
             "training" => merge(&mut doc["tasks"][task]["training"], value, &key("training"))?,
-            "privacy" => merge(&mut doc["privacy"], value, &key("privacy"))?,
+            "privacy" => {
+                // What only a hospital decides is refused before it is read.
+                if let Some(k) = value
+                    .as_object()
+                    .and_then(|o| o.keys().find(|k| !RUN_PRIVACY_KEYS.contains(&k.as_str())))
+                {
+                    return refuse(
+                        key(&format!("privacy.{k}")),
+                        format!(
+                            "is each hospital's own policy; a run may set only {}",
+                            RUN_PRIVACY_KEYS.join(", ")
+                        ),
+                    );
+                }
+                merge(&mut doc["privacy"], value, &key("privacy"))?
+            }
             other => {
                 return refuse(
                     key(other),
@@ -99,7 +114,7 @@ fn resolve_task(
         let path = e.path().to_string();
         SettingsError {
             key: request_key(task, &path),
-            message: e.into_inner().to_string(),
+            message: without_type_names(&e.into_inner().to_string()),
         }
     })?;
     validate::validate(&candidate).map_err(|e| match e {
@@ -177,23 +192,16 @@ fn run_privacy(
             "differential privacy is off for these hospitals (their [privacy] mode), so it has no effect",
         );
     }
-    if chosen.epsilon > policy.epsilon {
-        return refuse(
-            at("epsilon"),
-            format!(
-                "{} would be less private than the hospitals' budget of {}; a run may only lower it",
-                chosen.epsilon, policy.epsilon
-            ),
-        );
-    }
-    if chosen.delta > policy.delta {
-        return refuse(
-            at("delta"),
-            format!(
-                "{} would be less private than the hospitals' delta of {}; a run may only lower it",
-                chosen.delta, policy.delta
-            ),
-        );
+    for (k, what, asked, own) in [
+        ("epsilon", "budget", chosen.epsilon, policy.epsilon),
+        ("delta", "delta", chosen.delta, policy.delta),
+    ] {
+        if asked > own {
+            return refuse(
+                at(k),
+                format!("{asked} would be less private than the hospitals' {what} of {own}; a run may only lower it"),
+            );
+        }
     }
     if let (Some(own), Some(asked)) = (policy.noise_multiplier, chosen.noise_multiplier) {
         if asked < own {
@@ -262,6 +270,24 @@ fn split_key(task: &str, message: &str) -> SettingsError {
             message: message.to_string(),
         },
     }
+}
+
+/// serde's "expected struct TrainingConfig" as people read it: "expected
+/// a table" (the server's type names mean nothing to a client).
+fn without_type_names(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find("struct ") {
+        out.push_str(&rest[..at]);
+        out.push_str("a table");
+        let name = &rest[at + "struct ".len()..];
+        let len = name
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(name.len());
+        rest = &name[len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A JSON value's kind, for messages (never a Rust type name).
@@ -346,6 +372,10 @@ mod tests {
         assert!(e.message.contains("unknown strategy 'best'"), "{e}");
         let e = refused(&c, json!({"bc": {"model": {}}}));
         assert_eq!(e.key, "settings.bc.model");
+        assert_eq!(
+            without_type_names("invalid type: integer `1`, expected struct HospitalPrivacy"),
+            "invalid type: integer `1`, expected a table"
+        );
         let e = refused(&c, json!({"bc": {"training": 3}}));
         assert_eq!(
             (e.key.as_str(), e.message.as_str()),
@@ -382,6 +412,13 @@ mod tests {
         let e = refused(&c, json!({"bc": {"privacy": {"sampling_rate": 0.1}}}));
         assert_eq!(e.key, "settings.bc.privacy.sampling_rate");
         assert!(e.message.contains("own policy"), "{e}");
+        // Refused before it is read: no type error, no internal type name.
+        let e = refused(&c, json!({"bc": {"privacy": {"hospitals": {"bc-1": 1}}}}));
+        assert_eq!(e.key, "settings.bc.privacy.hospitals");
+        assert!(
+            e.message.contains("own policy") && !e.message.contains("struct"),
+            "{e}"
+        );
         // The configuration's own checks run too.
         let e = refused(&c, json!({"bc": {"privacy": {"epsilon": -1.0}}}));
         assert_eq!(e.key, "settings.bc.privacy.epsilon");

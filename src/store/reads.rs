@@ -21,6 +21,19 @@ pub struct RunRow {
     pub report: BTreeMap<String, serde_json::Value>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub excluded: Vec<String>,
+    /// Per task, the settings the run set instead of the configured ones.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub settings: BTreeMap<String, serde_json::Value>,
+}
+
+/// A hospital's lifetime epsilon after one of its accepted rounds.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EpsilonRow {
+    pub hospital: String,
+    pub run: String,
+    pub task: String,
+    pub round: u32,
+    pub epsilon: f64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -65,12 +78,17 @@ impl Store {
             return Ok(None);
         };
         let mut stmt = conn
-            .prepare("SELECT task, report FROM run_tasks WHERE run_id = ?1 ORDER BY task")
+            .prepare("SELECT task, report, settings FROM run_tasks WHERE run_id = ?1 ORDER BY task")
             .map_err(|e| self.sql(e))?;
-        let tasks: Vec<(String, Option<String>)> = stmt
-            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        let rows: Vec<(String, Option<String>, Option<String>)> = stmt
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .and_then(|rows| rows.collect())
             .map_err(|e| self.sql(e))?;
+        let settings = rows
+            .iter()
+            .filter_map(|(t, _, s)| Some((t.clone(), serde_json::from_str(s.as_ref()?).ok()?)))
+            .collect();
+        let tasks: Vec<(String, Option<String>)> = rows.into_iter().map(|(t, r, _)| (t, r)).collect();
         Ok(Some(RunRow {
             id: id.to_string(),
             status,
@@ -82,7 +100,41 @@ impl Store {
                 .filter_map(|(t, r)| Some((t, serde_json::from_str(&r?).ok()?)))
                 .collect(),
             excluded: serde_json::from_str(&excluded).unwrap_or_default(),
+            settings,
         }))
+    }
+
+    /// The latest `limit` accepted rounds of DP hospitals with the epsilon
+    /// each had spent after it, oldest first (the panel's privacy chart,
+    /// across restarts).
+    pub fn epsilon_history(&self, limit: usize) -> Result<Vec<EpsilonRow>> {
+        let conn = self.reader()?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT p.hospital, p.run_id, p.task, p.round, p.epsilon
+                 FROM privacy p
+                 JOIN participation q ON q.run_id = p.run_id AND q.task = p.task
+                      AND q.round = p.round AND q.hospital = p.hospital
+                 JOIN rounds r ON r.run_id = p.run_id AND r.task = p.task AND r.round = p.round
+                 WHERE q.outcome = 'accepted'
+                 ORDER BY r.committed_at DESC, p.round DESC
+                 LIMIT ?1",
+            )
+            .map_err(|e| self.sql(e))?;
+        let mut rows: Vec<EpsilonRow> = stmt
+            .query_map([limit as i64], |r| {
+                Ok(EpsilonRow {
+                    hospital: r.get(0)?,
+                    run: r.get(1)?,
+                    task: r.get(2)?,
+                    round: r.get(3)?,
+                    epsilon: r.get(4)?,
+                })
+            })
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.sql(e))?;
+        rows.reverse();
+        Ok(rows)
     }
 
     /// The configuration a run was started with (TOML), if the run is known.

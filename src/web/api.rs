@@ -199,6 +199,18 @@ pub async fn run(state: web::Data<Arc<AppState>>, id: web::Path<String>) -> ApiR
         }
         return Err(ApiError::not_found(format!("no run '{id}'")));
     };
+    if record.settings.is_empty() {
+        // A resumed run's settings are on record in the store only.
+        if let Some(store) = &state.store {
+            if let Some(row) = store.run(&id).map_err(|e| ApiError::internal(e.into()))? {
+                record.settings = row
+                    .settings
+                    .into_iter()
+                    .filter_map(|(t, v)| Some((t, serde_json::from_value(v).ok()?)))
+                    .collect();
+            }
+        }
+    }
     if record.report.is_none() {
         // Still running: the coordinator's report so far.
         record.report = Some(

@@ -310,6 +310,18 @@ impl LiveView {
         }
     }
 
+    /// Take up the epsilon history a store kept (oldest first), so that the
+    /// privacy chart shows earlier runs after a restart.
+    pub fn seed_epsilon_history(&mut self, points: impl IntoIterator<Item = (String, EpsilonPoint)>) {
+        for (hospital, point) in points {
+            let kept = self.epsilon_history.entry(hospital).or_default();
+            kept.push_back(point);
+            while kept.len() > EPSILON_HISTORY {
+                kept.pop_front();
+            }
+        }
+    }
+
     /// Seconds since `task`'s current round asked for updates.
     fn round_seconds(&self, task: &str, now: f64) -> Option<f64> {
         let started = self.tasks.get(task)?.round_started_at?;
@@ -327,7 +339,9 @@ impl LiveView {
 impl HospitalView {
     fn answered(&mut self, since_request: Option<f64>) {
         self.activity = None;
-        if since_request.is_some() {
+        // A DP hospital's training time grows with its record count, which
+        // DP noises or withholds: its answer time is not shown either.
+        if since_request.is_some() && self.mechanism.is_none() {
             self.update_seconds = since_request;
         }
     }
@@ -367,6 +381,60 @@ mod tests {
             loss: 0.2,
             confusion: Default::default(),
         }
+    }
+
+    /// A DP hospital's answer time would track its record count, which DP
+    /// noises or withholds: it is not kept.
+    #[test]
+    fn a_private_hospitals_answer_time_is_not_kept() {
+        let mut v = view();
+        let spent = medfed_models::learner::PrivacySpent {
+            mechanism: "dp-sgd".into(),
+            noise_multiplier: 1.1,
+            epsilon: 0.5,
+            budget: 3.0,
+            delta: 1e-5,
+            sampling_rate: Some(0.2),
+            steps_per_round: Some(10),
+        };
+        v.apply(
+            &FederationEvent::HospitalJoined {
+                task: "t".into(),
+                hospital: "t-1".into(),
+                kind: "tabular".into(),
+                samples: 90,
+                attack: None,
+                node: "in-process".into(),
+                privacy: Some(spent),
+            },
+            1.0,
+        );
+        v.apply(
+            &FederationEvent::RoundStarted {
+                task: "t".into(),
+                round: 1,
+                attempt: 0,
+                participants: vec!["t-1".into()],
+            },
+            2.0,
+        );
+        v.apply(
+            &FederationEvent::UpdateAccepted {
+                task: "t".into(),
+                round: 1,
+                hospital: "t-1".into(),
+                num_examples: 90,
+                train_loss: None,
+                epsilon_spent: Some(0.9),
+            },
+            3.0,
+        );
+        let h = &v.hospitals["t-1"];
+        assert_eq!(
+            (h.accepted, h.update_seconds, h.epsilon_spent),
+            (1, None, Some(0.9))
+        );
+        assert_eq!(h.mechanism.as_ref().unwrap().steps_per_round, Some(10));
     }
 
     #[test]

@@ -14,8 +14,19 @@ use serde_json::json;
 use medfed_models::privacy::rdp::epsilon_of;
 
 use super::api::{ApiError, MAX_ROUNDS};
-use super::live::MechanismView;
+use super::live::{EpsilonPoint, MechanismView};
 use super::state::AppState;
+
+/// One DP hospital as the live view has it.
+struct Row {
+    name: String,
+    task: String,
+    spent: f64,
+    budget: f64,
+    mechanism: MechanismView,
+    rounds: u32,
+    history: Vec<EpsilonPoint>,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,51 +59,67 @@ pub async fn privacy(req: HttpRequest, state: web::Data<Arc<AppState>>) -> Resul
             ));
         }
     }
-    let live = state.live.read().map_err(|_| {
-        ApiError::new(
-            actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "view lock poisoned",
-        )
-    })?;
+    // Copied out, so that the accountant runs without holding the live view.
+    let rows: Vec<Row> = {
+        let live = state.live.read().map_err(|_| {
+            ApiError::new(
+                actix_web::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "view lock poisoned",
+            )
+        })?;
+        live.hospitals
+            .values()
+            .filter_map(|h| {
+                let (spent, budget, m) = (h.epsilon_spent?, h.epsilon_budget?, h.mechanism.clone()?);
+                let rounds = query
+                    .rounds
+                    .or_else(|| live.tasks.get(&h.task).map(|t| t.default_rounds))
+                    .unwrap_or(1);
+                let history = live
+                    .epsilon_history
+                    .get(&h.name)
+                    .map(|p| p.iter().cloned().collect())
+                    .unwrap_or_default();
+                Some(Row {
+                    name: h.name.clone(),
+                    task: h.task.clone(),
+                    spent,
+                    budget,
+                    mechanism: m,
+                    rounds,
+                    history,
+                })
+            })
+            .collect()
+    };
     // Hospitals of a task mostly share one mechanism: account for each once.
     let mut costs: HashMap<(u64, u64, u64, u64, u32), Option<f64>> = HashMap::new();
     let mut hospitals = Vec::new();
-    for h in live.hospitals.values() {
-        let (Some(spent), Some(budget), Some(m)) = (h.epsilon_spent, h.epsilon_budget, &h.mechanism) else {
-            continue;
-        };
-        let rounds = query
-            .rounds
-            .or_else(|| live.tasks.get(&h.task).map(|t| t.default_rounds))
-            .unwrap_or(1);
+    for r in rows {
+        let m = &r.mechanism;
         let key = (
             m.sampling_rate.unwrap_or(0.0).to_bits(),
             m.noise_multiplier.to_bits(),
             m.steps_per_round.unwrap_or(0),
             m.delta.to_bits(),
-            rounds,
+            r.rounds,
         );
-        let cost = *costs.entry(key).or_insert_with(|| run_cost(m, rounds));
-        let history: Vec<_> = live
-            .epsilon_history
-            .get(&h.name)
-            .map(|p| p.iter().collect())
-            .unwrap_or_default();
+        let cost = *costs.entry(key).or_insert_with(|| run_cost(m, r.rounds));
         hospitals.push(json!({
-            "name": h.name,
-            "task": h.task,
-            "epsilon_spent": spent,
-            "epsilon_budget": budget,
-            "epsilon_remaining": (budget - spent).max(0.0),
+            "name": r.name,
+            "task": r.task,
+            "epsilon_spent": r.spent,
+            "epsilon_budget": r.budget,
+            "epsilon_remaining": (r.budget - r.spent).max(0.0),
             "mechanism": m,
             "next_run": {
-                "rounds": rounds,
+                "rounds": r.rounds,
                 "epsilon": cost,
                 // Composing adds to what was spent; the ledger refuses any
                 // round past the budget, so a run never overspends.
-                "fits": cost.map(|c| spent + c <= budget),
+                "fits": cost.map(|c| r.spent + c <= r.budget),
             },
-            "history": history,
+            "history": r.history,
         }));
     }
     Ok(HttpResponse::Ok().json(json!({

@@ -7,6 +7,7 @@ import { chart, color } from "./charts.js";
 
 let epsilonChart = null;
 let chartNames = "";
+let largestBudget = 0;
 
 export async function loadPrivacy(rounds) {
   const query = rounds ? `?rounds=${encodeURIComponent(rounds)}` : "";
@@ -50,10 +51,11 @@ function drawHistory(hospitals) {
     return keys.map((k) => (by.has(k) ? by.get(k) : null));
   });
   const data = [x, ...ys];
+  largestBudget = Math.max(0, ...hospitals.map((h) => h.epsilon_budget));
   if (epsilonChart && names.join(",") !== chartNames) { epsilonChart.destroy(); epsilonChart = null; }
   if (!epsilonChart) {
     epsilonChart = chart($("#privacy-chart"), {
-      scales: { x: { time: false }, y: { auto: true, range: (u, lo, hi) => [0, Math.max(hi, ...hospitals.map((h) => h.epsilon_budget))] } },
+      scales: { x: { time: false }, y: { auto: true, range: (u, lo, hi) => [0, Math.max(hi, largestBudget)] } },
       axes: [{ label: "accepted round (all runs, in order)", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500],
         values: (u, t) => t.map((v) => (Number.isInteger(v) ? String(v) : "")) }, { label: "epsilon spent" }],
       series: [{ label: "round" }, ...names.map((h, i) => ({ label: h, stroke: color(i), width: 2, spanGaps: true }))],

@@ -177,6 +177,7 @@ fn header_and_tensor_block_must_agree() {
             round: 0,
             attempt: 1,
         },
+        privacy: None,
     })
     .unwrap();
     value["unknown"] = serde_json::json!(1);

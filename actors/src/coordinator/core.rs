@@ -143,6 +143,32 @@ pub struct Core {
     denied: BTreeSet<String>,
 }
 
+/// What one task runs with in one run: its strategy, its training plan,
+/// and the training quorum that strategy needs.
+struct RunSetup {
+    strategy: Box<dyn Strategy>,
+    plan: TrainPlan,
+    train_quorum: usize,
+    /// Why the quorum is above the configured one, if it is.
+    quorum_note: Option<String>,
+}
+
+/// The training quorum `strategy` needs given the configured `quorum`, and
+/// why when it is higher: a strategy that needs more updates than the
+/// configuration raises it (the app warns at start); an abort then says why.
+fn raise_quorum(strategy: &dyn Strategy, quorum: usize) -> (usize, Option<String>) {
+    let min_updates = strategy.min_updates();
+    if min_updates > quorum {
+        let note = format!(
+            "{} needs at least {min_updates} updates a round, above the configured quorum of {quorum}",
+            strategy.name()
+        );
+        (min_updates, Some(note))
+    } else {
+        (quorum, None)
+    }
+}
+
 /// One task's data on the coordinator.
 struct TaskState {
     name: String,
@@ -155,6 +181,8 @@ struct TaskState {
     strategy: Box<dyn Strategy>,
     configured_plan: TrainPlan,
     configured_strategy: Box<dyn Strategy>,
+    /// The training quorum of the configuration, before any strategy raised it.
+    configured_quorum: usize,
     /// Why the training quorum is above the configured one, if it is.
     quorum_note: Option<String>,
     scaling: Scaling,
@@ -186,24 +214,25 @@ impl TaskState {
         let mut fsm = setup.fsm;
         // A strategy that needs more updates than the configured quorum raises
         // it (the app warns at start); an abort then says why.
-        let min_updates = setup.strategy.min_updates();
-        let mut quorum_note = None;
+        let train_quorum = fsm
+            .protocol
+            .round
+            .iter()
+            .filter(|s| s.kind == StageKind::Train)
+            .map(|s| s.rules.quorum)
+            .max()
+            .unwrap_or(0);
+        let (raised, quorum_note) = raise_quorum(setup.strategy.as_ref(), train_quorum);
         for stage in fsm
             .protocol
             .round
             .iter_mut()
             .filter(|s| s.kind == StageKind::Train)
         {
-            if min_updates > stage.rules.quorum {
-                quorum_note = Some(format!(
-                    "{} needs at least {min_updates} updates a round, above the configured quorum of {}",
-                    setup.strategy.name(),
-                    stage.rules.quorum
-                ));
-                stage.rules.quorum = min_updates;
-            }
+            stage.rules.quorum = raised;
         }
         Self {
+            configured_quorum: train_quorum,
             name: setup.name,
             fsm: TaskFsm::new(fsm),
             configured_plan: setup.plan.clone(),
@@ -236,12 +265,17 @@ impl TaskState {
         }
     }
 
-    /// Take up a run's settings for this task (`None`: the configured
-    /// ones); `rounds` is the run's planned rounds.
-    fn use_settings(&mut self, settings: Option<&TaskRunSettings>, rounds: u32) -> Result<(), String> {
+    /// What this task runs with under a run's settings (`None`: the
+    /// configured ones; `rounds`: the run's planned rounds). Checks only:
+    /// `take_up` applies it, once every task of the run has passed.
+    fn run_setup(&self, settings: Option<&TaskRunSettings>, rounds: u32) -> Result<RunSetup, String> {
         let settings = settings.cloned().unwrap_or_default();
-        self.strategy = match &settings.strategy {
-            None => self.configured_strategy.boxed_clone(),
+        let (strategy, train_quorum, quorum_note) = match &settings.strategy {
+            None => {
+                let strategy = self.configured_strategy.boxed_clone();
+                let (quorum, note) = raise_quorum(strategy.as_ref(), self.configured_quorum);
+                (strategy, quorum, note)
+            }
             Some(config) => {
                 let hospitals = self.fsm.config().expected_hospitals;
                 config.validate(hospitals).map_err(|unfit| {
@@ -254,7 +288,7 @@ impl TaskState {
                     )
                 })?;
                 let strategy = config.build(hospitals);
-                let quorum = self.fsm.config().quorum();
+                let quorum = self.configured_quorum;
                 if strategy.min_updates() > quorum {
                     return Err(format!(
                         "task '{}': strategy {} needs at least {} updates a round, above this task's quorum of {quorum} \
@@ -265,7 +299,7 @@ impl TaskState {
                         self.name
                     ));
                 }
-                strategy
+                (strategy, quorum, None)
             }
         };
         let mut plan = self.configured_plan.clone();
@@ -276,8 +310,19 @@ impl TaskState {
             plan.l2 = t.l2;
         }
         plan.privacy = settings.privacy.map(|p| RunPrivacy { rounds, ..p });
-        self.plan = plan;
-        Ok(())
+        Ok(RunSetup {
+            strategy,
+            plan,
+            train_quorum,
+            quorum_note,
+        })
+    }
+
+    fn take_up(&mut self, setup: RunSetup) {
+        self.strategy = setup.strategy;
+        self.plan = setup.plan;
+        self.quorum_note = setup.quorum_note;
+        self.fsm.set_train_quorum(setup.train_quorum);
     }
 
     fn reset_for_run(&mut self) -> Result<(), String> {
@@ -524,11 +569,17 @@ impl Core {
                 (t.clone(), rounds)
             })
             .collect();
-        // All settings are checked before any task takes them up.
+        // Every task's settings are checked before any task takes them up.
+        let mut setups = Vec::new();
         for (t, rounds) in &planned {
-            if let Some(task) = self.tasks.get_mut(t) {
-                task.use_settings(request.settings.get(t), *rounds)
-                    .map_err(StartRefused::Invalid)?;
+            let setup = self.tasks[t]
+                .run_setup(request.settings.get(t), *rounds)
+                .map_err(StartRefused::Invalid)?;
+            setups.push((t.clone(), setup));
+        }
+        for (t, setup) in setups {
+            if let Some(task) = self.tasks.get_mut(&t) {
+                task.take_up(setup);
             }
         }
         for t in &tasks {
@@ -598,13 +649,21 @@ impl Core {
                 self.task_names().join(", ")
             )));
         }
+        let mut setups = BTreeMap::new();
+        for (name, resume) in &point.tasks {
+            let setup = self.tasks[name]
+                .run_setup(point.settings.get(name), resume.target_rounds)
+                .map_err(StartRefused::Invalid)?;
+            setups.insert(name.clone(), setup);
+        }
         let mut plans = Vec::new();
         for (name, resume) in point.tasks {
             let rounds = resume.target_rounds;
             let after = resume.history.last().map_or(0, |r| r.round);
             let task = self.tasks.get_mut(&name).expect("checked above");
-            task.use_settings(point.settings.get(&name), rounds)
-                .map_err(StartRefused::Invalid)?;
+            if let Some(setup) = setups.remove(&name) {
+                task.take_up(setup);
+            }
             task.restore(resume).map_err(StartRefused::Invalid)?;
             plans.push((name, rounds, after));
         }
@@ -1066,7 +1125,10 @@ impl Core {
                 let asked: Vec<(String, ToHospital)> = match stage {
                     StageKind::Stats => to
                         .iter()
-                        .map(|h| (h.clone(), ToHospital::CollectStats { ask }))
+                        .map(|h| {
+                            let privacy = t.plan.privacy;
+                            (h.clone(), ToHospital::CollectStats { ask, privacy })
+                        })
                         .collect(),
                     StageKind::Train => {
                         let base = TrainPlan {

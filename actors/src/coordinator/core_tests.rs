@@ -1054,3 +1054,36 @@ fn settings_the_task_cannot_take_are_refused_before_anything_starts() {
     assert!(e.starts_with("task 't': strategy krum: `f`:"), "{e}");
     assert!(core.report().run_id.is_none());
 }
+
+/// A configured strategy that raised the quorum does not hold a run that
+/// uses another strategy to it; the next run without settings has it again.
+#[test]
+fn the_quorum_follows_the_runs_strategy() {
+    let mut krum = setup("t");
+    krum.fsm.expected_hospitals = 5;
+    krum.strategy = medfed_models::aggregate::StrategyConfig::named("krum")
+        .unwrap()
+        .build(5);
+    let mut core = Core::new(vec![krum]);
+    let quorum = |core: &Core| core.tasks["t"].fsm.config().quorum();
+    assert_eq!(
+        quorum(&core),
+        5,
+        "Krum with f = 1 raised the configured quorum of 2"
+    );
+    let fedavg = TaskRunSettings {
+        strategy: medfed_models::aggregate::StrategyConfig::named("fedavg"),
+        ..Default::default()
+    };
+    let request = RunRequest {
+        settings: [("t".to_string(), fedavg)].into(),
+        ..Default::default()
+    };
+    core.start_run(Duration::ZERO, request, "run-1".into()).0.unwrap();
+    assert_eq!(quorum(&core), 2);
+    assert!(core.tasks["t"].quorum_note.is_none());
+    core.stop(Duration::ZERO);
+    start(&mut core, "run-2").0.unwrap();
+    assert_eq!(quorum(&core), 5);
+    assert!(core.tasks["t"].quorum_note.as_deref().unwrap().contains("krum"));
+}

@@ -370,6 +370,24 @@ impl TaskFsm {
         &self.config
     }
 
+    /// The training stages' quorum for the next run (a run's strategy may
+    /// need more updates than the configured quorum). Between runs only: a
+    /// run in progress keeps the quorum it started with.
+    pub fn set_train_quorum(&mut self, quorum: usize) {
+        if self.phase.is_active() {
+            return;
+        }
+        for stage in self
+            .config
+            .protocol
+            .round
+            .iter_mut()
+            .filter(|s| s.kind == StageKind::Train)
+        {
+            stage.rules.quorum = quorum;
+        }
+    }
+
     /// The transition function.
     pub fn handle(&mut self, event: Event) -> Vec<Effect> {
         let mut fx = Vec::new();

@@ -94,8 +94,8 @@ impl Actor for Hospital {
     ) -> Result<(), ActorProcessingErr> {
         let reply = match msg {
             ToHospital::Welcome => return Ok(()),
-            ToHospital::CollectStats { ask } => {
-                let outcome = lock(&state.learner)?.stats();
+            ToHospital::CollectStats { ask, privacy } => {
+                let outcome = lock(&state.learner)?.stats(privacy);
                 ToCoordinator::Stats { ask, outcome }
             }
             ToHospital::Train { ask, model, plan } => {

@@ -4,7 +4,7 @@
 //! releases, so there is no exact update for it to send by mistake.
 
 use medfed_models::learner::private::PrivateLearner;
-use medfed_models::learner::{GlobalModel, Learner, PrivacySpent, TrainPlan};
+use medfed_models::learner::{GlobalModel, Learner, PrivacySpent, RunPrivacy, TrainPlan};
 use medfed_models::ModelError;
 
 use crate::messages::{StatsOutcome, TrainOutcome};
@@ -39,10 +39,11 @@ impl HospitalLearner {
         }
     }
 
-    pub fn stats(&mut self) -> StatsOutcome {
+    /// `privacy`: what the run asks beyond the hospital's policy.
+    pub fn stats(&mut self, privacy: Option<RunPrivacy>) -> StatsOutcome {
         let released = match self {
             HospitalLearner::Open(l) => l.feature_stats(),
-            HospitalLearner::Private(p) => p.feature_stats().map(|s| s.map(|n| n.into_value())),
+            HospitalLearner::Private(p) => p.feature_stats(privacy).map(|s| s.map(|n| n.into_value())),
         };
         match released {
             Ok(stats) => StatsOutcome::Released { stats },

@@ -114,8 +114,13 @@ pub enum ToHospital {
     /// A coordinator node noticed this hospital's node; sent in its own wire
     /// version, so that a hospital speaking another one learns it at once.
     Welcome,
-    /// Release feature statistics for federated scaling.
-    CollectStats { ask: Ask },
+    /// Release feature statistics for federated scaling (within the run's
+    /// privacy request, as a training round).
+    CollectStats {
+        ask: Ask,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        privacy: Option<RunPrivacy>,
+    },
     /// Train on the local data from `model`; the tensors travel raw.
     Train {
         ask: Ask,

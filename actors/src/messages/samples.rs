@@ -69,6 +69,7 @@ pub fn every_to_hospital() -> Vec<ToHospital> {
                 round: 0,
                 attempt: 2,
             },
+            privacy: None,
         },
         ToHospital::Train {
             ask: Ask {

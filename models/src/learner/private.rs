@@ -266,28 +266,38 @@ impl PrivateLearner {
     /// private where the run asks for it, never less. A lower epsilon or
     /// delta caps the lifetime budget, and the noise is calibrated to spread
     /// what is left under that cap over the run's remaining rounds.
-    fn for_run(&self, plan: &TrainPlan) -> (Budget, LocalDp) {
+    /// A malformed request (one a coordinator's checks would have refused)
+    /// releases nothing: it is declined, never read as "no limit".
+    fn for_run(&self, request: Option<RunPrivacy>, round: u32) -> Result<(Budget, LocalDp)> {
         let Some(RunPrivacy {
             epsilon,
             delta,
             noise_multiplier,
             rounds,
-        }) = plan.privacy
+        }) = request
         else {
-            return (self.budget, self.policy);
+            return Ok((self.budget, self.policy));
         };
-        // `f64::min`/`max` ignore a NaN: a malformed request changes nothing.
+        let malformed = epsilon.is_some_and(|e| !(e.is_finite() && e > 0.0))
+            || delta.is_some_and(|d| !(d > 0.0 && d < 1.0))
+            || noise_multiplier.is_some_and(|s| !(s.is_finite() && s > 0.0));
+        if malformed {
+            return Err(ModelError::Invalid(format!(
+                "the run's privacy request is malformed (epsilon {epsilon:?}, delta {delta:?}, noise \
+                 multiplier {noise_multiplier:?}); nothing released"
+            )));
+        }
         let budget = Budget {
             epsilon: epsilon.map_or(self.budget.epsilon, |e| self.budget.epsilon.min(e)),
             delta: delta.map_or(self.budget.delta, |d| self.budget.delta.min(d)),
         };
         let mut sigma = self.policy.noise_multiplier();
-        if let Some(s) = noise_multiplier.filter(|s| s.is_finite()) {
+        if let Some(s) = noise_multiplier {
             sigma = sigma.max(s);
         }
         if budget != self.budget {
             let cost = self.policy.round_cost();
-            let remaining = u64::from(rounds.saturating_sub(plan.round).saturating_add(1));
+            let remaining = u64::from(rounds.saturating_sub(round).saturating_add(1));
             let steps = cost.steps.saturating_mul(remaining.max(1));
             // Nothing left under the cap: the policy's noise stands and the
             // budget check declines the round.
@@ -301,7 +311,7 @@ impl PrivateLearner {
                 sigma = sigma.max(s);
             }
         }
-        (budget, self.policy.with_noise_multiplier(sigma))
+        Ok((budget, self.policy.with_noise_multiplier(sigma)))
     }
 
     fn charge(&mut self, cost: &RoundCost, round: u32, budget: Budget) -> Result<()> {
@@ -322,17 +332,19 @@ impl PrivateLearner {
         })
     }
 
-    /// Noised feature statistics, charged; `None` when a public scaler is used.
-    pub fn feature_stats(&mut self) -> Result<Option<Noised<MomentSums>>> {
+    /// Noised feature statistics, charged (within the run's cap, when it
+    /// sets one); `None` when a public scaler is used.
+    pub fn feature_stats(&mut self, request: Option<RunPrivacy>) -> Result<Option<Noised<MomentSums>>> {
         let Some(cost) = self.inner.stats_cost() else {
             return Ok(None);
         };
+        let (budget, _) = self.for_run(request, 0)?;
         self.check_count()?;
-        self.admit(&cost, self.budget)?;
+        self.admit(&cost, budget)?;
         let Some(stats) = self.inner.private_stats()? else {
             return Ok(None);
         };
-        self.charge(&cost, 0, self.budget)?;
+        self.charge(&cost, 0, budget)?;
         Ok(Some(stats))
     }
 
@@ -349,7 +361,7 @@ impl PrivateLearner {
 
     /// One round of private training, charged before it is returned.
     pub fn train(&mut self, global: &GlobalModel, plan: &TrainPlan) -> Result<PrivateUpdate> {
-        let (budget, dp) = self.for_run(plan);
+        let (budget, dp) = self.for_run(plan.privacy, plan.round)?;
         self.inner.set_noise_multiplier(dp.noise_multiplier());
         let cost = self.inner.round_cost();
         self.admit(&cost, budget)?;
@@ -531,6 +543,55 @@ mod tests {
         // A later run without the cap goes back to the policy's noise and budget.
         let u = p.train(&g, &plan(7)).unwrap();
         assert_eq!(u.privacy.noise_multiplier, 1.0);
+    }
+
+    /// A malformed request is declined with nothing released, never read
+    /// as a looser limit (a negative delta once made every order free).
+    #[test]
+    fn a_malformed_run_request_releases_nothing() {
+        let mut p = in_memory(dp_learner(dp_sgd(3.0)), 3.0);
+        let g = global(p.layout());
+        let fine = RunPrivacy {
+            epsilon: None,
+            delta: None,
+            noise_multiplier: None,
+            rounds: 3,
+        };
+        for bad in [
+            RunPrivacy {
+                delta: Some(-1.0),
+                ..fine
+            },
+            RunPrivacy {
+                delta: Some(1.0),
+                ..fine
+            },
+            RunPrivacy {
+                delta: Some(f64::NAN),
+                ..fine
+            },
+            RunPrivacy {
+                epsilon: Some(f64::INFINITY),
+                ..fine
+            },
+            RunPrivacy {
+                epsilon: Some(-2.0),
+                ..fine
+            },
+            RunPrivacy {
+                noise_multiplier: Some(0.0),
+                ..fine
+            },
+        ] {
+            let before = p.ledger().entries().len();
+            let err = p.train(&g, &run_plan(1, bad)).unwrap_err();
+            assert!(err.to_string().contains("malformed"), "{bad:?}: {err}");
+            assert_eq!(p.ledger().entries().len(), before, "{bad:?} was charged");
+        }
+        // The accountant and the ledger refuse such a delta on their own too.
+        let orders = crate::privacy::rdp::default_orders();
+        assert_eq!(epsilon(&orders, &vec![0.1; orders.len()], -1.0).0, f64::INFINITY);
+        assert!(p.train(&g, &run_plan(1, fine)).is_ok());
     }
 
     /// Nothing in a run's request loosens the policy: a larger epsilon or
@@ -726,7 +787,10 @@ mod tests {
         // The count alone (sigma 10) costs far more than epsilon 0.01.
         let mut p = in_memory(Box::new(inner), 0.01);
         assert_eq!(p.announced_samples(), 0);
-        assert!(matches!(p.feature_stats(), Err(ModelError::BudgetExhausted(_))));
+        assert!(matches!(
+            p.feature_stats(None),
+            Err(ModelError::BudgetExhausted(_))
+        ));
         let g = global(p.layout());
         assert!(matches!(
             p.train(&g, &plan(1)),

@@ -318,6 +318,15 @@ impl Ledger {
                 )));
             }
         }
+        // Never above the budget this data was bound to, whatever the caller says.
+        if let Some(bound) = self.file.limit {
+            if !(limit.epsilon <= bound.epsilon && limit.delta <= bound.delta) {
+                return Err(PrivacyError::Invalid(format!(
+                    "a charge against epsilon {} at delta {} exceeds this data's budget (epsilon {} at delta {})",
+                    limit.epsilon, limit.delta, bound.epsilon, bound.delta
+                )));
+            }
+        }
         let after = self.epsilon_after(charge.cost, limit.delta);
         // A NaN refuses too.
         if after.is_nan() || after > limit.epsilon * (1.0 + 1e-9) {

@@ -101,6 +101,10 @@ pub fn compose(q: f64, sigma: f64, steps: u64, orders: &[f64]) -> Vec<f64> {
 /// Tightest epsilon over the orders, and the order achieving it.
 pub fn epsilon(orders: &[f64], rdp: &[f64], delta: f64) -> (f64, f64) {
     let mut best = (f64::INFINITY, orders.first().copied().unwrap_or(0.0));
+    // No guarantee holds at a delta outside (0, 1): nothing is free there.
+    if !(delta > 0.0 && delta < 1.0) {
+        return best;
+    }
     for (&a, &r) in orders.iter().zip(rdp) {
         let eps = if r.is_nan() || a < 1.0 {
             f64::INFINITY

@@ -1,5 +1,6 @@
 //! Per-hospital series on the coordinator: up, last seen, updates by
-//! outcome and update latency. Kept for at most `limit` hospitals (the
+//! outcome, update latency and (DP) epsilon spent and budget. Kept for at
+//! most `limit` hospitals (the
 //! first to join), so that 100,000 simulated hospitals add a bounded number
 //! of series; how many were left out is itself a series.
 
@@ -26,6 +27,8 @@ struct Row {
     declined: u64,
     rejected: u64,
     update_seconds: Option<f64>,
+    epsilon_spent: Option<f64>,
+    epsilon_budget: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -76,6 +79,8 @@ impl HospitalSeries {
                 declined: h.declined,
                 rejected: h.rejected,
                 update_seconds: h.update_seconds,
+                epsilon_spent: h.epsilon_spent,
+                epsilon_budget: h.epsilon_budget,
             },
         );
     }
@@ -143,6 +148,25 @@ impl prometheus_client::collector::Collector for Collector {
         for (name, row) in &rows {
             if let Some(s) = row.update_seconds {
                 ConstGauge::new(s).encode(latency.encode_family(&labels(name, row))?)?;
+            }
+        }
+        for (family, help, value) in [
+            (
+                "medfed_privacy_epsilon_spent",
+                "Epsilon each hospital has spent on its dataset (all runs; DP only)",
+                (|r: &Row| r.epsilon_spent) as fn(&Row) -> Option<f64>,
+            ),
+            (
+                "medfed_privacy_epsilon_budget",
+                "Each hospital's epsilon budget (DP only)",
+                |r: &Row| r.epsilon_budget,
+            ),
+        ] {
+            let mut metric = encoder.encode_descriptor(family, help, None, MetricType::Gauge)?;
+            for (name, row) in &rows {
+                if let Some(v) = value(row) {
+                    ConstGauge::new(v).encode(metric.encode_family(&[("hospital", name.as_str())])?)?;
+                }
             }
         }
         let omitted = encoder.encode_descriptor(

@@ -64,11 +64,6 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HospitalLabel {
-    hospital: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     route: String,
     method: String,
@@ -115,8 +110,6 @@ pub struct Metrics {
     loss: Family<TaskLabel, FloatGauge>,
     bytes_sent: Family<TaskLabel, Counter>,
     bytes_received: Family<TaskLabel, Counter>,
-    epsilon_spent: Family<HospitalLabel, FloatGauge>,
-    epsilon_budget: Family<HospitalLabel, FloatGauge>,
     runs: Family<StatusLabel, Counter>,
     http_requests: Family<HttpLabels, Counter>,
     http_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
@@ -133,9 +126,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// `model_bytes`: payload size of each task's model; `budgets`: each
-    /// hospital's epsilon budget when differential privacy is on.
-    pub fn new(model_bytes: BTreeMap<String, u64>, budgets: &BTreeMap<String, f64>) -> Self {
+    /// `model_bytes`: payload size of each task's model.
+    pub fn new(model_bytes: BTreeMap<String, u64>) -> Self {
         let mut registry = Registry::default();
         let m = Metrics {
             registry: Registry::default(),
@@ -150,8 +142,6 @@ impl Metrics {
             loss: Family::default(),
             bytes_sent: Family::default(),
             bytes_received: Family::default(),
-            epsilon_spent: Family::default(),
-            epsilon_budget: Family::default(),
             runs: Family::default(),
             http_requests: Family::default(),
             http_duration: Family::new_with_constructor(http_histogram),
@@ -230,16 +220,6 @@ impl Metrics {
             Unit::Bytes,
             m.bytes_received.clone(),
         );
-        registry.register(
-            "medfed_privacy_epsilon_spent",
-            "Epsilon each hospital has spent on its dataset (all runs)",
-            m.epsilon_spent.clone(),
-        );
-        registry.register(
-            "medfed_privacy_epsilon_budget",
-            "Each hospital's epsilon budget",
-            m.epsilon_budget.clone(),
-        );
         registry.register("medfed_runs", "Runs that ended, by status", m.runs.clone());
         registry.register(
             "medfed_http_requests",
@@ -262,13 +242,6 @@ impl Metrics {
             "Refused authentications by reason (missing, wrong_token, csrf, throttled)",
             m.auth_failures.clone(),
         );
-        for (hospital, budget) in budgets {
-            m.epsilon_budget
-                .get_or_create(&HospitalLabel {
-                    hospital: hospital.clone(),
-                })
-                .set(*budget);
-        }
         registry.register_collector(Box::new(BuildInfo));
         registry.register_collector(Box::new(process::ProcessMetrics));
         registry.register_collector(Box::new(hospitals::Collector(m.per_hospital.clone())));
@@ -313,32 +286,9 @@ impl Metrics {
                     .get_or_create(&task_label(task))
                     .inc_by(bytes * participants.len() as u64);
             }
-            E::HospitalJoined {
-                hospital,
-                privacy: Some(spent),
-                ..
-            } => {
-                let label = HospitalLabel {
-                    hospital: hospital.clone(),
-                };
-                self.epsilon_spent.get_or_create(&label).set(spent.epsilon);
-                self.epsilon_budget.get_or_create(&label).set(spent.budget);
-            }
-            E::UpdateAccepted {
-                task,
-                hospital,
-                epsilon_spent,
-                ..
-            } => {
+            E::UpdateAccepted { task, .. } => {
                 outcome(task, "accepted");
                 self.received(task);
-                if let Some(eps) = epsilon_spent {
-                    self.epsilon_spent
-                        .get_or_create(&HospitalLabel {
-                            hospital: hospital.clone(),
-                        })
-                        .set(*eps);
-                }
             }
             E::UpdateRejected { task, .. } => {
                 outcome(task, "rejected");
@@ -668,7 +618,7 @@ mod tests {
 
     #[test]
     fn a_run_shows_up_in_the_exposition() {
-        let m = Metrics::new(BTreeMap::from([("t".to_string(), 400)]), &BTreeMap::new());
+        let m = Metrics::new(BTreeMap::from([("t".to_string(), 400)]));
         let mut live = LiveView::default();
         let event = FederationEvent::RoundStarted {
             task: "t".into(),
