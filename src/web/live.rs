@@ -217,14 +217,12 @@ impl LiveView {
                 epsilon_spent,
                 ..
             } => {
-                let since = self.round_seconds(task, now);
-                self.hospital(hospital, now, |h| {
+                self.answer(task, hospital, now, |h| {
                     h.last_train_loss = *train_loss;
                     if epsilon_spent.is_some() {
                         h.epsilon_spent = *epsilon_spent;
                     }
                     h.accepted += 1;
-                    h.answered(since);
                     h.last_update = Some(format!("round {round}: accepted"));
                 });
                 if let (Some(epsilon), Some(run)) = (epsilon_spent, &self.run_id) {
@@ -246,28 +244,20 @@ impl LiveView {
                 hospital,
                 reason,
                 ..
-            } => {
-                let since = self.round_seconds(task, now);
-                self.hospital(hospital, now, |h| {
-                    h.rejected += 1;
-                    h.answered(since);
-                    h.last_update = Some(format!("round {round}: rejected: {reason}"));
-                })
-            }
+            } => self.answer(task, hospital, now, |h| {
+                h.rejected += 1;
+                h.last_update = Some(format!("round {round}: rejected: {reason}"));
+            }),
             E::UpdateDeclined {
                 task,
                 round,
                 hospital,
                 reason,
                 ..
-            } => {
-                let since = self.round_seconds(task, now);
-                self.hospital(hospital, now, |h| {
-                    h.declined += 1;
-                    h.answered(since);
-                    h.last_update = Some(format!("round {round}: declined: {reason}"));
-                })
-            }
+            } => self.answer(task, hospital, now, |h| {
+                h.declined += 1;
+                h.last_update = Some(format!("round {round}: declined: {reason}"));
+            }),
             E::RoundStarted {
                 task,
                 round,
@@ -322,10 +312,17 @@ impl LiveView {
         }
     }
 
-    /// Seconds since `task`'s current round asked for updates.
-    fn round_seconds(&self, task: &str, now: f64) -> Option<f64> {
-        let started = self.tasks.get(task)?.round_started_at?;
-        Some((now - started).max(0.0))
+    /// A hospital answered `task`'s training request.
+    fn answer(&mut self, task: &str, hospital: &str, now: f64, update: impl FnOnce(&mut HospitalView)) {
+        let since = self
+            .tasks
+            .get(task)
+            .and_then(|t| t.round_started_at)
+            .map(|started| (now - started).max(0.0));
+        self.hospital(hospital, now, |h| {
+            h.answered(since);
+            update(h);
+        });
     }
 
     fn hospital(&mut self, name: &str, now: f64, update: impl FnOnce(&mut HospitalView)) {
