@@ -19,6 +19,7 @@ pub mod federation;
 pub mod hospital_learner;
 pub mod lockfile;
 pub mod logging;
+pub mod mlflow;
 pub mod output;
 pub mod report;
 pub mod shutdown;

@@ -2,6 +2,8 @@
 
 #[allow(dead_code)] // only the cluster tests start nodes
 pub mod cluster;
+#[allow(dead_code)] // only the MLflow tests track
+pub mod mlflow;
 #[allow(dead_code)] // only the web tests serve
 pub mod server;
 

@@ -1,0 +1,84 @@
+//! A real MLflow tracking server for the tests (mlflow==3.17.2 in the cached
+//! venv `scripts/test` installs; `MEDFED_MLFLOW` names another `mlflow`).
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct MlflowServer {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+/// The `mlflow` program, if installed.
+fn program() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("MEDFED_MLFLOW") {
+        return Some(PathBuf::from(p));
+    }
+    let home = std::env::var_os("HOME")?;
+    let p = PathBuf::from(home).join(".cache/medfed/venvs/mlflow-3.17.2/bin/mlflow");
+    p.exists().then_some(p)
+}
+
+impl MlflowServer {
+    /// Start one on a free port and wait until it is healthy; `None` (the
+    /// test skips) when MLflow is not installed, unless it is required.
+    pub fn start() -> Option<Self> {
+        let Some(mlflow) = program() else {
+            if std::env::var("MEDFED_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
+                panic!("mlflow is required (MEDFED_REQUIRE_EXTERNAL=1); scripts/test installs it");
+            }
+            eprintln!("SKIPPED: mlflow is not installed");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let port = super::free_port();
+        let child = Command::new(mlflow)
+            .args([
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--workers",
+                "1",
+            ])
+            .arg("--backend-store-uri")
+            .arg(format!("sqlite:///{}", dir.path().join("mlflow.db").display()))
+            .arg("--artifacts-destination")
+            .arg(dir.path().join("artifacts"))
+            .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group: the server and its workers stop together.
+            .process_group(0)
+            .spawn()
+            .expect("mlflow server starts");
+        let server = Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let health = format!("{}/health", server.url);
+        loop {
+            if reqwest::blocking::get(&health).is_ok_and(|r| r.status().is_success()) {
+                return Some(server);
+            }
+            assert!(Instant::now() < deadline, "mlflow server not healthy after 90 s");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}
+
+impl Drop for MlflowServer {
+    fn drop(&mut self) {
+        // SAFETY: signals the process group this test started.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
