@@ -22,7 +22,45 @@ pub struct Config {
     pub cluster: ClusterConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub mlflow: MlflowConfig,
     pub tasks: BTreeMap<String, TaskConfig>,
+}
+
+/// MLflow tracking: off unless a tracking URI is set here, with
+/// `--mlflow-uri`, or in `MLFLOW_TRACKING_URI` (as MLflow's own clients).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlflowConfig {
+    /// `http(s)://host:port[/prefix]` of an MLflow tracking server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tracking_uri: Option<String>,
+    /// The experiment every run is logged in.
+    pub experiment: String,
+    /// Each task's final model is registered as `<prefix><task>`.
+    pub registered_model_prefix: String,
+    /// Calls kept while MLflow is unreachable; past this the oldest are
+    /// dropped (and counted) so that tracking never holds a federation up.
+    pub queue_limit: usize,
+}
+
+impl Default for MlflowConfig {
+    fn default() -> Self {
+        Self {
+            tracking_uri: None,
+            experiment: "medfed".into(),
+            registered_model_prefix: "medfed-".into(),
+            queue_limit: 10_000,
+        }
+    }
+}
+
+impl MlflowConfig {
+    /// The tracking URI in force: the configuration's, else
+    /// `MLFLOW_TRACKING_URI` (an empty value counts as unset).
+    pub fn effective_uri(&self, env: Option<String>) -> Option<String> {
+        self.tracking_uri.clone().or(env).filter(|u| !u.trim().is_empty())
+    }
 }
 
 /// The store of runs, rounds and the model registry.

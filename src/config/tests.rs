@@ -147,3 +147,39 @@ fn a_strategy_is_a_table_or_a_name_and_its_limits_name_the_key() {
         "{e}"
     );
 }
+
+#[test]
+fn mlflow_is_off_by_default_and_its_keys_are_checked() {
+    let parse = |text: &str| parse(text, "t.toml", std::iter::empty());
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.mlflow.effective_uri(None), None);
+    assert_eq!(
+        c.mlflow
+            .effective_uri(Some("http://mlflow:5000".into()))
+            .as_deref(),
+        Some("http://mlflow:5000"),
+        "MLFLOW_TRACKING_URI, as MLflow's own clients"
+    );
+    assert_eq!(c.mlflow.effective_uri(Some(" ".into())), None);
+    for (key, value, message) in [
+        ("tracking_uri", "\"file:///tmp/mlruns\"", "http:// or https://"),
+        ("experiment", "\"\"", "1..=500 characters"),
+        ("queue_limit", "0", "at least 1"),
+    ] {
+        let text = format!("{MINIMAL}\n[mlflow]\n{key} = {value}\n");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("mlflow.{key}")) && e.contains(message),
+            "{key}: {e}"
+        );
+    }
+    let text = format!(
+        "{MINIMAL}\n[mlflow]\ntracking_uri = \"http://127.0.0.1:5000\"\nexperiment = \"hospital-net\"\n"
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(
+        c.mlflow.effective_uri(Some("http://ignored".into())).as_deref(),
+        Some("http://127.0.0.1:5000")
+    );
+    assert_eq!(c.mlflow.experiment, "hospital-net");
+}

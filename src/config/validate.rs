@@ -74,6 +74,30 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             );
         }
     }
+    let m = &config.mlflow;
+    if let Some(uri) = &m.tracking_uri {
+        if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+            return bad(
+                "mlflow.tracking_uri".into(),
+                format!("must be the http:// or https:// address of an MLflow tracking server, got '{uri}'"),
+            );
+        }
+    }
+    if m.experiment.trim().is_empty() || m.experiment.len() > 500 {
+        return bad(
+            "mlflow.experiment".into(),
+            "must be a name of 1..=500 characters".into(),
+        );
+    }
+    if m.registered_model_prefix.len() > 200 || m.registered_model_prefix.chars().any(|c| c.is_control()) {
+        return bad(
+            "mlflow.registered_model_prefix".into(),
+            "must be at most 200 printable characters".into(),
+        );
+    }
+    if m.queue_limit == 0 {
+        return bad("mlflow.queue_limit".into(), "must be at least 1".into());
+    }
     if config.web.auth_failures_per_minute == 0 {
         return bad("web.auth_failures_per_minute".into(), "must be at least 1".into());
     }

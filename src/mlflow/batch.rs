@@ -197,18 +197,31 @@ mod tests {
 
     #[test]
     fn a_megabyte_is_split_by_size_too() {
-        // 300 params of 5000 characters: ~1.5 MB, well under 100 per call.
-        let params: Vec<Param> = (0..300)
+        // Within the count limits (100 params, 100 tags) but ~1.4 MB.
+        let params: Vec<Param> = (0..100)
             .map(|i| Param {
                 key: format!("p{i}"),
-                value: "y".repeat(5_000),
+                value: "y".repeat(MAX_PARAM_VALUE),
             })
             .collect();
-        let batches = split(Vec::new(), params, Vec::new()).unwrap();
-        assert!(batches.len() >= 4, "{}", batches.len());
+        let tags: Vec<Tag> = (0..100)
+            .map(|i| Tag {
+                key: format!("t{i}"),
+                value: "z".repeat(MAX_TAG_VALUE),
+            })
+            .collect();
+        let batches = split(Vec::new(), params, tags).unwrap();
+        assert!(batches.len() >= 2, "{}", batches.len());
         for b in &batches {
             assert!(serde_json::to_vec(b).unwrap().len() <= 1_000_000);
         }
+        assert_eq!(
+            batches
+                .iter()
+                .map(|b| b.params.len() + b.tags.len())
+                .sum::<usize>(),
+            200
+        );
     }
 
     #[test]
