@@ -419,6 +419,10 @@ pub struct Overrides {
     /// Write every task's global model after each round to DIR/<task>/round-NNNN.safetensors.
     #[arg(long, value_name = "DIR")]
     pub checkpoint_dir: Option<PathBuf>,
+    /// Track the run in this MLflow tracking server (http(s)://host:port;
+    /// also `[mlflow] tracking_uri` and MLFLOW_TRACKING_URI).
+    #[arg(long, value_name = "URL")]
+    pub mlflow_uri: Option<String>,
 }
 
 /// The store a command records into (runs, rounds, the model registry).

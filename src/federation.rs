@@ -475,16 +475,29 @@ pub async fn run_to_end(
             );
         }
     }
+    let tracker = crate::mlflow::tracker(loaded)?;
+    let recordings: &[&str] = if tracker.is_some() {
+        &["run", "mlflow"]
+    } else {
+        &["run"]
+    };
     let mut federation = Federation::spawn(
         loaded,
         tasks,
         Hospitals::InProcess(ledgers),
-        &["run"],
+        recordings,
         persistence,
     )
     .await?;
     if let Some((p, contexts)) = durable {
         federation.record_into_store(p, contexts.clone())?;
+    }
+    if let Some(tracker) = tracker {
+        let config = loaded.config.clone();
+        let params: crate::mlflow::tracker::ParamsOf =
+            std::sync::Arc::new(move |task: &str| crate::mlflow::params::task_params(&config, task));
+        let events = federation.recording("mlflow")?;
+        federation.add_observer(tokio::spawn(tracker.follow(events, params)));
     }
     let events = federation.recording("run")?;
     let outcome = drive(

@@ -31,6 +31,9 @@ pub fn load_with(path: &std::path::Path, flags: &Overrides) -> Result<(Loaded, V
     if let Some(seed) = flags.seed {
         c.run.seed = seed;
     }
+    if let Some(uri) = &flags.mlflow_uri {
+        c.mlflow.tracking_uri = Some(uri.clone());
+    }
     if let Some(epsilon) = flags.dp_epsilon {
         if c.privacy.mode == crate::config::PrivacyMode::Off {
             c.privacy.mode = crate::config::PrivacyMode::DpSgd;
