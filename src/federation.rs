@@ -476,16 +476,11 @@ pub async fn run_to_end(
         }
     }
     let tracker = crate::mlflow::tracker(loaded)?;
-    let recordings: &[&str] = if tracker.is_some() {
-        &["run", "mlflow"]
-    } else {
-        &["run"]
-    };
     let mut federation = Federation::spawn(
         loaded,
         tasks,
         Hospitals::InProcess(ledgers),
-        recordings,
+        &crate::mlflow::recordings(&["run"], tracker.as_ref()),
         persistence,
     )
     .await?;
@@ -493,11 +488,7 @@ pub async fn run_to_end(
         federation.record_into_store(p, contexts.clone())?;
     }
     if let Some(tracker) = tracker {
-        let config = loaded.config.clone();
-        let params: crate::mlflow::tracker::ParamsOf =
-            std::sync::Arc::new(move |task: &str| crate::mlflow::params::task_params(&config, task));
-        let events = federation.recording("mlflow")?;
-        federation.add_observer(tokio::spawn(tracker.follow(events, params)));
+        crate::mlflow::follow(tracker, &mut federation, &loaded.config)?;
     }
     let events = federation.recording("run")?;
     let outcome = drive(

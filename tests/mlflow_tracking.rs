@@ -91,3 +91,97 @@ async fn a_five_round_run_appears_in_mlflow_as_the_run_reports_it() {
         .unwrap();
     assert_eq!(samples.len(), 5, "{samples:?}");
 }
+
+/// MLflow stopped before a run: the federation finishes as usual, the
+/// calls wait (counted on /metrics), and once MLflow is back they arrive.
+#[test]
+fn an_outage_holds_nothing_up_and_the_queued_metrics_arrive_later() {
+    use common::server::{Served, TOKEN};
+    use std::time::{Duration, Instant};
+    let Some(mut server) = MlflowServer::start() else {
+        return;
+    };
+    let served = Served::start(&["--task", "breast_cancer", "--mlflow-uri", &server.url], &[]);
+    server.stop();
+    let client = reqwest::blocking::Client::new();
+    let started: Value = client
+        .post(served.url("/api/runs"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"rounds": 5}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let id = started["id"].as_str().unwrap().to_string();
+    let metrics = |name: &str| -> f64 {
+        let text = client
+            .get(served.url("/metrics"))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1.0)
+    };
+    // The run ends on time with MLflow away.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run: Value = client
+            .get(served.url(&format!("/api/runs/{id}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if run["status"] == "finished" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not finish with MLflow away: {run}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(metrics("medfed_mlflow_queue") > 0.0, "calls wait for MLflow");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metrics("medfed_mlflow_errors_total") <= 0.0 {
+        assert!(Instant::now() < deadline, "failed tries are counted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // MLflow is back: the queue drains and the run is there, whole.
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics("medfed_mlflow_queue") != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the queue did not drain after MLflow came back"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(metrics("medfed_mlflow_dropped_total"), 0.0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mlflow = Client::new(&server.url, None, Retry::default()).unwrap();
+        let experiment = mlflow.experiment("medfed").await.unwrap();
+        let found: Value = reqwest::Client::new()
+            .post(format!("{}/api/2.0/mlflow/runs/search", server.url))
+            .json(&serde_json::json!({ "experiment_ids": [experiment] }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let run = &found["runs"][0];
+        assert_eq!(run["info"]["status"], "FINISHED", "{found}");
+        let run_id = run["info"]["run_id"].as_str().unwrap();
+        let history = mlflow.metric_history(run_id, "accuracy").await.unwrap();
+        assert_eq!(
+            history.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4, 5]
+        );
+    });
+}

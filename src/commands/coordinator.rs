@@ -159,6 +159,7 @@ async fn serve(
                     audit: Some(audit.clone()),
                     audit_events: false,
                     baselines: Default::default(),
+                    mlflow: None,
                 },
                 persistence,
             )?;

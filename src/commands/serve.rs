@@ -57,14 +57,19 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
     let ledgers = Ledgers::long_lived(&loaded)?;
     let persistence = open_for(&loaded, &tasks, &args.durable, StoreDefault::DataDir)?;
     let audit = open_audit(&loaded, "serve", persistence.as_ref())?;
+    let tracker = crate::mlflow::tracker(&loaded)?;
     let mut federation = Federation::spawn(
         &loaded,
         &tasks,
         Hospitals::InProcess(ledgers),
-        &["panel"],
+        &crate::mlflow::recordings(&["panel"], tracker.as_ref()),
         persistence.as_ref(),
     )
     .await?;
+    let mlflow = match tracker {
+        Some(t) => Some(crate::mlflow::follow(t, &mut federation, &loaded.config)?),
+        None => None,
+    };
     let started = Panel::start(
         &loaded,
         &tasks,
@@ -77,6 +82,7 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
             audit: Some(audit),
             audit_events: true,
             baselines,
+            mlflow,
         },
         persistence.as_ref(),
     );
@@ -167,6 +173,8 @@ pub struct PanelOptions<'a> {
     pub audit_events: bool,
     /// Each task's centralized baseline, where one was trained (`--baseline`).
     pub baselines: BTreeMap<String, medfed_models::metrics::Metrics>,
+    /// The MLflow tracker's counts, when tracking (`medfed_mlflow_*`).
+    pub mlflow: Option<Arc<crate::mlflow::tracker::TrackerStats>>,
 }
 
 impl Panel {
@@ -232,6 +240,10 @@ impl Panel {
             options.cluster,
             &options.baselines,
         )?;
+        if let Some(stats) = options.mlflow.clone() {
+            state.metrics =
+                std::mem::replace(&mut state.metrics, Metrics::new(BTreeMap::new())).with_mlflow(stats);
+        }
         state.store = persistence.map(|p| p.store.clone());
         if let (Some(store), Ok(live)) = (&state.store, state.live.get_mut()) {
             // The privacy chart starts with what earlier processes recorded.

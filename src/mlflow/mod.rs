@@ -40,3 +40,27 @@ pub fn tracker(loaded: &Loaded) -> Result<Option<tracker::Tracker>, MlflowError>
         stats: Arc::new(tracker::TrackerStats::default()),
     }))
 }
+
+/// The recordings a federation needs: `base`, and "mlflow" when tracking.
+pub fn recordings<'a>(base: &[&'a str], tracker: Option<&tracker::Tracker>) -> Vec<&'a str> {
+    let mut names = base.to_vec();
+    if tracker.is_some() {
+        names.push("mlflow");
+    }
+    names
+}
+
+/// Start `tracker` on the federation's "mlflow" recording; its statistics
+/// (for `/metrics`).
+pub fn follow(
+    tracker: tracker::Tracker,
+    federation: &mut crate::federation::Federation,
+    config: &crate::config::Config,
+) -> anyhow::Result<Arc<tracker::TrackerStats>> {
+    let config = config.clone();
+    let params: tracker::ParamsOf = Arc::new(move |task: &str| params::task_params(&config, task));
+    let events = federation.recording("mlflow")?;
+    let stats = tracker.stats.clone();
+    federation.add_observer(tokio::spawn(tracker.follow(events, params)));
+    Ok(stats)
+}

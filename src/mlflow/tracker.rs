@@ -132,7 +132,7 @@ impl Tracker {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("{e}; MLflow calls wait in the queue, next try in {pause:?}");
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(30));
+                    pause = (pause * 2).min(Duration::from_secs(10));
                     continue;
                 }
                 Err(e) => {

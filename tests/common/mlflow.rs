@@ -7,9 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub struct MlflowServer {
-    child: Child,
+    child: Option<Child>,
+    program: PathBuf,
+    port: u16,
     pub url: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// The `mlflow` program, if installed.
@@ -26,29 +28,50 @@ impl MlflowServer {
     /// Start one on a free port and wait until it is healthy; `None` (the
     /// test skips) when MLflow is not installed, unless it is required.
     pub fn start() -> Option<Self> {
-        let Some(mlflow) = program() else {
+        let Some(program) = program() else {
             if std::env::var("MEDFED_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
                 panic!("mlflow is required (MEDFED_REQUIRE_EXTERNAL=1); scripts/test installs it");
             }
             eprintln!("SKIPPED: mlflow is not installed");
             return None;
         };
-        let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
-        let child = Command::new(mlflow)
+        let mut server = Self {
+            child: None,
+            program,
+            port,
+            url: format!("http://127.0.0.1:{port}"),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        server.restart();
+        Some(server)
+    }
+
+    /// The Python interpreter of MLflow's venv (for its own client).
+    pub fn python(&self) -> PathBuf {
+        self.program.with_file_name("python")
+    }
+
+    /// Start it again (same port, same store) and wait until it is healthy.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new(&self.program)
             .args([
                 "server",
                 "--host",
                 "127.0.0.1",
                 "--port",
-                &port.to_string(),
+                &self.port.to_string(),
                 "--workers",
                 "1",
             ])
             .arg("--backend-store-uri")
-            .arg(format!("sqlite:///{}", dir.path().join("mlflow.db").display()))
+            .arg(format!(
+                "sqlite:///{}",
+                self.dir.path().join("mlflow.db").display()
+            ))
             .arg("--artifacts-destination")
-            .arg(dir.path().join("artifacts"))
+            .arg(self.dir.path().join("artifacts"))
             .env("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -56,29 +79,32 @@ impl MlflowServer {
             .process_group(0)
             .spawn()
             .expect("mlflow server starts");
-        let server = Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(90);
-        let health = format!("{}/health", server.url);
+        let health = format!("{}/health", self.url);
         loop {
             if reqwest::blocking::get(&health).is_ok_and(|r| r.status().is_success()) {
-                return Some(server);
+                return;
             }
             assert!(Instant::now() < deadline, "mlflow server not healthy after 90 s");
             std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Stop it (its whole process group).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signals the process group this test started.
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGTERM);
+            }
+            let _ = child.wait();
         }
     }
 }
 
 impl Drop for MlflowServer {
     fn drop(&mut self) {
-        // SAFETY: signals the process group this test started.
-        unsafe {
-            libc::kill(-(self.child.id() as i32), libc::SIGTERM);
-        }
-        let _ = self.child.wait();
+        self.stop();
     }
 }

@@ -418,6 +418,12 @@ impl Metrics {
         self
     }
 
+    /// Also export the MLflow tracker's calls, errors, drops and queue.
+    pub fn with_mlflow(mut self, stats: Arc<crate::mlflow::tracker::TrackerStats>) -> Self {
+        self.registry.register_collector(Box::new(MlflowTracking(stats)));
+        self
+    }
+
     /// Also export each recording observer's backlog.
     pub fn with_observers(mut self, bus: medfed_actors::EventBus) -> Self {
         self.registry.register_collector(Box::new(ObserverBacklog(bus)));
@@ -552,6 +558,44 @@ fn encode_gate(gate: &GateStats, encoder: &mut DescriptorEncoder) -> std::fmt::R
         ConstGauge::new(at).encode(expiry.encode_family(&[("certificate", certificate)])?)?;
     }
     Ok(())
+}
+
+/// `medfed_mlflow_*`: what the MLflow tracker sent, failed, dropped and holds.
+#[derive(Debug)]
+struct MlflowTracking(Arc<crate::mlflow::tracker::TrackerStats>);
+
+impl Collector for MlflowTracking {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        use std::sync::atomic::Ordering::Relaxed;
+        let s = &self.0;
+        for (name, help, value) in [
+            (
+                "medfed_mlflow_calls",
+                "MLflow calls that succeeded",
+                s.sent.load(Relaxed),
+            ),
+            (
+                "medfed_mlflow_errors",
+                "MLflow calls that failed (retried when MLflow was away or failing)",
+                s.errors.load(Relaxed),
+            ),
+            (
+                "medfed_mlflow_dropped",
+                "MLflow calls dropped: the queue was full, or MLflow was away at shutdown",
+                s.dropped.load(Relaxed),
+            ),
+        ] {
+            let metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        let queued = encoder.encode_descriptor(
+            "medfed_mlflow_queue",
+            "MLflow calls waiting to be sent",
+            None,
+            MetricType::Gauge,
+        )?;
+        prometheus_client::metrics::gauge::ConstGauge::new(s.queued.load(Relaxed) as i64).encode(queued)
+    }
 }
 
 /// `medfed_observer_backlog{observer}`: events published but not yet
