@@ -15,6 +15,8 @@ async fn a_five_round_run_appears_in_mlflow_as_the_run_reports_it() {
         return;
     };
     let url = server.url.clone();
+    let saved = tempfile::tempdir().unwrap();
+    let dir = saved.path().to_str().unwrap().to_string();
     let out = tokio::task::spawn_blocking(move || {
         medfed(
             &[
@@ -26,6 +28,8 @@ async fn a_five_round_run_appears_in_mlflow_as_the_run_reports_it() {
                 "--json",
                 "--mlflow-uri",
                 &url,
+                "--save-model",
+                &dir,
             ],
             &[],
         )
@@ -90,6 +94,77 @@ async fn a_five_round_run_appears_in_mlflow_as_the_run_reports_it() {
         .await
         .unwrap();
     assert_eq!(samples.len(), 5, "{samples:?}");
+    // The federated (pooled) metrics, one per round.
+    let pooled = client.metric_history(run_id, "federated.accuracy").await.unwrap();
+    let expected: Vec<(i64, f64)> = rounds
+        .iter()
+        .map(|r| {
+            (
+                r["round"].as_i64().unwrap(),
+                r["federated"]["pooled"]["accuracy"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(pooled, expected);
+
+    // The final model: registered as version 1 of medfed-breast_cancer, the
+    // champion, and its file is the one `--save-model` wrote, byte for byte.
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            http.get(path)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let version = get(format!(
+        "{}/api/2.0/mlflow/model-versions/get?name=medfed-breast_cancer&version=1",
+        server.url
+    ))
+    .await;
+    let model_id = version["model_version"]["source"]
+        .as_str()
+        .and_then(|s| s.strip_prefix("models:/"))
+        .unwrap_or_else(|| panic!("{version}"));
+    let tags = version["model_version"]["tags"].as_array().unwrap();
+    assert!(
+        tags.iter()
+            .any(|t| t["key"] == "medfed.round" && t["value"] == "5"),
+        "{version}"
+    );
+    let alias = get(format!(
+        "{}/api/2.0/mlflow/registered-models/alias?name=medfed-breast_cancer&alias=champion",
+        server.url
+    ))
+    .await;
+    assert_eq!(alias["model_version"]["version"], "1", "{alias}");
+    let model = get(format!("{}/api/2.0/mlflow/logged-models/{model_id}", server.url)).await;
+    let uri = model["model"]["info"]["artifact_uri"].as_str().unwrap();
+    assert_eq!(model["model"]["info"]["status"], "LOGGED_MODEL_READY", "{model}");
+    let root = uri
+        .trim_start_matches("mlflow-artifacts:")
+        .trim_start_matches('/');
+    let bytes = http
+        .get(format!(
+            "{}/api/2.0/mlflow-artifacts/artifacts/{root}/model.safetensors",
+            server.url
+        ))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let file = std::fs::read(saved.path().join("breast_cancer.safetensors")).unwrap();
+    assert_eq!(
+        bytes.as_ref(),
+        file.as_slice(),
+        "the registered model is the saved one"
+    );
 }
 
 /// MLflow stopped before a run: the federation finishes as usual, the

@@ -485,6 +485,30 @@ impl Client {
         .map(|_| ())
     }
 
+    /// The `medfed.accuracy` tag of the version `alias` points at; `None`
+    /// when the alias is not set.
+    pub async fn alias_accuracy(&self, name: &str, alias: &str) -> Result<Option<f64>> {
+        match self
+            .get::<Value>(
+                "api/2.0/mlflow/registered-models/alias",
+                &[("name", name), ("alias", alias)],
+            )
+            .await
+        {
+            Ok(v) => Ok(v["model_version"]["tags"]
+                .as_array()
+                .and_then(|tags| tags.iter().find(|t| t["key"] == "medfed.accuracy"))
+                .and_then(|t| t["value"].as_str()?.parse().ok())),
+            Err(e)
+                if e.error_code() == Some("RESOURCE_DOES_NOT_EXIST")
+                    || e.error_code() == Some("INVALID_PARAMETER_VALUE") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// A metric's whole history (for checks and tools).
     pub async fn metric_history(&self, run_id: &str, key: &str) -> Result<Vec<(i64, f64)>> {
         #[derive(Deserialize)]

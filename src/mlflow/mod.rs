@@ -35,6 +35,7 @@ pub fn tracker(loaded: &Loaded) -> Result<Option<tracker::Tracker>, MlflowError>
     Ok(Some(tracker::Tracker {
         client: Client::new(&uri, auth, Retry::default())?,
         experiment: m.experiment.clone(),
+        model_prefix: m.registered_model_prefix.clone(),
         queue_limit: m.queue_limit,
         flush: Duration::from_secs(10),
         stats: Arc::new(tracker::TrackerStats::default()),
@@ -61,6 +62,7 @@ pub fn follow(
     let params: tracker::ParamsOf = Arc::new(move |task: &str| params::task_params(&config, task));
     let events = federation.recording("mlflow")?;
     let stats = tracker.stats.clone();
-    federation.add_observer(tokio::spawn(tracker.follow(events, params)));
+    let coordinator = federation.client();
+    federation.add_observer(tokio::spawn(tracker.follow(events, params, coordinator)));
     Ok(stats)
 }

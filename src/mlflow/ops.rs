@@ -30,6 +30,18 @@ pub enum Op {
         task: String,
         status: RunStatus,
     },
+    /// The task's final model: an MLflow 3 logged model of the run with its
+    /// files, registered as a version of `<prefix><task>`.
+    LogModel {
+        task: String,
+        medfed_run: String,
+        round: u32,
+        /// Held-out accuracy of the model (decides the `champion` alias).
+        accuracy: f64,
+        safetensors: std::sync::Arc<Vec<u8>>,
+        /// The task's report (JSON), as `model-report.json`.
+        report: std::sync::Arc<Vec<u8>>,
+    },
 }
 
 impl Op {

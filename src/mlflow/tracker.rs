@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use medfed_actors::Recording;
+use medfed_actors::{FederationEvent, Recording};
 
-use super::batch::Param;
+use super::batch::{Metric, Param, Tag};
 use super::client::{Client, MlflowError};
 use super::ops::{ops_for, Op, Queue};
+use crate::federation::CoordinatorClient;
 
 /// What the tracker did, for `/metrics` and the logs.
 #[derive(Debug, Default)]
@@ -34,6 +35,8 @@ pub type ParamsOf = Arc<dyn Fn(&str) -> Vec<Param> + Send + Sync>;
 pub struct Tracker {
     pub client: Client,
     pub experiment: String,
+    /// Each task's final model is registered as `<prefix><task>`.
+    pub model_prefix: String,
     pub queue_limit: usize,
     /// How long a shutdown waits for the queue to drain.
     pub flush: Duration,
@@ -54,7 +57,8 @@ fn now_ms() -> i64 {
 
 impl Tracker {
     /// Follow `events` until the bus closes, then flush (at most `flush`).
-    pub async fn follow(self, mut events: Recording, params: ParamsOf) {
+    /// `coordinator`: where a finished task's report and model come from.
+    pub async fn follow(self, mut events: Recording, params: ParamsOf, coordinator: CoordinatorClient) {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::new(self.queue_limit)),
             wake: Notify::new(),
@@ -65,8 +69,20 @@ impl Tracker {
             let shared = shared.clone();
             let stats = stats.clone();
             tokio::spawn(async move {
+                let mut medfed_run = String::new();
                 while let Some(event) = events.recv().await {
-                    let ops = ops_for(&event, now_ms(), params.as_ref());
+                    if let FederationEvent::RunStarted { run_id, .. } = &event {
+                        medfed_run = run_id.clone();
+                    }
+                    let mut ops = Vec::new();
+                    // Before the run ends: its federated metrics and its model.
+                    if let FederationEvent::TaskFinished { task, .. }
+                    | FederationEvent::TaskStopped { task, .. }
+                    | FederationEvent::TaskAborted { task, .. } = &event
+                    {
+                        ops.extend(final_ops(&coordinator, task, &medfed_run).await);
+                    }
+                    ops.extend(ops_for(&event, now_ms(), params.as_ref()));
                     if ops.is_empty() {
                         continue;
                     }
@@ -100,6 +116,7 @@ impl Tracker {
         let mut sender = Sender {
             client: &self.client,
             experiment: &self.experiment,
+            model_prefix: &self.model_prefix,
             experiment_id: None,
             runs: HashMap::new(),
         };
@@ -152,10 +169,70 @@ impl Tracker {
     }
 }
 
+/// A finished task's federated metrics (from the coordinator's report) and
+/// its final model; nothing when the coordinator cannot say.
+async fn final_ops(coordinator: &CoordinatorClient, task: &str, medfed_run: &str) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let report = match coordinator.report().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(task, "no report for MLflow: {e:#}");
+            return ops;
+        }
+    };
+    let Some(t) = report.tasks.get(task) else {
+        return ops;
+    };
+    let now = now_ms();
+    let mut metrics = Vec::new();
+    for r in &t.rounds {
+        if let Some(p) = &r.federated.pooled {
+            for (key, value) in [
+                ("federated.accuracy", p.accuracy),
+                ("federated.precision", p.precision),
+                ("federated.recall", p.recall),
+                ("federated.f1", p.f1),
+                ("federated.loss", p.loss),
+            ] {
+                metrics.push(Metric {
+                    key: key.into(),
+                    value,
+                    timestamp: now,
+                    step: i64::from(r.round),
+                });
+            }
+        }
+    }
+    if !metrics.is_empty() {
+        ops.push(Op::Log {
+            task: task.to_string(),
+            metrics,
+        });
+    }
+    let Some(last) = t.rounds.last() else {
+        return ops;
+    };
+    let model = coordinator.model(task).await.and_then(|c| Ok(c.to_bytes()?));
+    match (model, serde_json::to_vec_pretty(t)) {
+        (Ok(bytes), Ok(json)) => ops.push(Op::LogModel {
+            task: task.to_string(),
+            medfed_run: medfed_run.to_string(),
+            round: last.round,
+            accuracy: last.metrics.accuracy,
+            safetensors: Arc::new(bytes),
+            report: Arc::new(json),
+        }),
+        (Err(e), _) => tracing::warn!(task, "no model for MLflow: {e:#}"),
+        (_, Err(e)) => tracing::warn!(task, "no report for MLflow: {e}"),
+    }
+    ops
+}
+
 /// What the sending side knows of MLflow: the experiment and each task's run.
 struct Sender<'a> {
     client: &'a Client,
     experiment: &'a str,
+    model_prefix: &'a str,
     experiment_id: Option<String>,
     /// (medfed run, task) -> MLflow run id, so that a retried start never
     /// makes a second MLflow run.
@@ -213,6 +290,98 @@ impl Sender<'_> {
                 Some(run_id) => self.client.end_run(&run_id, *status).await,
                 None => Ok(()),
             },
+            Op::LogModel {
+                task,
+                medfed_run,
+                round,
+                accuracy,
+                safetensors,
+                report,
+            } => {
+                let (Some(run_id), Some(experiment_id)) = (self.current(task), self.experiment_id.clone())
+                else {
+                    return Ok(());
+                };
+                let lineage = [
+                    tag("medfed.run_id", medfed_run),
+                    tag("medfed.task", task),
+                    tag("medfed.round", &round.to_string()),
+                    tag("medfed.accuracy", &accuracy.to_string()),
+                ];
+                let model = self
+                    .client
+                    .create_logged_model(&experiment_id, task, &run_id, &lineage)
+                    .await?;
+                let mlmodel = mlmodel_file(&model.model_id, &run_id, task);
+                self.client
+                    .upload(&model.artifact_uri, "model.safetensors", safetensors)
+                    .await?;
+                self.client
+                    .upload(&model.artifact_uri, "model-report.json", report)
+                    .await?;
+                self.client
+                    .upload(&model.artifact_uri, "MLmodel", mlmodel.as_bytes())
+                    .await?;
+                self.client.finalize_logged_model(&model.model_id).await?;
+                self.client
+                    .log_outputs(&run_id, &model.model_id, i64::from(*round))
+                    .await?;
+                let name = format!("{}{task}", self.model_prefix);
+                self.client.registered_model(&name).await?;
+                let version = self
+                    .client
+                    .create_model_version(&name, &model.model_id, &run_id, &lineage)
+                    .await?;
+                // The best held-out accuracy so far is the champion.
+                let best = self.client.alias_accuracy(&name, "champion").await?;
+                if best.is_none_or(|b| *accuracy >= b) {
+                    self.client.set_alias(&name, "champion", &version).await?;
+                }
+                Ok(())
+            }
         }
     }
+}
+
+fn tag(key: &str, value: &str) -> Tag {
+    Tag {
+        key: key.into(),
+        value: value.into(),
+    }
+}
+
+/// The `MLmodel` file that tells MLflow's tools what the model is: the
+/// `medfed` flavor and its safetensors file.
+fn mlmodel_file(model_id: &str, run_id: &str, task: &str) -> String {
+    let created = chrono_like_now();
+    format!(
+        "artifact_path: model\nflavors:\n  medfed:\n    data: model.safetensors\n    format: safetensors\n    task: {task}\n    report: model-report.json\n    medfed_version: {}\nmodel_id: {model_id}\nmodel_uuid: {model_id}\nrun_id: {run_id}\nutc_time_created: '{created}'\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+/// Now as `YYYY-MM-DD HH:MM:SS.ffffff` (UTC), as MLflow writes it.
+fn chrono_like_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:06}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        now.subsec_micros()
+    )
 }
