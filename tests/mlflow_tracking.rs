@@ -165,6 +165,43 @@ async fn a_five_round_run_appears_in_mlflow_as_the_run_reports_it() {
         file.as_slice(),
         "the registered model is the saved one"
     );
+
+    // What MLflow users get in their own tools: the official Python client.
+    let script = r#"
+import json, sys
+import mlflow
+c = mlflow.MlflowClient(sys.argv[1])
+exp = c.get_experiment_by_name("medfed")
+run = c.search_runs([exp.experiment_id])[0]
+history = c.get_metric_history(run.info.run_id, "accuracy")
+version = c.get_model_version("medfed-breast_cancer", "1")
+print(json.dumps({
+    "run_id": run.info.run_id,
+    "status": run.info.status,
+    "params": run.data.params,
+    "accuracy": sorted([m.step, m.value] for m in history),
+    "version_run": version.run_id,
+}))
+"#;
+    let out = std::process::Command::new(server.python())
+        .args(["-c", script, &server.url])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let python: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(python["run_id"], run_id);
+    assert_eq!(python["status"], "FINISHED");
+    assert_eq!(python["params"]["rounds"], "5");
+    assert_eq!(python["version_run"], run_id);
+    let accuracy: Vec<(i64, f64)> = serde_json::from_value(python["accuracy"].clone()).unwrap();
+    let expected: Vec<(i64, f64)> = rounds
+        .iter()
+        .map(|r| (r["round"].as_i64().unwrap(), r["accuracy"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(
+        accuracy, expected,
+        "the Python client reads what the run reported"
+    );
 }
 
 /// MLflow stopped before a run: the federation finishes as usual, the
@@ -259,4 +296,102 @@ fn an_outage_holds_nothing_up_and_the_queued_metrics_arrive_later() {
             vec![1, 2, 3, 4, 5]
         );
     });
+}
+
+/// A server that answers every request with a 500 or with garbage.
+fn broken_mlflow() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for (i, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { continue };
+            let mut buf = [0u8; 65536];
+            let _ = stream.read(&mut buf);
+            let answer: &[u8] = if i % 2 == 0 {
+                b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 5\r\nconnection: close\r\n\r\noops!"
+            } else {
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\nconnection: close\r\n\r\n{\"run\":[["
+            };
+            let _ = stream.write_all(answer);
+        }
+    });
+    url
+}
+
+/// MLflow answering 500s and garbage: the run finishes and reports as usual,
+/// no sooner or later than it would, and the errors are logged and counted.
+#[test]
+fn an_mlflow_that_answers_500s_and_garbage_changes_nothing_but_the_error_count() {
+    use common::server::{Served, TOKEN};
+    use std::time::{Duration, Instant};
+    let url = broken_mlflow();
+    let out = medfed(
+        &[
+            "run",
+            "--task",
+            "breast_cancer",
+            "--rounds",
+            "3",
+            "--json",
+            "--mlflow-uri",
+            &url,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["tasks"]["breast_cancer"]["status"], "finished");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("MLflow api/2.0/mlflow/experiments/get-by-name"),
+        "{stderr}"
+    );
+
+    let served = Served::start(&["--task", "breast_cancer", "--mlflow-uri", &url], &[]);
+    let client = reqwest::blocking::Client::new();
+    let started: Value = client
+        .post(served.url("/api/runs"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"rounds": 3}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let id = started["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run: Value = client
+            .get(served.url(&format!("/api/runs/{id}")))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if run["status"] == "finished" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{run}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = client
+            .get(served.url("/metrics"))
+            .bearer_auth(TOKEN)
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        let errors: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("medfed_mlflow_errors_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        if errors > 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "MLflow's errors are counted: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

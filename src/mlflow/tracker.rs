@@ -145,6 +145,18 @@ impl Tracker {
                 }
             }
             match sender.execute(&op).await {
+                // Shutting down with MLflow away: waiting would only make the
+                // process slower than one without MLflow.
+                Err(e) if e.is_transient() && shared.closed.load(Ordering::SeqCst) => {
+                    let left = shared.queue.lock().map(|q| q.len()).unwrap_or(0) as u64;
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    self.stats.dropped.fetch_add(left, Ordering::Relaxed);
+                    tracing::warn!(
+                        calls = left,
+                        "{e}; MLflow is away at shutdown: its last calls were dropped"
+                    );
+                    return;
+                }
                 Err(e) if e.is_transient() => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("{e}; MLflow calls wait in the queue, next try in {pause:?}");
