@@ -488,7 +488,8 @@ pub async fn run_to_end(
         federation.record_into_store(p, contexts.clone())?;
     }
     if let Some(tracker) = tracker {
-        crate::mlflow::follow(tracker, &mut federation, &loaded.config)?;
+        let inputs = crate::mlflow::inputs(tasks, true);
+        crate::mlflow::follow(tracker, &mut federation, &loaded.config, inputs)?;
     }
     let events = federation.recording("run")?;
     let outcome = drive(

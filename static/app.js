@@ -204,6 +204,12 @@ $("#run-table").addEventListener("click", async (e) => {
     detailViews = [];
     const detail = $("#run-detail");
     detail.replaceChildren(el("p", { className: "run-settings" }, settingsText(run.settings)));
+    // Each task's run in MLflow, when the server tracks there.
+    const links = Object.entries(run.mlflow || {});
+    if (links.length) {
+      detail.append(el("p", { className: "mlflow-links" }, "MLflow: ",
+        links.map(([task, url]) => [el("a", { href: url, target: "_blank", rel: "noopener", dataset: { mlflow: task } }, task), " "])));
+    }
     for (const [name, t] of Object.entries(run.report || {})) {
       const v = new TaskView(detail, name, "run");
       v.setTitle(`${run.id} — ${name} (${t.status}${t.abort_reason ? ": " + t.abort_reason : ""})`);

@@ -275,7 +275,7 @@ fn an_outage_holds_nothing_up_and_the_queued_metrics_arrive_later() {
     }
     assert_eq!(metrics("medfed_mlflow_dropped_total"), 0.0);
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
+    let mlflow_run = rt.block_on(async {
         let mlflow = Client::new(&server.url, None, Retry::default()).unwrap();
         let experiment = mlflow.experiment("medfed").await.unwrap();
         let found: Value = reqwest::Client::new()
@@ -295,7 +295,23 @@ fn an_outage_holds_nothing_up_and_the_queued_metrics_arrive_later() {
             history.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
             vec![1, 2, 3, 4, 5]
         );
+        run_id.to_string()
     });
+    // The panel links the run to its MLflow run.
+    let run: Value = client
+        .get(served.url(&format!("/api/runs/{id}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let link = run["mlflow"]["breast_cancer"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{run}"));
+    assert!(
+        link.starts_with(&server.url) && link.ends_with(&format!("/runs/{mlflow_run}")),
+        "{link}"
+    );
 }
 
 /// A server that answers every request with a 500 or with garbage.

@@ -95,7 +95,19 @@ pub async fn execute(args: &Args) -> Result<RunEnd> {
     };
     let persistence = open_for(&loaded, &tasks, &args.durable, StoreDefault::DataDir)?;
     let audit = open_audit(&loaded, "coordinator", persistence.as_ref())?;
-    let mut federation = Federation::spawn(&loaded, &tasks, remote, recorders, persistence.as_ref()).await?;
+    let tracker = crate::mlflow::tracker(&loaded)?;
+    let recorders = crate::mlflow::recordings(recorders, tracker.as_ref());
+    let mut federation = Federation::spawn(&loaded, &tasks, remote, &recorders, persistence.as_ref()).await?;
+    // The hospitals' data is theirs: only the held-out set's digest is logged.
+    let mlflow = match tracker {
+        Some(t) => Some(crate::mlflow::follow(
+            t,
+            &mut federation,
+            &loaded.config,
+            crate::mlflow::inputs(&tasks, false),
+        )?),
+        None => None,
+    };
     // With a panel, the panel records into the store (it knows the contexts).
     if let (Some(p), None) = (&persistence, args.http) {
         federation.record_into_store(p, contexts.clone())?;
@@ -106,6 +118,7 @@ pub async fn execute(args: &Args) -> Result<RunEnd> {
         persistence: persistence.as_ref(),
         stats: &stats,
         audit: &audit,
+        mlflow: mlflow.clone(),
     };
     let result = serve(args, &setup, &mut federation, &mut contexts, &mut shutdown).await;
     log_traffic(&stats);
@@ -122,6 +135,7 @@ struct Setup<'a> {
     persistence: Option<&'a Persistence>,
     stats: &'a Arc<WireStats>,
     audit: &'a Arc<AuditLog>,
+    mlflow: Option<Arc<crate::mlflow::tracker::TrackerStats>>,
 }
 
 async fn serve(
@@ -137,6 +151,7 @@ async fn serve(
         persistence,
         stats,
         audit,
+        ..
     } = *setup;
     let cluster = &loaded.config.cluster;
     let client = federation.client();
@@ -159,7 +174,7 @@ async fn serve(
                     audit: Some(audit.clone()),
                     audit_events: false,
                     baselines: Default::default(),
-                    mlflow: None,
+                    mlflow: setup.mlflow.clone(),
                 },
                 persistence,
             )?;

@@ -67,7 +67,10 @@ pub async fn execute(args: &ServeArgs) -> Result<()> {
     )
     .await?;
     let mlflow = match tracker {
-        Some(t) => Some(crate::mlflow::follow(t, &mut federation, &loaded.config)?),
+        Some(t) => {
+            let inputs = crate::mlflow::inputs(&tasks, true);
+            Some(crate::mlflow::follow(t, &mut federation, &loaded.config, inputs)?)
+        }
         None => None,
     };
     let started = Panel::start(
@@ -241,8 +244,9 @@ impl Panel {
             &options.baselines,
         )?;
         if let Some(stats) = options.mlflow.clone() {
-            state.metrics =
-                std::mem::replace(&mut state.metrics, Metrics::new(BTreeMap::new())).with_mlflow(stats);
+            state.metrics = std::mem::replace(&mut state.metrics, Metrics::new(BTreeMap::new()))
+                .with_mlflow(stats.clone());
+            state.mlflow = Some(stats);
         }
         state.store = persistence.map(|p| p.store.clone());
         if let (Some(store), Ok(live)) = (&state.store, state.live.get_mut()) {
@@ -392,6 +396,7 @@ fn app_state(
         ready: AtomicBool::new(false),
         store: None,
         allowed_hosts: loaded.config.web.allowed_hosts.clone(),
+        mlflow: None,
     })
 }
 

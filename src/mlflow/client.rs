@@ -541,6 +541,11 @@ impl Client {
         self.get("api/2.0/mlflow/runs/get", &[("run_id", run_id)]).await
     }
 
+    /// The MLflow UI's page of a run.
+    pub fn run_page(&self, experiment_id: &str, run_id: &str) -> String {
+        format!("{}#/experiments/{experiment_id}/runs/{run_id}", self.base)
+    }
+
     /// Whether the server answers its health check.
     pub async fn healthy(&self) -> bool {
         let Ok(url) = self.base.join("health") else {

@@ -38,6 +38,7 @@ pub fn tracker(loaded: &Loaded) -> Result<Option<tracker::Tracker>, MlflowError>
         model_prefix: m.registered_model_prefix.clone(),
         queue_limit: m.queue_limit,
         flush: Duration::from_secs(10),
+        inputs: Arc::new(Default::default()),
         stats: Arc::new(tracker::TrackerStats::default()),
     }))
 }
@@ -51,13 +52,49 @@ pub fn recordings<'a>(base: &[&'a str], tracker: Option<&tracker::Tracker>) -> V
     names
 }
 
+/// The datasets of `tasks` as MLflow inputs: each held-out set's digest,
+/// and with `hospitals` (in-process, where the shards are here) each
+/// hospital's data digest. Never the data.
+pub fn inputs(
+    tasks: &[crate::tasks::PreparedTask],
+    hospitals: bool,
+) -> std::collections::BTreeMap<String, Vec<client::DatasetInput>> {
+    tasks
+        .iter()
+        .map(|t| {
+            let mut datasets = vec![client::DatasetInput {
+                name: format!("{} held-out", t.name),
+                digest: t.held_out_fingerprint(),
+                context: "evaluation".into(),
+                source: "the coordinator's held-out set".into(),
+            }];
+            if hospitals {
+                for i in 0..t.hospital_count() {
+                    if let Some(site) = t.site(i) {
+                        let name = t.hospital_name(i);
+                        datasets.push(client::DatasetInput {
+                            digest: site.fingerprint().to_string(),
+                            source: format!("hospital {name}"),
+                            name,
+                            context: "training".into(),
+                        });
+                    }
+                }
+            }
+            (t.name.clone(), datasets)
+        })
+        .collect()
+}
+
 /// Start `tracker` on the federation's "mlflow" recording; its statistics
 /// (for `/metrics`).
 pub fn follow(
-    tracker: tracker::Tracker,
+    mut tracker: tracker::Tracker,
     federation: &mut crate::federation::Federation,
     config: &crate::config::Config,
+    inputs: std::collections::BTreeMap<String, Vec<client::DatasetInput>>,
 ) -> anyhow::Result<Arc<tracker::TrackerStats>> {
+    tracker.inputs = Arc::new(inputs);
     let config = config.clone();
     let params: tracker::ParamsOf = Arc::new(move |task: &str| params::task_params(&config, task));
     let events = federation.recording("mlflow")?;

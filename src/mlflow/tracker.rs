@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 use medfed_actors::{FederationEvent, Recording};
 
 use super::batch::{Metric, Param, Tag};
-use super::client::{Client, MlflowError};
+use super::client::{Client, DatasetInput, MlflowError};
 use super::ops::{ops_for, Op, Queue};
 use crate::federation::CoordinatorClient;
 
@@ -27,6 +27,8 @@ pub struct TrackerStats {
     pub errors: AtomicU64,
     pub dropped: AtomicU64,
     pub queued: AtomicU64,
+    /// medfed run -> task -> its MLflow run's page (the panel links them).
+    pub links: Mutex<std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>>,
 }
 
 /// Per task, the params of a run (the configuration and the run's settings).
@@ -40,6 +42,8 @@ pub struct Tracker {
     pub queue_limit: usize,
     /// How long a shutdown waits for the queue to drain.
     pub flush: Duration,
+    /// Per task, the datasets its runs use (digests only).
+    pub inputs: Arc<std::collections::BTreeMap<String, Vec<DatasetInput>>>,
     pub stats: Arc<TrackerStats>,
 }
 
@@ -117,6 +121,8 @@ impl Tracker {
             client: &self.client,
             experiment: &self.experiment,
             model_prefix: &self.model_prefix,
+            inputs: &self.inputs,
+            stats: &self.stats,
             experiment_id: None,
             runs: HashMap::new(),
         };
@@ -245,6 +251,8 @@ struct Sender<'a> {
     client: &'a Client,
     experiment: &'a str,
     model_prefix: &'a str,
+    inputs: &'a std::collections::BTreeMap<String, Vec<DatasetInput>>,
+    stats: &'a TrackerStats,
     experiment_id: Option<String>,
     /// (medfed run, task) -> MLflow run id, so that a retried start never
     /// makes a second MLflow run.
@@ -281,6 +289,12 @@ impl Sender<'_> {
                     };
                     let name = format!("{medfed_run} {task}");
                     let run = self.client.create_run(&experiment_id, &name, tags).await?;
+                    if let Ok(mut links) = self.stats.links.lock() {
+                        links
+                            .entry(medfed_run.clone())
+                            .or_default()
+                            .insert(task.clone(), self.client.run_page(&experiment_id, &run.run_id));
+                    }
                     // Only the latest medfed run's MLflow run takes metrics.
                     self.runs.retain(|(_, t), _| t != task);
                     self.runs.insert(key.clone(), run.run_id);
@@ -288,7 +302,11 @@ impl Sender<'_> {
                 let run_id = self.runs[&key].clone();
                 self.client
                     .log(&run_id, Vec::new(), params.clone(), Vec::new())
-                    .await
+                    .await?;
+                match self.inputs.get(task) {
+                    Some(datasets) if !datasets.is_empty() => self.client.log_inputs(&run_id, datasets).await,
+                    _ => Ok(()),
+                }
             }
             Op::Log { task, metrics } => match self.current(task) {
                 Some(run_id) => {

@@ -211,6 +211,10 @@ pub async fn run(state: web::Data<Arc<AppState>>, id: web::Path<String>) -> ApiR
             }
         }
     }
+    let mlflow = state
+        .mlflow
+        .as_ref()
+        .and_then(|m| m.links.lock().ok()?.get(&record.id).cloned());
     if record.report.is_none() {
         // Still running: the coordinator's report so far.
         record.report = Some(
@@ -220,7 +224,12 @@ pub async fn run(state: web::Data<Arc<AppState>>, id: web::Path<String>) -> ApiR
                 .map_err(ApiError::internal)?,
         );
     }
-    Ok(HttpResponse::Ok().json(record))
+    let mut body = serde_json::to_value(&record).map_err(|e| ApiError::internal(e.into()))?;
+    if let Some(links) = mlflow {
+        // Each task's MLflow run (the panel links it).
+        body["mlflow"] = json!(links);
+    }
+    Ok(HttpResponse::Ok().json(body))
 }
 
 pub async fn start_run(
