@@ -61,6 +61,24 @@ async fn a_five_round_run_appears_in_mlflow_as_the_run_reports_it() {
     let run = &runs[0];
     let run_id = run["info"]["run_id"].as_str().unwrap();
     assert_eq!(run["info"]["status"], "FINISHED");
+    let tags: Vec<&str> = run["data"]["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["key"].as_str().unwrap())
+        .collect();
+    for key in ["medfed.run_id", "medfed.config_fingerprint", "medfed.coordinator"] {
+        assert!(tags.contains(&key), "{key} in {tags:?}");
+    }
+    // The datasets by digest: the held-out set and each hospital's shard.
+    let got = client.run(run["info"]["run_id"].as_str().unwrap()).await.unwrap();
+    let inputs = got["run"]["inputs"]["dataset_inputs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{got}"));
+    assert_eq!(inputs.len(), 6, "{got}");
+    assert!(inputs
+        .iter()
+        .all(|i| !i["dataset"]["digest"].as_str().unwrap().is_empty()));
     let params: Vec<(&str, &str)> = run["data"]["params"]
         .as_array()
         .unwrap()

@@ -366,6 +366,14 @@ impl Client {
 
     /// The datasets a run used, by digest (never their content).
     pub async fn log_inputs(&self, run_id: &str, datasets: &[DatasetInput]) -> Result<()> {
+        if let Some(d) = datasets.iter().find(|d| d.digest.chars().count() > 36) {
+            return Err(batch::Unfit {
+                what: "dataset digest",
+                key: d.name.clone(),
+                reason: format!("{} characters, more than MLflow's 36", d.digest.chars().count()),
+            }
+            .into());
+        }
         let inputs: Vec<Value> = datasets
             .iter()
             .map(|d| {

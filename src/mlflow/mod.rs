@@ -33,12 +33,22 @@ pub fn tracker(loaded: &Loaded) -> Result<Option<tracker::Tracker>, MlflowError>
         (None, None) => None,
     };
     Ok(Some(tracker::Tracker {
-        client: Client::new(&uri, auth, Retry::default())?,
+        // One try per call: the tracker retries from its queue with its own
+        // backoff, and a shutdown with MLflow away then drops at once.
+        client: Client::new(
+            &uri,
+            auth,
+            Retry {
+                attempts: 1,
+                first_pause: Duration::ZERO,
+            },
+        )?,
         experiment: m.experiment.clone(),
         model_prefix: m.registered_model_prefix.clone(),
         queue_limit: m.queue_limit,
         flush: Duration::from_secs(10),
         inputs: Arc::new(Default::default()),
+        run_tags: Vec::new(),
         stats: Arc::new(tracker::TrackerStats::default()),
     }))
 }
@@ -73,7 +83,8 @@ pub fn inputs(
                     if let Some(site) = t.site(i) {
                         let name = t.hospital_name(i);
                         datasets.push(client::DatasetInput {
-                            digest: site.fingerprint().to_string(),
+                            // MLflow keeps at most 36 characters of a digest.
+                            digest: format!("sha256:{}", &site.fingerprint().to_string()[..24]),
                             source: format!("hospital {name}"),
                             name,
                             context: "training".into(),
@@ -95,6 +106,27 @@ pub fn follow(
     inputs: std::collections::BTreeMap<String, Vec<client::DatasetInput>>,
 ) -> anyhow::Result<Arc<tracker::TrackerStats>> {
     tracker.inputs = Arc::new(inputs);
+    // What ties an MLflow run to where it came from.
+    let fingerprint = {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(crate::config::to_toml(config).as_bytes());
+        digest
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown".into());
+    tracker.run_tags = vec![
+        batch::Tag {
+            key: "medfed.config_fingerprint".into(),
+            value: fingerprint,
+        },
+        batch::Tag {
+            key: "medfed.coordinator".into(),
+            value: format!("{host} (medfed {})", env!("CARGO_PKG_VERSION")),
+        },
+    ];
     let config = config.clone();
     let params: tracker::ParamsOf = Arc::new(move |task: &str| params::task_params(&config, task));
     let events = federation.recording("mlflow")?;

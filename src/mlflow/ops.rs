@@ -194,6 +194,37 @@ impl Queue {
         self.ops.front()
     }
 
+    /// The next call to make and how many queued ops it stands for:
+    /// consecutive metrics of one task go out as one batch (the batching
+    /// splits it again where MLflow's limits need).
+    pub fn next_call(&self) -> Option<(Op, usize)> {
+        let first = self.ops.front()?.clone();
+        let Op::Log { task, mut metrics } = first else {
+            return Some((first, 1));
+        };
+        let mut taken = 1;
+        for op in self.ops.iter().skip(1) {
+            match op {
+                Op::Log {
+                    task: t,
+                    metrics: more,
+                } if *t == task && metrics.len() + more.len() <= 5_000 => {
+                    metrics.extend(more.iter().cloned());
+                    taken += 1;
+                }
+                _ => break,
+            }
+        }
+        Some((Op::Log { task, metrics }, taken))
+    }
+
+    /// Remove the `n` ops a call stood for.
+    pub fn done(&mut self, n: usize) {
+        for _ in 0..n {
+            self.ops.pop_front();
+        }
+    }
+
     pub fn pop(&mut self) -> Option<Op> {
         self.ops.pop_front()
     }
@@ -370,8 +401,11 @@ mod tests {
         }
         assert_eq!((q.len(), q.dropped), (3, 3));
         assert_eq!(q.pop(), Some(start));
-        assert_eq!(q.pop(), Some(log(4)));
-        assert_eq!(q.pop(), Some(log(5)));
+        // The two metrics left go out as one call.
+        let (call, n) = q.next_call().unwrap();
+        let Op::Log { metrics, .. } = call else { panic!() };
+        assert_eq!((n, metrics.len()), (2, 2));
+        q.done(n);
         assert!(q.is_empty());
     }
 }

@@ -44,12 +44,16 @@ pub struct Tracker {
     pub flush: Duration,
     /// Per task, the datasets its runs use (digests only).
     pub inputs: Arc<std::collections::BTreeMap<String, Vec<DatasetInput>>>,
+    /// Tags every run gets (the coordinator, the configuration's fingerprint).
+    pub run_tags: Vec<Tag>,
     pub stats: Arc<TrackerStats>,
 }
 
 struct Shared {
     queue: Mutex<Queue>,
     wake: Notify,
+    /// Told once, when the bus closed: a backoff pause ends then.
+    closing: Notify,
     closed: std::sync::atomic::AtomicBool,
 }
 
@@ -66,6 +70,7 @@ impl Tracker {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::new(self.queue_limit)),
             wake: Notify::new(),
+            closing: Notify::new(),
             closed: std::sync::atomic::AtomicBool::new(false),
         });
         let stats = self.stats.clone();
@@ -108,6 +113,7 @@ impl Tracker {
                 }
                 shared.closed.store(true, Ordering::SeqCst);
                 shared.wake.notify_one();
+                shared.closing.notify_one();
             })
         };
         self.send(shared).await;
@@ -122,6 +128,7 @@ impl Tracker {
             experiment: &self.experiment,
             model_prefix: &self.model_prefix,
             inputs: &self.inputs,
+            run_tags: &self.run_tags,
             stats: &self.stats,
             experiment_id: None,
             runs: HashMap::new(),
@@ -129,8 +136,8 @@ impl Tracker {
         let mut pause = Duration::from_millis(250);
         let mut flush_deadline: Option<tokio::time::Instant> = None;
         loop {
-            let next = shared.queue.lock().ok().and_then(|q| q.front().cloned());
-            let Some(op) = next else {
+            let next = shared.queue.lock().ok().and_then(|q| q.next_call());
+            let Some((op, stands_for)) = next else {
                 if shared.closed.load(Ordering::SeqCst) {
                     return;
                 }
@@ -166,7 +173,11 @@ impl Tracker {
                 Err(e) if e.is_transient() => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("{e}; MLflow calls wait in the queue, next try in {pause:?}");
-                    tokio::time::sleep(pause).await;
+                    // A shutdown meanwhile ends the pause: the next failure drops.
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = shared.closing.notified() => {}
+                    }
                     pause = (pause * 2).min(Duration::from_secs(10));
                     continue;
                 }
@@ -180,7 +191,7 @@ impl Tracker {
                 }
             }
             if let Ok(mut q) = shared.queue.lock() {
-                q.pop();
+                q.done(stands_for);
                 self.stats.queued.store(q.len() as u64, Ordering::Relaxed);
             }
         }
@@ -252,6 +263,7 @@ struct Sender<'a> {
     experiment: &'a str,
     model_prefix: &'a str,
     inputs: &'a std::collections::BTreeMap<String, Vec<DatasetInput>>,
+    run_tags: &'a [Tag],
     stats: &'a TrackerStats,
     experiment_id: Option<String>,
     /// (medfed run, task) -> MLflow run id, so that a retried start never
@@ -288,7 +300,8 @@ impl Sender<'_> {
                         }
                     };
                     let name = format!("{medfed_run} {task}");
-                    let run = self.client.create_run(&experiment_id, &name, tags).await?;
+                    let all: Vec<Tag> = tags.iter().chain(self.run_tags).cloned().collect();
+                    let run = self.client.create_run(&experiment_id, &name, &all).await?;
                     if let Ok(mut links) = self.stats.links.lock() {
                         links
                             .entry(medfed_run.clone())
