@@ -237,7 +237,8 @@ fn an_outage_holds_nothing_up_and_the_queued_metrics_arrive_later() {
     let started: Value = client
         .post(served.url("/api/runs"))
         .bearer_auth(TOKEN)
-        .json(&serde_json::json!({"rounds": 5}))
+        .json(&serde_json::json!({"rounds": 5, "settings": {"breast_cancer": {
+            "strategy": {"name": "trimmed_mean", "beta": 0.2}}}}))
         .send()
         .unwrap()
         .json()
@@ -307,6 +308,11 @@ fn an_outage_holds_nothing_up_and_the_queued_metrics_arrive_later() {
             .unwrap();
         let run = &found["runs"][0];
         assert_eq!(run["info"]["status"], "FINISHED", "{found}");
+        // The run's own settings are what it logs.
+        let params = run["data"]["params"].as_array().unwrap();
+        let param = |k: &str| params.iter().find(|p| p["key"] == k).map(|p| p["value"].clone());
+        assert_eq!(param("strategy"), Some(Value::from("trimmed_mean")), "{run}");
+        assert_eq!(param("strategy.beta"), Some(Value::from("0.2")), "{run}");
         let run_id = run["info"]["run_id"].as_str().unwrap();
         let history = mlflow.metric_history(run_id, "accuracy").await.unwrap();
         assert_eq!(

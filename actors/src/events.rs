@@ -31,6 +31,9 @@ pub enum FederationEvent {
         /// Hospitals the run leaves out (site withdrawal).
         #[serde(skip_serializing_if = "Vec::is_empty")]
         excluded: Vec<String>,
+        /// Per task, the settings the run uses instead of the configured ones.
+        #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+        settings: BTreeMap<String, crate::messages::TaskRunSettings>,
     },
     HospitalJoined {
         task: String,

@@ -17,6 +17,7 @@ pub fn observe(log: &AuditLog, event: &FederationEvent) {
             tasks,
             resumed_after,
             excluded,
+            ..
         } => log.record(
             actor,
             if resumed_after.is_empty() {

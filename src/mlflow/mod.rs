@@ -128,7 +128,11 @@ pub fn follow(
         },
     ];
     let config = config.clone();
-    let params: tracker::ParamsOf = Arc::new(move |task: &str| params::task_params(&config, task));
+    let params: tracker::ParamsOf = Arc::new(
+        move |task: &str, settings: Option<&medfed_actors::TaskRunSettings>| {
+            params::task_params(&config, task, settings)
+        },
+    );
     let events = federation.recording("mlflow")?;
     let stats = tracker.stats.clone();
     let coordinator = federation.client();

@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 
-use medfed_actors::FederationEvent;
+use medfed_actors::{FederationEvent, TaskRunSettings};
 
 use super::batch::{Metric, Param, Tag};
 use super::client::RunStatus;
@@ -59,9 +59,12 @@ fn tag(key: &str, value: &str) -> Tag {
     }
 }
 
-/// The MLflow calls `event` leads to. `params(task)` gives a task's params
+/// A task's params for a run: the configuration's, with the run's own settings.
+pub type ParamsFn = dyn Fn(&str, Option<&TaskRunSettings>) -> Vec<Param> + Send + Sync;
+
+/// The MLflow calls `event` leads to. `params(task, settings)` gives a task's params
 /// for the run (from the configuration and the run's own settings).
-pub fn ops_for(event: &FederationEvent, now_ms: i64, params: &dyn Fn(&str) -> Vec<Param>) -> Vec<Op> {
+pub fn ops_for(event: &FederationEvent, now_ms: i64, params: &ParamsFn) -> Vec<Op> {
     use FederationEvent as E;
     let metric = |key: String, value: f64, step: u32| Metric {
         key,
@@ -70,12 +73,17 @@ pub fn ops_for(event: &FederationEvent, now_ms: i64, params: &dyn Fn(&str) -> Ve
         step: i64::from(step),
     };
     match event {
-        E::RunStarted { run_id, tasks, .. } => tasks
+        E::RunStarted {
+            run_id,
+            tasks,
+            settings,
+            ..
+        } => tasks
             .iter()
             .map(|task| Op::StartRun {
                 task: task.clone(),
                 medfed_run: run_id.clone(),
-                params: params(task),
+                params: params(task, settings.get(task)),
                 tags: vec![
                     tag("medfed.run_id", run_id),
                     tag("medfed.task", task),
@@ -243,7 +251,7 @@ mod tests {
     use super::*;
     use medfed_models::metrics::Metrics;
 
-    fn params(task: &str) -> Vec<Param> {
+    fn params(task: &str, _: Option<&TaskRunSettings>) -> Vec<Param> {
         vec![Param {
             key: "task".into(),
             value: task.into(),
@@ -330,6 +338,7 @@ mod tests {
             tasks: vec!["a".into(), "b".into()],
             resumed_after: Default::default(),
             excluded: Vec::new(),
+            settings: Default::default(),
         };
         let ops = ops_for(&started, 0, &params);
         assert_eq!(ops.len(), 2);

@@ -2,6 +2,8 @@
 //! (rounds, hospitals, quorum, partition, strategy and its parameters,
 //! local training, privacy limits, secure aggregation).
 
+use medfed_actors::TaskRunSettings;
+
 use crate::config::{Config, PrivacyMode};
 
 use super::batch::Param;
@@ -13,12 +15,32 @@ fn param(key: &str, value: impl ToString) -> Param {
     }
 }
 
-/// `task`'s params under `config` (empty for an unknown task).
-pub fn task_params(config: &Config, task: &str) -> Vec<Param> {
-    let Some(t) = config.tasks.get(task) else {
+/// `task`'s params under `config` and the run's own `settings` (empty for
+/// an unknown task).
+pub fn task_params(config: &Config, task: &str, settings: Option<&TaskRunSettings>) -> Vec<Param> {
+    let Some(configured) = config.tasks.get(task) else {
         return Vec::new();
     };
-    let p = &config.privacy;
+    // What the run uses: its own settings over the configured ones.
+    let mut t = configured.clone();
+    let mut p = config.privacy.clone();
+    if let Some(s) = settings {
+        if let Some(strategy) = &s.strategy {
+            t.strategy = strategy.clone();
+        }
+        if let Some(tr) = s.training {
+            t.training.local_epochs = tr.local_epochs;
+            t.training.batch_size = tr.batch_size;
+            t.training.learning_rate = tr.learning_rate;
+            t.training.l2 = tr.l2;
+        }
+        if let Some(rp) = s.privacy {
+            p.epsilon = rp.epsilon.unwrap_or(p.epsilon);
+            p.delta = rp.delta.unwrap_or(p.delta);
+            p.noise_multiplier = rp.noise_multiplier.or(p.noise_multiplier);
+        }
+    }
+    let (t, p) = (&t, &p);
     let mut params = vec![
         param("rounds", t.effective_rounds(&config.run)),
         param("hospitals", t.hospitals),
@@ -74,7 +96,7 @@ mod tests {
             positive_class = "1"
         "#;
         let config: Config = toml::from_str(text).unwrap();
-        let params = task_params(&config, "bc");
+        let params = task_params(&config, "bc", None);
         let get = |k: &str| params.iter().find(|p| p.key == k).map(|p| p.value.as_str());
         assert_eq!(get("rounds"), Some("10"));
         assert_eq!(get("quorum"), Some("4"));
@@ -83,6 +105,28 @@ mod tests {
         assert_eq!(get("privacy.epsilon_budget"), Some("3"));
         assert_eq!(get("privacy.noise_multiplier"), Some("calibrated"));
         assert_eq!(get("secure_aggregation"), Some("off"));
-        assert!(task_params(&config, "nope").is_empty());
+        assert!(task_params(&config, "nope", None).is_empty());
+        // A run's own settings are what it logs.
+        let settings = TaskRunSettings {
+            strategy: crate::config::StrategyConfig::named("median"),
+            training: Some(medfed_actors::TrainingSettings {
+                local_epochs: 3,
+                batch_size: 8,
+                learning_rate: 0.05,
+                l2: 0.0,
+            }),
+            privacy: Some(medfed_models::learner::RunPrivacy {
+                epsilon: Some(1.0),
+                delta: None,
+                noise_multiplier: None,
+                rounds: 0,
+            }),
+        };
+        let params = task_params(&config, "bc", Some(&settings));
+        let get = |k: &str| params.iter().find(|p| p.key == k).map(|p| p.value.as_str());
+        assert_eq!(get("strategy"), Some("median"));
+        assert_eq!(get("strategy.beta"), None);
+        assert_eq!(get("learning_rate"), Some("0.05"));
+        assert_eq!(get("privacy.epsilon_budget"), Some("1"));
     }
 }

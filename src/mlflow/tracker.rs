@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 
 use medfed_actors::{FederationEvent, Recording};
 
-use super::batch::{Metric, Param, Tag};
+use super::batch::{Metric, Tag};
 use super::client::{Client, DatasetInput, MlflowError};
 use super::ops::{ops_for, Op, Queue};
 use crate::federation::CoordinatorClient;
@@ -32,7 +32,7 @@ pub struct TrackerStats {
 }
 
 /// Per task, the params of a run (the configuration and the run's settings).
-pub type ParamsOf = Arc<dyn Fn(&str) -> Vec<Param> + Send + Sync>;
+pub type ParamsOf = Arc<super::ops::ParamsFn>;
 
 pub struct Tracker {
     pub client: Client,

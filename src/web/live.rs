@@ -456,6 +456,7 @@ mod tests {
                 tasks: vec!["t".into()],
                 resumed_after: Default::default(),
                 excluded: Vec::new(),
+                settings: Default::default(),
             },
             2.0,
         );

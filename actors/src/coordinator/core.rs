@@ -606,6 +606,7 @@ impl Core {
             tasks: tasks.clone(),
             resumed_after: BTreeMap::new(),
             excluded: excluded.into_iter().collect(),
+            settings: request.settings.clone(),
         }));
         for (t, rounds) in planned {
             self.apply(now, &t, Event::Start { rounds }, None, out);
@@ -683,6 +684,7 @@ impl Core {
                 .map(|(name, _, after)| (name.clone(), *after))
                 .collect(),
             excluded: point.excluded.clone(),
+            settings: point.settings.clone(),
         }));
         for (name, rounds, after) in plans {
             self.apply(now, &name, Event::Resume { rounds, after }, None, out);
