@@ -12,6 +12,7 @@ use fail as _;
 
 pub mod audit;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod durability;
