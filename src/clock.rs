@@ -24,6 +24,11 @@ pub fn since_epoch() -> std::time::Duration {
         .unwrap_or_default()
 }
 
+/// Now in milliseconds since the Unix epoch (MLflow's timestamps).
+pub fn now_ms() -> i64 {
+    since_epoch().as_millis() as i64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

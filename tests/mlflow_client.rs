@@ -182,23 +182,9 @@ async fn a_run_its_model_and_the_registry_as_mlflow_stores_them() {
         .await
         .unwrap();
     assert_eq!(alias["model_version"]["version"], "1", "{alias}");
-    let root = model
-        .artifact_uri
-        .trim_start_matches("mlflow-artifacts:")
-        .trim_start_matches('/');
-    let bytes = http
-        .get(format!(
-            "{}/api/2.0/mlflow-artifacts/artifacts/{root}/model.safetensors",
-            server.url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let bytes = server.artifact(&model.artifact_uri, "model.safetensors").await;
     assert_eq!(
-        bytes.as_ref(),
+        bytes.as_slice(),
         weights.as_slice(),
         "the uploaded file, byte for byte"
     );

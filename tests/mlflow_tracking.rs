@@ -163,23 +163,10 @@ async fn a_five_round_run_appears_in_mlflow_as_the_run_reports_it() {
     let model = get(format!("{}/api/2.0/mlflow/logged-models/{model_id}", server.url)).await;
     let uri = model["model"]["info"]["artifact_uri"].as_str().unwrap();
     assert_eq!(model["model"]["info"]["status"], "LOGGED_MODEL_READY", "{model}");
-    let root = uri
-        .trim_start_matches("mlflow-artifacts:")
-        .trim_start_matches('/');
-    let bytes = http
-        .get(format!(
-            "{}/api/2.0/mlflow-artifacts/artifacts/{root}/model.safetensors",
-            server.url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let bytes = server.artifact(uri, "model.safetensors").await;
     let file = std::fs::read(saved.path().join("breast_cancer.safetensors")).unwrap();
     assert_eq!(
-        bytes.as_ref(),
+        bytes.as_slice(),
         file.as_slice(),
         "the registered model is the saved one"
     );
@@ -234,48 +221,14 @@ fn an_outage_holds_nothing_up_and_the_queued_metrics_arrive_later() {
     let served = Served::start(&["--task", "breast_cancer", "--mlflow-uri", &server.url], &[]);
     server.stop();
     let client = reqwest::blocking::Client::new();
-    let started: Value = client
-        .post(served.url("/api/runs"))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({"rounds": 5, "settings": {"breast_cancer": {
-            "strategy": {"name": "trimmed_mean", "beta": 0.2}}}}))
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
-    let id = started["id"].as_str().unwrap().to_string();
-    let metrics = |name: &str| -> f64 {
-        let text = client
-            .get(served.url("/metrics"))
-            .bearer_auth(TOKEN)
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(-1.0)
-    };
+    let id = start_run(
+        &served,
+        serde_json::json!({"rounds": 5, "settings": {"breast_cancer": {
+            "strategy": {"name": "trimmed_mean", "beta": 0.2}}}}),
+    );
+    let metrics = |name: &str| scraped(&served, name);
     // The run ends on time with MLflow away.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let run: Value = client
-            .get(served.url(&format!("/api/runs/{id}")))
-            .bearer_auth(TOKEN)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        if run["status"] == "finished" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run did not finish with MLflow away: {run}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_finished(&served, &id, "the run with MLflow away");
     assert!(metrics("medfed_mlflow_queue") > 0.0, "calls wait for MLflow");
     let deadline = Instant::now() + Duration::from_secs(20);
     while metrics("medfed_mlflow_errors_total") <= 0.0 {
@@ -363,7 +316,7 @@ fn broken_mlflow() -> String {
 /// no sooner or later than it would, and the errors are logged and counted.
 #[test]
 fn an_mlflow_that_answers_500s_and_garbage_changes_nothing_but_the_error_count() {
-    use common::server::{Served, TOKEN};
+    use common::server::Served;
     use std::time::{Duration, Instant};
     let url = broken_mlflow();
     let out = medfed(
@@ -389,49 +342,61 @@ fn an_mlflow_that_answers_500s_and_garbage_changes_nothing_but_the_error_count()
     );
 
     let served = Served::start(&["--task", "breast_cancer", "--mlflow-uri", &url], &[]);
-    let client = reqwest::blocking::Client::new();
-    let started: Value = client
+    let id = start_run(&served, serde_json::json!({"rounds": 3}));
+    wait_finished(&served, &id, "the run with a broken MLflow");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while scraped(&served, "medfed_mlflow_errors_total") <= 0.0 {
+        assert!(Instant::now() < deadline, "MLflow's errors are counted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Start a run on `served` with `body`; its id.
+fn start_run(served: &common::server::Served, body: Value) -> String {
+    let started: Value = reqwest::blocking::Client::new()
         .post(served.url("/api/runs"))
-        .bearer_auth(TOKEN)
-        .json(&serde_json::json!({"rounds": 3}))
+        .bearer_auth(common::server::TOKEN)
+        .json(&body)
         .send()
         .unwrap()
         .json()
         .unwrap();
-    let id = started["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(60);
+    started["id"].as_str().unwrap().to_string()
+}
+
+/// Wait (at most a minute) until run `id` has finished.
+fn wait_finished(served: &common::server::Served, id: &str, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
-        let run: Value = client
+        let run: Value = reqwest::blocking::Client::new()
             .get(served.url(&format!("/api/runs/{id}")))
-            .bearer_auth(TOKEN)
+            .bearer_auth(common::server::TOKEN)
             .send()
             .unwrap()
             .json()
             .unwrap();
         if run["status"] == "finished" {
-            break;
+            return;
         }
-        assert!(Instant::now() < deadline, "{run}");
-        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} did not finish: {run}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = client
-            .get(served.url("/metrics"))
-            .bearer_auth(TOKEN)
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
-        let errors: f64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("medfed_mlflow_errors_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0);
-        if errors > 0.0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "MLflow's errors are counted: {text}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+}
+
+/// The sample of `name` on `served`'s /metrics (-1 when it has none).
+fn scraped(served: &common::server::Served, name: &str) -> f64 {
+    let text = reqwest::blocking::Client::new()
+        .get(served.url("/metrics"))
+        .bearer_auth(common::server::TOKEN)
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1.0)
 }

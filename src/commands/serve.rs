@@ -244,8 +244,7 @@ impl Panel {
             &options.baselines,
         )?;
         if let Some(stats) = options.mlflow.clone() {
-            state.metrics = std::mem::replace(&mut state.metrics, Metrics::new(BTreeMap::new()))
-                .with_mlflow(stats.clone());
+            state.metrics.add_mlflow(stats.clone());
             state.mlflow = Some(stats);
         }
         state.store = persistence.map(|p| p.store.clone());

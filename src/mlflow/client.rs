@@ -132,12 +132,6 @@ pub struct Client {
     retry: Retry,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// A JSON field as a string, or an error naming it.
 fn text(endpoint: &str, v: &Value, pointer: &str) -> Result<String> {
     v.pointer(pointer)
@@ -328,7 +322,7 @@ impl Client {
         let v = self
             .post(
                 EP,
-                json!({ "experiment_id": experiment_id, "run_name": run_name, "start_time": now_ms(), "tags": tags }),
+                json!({ "experiment_id": experiment_id, "run_name": run_name, "start_time": crate::clock::now_ms(), "tags": tags }),
             )
             .await?;
         Ok(RunInfo {
@@ -359,7 +353,7 @@ impl Client {
     pub async fn end_run(&self, run_id: &str, status: RunStatus) -> Result<()> {
         let mut body = json!({ "run_id": run_id, "status": status.name() });
         if status != RunStatus::Running {
-            body["end_time"] = json!(now_ms());
+            body["end_time"] = json!(crate::clock::now_ms());
         }
         self.post("api/2.0/mlflow/runs/update", body).await.map(|_| ())
     }

@@ -52,7 +52,7 @@ impl Op {
     }
 }
 
-fn tag(key: &str, value: &str) -> Tag {
+pub(crate) fn tag(key: &str, value: &str) -> Tag {
     Tag {
         key: key.into(),
         value: value.into(),

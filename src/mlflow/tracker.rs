@@ -17,7 +17,7 @@ use medfed_actors::{FederationEvent, Recording};
 
 use super::batch::{Metric, Tag};
 use super::client::{Client, DatasetInput, MlflowError};
-use super::ops::{ops_for, Op, Queue};
+use super::ops::{ops_for, tag, Op, Queue};
 use crate::federation::CoordinatorClient;
 
 /// What the tracker did, for `/metrics` and the logs.
@@ -57,12 +57,6 @@ struct Shared {
     closed: std::sync::atomic::AtomicBool,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 impl Tracker {
     /// Follow `events` until the bus closes, then flush (at most `flush`).
     /// `coordinator`: where a finished task's report and model come from.
@@ -91,7 +85,7 @@ impl Tracker {
                     {
                         ops.extend(final_ops(&coordinator, task, &medfed_run).await);
                     }
-                    ops.extend(ops_for(&event, now_ms(), params.as_ref()));
+                    ops.extend(ops_for(&event, crate::clock::now_ms(), params.as_ref()));
                     if ops.is_empty() {
                         continue;
                     }
@@ -212,7 +206,7 @@ async fn final_ops(coordinator: &CoordinatorClient, task: &str, medfed_run: &str
     let Some(t) = report.tasks.get(task) else {
         return ops;
     };
-    let now = now_ms();
+    let now = crate::clock::now_ms();
     let mut metrics = Vec::new();
     for r in &t.rounds {
         if let Some(p) = &r.federated.pooled {
@@ -383,13 +377,6 @@ impl Sender<'_> {
                 Ok(())
             }
         }
-    }
-}
-
-fn tag(key: &str, value: &str) -> Tag {
-    Tag {
-        key: key.into(),
-        value: value.into(),
     }
 }
 

@@ -91,6 +91,23 @@ impl MlflowServer {
         }
     }
 
+    /// A file under an artifact URI, through the server's artifact proxy.
+    pub async fn artifact(&self, artifact_uri: &str, path: &str) -> Vec<u8> {
+        let root = artifact_uri
+            .trim_start_matches("mlflow-artifacts:")
+            .trim_start_matches('/');
+        let url = format!("{}/api/2.0/mlflow-artifacts/artifacts/{root}/{path}", self.url);
+        reqwest::Client::new()
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec()
+    }
+
     /// Stop it (its whole process group).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -419,9 +419,8 @@ impl Metrics {
     }
 
     /// Also export the MLflow tracker's calls, errors, drops and queue.
-    pub fn with_mlflow(mut self, stats: Arc<crate::mlflow::tracker::TrackerStats>) -> Self {
+    pub fn add_mlflow(&mut self, stats: Arc<crate::mlflow::tracker::TrackerStats>) {
         self.registry.register_collector(Box::new(MlflowTracking(stats)));
-        self
     }
 
     /// Also export each recording observer's backlog.
