@@ -608,6 +608,11 @@ pub struct HospitalNodeArgs {
     /// minute after the coordinator announced a normal shutdown).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_reconnect_attempts: Option<u64>,
+    /// Serve /healthz, /readyz (connected and admitted) and /metrics
+    /// (`medfed_hospital_*`) here. In a pod, listen on the pod's address
+    /// (0.0.0.0 or [::]): probes never reach a loopback listener.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub security: ClusterSecurity,
 }

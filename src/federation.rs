@@ -262,6 +262,7 @@ impl Federation {
                         held_out: None,
                         attack,
                         site_record: false,
+                        observer: None,
                     },
                 )
                 .await

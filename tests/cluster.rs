@@ -758,3 +758,76 @@ fn spent_budgets_survive_restarts_of_hospitals_and_coordinator() {
     // It recalibrated its noise for what is left of its budget.
     assert!(after_three <= 3.0 + 1e-9);
 }
+
+/// `medfed hospital --http`: health at once, ready only while connected and
+/// admitted, and `medfed_hospital_*` metrics that promtool accepts and that
+/// count what the hospital trained, sent and spent.
+#[test]
+fn a_hospital_serves_health_readiness_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let dp = owned(&["--config", "config/dp.toml"]);
+    let mut with_http = dp.clone();
+    with_http.extend(owned(&["--http", &http]));
+    let mut h1 = start_hospital(d, "h1", &addr, 1, &with_http, &[]);
+    let get = |path: &str| {
+        reqwest::blocking::get(format!("http://{http}{path}"))
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let wait_status = |path: &str, want: u16| {
+        let deadline = std::time::Instant::now() + SHORT;
+        while get(path) != want {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{path} never answered {want}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait_status("/healthz", 200);
+    assert_eq!(get("/readyz"), 503, "no coordinator yet: not ready");
+    assert_eq!(get("/nowhere"), 404);
+
+    let mut args = dp.clone();
+    args.extend(owned(&["--rounds", "2", "--auto-start"]));
+    let all = [("MEDFED_TASKS__BREAST_CANCER__MIN_HOSPITALS", "5")];
+    let mut coordinator = start_coordinator(d, "coordinator", &addr, &args, &all);
+    let _others: Vec<Process> = (2..=5)
+        .map(|i| start_hospital(d, &format!("h{i}"), &addr, i, &dp, &[]))
+        .collect();
+    wait_status("/readyz", 200);
+    coordinator.wait_for(&["run ended", "finished"], 1, LONG);
+
+    let text = scrape(&http);
+    common::promtool_check_metrics(&text);
+    let value = |series: &str| {
+        common::cluster::metric(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    assert_eq!(value("medfed_hospital_rounds_trained_total"), 2.0);
+    assert_eq!(value("medfed_hospital_updates_sent_total"), 2.0);
+    assert_eq!(value("medfed_hospital_updates_declined_total"), 0.0);
+    assert_eq!(value("medfed_hospital_training_seconds_count"), 2.0);
+    assert_eq!(value("medfed_hospital_ready"), 1.0);
+    assert_eq!(value("medfed_hospital_epsilon_budget"), 3.0);
+    let spent = value("medfed_hospital_epsilon_spent");
+    assert!(spent > 0.0 && spent <= 3.0, "epsilon spent {spent}");
+    // The ledger was bound to its budget, charged for the released count
+    // and for each round's update.
+    assert!(value("medfed_hospital_ledger_writes_total") >= 3.0, "{text}");
+    assert!(value("medfed_hospital_sent_bytes_total") > 0.0);
+    assert!(value("medfed_hospital_received_bytes_total") > 0.0);
+    assert!(text.contains(
+        "medfed_hospital_info{hospital=\"breast_cancer-1\",task=\"breast_cancer\",kind=\"tabular\"} 1"
+    ));
+    // DP withholds local metrics: nothing about accuracy or loss here.
+    assert!(!text.contains("accuracy") && !text.contains("loss"), "{text}");
+
+    // The coordinator goes: the hospital stays alive but is no longer ready.
+    coordinator.kill();
+    wait_status("/readyz", 503);
+    assert_eq!(get("/healthz"), 200);
+    h1.kill();
+}

@@ -356,8 +356,7 @@ fn an_idle_connection_does_not_hold_up_a_tls_join() {
         .unwrap()
         .as_secs() as i64;
     for certificate in ["node", "ca"] {
-        let prefix =
-            format!("medfed_cluster_certificate_expiry_timestamp_seconds{{certificate=\"{certificate}\"}} ");
+        let prefix = format!("medfed_tls_cert_expiry_seconds{{certificate=\"{certificate}\"}} ");
         let line = metrics
             .lines()
             .find(|l| l.starts_with(&prefix))

@@ -461,23 +461,7 @@ fn metrics_pass_promtool_cover_the_dashboard_and_are_scraped_by_prometheus() {
         );
     }
 
-    if external_available("promtool") {
-        let mut check = Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(check.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
-        let out = check.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool check metrics: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    common::promtool_check_metrics(&text);
 
     if !external_available("prometheus") {
         return;

@@ -187,6 +187,7 @@ async fn spawn_hospital_with(
             held_out: None,
             attack: None,
             site_record: false,
+            observer: None,
         },
     )
     .await

@@ -91,6 +91,7 @@ async fn run_federation(rounds: u32) -> RunReport {
                 held_out: None,
                 attack: None,
                 site_record: false,
+                observer: None,
             },
         )
         .await

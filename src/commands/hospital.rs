@@ -16,7 +16,7 @@ use medfed_actors::cluster::{
     node, ClusterError, HospitalLink, LinkArgs, LinkStatus, NodeOptions, SessionEventKind, SessionLog,
     Shared, Uplink, WireStats,
 };
-use medfed_actors::{Hospital, HospitalArgs};
+use medfed_actors::{Hospital, HospitalArgs, HospitalObserver};
 use medfed_models::learner::Evaluator;
 
 use super::cluster_node;
@@ -25,6 +25,7 @@ use crate::config::Loaded;
 use crate::hospital_learner::{self, BuiltLearner, Ledgers, Site};
 use crate::shutdown::shutdown_signal;
 use crate::tasks::{kind_of, prepare_task};
+use crate::web::hospital::HospitalMetrics;
 
 pub async fn execute(args: &Args) -> Result<()> {
     let mut shutdown = shutdown_signal()?;
@@ -72,6 +73,16 @@ pub async fn execute(args: &Args) -> Result<()> {
     if let Some(name) = &name {
         medfed_actors::names::check_hospital_name(name).map_err(anyhow::Error::msg)?;
     }
+    let stats = Arc::new(WireStats::default());
+    let metrics = Arc::new(HospitalMetrics::new(stats.clone()));
+    // Up before the data is loaded: liveness answers at once, readiness
+    // once the coordinator has admitted this hospital.
+    if let Some(addr) = args.http {
+        let (server, bound) =
+            crate::web::hospital::server(metrics.clone(), loaded.config.web.scrape_token.clone(), addr)?;
+        info!(http = %bound, "serving /healthz, /readyz and /metrics");
+        tokio::spawn(server);
+    }
     let (prepare, task_name) = (loaded.clone(), task.clone());
     // Loading the data and calibrating the noise may take a while: a signal
     // meanwhile ends the agent at once.
@@ -95,6 +106,7 @@ pub async fn execute(args: &Args) -> Result<()> {
         return Ok(());
     };
     let kind = loaded.config.tasks[&task].kind.name().to_string();
+    metrics.identify(&local.name, &task, &kind);
 
     // Unique per process: ractor_cluster refuses a second session under a
     // node name it already has, before the coordinator could say why.
@@ -103,10 +115,10 @@ pub async fn execute(args: &Args) -> Result<()> {
     let identity = Identity::Hospital(local.name.clone());
     let (node, mut node_events) = node::start(NodeOptions {
         tls,
+        stats: stats.gate.clone(),
         ..NodeOptions::new(link_name.clone(), identity, cookie)
     })
     .await?;
-    let stats = Arc::new(WireStats::default());
     let shared = Shared::new(link_name, stats.clone());
     let (uplink, _) = Actor::spawn(None, Uplink, shared.clone()).await?;
     let (hospital, hospital_done) = Actor::spawn(
@@ -122,6 +134,7 @@ pub async fn execute(args: &Args) -> Result<()> {
             held_out: local.held_out,
             attack: args.attack,
             site_record: true,
+            observer: Some(metrics.clone() as Arc<dyn HospitalObserver>),
         },
     )
     .await
@@ -167,6 +180,7 @@ pub async fn execute(args: &Args) -> Result<()> {
             Some(s) = status.recv() => match s {
                 LinkStatus::CoordinatorUp => {
                     connected = true;
+                    metrics.connected();
                     first_duplicate = None;
                     // A pending retry (the handshake watchdog) is moot.
                     link.retry_armed = false;
@@ -179,6 +193,7 @@ pub async fn execute(args: &Args) -> Result<()> {
                 }
                 LinkStatus::CoordinatorDown => {
                     connected = false;
+                    metrics.disconnected();
                     if link.policy.announced_leave {
                         info!(hospital = %local.name, "the coordinator left: reconnecting when it is back");
                     } else {

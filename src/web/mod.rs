@@ -6,6 +6,7 @@ pub mod assets;
 pub mod auth;
 pub mod bodies;
 pub mod guard;
+pub mod hospital;
 pub mod live;
 pub mod login;
 pub mod metrics;

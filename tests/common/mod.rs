@@ -110,3 +110,27 @@ pub fn predicted_accuracy(stderr: &[u8]) -> f64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("metrics printed: {err}"))
 }
+
+/// `promtool check metrics` on an exposition: it must parse and lint clean.
+/// Skipped when promtool is missing and not required.
+#[allow(dead_code)] // only the /metrics tests
+pub fn promtool_check_metrics(text: &str) {
+    if !external_available("promtool") {
+        return;
+    }
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(check.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -140,8 +140,9 @@ impl Actor for HospitalLink {
             Received::Pending | Received::Dropped(_) => return Ok(()),
         };
         match &message {
-            // Presence is known from the process group; the welcome's work was its version.
-            ToHospital::Welcome => return Ok(()),
+            // Sent once the gate admitted this node's session: the agent's
+            // readiness (`medfed hospital --http`'s /readyz) follows it.
+            ToHospital::Welcome => {}
             ToHospital::Leaving => {
                 let _ = state.args.status.send(LinkStatus::CoordinatorLeaving);
                 return Ok(());

@@ -8,6 +8,7 @@ use medfed_models::learner::Evaluator;
 use medfed_models::seed;
 
 use super::learner::HospitalLearner;
+use super::observer::HospitalObserver;
 use crate::coordinator::task_group;
 use crate::messages::{CoordinatorMsg, EvalOutcome, HospitalInfo, ToCoordinator, ToHospital, TrainOutcome};
 
@@ -29,6 +30,8 @@ pub struct HospitalArgs {
     /// Log every release at INFO: the site's own record (a hospital in its
     /// own process); the in-process simulation logs them at DEBUG.
     pub site_record: bool,
+    /// The hospital's own /metrics and readiness, when it serves them.
+    pub observer: Option<Arc<dyn HospitalObserver>>,
 }
 
 pub struct HospitalState {
@@ -40,6 +43,7 @@ pub struct HospitalState {
     coordinator: ActorRef<CoordinatorMsg>,
     attack: Option<Attack>,
     site_record: bool,
+    observer: Option<Arc<dyn HospitalObserver>>,
 }
 
 impl Actor for Hospital {
@@ -75,6 +79,9 @@ impl Actor for Hospital {
             message: ToCoordinator::Hello { info: info.clone() },
         })?;
         info!(hospital = %info.name, task = %info.task, "hospital started");
+        if let (Some(observer), Some(spent)) = (&args.observer, &info.privacy) {
+            observer.privacy(spent, args.learner.ledger_writes());
+        }
         Ok(HospitalState {
             info,
             private: args.learner.is_private(),
@@ -83,6 +90,7 @@ impl Actor for Hospital {
             coordinator: args.coordinator,
             attack: args.attack,
             site_record: args.site_record,
+            observer: args.observer,
         })
     }
 
@@ -93,7 +101,12 @@ impl Actor for Hospital {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let reply = match msg {
-            ToHospital::Welcome => return Ok(()),
+            ToHospital::Welcome => {
+                if let Some(observer) = &state.observer {
+                    observer.admitted();
+                }
+                return Ok(());
+            }
             ToHospital::CollectStats { ask, privacy } => {
                 let outcome = lock(&state.learner)?.stats(privacy);
                 ToCoordinator::Stats { ask, outcome }
@@ -101,6 +114,7 @@ impl Actor for Hospital {
             ToHospital::Train { ask, model, plan } => {
                 let learner = state.learner.clone();
                 let run_seed = plan.seed;
+                let started = std::time::Instant::now();
                 // Training is CPU-bound: keep it off the actor runtime's threads.
                 let outcome = tokio::task::spawn_blocking(move || match lock(&learner) {
                     Ok(mut l) => l.train(&model, &plan),
@@ -114,6 +128,10 @@ impl Actor for Hospital {
                 });
                 if let TrainOutcome::Failed { reason } = &outcome {
                     warn!(hospital = %state.info.name, round = ask.round, "local training failed: {reason}");
+                }
+                if let Some(observer) = &state.observer {
+                    let sent = matches!(outcome, TrainOutcome::Trained { .. });
+                    observer.trained(started.elapsed().as_secs_f64(), sent);
                 }
                 let mut outcome = outcome;
                 if let (Some(attack), TrainOutcome::Trained { update }) = (&state.attack, &mut outcome) {
@@ -164,6 +182,12 @@ impl Actor for Hospital {
             }
         };
         super::releases::log_release(&state.info.name, &reply, state.site_record);
+        if let Some(observer) = &state.observer {
+            let l = lock(&state.learner)?;
+            if let Some(spent) = l.privacy_spent() {
+                observer.privacy(&spent, l.ledger_writes());
+            }
+        }
         state.coordinator.cast(CoordinatorMsg::FromHospital {
             sender: myself,
             message: reply,

@@ -32,6 +32,14 @@ impl HospitalLearner {
 
     /// The privacy its ledger says it has spent (DP only): what it
     /// announces when it joins, before any run.
+    /// Writes of the privacy ledger's file by this process (0 with DP off).
+    pub fn ledger_writes(&self) -> u64 {
+        match self {
+            HospitalLearner::Open(_) => 0,
+            HospitalLearner::Private(p) => p.ledger().writes(),
+        }
+    }
+
     pub fn privacy_spent(&self) -> Option<PrivacySpent> {
         match self {
             HospitalLearner::Open(_) => None,

@@ -3,7 +3,9 @@
 
 mod actor;
 mod learner;
+mod observer;
 pub mod releases;
 
 pub use actor::{Hospital, HospitalArgs};
 pub use learner::HospitalLearner;
+pub use observer::HospitalObserver;

@@ -128,6 +128,8 @@ pub struct Charge<'a> {
 pub struct Ledger {
     path: Option<PathBuf>,
     file: LedgerFile,
+    /// Writes of the file by this process (a hospital's /metrics).
+    writes: u64,
 }
 
 /// A ledger file as `medfed privacy ledger-show` lists it.
@@ -161,6 +163,7 @@ impl Ledger {
                 limit: None,
                 entries: Vec::new(),
             },
+            writes: 0,
         }
     }
 
@@ -195,6 +198,7 @@ impl Ledger {
                 Ok(Self {
                     path: Some(path),
                     file,
+                    writes: 0,
                 })
             }
             None if index_lists(dir, &name)? => Err(ledger_err(
@@ -209,6 +213,7 @@ impl Ledger {
                 let ledger = Self {
                     path: Some(path.clone()),
                     file: Self::in_memory(key).file,
+                    writes: 1,
                 };
                 // Indexed first: from then on a missing file is an error.
                 append_to_index(dir, &name)?;
@@ -236,11 +241,17 @@ impl Ledger {
                 ledger: Self {
                     path: Some(path),
                     file,
+                    writes: 0,
                 },
             });
         }
         out.sort_by(|a, b| a.file.cmp(&b.file));
         Ok(out)
+    }
+
+    /// How many times this process wrote the ledger's file.
+    pub fn writes(&self) -> u64 {
+        self.writes
     }
 
     pub fn path(&self) -> Option<&Path> {
@@ -346,6 +357,7 @@ impl Ledger {
         }
         if let Some(path) = &self.path {
             write_atomically(path, &next)?;
+            self.writes += 1;
         }
         self.file = next;
         Ok(())
@@ -383,6 +395,7 @@ impl Ledger {
                 next.limit = Some(limit);
                 if let Some(path) = &self.path {
                     write_atomically(path, &next)?;
+                    self.writes += 1;
                 }
                 self.file = next;
                 Ok(())

@@ -4,7 +4,7 @@
 //! a family with a unit ends in it and declares it (`# UNIT`).
 
 mod hospitals;
-mod process;
+pub(crate) mod process;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
@@ -440,7 +440,7 @@ impl Metrics {
 
 /// `medfed_build_info{version}`: always 1; the labels say which build.
 #[derive(Debug)]
-struct BuildInfo;
+pub(crate) struct BuildInfo;
 
 impl Collector for BuildInfo {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
@@ -547,14 +547,25 @@ fn encode_gate(gate: &GateStats, encoder: &mut DescriptorEncoder) -> std::fmt::R
             ConstCounter::new(count).encode(family.encode_family(&[("reason", reason)])?)?;
         }
     }
+    encode_cert_expiry(gate, encoder)
+}
+
+/// `medfed_tls_cert_expiry_seconds{certificate="node"|"ca"}`: when this
+/// node's cluster certificate and its CA expire (coordinator and hospitals).
+pub(crate) fn encode_cert_expiry(gate: &GateStats, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+    let expiries = gate.expiries();
+    if expiries.is_empty() {
+        return Ok(());
+    }
     let mut expiry = encoder.encode_descriptor(
-        "medfed_cluster_certificate_expiry_timestamp_seconds",
-        "When this node's cluster certificate and its CA expire (Unix time)",
+        "medfed_tls_cert_expiry_seconds",
+        "When this node's cluster certificate and its CA expire (Unix time, seconds)",
         None,
         MetricType::Gauge,
     )?;
-    for (certificate, at) in gate.expiries() {
-        ConstGauge::new(at).encode(expiry.encode_family(&[("certificate", certificate)])?)?;
+    for (certificate, at) in expiries {
+        prometheus_client::metrics::gauge::ConstGauge::new(at)
+            .encode(expiry.encode_family(&[("certificate", certificate)])?)?;
     }
     Ok(())
 }
