@@ -822,6 +822,28 @@ fn a_hospital_serves_health_readiness_and_metrics() {
     assert!(text.contains(
         "medfed_hospital_info{hospital=\"breast_cancer-1\",task=\"breast_cancer\",kind=\"tabular\"} 1"
     ));
+    // Every series the hospital dashboard queries is exported.
+    let dashboard = std::fs::read_to_string("k8s/grafana/dashboards/hospital.json").unwrap();
+    let dashboard: Value = serde_json::from_str(&dashboard).unwrap();
+    for target in dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+    {
+        let expr = target["expr"].as_str().unwrap();
+        // (medfed_tls_* needs TLS: tests/cluster_security.rs checks it.)
+        for (at, _) in expr.match_indices("medfed_hospital_") {
+            let name: String = expr[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                text.contains(&format!("\n{name}")),
+                "the hospital dashboard queries {name}, which /metrics does not export"
+            );
+        }
+    }
     // DP withholds local metrics: nothing about accuracy or loss here.
     assert!(!text.contains("accuracy") && !text.contains("loss"), "{text}");
 

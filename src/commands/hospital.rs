@@ -78,8 +78,11 @@ pub async fn execute(args: &Args) -> Result<()> {
     // Up before the data is loaded: liveness answers at once, readiness
     // once the coordinator has admitted this hospital.
     if let Some(addr) = args.http {
-        let (server, bound) =
-            crate::web::hospital::server(metrics.clone(), loaded.config.web.scrape_token.clone(), addr)?;
+        let (server, bound) = crate::web::hospital::server(
+            metrics.clone(),
+            crate::web::auth::token::scrape_token(&loaded)?,
+            addr,
+        )?;
         info!(http = %bound, "serving /healthz, /readyz and /metrics");
         tokio::spawn(server);
     }

@@ -229,7 +229,7 @@ impl Panel {
         )?;
         let auth = Auth::with_limit(
             tokens,
-            web.scrape_token.clone(),
+            crate::web::auth::token::scrape_token(loaded)?,
             web.secure_cookies || tls.is_some(),
             web.auth_failures_per_minute,
         );

@@ -113,6 +113,9 @@ pub struct WebConfig {
     /// When set (or MEDFED_WEB__SCRAPE_TOKEN), /metrics needs it as a bearer token.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub scrape_token: Option<String>,
+    /// A file holding the scrape token (a mounted Secret); not with `scrape_token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scrape_token_file: Option<PathBuf>,
     /// HTTPS: certificate and key (PEM); also --http-tls-cert/--http-tls-key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
@@ -139,6 +142,7 @@ impl Default for WebConfig {
             api_token: None,
             token_file: None,
             scrape_token: None,
+            scrape_token_file: None,
             tls_cert: None,
             tls_key: None,
             secure_cookies: false,

@@ -230,6 +230,30 @@ fn warn_if_shared(path: &Path) {
     }
 }
 
+/// The /metrics scrape token: `web.scrape_token` (or
+/// MEDFED_WEB__SCRAPE_TOKEN), else the file `web.scrape_token_file` names
+/// (read once at start, trimmed); `None`: /metrics is open.
+pub fn scrape_token(loaded: &crate::config::Loaded) -> Result<Option<String>> {
+    let web = &loaded.config.web;
+    let Some(path) = &web.scrape_token_file else {
+        return Ok(web.scrape_token.clone());
+    };
+    if web.scrape_token.is_some() {
+        anyhow::bail!("web.scrape_token and web.scrape_token_file are both set: keep one");
+    }
+    let path = loaded.resolve(path);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("web.scrape_token_file: cannot read {}", path.display()))?;
+    let token = text.trim();
+    if token.len() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        anyhow::bail!(
+            "web.scrape_token_file: {} must hold one token of at least {MIN_TOKEN_LEN} printable characters without spaces",
+            path.display()
+        );
+    }
+    Ok(Some(token.to_string()))
+}
+
 /// `bytes` random bytes as hex.
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];

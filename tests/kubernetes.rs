@@ -1,0 +1,189 @@
+//! The Kubernetes manifests (k8s/), tested without a cluster the strongest
+//! honest way available: every overlay rendered, validated against the
+//! Kubernetes 1.32 schemas, linted by checkov and checked object by object
+//! (tests/kubernetes/check_manifests.py); then the rendered pods run as the
+//! real image under podman, each in its own network namespace, with
+//! Services, probes, Secrets and NetworkPolicies applied as a kubelet and
+//! kube-proxy would (tests/kubernetes/podrunner.py, scenarios.py).
+//!
+//! Needs root, podman, runc, mmdebstrap, kubectl, promtool and the tools
+//! venv (kubernetes-validate, checkov, PyYAML); scripts/test installs them.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One pod runner at a time (they share the bridge, iptables chains and
+/// image tags).
+static RUNNER: Mutex<()> = Mutex::new(());
+
+const BINARY: &str = env!("CARGO_BIN_EXE_medfed");
+
+/// The tools venv's bin/ (MEDFED_K8S_TOOLS, else the cached venv).
+fn tools() -> Option<PathBuf> {
+    let dir = std::env::var_os("MEDFED_K8S_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/medfed/venvs/k8s-tools/bin")
+        });
+    if dir.join("python").exists() && dir.join("checkov").exists() {
+        return Some(dir);
+    }
+    if std::env::var("MEDFED_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
+        panic!(
+            "the Kubernetes tools venv is missing at {} (scripts/test installs it)",
+            dir.display()
+        );
+    }
+    eprintln!("SKIPPED: no Kubernetes tools venv at {}", dir.display());
+    None
+}
+
+fn can_run_pods() -> bool {
+    let root = unsafe { libc::geteuid() } == 0;
+    let tools = [
+        "podman",
+        "runc",
+        "mmdebstrap",
+        "promtool",
+        "prometheus",
+        "kubectl",
+    ]
+    .iter()
+    .all(|p| common::external_available(p));
+    if !root && std::env::var("MEDFED_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
+        panic!("the pod runner needs root (network namespaces, iptables)");
+    }
+    root && tools
+}
+
+/// Run `script args...` with the venv's Python; panics with its output on
+/// failure. Returns the last stdout line (the script's JSON report).
+fn python(tools: &std::path::Path, script: &str, args: &[&str], timeout: Duration) -> serde_json::Value {
+    let mut child = Command::new(tools.join("python"))
+        .arg(format!(
+            "{}/tests/kubernetes/{script}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start python");
+    let started = Instant::now();
+    let output = loop {
+        if child.try_wait().unwrap().is_some() || started.elapsed() > timeout {
+            if started.elapsed() > timeout {
+                let _ = child.kill();
+            }
+            break child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} {} failed ({:?} after {:.0} s):\n{stdout}\n{stderr}",
+        args.join(" "),
+        output.status,
+        started.elapsed().as_secs_f64()
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    let report: serde_json::Value =
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("{script}: no JSON report ({e}):\n{stdout}"));
+    println!("{report}");
+    report
+}
+
+#[test]
+fn every_overlay_renders_validates_lints_clean_and_holds_together() {
+    let Some(tools) = tools() else { return };
+    if !common::external_available("kubectl") || !common::external_available("promtool") {
+        return;
+    }
+    // Not a hidden directory: checkov skips those.
+    let work = tempfile::Builder::new().prefix("medfed-k8s-").tempdir().unwrap();
+    let report = python(
+        &tools,
+        "check_manifests.py",
+        &[
+            "--medfed",
+            BINARY,
+            "--tools",
+            tools.to_str().unwrap(),
+            "--workdir",
+            work.path().to_str().unwrap(),
+        ],
+        Duration::from_secs(600),
+    );
+    for overlay in ["local-test", "tls", "prod", "site"] {
+        let checkov = &report["overlays"][overlay]["checkov"];
+        assert_eq!(checkov["failed"], 0, "{overlay}: {report}");
+        assert!(checkov["passed"].as_u64().unwrap() > 50, "{overlay}: {report}");
+    }
+    assert_eq!(report["argocd_applications"], 4);
+}
+
+fn scenario(name: &str) -> serde_json::Value {
+    let Some(tools) = tools() else {
+        return serde_json::Value::Null;
+    };
+    if !can_run_pods() {
+        return serde_json::Value::Null;
+    }
+    let _one_at_a_time = RUNNER.lock().unwrap_or_else(|e| e.into_inner());
+    let work = tempfile::tempdir().unwrap();
+    python(
+        &tools,
+        "scenarios.py",
+        &[
+            "--binary",
+            BINARY,
+            "--workdir",
+            work.path().to_str().unwrap(),
+            name,
+        ],
+        Duration::from_secs(600),
+    )
+}
+
+#[test]
+fn the_local_test_overlay_runs_a_whole_federation_with_every_pod_ready() {
+    let report = scenario("local-test");
+    if !report.is_null() {
+        assert!(report["dashboard_queries"].as_u64().unwrap() > 30, "{report}");
+    }
+}
+
+#[test]
+fn the_tls_overlay_runs_a_whole_federation_over_mutual_tls() {
+    scenario("tls");
+}
+
+#[test]
+fn a_coordinator_pod_deleted_mid_run_resumes_the_run_on_its_volume() {
+    let report = scenario("coordinator-restart");
+    if !report.is_null() {
+        assert!(report["resumed_at_round"].as_u64().unwrap() > 1, "{report}");
+    }
+}
+
+#[test]
+fn a_hospital_pod_deleted_mid_run_rejoins_with_its_privacy_ledger() {
+    scenario("hospital-restart");
+}
+
+#[test]
+fn a_hospital_listening_on_loopback_never_gets_ready() {
+    scenario("loopback-http");
+}
+
+#[test]
+fn a_coordinator_certificate_without_the_service_name_is_refused() {
+    scenario("cert-without-service-name");
+}
