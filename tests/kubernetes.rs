@@ -187,3 +187,21 @@ fn a_hospital_listening_on_loopback_never_gets_ready() {
 fn a_coordinator_certificate_without_the_service_name_is_refused() {
     scenario("cert-without-service-name");
 }
+
+/// The pod runner's Kubernetes semantics (selectors, env sources, policy
+/// evaluation, Service names), without root or containers.
+#[test]
+fn the_pod_runner_follows_kubernetes_semantics() {
+    let Some(tools) = tools() else { return };
+    let out = Command::new(tools.join("python"))
+        .args(["-m", "unittest", "-v", "test_podrunner"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kubernetes"))
+        .output()
+        .expect("start python");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -94,8 +94,8 @@ const REVIEWED: &[(&str, &str, usize, &str)] = &[
     (
         "actors/src/hospital/learner.rs",
         "HospitalLearner::Open",
-        4,
-        "the match arms that dispatch on the variant (privacy_spent: an open learner has no ledger and reports None)",
+        5,
+        "the match arms that dispatch on the variant (privacy_spent and ledger_writes: an open learner has no ledger and reports None / 0)",
     ),
     (
         "actors/src/messages/wire.rs",

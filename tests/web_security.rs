@@ -413,6 +413,66 @@ fn tokens_rotate_through_the_token_file_and_failed_attempts_are_throttled() {
     );
 }
 
+/// Behind a trusted proxy (an ingress controller), each client is
+/// throttled on its own, by the address the proxy forwarded for; a
+/// client's own X-Forwarded-For is never believed.
+#[test]
+fn behind_a_trusted_proxy_each_client_is_throttled_on_its_own() {
+    let s = Served::start(
+        &["--task", "breast_cancer"],
+        &[
+            ("MEDFED_WEB__AUTH_FAILURES_PER_MINUTE", "2"),
+            ("MEDFED_WEB__TRUSTED_PROXIES", "[\"127.0.0.1\"]"),
+        ],
+    );
+    let status = |client: &str, token: &str| {
+        anonymous()
+            .get(s.url("/api/state"))
+            .header("X-Forwarded-For", client)
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status("198.51.100.1", "guess-0123456789abcdef"), 401);
+    assert_eq!(status("198.51.100.1", "guess-0123456789abcdef"), 401);
+    assert_eq!(
+        status("198.51.100.1", TOKEN),
+        429,
+        "the guessing client is throttled"
+    );
+    assert_eq!(
+        status("198.51.100.2", TOKEN),
+        200,
+        "another client behind the proxy is not"
+    );
+    assert!(
+        s.log().contains("198.51.100.1"),
+        "the log names the client, not the proxy"
+    );
+
+    // Without the proxy trusted, the header is the client's to forge: the
+    // peer itself is throttled, whatever it claims.
+    let plain = Served::start(
+        &["--task", "breast_cancer"],
+        &[("MEDFED_WEB__AUTH_FAILURES_PER_MINUTE", "2")],
+    );
+    let status = |client: &str, token: &str| {
+        anonymous()
+            .get(plain.url("/api/state"))
+            .header("X-Forwarded-For", client)
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(status("198.51.100.1", "guess-0123456789abcdef"), 401);
+    assert_eq!(status("198.51.100.3", "guess-0123456789abcdef"), 401);
+    assert_eq!(status("198.51.100.4", TOKEN), 429);
+}
+
 #[test]
 fn https_serves_the_panel_and_marks_the_session_cookie_secure() {
     if !external_available("curl") {

@@ -190,6 +190,7 @@ pub async fn execute(args: &Args) -> Result<()> {
                     link.policy.authenticated();
                     info!(hospital = %local.name, "connected to the coordinator");
                 }
+                LinkStatus::Welcomed => metrics.welcomed(),
                 LinkStatus::CoordinatorLeaving => {
                     link.policy.coordinator_leaving();
                     info!(hospital = %local.name, "the coordinator is shutting down normally: waiting for the next one");

@@ -395,6 +395,13 @@ fn app_state(
         ready: AtomicBool::new(false),
         store: None,
         allowed_hosts: loaded.config.web.allowed_hosts.clone(),
+        trusted_proxies: loaded
+            .config
+            .web
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| crate::web::proxies::parse(p))
+            .collect(),
         mlflow: None,
     })
 }

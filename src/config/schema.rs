@@ -130,6 +130,11 @@ pub struct WebConfig {
     /// literals and localhost; other Host or Origin headers are refused.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
+    /// Proxies (addresses or CIDR ranges, e.g. the ingress controller's)
+    /// whose X-Forwarded-For names the client: failed logins are then
+    /// throttled per client, not per proxy. Empty: the peer is the client.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
     /// Hospitals with their own series on /metrics (the first to join; 0:
     /// none), so that a huge federation adds a bounded number of series.
     pub hospital_series: usize,
@@ -148,6 +153,7 @@ impl Default for WebConfig {
             secure_cookies: false,
             auth_failures_per_minute: 10,
             allowed_hosts: Vec::new(),
+            trusted_proxies: Vec::new(),
             hospital_series: 100,
         }
     }

@@ -74,6 +74,14 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             );
         }
     }
+    for proxy in &config.web.trusted_proxies {
+        if crate::web::proxies::parse(proxy).is_none() {
+            return bad(
+                "web.trusted_proxies".into(),
+                format!("'{proxy}' is neither an IP address nor a CIDR range (e.g. 10.0.0.0/8)"),
+            );
+        }
+    }
     let m = &config.mlflow;
     if let Some(uri) = &m.tracking_uri {
         if !(uri.starts_with("http://") || uri.starts_with("https://")) {

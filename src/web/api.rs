@@ -454,21 +454,7 @@ pub async fn model_download(state: web::Data<Arc<AppState>>, path: web::Path<(St
 /// OpenMetrics for clients that ask for it (Prometheus does), else the
 /// Prometheus text format.
 pub async fn metrics(req: HttpRequest, state: web::Data<Arc<AppState>>) -> HttpResponse {
-    let wants_openmetrics = req
-        .headers()
-        .get("Accept")
-        .and_then(|a| a.to_str().ok())
-        .is_some_and(|a| a.contains("application/openmetrics-text"));
-    let text = state.metrics.encode();
-    if wants_openmetrics {
-        HttpResponse::Ok()
-            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-            .body(text)
-    } else {
-        HttpResponse::Ok()
-            .content_type("text/plain; version=0.0.4; charset=utf-8")
-            .body(super::metrics::to_prometheus_text(&text))
-    }
+    super::metrics::exposition(&req, state.metrics.encode())
 }
 
 pub async fn healthz() -> HttpResponse {

@@ -32,11 +32,22 @@ pub fn security_headers() -> DefaultHeaders {
         .add(("Cross-Origin-Opener-Policy", "same-origin"))
 }
 
-/// The request's source address (0.0.0.0 when unknown).
+/// The request's source address (0.0.0.0 when unknown): the peer, or the
+/// client a trusted proxy forwarded for (`web.trusted_proxies`).
 pub fn source(req: &actix_web::HttpRequest) -> IpAddr {
-    req.peer_addr()
+    let peer = req
+        .peer_addr()
         .map(|a| a.ip())
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let trusted = req
+        .app_data::<actix_web::web::Data<std::sync::Arc<AppState>>>()
+        .map(|s| s.trusted_proxies.as_slice())
+        .unwrap_or_default();
+    let forwarded = req
+        .headers()
+        .get_all("X-Forwarded-For")
+        .filter_map(|v| v.to_str().ok());
+    super::proxies::client(peer, forwarded, trusted)
 }
 
 /// The value of cookie `name` in the request's Cookie headers.

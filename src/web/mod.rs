@@ -11,6 +11,7 @@ pub mod live;
 pub mod login;
 pub mod metrics;
 pub mod privacy;
+pub mod proxies;
 pub mod sse;
 pub mod state;
 pub mod tls;

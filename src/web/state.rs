@@ -69,6 +69,8 @@ pub struct AppState {
     pub audit_events: bool,
     /// Host names this server answers to besides IP literals and localhost.
     pub allowed_hosts: Vec<String>,
+    /// See `web.trusted_proxies`.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The MLflow tracker, when tracking (its runs' pages for the panel).
     pub mlflow: Option<std::sync::Arc<crate::mlflow::tracker::TrackerStats>>,
 }

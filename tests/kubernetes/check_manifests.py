@@ -134,10 +134,12 @@ def check_overlay(name: str, objects: list[dict]):
                 handler = (c.get(probe) or {}).get("httpGet") or (c.get(probe) or {}).get("tcpSocket")
                 if handler and isinstance(handler["port"], str) and handler["port"] not in ports:
                     problem(name, f"{cname}: {probe} uses port {handler['port']!r}, which the container does not name")
-            for arg in c.get("args") or []:
-                m = re.match(r"--(listen|http)=(.*)", arg)
-                if m and LOOPBACK.match(m.group(2)):
-                    problem(name, f"{cname}: {arg} listens on loopback: probes and peers reach the pod IP")
+            args = (c.get("command") or []) + (c.get("args") or [])
+            for i, arg in enumerate(args):
+                m = re.match(r"--(listen|http)(?:=(.*))?$", arg)
+                value = m and (m.group(2) if m.group(2) is not None else (args[i + 1] if i + 1 < len(args) else ""))
+                if m and LOOPBACK.match(value):
+                    problem(name, f"{cname}: --{m.group(1)} {value} listens on loopback: probes and peers reach the pod IP")
             for e in c.get("env") or []:
                 vf = e.get("valueFrom") or {}
                 if "secretKeyRef" in vf:
@@ -248,17 +250,17 @@ def self_test(objects: list[dict]):
     check_overlay("self-test", broken)
     found = problems[before:]
     del problems[before:]
-    for needle in ("--http=127.0.0.1:9100 listens on loopback", "refers to Secret nowhere", "targetPort 'no-such-port'"):
+    for needle in ("--http 127.0.0.1:9100 listens on loopback", "refers to Secret nowhere", "targetPort 'no-such-port'"):
         if not any(needle in p for p in found):
             problem("self-test", f"a planted mistake was not reported: {needle} (reported: {found})")
 
 
-def check_argocd():
+def check_argocd(k8s: str):
     """Each Application: the fields ArgoCD requires, a path that is an
     overlay here, and the overlay's namespace as destination."""
     count = 0
-    for f in sorted(os.listdir(os.path.join(K8S, "argocd"))):
-        app = yaml.safe_load(open(os.path.join(K8S, "argocd", f)))
+    for f in sorted(os.listdir(os.path.join(k8s, "argocd"))):
+        app = yaml.safe_load(open(os.path.join(k8s, "argocd", f)))
         where = f"argocd/{f}"
         count += 1
         if app.get("apiVersion") != "argoproj.io/v1alpha1" or app.get("kind") != "Application":
@@ -275,10 +277,12 @@ def check_argocd():
         if bool(dest.get("server")) == bool(dest.get("name")):
             problem(where, "spec.destination needs exactly one of server and name")
         path = (spec.get("source") or {}).get("path", "")
-        if not os.path.exists(os.path.join(REPO, path, "kustomization.yaml")):
+        overlay = os.path.join(os.path.dirname(k8s), path)
+        if not path.startswith("k8s/") or not os.path.exists(os.path.join(overlay, "kustomization.yaml")):
             problem(where, f"spec.source.path {path} is not a kustomization in this repository")
         else:
-            rendered = run("kubectl", "kustomize", os.path.join(REPO, path), check=False).stdout
+            # From git alone, as ArgoCD renders it: no generated files needed.
+            rendered = run("kubectl", "kustomize", os.path.join(REPO, path)).stdout
             namespaces = {o["metadata"]["name"] for o in yaml.safe_load_all(rendered) if o and o["kind"] == "Namespace"}
             if dest.get("namespace") not in namespaces:
                 problem(where, f"destination namespace {dest.get('namespace')} is not the overlay's ({sorted(namespaces)})")
@@ -319,7 +323,7 @@ def main():
     os.makedirs(work)
     # A private copy of k8s/: the tls overlay renders from generated files.
     k8s = os.path.join(work, "k8s")
-    shutil.copytree(K8S, k8s, ignore=shutil.ignore_patterns("certs", "secrets", "ca-key.pem"))
+    shutil.copytree(K8S, k8s, ignore=shutil.ignore_patterns("certs", "secrets", "secrets.yaml", "ca-key.pem"))
     env = dict(os.environ, MEDFED=os.path.abspath(args.medfed))
     p = subprocess.run([os.path.join(k8s, "overlays", "tls", "generate-secrets.sh")], env=env, capture_output=True, text=True)
     if p.returncode != 0:
@@ -330,6 +334,9 @@ def main():
     for overlay in OVERLAYS:
         rendered = run("kubectl", "kustomize", os.path.join(k8s, "overlays", overlay)).stdout
         objects = [o for o in yaml.safe_load_all(rendered) if o]
+        # tls: the Secrets generate-secrets.sh wrote, applied beside the overlay.
+        created = os.path.join(k8s, "overlays", overlay, "secrets.yaml")
+        extra = [o for o in yaml.safe_load_all(open(created)) if o] if os.path.exists(created) else []
         out_dir = os.path.join(work, "rendered", overlay)
         os.makedirs(out_dir)
         path = os.path.join(out_dir, f"{overlay}.yaml")
@@ -366,10 +373,10 @@ def main():
             "objects": len(objects),
             "checkov": {"passed": summary.get("passed", 0), "failed": failed, "skipped": skipped},
         }
-        check_overlay(overlay, objects)
+        check_overlay(overlay, objects + extra)
         if overlay == "local-test":
             self_test(objects)
-    report["argocd_applications"] = check_argocd()
+    report["argocd_applications"] = check_argocd(k8s)
     report["dashboard_queries"] = check_prometheus(work)
     print(json.dumps(report), flush=True)
     if problems:

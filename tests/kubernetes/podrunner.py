@@ -224,7 +224,8 @@ class Cluster:
         self._clean_leftovers()
         os.makedirs(self.workdir, exist_ok=True)
         self._network_up()
-        ips = iter(list(POD_NET.hosts())[9:])
+        self.free_ips = iter(list(POD_NET.hosts())[9:])
+        ips = self.free_ips
         index = 0
         for o in self.objects:
             kind = o.get("kind")
@@ -333,8 +334,9 @@ class Cluster:
         sh("ip", "-n", pod.netns, "route", "add", "default", "via", GATEWAY)
 
     def _policies_up(self):
-        """NetworkPolicies as filter rules between pod IPs (pod set and
-        labels are fixed for a runner's life; IPs are stable)."""
+        """NetworkPolicies as filter rules between pod IPs, rebuilt when a
+        re-created pod gets a new IP (pod set and labels are fixed)."""
+        sh("iptables", "-F", FILTER_CHAIN)
         rules = [["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]]
         pods = list(self.pods.values())
         for src in pods:
@@ -361,7 +363,8 @@ class Cluster:
             if p["metadata"].get("namespace", NAMESPACED_DEFAULT) != pod.namespace:
                 continue
             spec = p["spec"]
-            types = spec.get("policyTypes") or (["Ingress"] + (["Egress"] if "egress" in spec else []))
+            # Kubernetes' default: Ingress, and Egress when there are egress rules.
+            types = spec.get("policyTypes") or (["Ingress"] + (["Egress"] if spec.get("egress") else []))
             if direction in types and selector_matches(spec.get("podSelector") or {}, pod.labels):
                 out.append(p)
         return out
@@ -435,7 +438,7 @@ class Cluster:
         ]
 
     def _sync_endpoints(self, force: bool = False):
-        state = {key: tuple(p.name for p in self._endpoints(svc)) for key, svc in self.services.items()}
+        state = {key: tuple((p.name, p.ip) for p in self._endpoints(svc)) for key, svc in self.services.items()}
         if not force and state == self.endpoint_state:
             return
         self.endpoint_state = state
@@ -458,7 +461,7 @@ class Cluster:
         for pod in self.pods.values():
             if not pod.deleted:
                 self._write_hosts(pod)
-        self.event(f"endpoints: {json.dumps({f'{k[1]}': list(v) for k, v in state.items()})}")
+        self.event(f"endpoints: {json.dumps({k[1]: [name for name, _ in v] for k, v in state.items()})}")
 
     def _hosts_text(self, pod: Pod) -> str:
         lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
@@ -496,6 +499,10 @@ class Cluster:
     # -- pods -------------------------------------------------------------
 
     def _create_pod(self, pod: Pod):
+        if pod.instance > 0:
+            # A re-created pod is a new pod: a new IP, as on a real cluster.
+            pod.ip = str(next(self.free_ips))
+            self._policies_up()
         pod.instance += 1
         pod.deleted = False
         pod.error = ""
@@ -817,7 +824,7 @@ class Cluster:
             c.last_probe_error = f"{kind}: {detail}"
             c.probe_passes[kind] = 0
             c.probe_fails[kind] = c.probe_fails.get(kind, 0) + 1
-            if kind == "readinessProbe":
+            if kind == "readinessProbe" and c.probe_fails[kind] >= probe.get("failureThreshold", 3):
                 if c.ready:
                     self.event(f"{pod.name}/{c.name}: not Ready ({detail})")
                 c.ready = False

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -124,7 +125,7 @@ class Scenario:
         """A private copy of k8s/ (overlays that need generated files)."""
         dst = os.path.join(self.workdir, "k8s")
         shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(os.path.join(REPO, "k8s"), dst, ignore=shutil.ignore_patterns("certs", "secrets", "ca-key.pem"))
+        shutil.copytree(os.path.join(REPO, "k8s"), dst, ignore=shutil.ignore_patterns("certs", "secrets", "secrets.yaml", "ca-key.pem"))
         return dst
 
     def start(self, rendered: str, mutate=None) -> Cluster:
@@ -136,6 +137,15 @@ class Scenario:
         self.cluster = cluster
         cluster.__enter__()
         return cluster
+
+    def tls_overlay(self, **names) -> str:
+        """A copy of the tls overlay with its Secrets generated."""
+        tls = os.path.join(self.copy_k8s(), "overlays", "tls")
+        env = dict(os.environ, MEDFED=self.args.binary)
+        if names.get("coordinator_names"):
+            env["COORDINATOR_NAMES"] = names["coordinator_names"]
+        subprocess.run([os.path.join(tls, "generate-secrets.sh")], env=env, check=True, capture_output=True)
+        return tls
 
     def api_token(self) -> str:
         return self.cluster.secret_named("medfed-api-token", "token", NS)
@@ -159,11 +169,19 @@ class Scenario:
 # -- scenarios ------------------------------------------------------------
 
 
+def render_with_secrets(overlay: str) -> str:
+    """The overlay, plus the Secrets its generate-secrets.sh wrote (what an
+    operator applies beside it)."""
+    created = os.path.join(overlay, "secrets.yaml")
+    extra = open(created).read() if os.path.exists(created) else ""
+    return render(overlay) + "\n---\n" + extra
+
+
 def federation(s: Scenario, overlay_dir: str, label: str):
     """The overlay's whole federation runs to the end with every pod Ready;
     Services, probes, Secrets, Prometheus and NetworkPolicies all work."""
     started = time.time()
-    c = s.start(render(overlay_dir))
+    c = s.start(render_with_secrets(overlay_dir))
     c.wait_ready(timeout=180)
     s.report["all_ready_seconds"] = round(time.time() - started, 1)
     end = wait_run_end(c, 180)
@@ -223,6 +241,33 @@ def prometheus(s: Scenario, c: Cluster):
                 query(expr)
                 queried += 1
     s.report["dashboard_queries"] = queried
+    # And they query series that exist: every medfed_* name a panel uses is
+    # in Prometheus, but for those this overlay cannot produce.
+    status, body = http(f"{base}/api/v1/label/__name__/values")
+    present = set(json.loads(body)["data"])
+    missing = sorted(dashboard_names() - present - CONDITIONAL_SERIES)
+    assert not missing, f"dashboard panels query series nobody exports: {missing}"
+
+
+# Series the dashboards chart that a plaintext, DP-off federation without
+# MLflow never exports (each is checked where it exists: tests/cluster.rs,
+# tests/cluster_security.rs, tests/serve_api.rs, tests/mlflow_tracking.rs).
+CONDITIONAL_SERIES = {
+    "medfed_hospital_epsilon_spent", "medfed_hospital_epsilon_budget",  # DP on
+    "medfed_privacy_epsilon_spent", "medfed_privacy_epsilon_budget",  # DP on
+    "medfed_tls_cert_expiry_seconds",  # mutual TLS
+}
+
+
+def dashboard_names() -> set:
+    names = set()
+    for dashboard in ("medfed.json", "hospital.json"):
+        with open(os.path.join(REPO, "k8s", "grafana", "dashboards", dashboard)) as f:
+            for p in json.load(f)["panels"]:
+                for t in p["targets"]:
+                    for m in re.finditer(r"\b(medfed_[a-z0-9_]+)", t["expr"]):
+                        names.add(m.group(1))
+    return names
 
 
 def network_policies(s: Scenario, c: Cluster):
@@ -297,18 +342,23 @@ def hospital_restart(s: Scenario):
     c.wait_ready(timeout=180)
     c.wait("round 3 to be aggregated", lambda: rounds_aggregated(c) >= 3, 120, every=0.5)
     token = s.scrape_token()
-    ip = c.pods["hospital-2-0"].ip
-    spent_before = metric(http(f"http://{ip}:9100/metrics", token)[1], "medfed_hospital_epsilon_spent")
+    old_ip = c.pods["hospital-2-0"].ip
+    spent_before = metric(http(f"http://{old_ip}:9100/metrics", token)[1], "medfed_hospital_epsilon_spent")
     assert spent_before and spent_before > 0, spent_before
     deleted_at = time.time()
     c.delete_pod("hospital-2-0")
+    ip = c.pods["hospital-2-0"].ip
+    assert ip != old_ip, "a re-created pod gets a new IP"
 
-    # The new pod reads its ledger from its volume before it trains again.
-    def spent_after_restart():
+    # The new pod reads its ledger from its volume before it trains again:
+    # its first scrapes show the old spending with no round trained yet.
+    def first_scrape():
         status, text = http(f"http://{ip}:9100/metrics", token, timeout=2)
-        return status == 200 and metric(text, "medfed_hospital_epsilon_spent")
+        return status == 200 and (metric(text, "medfed_hospital_epsilon_budget") or 0) > 0 and text
 
-    spent_at_start = c.wait("the new hospital-2 pod to report its ledger", spent_after_restart, 60)
+    text = c.wait("the new hospital-2 pod to open its ledger", first_scrape, 60, every=0.1)
+    spent_at_start = metric(text, "medfed_hospital_epsilon_spent")
+    assert metric(text, "medfed_hospital_rounds_trained_total") == 0, "scraped too late: it trained already"
     assert spent_at_start >= spent_before, f"the ledger was forgotten: {spent_at_start} < {spent_before}"
     c.wait_ready(["hospital-2-0"], timeout=120)
     end = wait_run_end(c, 300)
@@ -351,17 +401,9 @@ def cert_without_service_name(s: Scenario):
     """Negative: a coordinator certificate without the Service name that
     hospitals dial is refused by every hospital; none gets Ready."""
     started = time.time()
-    k8s = s.copy_k8s()
-    tls = os.path.join(k8s, "overlays", "tls")
-    env = dict(os.environ, MEDFED=s.args.binary)
-    subprocess.run([os.path.join(tls, "generate-secrets.sh")], env=env, check=True, capture_output=True)
-    # Re-issue the certificates without "coordinator" (what hospitals dial).
-    shutil.rmtree(os.path.join(tls, "certs"))
-    subprocess.run([s.args.binary, "cluster", "gen-certs", "--out", os.path.join(tls, "certs"),
-                    "--hospitals", "hospital-1,hospital-2,hospital-3",
-                    "--coordinator-names", "coordinator.medfed.svc.cluster.local",
-                    "--ca-key", os.path.join(tls, "ca-key.pem")], check=True, capture_output=True)
-    c = s.start(render(tls))
+    # The coordinator's certificate lacks "coordinator" (what hospitals dial).
+    tls = s.tls_overlay(coordinator_names="coordinator.medfed.svc.cluster.local")
+    c = s.start(render_with_secrets(tls))
     c.wait_ready(["coordinator-0", "prometheus-0"], timeout=180)
     refused = 'certificate not valid for name "coordinator"'
     hospitals = ("hospital-1-0", "hospital-2-0", "hospital-3-0")
@@ -389,11 +431,7 @@ SCENARIOS = {
 
 
 def tls_federation(s: Scenario):
-    k8s = s.copy_k8s()
-    tls = os.path.join(k8s, "overlays", "tls")
-    env = dict(os.environ, MEDFED=s.args.binary)
-    subprocess.run([os.path.join(tls, "generate-secrets.sh")], env=env, check=True, capture_output=True)
-    federation(s, tls, "tls")
+    federation(s, s.tls_overlay(), "tls")
 
 
 SCENARIOS["tls"] = tls_federation

@@ -27,6 +27,11 @@ pub enum LinkStatus {
     CoordinatorDown,
     /// It announced a normal shutdown.
     CoordinatorLeaving,
+    /// The coordinator welcomed this node's session (sent once the gate
+    /// admitted it: cookie, certificate, allow list). In the same channel
+    /// as the others, so a welcome of a lost session never outlives its
+    /// `CoordinatorDown`.
+    Welcomed,
     Refused(String),
 }
 
@@ -140,9 +145,12 @@ impl Actor for HospitalLink {
             Received::Pending | Received::Dropped(_) => return Ok(()),
         };
         match &message {
-            // Sent once the gate admitted this node's session: the agent's
-            // readiness (`medfed hospital --http`'s /readyz) follows it.
-            ToHospital::Welcome => {}
+            // The agent's readiness (`medfed hospital --http`'s /readyz)
+            // follows it; nothing for the hospital actor to do.
+            ToHospital::Welcome => {
+                let _ = state.args.status.send(LinkStatus::Welcomed);
+                return Ok(());
+            }
             ToHospital::Leaving => {
                 let _ = state.args.status.send(LinkStatus::CoordinatorLeaving);
                 return Ok(());

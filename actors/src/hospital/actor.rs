@@ -101,12 +101,7 @@ impl Actor for Hospital {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         let reply = match msg {
-            ToHospital::Welcome => {
-                if let Some(observer) = &state.observer {
-                    observer.admitted();
-                }
-                return Ok(());
-            }
+            ToHospital::Welcome => return Ok(()),
             ToHospital::CollectStats { ask, privacy } => {
                 let outcome = lock(&state.learner)?.stats(privacy);
                 ToCoordinator::Stats { ask, outcome }

@@ -1,13 +1,11 @@
-//! What a hospital's own health and metrics endpoints see of its agent:
-//! admission, each local training, and the privacy it has spent. The app
-//! implements it (`medfed hospital --http`); the simulation passes none.
+//! What a hospital's own metrics see of its agent: each local training and
+//! the privacy it has spent. The app implements it (`medfed hospital
+//! --http`); the simulation passes none.
 //! Nothing here carries patient data or a metric that DP withholds.
 
 use medfed_models::learner::PrivacySpent;
 
 pub trait HospitalObserver: Send + Sync {
-    /// The coordinator admitted this hospital (its welcome arrived).
-    fn admitted(&self);
     /// A local training ended after `seconds`: an update was sent
     /// (`sent`), or it failed or was declined.
     fn trained(&self, seconds: f64, sent: bool);

@@ -20,8 +20,8 @@ use medfed_models::learner::PrivacySpent;
 
 use crate::web::metrics::{encode_cert_expiry, process::ProcessMetrics, BuildInfo};
 
-/// Whether the hospital is connected to its coordinator and admitted by
-/// it: `/readyz`, and the `medfed_hospital_ready` gauge.
+/// Whether the hospital has a session with its coordinator that the
+/// coordinator welcomed: `/readyz`, and the `medfed_hospital_ready` gauge.
 #[derive(Debug, Default)]
 pub struct Readiness {
     connected: AtomicBool,
@@ -145,7 +145,12 @@ impl HospitalMetrics {
         self.readiness.connected.store(true, Ordering::SeqCst);
     }
 
-    /// The session is gone: not ready until connected and admitted again.
+    /// The coordinator welcomed the session (the gate admitted it).
+    pub fn welcomed(&self) {
+        self.readiness.admitted.store(true, Ordering::SeqCst);
+    }
+
+    /// The session is gone: not ready until connected and welcomed again.
     pub fn disconnected(&self) {
         self.readiness.connected.store(false, Ordering::SeqCst);
         self.readiness.admitted.store(false, Ordering::SeqCst);
@@ -153,10 +158,6 @@ impl HospitalMetrics {
 }
 
 impl HospitalObserver for HospitalMetrics {
-    fn admitted(&self) {
-        self.readiness.admitted.store(true, Ordering::SeqCst);
-    }
-
     fn trained(&self, seconds: f64, sent: bool) {
         self.rounds_trained.inc();
         self.training_seconds.observe(seconds);
@@ -253,7 +254,7 @@ mod tests {
         assert!(!m.readiness.ready());
         m.connected();
         assert!(!m.readiness.ready(), "connected but not yet admitted");
-        m.admitted();
+        m.welcomed();
         assert!(m.readiness.ready());
         m.trained(0.5, true);
         m.trained(0.25, false);

@@ -1,6 +1,6 @@
 //! `medfed hospital --http HOST:PORT`: the hospital agent's own `/healthz`
-//! (the process answers), `/readyz` (connected to the coordinator and
-//! admitted by it) and `/metrics` (`medfed_hospital_*`). No panel and no
+//! (the process answers), `/readyz` (a session with the coordinator that
+//! the coordinator welcomed: the gate admitted it) and `/metrics` (`medfed_hospital_*`). No panel and no
 //! API: nothing here reads or changes the hospital's data. `/metrics`
 //! needs the scrape token when `web.scrape_token` is set.
 
@@ -60,8 +60,9 @@ async fn readyz(state: web::Data<State>) -> HttpResponse {
     if state.metrics.readiness.ready() {
         HttpResponse::Ok().json(json!({ "status": "ready" }))
     } else {
-        HttpResponse::ServiceUnavailable()
-            .json(json!({ "status": "not ready: not connected to the coordinator or not admitted yet" }))
+        HttpResponse::ServiceUnavailable().json(
+            json!({ "status": "not ready: no session with the coordinator, or not welcomed by it yet" }),
+        )
     }
 }
 
@@ -80,21 +81,7 @@ async fn scrape(req: HttpRequest, state: web::Data<State>) -> HttpResponse {
                 .json(json!({ "error": "/metrics needs the scrape token: Authorization: Bearer <token>" }));
         }
     }
-    let text = state.metrics.encode();
-    let wants_openmetrics = req
-        .headers()
-        .get("Accept")
-        .and_then(|a| a.to_str().ok())
-        .is_some_and(|a| a.contains("application/openmetrics-text"));
-    if wants_openmetrics {
-        HttpResponse::Ok()
-            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-            .body(text)
-    } else {
-        HttpResponse::Ok()
-            .content_type("text/plain; version=0.0.4; charset=utf-8")
-            .body(super::metrics::to_prometheus_text(&text))
-    }
+    super::metrics::exposition(&req, state.metrics.encode())
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {

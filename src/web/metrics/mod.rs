@@ -629,6 +629,25 @@ impl Collector for ObserverBacklog {
     }
 }
 
+/// `/metrics`' answer: OpenMetrics to a client that asks for it (Accept),
+/// else the Prometheus text format.
+pub fn exposition(req: &actix_web::HttpRequest, openmetrics: String) -> actix_web::HttpResponse {
+    let wants_openmetrics = req
+        .headers()
+        .get("Accept")
+        .and_then(|a| a.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        actix_web::HttpResponse::Ok()
+            .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(openmetrics)
+    } else {
+        actix_web::HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4; charset=utf-8")
+            .body(to_prometheus_text(&openmetrics))
+    }
+}
+
 /// The Prometheus text format (0.0.4) of an OpenMetrics exposition, for
 /// clients that do not ask for OpenMetrics (promtool, curl): counter
 /// families are named with their `_total` samples, and there is no `# EOF`.
