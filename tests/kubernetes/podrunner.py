@@ -311,7 +311,11 @@ class Cluster:
         sh("ip", "addr", "add", f"{GATEWAY}/{POD_NET.prefixlen}", "dev", BRIDGE)
         sh("ip", "link", "set", BRIDGE, "up")
         sh("sysctl", "-qw", "net.ipv4.ip_forward=1")
-        if open("/proc/sys/net/bridge/bridge-nf-call-iptables").read().strip() != "1":
+        bridge_nf = "/proc/sys/net/bridge/bridge-nf-call-iptables"
+        if not os.path.exists(bridge_nf):
+            raise RunnerError("br_netfilter is not loaded: traffic between pods on the bridge cannot be "
+                              "filtered, so NetworkPolicies cannot be applied (modprobe br_netfilter)")
+        if open(bridge_nf).read().strip() != "1":
             sh("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
         # Service IPs without a ready endpoint are unreachable, as kube-proxy
         # makes them (the sandbox would otherwise pretend to connect).
