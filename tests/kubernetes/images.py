@@ -29,8 +29,14 @@ def base_image(cache_dir: str):
     os.makedirs(cache_dir, exist_ok=True)
     tar = os.path.join(cache_dir, "debian-bookworm-base.tar")
     if not os.path.exists(tar):
-        partial = tar + ".partial"
-        sh("mmdebstrap", "--quiet", "--variant=extract",
+        # Named *.tar and --format given: mmdebstrap picks its output format
+        # from the name otherwise. A failed attempt's leftovers go first.
+        partial = os.path.join(cache_dir, "partial-base.tar")
+        if os.path.isdir(partial):
+            shutil.rmtree(partial)
+        elif os.path.exists(partial):
+            os.remove(partial)
+        sh("mmdebstrap", "--quiet", "--variant=extract", "--format=tar",
            "--include=libc6,libgcc-s1,netbase,tzdata,ca-certificates", "bookworm", partial, timeout=600)
         extra = os.path.join(cache_dir, "extra", "etc")
         os.makedirs(extra, exist_ok=True)
