@@ -239,3 +239,33 @@ fn the_pod_runner_follows_kubernetes_semantics() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The MLflow component's server arguments, probe and the coordinator's
+/// tracking URI, run against the real MLflow server (its image cannot be
+/// obtained here, so the pod runner cannot run it).
+#[test]
+fn the_mlflow_component_works_with_the_real_server() {
+    let Some(tools) = tools() else { return };
+    let Some(mlflow) = common::mlflow::program() else {
+        assert!(
+            std::env::var("MEDFED_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
+            "MLflow is required (scripts/test installs it)"
+        );
+        eprintln!("SKIPPED: MLflow is not installed");
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let report = python(
+        &[],
+        &tools,
+        "mlflow_args.py",
+        &[
+            "--mlflow",
+            mlflow.to_str().unwrap(),
+            "--workdir",
+            work.path().to_str().unwrap(),
+        ],
+        Duration::from_secs(180),
+    );
+    assert_eq!(report["tracking_uri"], "http://mlflow:5000/mlflow");
+}

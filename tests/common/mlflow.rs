@@ -15,7 +15,7 @@ pub struct MlflowServer {
 }
 
 /// The `mlflow` program, if installed.
-fn program() -> Option<PathBuf> {
+pub fn program() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("MEDFED_MLFLOW") {
         return Some(PathBuf::from(p));
     }
