@@ -13,13 +13,28 @@ use std::process::{Command, Output};
 /// directory, shared by all tests, never in the user's home.
 pub const CACHE_DIR: &str = concat!(env!("CARGO_TARGET_TMPDIR"), "/medfed-cache");
 
-/// A loopback port free right now (the OS may hand it out again, but rarely at once).
+/// A loopback port free right now, for a server a test starts later.
+/// Taken below the kernel's ephemeral range (32768 and up here), where
+/// outgoing connections take their ports: a port picked from that range
+/// could be taken by some client's connection before the server binds it
+/// (seen as "Address already in use" under parallel tests). Each call in a
+/// process gets another port.
 #[allow(dead_code)] // not every test binary uses it
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_000; // up to 31,999
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Processes running at once start apart.
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+        let port = (LOW + offset) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {}", LOW + SPAN - 1)
 }
 
 /// Send SIGTERM, as a Kubernetes pod stop does.

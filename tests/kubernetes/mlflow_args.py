@@ -34,9 +34,18 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port below the ephemeral range (where outgoing
+    connections could take it before the server binds it)."""
+    import random
+
+    for port in random.sample(range(10_000, 32_000), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SystemExit("no free loopback port between 10000 and 31999")
 
 
 def call(url: str, host: str, method: str = "GET", body: dict | None = None, headers: dict | None = None) -> int:
