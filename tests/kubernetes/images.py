@@ -58,6 +58,9 @@ def medfed_image(binary: str, repo: str, workdir: str, tags: list[str]) -> dict:
     for t in tags:
         args += ["-t", t]
     image_id = sh(*args, repo, timeout=600).strip().split("\n")[-1]
+    # The previous build's image lost its tags: remove it (and any other
+    # untagged one), so that repeated test runs do not fill the disk.
+    sh("podman", "image", "prune", "-f", check=False)
     size = int(sh("podman", "image", "inspect", "--format", "{{.Size}}", image_id).strip())
     return {"id": image_id, "size": size}
 
