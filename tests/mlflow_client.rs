@@ -167,20 +167,11 @@ async fn a_run_its_model_and_the_registry_as_mlflow_stores_them() {
     client.end_run(&run.run_id, RunStatus::Finished).await.unwrap();
 
     // Read back over plain HTTP: what any MLflow user would see.
-    let http = reqwest::Client::new();
     let status = client.run(&run.run_id).await.unwrap()["run"]["info"]["status"].clone();
     assert_eq!(status, "FINISHED");
-    let alias: serde_json::Value = http
-        .get(format!(
-            "{}/api/2.0/mlflow/registered-models/alias?name=medfed-breast_cancer&alias=champion",
-            server.url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let alias = server
+        .get_json("api/2.0/mlflow/registered-models/alias?name=medfed-breast_cancer&alias=champion")
+        .await;
     assert_eq!(alias["model_version"]["version"], "1", "{alias}");
     let bytes = server.artifact(&model.artifact_uri, "model.safetensors").await;
     assert_eq!(

@@ -46,16 +46,7 @@ async fn a_five_round_run_appears_in_mlflow_as_the_run_reports_it() {
 
     let client = Client::new(&server.url, None, Retry::default()).unwrap();
     let experiment = client.experiment("medfed").await.unwrap();
-    let http = reqwest::Client::new();
-    let found: Value = http
-        .post(format!("{}/api/2.0/mlflow/runs/search", server.url))
-        .json(&serde_json::json!({ "experiment_ids": [experiment] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let found = server.search_runs(&experiment).await;
     let runs = found["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 1, "{found}");
     let run = &runs[0];
@@ -127,23 +118,9 @@ async fn a_five_round_run_appears_in_mlflow_as_the_run_reports_it() {
 
     // The final model: registered as version 1 of medfed-breast_cancer, the
     // champion, and its file is the one `--save-model` wrote, byte for byte.
-    let get = |path: String| {
-        let http = http.clone();
-        async move {
-            http.get(path)
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
-    };
-    let version = get(format!(
-        "{}/api/2.0/mlflow/model-versions/get?name=medfed-breast_cancer&version=1",
-        server.url
-    ))
-    .await;
+    let version = server
+        .get_json("api/2.0/mlflow/model-versions/get?name=medfed-breast_cancer&version=1")
+        .await;
     let model_id = version["model_version"]["source"]
         .as_str()
         .and_then(|s| s.strip_prefix("models:/"))
@@ -154,13 +131,13 @@ async fn a_five_round_run_appears_in_mlflow_as_the_run_reports_it() {
             .any(|t| t["key"] == "medfed.round" && t["value"] == "5"),
         "{version}"
     );
-    let alias = get(format!(
-        "{}/api/2.0/mlflow/registered-models/alias?name=medfed-breast_cancer&alias=champion",
-        server.url
-    ))
-    .await;
+    let alias = server
+        .get_json("api/2.0/mlflow/registered-models/alias?name=medfed-breast_cancer&alias=champion")
+        .await;
     assert_eq!(alias["model_version"]["version"], "1", "{alias}");
-    let model = get(format!("{}/api/2.0/mlflow/logged-models/{model_id}", server.url)).await;
+    let model = server
+        .get_json(&format!("api/2.0/mlflow/logged-models/{model_id}"))
+        .await;
     let uri = model["model"]["info"]["artifact_uri"].as_str().unwrap();
     assert_eq!(model["model"]["info"]["status"], "LOGGED_MODEL_READY", "{model}");
     let bytes = server.artifact(uri, "model.safetensors").await;
@@ -250,15 +227,7 @@ fn an_outage_holds_nothing_up_and_the_queued_metrics_arrive_later() {
     let mlflow_run = rt.block_on(async {
         let mlflow = Client::new(&server.url, None, Retry::default()).unwrap();
         let experiment = mlflow.experiment("medfed").await.unwrap();
-        let found: Value = reqwest::Client::new()
-            .post(format!("{}/api/2.0/mlflow/runs/search", server.url))
-            .json(&serde_json::json!({ "experiment_ids": [experiment] }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let found = server.search_runs(&experiment).await;
         let run = &found["runs"][0];
         assert_eq!(run["info"]["status"], "FINISHED", "{found}");
         // The run's own settings are what it logs.

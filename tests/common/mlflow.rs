@@ -91,6 +91,31 @@ impl MlflowServer {
         }
     }
 
+    /// GET `path` (under the server's URL) as JSON.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("{}/{}", self.url, path.trim_start_matches('/')))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Every run of `experiment_id` (`runs/search`).
+    pub async fn search_runs(&self, experiment_id: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .post(format!("{}/api/2.0/mlflow/runs/search", self.url))
+            .json(&serde_json::json!({ "experiment_ids": [experiment_id] }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// A file under an artifact URI, through the server's artifact proxy.
     pub async fn artifact(&self, artifact_uri: &str, path: &str) -> Vec<u8> {
         let root = artifact_uri

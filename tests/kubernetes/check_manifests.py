@@ -19,16 +19,18 @@ Prints one JSON line with the counts; exits non-zero naming every problem.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import yaml
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import dashboards  # noqa: E402
+from podrunner import decoded  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -63,13 +65,6 @@ def pod_specs(objects: list[dict]):
     for o in objects:
         if o.get("kind") in ("StatefulSet", "Deployment", "DaemonSet"):
             yield o, o["spec"]["template"]
-
-
-def decoded(obj: dict) -> dict[str, bytes]:
-    out = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()} if obj["kind"] == "Secret" else \
-        {k: str(v).encode() for k, v in (obj.get("data") or {}).items()}
-    out.update({k: str(v).encode() for k, v in (obj.get("stringData") or {}).items()})
-    return out
 
 
 def check_overlay(name: str, objects: list[dict]):
@@ -297,12 +292,7 @@ def check_prometheus(workdir: str) -> int:
         p = run("promtool", *args, cwd=comp, check=False)
         if p.returncode != 0:
             problem("prometheus", f"promtool {' '.join(args)}: {p.stdout}{p.stderr}")
-    rules = []
-    for f in sorted(os.listdir(os.path.join(K8S, "grafana", "dashboards"))):
-        for i, panel in enumerate(json.load(open(os.path.join(K8S, "grafana", "dashboards", f)))["panels"]):
-            for j, t in enumerate(panel["targets"]):
-                expr = t["expr"].replace("$__rate_interval", "1m").replace("$job", ".+").replace("$instance", ".+")
-                rules.append({"record": f"dashboard:{f.removesuffix('.json')}:{i}_{j}", "expr": expr})
+    rules = [{"record": f"dashboard:{name}", "expr": expr} for name, expr in dashboards.queries()]
     path = os.path.join(workdir, "dashboard-rules.yml")
     with open(path, "w") as fh:
         yaml.safe_dump({"groups": [{"name": "dashboards", "rules": rules}]}, fh)

@@ -41,7 +41,6 @@ import ipaddress
 import json
 import os
 import re
-import shutil
 import socket
 import ssl
 import subprocess

@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +25,7 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import dashboards  # noqa: E402
 import images  # noqa: E402
 import podrunner  # noqa: E402
 from podrunner import Cluster, render  # noqa: E402
@@ -235,22 +234,15 @@ def prometheus(s: Scenario, c: Cluster):
     c.wait("Prometheus to scrape the coordinator and 3 hospitals (up == 1)", all_up, 90, every=2)
     trained = query("medfed_hospital_rounds_trained_total")
     assert len(trained) == 3 and all(r["value"][1] == "3" for r in trained), trained
-    queried = 0
-    for dashboard in ("medfed.json", "hospital.json"):
-        with open(os.path.join(REPO, "k8s", "grafana", "dashboards", dashboard)) as f:
-            panels = json.load(f)["panels"]
-        for p in panels:
-            for t in p["targets"]:
-                expr = t["expr"].replace("$__rate_interval", "1m").replace("$job", ".+").replace("$instance", ".+")
-                query(expr)
-                queried += 1
-    s.report["dashboard_queries"] = queried
+    for _, expr in dashboards.queries():
+        query(expr)
+    s.report["dashboard_queries"] = len(dashboards.queries())
     # And they query series that exist: every medfed_* name a panel uses is
     # in Prometheus, but for those this overlay cannot produce.
     status, body = http(f"{base}/api/v1/label/__name__/values")
     assert status == 200, body
     present = set(json.loads(body)["data"])
-    missing = sorted(dashboard_names() - present - CONDITIONAL_SERIES)
+    missing = sorted(dashboards.metric_names() - present - CONDITIONAL_SERIES)
     assert not missing, f"dashboard panels query series nobody exports: {missing}"
 
 
@@ -262,17 +254,6 @@ CONDITIONAL_SERIES = {
     "medfed_privacy_epsilon_spent", "medfed_privacy_epsilon_budget",  # DP on
     "medfed_tls_cert_expiry_seconds",  # mutual TLS
 }
-
-
-def dashboard_names() -> set:
-    names = set()
-    for dashboard in ("medfed.json", "hospital.json"):
-        with open(os.path.join(REPO, "k8s", "grafana", "dashboards", dashboard)) as f:
-            for p in json.load(f)["panels"]:
-                for t in p["targets"]:
-                    for m in re.finditer(r"\b(medfed_[a-z0-9_]+)", t["expr"]):
-                        names.add(m.group(1))
-    return names
 
 
 def network_policies(s: Scenario, c: Cluster):
