@@ -12,6 +12,10 @@ pub enum ModelError {
     },
     #[error("{path}: {message}")]
     Csv { path: String, message: String },
+    /// A Parquet file (or a row group or column of one) that cannot be
+    /// used; `origin` names the file and, where known, the place in it.
+    #[error("{origin}: {message}")]
+    Parquet { origin: String, message: String },
     #[error("dataset: {0}")]
     Data(String),
     #[error("parameters: {0}")]

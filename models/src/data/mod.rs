@@ -1,6 +1,7 @@
 //! Datasets: loading, the held-out split, partitioning into hospitals,
 //! federated feature scaling and labelled synthetic generators.
 
+pub mod columnar;
 pub mod csv;
 pub mod dataset;
 pub mod images;

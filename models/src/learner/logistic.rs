@@ -96,15 +96,42 @@ impl Coefficients {
         Ok(x.rows().into_iter().map(|row| sigmoid(self.logit(row))).collect())
     }
 
+    /// Add one example's log-loss gradient to `grad` (length d + 1) and
+    /// return its loss: the inner loop of every logistic learner, in memory
+    /// or streamed.
+    pub fn add_example_gradient(&self, x: ArrayView1<f64>, y: bool, grad: &mut [f64]) -> f64 {
+        let logit = self.logit(x);
+        let residual = sigmoid(logit) - if y { 1.0 } else { 0.0 };
+        let d = self.weight.len();
+        for (g, xi) in grad[..d].iter_mut().zip(x.iter()) {
+            *g += residual * xi;
+        }
+        grad[d] += residual;
+        example_loss(logit, y)
+    }
+
+    /// One optimiser step: `weight -= grad_scale * grad + lr * l2 * weight`,
+    /// `bias -= grad_scale * grad[d]`, then FedProx's pull towards `anchor`
+    /// (computed before the step) when the plan sets mu. `grad_scale` is
+    /// `lr / batch` for a summed gradient, `lr` for a mean one.
+    pub fn step(&mut self, anchor: &Coefficients, grad: &[f64], grad_scale: f64, plan: &TrainPlan) {
+        let lr_mu = plan.learning_rate * plan.proximal_mu;
+        let pull = (lr_mu > 0.0).then(|| self.proximal_pull(anchor, lr_mu));
+        let d = self.weight.len();
+        for (w, g) in self.weight.iter_mut().zip(&grad[..d]) {
+            *w -= grad_scale * g + plan.learning_rate * plan.l2 * *w;
+        }
+        self.bias -= grad_scale * grad[d];
+        if let Some(pull) = pull {
+            self.subtract(&pull);
+        }
+    }
+
     /// Gradient of one example's log-loss with respect to `[weight.., bias]`,
     /// written into `out` (length d + 1): `(sigmoid(w.x + b) - y) * [x, 1]`.
     pub fn example_gradient(&self, x: ArrayView1<f64>, y: bool, out: &mut [f64]) {
-        let residual = sigmoid(self.logit(x)) - if y { 1.0 } else { 0.0 };
-        let d = self.weight.len();
-        for (o, xi) in out[..d].iter_mut().zip(x.iter()) {
-            *o = residual * xi;
-        }
-        out[d] = residual;
+        out.iter_mut().for_each(|o| *o = 0.0);
+        self.add_example_gradient(x, y, out);
     }
 }
 
@@ -139,30 +166,17 @@ pub fn sgd(
     let batch = plan.batch_size.max(1);
     let mut order: Vec<usize> = (0..y.len()).collect();
     let mut grad = vec![0.0; d + 1];
-    let mut g_i = vec![0.0; d + 1];
     let mut last_loss = 0.0;
     let anchor = coef.clone();
-    let lr_mu = plan.learning_rate * plan.proximal_mu;
     for _ in 0..plan.local_epochs {
         order.shuffle(rng);
         let mut loss = 0.0;
         for chunk in order.chunks(batch) {
             grad.iter_mut().for_each(|g| *g = 0.0);
             for &i in chunk {
-                let row = x.row(i);
-                loss += example_loss(coef.logit(row), y[i]);
-                coef.example_gradient(row, y[i], &mut g_i);
-                grad.iter_mut().zip(&g_i).for_each(|(g, gi)| *g += gi);
+                loss += coef.add_example_gradient(x.row(i), y[i], &mut grad);
             }
-            let scale = plan.learning_rate / chunk.len() as f64;
-            let pull = (lr_mu > 0.0).then(|| coef.proximal_pull(&anchor, lr_mu));
-            for (w, g) in coef.weight.iter_mut().zip(&grad[..d]) {
-                *w -= scale * g + plan.learning_rate * plan.l2 * *w;
-            }
-            coef.bias -= scale * grad[d];
-            if let Some(pull) = pull {
-                coef.subtract(&pull);
-            }
+            coef.step(&anchor, &grad, plan.learning_rate / chunk.len() as f64, plan);
         }
         last_loss = loss / y.len().max(1) as f64;
     }
@@ -337,17 +351,8 @@ impl DpSgdModel for LogisticDpSgd<'_> {
     }
 
     fn step(&mut self, g: &[f64]) -> Result<()> {
-        let (lr, l2) = (self.plan.learning_rate, self.plan.l2);
-        let lr_mu = lr * self.plan.proximal_mu;
-        let pull = (lr_mu > 0.0).then(|| self.coef.proximal_pull(&self.anchor, lr_mu));
-        let d = self.coef.weight.len();
-        for (w, g) in self.coef.weight.iter_mut().zip(&g[..d]) {
-            *w -= lr * g + lr * l2 * *w;
-        }
-        self.coef.bias -= lr * g[d];
-        if let Some(pull) = pull {
-            self.coef.subtract(&pull);
-        }
+        self.coef
+            .step(&self.anchor, g, self.plan.learning_rate, self.plan);
         Ok(())
     }
 }

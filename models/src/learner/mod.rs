@@ -2,6 +2,9 @@
 
 pub mod baseline;
 pub mod cnn;
+pub mod columnar;
+#[cfg(test)]
+mod columnar_tests;
 pub mod logistic;
 pub mod private;
 pub mod tabular;

@@ -39,7 +39,7 @@ impl StandardizedData {
         };
         if fresh {
             if let Some(s) = standardizer {
-                self.check(s)?;
+                check_standardizer(&self.raw.feature_names, s)?;
             }
             let matrix = match standardizer {
                 Some(s) => s.apply(&self.raw.features)?,
@@ -49,28 +49,27 @@ impl StandardizedData {
         }
         Ok(&self.cached.as_ref().expect("filled above").1)
     }
+}
 
-    /// Refuse a standardizer with a non-finite centre or a non-finite or
-    /// near-zero scale, naming the feature.
-    fn check(&self, s: &Standardizer) -> Result<()> {
-        let names = &self.raw.feature_names;
-        if s.mean.len() != names.len() || s.std.len() != names.len() {
-            return Err(ModelError::Data(format!(
-                "the feature scaler has {} features, this hospital has {}",
-                s.mean.len(),
-                names.len()
+/// Refuse a standardizer for other features, or with a non-finite centre
+/// or a non-finite or near-zero scale, naming the feature.
+pub fn check_standardizer(names: &[String], s: &Standardizer) -> Result<()> {
+    if s.mean.len() != names.len() || s.std.len() != names.len() {
+        return Err(ModelError::Data(format!(
+            "the feature scaler has {} features, this hospital has {}",
+            s.mean.len(),
+            names.len()
+        )));
+    }
+    for ((name, &m), &sd) in names.iter().zip(&s.mean).zip(&s.std) {
+        if !m.is_finite() || !sd.is_finite() || sd < MIN_SCALE {
+            return Err(ModelError::Invalid(format!(
+                "refusing the coordinator's feature scaler: feature '{name}' has centre {m} and \
+                 scale {sd} (the scale must be finite and at least {MIN_SCALE})"
             )));
         }
-        for ((name, &m), &sd) in names.iter().zip(&s.mean).zip(&s.std) {
-            if !m.is_finite() || !sd.is_finite() || sd < MIN_SCALE {
-                return Err(ModelError::Invalid(format!(
-                    "refusing the coordinator's feature scaler: feature '{name}' has centre {m} and \
-                     scale {sd} (the scale must be finite and at least {MIN_SCALE})"
-                )));
-            }
-        }
-        Ok(())
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -72,17 +72,44 @@ impl FeatureBounds {
         noise_multiplier: f64,
         noise: &mut NoiseSource,
     ) -> Result<Noised<MomentSums>, ModelError> {
-        let d = self.lo.len();
-        // [count, normalised sums (d), normalised sums of squares (d)]
-        let mut exact = vec![0.0; 1 + 2 * d];
-        exact[0] = features.nrows() as f64;
+        let mut exact = self.clipped_sums();
         for row in features.rows() {
-            for j in 0..d {
-                let range = self.hi[j] - self.lo[j];
-                let u = (row[j].clamp(self.lo[j], self.hi[j]) - self.lo[j]) / range;
-                exact[1 + j] += u;
-                exact[1 + d + j] += u * u;
-            }
+            self.add_clipped(row.iter().copied(), &mut exact);
+        }
+        self.release_clipped(exact, noise_multiplier, noise)
+    }
+
+    /// Zeroed clipped sums: [count, normalised sums (d), normalised sums of
+    /// squares (d)], to fill with `add_clipped` record by record.
+    pub fn clipped_sums(&self) -> Vec<f64> {
+        vec![0.0; 1 + 2 * self.lo.len()]
+    }
+
+    /// Add one record, each feature clipped to its bounds and mapped to [0, 1].
+    pub fn add_clipped(&self, row: impl Iterator<Item = f64>, exact: &mut [f64]) {
+        let d = self.lo.len();
+        exact[0] += 1.0;
+        for (j, v) in row.take(d).enumerate() {
+            let range = self.hi[j] - self.lo[j];
+            let u = (v.clamp(self.lo[j], self.hi[j]) - self.lo[j]) / range;
+            exact[1 + j] += u;
+            exact[1 + d + j] += u * u;
+        }
+    }
+
+    /// Release sums made by `add_clipped` through the Gaussian mechanism.
+    pub fn release_clipped(
+        &self,
+        exact: Vec<f64>,
+        noise_multiplier: f64,
+        noise: &mut NoiseSource,
+    ) -> Result<Noised<MomentSums>, ModelError> {
+        let d = self.lo.len();
+        if exact.len() != 1 + 2 * d {
+            return Err(ModelError::Invalid(format!(
+                "clipped sums of {} values for {d} features",
+                exact.len()
+            )));
         }
         let sensitivity = (1.0 + 2.0 * d as f64).sqrt();
         let released = release_sums(exact, sensitivity, noise_multiplier, noise)?;

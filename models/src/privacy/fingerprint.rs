@@ -7,6 +7,17 @@ use sha2::{Digest, Sha256};
 use crate::data::images::ImageSet;
 use crate::data::Dataset;
 
+/// One table record's digest: SHA-256 of its features as little-endian
+/// f64 followed by its label byte.
+pub fn table_record_digest(features: impl Iterator<Item = f64>, label: bool) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for v in features {
+        h.update(v.to_le_bytes());
+    }
+    h.update([u8::from(label)]);
+    h.finalize().into()
+}
+
 /// SHA-256 over the sorted per-record digests, as 64 hex digits.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DataFingerprint(String);
@@ -15,7 +26,11 @@ impl DataFingerprint {
     /// Hash every record's canonical bytes, sort the digests, and hash them
     /// with their count: the same multiset of records gives the same print.
     pub fn of_records(records: impl Iterator<Item = Vec<u8>>) -> Self {
-        let mut digests: Vec<[u8; 32]> = records.map(|r| Sha256::digest(&r).into()).collect();
+        Self::of_digests(records.map(|r| Sha256::digest(&r).into()).collect())
+    }
+
+    /// The print of records given as their digests (`table_record_digest`).
+    pub fn of_digests(mut digests: Vec<[u8; 32]>) -> Self {
         digests.sort_unstable();
         let mut h = Sha256::new();
         h.update(b"medfed-records-v1");
@@ -27,20 +42,16 @@ impl DataFingerprint {
         Self(out.iter().map(|b| format!("{b:02x}")).collect())
     }
 
+    /// A table's records: the same print whether they were loaded from a
+    /// CSV file (tabular) or streamed from Parquet (columnar).
     pub fn of_dataset(data: &Dataset) -> Self {
-        Self::of_records(
+        Self::of_digests(
             data.features
                 .rows()
                 .into_iter()
                 .zip(&data.labels)
-                .map(|(row, &label)| {
-                    let mut bytes = Vec::with_capacity(row.len() * 8 + 1);
-                    for v in row {
-                        bytes.extend_from_slice(&v.to_le_bytes());
-                    }
-                    bytes.push(u8::from(label));
-                    bytes
-                }),
+                .map(|(row, &label)| table_record_digest(row.iter().copied(), label))
+                .collect(),
         )
     }
 

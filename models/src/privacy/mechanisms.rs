@@ -125,6 +125,15 @@ impl<T> Noised<T> {
             noise_multiplier: self.noise_multiplier,
         }
     }
+
+    /// `map` for a post-processing that can fail (on public inputs only).
+    pub(crate) fn try_map<U, E>(self, f: impl FnOnce(T) -> Result<U, E>) -> Result<Noised<U>, E> {
+        Ok(Noised {
+            value: f(self.value)?,
+            mechanism: self.mechanism,
+            noise_multiplier: self.noise_multiplier,
+        })
+    }
 }
 
 fn check_noise(noise_multiplier: f64, what: &str) -> Result<()> {
@@ -227,6 +236,66 @@ pub(crate) trait DpSgdModel {
     fn step(&mut self, noisy_mean_gradient: &[f64]) -> Result<()>;
 }
 
+/// Poisson sampling: each of `n` records independently with probability
+/// `q`, drawn from the noise source (the coordinator must not predict it).
+pub(crate) fn poisson_sample(n: usize, q: f64, noise: &mut NoiseSource) -> Vec<usize> {
+    (0..n).filter(|_| noise.include(q)).collect()
+}
+
+/// DP-SGD's step on a sampled batch, shared by every learner whatever holds
+/// its records (memory or a stream): clip each example's gradient, sum,
+/// add the Gaussian noise, divide by the expected batch size, step.
+pub(crate) struct DpSgdSteps {
+    settings: DpSgdSettings,
+    expected_batch: f64,
+    sum: Vec<f64>,
+    example: Vec<f64>,
+}
+
+impl DpSgdSteps {
+    /// Made by `dp_sgd_steps`, which checks the settings and the count.
+    fn new(dim: usize, public_count: f64, dp: &DpSgdSettings) -> Self {
+        Self {
+            settings: *dp,
+            expected_batch: dp.sampling_rate * public_count,
+            sum: vec![0.0; dim],
+            example: vec![0.0; dim],
+        }
+    }
+
+    /// One step on the examples `batch` (indices as `model` knows them).
+    pub(crate) fn step<M: DpSgdModel>(
+        &mut self,
+        model: &mut M,
+        batch: &[usize],
+        noise: &mut NoiseSource,
+    ) -> Result<()> {
+        self.sum.iter_mut().for_each(|s| *s = 0.0);
+        for &i in batch {
+            model.example_gradient(i, &mut self.example)?;
+            clip_l2(&mut self.example, self.settings.max_grad_norm);
+            self.sum.iter_mut().zip(&self.example).for_each(|(s, g)| *s += g);
+        }
+        noise.add_gaussian(
+            &mut self.sum,
+            self.settings.noise_multiplier * self.settings.max_grad_norm,
+        );
+        let expected = self.expected_batch;
+        self.sum.iter_mut().for_each(|s| *s /= expected);
+        model.step(&self.sum)
+    }
+}
+
+/// Refuse a released count DP-SGD cannot normalise by.
+fn check_public_count(public_count: f64) -> Result<()> {
+    if !(public_count.is_finite() && public_count >= 1.0) {
+        return Err(ModelError::Invalid(format!(
+            "DP-SGD needs a released record count of at least 1, got {public_count}"
+        )));
+    }
+    Ok(())
+}
+
 /// DP-SGD (Abadi et al. 2016) over `n` records: in every step each record is
 /// included with probability `sampling_rate`, its gradient clipped to
 /// `max_grad_norm`, Gaussian noise of `noise_multiplier * max_grad_norm` added
@@ -243,32 +312,31 @@ pub(crate) fn dp_sgd<M: DpSgdModel, U>(
     noise: &mut NoiseSource,
     finish: impl FnOnce(M) -> Result<U>,
 ) -> Result<Noised<U>> {
-    check_noise(dp.noise_multiplier, "DP-SGD")?;
-    if !(public_count.is_finite() && public_count >= 1.0) {
-        return Err(ModelError::Invalid(format!(
-            "DP-SGD needs a released record count of at least 1, got {public_count}"
-        )));
-    }
-    let dim = model.dim();
-    let expected_batch = dp.sampling_rate * public_count;
-    let mut sum = vec![0.0; dim];
-    let mut example = vec![0.0; dim];
-    for _ in 0..dp.local_steps {
-        sum.iter_mut().for_each(|s| *s = 0.0);
-        for i in 0..n {
-            if !noise.include(dp.sampling_rate) {
-                continue;
-            }
-            model.example_gradient(i, &mut example)?;
-            clip_l2(&mut example, dp.max_grad_norm);
-            sum.iter_mut().zip(&example).for_each(|(s, g)| *s += g);
+    dp_sgd_steps(model.dim(), public_count, dp, noise, |steps, noise| {
+        for _ in 0..dp.local_steps {
+            let batch = poisson_sample(n, dp.sampling_rate, noise);
+            steps.step(&mut model, &batch, noise)?;
         }
-        noise.add_gaussian(&mut sum, dp.noise_multiplier * dp.max_grad_norm);
-        sum.iter_mut().for_each(|s| *s /= expected_batch);
-        model.step(&sum)?;
-    }
+        finish(model)
+    })
+}
+
+/// DP-SGD whose `local_steps` steps the caller drives through `steps`
+/// (a learner that must fetch each step's sampled records first, such as a
+/// streamed table): the settings and count are checked and the result is
+/// labelled as DP-SGD's. Crate-private for the same reason as `dp_sgd`.
+pub(crate) fn dp_sgd_steps<U>(
+    dim: usize,
+    public_count: f64,
+    dp: &DpSgdSettings,
+    noise: &mut NoiseSource,
+    run: impl FnOnce(&mut DpSgdSteps, &mut NoiseSource) -> Result<U>,
+) -> Result<Noised<U>> {
+    check_noise(dp.noise_multiplier, "DP-SGD")?;
+    check_public_count(public_count)?;
+    let mut steps = DpSgdSteps::new(dim, public_count, dp);
     Ok(Noised {
-        value: finish(model)?,
+        value: run(&mut steps, noise)?,
         mechanism: "dp-sgd",
         noise_multiplier: dp.noise_multiplier,
     })

@@ -1,0 +1,256 @@
+//! One Parquet file: its footer read and checked by hand (so that a
+//! truncated or corrupt file is refused with a reason before any decoding),
+//! and the byte ranges of a row group's projected column chunks fetched and
+//! checked against the file's size before the decoder sees them.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes};
+use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
+use parquet::errors::ParquetError;
+use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
+use parquet::file::reader::{ChunkReader, Length};
+
+use super::source::ByteSource;
+use crate::error::{ModelError, Result};
+
+const MAGIC: &[u8; 4] = b"PAR1";
+const ENCRYPTED_MAGIC: &[u8; 4] = b"PARE";
+/// The largest footer accepted. Real footers are kilobytes to a few
+/// megabytes (thousands of row groups x columns); a corrupt length must not
+/// make us allocate gigabytes.
+const MAX_FOOTER: u64 = 64 << 20;
+
+/// An opened Parquet file: its source and decoded footer.
+#[derive(Clone)]
+pub struct ParquetFile {
+    source: Arc<dyn ByteSource>,
+    metadata: ArrowReaderMetadata,
+    /// Where column data may lie: after the leading magic, before the footer.
+    data: Range<u64>,
+}
+
+impl ParquetFile {
+    pub fn open(source: Arc<dyn ByteSource>) -> Result<Self> {
+        let corrupt = |why: String| ModelError::Parquet {
+            origin: source.name().to_string(),
+            message: why,
+        };
+        let len = source.len();
+        if len < 12 {
+            return Err(corrupt(format!(
+                "is not a Parquet file: {len} bytes, shorter than the smallest Parquet file (12 bytes)"
+            )));
+        }
+        let read = |start: u64, n: usize| {
+            source
+                .read_range(start, n)
+                .map_err(|e| corrupt(format!("cannot read bytes {start}..{}: {e}", start + n as u64)))
+        };
+        let head = read(0, 4)?;
+        let tail = read(len - 8, 8)?;
+        if &tail[4..] == ENCRYPTED_MAGIC {
+            return Err(corrupt(
+                "is an encrypted Parquet file, which medfed cannot read".into(),
+            ));
+        }
+        if &head[..] != MAGIC || &tail[4..] != MAGIC {
+            return Err(corrupt(
+                "is not a Parquet file or is truncated: it does not start and end with the 'PAR1' marker"
+                    .into(),
+            ));
+        }
+        let footer_len = u64::from(u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]));
+        if footer_len > len - 12 || footer_len > MAX_FOOTER {
+            return Err(corrupt(format!(
+                "is truncated or corrupt: its footer claims {footer_len} bytes in a {len}-byte file"
+            )));
+        }
+        let footer_start = len - 8 - footer_len;
+        let footer = read(footer_start, footer_len as usize)?;
+        let metadata = ParquetMetaDataReader::decode_metadata(&footer)
+            .map_err(|e| corrupt(format!("has a corrupt footer: {}", parquet_message(e))))?;
+        check_row_counts(&metadata).map_err(corrupt)?;
+        // The schema from the Parquet types alone: an embedded Arrow schema
+        // may ask for dictionary or view arrays, which change nothing here.
+        let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+        let metadata = ArrowReaderMetadata::try_new(Arc::new(metadata), options)
+            .map_err(|e| corrupt(format!("has a schema medfed cannot read: {}", parquet_message(e))))?;
+        Ok(Self {
+            source,
+            metadata,
+            data: 4..footer_start,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        self.source.name()
+    }
+
+    pub fn metadata(&self) -> &ArrowReaderMetadata {
+        &self.metadata
+    }
+
+    pub fn parquet(&self) -> &Arc<ParquetMetaData> {
+        self.metadata.metadata()
+    }
+
+    pub fn row_groups(&self) -> usize {
+        self.parquet().num_row_groups()
+    }
+
+    /// Rows of row group `index` as the footer states them (checked
+    /// non-negative at open).
+    pub fn row_group_rows(&self, index: usize) -> u64 {
+        self.parquet().row_group(index).num_rows() as u64
+    }
+
+    pub fn rows(&self) -> u64 {
+        (0..self.row_groups()).map(|i| self.row_group_rows(i)).sum()
+    }
+
+    /// The leaf columns of row group `row_group` listed in `leaves`,
+    /// fetched into memory: a reader the decoder can use for exactly those
+    /// chunks. Every range is checked to lie within the file's data.
+    pub fn fetch_chunks(&self, row_group: usize, leaves: &[usize]) -> Result<FetchedChunks> {
+        let group = self.parquet().row_group(row_group);
+        let mut chunks = Vec::with_capacity(leaves.len());
+        for &leaf in leaves {
+            let column = group.column(leaf);
+            let start = column
+                .dictionary_page_offset()
+                .filter(|&o| o > 0)
+                .unwrap_or_else(|| column.data_page_offset());
+            let length = column.compressed_size();
+            let range = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(length).ok())
+                .and_then(|(s, l)| Some(s..s.checked_add(l)?))
+                .filter(|r| r.start >= self.data.start && r.end <= self.data.end);
+            let Some(range) = range else {
+                return Err(ModelError::Parquet {
+                    origin: format!(
+                        "{}, row group {row_group}, column '{}'",
+                        self.name(),
+                        column.column_path()
+                    ),
+                    message: format!(
+                        "is truncated or corrupt: the column's data is said to lie at bytes {start}..{} \
+                         but the file's data spans {}..{}",
+                        start.saturating_add(length),
+                        self.data.start,
+                        self.data.end
+                    ),
+                });
+            };
+            let bytes = self
+                .source
+                .read_range(range.start, (range.end - range.start) as usize)
+                .map_err(|e| ModelError::Parquet {
+                    origin: format!("{}, row group {row_group}", self.name()),
+                    message: format!("cannot read bytes {}..{}: {e}", range.start, range.end),
+                })?;
+            chunks.push((range.start, bytes));
+        }
+        chunks.sort_by_key(|(start, _)| *start);
+        Ok(FetchedChunks {
+            file_len: self.source.len(),
+            chunks: Arc::new(chunks),
+        })
+    }
+}
+
+/// A negative row count in the footer would wrap to billions of rows.
+fn check_row_counts(metadata: &ParquetMetaData) -> std::result::Result<(), String> {
+    for (i, group) in metadata.row_groups().iter().enumerate() {
+        if group.num_rows() < 0 {
+            return Err(format!(
+                "has a corrupt footer: row group {i} claims {} rows",
+                group.num_rows()
+            ));
+        }
+        for column in group.columns() {
+            if column.compressed_size() < 0 || column.data_page_offset() < 0 {
+                return Err(format!(
+                    "has a corrupt footer: row group {i}, column '{}' has a negative offset or size",
+                    column.column_path()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A Parquet error worded for people: the decoder's message without its
+/// "Parquet error:" prefix.
+pub fn parquet_message(e: ParquetError) -> String {
+    match e {
+        ParquetError::General(m) | ParquetError::ArrowError(m) => m,
+        ParquetError::NYI(m) => format!("not supported by this build: {m}"),
+        ParquetError::EOF(m) => format!("unexpected end of data: {m}"),
+        ParquetError::IndexOutOfBound(i, n) => format!("index {i} out of bounds (of {n})"),
+        ParquetError::NeedMoreData(n) => format!("needs {n} bytes, more than there are"),
+        ParquetError::NeedMoreDataRange(r) => {
+            format!("needs bytes {}..{}, which are not there", r.start, r.end)
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Column chunks of one row group, in memory: the `ChunkReader` the
+/// decoder reads them through. A read outside them is an error (a corrupt
+/// page header pointing elsewhere), never a fetch.
+#[derive(Clone)]
+pub struct FetchedChunks {
+    file_len: u64,
+    chunks: Arc<Vec<(u64, Bytes)>>,
+}
+
+impl FetchedChunks {
+    /// Bytes held: what was read for this row group.
+    pub fn bytes(&self) -> u64 {
+        self.chunks.iter().map(|(_, b)| b.len() as u64).sum()
+    }
+
+    fn slice(&self, start: u64, length: Option<usize>) -> parquet::errors::Result<Bytes> {
+        for (chunk_start, bytes) in self.chunks.iter() {
+            let chunk_end = chunk_start + bytes.len() as u64;
+            // A read at a chunk's end belongs to the next chunk (chunks of
+            // adjacent columns touch), unless it reads nothing.
+            let inside = start < chunk_end || (length == Some(0) && start == chunk_end);
+            if start >= *chunk_start && inside {
+                let from = (start - chunk_start) as usize;
+                let to = match length {
+                    Some(n) => from.checked_add(n).filter(|&t| t <= bytes.len()),
+                    None => Some(bytes.len()),
+                };
+                if let Some(to) = to {
+                    return Ok(bytes.slice(from..to));
+                }
+            }
+        }
+        Err(ParquetError::General(format!(
+            "a page refers to bytes {start}..{} outside its column chunk",
+            start.saturating_add(length.unwrap_or(0) as u64)
+        )))
+    }
+}
+
+impl Length for FetchedChunks {
+    fn len(&self) -> u64 {
+        self.file_len
+    }
+}
+
+impl ChunkReader for FetchedChunks {
+    type T = bytes::buf::Reader<Bytes>;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<Self::T> {
+        Ok(self.slice(start, None)?.reader())
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        self.slice(start, Some(length))
+    }
+}

@@ -1,0 +1,352 @@
+//! Columnar data: labelled tables in Parquet files, on a local disk or in
+//! object storage, read as a stream of row groups and never held whole in
+//! memory.
+//!
+//! - `source`: byte-range access to a file (local, in memory; object
+//!   storage is implemented by the app, which owns the network);
+//! - `file`: one Parquet file's footer and column chunks, checked;
+//! - `table`: which columns are features and label, decoded into blocks;
+//! - `split`: the row-hash split into training and local test rows.
+
+pub mod file;
+pub mod progress;
+pub mod source;
+pub mod split;
+pub mod table;
+pub mod write;
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+pub use file::ParquetFile;
+pub use progress::{ProgressSnapshot, StreamProgress};
+pub use source::{ByteSource, InMemory, LocalFile};
+pub use split::HashSplit;
+pub use table::{Columns, GroupRead, NullPolicy, RowBlock, TableSpec};
+
+use crate::error::{ModelError, Result};
+
+/// One row group of one file of a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupRef {
+    pub file: usize,
+    pub index: usize,
+    /// Rows as the file's footer states them (before nulls are dropped).
+    pub rows: u64,
+}
+
+/// A labelled table over one or more Parquet files with the same features.
+pub struct Table {
+    files: Vec<ParquetFile>,
+    /// Each file's columns (field positions may differ between files).
+    columns: Vec<Columns>,
+    features: Vec<String>,
+    groups: Vec<GroupRef>,
+    /// Rows this view keeps (`None`: all).
+    filter: Option<HashSplit>,
+    progress: Arc<StreamProgress>,
+}
+
+impl Table {
+    /// Open every source and resolve `spec` against each; `expected` is the
+    /// federation's feature list when it is already known (a mismatch is
+    /// refused naming the columns). Files with different features are
+    /// refused the same way.
+    pub fn open(
+        sources: Vec<Arc<dyn ByteSource>>,
+        spec: &TableSpec,
+        expected: Option<&[String]>,
+    ) -> Result<Table> {
+        if sources.is_empty() {
+            return Err(ModelError::Data("a table needs at least one Parquet file".into()));
+        }
+        let mut files = Vec::with_capacity(sources.len());
+        let mut columns: Vec<Columns> = Vec::with_capacity(sources.len());
+        let mut groups = Vec::new();
+        for source in sources {
+            let file = ParquetFile::open(source)?;
+            let known = expected.or_else(|| columns.first().map(|c| c.features.as_slice()));
+            let resolved = table::resolve_file(&file, spec, known)?;
+            for index in 0..file.row_groups() {
+                groups.push(GroupRef {
+                    file: files.len(),
+                    index,
+                    rows: file.row_group_rows(index),
+                });
+            }
+            files.push(file);
+            columns.push(resolved);
+        }
+        let features = columns[0].features.clone();
+        Ok(Table {
+            files,
+            columns,
+            features,
+            groups,
+            filter: None,
+            progress: Arc::new(StreamProgress::default()),
+        })
+    }
+
+    pub fn features(&self) -> &[String] {
+        &self.features
+    }
+
+    pub fn groups(&self) -> &[GroupRef] {
+        &self.groups
+    }
+
+    pub fn file_names(&self) -> Vec<&str> {
+        self.files.iter().map(ParquetFile::name).collect()
+    }
+
+    /// Rows in the files' footers, before nulls and the split.
+    pub fn stored_rows(&self) -> u64 {
+        self.groups.iter().map(|g| g.rows).sum()
+    }
+
+    /// The same files restricted to the row groups at `range` of
+    /// `groups()` (an in-process hospital's share of a large table).
+    pub fn with_group_range(mut self, range: Range<usize>) -> Result<Table> {
+        if range.start > range.end || range.end > self.groups.len() {
+            return Err(ModelError::Data(format!(
+                "row groups {}..{} do not exist: the table has {}",
+                range.start,
+                range.end,
+                self.groups.len()
+            )));
+        }
+        self.groups = self.groups[range].to_vec();
+        Ok(self)
+    }
+
+    /// The counters every read of this view adds to.
+    pub fn progress(&self) -> &Arc<StreamProgress> {
+        &self.progress
+    }
+
+    /// The same view counting into `progress` (shared with a sibling view).
+    pub fn with_progress(mut self, progress: Arc<StreamProgress>) -> Table {
+        self.progress = progress;
+        self
+    }
+
+    /// A second view of the same files (the other side of a split, say),
+    /// opened again from the same sources' footers.
+    pub fn try_clone(&self) -> Table {
+        Table {
+            files: self.files.clone(),
+            columns: self.columns.clone(),
+            features: self.features.clone(),
+            groups: self.groups.clone(),
+            filter: self.filter,
+            progress: self.progress.clone(),
+        }
+    }
+
+    /// The same table keeping only the rows `filter` keeps.
+    pub fn with_filter(mut self, filter: HashSplit) -> Table {
+        self.filter = Some(filter);
+        self
+    }
+
+    /// Decode row group `g` (an index into `groups()`), handing its blocks
+    /// (filtered by this view) to `each`.
+    pub fn read_group(&self, g: usize, each: impl FnMut(&RowBlock) -> Result<()>) -> Result<GroupRead> {
+        let read = self.read_group_uncounted(g, each)?;
+        self.progress.group_read(read.rows, read.bytes);
+        Ok(read)
+    }
+
+    fn read_group_uncounted(
+        &self,
+        g: usize,
+        mut each: impl FnMut(&RowBlock) -> Result<()>,
+    ) -> Result<GroupRead> {
+        let group = self.groups[g];
+        let file = &self.files[group.file];
+        let columns = &self.columns[group.file];
+        match &self.filter {
+            None => file.read_row_group(group.index, columns, each),
+            Some(filter) => {
+                let mut kept = RowBlock::default();
+                let mut filtered = 0u64;
+                let mut read = file.read_row_group(group.index, columns, |block| {
+                    filter.select(block, &mut kept);
+                    filtered += (block.len() - kept.len()) as u64;
+                    if kept.is_empty() {
+                        Ok(())
+                    } else {
+                        each(&kept)
+                    }
+                })?;
+                read.rows -= filtered;
+                Ok(read)
+            }
+        }
+    }
+
+    /// Fold every row group listed in `order` (indices into `groups()`)
+    /// on `threads` threads: each group is folded into its own accumulator
+    /// from `init` (given the group's position in `order`), and the
+    /// accumulators come back in `order`, so that a
+    /// caller combining them in order gets the same floating-point result
+    /// whatever the thread count.
+    pub fn fold_groups<A: Send>(
+        &self,
+        order: &[usize],
+        threads: usize,
+        init: impl Fn(usize) -> A + Sync,
+        fold: impl Fn(&mut A, &RowBlock) -> Result<()> + Sync,
+    ) -> Result<Vec<(A, GroupRead)>> {
+        let slots: Vec<Slot<A>> = order.iter().map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let work = || loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= order.len() || failed.load(Ordering::Relaxed) {
+                break;
+            }
+            let mut acc = init(i);
+            let result = self
+                .read_group(order[i], |block| fold(&mut acc, block))
+                .map(|read| (acc, read));
+            if result.is_err() {
+                failed.store(true, Ordering::Relaxed);
+            }
+            *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+        };
+        let threads = threads.clamp(1, order.len().max(1));
+        std::thread::scope(|scope| {
+            for _ in 1..threads {
+                scope.spawn(work);
+            }
+            work();
+        });
+        let mut out = Vec::with_capacity(order.len());
+        for slot in slots {
+            match slot.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                Some(result) => out.push(result?),
+                // Not reached: a group is skipped only after another failed.
+                None => continue,
+            }
+        }
+        if out.len() != order.len() {
+            return Err(ModelError::Data("reading the table stopped early".into()));
+        }
+        Ok(out)
+    }
+
+    /// Hand every block of the row groups listed in `order` to `consume`,
+    /// in that order, while up to `threads` threads decode the groups ahead
+    /// (at most `threads + 1` groups wait decoded: memory stays bounded).
+    /// Returns the totals read.
+    pub fn stream_groups(
+        &self,
+        order: &[usize],
+        threads: usize,
+        mut consume: impl FnMut(&RowBlock) -> Result<()>,
+    ) -> Result<GroupRead> {
+        let mut total = GroupRead::default();
+        let mut add = |read: GroupRead| {
+            total.rows += read.rows;
+            total.dropped += read.dropped;
+            total.bytes += read.bytes;
+        };
+        if threads <= 1 || order.len() <= 1 {
+            for &g in order {
+                add(self.read_group(g, &mut consume)?);
+            }
+            return Ok(total);
+        }
+        let window = threads + 1;
+        let state = Mutex::new(Pipeline {
+            ready: std::collections::BTreeMap::new(),
+            consumed: 0,
+            stop: false,
+        });
+        let changed = std::sync::Condvar::new();
+        let next = AtomicUsize::new(0);
+        let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
+        let decode = || loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= order.len() {
+                return;
+            }
+            {
+                let mut s = lock();
+                while !s.stop && i >= s.consumed + window {
+                    s = changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                }
+                if s.stop {
+                    return;
+                }
+            }
+            let mut blocks = Vec::new();
+            let result = self
+                .read_group(order[i], |block| {
+                    blocks.push(block.clone());
+                    Ok(())
+                })
+                .map(|read| (blocks, read));
+            lock().ready.insert(i, result);
+            changed.notify_all();
+        };
+        let result = std::thread::scope(|scope| {
+            for _ in 0..threads {
+                scope.spawn(decode);
+            }
+            let mut outcome = Ok(());
+            for i in 0..order.len() {
+                let decoded = {
+                    let mut s = lock();
+                    loop {
+                        if let Some(decoded) = s.ready.remove(&i) {
+                            break decoded;
+                        }
+                        s = changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                    }
+                };
+                let step = decoded.and_then(|(blocks, read)| {
+                    blocks.iter().try_for_each(&mut consume)?;
+                    add(read);
+                    Ok(())
+                });
+                let mut s = lock();
+                s.consumed = i + 1;
+                if step.is_err() {
+                    s.stop = true;
+                    outcome = step;
+                }
+                drop(s);
+                changed.notify_all();
+                if outcome.is_err() {
+                    break;
+                }
+            }
+            outcome
+        });
+        result.map(|()| total)
+    }
+}
+
+/// Where one row group's fold lands (empty until a thread has done it).
+type Slot<A> = Mutex<Option<Result<(A, GroupRead)>>>;
+
+/// Decoded row groups waiting for the consumer of `stream_groups`.
+struct Pipeline {
+    ready: std::collections::BTreeMap<usize, Result<(Vec<RowBlock>, GroupRead)>>,
+    /// Groups handed to the consumer so far.
+    consumed: usize,
+    /// The consumer failed: decoders stop.
+    stop: bool,
+}
+
+/// Threads for decoding: one per core.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests;
