@@ -224,6 +224,47 @@ pub enum DataCommand {
     /// Write a SYNTHETIC tabular CSV (two labelled Gaussian blobs, not patient
     /// data): columns x0..x{F-1} and `label` (1 or 0), for scale measurements.
     SynthTabular(SynthTabularArgs),
+    /// Write a SYNTHETIC Parquet table (not patient data): columns
+    /// x0..x{D-1} from a known linear rule plus noise, and `label` (1 or 0);
+    /// the rule is kept in the file's metadata. For columnar tasks.
+    SynthTable(SynthTableArgs),
+    /// Convert a CSV file to Parquet for a columnar task: integer, number
+    /// and text columns as found in the file, empty cells as nulls.
+    Convert(ConvertArgs),
+}
+
+/// Row groups of about 128 MB of 30 float columns, as Spark writes them.
+const DEFAULT_ROW_GROUP_ROWS: &str = "524288";
+
+#[derive(Debug, Args)]
+pub struct SynthTableArgs {
+    /// The Parquet file to write (refused if it exists).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000_000))]
+    pub rows: u64,
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+    pub features: u64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Rows per row group (the unit read in parallel and partitioned).
+    #[arg(long, default_value = DEFAULT_ROW_GROUP_ROWS, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub row_group_rows: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The CSV file to read (with a header row).
+    #[arg(long = "in")]
+    pub input: PathBuf,
+    /// The Parquet file to write (refused if it exists).
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value = DEFAULT_ROW_GROUP_ROWS, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub row_group_rows: u64,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

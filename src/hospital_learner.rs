@@ -137,7 +137,9 @@ pub fn build(
     let records = site.records();
     let key = LedgerKey {
         dataset: dataset.to_string(),
-        fingerprint: site.fingerprint(),
+        fingerprint: site
+            .fingerprint()
+            .with_context(|| format!("hospital {name}: fingerprinting its records"))?,
     };
     let budget = Budget {
         epsilon: p.epsilon,

@@ -71,6 +71,7 @@ pub fn all() -> Vec<Target> {
         npz(),
         image(),
         rest_bodies(),
+        parquet(),
     ]
 }
 
@@ -301,6 +302,72 @@ pub fn rest_bodies() -> Target {
         run: Box::new(|bytes| {
             let _ = parse::<StartBody>(bytes);
             let _ = parse::<LoginBody>(bytes);
+        }),
+    }
+}
+
+/// Parquet tables as a columnar hospital reads them: small valid files with
+/// several row groups, nulls, a text label, and each codec the build reads.
+pub fn parquet() -> Target {
+    use medfed_models::data::columnar::write::{Cell, ColumnType, Compression, TableWriter};
+    use medfed_models::data::columnar::{ByteSource, InMemory, NullPolicy, Table, TableSpec};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut corpus = Vec::new();
+    let codecs = [
+        Compression::UNCOMPRESSED,
+        Compression::SNAPPY,
+        Compression::LZ4_RAW,
+        Compression::ZSTD(Default::default()),
+        Compression::GZIP(Default::default()),
+    ];
+    for (i, compression) in codecs.iter().enumerate() {
+        let path = dir.path().join(format!("t{i}.parquet"));
+        let columns = vec![
+            ("a".to_string(), ColumnType::Float64),
+            ("b".to_string(), ColumnType::Int64),
+            ("y".to_string(), ColumnType::Text),
+        ];
+        let mut w =
+            TableWriter::create_compressed(&path, &columns, 4, vec![], *compression).expect("a writer");
+        for r in 0..10i64 {
+            let a = if r == 3 {
+                Cell::Null
+            } else {
+                Cell::Float(r as f64 * 0.5)
+            };
+            let y = if r % 3 == 0 { "M" } else { "B" };
+            w.push(&[a, Cell::Int(r * 7 - 20), Cell::Text(y)]).expect("a row");
+        }
+        w.finish().expect("the footer");
+        corpus.push(std::fs::read(&path).expect("reading it back"));
+    }
+    let spec = |nulls| TableSpec {
+        label_column: "y".into(),
+        positive_class: "M".into(),
+        features: None,
+        nulls,
+    };
+    Target {
+        name: "parquet",
+        corpus,
+        dictionary: vec![
+            b"PAR1",
+            b"\x00\x00\x00\x00",
+            b"\xff\xff\xff\x7f",
+            b"\x15\x00",
+            b"\x19\x1c",
+        ],
+        run: Box::new(move |bytes| {
+            for nulls in [NullPolicy::DropRow, NullPolicy::Error] {
+                let source: std::sync::Arc<dyn ByteSource> =
+                    std::sync::Arc::new(InMemory::new("fuzz.parquet", bytes.to_vec()));
+                let Ok(table) = Table::open(vec![source], &spec(nulls), None) else {
+                    return;
+                };
+                for g in 0..table.groups().len() {
+                    let _ = table.read_group(g, |_| Ok(()));
+                }
+            }
         }),
     }
 }

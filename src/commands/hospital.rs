@@ -17,6 +17,7 @@ use medfed_actors::cluster::{
     Shared, Uplink, WireStats,
 };
 use medfed_actors::{Hospital, HospitalArgs, HospitalObserver};
+use medfed_models::data::columnar::StreamProgress;
 use medfed_models::learner::Evaluator;
 
 use super::cluster_node;
@@ -61,10 +62,14 @@ pub async fn execute(args: &Args) -> Result<()> {
     let cookie = cluster_node::cookie(&loaded)?;
     let tls = cluster_node::tls(&loaded)?;
     let shard = args.shard.clone().or(h.shard.clone());
+    // Relative to where the command runs; an s3:// URL as given.
     let data = args
         .data
         .as_ref()
-        .map(|p| std::env::current_dir().map(|d| d.join(p)))
+        .map(|p| match p.to_str() {
+            Some(url) if crate::tasks::columnar::storage::is_remote(url) => Ok(p.clone()),
+            _ => std::env::current_dir().map(|d| d.join(p)),
+        })
         .transpose()?
         .or_else(|| h.data.as_ref().map(|p| loaded.resolve(p)));
 
@@ -110,6 +115,10 @@ pub async fn execute(args: &Args) -> Result<()> {
     };
     let kind = loaded.config.tasks[&task].kind.name().to_string();
     metrics.identify(&local.name, &task, &kind);
+    if let Some(progress) = &local.progress {
+        metrics.watch_table(progress.clone());
+        tokio::spawn(log_table_progress(local.name.clone(), progress.clone()));
+    }
 
     // Unique per process: ractor_cluster refuses a second session under a
     // node name it already has, before the coordinator could say why.
@@ -332,12 +341,40 @@ impl Connection {
     }
 }
 
+/// Every 30 s while a columnar hospital reads its table: rows, rows per
+/// second, bytes and row groups read since the last line.
+async fn log_table_progress(name: String, progress: Arc<StreamProgress>) {
+    let period = Duration::from_secs(30);
+    let mut last = progress.snapshot();
+    let mut ticker = tokio::time::interval(period);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let now = progress.snapshot();
+        let rows = now.rows - last.rows;
+        if rows > 0 {
+            info!(
+                hospital = %name,
+                rows,
+                rows_per_second = (rows as f64 / period.as_secs_f64()).round(),
+                mb_read = ((now.bytes - last.bytes) as f64 / 1e6).round(),
+                row_groups = now.groups - last.groups,
+                passes = now.passes,
+                "reading its table"
+            );
+        }
+        last = now;
+    }
+}
+
 struct LocalData {
     name: String,
     built: BuiltLearner,
     local_test: Option<Box<dyn Evaluator>>,
     /// The held-out set its shard was split from (shipped data only).
     held_out: Option<String>,
+    /// A streamed table's read counters (columnar `--data`).
+    progress: Option<Arc<StreamProgress>>,
 }
 
 /// Shard I of K of the shipped data under the config's split, partition
@@ -373,6 +410,7 @@ fn from_shard(loaded: &mut Loaded, task: &str, spec: &str, name: Option<String>)
         built,
         local_test,
         held_out: Some(prepared.held_out_fingerprint()),
+        progress: None,
     })
 }
 
@@ -395,6 +433,7 @@ fn from_file(loaded: &Loaded, task: &str, name: &str, path: &std::path::Path) ->
         built,
         local_test: Some(own.local_test),
         held_out: None,
+        progress: own.progress,
     })
 }
 

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use medfed_models::data::columnar::NullPolicy;
+pub use medfed_models::learner::columnar::StreamMode;
+
 pub use medfed_models::aggregate::StrategyConfig;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -446,6 +449,9 @@ pub enum DataFormat {
     /// SYNTHETIC chest-X-ray-like images, generated on first use into the
     /// cache directory (demos and tests; not patient data).
     Synthetic,
+    /// Parquet files (columnar tasks): a file, a directory, a glob, or
+    /// `s3://bucket/prefix` in object storage.
+    Parquet,
 }
 
 impl DataFormat {
@@ -455,6 +461,7 @@ impl DataFormat {
             DataFormat::Folder => "folder",
             DataFormat::Npz => "npz",
             DataFormat::Synthetic => "synthetic",
+            DataFormat::Parquet => "parquet",
         }
     }
 }
@@ -465,11 +472,21 @@ pub struct DataConfig {
     /// "csv" for tabular tasks; "folder", "npz" or "synthetic" for imaging.
     #[serde(default = "default_format")]
     pub format: DataFormat,
-    /// The CSV file, image folder or .npz; relative paths start at the config
-    /// file's directory. Not used by "synthetic".
+    /// The CSV file, image folder or .npz; for Parquet a file, a directory
+    /// of files, a glob or `s3://bucket/prefix`. Relative paths start at the
+    /// config file's directory. Not used by "synthetic".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
-    /// CSV: the label column and its positive class.
+    /// Parquet: the feature columns in the model's order (default: every
+    /// numeric column but the label, in the file's order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
+    /// Parquet: a row with a null or non-finite value in a column that is
+    /// read is refused ("error", naming file, row group and column) or
+    /// skipped ("drop_row").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nulls: Option<NullPolicy>,
+    /// CSV and Parquet: the label column and its positive class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_column: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -594,6 +611,13 @@ pub struct TrainingConfig {
     pub l2: f64,
     /// L2 penalty of the centralized linfa baseline (`--baseline`).
     pub baseline_alpha: f64,
+    /// Columnar tasks: "mini_batch" SGD over the stream (the default) or
+    /// "full_batch" gradient steps, one pass each.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gradient: Option<StreamMode>,
+    /// Columnar tasks: threads decoding row groups (default: every core).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
 }
 
 impl Default for TrainingConfig {
@@ -604,6 +628,8 @@ impl Default for TrainingConfig {
             learning_rate: 0.1,
             l2: 0.0,
             baseline_alpha: 1.0,
+            gradient: None,
+            threads: None,
         }
     }
 }

@@ -130,12 +130,25 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
         match task.kind {
             HospitalKind::Tabular => validate_tabular(name, task, config.privacy.mode)?,
             HospitalKind::Imaging => validate_imaging(name, task)?,
-            HospitalKind::Columnar => {
-                return bad(
-                    key("kind"),
-                    "'columnar' hospitals are not available in this build yet (available: tabular, imaging)"
-                        .into(),
-                )
+            HospitalKind::Columnar => validate_columnar(name, task, config.privacy.mode)?,
+        }
+        if task.kind != HospitalKind::Columnar {
+            let d = &task.data;
+            for (k, set) in [
+                ("data.features", d.features.is_some()),
+                ("data.nulls", d.nulls.is_some()),
+                ("training.gradient", task.training.gradient.is_some()),
+                ("training.threads", task.training.threads.is_some()),
+            ] {
+                if set {
+                    return bad(
+                        key(k),
+                        format!(
+                            "applies to columnar tasks only (this task is {})",
+                            task.kind.name()
+                        ),
+                    );
+                }
             }
         }
         if task.hospitals == 0 || task.hospitals > MAX_HOSPITALS {
@@ -292,12 +305,65 @@ fn validate_tabular(name: &str, task: &TaskConfig, privacy: PrivacyMode) -> Resu
     Ok(())
 }
 
+fn validate_columnar(name: &str, task: &TaskConfig, privacy: PrivacyMode) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("tasks.{name}.{k}");
+    let bad = |key: String, message: &str| Err(ConfigError::Invalid(format!("`{key}`: {message}")));
+    let d = &task.data;
+    if d.format != DataFormat::Parquet {
+        return bad(
+            key("data.format"),
+            &format!("columnar tasks read \"parquet\", not \"{}\"", d.format.name()),
+        );
+    }
+    for (k, missing) in [
+        ("data.path", d.path.is_none()),
+        ("data.label_column", d.label_column.is_none()),
+        ("data.positive_class", d.positive_class.is_none()),
+    ] {
+        if missing {
+            return bad(key(k), "is required for a columnar task");
+        }
+    }
+    if let Some(features) = &d.features {
+        if features.is_empty() {
+            return bad(
+                key("data.features"),
+                "lists no columns (leave it out to use every numeric column)",
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = features.iter().find(|f| !seen.insert(f.as_str())) {
+            return bad(key("data.features"), &format!("lists '{twice}' twice"));
+        }
+    }
+    if task.training.threads == Some(0) {
+        return bad(
+            key("training.threads"),
+            "must be at least 1 (or absent: every core)",
+        );
+    }
+    if task.partition.scheme == PartitionScheme::Dirichlet {
+        return bad(
+            key("partition.scheme"),
+            "columnar tasks are partitioned by row-group ranges (\"iid\") or by a sorted column \
+             (\"sorted\"); \"dirichlet\" needs every label in memory",
+        );
+    }
+    if privacy != PrivacyMode::Off && d.feature_bounds.is_none() {
+        return bad(
+            key("data.feature_bounds"),
+            "is required with differential privacy on (public per-feature bounds)",
+        );
+    }
+    Ok(())
+}
+
 fn validate_imaging(name: &str, task: &TaskConfig) -> Result<(), ConfigError> {
     let key = |k: &str| format!("tasks.{name}.{k}");
     let bad = |key: String, message: String| Err(ConfigError::Invalid(format!("`{key}`: {message}")));
     let d = &task.data;
     match d.format {
-        DataFormat::Csv => {
+        DataFormat::Csv | DataFormat::Parquet => {
             return bad(
                 key("data.format"),
                 "imaging tasks read \"folder\" (Kaggle chest_xray), \"npz\" (MedMNIST) or \"synthetic\""

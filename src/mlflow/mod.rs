@@ -80,11 +80,12 @@ pub fn inputs(
             }];
             if hospitals {
                 for i in 0..t.hospital_count() {
-                    if let Some(site) = t.site(i) {
+                    let print = t.site(i).map(|site| site.fingerprint());
+                    if let Some(Ok(print)) = print {
                         let name = t.hospital_name(i);
                         datasets.push(client::DatasetInput {
                             // MLflow keeps at most 36 characters of a digest.
-                            digest: format!("sha256:{}", &site.fingerprint().to_string()[..24]),
+                            digest: format!("sha256:{}", &print.to_string()[..24]),
                             source: format!("hospital {name}"),
                             name,
                             context: "training".into(),

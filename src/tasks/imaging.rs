@@ -78,7 +78,9 @@ fn prepare(loaded: &Loaded, name: &str, config: &TaskConfig) -> Result<ImagingDa
                 load_split(&path, format, "test", size)?,
             )
         }
-        DataFormat::Csv => anyhow::bail!("imaging tasks do not read CSV files"),
+        DataFormat::Csv | DataFormat::Parquet => {
+            anyhow::bail!("imaging tasks read image folders, .npz files or synthetic images, not tables")
+        }
     };
     for (split, set) in [("train", &train), ("test (held out)", &held_out)] {
         let b = set.balance();
@@ -235,8 +237,8 @@ impl SiteData for ImagingSite {
         self.images.len()
     }
 
-    fn fingerprint(&self) -> DataFingerprint {
-        DataFingerprint::of_images(&self.images)
+    fn fingerprint(&self) -> Result<DataFingerprint> {
+        Ok(DataFingerprint::of_images(&self.images))
     }
 
     /// Images need no scaler, so no statistics are ever released.

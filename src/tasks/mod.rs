@@ -1,5 +1,5 @@
-//! Task kinds. A kind of hospital data (`tabular`, `imaging`; `columnar`
-//! later) is one file implementing three traits:
+//! Task kinds. A kind of hospital data (`tabular`, `imaging`, `columnar`)
+//! is one module implementing three traits:
 //!
 //! - `TaskKind`: prepares a task of that kind from the config — loaded, the
 //!   held-out set put aside for the coordinator, the rest partitioned into
@@ -10,6 +10,7 @@
 //!
 //! `kind_of` is the one place a configured kind meets its implementation.
 
+pub mod columnar;
 pub mod imaging;
 pub mod tabular;
 
@@ -51,6 +52,9 @@ pub trait TaskKind: Sync {
 pub struct OwnData {
     pub site: Box<dyn SiteData>,
     pub local_test: Box<dyn Evaluator>,
+    /// The counters of a streamed table's reads (columnar), for progress
+    /// logs and the hospital's /metrics.
+    pub progress: Option<std::sync::Arc<medfed_models::data::columnar::StreamProgress>>,
 }
 
 /// The implementation of a configured kind.
@@ -58,7 +62,7 @@ pub fn kind_of(kind: HospitalKind) -> Result<&'static dyn TaskKind> {
     match kind {
         HospitalKind::Tabular => Ok(&tabular::Tabular),
         HospitalKind::Imaging => Ok(&imaging::Imaging),
-        HospitalKind::Columnar => bail!("columnar hospitals are not available yet"),
+        HospitalKind::Columnar => Ok(&columnar::Columnar),
     }
 }
 
@@ -96,8 +100,9 @@ pub trait TaskData: Send + Sync {
 /// One hospital's share of a task's data.
 pub trait SiteData: Send {
     fn records(&self) -> usize;
-    /// What the privacy ledger is keyed by (with the task's name).
-    fn fingerprint(&self) -> DataFingerprint;
+    /// What the privacy ledger is keyed by (with the task's name); may
+    /// need a pass over the data (columnar).
+    fn fingerprint(&self) -> Result<DataFingerprint>;
     /// Whether, under `privacy`, it releases noised feature statistics once.
     fn releases_stats(&self, privacy: &PrivacyConfig) -> bool;
     /// The exact learner (differential privacy off).

@@ -86,6 +86,7 @@ impl TaskKind for Tabular {
                 data: train,
             }),
             local_test: Box::new(LogisticEvaluator::new(test)?),
+            progress: None,
         })
     }
 }
@@ -200,8 +201,8 @@ impl SiteData for TabularSite {
         self.data.len()
     }
 
-    fn fingerprint(&self) -> DataFingerprint {
-        DataFingerprint::of_dataset(&self.data)
+    fn fingerprint(&self) -> Result<DataFingerprint> {
+        Ok(DataFingerprint::of_dataset(&self.data))
     }
 
     fn releases_stats(&self, privacy: &PrivacyConfig) -> bool {

@@ -45,6 +45,7 @@ const GATHER_BUDGET_BYTES: usize = 256 << 20;
 /// A hospital's table and what one pass over it established: the record
 /// count per row group (after nulls and the split), and the exact moment
 /// sums for federated standardisation.
+#[derive(Clone)]
 pub struct ColumnarData {
     name: String,
     table: Table,
@@ -53,6 +54,7 @@ pub struct ColumnarData {
     group_records: Vec<u64>,
     records: usize,
     sums: MomentSums,
+    fingerprint: std::sync::OnceLock<DataFingerprint>,
 }
 
 impl ColumnarData {
@@ -92,11 +94,22 @@ impl ColumnarData {
             group_records,
             records,
             sums,
+            fingerprint: std::sync::OnceLock::new(),
         })
     }
 
     pub fn table(&self) -> &Table {
         &self.table
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The same data under another hospital name (its shuffling stream).
+    pub fn renamed(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
     }
 
     pub fn records(&self) -> usize {
@@ -115,6 +128,14 @@ impl ColumnarData {
     /// the same as the tabular kind's for the same rows. One pass; keeps
     /// 32 bytes per record while it sorts them.
     pub fn fingerprint(&self) -> Result<DataFingerprint> {
+        if let Some(print) = self.fingerprint.get() {
+            return Ok(print.clone());
+        }
+        let print = self.compute_fingerprint()?;
+        Ok(self.fingerprint.get_or_init(|| print).clone())
+    }
+
+    fn compute_fingerprint(&self) -> Result<DataFingerprint> {
         let order: Vec<usize> = (0..self.table.groups().len()).collect();
         self.table.progress().pass_started();
         let parts = self.table.fold_groups(

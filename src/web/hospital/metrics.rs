@@ -16,6 +16,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use medfed_actors::cluster::WireStats;
 use medfed_actors::HospitalObserver;
+use medfed_models::data::columnar::StreamProgress;
 use medfed_models::learner::PrivacySpent;
 
 use crate::web::metrics::{encode_cert_expiry, process::ProcessMetrics, BuildInfo};
@@ -47,6 +48,7 @@ pub struct HospitalMetrics {
     epsilon_budget: Gauge<f64, std::sync::atomic::AtomicU64>,
     ledger_writes: Counter,
     identity: Arc<OnceLock<[String; 3]>>,
+    table: Arc<OnceLock<Arc<StreamProgress>>>,
 }
 
 impl HospitalMetrics {
@@ -66,6 +68,7 @@ impl HospitalMetrics {
             epsilon_budget: Gauge::default(),
             ledger_writes: Counter::default(),
             identity: Arc::default(),
+            table: Arc::default(),
         };
         registry.register(
             "medfed_hospital_rounds_trained",
@@ -118,6 +121,7 @@ impl HospitalMetrics {
             readiness: m.readiness.clone(),
             identity: m.identity.clone(),
         }));
+        registry.register_collector(Box::new(TableReads(m.table.clone())));
         registry.register_collector(Box::new(BuildInfo));
         registry.register_collector(Box::new(ProcessMetrics));
         HospitalMetrics { registry, ..m }
@@ -128,6 +132,11 @@ impl HospitalMetrics {
         let _ = self
             .identity
             .set([hospital.to_string(), task.to_string(), kind.to_string()]);
+    }
+
+    /// A columnar hospital's passes over its table, read at every scrape.
+    pub fn watch_table(&self, progress: Arc<StreamProgress>) {
+        let _ = self.table.set(progress);
     }
 
     pub fn encode(&self) -> String {
@@ -224,6 +233,50 @@ impl Collector for Node {
             ConstCounter::new(value).encode(metric)?;
         }
         encode_cert_expiry(&self.wire.gate, &mut encoder)
+    }
+}
+
+/// A columnar hospital's reads of its table (rows per second is their
+/// `rate()`); absent for other kinds.
+#[derive(Debug)]
+struct TableReads(Arc<OnceLock<Arc<StreamProgress>>>);
+
+impl Collector for TableReads {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let Some(progress) = self.0.get() else {
+            return Ok(());
+        };
+        let p = progress.snapshot();
+        for (name, help, unit, value) in [
+            (
+                "medfed_hospital_table_rows_read",
+                "Rows this columnar hospital read from its table (training, statistics, evaluation; all passes)",
+                None,
+                p.rows,
+            ),
+            (
+                "medfed_hospital_table_read",
+                "Bytes this columnar hospital read from its Parquet files",
+                Some(&Unit::Bytes),
+                p.bytes,
+            ),
+            (
+                "medfed_hospital_table_row_groups_read",
+                "Row groups this columnar hospital decoded",
+                None,
+                p.groups,
+            ),
+            (
+                "medfed_hospital_table_passes",
+                "Passes over the table this columnar hospital began",
+                None,
+                p.passes,
+            ),
+        ] {
+            let metric = encoder.encode_descriptor(name, help, unit, MetricType::Counter)?;
+            ConstCounter::new(value).encode(metric)?;
+        }
+        Ok(())
     }
 }
 

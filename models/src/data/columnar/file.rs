@@ -69,13 +69,14 @@ impl ParquetFile {
         }
         let footer_start = len - 8 - footer_len;
         let footer = read(footer_start, footer_len as usize)?;
-        let metadata = ParquetMetaDataReader::decode_metadata(&footer)
+        let name = || source.name().to_string();
+        let metadata = contained(name, || ParquetMetaDataReader::decode_metadata(&footer))?
             .map_err(|e| corrupt(format!("has a corrupt footer: {}", parquet_message(e))))?;
         check_row_counts(&metadata).map_err(corrupt)?;
         // The schema from the Parquet types alone: an embedded Arrow schema
         // may ask for dictionary or view arrays, which change nothing here.
         let options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
-        let metadata = ArrowReaderMetadata::try_new(Arc::new(metadata), options)
+        let metadata = contained(name, || ArrowReaderMetadata::try_new(Arc::new(metadata), options))?
             .map_err(|e| corrupt(format!("has a schema medfed cannot read: {}", parquet_message(e))))?;
         Ok(Self {
             source,
@@ -118,9 +119,9 @@ impl ParquetFile {
         let mut chunks = Vec::with_capacity(leaves.len());
         for &leaf in leaves {
             let column = group.column(leaf);
+            // Where the decoder will read it from (`ColumnChunkMetaData::byte_range`).
             let start = column
                 .dictionary_page_offset()
-                .filter(|&o| o > 0)
                 .unwrap_or_else(|| column.data_page_offset());
             let length = column.compressed_size();
             let range = u64::try_from(start)
@@ -161,6 +162,24 @@ impl ParquetFile {
     }
 }
 
+/// Run a call into the Parquet decoder, turning a panic into an error: the
+/// decoder is a dependency that has panicked on some corrupt files (found
+/// by our fuzzing, e.g. a dictionary-encoded page without its dictionary),
+/// and a hospital must refuse such a file, not crash.
+pub fn contained<T>(origin: impl FnOnce() -> String, call: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).map_err(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no reason given".into());
+        ModelError::Parquet {
+            origin: origin(),
+            message: format!("is corrupt: the Parquet decoder failed on it ({why})"),
+        }
+    })
+}
+
 /// A negative row count in the footer would wrap to billions of rows.
 fn check_row_counts(metadata: &ParquetMetaData) -> std::result::Result<(), String> {
     for (i, group) in metadata.row_groups().iter().enumerate() {
@@ -171,7 +190,10 @@ fn check_row_counts(metadata: &ParquetMetaData) -> std::result::Result<(), Strin
             ));
         }
         for column in group.columns() {
-            if column.compressed_size() < 0 || column.data_page_offset() < 0 {
+            if column.compressed_size() < 0
+                || column.data_page_offset() < 0
+                || column.dictionary_page_offset().is_some_and(|o| o < 0)
+            {
                 return Err(format!(
                     "has a corrupt footer: row group {i}, column '{}' has a negative offset or size",
                     column.column_path()

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 pub use file::ParquetFile;
 pub use progress::{ProgressSnapshot, StreamProgress};
 pub use source::{ByteSource, InMemory, LocalFile};
-pub use split::HashSplit;
+pub use split::{HashSplit, RowFilter, Side};
 pub use table::{Columns, GroupRead, NullPolicy, RowBlock, TableSpec};
 
 use crate::error::{ModelError, Result};
@@ -43,8 +43,8 @@ pub struct Table {
     columns: Vec<Columns>,
     features: Vec<String>,
     groups: Vec<GroupRef>,
-    /// Rows this view keeps (`None`: all).
-    filter: Option<HashSplit>,
+    /// Conditions on the rows this view keeps (none: all).
+    filters: Vec<RowFilter>,
     progress: Arc<StreamProgress>,
 }
 
@@ -84,7 +84,7 @@ impl Table {
             columns,
             features,
             groups,
-            filter: None,
+            filters: Vec::new(),
             progress: Arc::new(StreamProgress::default()),
         })
     }
@@ -131,24 +131,45 @@ impl Table {
         self.progress = progress;
         self
     }
+}
 
-    /// A second view of the same files (the other side of a split, say),
-    /// opened again from the same sources' footers.
-    pub fn try_clone(&self) -> Table {
+impl Clone for Table {
+    /// A second view of the same files (the other side of a split, say)
+    /// sharing the opened footers and the progress counters.
+    fn clone(&self) -> Table {
         Table {
             files: self.files.clone(),
             columns: self.columns.clone(),
             features: self.features.clone(),
             groups: self.groups.clone(),
-            filter: self.filter,
+            filters: self.filters.clone(),
             progress: self.progress.clone(),
         }
     }
+}
 
-    /// The same table keeping only the rows `filter` keeps.
-    pub fn with_filter(mut self, filter: HashSplit) -> Table {
-        self.filter = Some(filter);
+impl Table {
+    /// The same view keeping only the rows `filter` also keeps.
+    pub fn with_filter(mut self, filter: RowFilter) -> Table {
+        self.filters.push(filter);
         self
+    }
+
+    /// Every value of feature `feature` (after this view's filters), in
+    /// the stream's order: one pass, 8 bytes per row.
+    pub fn feature_values(&self, feature: usize, threads: usize) -> Result<Vec<f64>> {
+        let order: Vec<usize> = (0..self.groups.len()).collect();
+        self.progress.pass_started();
+        let parts = self.fold_groups(
+            &order,
+            threads,
+            |_| Vec::new(),
+            |acc, block| {
+                acc.extend(block.rows().map(|(row, _)| row[feature]));
+                Ok(())
+            },
+        )?;
+        Ok(parts.into_iter().flat_map(|(values, _)| values).collect())
     }
 
     /// Decode row group `g` (an index into `groups()`), handing its blocks
@@ -167,13 +188,13 @@ impl Table {
         let group = self.groups[g];
         let file = &self.files[group.file];
         let columns = &self.columns[group.file];
-        match &self.filter {
-            None => file.read_row_group(group.index, columns, each),
-            Some(filter) => {
+        match &self.filters[..] {
+            [] => file.read_row_group(group.index, columns, each),
+            filters => {
                 let mut kept = RowBlock::default();
                 let mut filtered = 0u64;
                 let mut read = file.read_row_group(group.index, columns, |block| {
-                    filter.select(block, &mut kept);
+                    split::select(filters, block, &mut kept);
                     filtered += (block.len() - kept.len()) as u64;
                     if kept.is_empty() {
                         Ok(())

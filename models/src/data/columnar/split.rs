@@ -67,16 +67,55 @@ impl HashSplit {
 
     /// The rows of `block` this side keeps, into `out` (reused).
     pub fn select(&self, block: &RowBlock, out: &mut RowBlock) {
-        out.n_features = block.n_features;
-        out.features.clear();
-        out.labels.clear();
-        for (row, label) in block.rows() {
-            if self.keeps(row, label) {
-                out.features.extend_from_slice(row);
-                out.labels.push(label);
-            }
+        select(&[RowFilter::Split(*self)], block, out);
+    }
+}
+
+/// A condition on rows that a table view keeps.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RowFilter {
+    /// One side of a row-hash split.
+    Split(HashSplit),
+    /// Rows whose feature `feature` (an index into the table's features)
+    /// lies in `[lo, hi)`: a hospital's share of a table sorted by a column.
+    Range { feature: usize, lo: f64, hi: f64 },
+}
+
+impl RowFilter {
+    pub fn keeps(&self, row: &[f64], label: bool) -> bool {
+        match self {
+            RowFilter::Split(split) => split.keeps(row, label),
+            RowFilter::Range { feature, lo, hi } => (*lo..*hi).contains(&row[*feature]),
         }
     }
+}
+
+/// The rows of `block` every filter keeps, into `out` (reused).
+pub fn select(filters: &[RowFilter], block: &RowBlock, out: &mut RowBlock) {
+    out.n_features = block.n_features;
+    out.features.clear();
+    out.labels.clear();
+    for (row, label) in block.rows() {
+        if filters.iter().all(|f| f.keeps(row, label)) {
+            out.features.extend_from_slice(row);
+            out.labels.push(label);
+        }
+    }
+}
+
+/// Cut points splitting `values` into `k` ranges of about equal size:
+/// `k + 1` bounds from -inf to +inf for `RowFilter::Range` (ties at a cut
+/// all go to the upper range). Sorts `values`.
+pub fn quantile_cuts(values: &mut [f64], k: usize) -> Vec<f64> {
+    values.sort_unstable_by(f64::total_cmp);
+    let mut cuts = Vec::with_capacity(k + 1);
+    cuts.push(f64::NEG_INFINITY);
+    for i in 1..k {
+        let at = (i * values.len() / k).min(values.len().saturating_sub(1));
+        cuts.push(values.get(at).copied().unwrap_or(f64::INFINITY));
+    }
+    cuts.push(f64::INFINITY);
+    cuts
 }
 
 /// splitmix64's finaliser: every input bit affects every output bit.
@@ -127,6 +166,31 @@ mod tests {
             .unwrap()
             .select(&data, &mut again);
         assert_eq!(again, b);
+    }
+
+    #[test]
+    fn quantile_cuts_make_equal_ranges_and_ranges_partition_the_rows() {
+        let mut values: Vec<f64> = (0..100).rev().map(f64::from).collect();
+        let cuts = quantile_cuts(&mut values, 4);
+        assert_eq!(cuts, [f64::NEG_INFINITY, 25.0, 50.0, 75.0, f64::INFINITY]);
+        let data = block(1_000);
+        let mut col: Vec<f64> = data.rows().map(|(r, _)| r[1]).collect();
+        let cuts = quantile_cuts(&mut col, 3);
+        let mut total = 0;
+        for w in cuts.windows(2) {
+            let mut out = RowBlock::default();
+            select(
+                &[RowFilter::Range {
+                    feature: 1,
+                    lo: w[0],
+                    hi: w[1],
+                }],
+                &data,
+                &mut out,
+            );
+            total += out.len();
+        }
+        assert_eq!(total, data.len());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
 use serde::{Deserialize, Serialize};
 
-use super::file::{parquet_message, ParquetFile};
+use super::file::{contained, parquet_message, ParquetFile};
 use crate::error::{ModelError, Result};
 
 /// What to do with a row that has a null (or a non-finite number) in a
@@ -280,15 +280,20 @@ impl ParquetFile {
         let chunks = self.fetch_chunks(index, &leaves)?;
         let bytes = chunks.bytes();
         let expected = self.row_group_rows(index);
-        let reader = ParquetRecordBatchReaderBuilder::new_with_metadata(chunks, self.metadata().clone())
-            .with_row_groups(vec![index])
-            .with_projection(ProjectionMask::roots(schema, roots.iter().copied()))
-            .with_batch_size(BATCH_ROWS)
-            .build()
-            .map_err(|e| ModelError::Parquet {
-                origin: at(None),
-                message: parquet_message(e),
-            })?;
+        let mut reader = contained(
+            || at(None),
+            || {
+                ParquetRecordBatchReaderBuilder::new_with_metadata(chunks, self.metadata().clone())
+                    .with_row_groups(vec![index])
+                    .with_projection(ProjectionMask::roots(schema, roots.iter().copied()))
+                    .with_batch_size(BATCH_ROWS)
+                    .build()
+            },
+        )?
+        .map_err(|e| ModelError::Parquet {
+            origin: at(None),
+            message: parquet_message(e),
+        })?;
         // Position of each read root in the decoded batches.
         let position = |field: usize| roots.iter().position(|&r| r == field).expect("a read root");
         let feature_at: Vec<usize> = columns.feature_fields.iter().map(|&f| position(f)).collect();
@@ -300,7 +305,7 @@ impl ParquetFile {
             ..GroupRead::default()
         };
         let mut seen = 0u64;
-        for batch in reader {
+        while let Some(batch) = contained(|| at(None), || reader.next())? {
             let batch = batch.map_err(|e| ModelError::Parquet {
                 origin: at(None),
                 message: format!("cannot be decoded: {e}"),

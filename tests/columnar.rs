@@ -1,0 +1,434 @@
+//! Columnar hospitals through the real binary: SYNTHETIC Parquet tables
+//! from `medfed data synth-table`, the breast-cancer CSV converted with
+//! `medfed data convert`, whole federations on them, and bad files refused
+//! with reasons.
+
+use std::path::Path;
+use std::time::Duration;
+
+mod common;
+use common::cluster::{scrape, spawn, Process};
+use common::{free_port, json_of, medfed};
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+/// A columnar task over `data` in `dir/<name>.toml`; `extra` is appended.
+fn write_config(dir: &Path, name: &str, data: &str, label: &str, positive: &str, extra: &str) -> String {
+    let config = format!(
+        r#"[run]
+seed = 5
+rounds = 3
+
+[tasks.table]
+kind = "columnar"
+hospitals = 4
+
+[tasks.table.data]
+format = "parquet"
+path = "{data}"
+label_column = "{label}"
+positive_class = "{positive}"
+test_fraction = 0.2
+
+[tasks.table.training]
+local_epochs = 1
+batch_size = 64
+learning_rate = 0.1
+{extra}"#
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, config).unwrap();
+    path.display().to_string()
+}
+
+fn synth(dir: &Path, rows: &str, row_group_rows: &str) -> std::path::PathBuf {
+    let out = dir.join(format!("synthetic-{rows}.parquet"));
+    let made = medfed(
+        &[
+            "data",
+            "synth-table",
+            "--out",
+            path_str(&out),
+            "--rows",
+            rows,
+            "--features",
+            "8",
+            "--seed",
+            "11",
+            "--row-group-rows",
+            row_group_rows,
+        ],
+        &[],
+    );
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(String::from_utf8_lossy(&made.stderr).contains("SYNTHETIC"));
+    out
+}
+
+#[test]
+fn a_columnar_federation_on_a_synthetic_table_matches_its_centralized_baseline() {
+    let dir = tempfile::tempdir().unwrap();
+    synth(dir.path(), "40000", "4000");
+    let config = write_config(dir.path(), "t", "synthetic-40000.parquet", "label", "1", "");
+    for gradient in ["mini_batch", "full_batch"] {
+        let out = medfed(
+            &["run", "--config", &config, "--json", "--baseline"],
+            &[("MEDFED_TASKS__TABLE__TRAINING__GRADIENT", gradient)],
+        );
+        let v = json_of(&out);
+        let task = &v["tasks"]["table"];
+        assert_eq!(task["status"], "finished", "{gradient}");
+        assert_eq!(task["hospitals"], 4);
+        let fed = task["final"]["accuracy"].as_f64().unwrap();
+        let central = task["centralized"]["accuracy"].as_f64().unwrap();
+        // A full-batch step per epoch learns slowly: 3 steps in all.
+        let slack = if gradient == "mini_batch" { 0.01 } else { 0.15 };
+        assert!(
+            (fed - central).abs() <= slack,
+            "{gradient}: federated {fed} vs centralized {central}"
+        );
+        assert!(fed > 0.6, "{gradient}: {fed}");
+        // About 20% of the rows are held out by the row-hash split.
+        let c = &task["final"]["confusion"];
+        let held_out: u64 = ["tp", "fp", "tn", "fn"]
+            .iter()
+            .map(|k| c[k].as_u64().unwrap())
+            .sum();
+        assert!((7_400..8_600).contains(&held_out), "{held_out}");
+    }
+    // Partitioned by a sorted column instead of row-group ranges.
+    let sorted = write_config(
+        dir.path(),
+        "sorted",
+        "synthetic-40000.parquet",
+        "label",
+        "1",
+        "\n[tasks.table.partition]\nscheme = \"sorted\"\nfeature = \"x3\"\n",
+    );
+    let v = json_of(&medfed(&["run", "--config", &sorted, "--json"], &[]));
+    assert_eq!(v["tasks"]["table"]["status"], "finished");
+}
+
+#[test]
+fn the_breast_cancer_csv_converts_to_parquet_and_trains_as_a_columnar_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let parquet = dir.path().join("breast_cancer.parquet");
+    let csv = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/breast_cancer_wisconsin.csv");
+    let converted = json_of(&medfed(
+        &[
+            "data",
+            "convert",
+            "--in",
+            path_str(&csv),
+            "--out",
+            path_str(&parquet),
+            "--row-group-rows",
+            "50",
+            "--json",
+        ],
+        &[],
+    ));
+    assert_eq!(converted["rows"], 569);
+    let columns = converted["columns"].as_array().unwrap();
+    assert_eq!(columns.len(), 31);
+    assert_eq!(columns[30], serde_json::json!(["diagnosis", "text"]));
+    assert_eq!(columns[0], serde_json::json!(["mean_radius", "float64"]));
+    // Converting onto an existing file is refused, and the file is kept.
+    let again = medfed(
+        &[
+            "data",
+            "convert",
+            "--in",
+            path_str(&csv),
+            "--out",
+            path_str(&parquet),
+        ],
+        &[],
+    );
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists"));
+    assert!(parquet.exists());
+
+    let config = write_config(
+        dir.path(),
+        "bc",
+        "breast_cancer.parquet",
+        "diagnosis",
+        "M",
+        "\n[tasks.table.partition]\nscheme = \"sorted\"\nfeature = \"mean_radius\"\n",
+    );
+    let v = json_of(&medfed(
+        &[
+            "run",
+            "--config",
+            &config,
+            "--json",
+            "--rounds",
+            "10",
+            "--baseline",
+        ],
+        &[
+            ("MEDFED_TASKS__TABLE__HOSPITALS", "5"),
+            ("MEDFED_TASKS__TABLE__TRAINING__LOCAL_EPOCHS", "5"),
+            ("MEDFED_TASKS__TABLE__TRAINING__BATCH_SIZE", "16"),
+        ],
+    ));
+    let task = &v["tasks"]["table"];
+    let fed = task["final"]["accuracy"].as_f64().unwrap();
+    let central = task["centralized"]["accuracy"].as_f64().unwrap();
+    // The tabular kind's demo reaches 0.96-0.98 on this data (README).
+    assert!(fed >= 0.95, "columnar breast cancer {fed}");
+    assert!(
+        (fed - central).abs() <= 0.02,
+        "federated {fed} vs centralized {central}"
+    );
+}
+
+#[test]
+fn corrupt_truncated_and_mismatched_tables_are_refused_with_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = synth(dir.path(), "3000", "500");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(dir.path().join("truncated.parquet"), &bytes[..bytes.len() / 2]).unwrap();
+    let run_err = |data: &str, label: &str| -> String {
+        let config = write_config(dir.path(), "bad", data, label, "1", "");
+        let out = medfed(&["run", "--config", &config, "--json"], &[]);
+        assert!(!out.status.success(), "{data} should be refused");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    };
+    let e = run_err("truncated.parquet", "label");
+    assert!(
+        e.contains("truncated.parquet") && e.contains("is not a Parquet file or is truncated"),
+        "{e}"
+    );
+    let e = run_err("synthetic-3000.parquet", "outcome");
+    assert!(
+        e.contains("no label column 'outcome'") && e.contains("x0 Float64"),
+        "{e}"
+    );
+    let e = run_err("missing.parquet", "label");
+    assert!(e.contains("missing.parquet") && e.contains("no such file"), "{e}");
+    // More hospitals than row groups cannot be split by row-group ranges.
+    let config = write_config(dir.path(), "few", "synthetic-3000.parquet", "label", "1", "");
+    let out = medfed(
+        &["run", "--config", &config, "--json"],
+        &[("MEDFED_TASKS__TABLE__HOSPITALS", "7")],
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("6 row groups, fewer than the 7 hospitals"), "{e}");
+    // A CSV with a null in a feature: refused naming the place, or dropped.
+    let csv = dir.path().join("nulls.csv");
+    let mut text = String::from("a,b,y\n");
+    for i in 0..400 {
+        let b = if i == 250 {
+            String::new()
+        } else {
+            format!("{}", i % 7)
+        };
+        text.push_str(&format!("{}.5,{b},{}\n", i, i % 2));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let nulls = dir.path().join("nulls.parquet");
+    let out = medfed(
+        &[
+            "data",
+            "convert",
+            "--in",
+            path_str(&csv),
+            "--out",
+            path_str(&nulls),
+            "--row-group-rows",
+            "100",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let e = run_err("nulls.parquet", "y");
+    assert!(
+        e.contains("nulls.parquet, row group 2, column 'b'") && e.contains("row 50 is null"),
+        "{e}"
+    );
+    let config = write_config(dir.path(), "drop", "nulls.parquet", "y", "1", "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("test_fraction = 0.2", "test_fraction = 0.2\nnulls = \"drop_row\"");
+    std::fs::write(&config, text).unwrap();
+    let v = json_of(&medfed(&["run", "--config", &config, "--json"], &[]));
+    assert_eq!(v["tasks"]["table"]["status"], "finished");
+}
+
+#[test]
+fn columnar_settings_are_checked_where_they_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = |extra: &str, needle: &str| {
+        let config = write_config(dir.path(), "c", "t.parquet", "label", "1", extra);
+        let out = medfed(&["config", "check", &config], &[]);
+        assert!(!out.status.success(), "{extra}");
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(e.contains(needle), "{extra}: {e}");
+    };
+    bad(
+        "threads = 0\n",
+        "`tasks.table.training.threads`: must be at least 1",
+    );
+    bad(
+        "\n[tasks.table.partition]\nscheme = \"dirichlet\"\n",
+        "`tasks.table.partition.scheme`",
+    );
+    // Columnar settings on a tabular task are refused by name.
+    let out = medfed(
+        &["config", "check"],
+        &[("MEDFED_TASKS__BREAST_CANCER__TRAINING__GRADIENT", "full_batch")],
+    );
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("training.gradient") && e.contains("columnar tasks only"),
+        "{e}"
+    );
+}
+
+fn convert(csv: &Path, parquet: &Path, row_group_rows: &str) {
+    let out = medfed(
+        &[
+            "data",
+            "convert",
+            "--in",
+            path_str(csv),
+            "--out",
+            path_str(parquet),
+            "--row-group-rows",
+            row_group_rows,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Two hospital processes with their own Parquet files (the breast-cancer
+/// rows dealt alternately) and a coordinator holding the whole table: the
+/// row-hash split puts every row on the same side everywhere, so the
+/// hospitals' local test rows together are exactly the coordinator's
+/// held-out rows, and no held-out row is trained on.
+#[test]
+fn hospital_processes_stream_their_own_parquet_files_and_report_their_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let csv = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/breast_cancer_wisconsin.csv"),
+    )
+    .unwrap();
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap();
+    let (mut a, mut b) = (vec![header], vec![header]);
+    for (i, line) in lines.enumerate() {
+        if i % 2 == 0 {
+            a.push(line)
+        } else {
+            b.push(line)
+        }
+    }
+    std::fs::write(d.join("all.csv"), csv.clone()).unwrap();
+    convert(&d.join("all.csv"), &d.join("all.parquet"), "64");
+    for (site, rows) in [("site-a", &a), ("site-b", &b)] {
+        std::fs::write(d.join(format!("{site}.csv")), rows.join("\n") + "\n").unwrap();
+        convert(
+            &d.join(format!("{site}.csv")),
+            &d.join(format!("{site}.parquet")),
+            "64",
+        );
+    }
+    let config = write_config(d, "cluster", "all.parquet", "diagnosis", "M", "");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let http = format!("127.0.0.1:{}", free_port());
+    let envs = [
+        ("MEDFED_TASKS__TABLE__MIN_HOSPITALS", "2"),
+        ("MEDFED_TASKS__TABLE__TRAINING__LOCAL_EPOCHS", "5"),
+        ("MEDFED_TASKS__TABLE__TRAINING__BATCH_SIZE", "16"),
+    ];
+    let mut coordinator = spawn(
+        d,
+        "coordinator",
+        &[
+            "coordinator",
+            "--config",
+            &config,
+            "--task",
+            "table",
+            "--listen",
+            &addr,
+            "--hospitals",
+            "2",
+            "--rounds",
+            "5",
+            "--auto-start",
+            "--exit-after-run",
+            "--json",
+        ],
+        &envs,
+    );
+    coordinator.wait_for(
+        &["coordinator listening for hospitals"],
+        1,
+        Duration::from_secs(60),
+    );
+    let sites: Vec<Process> = ["site-a", "site-b"]
+        .iter()
+        .map(|site| {
+            let file = d.join(format!("{site}.parquet")).display().to_string();
+            let mut args = vec![
+                "hospital",
+                "--config",
+                &config,
+                "--task",
+                "table",
+                "--coordinator",
+                &addr,
+                "--name",
+                site,
+                "--data",
+                &file,
+            ];
+            if *site == "site-a" {
+                args.extend(["--http", &http]);
+            }
+            spawn(d, site, &args, &envs)
+        })
+        .collect();
+    let status = coordinator.wait_exit(Duration::from_secs(180));
+    assert!(status.success(), "{}\n{}", coordinator.log(), sites[0].log());
+    let run = coordinator.json();
+    let t = &run["tasks"]["table"];
+    assert_eq!(t["status"], "finished", "{t}");
+    assert_eq!(t["rounds"][4]["participants"], 2);
+    assert!(t["final"]["accuracy"].as_f64().unwrap() > 0.9, "{t}");
+    let c = &t["final"]["confusion"];
+    let held_out: u64 = ["tp", "fp", "tn", "fn"]
+        .iter()
+        .map(|k| c[k].as_u64().unwrap())
+        .sum();
+    assert_eq!(t["final_federated"]["evaluated"], 2, "{t}");
+    assert_eq!(
+        t["final_federated"]["examples"].as_u64().unwrap(),
+        held_out,
+        "the sites' local test rows are the coordinator's held-out rows"
+    );
+    // The columnar site's reads on its /metrics.
+    let text = scrape(&http);
+    common::promtool_check_metrics(&text);
+    let value = |series: &str| {
+        common::cluster::metric(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    assert!(
+        value("medfed_hospital_table_rows_read_total") > 5.0 * 200.0,
+        "{text}"
+    );
+    assert!(value("medfed_hospital_table_read_bytes_total") > 0.0);
+    assert!(value("medfed_hospital_table_row_groups_read_total") >= 5.0);
+    assert!(value("medfed_hospital_table_passes_total") >= 6.0);
+    assert!(text.contains("medfed_hospital_info{hospital=\"site-a\",task=\"table\",kind=\"columnar\"} 1"));
+}
