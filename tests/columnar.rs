@@ -432,3 +432,188 @@ fn hospital_processes_stream_their_own_parquet_files_and_report_their_reads() {
     assert!(value("medfed_hospital_table_passes_total") >= 6.0);
     assert!(text.contains("medfed_hospital_info{hospital=\"site-a\",task=\"table\",kind=\"columnar\"} 1"));
 }
+
+/// The venv with pyarrow, moto and boto3 (`scripts/test` installs it and
+/// sets MEDFED_COLUMNAR_TOOLS); `None` (the test says it skips) elsewhere,
+/// a failure with MEDFED_REQUIRE_EXTERNAL=1.
+fn tools() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("MEDFED_COLUMNAR_TOOLS").map(std::path::PathBuf::from);
+    match dir.filter(|d| d.join("python").exists()) {
+        Some(d) => Some(d),
+        None if std::env::var("MEDFED_REQUIRE_EXTERNAL").as_deref() == Ok("1") => {
+            panic!("MEDFED_COLUMNAR_TOOLS (pyarrow, moto) is required; scripts/test installs it")
+        }
+        None => {
+            eprintln!("SKIPPED: no MEDFED_COLUMNAR_TOOLS venv (pyarrow, moto)");
+            None
+        }
+    }
+}
+
+fn python(tools: &Path, script: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(tools.join("python"))
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/columnar")
+                .join(script),
+        )
+        .args(args)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn a_file_written_by_pyarrow_with_dictionaries_zstd_and_nulls_trains() {
+    let Some(tools) = tools() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("extract.parquet");
+    let made: serde_json::Value = serde_json::from_str(&python(
+        &tools,
+        "pyarrow_table.py",
+        &[path_str(&file), "6000", "4321"],
+    ))
+    .unwrap();
+    assert_eq!(made["row_groups"], 5, "{made}");
+    assert_eq!(made["codecs"], serde_json::json!(["ZSTD"]));
+    assert!(
+        made["encodings"]
+            .as_array()
+            .unwrap()
+            .contains(&"RLE_DICTIONARY".into()),
+        "{made}"
+    );
+    // The null in `dose` (row 4321: row group 3 of 1200-row groups, its
+    // row 721) is refused by default ...
+    let config = write_config(dir.path(), "pa", "extract.parquet", "outcome", "sick", "");
+    let out = medfed(&["run", "--config", &config, "--json"], &[]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        e.contains("extract.parquet, row group 3, column 'dose'") && e.contains("row 721 is null"),
+        "{e}"
+    );
+    // ... and dropped on request; the text column `note` is not a feature.
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("test_fraction = 0.2", "test_fraction = 0.2\nnulls = \"drop_row\"");
+    std::fs::write(&config, text).unwrap();
+    let v = json_of(&medfed(
+        &["run", "--config", &config, "--json", "--baseline"],
+        &[],
+    ));
+    let t = &v["tasks"]["table"];
+    assert_eq!(t["status"], "finished");
+    let fed = t["final"]["accuracy"].as_f64().unwrap();
+    let central = t["centralized"]["accuracy"].as_f64().unwrap();
+    assert!(fed > 0.75 && (fed - central).abs() <= 0.02, "{fed} vs {central}");
+}
+
+/// A local S3-compatible server (moto) for one test, stopped on drop.
+struct S3Server {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl S3Server {
+    fn start(tools: &Path) -> S3Server {
+        let port = free_port();
+        let child = std::process::Command::new(tools.join("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto_server starts");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto_server did not listen");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        S3Server { child, endpoint }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_DEFAULT_REGION", "us-east-1".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn tables_in_s3_are_read_from_a_prefix_a_glob_and_one_object() {
+    let Some(tools) = tools() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let local = synth(dir.path(), "20000", "2500");
+    let server = S3Server::start(&tools);
+    // Spark's layout: part files and a _SUCCESS marker under a prefix.
+    let bytes = std::fs::read(&local).unwrap();
+    let half = dir.path().join("other.parquet");
+    std::fs::write(&half, &bytes).unwrap();
+    let junk = dir.path().join("junk.bin");
+    std::fs::write(&junk, b"not a table at all, just some bytes").unwrap();
+    python(
+        &tools,
+        "s3_upload.py",
+        &[
+            &server.endpoint,
+            "extracts",
+            &format!("site/part-0.parquet={}", path_str(&local)),
+            &format!("site/_SUCCESS={}", path_str(&half)),
+            &format!("corrupt/part-0.parquet={}", path_str(&junk)),
+        ],
+    )
+    .trim()
+    .parse::<u32>()
+    .map(|n| assert_eq!(n, 3))
+    .unwrap_or_else(|_| panic!("upload count"));
+    let env = server.env();
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let run = |location: &str| {
+        let config = write_config(dir.path(), "s3", location, "label", "1", "");
+        medfed(&["run", "--config", &config, "--json"], &envs)
+    };
+    let expected = json_of(&medfed(
+        &[
+            "run",
+            "--config",
+            &write_config(dir.path(), "local", path_str(&local), "label", "1", ""),
+            "--json",
+        ],
+        &[],
+    ));
+    for location in [
+        "s3://extracts/site",
+        "s3://extracts/site/*.parquet",
+        "s3://extracts/site/part-0.parquet",
+    ] {
+        let v = json_of(&run(location));
+        assert_eq!(
+            v["tasks"]["table"]["final"], expected["tasks"]["table"]["final"],
+            "{location} trains exactly as the local file"
+        );
+    }
+    let e = String::from_utf8_lossy(&run("s3://extracts/nothing").stderr).to_string();
+    assert!(e.contains("no Parquet objects at s3://extracts/nothing"), "{e}");
+    let e = String::from_utf8_lossy(&run("s3://extracts/corrupt").stderr).to_string();
+    assert!(
+        e.contains("s3://extracts/corrupt/part-0.parquet") && e.contains("not a Parquet file"),
+        "{e}"
+    );
+}

@@ -104,6 +104,25 @@ pub fn capture_panics() {
     }));
 }
 
+/// One run of a saved input (`medfed-fuzz --replay`).
+pub struct Replayed {
+    pub took: Duration,
+    pub largest_allocation: usize,
+    pub panicked: bool,
+}
+
+/// Run `target` once on `input`: time, largest allocation, panic.
+pub fn replay(target: &Target, input: &[u8]) -> Replayed {
+    LARGEST_ALLOCATION.store(0, Ordering::Relaxed);
+    let began = Instant::now();
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| (target.run)(input)));
+    Replayed {
+        took: began.elapsed(),
+        largest_allocation: LARGEST_ALLOCATION.load(Ordering::Relaxed),
+        panicked: outcome.is_err(),
+    }
+}
+
 /// Run `target` for `executions` mutated inputs (or until `deadline`).
 pub fn fuzz(target: &Target, executions: u64, deadline: Option<Instant>, seed: u64) -> Report {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);

@@ -12,6 +12,7 @@ static ALLOCATOR: CountingAlloc = CountingAlloc;
 
 fn main() -> std::process::ExitCode {
     let mut names = Vec::new();
+    let mut replay = Vec::new();
     let (mut executions, mut seconds, mut seed) = (u64::MAX, None, 1u64);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -24,8 +25,11 @@ fn main() -> std::process::ExitCode {
             "--executions" => executions = value("--executions"),
             "--seconds" => seconds = Some(value("--seconds")),
             "--seed" => seed = value("--seed"),
+            "--replay" => replay.push(args.next().expect("--replay needs a file")),
             "--help" | "-h" => {
-                println!("medfed-fuzz [TARGET ...] [--executions N] [--seconds S] [--seed S]");
+                println!(
+                    "medfed-fuzz [TARGET ...] [--executions N] [--seconds S] [--seed S] [--replay FILE]..."
+                );
                 let all: Vec<_> = targets::all().iter().map(|t| t.name).collect();
                 println!("targets: {}", all.join(", "));
                 return std::process::ExitCode::SUCCESS;
@@ -45,6 +49,9 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     }
     capture_panics();
+    if !replay.is_empty() {
+        return replay_inputs(&chosen, &replay);
+    }
     let findings_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("findings");
     let mut found = 0;
     for target in &chosen {
@@ -76,6 +83,34 @@ fn main() -> std::process::ExitCode {
         }
     }
     if found > 0 {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
+}
+
+/// Run saved inputs (findings) through the chosen targets once each and
+/// report time, largest allocation and any panic: a finding reproduced.
+fn replay_inputs(targets: &[medfed_fuzz::Target], files: &[String]) -> std::process::ExitCode {
+    let mut bad = false;
+    for file in files {
+        let Ok(input) = std::fs::read(file) else {
+            eprintln!("cannot read {file}");
+            return std::process::ExitCode::from(2);
+        };
+        for target in targets {
+            let run = medfed_fuzz::replay(target, &input);
+            println!(
+                "{file} {}: {:?}, largest allocation {} bytes{}",
+                target.name,
+                run.took,
+                run.largest_allocation,
+                if run.panicked { ", PANIC" } else { "" }
+            );
+            bad |= run.panicked;
+        }
+    }
+    if bad {
         std::process::ExitCode::FAILURE
     } else {
         std::process::ExitCode::SUCCESS

@@ -58,9 +58,12 @@ fn open_s3(location: &str, rest: &str) -> Result<Vec<Arc<dyn ByteSource>>> {
             .head(ObjectPath::from(key))
             .with_context(|| format!("reading {location}"))?]
     } else {
-        // A glob lists the directory before its first wildcard.
-        let wildcard = key.find(['*', '?', '[']).unwrap_or(key.len());
-        let dir = key[..wildcard].rfind('/').map_or("", |slash| &key[..slash]);
+        // A glob lists the directory before its first wildcard; a prefix
+        // is a directory itself.
+        let dir = match key.find(['*', '?', '[']) {
+            Some(wildcard) => key[..wildcard].rfind('/').map_or("", |slash| &key[..slash]),
+            None => key.trim_end_matches('/'),
+        };
         let pattern = is_glob(key)
             .then(|| glob::Pattern::new(key))
             .transpose()

@@ -22,6 +22,13 @@ const ENCRYPTED_MAGIC: &[u8; 4] = b"PARE";
 /// make us allocate gigabytes.
 const MAX_FOOTER: u64 = 64 << 20;
 
+/// A row group may claim at most this many rows per byte of the columns
+/// read (plus `MIN_ROWS_BOUND`): one bit per row across all of them. A
+/// footer claiming more is corrupt (or a decompression bomb), and decoding
+/// it would run for as long as its row count says.
+const ROWS_PER_BYTE: i64 = 8;
+const MIN_ROWS_BOUND: i64 = 1 << 16;
+
 /// An opened Parquet file: its source and decoded footer.
 #[derive(Clone)]
 pub struct ParquetFile {
@@ -116,6 +123,24 @@ impl ParquetFile {
     /// chunks. Every range is checked to lie within the file's data.
     pub fn fetch_chunks(&self, row_group: usize, leaves: &[usize]) -> Result<FetchedChunks> {
         let group = self.parquet().row_group(row_group);
+        let stored: i64 = leaves
+            .iter()
+            .map(|&l| group.column(l).compressed_size().max(0))
+            .sum();
+        let rows = group.num_rows();
+        if rows
+            > ROWS_PER_BYTE
+                .saturating_mul(stored)
+                .saturating_add(MIN_ROWS_BOUND)
+        {
+            return Err(ModelError::Parquet {
+                origin: format!("{}, row group {row_group}", self.name()),
+                message: format!(
+                    "claims {rows} rows in {stored} bytes of columns: corrupt, or so compressible \
+                     (under one bit per row for every column read) that it holds nothing to learn from"
+                ),
+            });
+        }
         let mut chunks = Vec::with_capacity(leaves.len());
         for &leaf in leaves {
             let column = group.column(leaf);
@@ -152,6 +177,14 @@ impl ParquetFile {
                     origin: format!("{}, row group {row_group}", self.name()),
                     message: format!("cannot read bytes {}..{}: {e}", range.start, range.end),
                 })?;
+            super::pages::check_chunk(&bytes, group.num_rows()).map_err(|why| ModelError::Parquet {
+                origin: format!(
+                    "{}, row group {row_group}, column '{}'",
+                    self.name(),
+                    column.column_path()
+                ),
+                message: format!("is corrupt: {why}"),
+            })?;
             chunks.push((range.start, bytes));
         }
         chunks.sort_by_key(|(start, _)| *start);

@@ -9,6 +9,7 @@
 //! - `split`: the row-hash split into training and local test rows.
 
 pub mod file;
+pub mod pages;
 pub mod progress;
 pub mod source;
 pub mod split;
