@@ -92,6 +92,7 @@ pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
             .as_ref()
             .map(|dir| loaded.resolve(dir).join(&task.name)),
         held_out: Some(task.held_out_fingerprint()),
+        features: task.data.feature_names(),
         expected_names: (0..task.hospital_count())
             .map(|i| task.hospital_name(i))
             .collect(),
@@ -260,6 +261,7 @@ impl Federation {
                         coordinator: self.coordinator.clone(),
                         local_test,
                         held_out: None,
+                        features: task.data.feature_names(),
                         attack,
                         site_record: false,
                         observer: None,

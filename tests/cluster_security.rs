@@ -50,6 +50,7 @@ fn hello(name: &str) -> HospitalInfo {
         held_out: None,
         attack: None,
         privacy: None,
+        features: None,
     }
 }
 

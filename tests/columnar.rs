@@ -184,6 +184,37 @@ fn the_breast_cancer_csv_converts_to_parquet_and_trains_as_a_columnar_task() {
         (fed - central).abs() <= 0.02,
         "federated {fed} vs centralized {central}"
     );
+
+    // With DP-SGD on the stream: public bounds scale the features, every
+    // update is noised, and the budget holds.
+    let bounds = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/breast_cancer_feature_bounds.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "test_fraction = 0.2",
+        &format!("test_fraction = 0.2\nfeature_bounds = \"{}\"", bounds.display()),
+    );
+    std::fs::write(&config, text).unwrap();
+    let v = json_of(&medfed(
+        &[
+            "run",
+            "--config",
+            &config,
+            "--json",
+            "--rounds",
+            "10",
+            "--dp-epsilon",
+            "3",
+        ],
+        // Seeded noise (simulation only): the same accuracy every run.
+        &[
+            ("MEDFED_TASKS__TABLE__HOSPITALS", "5"),
+            ("MEDFED_PRIVACY__NOISE", "seeded"),
+        ],
+    ));
+    let task = &v["tasks"]["table"];
+    assert_eq!(task["status"], "finished", "{task}");
+    let private = task["final"]["accuracy"].as_f64().unwrap();
+    assert!(private > 0.75, "columnar breast cancer under DP-SGD: {private}");
+    println!("columnar breast cancer: {fed:.4} without DP, {private:.4} with DP-SGD at epsilon 3");
 }
 
 #[test]
@@ -309,60 +340,48 @@ fn convert(csv: &Path, parquet: &Path, row_group_rows: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// Two hospital processes with their own Parquet files (the breast-cancer
-/// rows dealt alternately) and a coordinator holding the whole table: the
-/// row-hash split puts every row on the same side everywhere, so the
-/// hospitals' local test rows together are exactly the coordinator's
-/// held-out rows, and no held-out row is trained on.
-#[test]
-fn hospital_processes_stream_their_own_parquet_files_and_report_their_reads() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let csv = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/breast_cancer_wisconsin.csv"),
-    )
-    .unwrap();
+/// Deal a CSV file's rows alternately into `sites` files (header kept).
+fn deal_csv(csv: &str, sites: &[&Path]) {
     let mut lines = csv.lines();
     let header = lines.next().unwrap();
-    let (mut a, mut b) = (vec![header], vec![header]);
+    let mut parts: Vec<Vec<&str>> = sites.iter().map(|_| vec![header]).collect();
     for (i, line) in lines.enumerate() {
-        if i % 2 == 0 {
-            a.push(line)
-        } else {
-            b.push(line)
-        }
+        parts[i % sites.len()].push(line);
     }
-    std::fs::write(d.join("all.csv"), csv.clone()).unwrap();
-    convert(&d.join("all.csv"), &d.join("all.parquet"), "64");
-    for (site, rows) in [("site-a", &a), ("site-b", &b)] {
-        std::fs::write(d.join(format!("{site}.csv")), rows.join("\n") + "\n").unwrap();
-        convert(
-            &d.join(format!("{site}.csv")),
-            &d.join(format!("{site}.parquet")),
-            "64",
-        );
+    for (path, rows) in sites.iter().zip(parts) {
+        std::fs::write(path, rows.join("\n") + "\n").unwrap();
     }
-    let config = write_config(d, "cluster", "all.parquet", "diagnosis", "M", "");
+}
+
+/// A coordinator serving `config`'s task `table` and one hospital process
+/// per (name, --data file); `http` serves the first one's /metrics. The
+/// run's JSON, and the /metrics text scraped at its end (if `http`).
+fn cluster_run(
+    dir: &Path,
+    config: &str,
+    sites: &[(&str, &Path)],
+    http: Option<&str>,
+) -> (serde_json::Value, String) {
     let addr = format!("127.0.0.1:{}", free_port());
-    let http = format!("127.0.0.1:{}", free_port());
+    let hospitals = sites.len().to_string();
     let envs = [
-        ("MEDFED_TASKS__TABLE__MIN_HOSPITALS", "2"),
+        ("MEDFED_TASKS__TABLE__MIN_HOSPITALS", hospitals.as_str()),
         ("MEDFED_TASKS__TABLE__TRAINING__LOCAL_EPOCHS", "5"),
         ("MEDFED_TASKS__TABLE__TRAINING__BATCH_SIZE", "16"),
     ];
     let mut coordinator = spawn(
-        d,
+        dir,
         "coordinator",
         &[
             "coordinator",
             "--config",
-            &config,
+            config,
             "--task",
             "table",
             "--listen",
             &addr,
             "--hospitals",
-            "2",
+            &hospitals,
             "--rounds",
             "5",
             "--auto-start",
@@ -376,14 +395,15 @@ fn hospital_processes_stream_their_own_parquet_files_and_report_their_reads() {
         1,
         Duration::from_secs(60),
     );
-    let sites: Vec<Process> = ["site-a", "site-b"]
+    let processes: Vec<Process> = sites
         .iter()
-        .map(|site| {
-            let file = d.join(format!("{site}.parquet")).display().to_string();
+        .enumerate()
+        .map(|(i, (site, file))| {
+            let file = file.display().to_string();
             let mut args = vec![
                 "hospital",
                 "--config",
-                &config,
+                config,
                 "--task",
                 "table",
                 "--coordinator",
@@ -393,15 +413,45 @@ fn hospital_processes_stream_their_own_parquet_files_and_report_their_reads() {
                 "--data",
                 &file,
             ];
-            if *site == "site-a" {
-                args.extend(["--http", &http]);
+            if let (0, Some(http)) = (i, http) {
+                args.extend(["--http", http]);
             }
-            spawn(d, site, &args, &envs)
+            spawn(dir, site, &args, &envs)
         })
         .collect();
     let status = coordinator.wait_exit(Duration::from_secs(180));
-    assert!(status.success(), "{}\n{}", coordinator.log(), sites[0].log());
-    let run = coordinator.json();
+    assert!(status.success(), "{}\n{}", coordinator.log(), processes[0].log());
+    let metrics = http.map(scrape).unwrap_or_default();
+    (coordinator.json(), metrics)
+}
+
+/// Two hospital processes with their own Parquet files (the breast-cancer
+/// rows dealt alternately) and a coordinator holding the whole table: the
+/// row-hash split puts every row on the same side everywhere, so the
+/// hospitals' local test rows together are exactly the coordinator's
+/// held-out rows, and no held-out row is trained on.
+#[test]
+fn hospital_processes_stream_their_own_parquet_files_and_report_their_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let csv = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/breast_cancer_wisconsin.csv"),
+    )
+    .unwrap();
+    std::fs::write(d.join("all.csv"), &csv).unwrap();
+    convert(&d.join("all.csv"), &d.join("all.parquet"), "64");
+    deal_csv(&csv, &[&d.join("site-a.csv"), &d.join("site-b.csv")]);
+    for site in ["site-a", "site-b"] {
+        convert(
+            &d.join(format!("{site}.csv")),
+            &d.join(format!("{site}.parquet")),
+            "64",
+        );
+    }
+    let config = write_config(d, "cluster", "all.parquet", "diagnosis", "M", "");
+    let http = format!("127.0.0.1:{}", free_port());
+    let (a, b) = (d.join("site-a.parquet"), d.join("site-b.parquet"));
+    let (run, text) = cluster_run(d, &config, &[("site-a", &a), ("site-b", &b)], Some(&http));
     let t = &run["tasks"]["table"];
     assert_eq!(t["status"], "finished", "{t}");
     assert_eq!(t["rounds"][4]["participants"], 2);
@@ -418,7 +468,6 @@ fn hospital_processes_stream_their_own_parquet_files_and_report_their_reads() {
         "the sites' local test rows are the coordinator's held-out rows"
     );
     // The columnar site's reads on its /metrics.
-    let text = scrape(&http);
     common::promtool_check_metrics(&text);
     let value = |series: &str| {
         common::cluster::metric(&text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
@@ -431,6 +480,118 @@ fn hospital_processes_stream_their_own_parquet_files_and_report_their_reads() {
     assert!(value("medfed_hospital_table_row_groups_read_total") >= 5.0);
     assert!(value("medfed_hospital_table_passes_total") >= 6.0);
     assert!(text.contains("medfed_hospital_info{hospital=\"site-a\",task=\"table\",kind=\"columnar\"} 1"));
+}
+
+/// The same rows as CSV (tabular learners) and as Parquet (columnar
+/// learners) in one columnar task: the same accuracy within half a point
+/// on the coordinator's held-out set; a CSV and a Parquet hospital
+/// together; a hospital whose columns differ refused at join, by name.
+#[test]
+fn tabular_and_columnar_hospitals_train_the_same_task_on_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let all_csv = d.join("all.csv");
+    let made = medfed(
+        &[
+            "data",
+            "synth-tabular",
+            "--out",
+            path_str(&all_csv),
+            "--rows",
+            "40000",
+            "--features",
+            "8",
+            "--separation",
+            "0.5",
+            "--seed",
+            "23",
+        ],
+        &[],
+    );
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let csv = std::fs::read_to_string(&all_csv).unwrap();
+    convert(&all_csv, &d.join("all.parquet"), "4000");
+    deal_csv(&csv, &[&d.join("a.csv"), &d.join("b.csv")]);
+    convert(&d.join("a.csv"), &d.join("a.parquet"), "4000");
+    convert(&d.join("b.csv"), &d.join("b.parquet"), "4000");
+    let config = write_config(d, "mixed", "all.parquet", "label", "1", "");
+    let accuracy = |sites: &[(&str, &Path)]| -> f64 {
+        let (run, _) = cluster_run(d, &config, sites, None);
+        let t = &run["tasks"]["table"];
+        assert_eq!(t["status"], "finished", "{t}");
+        assert_eq!(t["rounds"][4]["participants"], sites.len() as u64, "{t}");
+        t["final"]["accuracy"].as_f64().unwrap()
+    };
+    let (a_csv, b_csv, a_pq, b_pq) = (
+        d.join("a.csv"),
+        d.join("b.csv"),
+        d.join("a.parquet"),
+        d.join("b.parquet"),
+    );
+    let columnar = accuracy(&[("a", &a_pq), ("b", &b_pq)]);
+    let tabular = accuracy(&[("a", &a_csv), ("b", &b_csv)]);
+    assert!(
+        (columnar - tabular).abs() <= 0.005,
+        "columnar {columnar} vs tabular {tabular} on the same rows"
+    );
+    let mixed = accuracy(&[("a", &a_csv), ("b", &b_pq)]);
+    println!(
+        "held-out accuracy on the same rows: columnar {columnar:.4}, tabular {tabular:.4}, mixed {mixed:.4}"
+    );
+    assert!(
+        (mixed - tabular).abs() <= 0.005,
+        "mixed {mixed} vs tabular {tabular}"
+    );
+    // A site whose extract lacks a column: refused at join, naming it.
+    let short = csv
+        .lines()
+        .map(|l| l.split(',').skip(1).collect::<Vec<_>>().join(","))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(d.join("short.csv"), short + "\n").unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let coordinator = spawn(
+        d,
+        "coordinator-short",
+        &[
+            "coordinator",
+            "--config",
+            &config,
+            "--task",
+            "table",
+            "--listen",
+            &addr,
+        ],
+        &[],
+    );
+    coordinator.wait_for(
+        &["coordinator listening for hospitals"],
+        1,
+        Duration::from_secs(60),
+    );
+    let short_file = d.join("short.csv").display().to_string();
+    let mut site = spawn(
+        d,
+        "short",
+        &[
+            "hospital",
+            "--config",
+            &config,
+            "--task",
+            "table",
+            "--coordinator",
+            &addr,
+            "--name",
+            "short",
+            "--data",
+            &short_file,
+        ],
+        &[],
+    );
+    let status = site.wait_exit(Duration::from_secs(60));
+    assert!(!status.success());
+    let log = site.log();
+    assert!(log.contains("lacks the feature columns x0"), "{log}");
 }
 
 /// The venv with pyarrow, moto and boto3 (`scripts/test` installs it and

@@ -129,6 +129,7 @@ async fn federation_on(
         scaling: Scaling::Federated,
         checkpoint_dir: None,
         held_out: None,
+        features: None,
         expected_names: Vec::new(),
     };
     let (coordinator, _) = Actor::spawn(
@@ -185,6 +186,7 @@ async fn spawn_hospital_with(
             coordinator: coordinator.clone(),
             local_test: None,
             held_out: None,
+            features: None,
             attack: None,
             site_record: false,
             observer: None,

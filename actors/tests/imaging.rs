@@ -61,6 +61,7 @@ async fn run_federation(rounds: u32) -> RunReport {
         scaling: Scaling::None,
         checkpoint_dir: None,
         held_out: None,
+        features: None,
         expected_names: Vec::new(),
     };
     let (coordinator, _) = Actor::spawn(
@@ -89,6 +90,7 @@ async fn run_federation(rounds: u32) -> RunReport {
                 coordinator: coordinator.clone(),
                 local_test: None,
                 held_out: None,
+                features: None,
                 attack: None,
                 site_record: false,
                 observer: None,

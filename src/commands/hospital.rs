@@ -113,7 +113,10 @@ pub async fn execute(args: &Args) -> Result<()> {
     else {
         return Ok(());
     };
-    let kind = loaded.config.tasks[&task].kind.name().to_string();
+    let kind = local
+        .kind
+        .unwrap_or(loaded.config.tasks[&task].kind.name())
+        .to_string();
     metrics.identify(&local.name, &task, &kind);
     if let Some(progress) = &local.progress {
         metrics.watch_table(progress.clone());
@@ -144,6 +147,7 @@ pub async fn execute(args: &Args) -> Result<()> {
             coordinator: uplink,
             local_test: local.local_test,
             held_out: local.held_out,
+            features: local.features,
             attack: args.attack,
             site_record: true,
             observer: Some(metrics.clone() as Arc<dyn HospitalObserver>),
@@ -375,6 +379,10 @@ struct LocalData {
     held_out: Option<String>,
     /// A streamed table's read counters (columnar `--data`).
     progress: Option<Arc<StreamProgress>>,
+    /// Its model's input columns (tables), for the coordinator's check.
+    features: Option<Vec<String>>,
+    /// Its learner's kind when not the task's (see `OwnData::kind`).
+    kind: Option<&'static str>,
 }
 
 /// Shard I of K of the shipped data under the config's split, partition
@@ -411,6 +419,8 @@ fn from_shard(loaded: &mut Loaded, task: &str, spec: &str, name: Option<String>)
         local_test,
         held_out: Some(prepared.held_out_fingerprint()),
         progress: None,
+        features: prepared.data.feature_names(),
+        kind: None,
     })
 }
 
@@ -434,6 +444,8 @@ fn from_file(loaded: &Loaded, task: &str, name: &str, path: &std::path::Path) ->
         local_test: Some(own.local_test),
         held_out: None,
         progress: own.progress,
+        features: own.features,
+        kind: own.kind,
     })
 }
 

@@ -55,6 +55,11 @@ pub struct OwnData {
     /// The counters of a streamed table's reads (columnar), for progress
     /// logs and the hospital's /metrics.
     pub progress: Option<std::sync::Arc<medfed_models::data::columnar::StreamProgress>>,
+    /// Its model's input columns, in order (tables).
+    pub features: Option<Vec<String>>,
+    /// The kind of learner it trains with, when not the task's (a CSV
+    /// hospital in a columnar task is "tabular", and the other way round).
+    pub kind: Option<&'static str>,
 }
 
 /// The implementation of a configured kind.

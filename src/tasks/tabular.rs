@@ -41,6 +41,12 @@ pub struct TabularSite {
     bounds: Option<Arc<FeatureBounds>>,
 }
 
+impl TabularSite {
+    pub fn new(data: Dataset, bounds: Option<Arc<FeatureBounds>>) -> Self {
+        Self { data, bounds }
+    }
+}
+
 impl TaskKind for Tabular {
     fn name(&self) -> &'static str {
         "tabular"
@@ -73,20 +79,27 @@ impl TaskKind for Tabular {
     }
 
     /// The hospital's own CSV: its local test split is held out of it
-    /// (stratified, the task's test_fraction and the run's seed).
+    /// (stratified, the task's test_fraction and the run's seed). Parquet
+    /// data (anything but a .csv file) is streamed by a columnar learner.
     fn own_data(&self, loaded: &Loaded, task: &str, path: &Path) -> Result<OwnData> {
+        if !super::columnar::is_csv(path) {
+            return super::columnar::own_parquet(loaded, task, path);
+        }
         let config = &loaded.config.tasks[task];
         let all =
             load_csv(path, &csv_spec(task, config)?).with_context(|| format!("--data {}", path.display()))?;
         let (train, test) = stratified_split(&all, config.data.test_fraction, loaded.config.run.seed)
             .context("local test split")?;
+        let features = Some(train.feature_names.clone());
         Ok(OwnData {
             site: Box::new(TabularSite {
                 bounds: bounds(loaded, config, &all)?,
                 data: train,
             }),
+            features,
             local_test: Box::new(LogisticEvaluator::new(test)?),
             progress: None,
+            kind: None,
         })
     }
 }

@@ -188,6 +188,7 @@ struct TaskState {
     scaling: Scaling,
     checkpoint_dir: Option<PathBuf>,
     held_out: Option<String>,
+    features: Option<Vec<String>>,
     expected_names: Vec<String>,
     /// The evaluator's initial parameters: every run starts from them.
     initial: Arc<Params>,
@@ -251,6 +252,7 @@ impl TaskState {
             scaling: setup.scaling,
             checkpoint_dir: setup.checkpoint_dir,
             held_out: setup.held_out,
+            features: setup.features,
             expected_names: setup.expected_names,
             kept_updates: BTreeMap::new(),
             kept_stats: BTreeMap::new(),
@@ -788,7 +790,12 @@ impl Core {
                     "its data was split from a different held-out set ({theirs}; the coordinator's is {ours}): \
                      seed, test fraction or data differ, so it could be training on held-out rows"
                 )),
-                _ => None,
+                _ => match (&info.features, &task.features) {
+                    (Some(theirs), Some(ours)) => {
+                        medfed_models::data::dataset::feature_mismatch(theirs, ours).map(|why| format!("its data {why}"))
+                    }
+                    _ => None,
+                },
             },
         };
         if let Some(reason) = refusal {

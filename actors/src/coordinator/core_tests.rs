@@ -58,6 +58,7 @@ fn setup(name: &str) -> TaskSetup {
         scaling: Scaling::None,
         checkpoint_dir: None,
         held_out: Some("113 examples, crc32 00000001".into()),
+        features: Some(vec!["x0".into(), "x1".into()]),
         expected_names: vec!["a".into(), "b".into()],
     }
 }
@@ -76,6 +77,7 @@ fn info(name: &str, task: &str) -> HospitalInfo {
         held_out: None,
         attack: None,
         privacy: None,
+        features: None,
     }
 }
 
@@ -201,7 +203,38 @@ fn admission_refuses_taken_names_unknown_tasks_and_other_held_out_sets() {
         },
     );
     assert!(refusal(&out).unwrap().contains("different held-out set"));
-    assert_eq!(core.report().tasks["t"].hospitals, 1);
+    // Other model inputs than the task's are refused, naming the columns;
+    // the same ones are welcome.
+    for (n, features, expected) in [
+        (
+            5,
+            vec!["x0", "x2"],
+            Some(
+                "its data lacks the feature columns x1; has feature columns the federation does not use: x2",
+            ),
+        ),
+        (
+            6,
+            vec!["x1", "x0"],
+            Some("its data has the federation's features in another order (x1, x0)"),
+        ),
+        (7, vec!["x0", "x1"], None),
+    ] {
+        let mut other = info(&format!("h{n}"), "t");
+        other.features = Some(features.iter().map(|f| f.to_string()).collect());
+        let out = core.handle(
+            Duration::ZERO,
+            Input::Hello {
+                actor: actor(n),
+                info: other,
+            },
+        );
+        match expected {
+            Some(reason) => assert!(refusal(&out).unwrap().starts_with(reason), "{:?}", refusal(&out)),
+            None => assert!(refusal(&out).is_none()),
+        }
+    }
+    assert_eq!(core.report().tasks["t"].hospitals, 2, "h1 and h7");
     // Once gone, the name is free again.
     core.handle(Duration::ZERO, Input::Left { actor: actor(1) });
     assert!(refusal(&hello(&mut core, 2, "h1", "t")).is_none());

@@ -31,6 +31,9 @@ pub struct TaskSetup {
     /// Fingerprint of the held-out set; a hospital that derived its shard
     /// from a different one could be training on the held-out rows.
     pub held_out: Option<String>,
+    /// The model's input columns, in order (tables): a hospital whose
+    /// features differ is refused at join, naming the columns.
+    pub features: Option<Vec<String>>,
     /// The names the expected hospitals join under by default, to say who
     /// is missing when a run starts without some of them.
     pub expected_names: Vec<String>,

@@ -25,6 +25,8 @@ pub struct HospitalArgs {
     pub local_test: Option<Box<dyn Evaluator>>,
     /// See `HospitalInfo::held_out`.
     pub held_out: Option<String>,
+    /// See `HospitalInfo::features`.
+    pub features: Option<Vec<String>>,
     /// Simulate this attack on every update (an evaluation tool).
     pub attack: Option<Attack>,
     /// Log every release at INFO: the site's own record (a hospital in its
@@ -65,6 +67,7 @@ impl Actor for Hospital {
             held_out: args.held_out,
             attack: args.attack.map(|a| a.describe()),
             privacy: args.learner.privacy_spent(),
+            features: args.features,
         };
         if let Some(attack) = &info.attack {
             warn!(

@@ -52,6 +52,10 @@ pub struct HospitalInfo {
     /// and the panel show it from the moment it joins.
     #[serde(default)]
     pub privacy: Option<PrivacySpent>,
+    /// Its model's input columns, in order (tables); checked against the
+    /// task's at join.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
 }
 
 /// Which request an answer belongs to: the run (the coordinator's

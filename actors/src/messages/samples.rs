@@ -126,6 +126,7 @@ pub fn every_to_coordinator() -> Vec<ToCoordinator> {
                     sampling_rate: None,
                     steps_per_round: None,
                 }),
+                features: Some(vec!["mean_radius".into(), "worst_area".into()]),
             },
         },
         ToCoordinator::Stats {

@@ -4,6 +4,46 @@ use ndarray::{Array2, Axis};
 
 use crate::error::{ModelError, Result};
 
+/// Why `found` (a hospital's model inputs) cannot train with `expected`
+/// (the federation's), naming the columns; `None` when they are the same
+/// columns in the same order (the order is the model's weights' order).
+pub fn feature_mismatch(found: &[String], expected: &[String]) -> Option<String> {
+    if found == expected {
+        return None;
+    }
+    let missing: Vec<&str> = expected
+        .iter()
+        .filter(|e| !found.contains(e))
+        .map(String::as_str)
+        .collect();
+    let extra: Vec<&str> = found
+        .iter()
+        .filter(|f| !expected.contains(f))
+        .map(String::as_str)
+        .collect();
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!("lacks the feature columns {}", missing.join(", ")));
+    }
+    if !extra.is_empty() {
+        parts.push(format!(
+            "has feature columns the federation does not use: {}",
+            extra.join(", ")
+        ));
+    }
+    if parts.is_empty() {
+        parts.push(format!(
+            "has the federation's features in another order ({})",
+            found.join(", ")
+        ));
+    }
+    Some(format!(
+        "{} (the federation's features: {})",
+        parts.join("; "),
+        expected.join(", ")
+    ))
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
     pub feature_names: Vec<String>,

@@ -209,28 +209,95 @@ impl TaskKind for Columnar {
 
     /// The hospital's own table (`--data PATH|s3://...`): it trains on the
     /// training side of the task's row-hash split and tests on the other.
+    /// A .csv file is read whole by a tabular learner, split the same way.
     fn own_data(&self, loaded: &Loaded, task: &str, path: &Path) -> Result<OwnData> {
-        let config = &loaded.config.tasks[task];
-        let reading = reading(loaded, task, config)?;
-        let shown = path
-            .to_str()
-            .with_context(|| format!("{}: not valid UTF-8", path.display()))?;
-        let (table, bounds) = open_table(shown, &reading).with_context(|| format!("--data {shown}"))?;
-        let split = HashSplit::new(loaded.config.run.seed, config.data.test_fraction, Side::Train)?;
-        let train = table.clone().with_filter(RowFilter::Split(split));
-        let test = table.with_filter(RowFilter::Split(split.other()));
-        let progress = train.progress().clone();
-        let data = ColumnarData::scan(task, train, reading.threads, reading.mode)?;
-        if data.records() == 0 {
-            bail!("--data {shown}: no training rows (every row was dropped or held out)");
+        if is_csv(path) {
+            own_csv(loaded, task, path)
+        } else {
+            own_parquet(loaded, task, path)
         }
-        let test = ColumnarData::scan(task, test, reading.threads, reading.mode)?;
-        Ok(OwnData {
-            site: Box::new(ColumnarSite { data, bounds }),
-            local_test: Box::new(ColumnarEvaluator::new(test).context("its local test split")?),
-            progress: Some(progress),
-        })
     }
+}
+
+/// Whether a hospital's `--data` is a CSV file (else Parquet data: a file,
+/// a directory, a glob or an s3:// location).
+pub fn is_csv(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+}
+
+/// A hospital's own Parquet data under task `task` (of either kind).
+pub fn own_parquet(loaded: &Loaded, task: &str, path: &Path) -> Result<OwnData> {
+    let config = &loaded.config.tasks[task];
+    let reading = reading(loaded, task, config)?;
+    let shown = path
+        .to_str()
+        .with_context(|| format!("{}: not valid UTF-8", path.display()))?;
+    let (table, bounds) = open_table(shown, &reading).with_context(|| format!("--data {shown}"))?;
+    let features = table.features().to_vec();
+    let split = HashSplit::new(loaded.config.run.seed, config.data.test_fraction, Side::Train)?;
+    let train = table.clone().with_filter(RowFilter::Split(split));
+    let test = table.with_filter(RowFilter::Split(split.other()));
+    let progress = train.progress().clone();
+    let data = ColumnarData::scan(task, train, reading.threads, reading.mode)?;
+    if data.records() == 0 {
+        bail!("--data {shown}: no training rows (every row was dropped or held out)");
+    }
+    let test = ColumnarData::scan(task, test, reading.threads, reading.mode)?;
+    Ok(OwnData {
+        site: Box::new(ColumnarSite { data, bounds }),
+        local_test: Box::new(ColumnarEvaluator::new(test).context("its local test split")?),
+        progress: Some(progress),
+        features: Some(features),
+        kind: Some("columnar"),
+    })
+}
+
+/// A hospital's own CSV file in a columnar task: loaded whole and trained
+/// by the tabular learner, split by the task's row-hash split so that its
+/// rows fall on the same side as they would streamed from Parquet.
+fn own_csv(loaded: &Loaded, task: &str, path: &Path) -> Result<OwnData> {
+    use medfed_models::data::csv::{load_csv, CsvSpec};
+    use medfed_models::learner::logistic::LogisticEvaluator;
+    let config = &loaded.config.tasks[task];
+    let reading = reading(loaded, task, config)?;
+    let spec = CsvSpec {
+        label_column: reading.spec.label_column.clone(),
+        positive_class: reading.spec.positive_class.clone(),
+    };
+    let mut all = load_csv(path, &spec).with_context(|| format!("--data {}", path.display()))?;
+    if let Some(features) = &reading.spec.features {
+        all = all
+            .with_columns(features)
+            .with_context(|| format!("--data {}", path.display()))?;
+    }
+    let split = HashSplit::new(loaded.config.run.seed, config.data.test_fraction, Side::Train)?;
+    let (test_rows, train_rows): (Vec<usize>, Vec<usize>) = (0..all.len()).partition(|&i| {
+        let row: Vec<f64> = all.features.row(i).to_vec();
+        split.is_test(&row, all.labels[i])
+    });
+    let (train, test) = (all.select(&train_rows), all.select(&test_rows));
+    if train.is_empty() || test.is_empty() {
+        bail!(
+            "--data {}: {} training and {} local test rows; both sides need rows",
+            path.display(),
+            train.len(),
+            test.len()
+        );
+    }
+    let bounds = reading
+        .bounds_file
+        .as_ref()
+        .map(|p| FeatureBounds::load(p, &all.feature_names).map(Arc::new))
+        .transpose()?;
+    Ok(OwnData {
+        features: Some(all.feature_names.clone()),
+        site: Box::new(super::tabular::TabularSite::new(train, bounds)),
+        local_test: Box::new(LogisticEvaluator::new(test)?),
+        progress: None,
+        kind: Some("tabular"),
+    })
 }
 
 /// The held-out side's identity: its size and a CRC-32 of its values and
