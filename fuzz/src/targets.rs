@@ -358,9 +358,13 @@ pub fn parquet() -> Target {
             b"\x19\x1c",
         ],
         run: Box::new(move |bytes| {
-            for nulls in [NullPolicy::DropRow, NullPolicy::Error] {
-                let source: std::sync::Arc<dyn ByteSource> =
-                    std::sync::Arc::new(InMemory::new("fuzz.parquet", bytes.to_vec()));
+            // Page by page (local files) and whole chunks (object storage).
+            for (nulls, whole) in [(NullPolicy::DropRow, false), (NullPolicy::Error, true)] {
+                let mut memory = InMemory::new("fuzz.parquet", bytes.to_vec());
+                if whole {
+                    memory = memory.fetching_whole_chunks();
+                }
+                let source: std::sync::Arc<dyn ByteSource> = std::sync::Arc::new(memory);
                 let Ok(table) = Table::open(vec![source], &spec(nulls), None) else {
                     return;
                 };

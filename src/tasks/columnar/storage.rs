@@ -204,6 +204,11 @@ impl ByteSource for S3Object {
         self.size
     }
 
+    /// One request per column chunk, not one per page.
+    fn fetch_whole_chunks(&self) -> bool {
+        true
+    }
+
     fn read_range(&self, start: u64, len: usize) -> io::Result<Bytes> {
         let end = start
             .checked_add(len as u64)

@@ -118,10 +118,11 @@ impl ParquetFile {
         (0..self.row_groups()).map(|i| self.row_group_rows(i)).sum()
     }
 
-    /// The leaf columns of row group `row_group` listed in `leaves`,
-    /// fetched into memory: a reader the decoder can use for exactly those
-    /// chunks. Every range is checked to lie within the file's data.
-    pub fn fetch_chunks(&self, row_group: usize, leaves: &[usize]) -> Result<FetchedChunks> {
+    /// The leaf columns of row group `row_group` listed in `leaves`: a
+    /// reader the decoder can use for exactly those chunks, fetched whole
+    /// or read on demand (`ByteSource::fetch_whole_chunks`). Every range is
+    /// checked to lie within the file's data and every page header first.
+    pub fn fetch_chunks(&self, row_group: usize, leaves: &[usize]) -> Result<Chunks> {
         let group = self.parquet().row_group(row_group);
         let stored: i64 = leaves
             .iter()
@@ -141,7 +142,9 @@ impl ParquetFile {
                 ),
             });
         }
+        let whole = self.source.fetch_whole_chunks();
         let mut chunks = Vec::with_capacity(leaves.len());
+        let mut ranges = Vec::with_capacity(leaves.len());
         for &leaf in leaves {
             let column = group.column(leaf);
             // Where the decoder will read it from (`ColumnChunkMetaData::byte_range`).
@@ -154,13 +157,16 @@ impl ParquetFile {
                 .zip(u64::try_from(length).ok())
                 .and_then(|(s, l)| Some(s..s.checked_add(l)?))
                 .filter(|r| r.start >= self.data.start && r.end <= self.data.end);
+            let at_column = || {
+                format!(
+                    "{}, row group {row_group}, column '{}'",
+                    self.name(),
+                    column.column_path()
+                )
+            };
             let Some(range) = range else {
                 return Err(ModelError::Parquet {
-                    origin: format!(
-                        "{}, row group {row_group}, column '{}'",
-                        self.name(),
-                        column.column_path()
-                    ),
+                    origin: at_column(),
                     message: format!(
                         "is truncated or corrupt: the column's data is said to lie at bytes {start}..{} \
                          but the file's data spans {}..{}",
@@ -170,28 +176,193 @@ impl ParquetFile {
                     ),
                 });
             };
-            let bytes = self
-                .source
-                .read_range(range.start, (range.end - range.start) as usize)
-                .map_err(|e| ModelError::Parquet {
-                    origin: format!("{}, row group {row_group}", self.name()),
-                    message: format!("cannot read bytes {}..{}: {e}", range.start, range.end),
-                })?;
-            super::pages::check_chunk(&bytes, group.num_rows()).map_err(|why| ModelError::Parquet {
-                origin: format!(
-                    "{}, row group {row_group}, column '{}'",
-                    self.name(),
-                    column.column_path()
-                ),
+            let len = (range.end - range.start) as usize;
+            let corrupt = |why: String| ModelError::Parquet {
+                origin: at_column(),
                 message: format!("is corrupt: {why}"),
-            })?;
-            chunks.push((range.start, bytes));
+            };
+            if whole {
+                let bytes = self
+                    .source
+                    .read_range(range.start, len)
+                    .map_err(|e| ModelError::Parquet {
+                        origin: format!("{}, row group {row_group}", self.name()),
+                        message: format!("cannot read bytes {}..{}: {e}", range.start, range.end),
+                    })?;
+                super::pages::check_chunk(&bytes, rows).map_err(corrupt)?;
+                chunks.push((range.start, bytes));
+            } else {
+                super::pages::check_pages(len, rows, |at, want| {
+                    let want = want.min(len - at);
+                    self.source
+                        .read_range(range.start + at as u64, want)
+                        .map_err(|e| format!("cannot read its page headers: {e}"))
+                })
+                .map_err(corrupt)?;
+            }
+            ranges.push(range);
         }
-        chunks.sort_by_key(|(start, _)| *start);
-        Ok(FetchedChunks {
-            file_len: self.source.len(),
-            chunks: Arc::new(chunks),
-        })
+        if whole {
+            chunks.sort_by_key(|(start, _)| *start);
+            return Ok(Chunks::Fetched(FetchedChunks {
+                file_len: self.source.len(),
+                chunks: Arc::new(chunks),
+            }));
+        }
+        ranges.sort_by_key(|r| r.start);
+        Ok(Chunks::Direct(DirectChunks {
+            source: self.source.clone(),
+            ranges: Arc::new(ranges),
+            read: Arc::default(),
+        }))
+    }
+}
+
+/// How a row group's column chunks reach the decoder: fetched whole into
+/// memory (object storage), or read page by page from the source as the
+/// decoder asks (local files).
+#[derive(Clone)]
+pub enum Chunks {
+    Fetched(FetchedChunks),
+    Direct(DirectChunks),
+}
+
+impl Chunks {
+    /// A handle on the bytes this reader has read (all of them when
+    /// fetched whole; growing as the decoder reads otherwise).
+    pub fn bytes_read(&self) -> BytesRead {
+        match self {
+            Chunks::Fetched(f) => BytesRead::Fixed(f.bytes()),
+            Chunks::Direct(d) => BytesRead::Counting(d.read.clone()),
+        }
+    }
+}
+
+/// See `Chunks::bytes_read`.
+pub enum BytesRead {
+    Fixed(u64),
+    Counting(Arc<std::sync::atomic::AtomicU64>),
+}
+
+impl BytesRead {
+    pub fn get(&self) -> u64 {
+        match self {
+            BytesRead::Fixed(n) => *n,
+            BytesRead::Counting(n) => n.load(std::sync::atomic::Ordering::Relaxed),
+        }
+    }
+}
+
+impl Length for Chunks {
+    fn len(&self) -> u64 {
+        match self {
+            Chunks::Fetched(f) => f.len(),
+            Chunks::Direct(d) => d.source.len(),
+        }
+    }
+}
+
+impl ChunkReader for Chunks {
+    type T = ChunkRead;
+
+    fn get_read(&self, start: u64) -> parquet::errors::Result<ChunkRead> {
+        match self {
+            Chunks::Fetched(f) => Ok(ChunkRead::Memory(f.get_read(start)?)),
+            Chunks::Direct(d) => {
+                let end = d.range_end(start, 0)?;
+                Ok(ChunkRead::Source {
+                    chunks: d.clone(),
+                    at: start,
+                    end,
+                    buffer: Bytes::new(),
+                })
+            }
+        }
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        match self {
+            Chunks::Fetched(f) => f.get_bytes(start, length),
+            Chunks::Direct(d) => d.get_bytes(start, length),
+        }
+    }
+}
+
+/// Column chunks read from their source on demand, only within the ranges
+/// the footer gave (checked at fetch).
+#[derive(Clone)]
+pub struct DirectChunks {
+    source: Arc<dyn ByteSource>,
+    ranges: Arc<Vec<Range<u64>>>,
+    read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl DirectChunks {
+    /// The end of the chunk holding `start..start + length`.
+    fn range_end(&self, start: u64, length: usize) -> parquet::errors::Result<u64> {
+        let end = start.saturating_add(length as u64);
+        self.ranges
+            .iter()
+            .find(|r| start >= r.start && start < r.end && end <= r.end)
+            .map(|r| r.end)
+            .ok_or_else(|| {
+                ParquetError::General(format!(
+                    "a page refers to bytes {start}..{end} outside its column chunk"
+                ))
+            })
+    }
+
+    fn get_bytes(&self, start: u64, length: usize) -> parquet::errors::Result<Bytes> {
+        if length == 0 {
+            return Ok(Bytes::new());
+        }
+        self.range_end(start, length)?;
+        let bytes = self
+            .source
+            .read_range(start, length)
+            .map_err(|e| ParquetError::General(format!("cannot read bytes {start}..: {e}")))?;
+        self.read
+            .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        Ok(bytes)
+    }
+}
+
+/// A `Read` over a column chunk (page headers): from memory, or from the
+/// source 8 KiB at a time.
+pub enum ChunkRead {
+    Memory(bytes::buf::Reader<Bytes>),
+    Source {
+        chunks: DirectChunks,
+        at: u64,
+        end: u64,
+        buffer: Bytes,
+    },
+}
+
+impl std::io::Read for ChunkRead {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            ChunkRead::Memory(r) => r.read(out),
+            ChunkRead::Source {
+                chunks,
+                at,
+                end,
+                buffer,
+            } => {
+                if buffer.is_empty() {
+                    let n = (*end - *at).min(8192) as usize;
+                    if n == 0 {
+                        return Ok(0);
+                    }
+                    *buffer = chunks.get_bytes(*at, n).map_err(std::io::Error::other)?;
+                    *at += n as u64;
+                }
+                let n = out.len().min(buffer.len());
+                out[..n].copy_from_slice(&buffer[..n]);
+                buffer.advance(n);
+                Ok(n)
+            }
+        }
     }
 }
 

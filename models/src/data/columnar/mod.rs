@@ -261,9 +261,10 @@ impl Table {
     }
 
     /// Hand every block of the row groups listed in `order` to `consume`,
-    /// in that order, while up to `threads` threads decode the groups ahead
-    /// (at most `threads + 1` groups wait decoded: memory stays bounded).
-    /// Returns the totals read.
+    /// in that order, while up to `threads` threads decode the groups ahead.
+    /// At most `QUEUED_BLOCKS` decoded blocks wait (the group being consumed
+    /// always proceeds), so memory stays at a few blocks whatever the row
+    /// groups' size. Returns the totals read.
     pub fn stream_groups(
         &self,
         order: &[usize],
@@ -282,37 +283,37 @@ impl Table {
             }
             return Ok(total);
         }
-        let window = threads + 1;
         let state = Mutex::new(Pipeline {
-            ready: std::collections::BTreeMap::new(),
-            consumed: 0,
+            blocks: std::collections::BTreeMap::new(),
+            finished: std::collections::BTreeMap::new(),
+            queued: 0,
+            current: 0,
             stop: false,
         });
         let changed = std::sync::Condvar::new();
         let next = AtomicUsize::new(0);
         let lock = || state.lock().unwrap_or_else(|p| p.into_inner());
+        let wait = |guard| changed.wait(guard).unwrap_or_else(|p| p.into_inner());
         let decode = || loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= order.len() {
+            if i >= order.len() || lock().stop {
                 return;
             }
-            {
+            let result = self.read_group(order[i], |block| {
                 let mut s = lock();
-                while !s.stop && i >= s.consumed + window {
-                    s = changed.wait(s).unwrap_or_else(|p| p.into_inner());
+                while !s.stop && s.queued >= QUEUED_BLOCKS && i != s.current {
+                    s = wait(s);
                 }
                 if s.stop {
-                    return;
+                    return Err(ModelError::Data("stopped".into()));
                 }
-            }
-            let mut blocks = Vec::new();
-            let result = self
-                .read_group(order[i], |block| {
-                    blocks.push(block.clone());
-                    Ok(())
-                })
-                .map(|read| (blocks, read));
-            lock().ready.insert(i, result);
+                s.blocks.entry(i).or_default().push_back(block.clone());
+                s.queued += 1;
+                drop(s);
+                changed.notify_all();
+                Ok(())
+            });
+            lock().finished.insert(i, result);
             changed.notify_all();
         };
         let result = std::thread::scope(|scope| {
@@ -320,48 +321,63 @@ impl Table {
                 scope.spawn(decode);
             }
             let mut outcome = Ok(());
-            for i in 0..order.len() {
-                let decoded = {
+            'groups: for i in 0..order.len() {
+                {
                     let mut s = lock();
-                    loop {
-                        if let Some(decoded) = s.ready.remove(&i) {
-                            break decoded;
-                        }
-                        s = changed.wait(s).unwrap_or_else(|p| p.into_inner());
-                    }
-                };
-                let step = decoded.and_then(|(blocks, read)| {
-                    blocks.iter().try_for_each(&mut consume)?;
-                    add(read);
-                    Ok(())
-                });
-                let mut s = lock();
-                s.consumed = i + 1;
-                if step.is_err() {
-                    s.stop = true;
-                    outcome = step;
+                    s.current = i;
                 }
-                drop(s);
                 changed.notify_all();
-                if outcome.is_err() {
-                    break;
+                loop {
+                    let mut s = lock();
+                    let block = s.blocks.get_mut(&i).and_then(|q| q.pop_front());
+                    match block {
+                        Some(block) => {
+                            s.queued -= 1;
+                            drop(s);
+                            changed.notify_all();
+                            if let Err(e) = consume(&block) {
+                                outcome = Err(e);
+                                break 'groups;
+                            }
+                        }
+                        None => match s.finished.remove(&i) {
+                            Some(Ok(read)) => {
+                                add(read);
+                                break;
+                            }
+                            Some(Err(e)) => {
+                                outcome = Err(e);
+                                break 'groups;
+                            }
+                            None => drop(wait(s)),
+                        },
+                    }
                 }
             }
+            lock().stop = true;
+            changed.notify_all();
             outcome
         });
         result.map(|()| total)
     }
 }
 
+/// Decoded blocks a consumer of `stream_groups` has not taken yet, at most
+/// (16,384 rows each: 4 MB of 30 features).
+const QUEUED_BLOCKS: usize = 8;
+
 /// Where one row group's fold lands (empty until a thread has done it).
 type Slot<A> = Mutex<Option<Result<(A, GroupRead)>>>;
 
-/// Decoded row groups waiting for the consumer of `stream_groups`.
+/// Decoded blocks waiting for the consumer of `stream_groups`.
 struct Pipeline {
-    ready: std::collections::BTreeMap<usize, Result<(Vec<RowBlock>, GroupRead)>>,
-    /// Groups handed to the consumer so far.
-    consumed: usize,
-    /// The consumer failed: decoders stop.
+    blocks: std::collections::BTreeMap<usize, std::collections::VecDeque<RowBlock>>,
+    /// Groups whose decoding ended, and how.
+    finished: std::collections::BTreeMap<usize, Result<GroupRead>>,
+    queued: usize,
+    /// The position in `order` being consumed: its decoder never waits.
+    current: usize,
+    /// The consumer finished or failed: decoders stop.
     stop: bool,
 }
 

@@ -9,6 +9,8 @@
 /// The largest uncompressed page accepted. Writers default to 1 MiB pages
 /// (parquet-mr, arrow-rs, pyarrow); 256 MiB leaves room for any real one.
 pub const MAX_PAGE_BYTES: i64 = 256 << 20;
+/// The largest page header read (statistics included).
+const MAX_HEADER_BYTES: usize = 1 << 20;
 
 /// What one page header says (the fields the check needs).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -27,15 +29,39 @@ struct PageHeader {
 /// than the group has rows, and the data pages' values adding up to at
 /// most... exactly the rows for a flat column. Returns a reason to refuse.
 pub fn check_chunk(bytes: &[u8], rows: i64) -> Result<(), String> {
+    check_pages(bytes.len(), rows, |at, want| {
+        Ok(bytes[at..bytes.len().min(at.saturating_add(want))]
+            .to_vec()
+            .into())
+    })
+}
+
+/// `check_chunk` for a chunk of `len` bytes read through `window(at, want)`
+/// (up to `want` bytes from `at`): only the page headers are read, so that
+/// a chunk on a local disk is checked without holding it in memory.
+pub fn check_pages(
+    len: usize,
+    rows: i64,
+    mut window: impl FnMut(usize, usize) -> Result<bytes::Bytes, String>,
+) -> Result<(), String> {
+    let bytes_len = len;
     let mut at = 0usize;
     let mut values = 0i64;
     let mut pages = 0usize;
-    while at < bytes.len() {
-        let mut reader = Compact::new(&bytes[at..]);
-        let header = reader
-            .page_header()
-            .ok_or_else(|| format!("page {pages} has an unreadable header"))?;
-        let header_len = reader.pos;
+    while at < bytes_len {
+        // Headers are tens of bytes; statistics can make them kilobytes.
+        let mut want = 4096usize;
+        let (header, header_len) = loop {
+            let bytes = window(at, want)?;
+            let mut reader = Compact::new(&bytes);
+            if let Some(header) = reader.page_header() {
+                break (header, reader.pos);
+            }
+            if bytes.len() < want || want >= MAX_HEADER_BYTES {
+                return Err(format!("page {pages} has an unreadable header"));
+            }
+            want *= 8;
+        };
         if !(0..=MAX_PAGE_BYTES).contains(&header.uncompressed) {
             return Err(format!(
                 "page {pages} claims {} bytes uncompressed (at most {MAX_PAGE_BYTES} are accepted)",
@@ -45,7 +71,7 @@ pub fn check_chunk(bytes: &[u8], rows: i64) -> Result<(), String> {
         let end = usize::try_from(header.compressed)
             .ok()
             .and_then(|c| at.checked_add(header_len)?.checked_add(c))
-            .filter(|&e| e <= bytes.len())
+            .filter(|&e| e <= bytes_len)
             .ok_or_else(|| {
                 format!(
                     "page {pages} claims {} bytes, past the end of its column chunk",

@@ -24,6 +24,12 @@ pub trait ByteSource: Send + Sync {
     }
     /// Exactly `len` bytes from `start`; an error when they are not there.
     fn read_range(&self, start: u64, len: usize) -> io::Result<Bytes>;
+    /// Whether a row group's column chunks are best fetched whole (object
+    /// storage: one request per chunk) rather than page by page as the
+    /// decoder asks (a local disk: memory stays at a few pages).
+    fn fetch_whole_chunks(&self) -> bool {
+        false
+    }
 }
 
 /// A source that counts the bytes read through it (for progress metrics).
@@ -51,6 +57,10 @@ impl ByteSource for Counted {
         let bytes = self.inner.read_range(start, len)?;
         self.read.fetch_add(bytes.len() as u64, Ordering::Relaxed);
         Ok(bytes)
+    }
+
+    fn fetch_whole_chunks(&self) -> bool {
+        self.inner.fetch_whole_chunks()
     }
 }
 
@@ -97,6 +107,7 @@ impl ByteSource for LocalFile {
 pub struct InMemory {
     name: String,
     bytes: Bytes,
+    whole_chunks: bool,
 }
 
 impl InMemory {
@@ -104,7 +115,15 @@ impl InMemory {
         Self {
             name: name.into(),
             bytes: bytes.into(),
+            whole_chunks: false,
         }
+    }
+
+    /// Have column chunks fetched whole, as from object storage (tests
+    /// and fuzzing cover both ways of reading).
+    pub fn fetching_whole_chunks(mut self) -> Self {
+        self.whole_chunks = true;
+        self
     }
 }
 
@@ -115,6 +134,10 @@ impl ByteSource for InMemory {
 
     fn len(&self) -> u64 {
         self.bytes.len() as u64
+    }
+
+    fn fetch_whole_chunks(&self) -> bool {
+        self.whole_chunks
     }
 
     fn read_range(&self, start: u64, len: usize) -> io::Result<Bytes> {

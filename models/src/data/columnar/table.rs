@@ -278,7 +278,7 @@ impl ParquetFile {
             .filter(|&leaf| roots.contains(&schema.get_column_root_idx(leaf)))
             .collect();
         let chunks = self.fetch_chunks(index, &leaves)?;
-        let bytes = chunks.bytes();
+        let bytes = chunks.bytes_read();
         let expected = self.row_group_rows(index);
         let mut reader = contained(
             || at(None),
@@ -300,10 +300,7 @@ impl ParquetFile {
         let label_at = position(columns.label_field);
         let mut block = RowBlock::default();
         let mut keep = Vec::new();
-        let mut read = GroupRead {
-            bytes,
-            ..GroupRead::default()
-        };
+        let mut read = GroupRead::default();
         let mut seen = 0u64;
         while let Some(batch) = contained(|| at(None), || reader.next())? {
             let batch = batch.map_err(|e| ModelError::Parquet {
@@ -346,6 +343,7 @@ impl ParquetFile {
                 each(&block)?;
             }
         }
+        read.bytes = bytes.get();
         if seen != expected {
             return Err(ModelError::Parquet {
                 origin: at(None),

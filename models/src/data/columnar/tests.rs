@@ -79,10 +79,16 @@ fn every_value_comes_back_in_order_across_row_groups_and_batches() {
         assert_eq!(all.row(i), expected);
         assert_eq!(all.labels[i], i % 3 == 0);
     }
-    // The same bytes from memory read the same.
+    // The same bytes from memory read the same, page by page or with
+    // whole chunks fetched first (as from object storage).
     let bytes = std::fs::read(&path).unwrap();
-    let memory = Table::open(vec![Arc::new(InMemory::new("m", bytes))], &spec(), None).unwrap();
+    let memory = Table::open(vec![Arc::new(InMemory::new("m", bytes.clone()))], &spec(), None).unwrap();
     assert_eq!(read_all(&memory).unwrap().0, all);
+    let whole = Arc::new(InMemory::new("w", bytes).fetching_whole_chunks());
+    let whole = Table::open(vec![whole], &spec(), None).unwrap();
+    let (rows, read) = read_all(&whole).unwrap();
+    assert_eq!(rows, all);
+    assert!(read.bytes > 0);
 }
 
 const BATCH_ROWS_FOR_TEST: usize = table::BATCH_ROWS + 5_000;
@@ -237,11 +243,21 @@ fn truncated_and_corrupt_files_are_refused_never_a_panic() {
     write_table(&path, 2_000, 3, 500, None);
     let good = std::fs::read(&path).unwrap();
     let open = |bytes: Vec<u8>| -> String {
-        let source: Arc<dyn ByteSource> = Arc::new(InMemory::new("bad.parquet", bytes));
-        match Table::open(vec![source], &spec(), None) {
-            Err(e) => e.to_string(),
-            Ok(table) => read_all(&table).err().map(|e| e.to_string()).unwrap_or_default(),
+        let mut errors = Vec::new();
+        for whole in [false, true] {
+            let mut memory = InMemory::new("bad.parquet", bytes.clone());
+            if whole {
+                memory = memory.fetching_whole_chunks();
+            }
+            let source: Arc<dyn ByteSource> = Arc::new(memory);
+            errors.push(match Table::open(vec![source], &spec(), None) {
+                Err(e) => e.to_string(),
+                Ok(table) => read_all(&table).err().map(|e| e.to_string()).unwrap_or_default(),
+            });
         }
+        // Both ways of reading refuse the same files.
+        assert_eq!(errors[0].is_empty(), errors[1].is_empty(), "{errors:?}");
+        errors.swap_remove(0)
     };
     let e = open(good[..good.len() / 2].to_vec());
     assert!(
