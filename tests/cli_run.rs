@@ -195,7 +195,7 @@ fn bad_config_files_name_the_key() {
         ),
         (
             demo.replace("kind = \"tabular\"", "kind = \"columnar\""),
-            "tasks.breast_cancer.kind",
+            "`tasks.breast_cancer.data.format`: columnar tasks read \"parquet\", not \"csv\"",
         ),
         (
             demo.replace("kind = \"tabular\"", "kind = \"imaging\""),

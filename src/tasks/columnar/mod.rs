@@ -114,7 +114,12 @@ impl TaskKind for Columnar {
 
     fn prepare(&self, loaded: &Loaded, name: &str, config: &TaskConfig) -> Result<Box<dyn TaskData>> {
         let seed = loaded.config.run.seed;
-        let reading = reading(loaded, name, config)?;
+        let mut reading = reading(loaded, name, config)?;
+        if config.training.threads.is_none() {
+            // In one process the hospitals share the cores (and each open
+            // reader holds a page of every read column).
+            reading.threads = (default_threads() / config.hospitals.max(1)).max(1);
+        }
         let location = location(loaded, name, config)?;
         let (table, bounds) = open_table(&location, &reading).context("loading its data")?;
         let split = HashSplit::new(seed, config.data.test_fraction, Side::Train)?;

@@ -364,7 +364,7 @@ impl Table {
 
 /// Decoded blocks a consumer of `stream_groups` has not taken yet, at most
 /// (16,384 rows each: 4 MB of 30 features).
-const QUEUED_BLOCKS: usize = 8;
+const QUEUED_BLOCKS: usize = 4;
 
 /// Where one row group's fold lands (empty until a thread has done it).
 type Slot<A> = Mutex<Option<Result<(A, GroupRead)>>>;
