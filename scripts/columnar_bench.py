@@ -194,6 +194,9 @@ def main():
     result["ratio_gradient_medfed_over_numpy"] = (
         result["medfed_gradient_rows_per_s"] / result["numpy_gradient_rows_per_s"]
     )
+    result["ratio_gradient_medfed_over_pyarrow_read"] = (
+        result["medfed_gradient_rows_per_s"] / result["pyarrow_read_rows_per_s"]
+    )
     result["ratio_decode_medfed_over_pyarrow"] = (
         result["medfed_decode_rows_per_s"] / result["pyarrow_read_rows_per_s"]
     )

@@ -362,13 +362,25 @@ fn cluster_run(
     sites: &[(&str, &Path)],
     http: Option<&str>,
 ) -> (serde_json::Value, String) {
+    cluster_run_with(dir, config, sites, http, &[])
+}
+
+/// `cluster_run` with more environment for every process (S3 settings).
+fn cluster_run_with(
+    dir: &Path,
+    config: &str,
+    sites: &[(&str, &Path)],
+    http: Option<&str>,
+    extra: &[(&str, &str)],
+) -> (serde_json::Value, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let hospitals = sites.len().to_string();
-    let envs = [
+    let mut envs = vec![
         ("MEDFED_TASKS__TABLE__MIN_HOSPITALS", hospitals.as_str()),
         ("MEDFED_TASKS__TABLE__TRAINING__LOCAL_EPOCHS", "5"),
         ("MEDFED_TASKS__TABLE__TRAINING__BATCH_SIZE", "16"),
     ];
+    envs.extend_from_slice(extra);
     let mut coordinator = spawn(
         dir,
         "coordinator",
@@ -770,6 +782,17 @@ fn tables_in_s3_are_read_from_a_prefix_a_glob_and_one_object() {
             "{location} trains exactly as the local file"
         );
     }
+    // A hospital process whose own data is in S3 (`--data s3://...`).
+    let (cluster, _) = cluster_run_with(
+        dir.path(),
+        &write_config(dir.path(), "s3-cluster", path_str(&local), "label", "1", ""),
+        &[("s3-site", Path::new("s3://extracts/site/"))],
+        None,
+        &envs,
+    );
+    let t = &cluster["tasks"]["table"];
+    assert_eq!(t["status"], "finished", "{t}");
+    assert_eq!(t["rounds"][4]["participants"], 1, "{t}");
     let e = String::from_utf8_lossy(&run("s3://extracts/nothing").stderr).to_string();
     assert!(e.contains("no Parquet objects at s3://extracts/nothing"), "{e}");
     let e = String::from_utf8_lossy(&run("s3://extracts/corrupt").stderr).to_string();

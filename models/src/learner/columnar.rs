@@ -689,22 +689,27 @@ impl Evaluator for ColumnarEvaluator {
 }
 
 /// Per-row standardisation with the coordinator's scaler (checked), or the
-/// identity without one: `z = (x - mean) / std`, as `Standardizer::apply`.
-pub struct Scaler(Option<Arc<Standardizer>>);
+/// identity without one: `z = (x - mean) * (1 / std)`, the reciprocal
+/// computed once (a division per value would cost more than the rest of
+/// the gradient; the result differs from `Standardizer::apply`'s division
+/// by at most an ulp).
+pub struct Scaler(Option<(Vec<f64>, Vec<f64>)>);
 
 impl Scaler {
     pub fn new(features: &[String], standardizer: Option<&Arc<Standardizer>>) -> Result<Self> {
         if let Some(s) = standardizer {
             check_standardizer(features, s)?;
         }
-        Ok(Self(standardizer.cloned()))
+        Ok(Self(standardizer.map(|s| {
+            (s.mean.clone(), s.std.iter().map(|sd| 1.0 / sd).collect())
+        })))
     }
 
     pub fn apply(&self, row: &[f64], z: &mut [f64]) {
         match &self.0 {
-            Some(s) => {
-                for (((z, &x), &m), &sd) in z.iter_mut().zip(row).zip(&s.mean).zip(&s.std) {
-                    *z = (x - m) / sd;
+            Some((mean, inverse)) => {
+                for (((z, &x), &m), &r) in z.iter_mut().zip(row).zip(mean).zip(inverse) {
+                    *z = (x - m) * r;
                 }
             }
             None => z.copy_from_slice(row),

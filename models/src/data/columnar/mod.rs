@@ -363,7 +363,7 @@ impl Table {
 }
 
 /// Decoded blocks a consumer of `stream_groups` has not taken yet, at most
-/// (16,384 rows each: 4 MB of 30 features).
+/// (4,096 rows each: 1 MB of 30 features).
 const QUEUED_BLOCKS: usize = 4;
 
 /// Where one row group's fold lands (empty until a thread has done it).

@@ -42,8 +42,9 @@ pub struct TableSpec {
 }
 
 /// Rows read per decoded batch: large enough to amortise decoding, small
-/// enough that a batch of 30 features stays in cache-friendly megabytes.
-pub const BATCH_ROWS: usize = 16_384;
+/// enough that a row-major block of 30 features (1 MB) is still in cache
+/// when the gradient reads it (16,384 rows measured 10% slower).
+pub const BATCH_ROWS: usize = 4_096;
 
 /// The columns of a table, resolved against a file's schema.
 #[derive(Debug, Clone, PartialEq)]
