@@ -122,6 +122,26 @@ pub trait SiteData: Send {
     ) -> Result<Box<dyn DpLearner>>;
 }
 
+/// What a private table hospital releases about its features under
+/// `privacy`: nothing (the public bounds scale them) or noised statistics
+/// clipped to the bounds.
+pub fn stats_policy(
+    bounds: Option<&medfed_models::privacy::bounds::FeatureBounds>,
+    privacy: &PrivacyConfig,
+) -> Result<medfed_models::learner::logistic::StatsPolicy> {
+    use crate::config::DpScaling;
+    use medfed_models::learner::logistic::StatsPolicy;
+    Ok(match privacy.scaling {
+        DpScaling::PublicBounds => StatsPolicy::Withheld,
+        DpScaling::DpStats => StatsPolicy::Noised {
+            bounds: bounds
+                .context("differential privacy needs public feature bounds")?
+                .clone(),
+            noise_multiplier: privacy.stats_noise_multiplier,
+        },
+    })
+}
+
 /// One task's data, split and partitioned, ready to be federated.
 pub struct PreparedTask {
     pub name: String,

@@ -11,7 +11,7 @@ use medfed_actors::coordinator::Scaling;
 use medfed_models::data::csv::{load_csv, CsvSpec};
 use medfed_models::data::{stratified_split, Dataset, MomentSums, Partition, Standardizer};
 use medfed_models::learner::baseline::fit_centralized;
-use medfed_models::learner::logistic::{LocalDp, LogisticEvaluator, LogisticLearner, StatsPolicy};
+use medfed_models::learner::logistic::{LocalDp, LogisticEvaluator, LogisticLearner};
 use medfed_models::learner::{DpLearner, Evaluator, GlobalModel, Learner};
 use medfed_models::metrics::Metrics;
 use medfed_models::privacy::bounds::FeatureBounds;
@@ -233,17 +233,7 @@ impl SiteData for TabularSite {
         privacy: &PrivacyConfig,
         noise: NoiseSource,
     ) -> Result<Box<dyn DpLearner>> {
-        let stats = match privacy.scaling {
-            DpScaling::PublicBounds => StatsPolicy::Withheld,
-            DpScaling::DpStats => StatsPolicy::Noised {
-                bounds: self
-                    .bounds
-                    .as_deref()
-                    .context("differential privacy needs public feature bounds")?
-                    .clone(),
-                noise_multiplier: privacy.stats_noise_multiplier,
-            },
-        };
+        let stats = crate::tasks::stats_policy(self.bounds.as_deref(), privacy)?;
         Ok(Box::new(
             LogisticLearner::new(name, self.data)?.with_privacy(dp, stats, noise)?,
         ))

@@ -792,7 +792,7 @@ impl Core {
                 )),
                 _ => match (&info.features, &task.features) {
                     (Some(theirs), Some(ours)) => {
-                        medfed_models::data::dataset::feature_mismatch(theirs, ours).map(|why| format!("its data {why}"))
+                        medfed_models::data::dataset::feature_mismatch(theirs, ours, true).map(|why| format!("its data {why}"))
                     }
                     _ => None,
                 },

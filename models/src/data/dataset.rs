@@ -6,9 +6,11 @@ use crate::error::{ModelError, Result};
 
 /// Why `found` (a hospital's model inputs) cannot train with `expected`
 /// (the federation's), naming the columns; `None` when they are the same
-/// columns in the same order (the order is the model's weights' order).
-pub fn feature_mismatch(found: &[String], expected: &[String]) -> Option<String> {
-    if found == expected {
+/// columns, in the same order when `ordered` (the order of a model's
+/// weights; a table read by column names may list them in any order).
+pub fn feature_mismatch(found: &[String], expected: &[String], ordered: bool) -> Option<String> {
+    let same_set = found.len() == expected.len() && found.iter().all(|f| expected.contains(f));
+    if found == expected || (!ordered && same_set) {
         return None;
     }
     let missing: Vec<&str> = expected

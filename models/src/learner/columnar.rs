@@ -24,7 +24,6 @@ use crate::privacy::fingerprint::{table_record_digest, DataFingerprint};
 use crate::privacy::mechanisms::{
     dp_sgd_steps, poisson_sample, DpSgdModel, DpSgdSettings, NoiseSource, Noised,
 };
-use crate::privacy::rdp::{compose, default_orders};
 
 /// How a columnar hospital trains in a round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -617,16 +616,7 @@ impl DpLearner for DpColumnarLearner {
     }
 
     fn stats_cost(&self) -> Option<RoundCost> {
-        match &self.stats {
-            StatsPolicy::Noised { noise_multiplier, .. } => Some(RoundCost {
-                rdp: compose(1.0, *noise_multiplier, 1, &default_orders()),
-                mechanism: "feature-stats".into(),
-                sampling_rate: 1.0,
-                noise_multiplier: *noise_multiplier,
-                steps: 1,
-            }),
-            StatsPolicy::Withheld => None,
-        }
+        self.stats.cost()
     }
 
     fn private_stats(&mut self) -> Result<Option<Noised<MomentSums>>> {

@@ -412,6 +412,23 @@ pub enum StatsPolicy {
     },
 }
 
+impl StatsPolicy {
+    /// The privacy cost of releasing the statistics once (`None`: nothing
+    /// is released).
+    pub fn cost(&self) -> Option<RoundCost> {
+        match self {
+            StatsPolicy::Noised { noise_multiplier, .. } => Some(RoundCost {
+                rdp: compose(1.0, *noise_multiplier, 1, &default_orders()),
+                mechanism: "feature-stats".into(),
+                sampling_rate: 1.0,
+                noise_multiplier: *noise_multiplier,
+                steps: 1,
+            }),
+            StatsPolicy::Withheld => None,
+        }
+    }
+}
+
 /// A hospital's logistic-regression learner over its own rows (DP off).
 pub struct LogisticLearner {
     name: String,
@@ -578,16 +595,7 @@ impl DpLearner for DpLogisticLearner {
     }
 
     fn stats_cost(&self) -> Option<RoundCost> {
-        match &self.stats {
-            StatsPolicy::Noised { noise_multiplier, .. } => Some(RoundCost {
-                rdp: compose(1.0, *noise_multiplier, 1, &default_orders()),
-                mechanism: "feature-stats".into(),
-                sampling_rate: 1.0,
-                noise_multiplier: *noise_multiplier,
-                steps: 1,
-            }),
-            StatsPolicy::Withheld => None,
-        }
+        self.stats.cost()
     }
 
     fn private_stats(&mut self) -> Result<Option<Noised<MomentSums>>> {

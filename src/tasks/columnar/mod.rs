@@ -16,7 +16,7 @@ use medfed_models::data::columnar::{
     default_threads, HashSplit, NullPolicy, RowFilter, Side, StreamProgress, Table, TableSpec,
 };
 use medfed_models::learner::columnar::{ColumnarData, ColumnarEvaluator, ColumnarLearner, StreamMode};
-use medfed_models::learner::logistic::{LocalDp, StatsPolicy};
+use medfed_models::learner::logistic::LocalDp;
 use medfed_models::learner::{DpLearner, Evaluator, Learner, TrainPlan};
 use medfed_models::metrics::Metrics;
 use medfed_models::privacy::bounds::FeatureBounds;
@@ -472,17 +472,7 @@ impl SiteData for ColumnarSite {
         privacy: &PrivacyConfig,
         noise: NoiseSource,
     ) -> Result<Box<dyn DpLearner>> {
-        let stats = match privacy.scaling {
-            DpScaling::PublicBounds => StatsPolicy::Withheld,
-            DpScaling::DpStats => StatsPolicy::Noised {
-                bounds: self
-                    .bounds
-                    .as_deref()
-                    .context("differential privacy needs public feature bounds")?
-                    .clone(),
-                noise_multiplier: privacy.stats_noise_multiplier,
-            },
-        };
+        let stats = crate::tasks::stats_policy(self.bounds.as_deref(), privacy)?;
         Ok(Box::new(
             ColumnarLearner::new(self.data.renamed(name))?.with_privacy(dp, stats, noise)?,
         ))

@@ -516,36 +516,11 @@ pub fn resolve_file(file: &ParquetFile, spec: &TableSpec, expected: Option<&[Str
 /// Refuse a feature set that differs from `expected`, naming the columns
 /// missing and unexpected (the order may differ: columns are read by name).
 pub fn check_features(found: &[String], expected: &[String], origin: &str) -> Result<()> {
-    let missing: Vec<&str> = expected
-        .iter()
-        .filter(|e| !found.contains(e))
-        .map(String::as_str)
-        .collect();
-    let extra: Vec<&str> = found
-        .iter()
-        .filter(|f| !expected.contains(f))
-        .map(String::as_str)
-        .collect();
-    if missing.is_empty() && extra.is_empty() {
-        return Ok(());
+    match crate::data::dataset::feature_mismatch(found, expected, false) {
+        None => Ok(()),
+        Some(why) => Err(ModelError::Parquet {
+            origin: origin.to_string(),
+            message: format!("{why}; list them in `features` to read a subset"),
+        }),
     }
-    let mut parts = Vec::new();
-    if !missing.is_empty() {
-        parts.push(format!("lacks the feature columns {}", missing.join(", ")));
-    }
-    if !extra.is_empty() {
-        parts.push(format!(
-            "has feature columns the federation does not use: {}",
-            extra.join(", ")
-        ));
-    }
-    let message = format!(
-        "{} (the federation's features: {}; list them in `features` to read a subset)",
-        parts.join("; "),
-        expected.join(", ")
-    );
-    Err(ModelError::Parquet {
-        origin: origin.to_string(),
-        message,
-    })
 }
