@@ -122,6 +122,21 @@ pub trait SiteData: Send {
     ) -> Result<Box<dyn DpLearner>>;
 }
 
+/// How a table task's features are scaled under `privacy`: exact federated
+/// standardisation without DP; under DP the public bounds (no budget) or
+/// noised statistics (charged at each hospital).
+pub fn table_scaling(
+    bounds: Option<&medfed_models::privacy::bounds::FeatureBounds>,
+    privacy: &PrivacyConfig,
+) -> Result<Scaling> {
+    use crate::config::{DpScaling, PrivacyMode};
+    if privacy.mode == PrivacyMode::Off || privacy.scaling == DpScaling::DpStats {
+        return Ok(Scaling::Federated);
+    }
+    let bounds = bounds.context("differential privacy needs feature bounds")?;
+    Ok(Scaling::Fixed(std::sync::Arc::new(bounds.standardizer())))
+}
+
 /// What a private table hospital releases about its features under
 /// `privacy`: nothing (the public bounds scale them) or noised statistics
 /// clipped to the bounds.

@@ -19,7 +19,7 @@ use medfed_models::privacy::fingerprint::DataFingerprint;
 use medfed_models::privacy::mechanisms::NoiseSource;
 
 use super::{held_out_fingerprint, partition_sets, OwnData, SiteData, TaskData, TaskKind};
-use crate::config::{DpScaling, Loaded, PrivacyConfig, PrivacyMode, TaskConfig};
+use crate::config::{DpScaling, Loaded, PrivacyConfig, TaskConfig};
 
 pub struct Tabular;
 
@@ -186,14 +186,7 @@ impl TaskData for TabularData {
     /// Exact federated standardisation without DP; under DP either the
     /// public bounds (no budget) or noised statistics (charged at each hospital).
     fn scaling(&self, privacy: &PrivacyConfig) -> Result<Scaling> {
-        if privacy.mode == PrivacyMode::Off || privacy.scaling == DpScaling::DpStats {
-            return Ok(Scaling::Federated);
-        }
-        let bounds = self
-            .bounds
-            .as_ref()
-            .context("differential privacy needs feature bounds")?;
-        Ok(Scaling::Fixed(Arc::new(bounds.standardizer())))
+        crate::tasks::table_scaling(self.bounds.as_deref(), privacy)
     }
 
     /// Logistic regression fitted by linfa (L-BFGS) on the pooled, standardised rows.

@@ -24,7 +24,7 @@ use medfed_models::privacy::fingerprint::DataFingerprint;
 use medfed_models::privacy::mechanisms::NoiseSource;
 
 use super::{OwnData, SiteData, TaskData, TaskKind};
-use crate::config::{DpScaling, Loaded, PartitionScheme, PrivacyConfig, PrivacyMode, TaskConfig};
+use crate::config::{DpScaling, Loaded, PartitionScheme, PrivacyConfig, TaskConfig};
 
 pub struct Columnar;
 
@@ -394,14 +394,7 @@ impl TaskData for ColumnarTask {
     /// As the tabular kind: exact federated standardisation without DP;
     /// under DP the public bounds or noised statistics.
     fn scaling(&self, privacy: &PrivacyConfig) -> Result<Scaling> {
-        if privacy.mode == PrivacyMode::Off || privacy.scaling == DpScaling::DpStats {
-            return Ok(Scaling::Federated);
-        }
-        let bounds = self
-            .bounds
-            .as_ref()
-            .context("differential privacy needs feature bounds")?;
-        Ok(Scaling::Fixed(Arc::new(bounds.standardizer())))
+        crate::tasks::table_scaling(self.bounds.as_deref(), privacy)
     }
 
     /// The same model trained on the pooled training rows with the same
