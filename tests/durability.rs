@@ -292,7 +292,14 @@ fn serve_killed_mid_run_carries_the_run_on_after_a_restart() {
     let mut first = Served::start_in(
         &data,
         &args,
-        &[("FAILPOINTS", "coordinator::round_committed=3*off->return")],
+        // Dies at the fourth commit, as `3*off->return` would; the first
+        // commit waits 500 ms so that the answer to POST /api/runs is out
+        // before the process kills itself (a breast-cancer round takes
+        // milliseconds, and under load the kill could beat the answer).
+        &[(
+            "FAILPOINTS",
+            "coordinator::round_committed=1*sleep(500)->2*off->return",
+        )],
     );
     let client = authed();
     let id = first.start_run(&json!({"rounds": 8}));
