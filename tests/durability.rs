@@ -405,7 +405,14 @@ fn sigterm_suspends_a_stored_run_when_asked_and_a_restart_resumes_it() {
     let data = dir.path().join("serve-data");
     let args = ["--config", config.to_str().unwrap()];
     let suspend = [("MEDFED_STORE__ON_TERMINATE", "suspend")];
-    let mut first = Served::start_in(&data, &args, &suspend);
+    // Each commit of the first server waits 200 ms: its rounds take
+    // milliseconds, and on a loaded machine the run could otherwise end
+    // before SIGTERM arrives, leaving nothing to resume.
+    let slow = [
+        suspend[0],
+        ("FAILPOINTS", "coordinator::round_committed=sleep(200)"),
+    ];
+    let mut first = Served::start_in(&data, &args, &slow);
     let client = authed();
     let started: Value = client
         .post(first.url("/api/runs"))
