@@ -68,6 +68,18 @@ const REVIEWED: &[(&str, &str, usize, &str)] = &[
         "the same open train()",
     ),
     (
+        "models/src/learner/columnar.rs",
+        "NonPrivate",
+        1,
+        "ColumnarLearner::train: the open learner, a different type from DpColumnarLearner",
+    ),
+    (
+        "models/src/learner/columnar.rs",
+        "LocalUpdate {",
+        1,
+        "the same open train()",
+    ),
+    (
         "models/src/learner/cnn.rs",
         "NonPrivate",
         1,
