@@ -420,24 +420,18 @@ impl TaskData for ColumnarTask {
             proximal_mu: 0.0,
             privacy: None,
         };
+        let mut evaluator = ColumnarEvaluator::new(self.held_out.clone())?;
         let start = GlobalModel {
-            params: Arc::new(self.held_out_evaluator_init()),
+            params: Arc::new(evaluator.init_params()),
             standardizer: Some(scaler.clone()),
         };
         let update = learner.train(&start, &plan)?;
         let mut params = (*start.params).clone();
         params.add_assign(&update.delta)?;
-        let mut evaluator = ColumnarEvaluator::new(self.held_out.clone())?;
         Ok(evaluator.evaluate(&GlobalModel {
             params: Arc::new(params),
             standardizer: Some(scaler),
         })?)
-    }
-}
-
-impl ColumnarTask {
-    fn held_out_evaluator_init(&self) -> medfed_models::params::Params {
-        medfed_models::params::Params::zeros(medfed_models::learner::logistic::layout(self.features.len()))
     }
 }
 
