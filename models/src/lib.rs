@@ -15,6 +15,7 @@ pub mod learner;
 pub mod metrics;
 pub mod params;
 pub mod privacy;
+pub mod secagg;
 pub mod seed;
 
 pub use error::{ModelError, Result};
