@@ -135,6 +135,7 @@ fn train_message(mib: usize) -> ToHospital {
             proximal_mu: 0.0,
             privacy: None,
         },
+        shares: None,
     }
 }
 

@@ -457,6 +457,10 @@ pub struct Overrides {
     /// Train with DP-SGD under this per-hospital epsilon budget.
     #[arg(long, value_name = "EPSILON")]
     pub dp_epsilon: Option<f64>,
+    /// Aggregate over a secure sum (SecAgg+): the coordinator learns only
+    /// the sum of the updates ([tasks.T.secure_aggregation] sets its parameters).
+    #[arg(long)]
+    pub secure_aggregation: bool,
     /// Write every task's global model after each round to DIR/<task>/round-NNNN.safetensors.
     #[arg(long, value_name = "DIR")]
     pub checkpoint_dir: Option<PathBuf>,

@@ -16,7 +16,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use medfed_actors::cluster::gateway::farewell;
 use medfed_actors::cluster::{node, Envelope, Gateway, GatewayArgs, NodeOptions, SessionEvent, WireStats};
 use medfed_actors::coordinator::fsm::FsmConfig;
-use medfed_actors::coordinator::{Protocol, ResumePoint, RoundStore, Scaling};
+use medfed_actors::coordinator::{Protocol, ResumePoint, RoundStore, Scaling, SecureSettings};
 use medfed_actors::{
     Coordinator, CoordinatorArgs, CoordinatorMsg, EventBus, FederationEvent, Hospital, HospitalArgs,
     Recording, RunReport, RunRequest, StartRefused, TaskSetup,
@@ -53,13 +53,27 @@ pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
             strategy.min_updates()
         );
     }
+    let secure = c.secure().map(|sa| SecureSettings {
+        num_shares: sa.num_shares,
+        threshold: sa.threshold,
+        clipping_range: sa.clipping_range,
+        quantization_bits: sa.quantization_bits,
+        // Every hospital's count must fit: by default the task's training rows.
+        max_weight: sa.max_weight.unwrap_or(task.sizes().0 as u64),
+        min_inputs: quorum.max(3),
+        max_update_norm: c.max_update_norm,
+    });
     Ok(TaskSetup {
         name: task.name.clone(),
         fsm: FsmConfig {
             rounds: c.effective_rounds(&loaded.config.run),
             expected_hospitals: c.hospitals,
             assemble_timeout: Duration::from_secs_f64(fed.assemble_timeout_secs),
-            protocol: Protocol::federated(
+            protocol: (if secure.is_some() {
+                Protocol::secure
+            } else {
+                Protocol::federated
+            })(
                 matches!(scaling, Scaling::Federated),
                 c.effective_min_hospitals(),
                 fed.max_round_retries,
@@ -96,6 +110,7 @@ pub fn task_setup(loaded: &Loaded, task: &PreparedTask) -> Result<TaskSetup> {
         expected_names: (0..task.hospital_count())
             .map(|i| task.hospital_name(i))
             .collect(),
+        secure,
     })
 }
 
@@ -254,6 +269,8 @@ impl Federation {
                     None,
                     Hospital,
                     HospitalArgs {
+                        secagg_identity: None,
+                        crash_at: None,
                         name: name.clone(),
                         task: task.name.clone(),
                         kind: task.config.kind.name().to_string(),

@@ -18,7 +18,7 @@ pub mod wire;
 
 pub use coordinator::{Coordinator, CoordinatorArgs, TaskSetup};
 pub use events::{EventBus, FederationEvent, Live, LiveWatch, Recording, RunOutcome};
-pub use hospital::{Hospital, HospitalArgs, HospitalLearner, HospitalObserver};
+pub use hospital::{CrashAt, Hospital, HospitalArgs, HospitalLearner, HospitalObserver, SecAggIdentity};
 pub use messages::{
     Ask, CoordinatorMsg, RunRequest, StartRefused, TaskRunSettings, ToCoordinator, ToHospital,
     TrainingSettings,

@@ -131,6 +131,7 @@ async fn federation_on(
         held_out: None,
         features: None,
         expected_names: Vec::new(),
+        secure: None,
     };
     let (coordinator, _) = Actor::spawn(
         None,
@@ -190,6 +191,8 @@ async fn spawn_hospital_with(
             attack: None,
             site_record: false,
             observer: None,
+            secagg_identity: None,
+            crash_at: None,
         },
     )
     .await

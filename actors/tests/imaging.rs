@@ -63,6 +63,7 @@ async fn run_federation(rounds: u32) -> RunReport {
         held_out: None,
         features: None,
         expected_names: Vec::new(),
+        secure: None,
     };
     let (coordinator, _) = Actor::spawn(
         None,
@@ -94,6 +95,8 @@ async fn run_federation(rounds: u32) -> RunReport {
                 attack: None,
                 site_record: false,
                 observer: None,
+                secagg_identity: None,
+                crash_at: None,
             },
         )
         .await

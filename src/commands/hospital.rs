@@ -140,6 +140,8 @@ pub async fn execute(args: &Args) -> Result<()> {
         None,
         Hospital,
         HospitalArgs {
+            secagg_identity: None,
+            crash_at: None,
             name: local.name.clone(),
             task: task.clone(),
             kind,

@@ -60,6 +60,11 @@ pub fn load_with(path: &std::path::Path, flags: &Overrides) -> Result<(Loaded, V
         if let Some(strategy) = &flags.strategy {
             task.strategy = strategy.clone();
         }
+        if flags.secure_aggregation {
+            task.secure_aggregation
+                .get_or_insert_with(Default::default)
+                .enabled = true;
+        }
     }
     config::validate(&loaded.config)?;
     Ok((loaded, selected))

@@ -346,6 +346,52 @@ pub struct TaskConfig {
     /// The CNN of imaging tasks.
     #[serde(default)]
     pub model: ModelConfig,
+    /// Secure aggregation (SecAgg+): the coordinator learns only the sum of
+    /// the updates (`--secure-aggregation` turns it on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secure_aggregation: Option<SecureAggregationConfig>,
+}
+
+/// `[tasks.T.secure_aggregation]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecureAggregationConfig {
+    pub enabled: bool,
+    /// Share holders per hospital, itself included (absent: every hospital
+    /// up to 20, then 2*ceil(log2 K)+1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub num_shares: Option<usize>,
+    /// Shares that rebuild a hospital's secrets (absent: floor(n/2)+1 of its n holders).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<usize>,
+    /// Update coordinates are clipped to [-r, r] before quantisation.
+    pub clipping_range: f64,
+    /// Quantisation levels per coordinate (2^bits) in the ring Z_(2^32).
+    pub quantization_bits: u32,
+    /// Largest sample count a hospital may weigh with (absent: the task's
+    /// training rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_weight: Option<u64>,
+}
+
+impl Default for SecureAggregationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            num_shares: None,
+            threshold: None,
+            clipping_range: 10.0,
+            quantization_bits: 22,
+            max_weight: None,
+        }
+    }
+}
+
+impl TaskConfig {
+    /// The secure-aggregation settings when they are on.
+    pub fn secure(&self) -> Option<&SecureAggregationConfig> {
+        self.secure_aggregation.as_ref().filter(|s| s.enabled)
+    }
 }
 
 /// A strategy as a table (`name` and its parameters) or only its name.

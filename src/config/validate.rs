@@ -127,6 +127,7 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
                 "task names use a-z, 0-9 and _ only".into(),
             );
         }
+        validate_secure(name, task)?;
         match task.kind {
             HospitalKind::Tabular => validate_tabular(name, task, config.privacy.mode)?,
             HospitalKind::Imaging => validate_imaging(name, task)?,
@@ -272,6 +273,86 @@ pub fn validate(config: &Config) -> Result<(), ConfigError> {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(key(k), format!("must be zero or positive, got {v}"));
             }
+        }
+    }
+    Ok(())
+}
+
+/// Secure aggregation: a linear strategy, a ring that cannot overflow, a
+/// threshold the share holders can meet, and at least 3 inputs per sum.
+fn validate_secure(name: &str, task: &TaskConfig) -> Result<(), ConfigError> {
+    let Some(sa) = task.secure() else {
+        return Ok(());
+    };
+    let bad = |k: &str, message: String| {
+        Err(ConfigError::Invalid(format!(
+            "`tasks.{name}.secure_aggregation.{k}`: {message}"
+        )))
+    };
+    if !task.strategy.is_linear() {
+        return bad(
+            "enabled",
+            format!(
+                "strategy {} needs every update in the clear, and secure aggregation reveals only their sum; \
+                 use fedavg, fedprox, fedadam, fedyogi or fedadagrad, or turn secure aggregation off",
+                task.strategy.name()
+            ),
+        );
+    }
+    let min_inputs = task.effective_min_hospitals().max(3);
+    if task.hospitals < 3 {
+        return bad(
+            "enabled",
+            format!(
+                "a secure sum needs at least 3 hospitals (this task has {}): with 2, each could subtract its own \
+                 update from the sum and learn the other's",
+                task.hospitals
+            ),
+        );
+    }
+    let plan = medfed_models::secagg::RoundPlan {
+        num_shares: sa
+            .num_shares
+            .unwrap_or_else(|| medfed_models::secagg::RoundPlan::default_num_shares(task.hospitals)),
+        threshold: 0,
+        clipping_range: sa.clipping_range,
+        quantization_bits: sa.quantization_bits,
+        min_inputs,
+        graph_seed: 0,
+    };
+    let holders = plan.num_shares.min(task.hospitals).max(1);
+    let plan = medfed_models::secagg::RoundPlan {
+        threshold: sa
+            .threshold
+            .unwrap_or_else(|| medfed_models::secagg::RoundPlan::default_threshold(holders)),
+        ..plan
+    };
+    if let Err(e) = plan.validate(task.hospitals) {
+        let message = e.to_string();
+        let key = if message.contains("clipping_range") {
+            "clipping_range"
+        } else if message.contains("quantization_bits") || message.contains("overflow") {
+            "quantization_bits"
+        } else if message.contains("num_shares") {
+            "num_shares"
+        } else {
+            "threshold"
+        };
+        return bad(
+            key,
+            message.trim_start_matches("secure aggregation: ").to_string(),
+        );
+    }
+    if let Some(w) = sa.max_weight {
+        if w == 0 || w.saturating_mul(task.hospitals as u64) > u64::from(u32::MAX) {
+            return bad(
+                "max_weight",
+                format!(
+                    "must be between 1 and {} for {} hospitals (the total weight travels in the ring Z_(2^32))",
+                    u64::from(u32::MAX) / task.hospitals as u64,
+                    task.hospitals
+                ),
+            );
         }
     }
     Ok(())

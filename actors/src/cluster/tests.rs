@@ -16,7 +16,9 @@ use super::link::{Inbox, WireStats, MAX_ENVELOPE};
 use super::{version_mismatch, Gateway, GatewayArgs, NodeDirectory, Side};
 use crate::messages::samples::{every_to_coordinator, every_to_hospital, params, update};
 use crate::messages::wire::{Uplinked, WireMessage, KIND_CHUNK};
-use crate::messages::{Ask, CoordinatorMsg, ToCoordinator, ToHospital, TrainOutcome};
+use crate::messages::{
+    Ask, CoordinatorMsg, SecAggAnswer, SecAggStep, ToCoordinator, ToHospital, TrainOutcome,
+};
 use crate::wire::{chunks, Frame, VERSION};
 
 fn inbox<M: WireMessage>() -> Inbox<M> {
@@ -61,11 +63,13 @@ fn train_request_round_trips_bit_exactly() {
         ask,
         model: model.clone(),
         plan: plan.clone(),
+        shares: None,
     };
     let ToHospital::Train {
         ask: got_ask,
         model: got,
         plan: got_plan,
+        ..
     } = through_inbox(&sent)
     else {
         panic!("wrong variant");
@@ -87,9 +91,14 @@ fn to_hospital_variant(m: &ToHospital) -> usize {
         ToHospital::Evaluate { .. } => 3,
         ToHospital::Refused { .. } => 4,
         ToHospital::Leaving => 5,
+        ToHospital::SecAgg { step, .. } => match step {
+            SecAggStep::Setup { .. } => 6,
+            SecAggStep::ShareKeys { .. } => 7,
+            SecAggStep::Unmask { .. } => 8,
+        },
     }
 }
-const TO_HOSPITAL_VARIANTS: usize = 6;
+const TO_HOSPITAL_VARIANTS: usize = 9;
 
 fn to_coordinator_variant(m: &ToCoordinator) -> usize {
     match m {
@@ -97,9 +106,15 @@ fn to_coordinator_variant(m: &ToCoordinator) -> usize {
         ToCoordinator::Stats { .. } => 1,
         ToCoordinator::Update { .. } => 2,
         ToCoordinator::Evaluated { .. } => 3,
+        ToCoordinator::SecAgg { answer, .. } => match answer {
+            SecAggAnswer::Keys { .. } => 4,
+            SecAggAnswer::Shares { .. } => 5,
+            SecAggAnswer::Unmask { .. } => 6,
+            SecAggAnswer::Declined { .. } => 7,
+        },
     }
 }
-const TO_COORDINATOR_VARIANTS: usize = 4;
+const TO_COORDINATOR_VARIANTS: usize = 8;
 
 #[test]
 fn every_message_of_the_set_round_trips_through_the_wire() {

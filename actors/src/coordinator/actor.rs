@@ -186,9 +186,9 @@ fn execute(myself: &ActorRef<CoordinatorMsg>, state: &mut CoordinatorState, outp
                 let me = myself.clone();
                 tokio::spawn(async move {
                     let (task, generation, round) = (job.task.clone(), job.generation, job.round);
-                    let result = tokio::task::spawn_blocking(move || run_aggregation(job))
+                    let result = tokio::task::spawn_blocking(move || run_aggregation(*job))
                         .await
-                        .unwrap_or_else(|e| Err(format!("aggregation task failed: {e}")));
+                        .unwrap_or_else(|e| Err(format!("aggregation task failed: {e}").into()));
                     let _ = me.cast(CoordinatorMsg::RoundDone {
                         task,
                         generation,

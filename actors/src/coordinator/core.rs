@@ -21,16 +21,18 @@ use medfed_models::checkpoint::Checkpoint;
 use medfed_models::data::{MomentSums, Standardizer};
 use medfed_models::learner::{Evaluator, GlobalModel, LocalUpdate, PrivacySpent, RunPrivacy, TrainPlan};
 use medfed_models::metrics::Metrics;
+use medfed_models::secagg::{RoundContext, Server};
 use medfed_models::Params;
 
 use super::durable::{ResumePoint, RoundCommit, RunBegin, TaskResume, TaskTotals};
 use super::fsm::{DropReason, Effect, Event, HospitalId, Phase, TaskFsm, TimerId, Verdict};
 use super::stage::StageKind;
-use super::task::{Aggregated, Scaling, TaskSetup};
+use super::task::{AggregateFailure, Aggregated, Scaling, SecureJob, SecureSettings, TaskSetup};
 use crate::events::{FederationEvent, RunOutcome};
+use crate::messages::secure::masked_words;
 use crate::messages::{
-    Ask, EvalOutcome, HospitalInfo, RunRequest, StartRefused, StatsOutcome, TaskRunSettings, ToCoordinator,
-    ToHospital, TrainOutcome,
+    Ask, EvalOutcome, HospitalInfo, RunRequest, SecAggAnswer, SecAggStep, StartRefused, StatsOutcome,
+    TaskRunSettings, ToCoordinator, ToHospital, TrainOutcome,
 };
 use crate::report::{FederatedEval, Participation, ParticipationOutcome, RoundRecord, RunReport, TaskReport};
 
@@ -59,7 +61,7 @@ pub enum Input {
         task: String,
         generation: u64,
         round: u32,
-        result: Result<Aggregated, String>,
+        result: Result<Aggregated, AggregateFailure>,
     },
     /// A run's start or a round commit could not be made durable (`reason`
     /// says which): the run cannot go on without breaking its promise to
@@ -83,7 +85,7 @@ pub enum Output {
         timer: TimerId,
         after: Duration,
     },
-    Aggregate(AggregateJob),
+    Aggregate(Box<AggregateJob>),
     /// Save a round's global model (a failure is logged: training goes on).
     WriteCheckpoint {
         dir: PathBuf,
@@ -107,6 +109,8 @@ pub struct AggregateJob {
     pub round: u32,
     pub global: GlobalModel,
     pub updates: Vec<LocalUpdate>,
+    /// Under secure aggregation: the sum to unmask (`updates` is empty).
+    pub secure: Option<SecureJob>,
     /// A copy of the task's strategy; it comes back with the result.
     pub strategy: Box<dyn Strategy>,
     pub evaluator: Arc<Mutex<Box<dyn Evaluator>>>,
@@ -116,6 +120,8 @@ pub struct AggregateJob {
 enum Payload {
     Stats(Option<MomentSums>),
     Update(LocalUpdate),
+    /// A masked input the secure sum took in (its privacy report).
+    Masked(Option<PrivacySpent>),
     Evaluation(EvalOutcome),
 }
 
@@ -207,6 +213,9 @@ struct TaskState {
     attacks: BTreeMap<HospitalId, String>,
     /// What became of each hospital's training answer in the current round.
     participation: BTreeMap<HospitalId, Participation>,
+    secure: Option<SecureSettings>,
+    /// The secure sum of the current attempt (from its setup stage on).
+    secagg: Option<Server>,
 }
 
 impl TaskState {
@@ -228,7 +237,7 @@ impl TaskState {
             .protocol
             .round
             .iter_mut()
-            .filter(|s| s.kind == StageKind::Train)
+            .filter(|s| crate::coordinator::Protocol::counts_inputs(s.kind))
         {
             stage.rules.quorum = raised;
         }
@@ -264,6 +273,8 @@ impl TaskState {
             privacy: BTreeMap::new(),
             attacks: BTreeMap::new(),
             participation: BTreeMap::new(),
+            secure: setup.secure,
+            secagg: None,
         }
     }
 
@@ -430,6 +441,21 @@ impl TaskState {
         Ok(())
     }
 
+    /// Hand an answer to the current attempt's secure sum, if it is the
+    /// attempt the answer belongs to (else the machine drops it as late).
+    fn feed_secure(
+        &mut self,
+        ask: Ask,
+        feed: impl FnOnce(&mut Server) -> medfed_models::secagg::Result<()>,
+    ) -> Result<(), String> {
+        match self.secagg.as_mut() {
+            Some(server) if *server.context() == secure_context(&self.name, ask) => {
+                feed(server).map_err(|e| e.to_string())
+            }
+            _ => Err("no secure-aggregation attempt is collecting this answer".into()),
+        }
+    }
+
     fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
             task: self.name.clone(),
@@ -465,6 +491,44 @@ impl TaskState {
             privacy: self.privacy.clone(),
             attacks: self.attacks.clone(),
         }
+    }
+}
+
+/// The event for a secure sum that cannot go on at a stage's start (or,
+/// `None`, a secure stage without a sum): the round's attempt failed.
+fn secure_failure(round: u32, failed: Option<medfed_models::secagg::Result<()>>) -> Event {
+    let reason = match failed {
+        Some(Err(e)) => e.to_string(),
+        _ => "secure aggregation: no secure sum for this attempt".to_string(),
+    };
+    Event::RoundFailed {
+        round,
+        reason: format!("round {round}: {reason}"),
+    }
+}
+
+/// What a secure round's keys and shares are bound to.
+fn secure_context(task: &str, ask: Ask) -> RoundContext {
+    RoundContext {
+        task: task.to_string(),
+        run: ask.run,
+        round: ask.round,
+        attempt: ask.attempt,
+    }
+}
+
+fn invalid(label: &str, reason: String) -> Verdict {
+    Verdict::Invalid {
+        label: label.to_string(),
+        reason,
+    }
+}
+
+/// An answer the secure sum took in is usable; one it refused is not.
+fn secure_verdict(fed: Result<(), String>) -> Verdict {
+    match fed {
+        Ok(()) => Verdict::Usable,
+        Err(reason) => invalid("secure_aggregation", reason),
     }
 }
 
@@ -773,6 +837,13 @@ impl Core {
                     info.task
                 ))
             }
+            Some(task) if task.secure.as_ref().is_some_and(|s| info.samples as u64 > s.max_weight) => Some(format!(
+                "it declares {} training examples, above this task's secure-aggregation weight bound of {} \
+                 (tasks.{}.secure_aggregation.max_weight): its weighted update would overflow the sum's range",
+                info.samples,
+                task.secure.as_ref().map_or(0, |s| s.max_weight),
+                info.task
+            )),
             Some(task)
                 if task.max_hospitals.is_some_and(|max| {
                     self.hospitals.values().filter(|h| h.info.task == info.task).count() >= max
@@ -880,21 +951,22 @@ impl Core {
         };
         // Every noised update the hospital released was charged to its
         // ledger, whether it counts or not (late, rejected, of another run).
-        if let ToCoordinator::Update {
-            outcome: TrainOutcome::Trained { update },
-            ..
-        } = &message
-        {
-            if let Some(spent) = &update.privacy {
+        if let ToCoordinator::Update { outcome, .. } = &message {
+            let spent = match outcome {
+                TrainOutcome::Trained { update } => update.privacy.as_ref(),
+                TrainOutcome::Masked { privacy, .. } => privacy.as_ref(),
+                _ => None,
+            };
+            if let Some(spent) = spent {
                 t.privacy.insert(from.clone(), spent.clone());
             }
         }
-        let t = &*t;
         if ask.run != self.generation {
             // An answer to a request of an earlier run.
             self.apply(now, &task, Event::Outdated(from), None, out);
             return;
         }
+        let secure = t.secure.is_some();
         let (stage, verdict, payload) = match message {
             ToCoordinator::Hello { .. } => return,
             ToCoordinator::Stats { outcome, .. } => match outcome {
@@ -915,6 +987,14 @@ impl Core {
             },
             ToCoordinator::Update { outcome, .. } => {
                 let (verdict, payload) = match outcome {
+                    // Under secure aggregation a plaintext update is never used.
+                    TrainOutcome::Trained { .. } if secure => (
+                        invalid(
+                            "unmasked",
+                            "an unmasked update in a secure-aggregation round".into(),
+                        ),
+                        None,
+                    ),
                     TrainOutcome::Trained { update } => {
                         let checked = t
                             .check
@@ -922,20 +1002,16 @@ impl Core {
                             .and_then(|()| t.check.check_examples(update.num_examples, noised));
                         match checked {
                             Ok(()) => (Verdict::Usable, Some(Payload::Update(update))),
-                            Err(reason) => (
-                                Verdict::Invalid {
-                                    label: reason.label().to_string(),
-                                    reason: reason.to_string(),
-                                },
-                                None,
-                            ),
+                            Err(reason) => (invalid(reason.label(), reason.to_string()), None),
                         }
                     }
+                    TrainOutcome::Masked { vector, privacy, .. } => {
+                        let fed = masked_words(&vector)
+                            .and_then(|words| t.feed_secure(ask, |server| server.add_masked(&from, words)));
+                        (secure_verdict(fed), Some(Payload::Masked(privacy)))
+                    }
                     TrainOutcome::Failed { reason } => (
-                        Verdict::Invalid {
-                            label: "training_failed".to_string(),
-                            reason: format!("training failed: {reason}"),
-                        },
+                        invalid("training_failed", format!("training failed: {reason}")),
                         None,
                     ),
                     TrainOutcome::Declined { reason } => (Verdict::Declined(reason), None),
@@ -947,6 +1023,22 @@ impl Core {
                 Verdict::Usable,
                 Some(Payload::Evaluation(outcome)),
             ),
+            ToCoordinator::SecAgg { answer, .. } => {
+                let stage = answer.stage();
+                let verdict = match answer {
+                    SecAggAnswer::Declined { reason, .. } => Verdict::Declined(reason),
+                    SecAggAnswer::Keys { keys } => {
+                        secure_verdict(t.feed_secure(ask, |s| s.add_keys(&from, keys)))
+                    }
+                    SecAggAnswer::Shares { shares } => {
+                        secure_verdict(t.feed_secure(ask, |s| s.add_shares(&from, shares)))
+                    }
+                    SecAggAnswer::Unmask { shares } => {
+                        secure_verdict(t.feed_secure(ask, |s| s.add_unmask(&from, shares)))
+                    }
+                };
+                (stage, verdict, None)
+            }
         };
         let event = Event::Answered {
             from,
@@ -964,7 +1056,7 @@ impl Core {
         task: String,
         generation: u64,
         round: u32,
-        result: Result<Aggregated, String>,
+        result: Result<Aggregated, AggregateFailure>,
         out: &mut Vec<Output>,
     ) {
         if generation != self.generation {
@@ -979,6 +1071,7 @@ impl Core {
         match result {
             Ok(Aggregated {
                 params,
+                participants,
                 metrics,
                 strategy,
             }) => {
@@ -988,7 +1081,6 @@ impl Core {
                     .round_started
                     .map(|started| now.saturating_sub(started).as_secs_f64())
                     .unwrap_or(0.0);
-                let participants = t.kept_updates.len();
                 t.kept_updates.clear();
                 t.global.params = Arc::new(params);
                 t.strategy = strategy;
@@ -1020,7 +1112,13 @@ impl Core {
                 }));
                 self.apply(now, &task, Event::Aggregated { round }, None, out);
             }
-            Err(reason) => self.apply(now, &task, Event::AggregationFailed { round, reason }, None, out),
+            Err(AggregateFailure {
+                reason,
+                retry_round: true,
+            }) => self.apply(now, &task, Event::RoundFailed { round, reason }, None, out),
+            Err(AggregateFailure { reason, .. }) => {
+                self.apply(now, &task, Event::AggregationFailed { round, reason }, None, out)
+            }
         }
     }
 
@@ -1139,26 +1237,114 @@ impl Core {
                             (h.clone(), ToHospital::CollectStats { ask, privacy })
                         })
                         .collect(),
+                    StageKind::Setup => {
+                        let Some(settings) = &t.secure else {
+                            return Err(format!(
+                                "task '{task}' runs secure rounds without secure-aggregation settings"
+                            ));
+                        };
+                        let graph_seed = medfed_models::seed::derive(
+                            t.plan.seed,
+                            &format!("{task}/secagg-graph"),
+                            u64::from(round) | (u64::from(attempt) << 32),
+                        );
+                        let plan = settings.round_plan(to.len(), graph_seed);
+                        let dims = t.initial.as_slice().len();
+                        let server = Server::new(secure_context(task, ask), plan, dims, true)
+                            .map_err(|e| e.to_string())?;
+                        t.secagg = Some(server);
+                        let step = SecAggStep::Setup {
+                            plan,
+                            max_weight: settings.max_weight,
+                            max_update_norm: settings.max_update_norm,
+                        };
+                        to.iter()
+                            .map(|h| {
+                                (
+                                    h.clone(),
+                                    ToHospital::SecAgg {
+                                        ask,
+                                        step: step.clone(),
+                                    },
+                                )
+                            })
+                            .collect()
+                    }
+                    StageKind::ShareKeys => match t.secagg.as_mut().map(Server::close_setup) {
+                        Some(Ok(request)) => {
+                            let step = SecAggStep::ShareKeys { request };
+                            to.iter()
+                                .map(|h| {
+                                    (
+                                        h.clone(),
+                                        ToHospital::SecAgg {
+                                            ask,
+                                            step: step.clone(),
+                                        },
+                                    )
+                                })
+                                .collect()
+                        }
+                        failed => {
+                            follow_ups.push(secure_failure(round, failed.map(|r| r.map(|_| ()))));
+                            Vec::new()
+                        }
+                    },
                     StageKind::Train => {
                         let base = TrainPlan {
                             round,
                             attempt,
                             ..t.plan.clone()
                         };
+                        // In a secure round only the hospitals the sum can
+                        // take are asked, each with the shares sent to it.
+                        let mut shares = match t.secagg.as_mut().map(Server::close_share_keys) {
+                            None => None,
+                            Some(Ok(requests)) => Some(requests),
+                            Some(Err(e)) => {
+                                follow_ups.push(secure_failure(round, Some(Err(e))));
+                                Some(BTreeMap::new())
+                            }
+                        };
                         t.strategy
                             .configure_train(round, &base, &to)
                             .into_iter()
                             .filter(|(h, _)| members.contains(h))
-                            .map(|(h, plan)| {
+                            .filter_map(|(h, plan)| {
+                                let shares = match shares.as_mut() {
+                                    None => None,
+                                    Some(requests) => Some(requests.remove(&h)?),
+                                };
                                 let message = ToHospital::Train {
                                     ask,
                                     model: t.global.clone(),
                                     plan,
+                                    shares,
                                 };
-                                (h, message)
+                                Some((h, message))
                             })
                             .collect()
                     }
+                    StageKind::Unmask => match t.secagg.as_mut().map(Server::close_masked_input) {
+                        Some(Ok(request)) => {
+                            let step = SecAggStep::Unmask { request };
+                            to.iter()
+                                .map(|h| {
+                                    (
+                                        h.clone(),
+                                        ToHospital::SecAgg {
+                                            ask,
+                                            step: step.clone(),
+                                        },
+                                    )
+                                })
+                                .collect()
+                        }
+                        failed => {
+                            follow_ups.push(secure_failure(round, failed.map(|r| r.map(|_| ()))));
+                            Vec::new()
+                        }
+                    },
                     StageKind::Evaluate => {
                         let chosen: Vec<String> = t
                             .strategy
@@ -1226,6 +1412,24 @@ impl Core {
                         false,
                     );
                     t.kept_updates.insert(from, update);
+                }
+                (StageKind::Train, Some(Payload::Masked(privacy))) => {
+                    publish(
+                        out,
+                        FederationEvent::UpdateAccepted {
+                            task: task.to_string(),
+                            round,
+                            hospital: from.clone(),
+                            // Hidden in the secure sum: only the total is learnt.
+                            num_examples: 0,
+                            train_loss: None,
+                            epsilon_spent: privacy.as_ref().map(|p| p.epsilon),
+                        },
+                    );
+                    if let Some(spent) = privacy {
+                        t.privacy.insert(from.clone(), spent);
+                    }
+                    t.participated(&from, ParticipationOutcome::Accepted, None, None, false);
                 }
                 (StageKind::Evaluate, Some(Payload::Evaluation(outcome))) => {
                     let (metrics, reason) = match &outcome {
@@ -1340,23 +1544,47 @@ impl Core {
             Effect::DiscardCollected => {
                 t.kept_updates.clear();
                 t.kept_stats.clear();
+                // A run that stopped or aborted leaves no secrets behind.
+                if !t.fsm.phase().is_active() {
+                    t.secagg = None;
+                }
             }
             Effect::StageClosed { stage, round, from } => match stage {
                 StageKind::Stats => t.combine_stats(&from)?,
+                StageKind::Setup | StageKind::ShareKeys => {}
+                // Secure rounds aggregate after unmask: the inputs are in the sum.
+                StageKind::Train if t.secagg.is_some() => {}
+                StageKind::Unmask => {
+                    let Some(server) = t.secagg.take() else {
+                        return Err(format!("task '{task}': unmask closed without a secure sum"));
+                    };
+                    let max_weight = t.secure.as_ref().map_or(1, |s| s.max_weight);
+                    out.push(Output::Aggregate(Box::new(AggregateJob {
+                        task: task.to_string(),
+                        generation,
+                        round,
+                        global: t.global.clone(),
+                        updates: Vec::new(),
+                        secure: Some(SecureJob { server, max_weight }),
+                        strategy: t.strategy.boxed_clone(),
+                        evaluator: t.evaluator.clone(),
+                    })));
+                }
                 StageKind::Train => {
                     let updates = from
                         .iter()
                         .filter_map(|h| t.kept_updates.get(h).cloned())
                         .collect();
-                    out.push(Output::Aggregate(AggregateJob {
+                    out.push(Output::Aggregate(Box::new(AggregateJob {
                         task: task.to_string(),
                         generation,
                         round,
                         global: t.global.clone(),
                         updates,
+                        secure: None,
                         strategy: t.strategy.boxed_clone(),
                         evaluator: t.evaluator.clone(),
-                    }));
+                    })));
                 }
                 StageKind::Evaluate => {
                     let started = t.round_started.take();

@@ -58,6 +58,7 @@ fn setup(name: &str) -> TaskSetup {
         scaling: Scaling::None,
         checkpoint_dir: None,
         held_out: Some("113 examples, crc32 00000001".into()),
+        secure: None,
         features: Some(vec!["x0".into(), "x1".into()]),
         expected_names: vec!["a".into(), "b".into()],
     }
@@ -143,7 +144,7 @@ fn update_of_run(run: u64, value: f32) -> ToCoordinator {
 /// The aggregation job among a step's outputs, if a training stage closed.
 fn aggregate_job(out: Vec<Output>) -> Option<AggregateJob> {
     out.into_iter().find_map(|o| match o {
-        Output::Aggregate(job) => Some(job),
+        Output::Aggregate(job) => Some(*job),
         _ => None,
     })
 }
@@ -441,6 +442,7 @@ fn stop_ends_the_run_and_results_of_a_stopped_generation_are_ignored() {
             round: 1,
             result: Ok(Aggregated {
                 params: Params::single("w", vec![9.0; 3]).unwrap(),
+                participants: 2,
                 metrics: binary_metrics(&[0.5], &[true]),
                 strategy: Box::new(FedAvg),
             }),
@@ -845,7 +847,7 @@ fn a_resumed_run_carries_on_from_its_commit() {
     let asked = sent(&out);
     assert_eq!(asked.len(), 2);
     for (_, message) in asked {
-        let ToHospital::Train { ask, model, plan } = message else {
+        let ToHospital::Train { ask, model, plan, .. } = message else {
             panic!("round 2 is asked for, got {message:?}");
         };
         assert_eq!((ask.round, ask.attempt), (2, 0));

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::stage::{Protocol, Stage, StageKind};
+use super::stage::{Asks, Protocol, Stage, StageKind};
 
 pub type HospitalId = String;
 
@@ -173,6 +173,13 @@ pub enum Event {
     /// An answer to a request of an earlier run: dropped as late.
     Outdated(HospitalId),
     DeadlineExpired(TimerId),
+    /// The current attempt of `round` cannot go on (the secure sum refused
+    /// or aborted): retry the round from the first stage of its chain, or
+    /// abort the run when no retry is left.
+    RoundFailed {
+        round: u32,
+        reason: String,
+    },
     /// The training stage's updates were aggregated and the model evaluated.
     Aggregated {
         round: u32,
@@ -270,7 +277,7 @@ pub enum Effect {
     RoundClosed {
         round: u32,
     },
-    /// An attempt of a round's training stage began.
+    /// An attempt of a round began (its first stage asked).
     RoundStarted {
         round: u32,
         attempt: u32,
@@ -326,6 +333,10 @@ pub struct TaskFsm {
     aggregated: u32,
     /// Set by `Resume` until the run begins: the last committed round.
     resume_after: Option<u32>,
+    /// The current attempt (shared by a chain of stages).
+    attempt: u32,
+    /// Whose answers the last closed stage kept: whom a chained stage asks.
+    chain: BTreeSet<HospitalId>,
 }
 
 impl TaskFsm {
@@ -347,6 +358,8 @@ impl TaskFsm {
             drops: DropCounts::default(),
             aggregated: 0,
             resume_after: None,
+            attempt: 0,
+            chain: BTreeSet::new(),
         }
     }
 
@@ -382,7 +395,7 @@ impl TaskFsm {
             .protocol
             .round
             .iter_mut()
-            .filter(|s| s.kind == StageKind::Train)
+            .filter(|s| Protocol::counts_inputs(s.kind))
         {
             stage.rules.quorum = quorum;
         }
@@ -413,6 +426,15 @@ impl TaskFsm {
                 if self.phase == (Phase::Aggregating { round }) {
                     self.aggregated = round;
                     self.advance(round, &mut fx);
+                }
+            }
+            Event::RoundFailed { round, reason } => {
+                let current = match self.phase {
+                    Phase::Collecting { round: r, .. } | Phase::Aggregating { round: r } => r == round,
+                    _ => false,
+                };
+                if current {
+                    self.retry_or_abort(round, reason, &mut fx);
                 }
             }
             Event::AggregationFailed { round, reason } => {
@@ -611,7 +633,8 @@ impl TaskFsm {
                 round,
                 from: usable,
             });
-            if stage == StageKind::Train {
+            self.chain = std::mem::take(&mut self.usable);
+            if round > 0 && stage == self.config.protocol.aggregate_after {
                 self.clear_collection();
                 self.phase = Phase::Aggregating { round };
             } else {
@@ -626,10 +649,6 @@ impl TaskFsm {
             accepted: usable.len(),
             needed: rules.quorum,
         });
-        if attempt < rules.retries {
-            self.begin_stage(round, self.stage_index, attempt + 1, fx);
-            return;
-        }
         let mut reason = match stage {
             StageKind::Stats => format!(
                 "preparation: {} of {} required hospitals sent statistics after {} attempts",
@@ -643,16 +662,34 @@ impl TaskFsm {
                 rules.quorum,
                 attempt + 1
             ),
-            StageKind::Evaluate => format!(
-                "round {round}: {} of {} required evaluations after {} attempts",
+            other => format!(
+                "round {round}: {} of {} required hospitals answered {} after {} attempts",
                 usable.len(),
                 rules.quorum,
+                other.name(),
                 attempt + 1
             ),
         };
         if !self.declines.is_empty() {
             let why: Vec<&str> = self.declines.iter().map(String::as_str).collect();
             reason.push_str(&format!("; hospitals declined: {}", why.join("; ")));
+        }
+        self.retry_or_abort(round, reason, fx);
+    }
+
+    /// The current attempt of `round` failed: a new attempt from the head of
+    /// the current stage's chain while its retries last, else abort.
+    fn retry_or_abort(&mut self, round: u32, reason: String, fx: &mut Vec<Effect>) {
+        let head = self.config.protocol.chain_head(round, self.stage_index);
+        let retries = self
+            .config
+            .protocol
+            .stages(round)
+            .get(head)
+            .map_or(0, |s| s.rules.retries);
+        if self.attempt < retries {
+            self.begin_stage(round, head, self.attempt + 1, fx);
+            return;
         }
         self.abort(reason, fx);
     }
@@ -661,8 +698,13 @@ impl TaskFsm {
     /// or the end of the run.
     fn advance(&mut self, round: u32, fx: &mut Vec<Effect>) {
         let next = self.stage_index + 1;
-        if next < self.config.protocol.stages(round).len() {
-            self.begin_stage(round, next, 0, fx);
+        if let Some(stage) = self.config.protocol.stages(round).get(next) {
+            // A chained stage continues the attempt it follows.
+            let attempt = match stage.asks {
+                Asks::PreviousStage => self.attempt,
+                Asks::Members => 0,
+            };
+            self.begin_stage(round, next, attempt, fx);
             return;
         }
         if round > 0 {
@@ -706,9 +748,13 @@ impl TaskFsm {
             // Decline reasons are kept across the retries of one stage only.
             self.declines.clear();
         }
+        self.attempt = attempt;
         self.clear_collection();
         fx.push(Effect::DiscardCollected);
-        self.awaiting = self.members.clone();
+        self.awaiting = match stage.asks {
+            Asks::Members => self.members.clone(),
+            Asks::PreviousStage => self.chain.intersection(&self.members).cloned().collect(),
+        };
         self.phase = Phase::Collecting {
             round,
             stage: stage.kind,
@@ -716,7 +762,7 @@ impl TaskFsm {
         };
         self.last_asked.insert(stage.kind, (round, attempt));
         let to: Vec<HospitalId> = self.awaiting.iter().cloned().collect();
-        if stage.kind == StageKind::Train {
+        if index == 0 && round > 0 {
             fx.push(Effect::RoundStarted {
                 round,
                 attempt,

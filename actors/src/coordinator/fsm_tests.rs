@@ -762,3 +762,117 @@ fn a_resumed_run_begins_after_its_last_committed_round() {
     assert_eq!(done.phase(), &Phase::Finished { rounds: 2 });
     assert_eq!(fx, vec![Effect::RunFinished { rounds: 2 }]);
 }
+
+fn secure_config() -> FsmConfig {
+    FsmConfig {
+        rounds: 1,
+        expected_hospitals: 4,
+        assemble_timeout: Duration::from_secs(60),
+        protocol: Protocol::secure(false, 3, 1, DEADLINE),
+    }
+}
+
+fn asked(fx: &[Effect], stage: StageKind) -> Option<(u32, Vec<HospitalId>)> {
+    fx.iter().find_map(|e| match e {
+        Effect::Request {
+            stage: s,
+            attempt,
+            to,
+            ..
+        } if *s == stage => Some((*attempt, to.clone())),
+        _ => None,
+    })
+}
+
+#[test]
+fn secure_stages_ask_whom_the_previous_stage_kept_in_the_same_attempt() {
+    let mut fsm = TaskFsm::new(secure_config());
+    joined(&mut fsm, &["a", "b", "c", "d"]);
+    let fx = fsm.handle(Event::Start { rounds: 1 });
+    assert_eq!(
+        asked(&fx, StageKind::Setup),
+        Some((0, ids(&["a", "b", "c", "d"])))
+    );
+    fsm.handle(answer("a", StageKind::Setup, 1, 0, Verdict::Usable));
+    fsm.handle(answer("b", StageKind::Setup, 1, 0, Verdict::Usable));
+    fsm.handle(answer("c", StageKind::Setup, 1, 0, Verdict::Usable));
+    // d declines setup: share keys asks a, b, c only.
+    let fx = fsm.handle(answer(
+        "d",
+        StageKind::Setup,
+        1,
+        0,
+        Verdict::Declined("policy".into()),
+    ));
+    assert_eq!(asked(&fx, StageKind::ShareKeys), Some((0, ids(&["a", "b", "c"]))));
+    for h in ["a", "b", "c"] {
+        fsm.handle(answer(h, StageKind::ShareKeys, 1, 0, Verdict::Usable));
+    }
+    assert_eq!(fsm.phase(), &training(1, 0));
+    for h in ["a", "b", "c"] {
+        fsm.handle(answer(h, StageKind::Train, 1, 0, Verdict::Usable));
+    }
+    // Training closed: unmask next, not aggregation.
+    assert!(matches!(
+        fsm.phase(),
+        Phase::Collecting {
+            stage: StageKind::Unmask,
+            ..
+        }
+    ));
+    fsm.handle(answer("a", StageKind::Unmask, 1, 0, Verdict::Usable));
+    fsm.handle(answer("b", StageKind::Unmask, 1, 0, Verdict::Usable));
+    let fx = fsm.handle(answer("c", StageKind::Unmask, 1, 0, Verdict::Usable));
+    assert!(fx.contains(&Effect::StageClosed {
+        stage: StageKind::Unmask,
+        round: 1,
+        from: ids(&["a", "b", "c"]),
+    }));
+    assert_eq!(fsm.phase(), &Phase::Aggregating { round: 1 });
+}
+
+#[test]
+fn a_secure_attempt_that_cannot_go_on_restarts_from_setup_then_aborts() {
+    let mut fsm = TaskFsm::new(secure_config());
+    joined(&mut fsm, &["a", "b", "c", "d"]);
+    fsm.handle(Event::Start { rounds: 1 });
+    let mut fx = Vec::new();
+    for h in ["a", "b", "c", "d"] {
+        fx = fsm.handle(answer(h, StageKind::Setup, 1, 0, Verdict::Usable));
+    }
+    let share_keys_deadline = last_timer(&fx);
+    // Two of four share keys: below the quorum of 3 at the deadline.
+    fsm.handle(answer("a", StageKind::ShareKeys, 1, 0, Verdict::Usable));
+    fsm.handle(answer("b", StageKind::ShareKeys, 1, 0, Verdict::Usable));
+    let fx = fsm.handle(Event::DeadlineExpired(share_keys_deadline));
+    // A new attempt from setup, asking every member again.
+    assert_eq!(
+        asked(&fx, StageKind::Setup),
+        Some((1, ids(&["a", "b", "c", "d"])))
+    );
+    // The secure sum aborts during the aggregation of attempt 1: no retry is left.
+    for h in ["a", "b", "c", "d"] {
+        fsm.handle(answer(h, StageKind::Setup, 1, 1, Verdict::Usable));
+    }
+    for stage in [StageKind::ShareKeys, StageKind::Train, StageKind::Unmask] {
+        for h in ["a", "b", "c", "d"] {
+            fsm.handle(answer(h, stage, 1, 1, Verdict::Usable));
+        }
+    }
+    assert_eq!(fsm.phase(), &Phase::Aggregating { round: 1 });
+    let fx = fsm.handle(Event::RoundFailed {
+        round: 1,
+        reason: "round 1: only 2 of 3 shares".into(),
+    });
+    assert!(matches!(fsm.phase(), Phase::Aborted { reason } if reason.contains("2 of 3 shares")));
+    assert!(fx.contains(&Effect::DiscardCollected));
+    // An answer of the aborted attempt is late.
+    let fx = fsm.handle(answer("a", StageKind::Unmask, 1, 1, Verdict::Usable));
+    assert!(matches!(
+        fx[..],
+        [Effect::Drop {
+            reason: DropReason::Late,
+            ..
+        }]
+    ));
+}

@@ -14,8 +14,8 @@ pub mod task;
 
 pub use actor::{Coordinator, CoordinatorArgs};
 pub use durable::{ResumePoint, RoundCommit, RoundStore, RunBegin, TaskResume, TaskTotals};
-pub use stage::{Protocol, Stage, StageKind, StageRules};
-pub use task::{Scaling, TaskSetup};
+pub use stage::{Asks, Protocol, Stage, StageKind, StageRules};
+pub use task::{Scaling, SecureSettings, TaskSetup};
 
 /// The process group a hospital of `task` joins.
 pub fn task_group(task: &str) -> String {

@@ -1,7 +1,9 @@
 //! What a round is made of. A task's protocol declares its stages — a
 //! preparation before round 1 (federated scaling: `[Stats]`) and the stages
-//! of every round (`[Train, Evaluate]`; secure aggregation will add its own)
-//! — and each stage's rules: its deadline, its quorum and its retries.
+//! of every round (`[Train, Evaluate]`, or with secure aggregation
+//! `[Setup, ShareKeys, Train, Unmask, Evaluate]`) — each stage's rules (its
+//! deadline, its quorum and its retries), whom it asks, and after which
+//! stage the round's result is aggregated.
 
 use std::time::Duration;
 
@@ -13,8 +15,14 @@ use serde::{Deserialize, Serialize};
 pub enum StageKind {
     /// Feature statistics for federated scaling.
     Stats,
-    /// Local training: the updates, aggregated once the stage closes.
+    /// Secure aggregation: each hospital's public keys for the round.
+    Setup,
+    /// Secure aggregation: encrypted shares of each hospital's secrets.
+    ShareKeys,
+    /// Local training: the updates (masked, under secure aggregation).
     Train,
+    /// Secure aggregation: the shares that remove the masks from the sum.
+    Unmask,
     /// Federated evaluation of the round's model on local test splits.
     Evaluate,
 }
@@ -24,7 +32,9 @@ impl StageKind {
     pub fn phase_name(self) -> &'static str {
         match self {
             StageKind::Stats => "preparing",
+            StageKind::Setup | StageKind::ShareKeys => "securing",
             StageKind::Train => "training",
+            StageKind::Unmask => "unmasking",
             StageKind::Evaluate => "evaluating",
         }
     }
@@ -32,10 +42,24 @@ impl StageKind {
     pub fn name(self) -> &'static str {
         match self {
             StageKind::Stats => "stats",
+            StageKind::Setup => "setup",
+            StageKind::ShareKeys => "share_keys",
             StageKind::Train => "train",
+            StageKind::Unmask => "unmask",
             StageKind::Evaluate => "evaluate",
         }
     }
+}
+
+/// Whom a stage asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asks {
+    /// Every member of the federation.
+    Members,
+    /// Those whose answers the previous stage kept: the stage continues the
+    /// previous one, in the same attempt, and when it cannot close the
+    /// attempt restarts from the first stage of the chain.
+    PreviousStage,
 }
 
 /// How one stage collects.
@@ -49,11 +73,12 @@ pub struct StageRules {
     pub retries: u32,
 }
 
-/// A stage and its rules.
+/// A stage, its rules and whom it asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stage {
     pub kind: StageKind,
     pub rules: StageRules,
+    pub asks: Asks,
 }
 
 /// The stages of a task's runs.
@@ -63,6 +88,9 @@ pub struct Protocol {
     pub preparation: Vec<Stage>,
     /// Every round, in order.
     pub round: Vec<Stage>,
+    /// The stage whose close aggregates the round (its updates, or the
+    /// unmasked secure sum).
+    pub aggregate_after: StageKind,
 }
 
 impl Protocol {
@@ -71,32 +99,110 @@ impl Protocol {
     /// Training and statistics need `quorum` answers; evaluation is
     /// best-effort (no quorum, no retry) within the same deadline.
     pub fn federated(federated_scaling: bool, quorum: usize, retries: u32, deadline: Duration) -> Self {
-        let collect = |kind| Stage {
-            kind,
-            rules: StageRules {
-                deadline,
-                quorum,
-                retries,
-            },
+        let rules = StageRules {
+            deadline,
+            quorum,
+            retries,
         };
         Protocol {
-            preparation: if federated_scaling {
-                vec![collect(StageKind::Stats)]
-            } else {
-                Vec::new()
-            },
+            preparation: Self::preparation(federated_scaling, rules),
             round: vec![
-                collect(StageKind::Train),
                 Stage {
-                    kind: StageKind::Evaluate,
-                    rules: StageRules {
+                    kind: StageKind::Train,
+                    rules,
+                    asks: Asks::Members,
+                },
+                Self::evaluation(deadline),
+            ],
+            aggregate_after: StageKind::Train,
+        }
+    }
+
+    /// Federated averaging over a secure sum (SecAgg+): setup asks every
+    /// member; share keys, the masked training and unmask each ask those
+    /// the previous stage kept, in the same attempt; an attempt that cannot
+    /// go on (too few answers, or the secure sum aborted) restarts from
+    /// setup. Unmask collects from every survivor it can within the
+    /// deadline (no quorum of its own: each secret needs its threshold of
+    /// shares, which the secure sum checks).
+    pub fn secure(federated_scaling: bool, quorum: usize, retries: u32, deadline: Duration) -> Self {
+        let rules = StageRules {
+            deadline,
+            quorum,
+            retries,
+        };
+        let chained = |kind, rules| Stage {
+            kind,
+            rules,
+            asks: Asks::PreviousStage,
+        };
+        Protocol {
+            preparation: Self::preparation(federated_scaling, rules),
+            round: vec![
+                Stage {
+                    kind: StageKind::Setup,
+                    rules,
+                    asks: Asks::Members,
+                },
+                chained(StageKind::ShareKeys, rules),
+                chained(StageKind::Train, rules),
+                chained(
+                    StageKind::Unmask,
+                    StageRules {
                         deadline,
                         quorum: 0,
                         retries: 0,
                     },
-                },
+                ),
+                Self::evaluation(deadline),
             ],
+            aggregate_after: StageKind::Unmask,
         }
+    }
+
+    fn preparation(federated_scaling: bool, rules: StageRules) -> Vec<Stage> {
+        if federated_scaling {
+            vec![Stage {
+                kind: StageKind::Stats,
+                rules,
+                asks: Asks::Members,
+            }]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn evaluation(deadline: Duration) -> Stage {
+        Stage {
+            kind: StageKind::Evaluate,
+            rules: StageRules {
+                deadline,
+                quorum: 0,
+                retries: 0,
+            },
+            asks: Asks::Members,
+        }
+    }
+
+    /// Whether the rounds run over a secure sum.
+    pub fn is_secure(&self) -> bool {
+        self.aggregate_after == StageKind::Unmask
+    }
+
+    /// The first stage of the chain stage `index` of `round` belongs to:
+    /// where an attempt restarts.
+    pub fn chain_head(&self, round: u32, index: usize) -> usize {
+        let stages = self.stages(round);
+        let mut head = index.min(stages.len().saturating_sub(1));
+        while head > 0 && stages[head].asks == Asks::PreviousStage {
+            head -= 1;
+        }
+        head
+    }
+
+    /// Stages that need the training quorum (their answers are the inputs).
+    pub fn counts_inputs(kind: StageKind) -> bool {
+        matches!(kind, StageKind::Setup | StageKind::ShareKeys | StageKind::Train)
     }
 
     /// The stages of `round` (0: the preparation).

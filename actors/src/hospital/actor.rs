@@ -9,10 +9,31 @@ use medfed_models::seed;
 
 use super::learner::HospitalLearner;
 use super::observer::HospitalObserver;
-use crate::coordinator::task_group;
+use super::secure::{SecAggIdentity, SecureRounds};
+use crate::coordinator::{task_group, StageKind};
 use crate::messages::{CoordinatorMsg, EvalOutcome, HospitalInfo, ToCoordinator, ToHospital, TrainOutcome};
 
 pub struct Hospital;
+
+/// Simulates a hospital dying mid-round (a test and evaluation hook, as
+/// `attack` is): the actor stops, as its process would on a crash, when it
+/// is asked for `stage` in `round`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashAt {
+    pub round: u32,
+    pub stage: StageKind,
+}
+
+/// The stage and round a request belongs to (`None`: not a stage's request).
+fn stage_of(msg: &ToHospital) -> Option<(u32, StageKind)> {
+    match msg {
+        ToHospital::CollectStats { ask, .. } => Some((ask.round, StageKind::Stats)),
+        ToHospital::Train { ask, .. } => Some((ask.round, StageKind::Train)),
+        ToHospital::Evaluate { ask, .. } => Some((ask.round, StageKind::Evaluate)),
+        ToHospital::SecAgg { ask, step } => Some((ask.round, step.stage())),
+        ToHospital::Welcome | ToHospital::Refused { .. } | ToHospital::Leaving => None,
+    }
+}
 
 pub struct HospitalArgs {
     pub name: String,
@@ -34,6 +55,11 @@ pub struct HospitalArgs {
     pub site_record: bool,
     /// The hospital's own /metrics and readiness, when it serves them.
     pub observer: Option<Arc<dyn HospitalObserver>>,
+    /// Signs its secure-aggregation keys and checks its peers' (cluster
+    /// mode with mutual TLS).
+    pub secagg_identity: Option<SecAggIdentity>,
+    /// See `CrashAt`.
+    pub crash_at: Option<CrashAt>,
 }
 
 pub struct HospitalState {
@@ -46,6 +72,8 @@ pub struct HospitalState {
     attack: Option<Attack>,
     site_record: bool,
     observer: Option<Arc<dyn HospitalObserver>>,
+    secure: SecureRounds,
+    crash_at: Option<CrashAt>,
 }
 
 impl Actor for Hospital {
@@ -86,7 +114,6 @@ impl Actor for Hospital {
             observer.privacy(spent, args.learner.ledger_writes());
         }
         Ok(HospitalState {
-            info,
             private: args.learner.is_private(),
             learner: Arc::new(Mutex::new(args.learner)),
             local_test: args.local_test.map(|e| Arc::new(Mutex::new(e))),
@@ -94,6 +121,9 @@ impl Actor for Hospital {
             attack: args.attack,
             site_record: args.site_record,
             observer: args.observer,
+            secure: SecureRounds::new(&info.name, &info.task, args.secagg_identity),
+            crash_at: args.crash_at,
+            info,
         })
     }
 
@@ -103,13 +133,39 @@ impl Actor for Hospital {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if let (Some(crash), Some((round, stage))) = (state.crash_at, stage_of(&msg)) {
+            if crash.round == round && crash.stage == stage {
+                warn!(hospital = %state.info.name, round, "simulated crash on a {} request (crash_at)", stage.name());
+                myself.stop(Some("simulated crash".into()));
+                return Ok(());
+            }
+        }
         let reply = match msg {
             ToHospital::Welcome => return Ok(()),
             ToHospital::CollectStats { ask, privacy } => {
                 let outcome = lock(&state.learner)?.stats(privacy);
                 ToCoordinator::Stats { ask, outcome }
             }
-            ToHospital::Train { ask, model, plan } => {
+            ToHospital::SecAgg { ask, step } => ToCoordinator::SecAgg {
+                ask,
+                answer: state.secure.step(ask, step),
+            },
+            ToHospital::Train {
+                ask,
+                model,
+                plan,
+                shares,
+            } => {
+                // A secure round: refuse before training (and spending any
+                // privacy budget) when the round could not complete.
+                if let Some(shares) = &shares {
+                    if let Err(reason) = state.secure.accept_shares(ask, shares) {
+                        let outcome = TrainOutcome::Declined {
+                            reason: format!("secure aggregation: {reason}"),
+                        };
+                        return send_reply(&myself, state, ToCoordinator::Update { ask, outcome });
+                    }
+                }
                 let learner = state.learner.clone();
                 let run_seed = plan.seed;
                 let started = std::time::Instant::now();
@@ -139,6 +195,11 @@ impl Actor for Hospital {
                         &mut update.delta,
                         seed::derive(run_seed, &label, u64::from(ask.round)),
                     );
+                }
+                if shares.is_some() {
+                    if let TrainOutcome::Trained { update } = outcome {
+                        outcome = state.secure.mask(ask, update);
+                    }
                 }
                 ToCoordinator::Update { ask, outcome }
             }
@@ -179,19 +240,28 @@ impl Actor for Hospital {
                 return Ok(());
             }
         };
-        super::releases::log_release(&state.info.name, &reply, state.site_record);
-        if let Some(observer) = &state.observer {
-            let l = lock(&state.learner)?;
-            if let Some(spent) = l.privacy_spent() {
-                observer.privacy(&spent, l.ledger_writes());
-            }
-        }
-        state.coordinator.cast(CoordinatorMsg::FromHospital {
-            sender: myself,
-            message: reply,
-        })?;
-        Ok(())
+        send_reply(&myself, state, reply)
     }
+}
+
+/// Log the release, update the hospital's own metrics, and send it.
+fn send_reply(
+    myself: &ActorRef<ToHospital>,
+    state: &HospitalState,
+    message: ToCoordinator,
+) -> Result<(), ActorProcessingErr> {
+    super::releases::log_release(&state.info.name, &message, state.site_record);
+    if let Some(observer) = &state.observer {
+        let l = lock(&state.learner)?;
+        if let Some(spent) = l.privacy_spent() {
+            observer.privacy(&spent, l.ledger_writes());
+        }
+    }
+    state.coordinator.cast(CoordinatorMsg::FromHospital {
+        sender: myself.clone(),
+        message,
+    })?;
+    Ok(())
 }
 
 fn lock(

@@ -5,7 +5,9 @@ mod actor;
 mod learner;
 mod observer;
 pub mod releases;
+mod secure;
 
-pub use actor::{Hospital, HospitalArgs};
+pub use actor::{CrashAt, Hospital, HospitalArgs};
 pub use learner::HospitalLearner;
 pub use observer::HospitalObserver;
+pub use secure::SecAggIdentity;

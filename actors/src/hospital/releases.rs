@@ -4,7 +4,7 @@
 
 use tracing::{debug, info};
 
-use crate::messages::{EvalOutcome, StatsOutcome, ToCoordinator, TrainOutcome};
+use crate::messages::{EvalOutcome, SecAggAnswer, StatsOutcome, ToCoordinator, TrainOutcome};
 
 /// Log the release `reply` is; at INFO for a hospital in its own process
 /// (the site's record), DEBUG for the in-process simulation.
@@ -44,8 +44,42 @@ pub fn describe(reply: &ToCoordinator) -> String {
                     None => format!("released a model update: {bytes} bytes (differential privacy off)"),
                 }
             }
+            TrainOutcome::Masked { vector, privacy, .. } => {
+                let bytes = std::mem::size_of_val(vector.as_slice());
+                match privacy {
+                    Some(p) => format!(
+                        "released a masked model update (secure aggregation): {bytes} bytes; epsilon spent {:.4} of \
+                         {:.4} ({:.4} remaining, delta {:e})",
+                        p.epsilon,
+                        p.budget,
+                        (p.budget - p.epsilon).max(0.0),
+                        p.delta
+                    ),
+                    None => format!(
+                        "released a masked model update (secure aggregation): {bytes} bytes (differential privacy off)"
+                    ),
+                }
+            }
             TrainOutcome::Declined { reason } => format!("released nothing (training declined: {reason})"),
             TrainOutcome::Failed { reason } => format!("released nothing (training failed: {reason})"),
+        },
+        ToCoordinator::SecAgg { answer, .. } => match answer {
+            SecAggAnswer::Keys { .. } => "released its secure-aggregation public keys for the round".into(),
+            SecAggAnswer::Shares { shares } => format!(
+                "released encrypted key shares for {} neighbours (secure aggregation)",
+                shares.ciphertexts.len()
+            ),
+            SecAggAnswer::Unmask { shares } => format!(
+                "released unmasking shares: {} seed shares of survivors, {} mask-key shares of dropouts",
+                shares.seed_shares.len(),
+                shares.key_shares.len()
+            ),
+            SecAggAnswer::Declined { stage, reason } => {
+                format!(
+                    "released nothing (secure aggregation {} declined: {reason})",
+                    stage.name()
+                )
+            }
         },
         ToCoordinator::Evaluated { outcome, .. } => match outcome {
             EvalOutcome::Evaluated { .. } => "released local evaluation metrics".into(),

@@ -11,6 +11,7 @@
 // Hand-built messages: tests and the fuzz corpus only (feature `samples`).
 #[cfg(any(test, feature = "samples"))]
 pub mod samples;
+pub mod secure;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -21,14 +22,16 @@ use serde::{Deserialize, Serialize};
 use medfed_models::aggregate::StrategyConfig;
 use medfed_models::checkpoint::Checkpoint;
 use medfed_models::data::MomentSums;
-use medfed_models::learner::{GlobalModel, LocalUpdate, PrivacySpent, RunPrivacy, TrainPlan};
+use medfed_models::learner::{GlobalModel, LocalUpdate, PrivacySpent, Release, RunPrivacy, TrainPlan};
 use medfed_models::metrics::Metrics;
+use medfed_models::secagg::MaskedInputRequest;
 use medfed_models::Params;
 
 use crate::coordinator::durable::ResumePoint;
 use crate::coordinator::fsm::TimerId;
 use crate::coordinator::task::Aggregated;
 use crate::report::RunReport;
+pub use secure::{SecAggAnswer, SecAggStep};
 
 /// What a hospital tells the coordinator about itself when it joins.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +89,15 @@ pub enum TrainOutcome {
     Declined {
         reason: String,
     },
+    /// Under secure aggregation: the update quantised and masked; the ring
+    /// words travel in the frame's tensor block (`secure::masked_to_params`).
+    Masked {
+        #[serde(skip, default = "wire::empty_tensors")]
+        vector: Params,
+        release: Release,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        privacy: Option<PrivacySpent>,
+    },
 }
 
 /// A hospital's answer to a statistics request.
@@ -125,13 +137,19 @@ pub enum ToHospital {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         privacy: Option<RunPrivacy>,
     },
-    /// Train on the local data from `model`; the tensors travel raw.
+    /// Train on the local data from `model`; the tensors travel raw. In a
+    /// secure round it is the masked-input stage: `shares` carries the
+    /// encrypted shares addressed to this hospital, and the answer is masked.
     Train {
         ask: Ask,
         #[serde(with = "wire::model_without_params")]
         model: GlobalModel,
         plan: TrainPlan,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        shares: Option<MaskedInputRequest>,
     },
+    /// A secure-aggregation stage other than the masked input.
+    SecAgg { ask: Ask, step: SecAggStep },
     /// Evaluate the global model of round `ask.round` on the local test split.
     Evaluate {
         ask: Ask,
@@ -165,6 +183,10 @@ pub enum ToCoordinator {
         ask: Ask,
         outcome: EvalOutcome,
     },
+    SecAgg {
+        ask: Ask,
+        answer: SecAggAnswer,
+    },
 }
 
 impl ToHospital {
@@ -175,6 +197,11 @@ impl ToHospital {
             ToHospital::CollectStats { .. } => "collect_stats",
             ToHospital::Train { .. } => "train",
             ToHospital::Evaluate { .. } => "evaluate",
+            ToHospital::SecAgg { step, .. } => match step {
+                SecAggStep::Setup { .. } => "secagg_setup",
+                SecAggStep::ShareKeys { .. } => "secagg_share_keys",
+                SecAggStep::Unmask { .. } => "secagg_unmask",
+            },
             ToHospital::Refused { .. } => "refused",
             ToHospital::Leaving => "leaving",
         }
@@ -188,7 +215,8 @@ impl ToCoordinator {
             ToCoordinator::Hello { .. } => None,
             ToCoordinator::Stats { ask, .. }
             | ToCoordinator::Update { ask, .. }
-            | ToCoordinator::Evaluated { ask, .. } => Some(*ask),
+            | ToCoordinator::Evaluated { ask, .. }
+            | ToCoordinator::SecAgg { ask, .. } => Some(*ask),
         }
     }
 
@@ -199,6 +227,12 @@ impl ToCoordinator {
             ToCoordinator::Stats { .. } => "stats",
             ToCoordinator::Update { .. } => "update",
             ToCoordinator::Evaluated { .. } => "evaluated",
+            ToCoordinator::SecAgg { answer, .. } => match answer {
+                SecAggAnswer::Keys { .. } => "secagg_keys",
+                SecAggAnswer::Shares { .. } => "secagg_shares",
+                SecAggAnswer::Unmask { .. } => "secagg_unmask_shares",
+                SecAggAnswer::Declined { .. } => "secagg_declined",
+            },
         }
     }
 }
@@ -209,6 +243,7 @@ impl wire::CarriesTensors for ToHospital {
             ToHospital::Train { model, .. } | ToHospital::Evaluate { model, .. } => Some(&model.params),
             ToHospital::Welcome
             | ToHospital::CollectStats { .. }
+            | ToHospital::SecAgg { .. }
             | ToHospital::Refused { .. }
             | ToHospital::Leaving => None,
         }
@@ -232,6 +267,10 @@ impl wire::CarriesTensors for ToCoordinator {
                 outcome: TrainOutcome::Trained { update },
                 ..
             } => Some(&update.delta),
+            ToCoordinator::Update {
+                outcome: TrainOutcome::Masked { vector, .. },
+                ..
+            } => Some(vector),
             _ => None,
         }
     }
@@ -243,6 +282,13 @@ impl wire::CarriesTensors for ToCoordinator {
                 ..
             } => {
                 update.delta = params;
+                Ok(())
+            }
+            ToCoordinator::Update {
+                outcome: TrainOutcome::Masked { vector, .. },
+                ..
+            } => {
+                *vector = params;
                 Ok(())
             }
             other => Err(format!("a {} message carries no tensors", other.name())),
@@ -325,7 +371,7 @@ pub enum CoordinatorMsg {
         task: String,
         generation: u64,
         round: u32,
-        result: Result<Aggregated, String>,
+        result: Result<Aggregated, crate::coordinator::task::AggregateFailure>,
     },
     Report(RpcReplyPort<RunReport>),
     /// The task's latest global model (None: no such task).

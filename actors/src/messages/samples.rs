@@ -10,7 +10,100 @@ use medfed_models::data::{MomentSums, Standardizer};
 use medfed_models::learner::{GlobalModel, LocalUpdate, PrivacySpent, Release, TrainPlan};
 use medfed_models::{Layout, Params, TensorSpec};
 
-use super::{Ask, EvalOutcome, HospitalInfo, StatsOutcome, ToCoordinator, ToHospital, TrainOutcome};
+use medfed_models::secagg::{
+    Client, MaskedInputRequest, PublicKeys, RoundContext, RoundPlan, Server, ShareKeysAnswer,
+    ShareKeysRequest, UnmaskAnswer, UnmaskRequest, Weighting,
+};
+
+use super::secure::masked_to_params;
+use super::{
+    Ask, EvalOutcome, HospitalInfo, SecAggAnswer, SecAggStep, StatsOutcome, ToCoordinator, ToHospital,
+    TrainOutcome,
+};
+use crate::coordinator::StageKind;
+
+const SECURE_ASK: Ask = Ask {
+    run: 7,
+    round: 4,
+    attempt: 1,
+};
+
+pub fn secure_plan() -> RoundPlan {
+    RoundPlan {
+        num_shares: 3,
+        threshold: 2,
+        clipping_range: 4.0,
+        quantization_bits: 20,
+        min_inputs: 3,
+        graph_seed: 9,
+    }
+}
+
+/// One real round of three hospitals, as far as its messages go.
+pub struct SecureSamples {
+    pub keys: PublicKeys,
+    pub share_keys: ShareKeysRequest,
+    pub shares: ShareKeysAnswer,
+    pub masked_request: MaskedInputRequest,
+    pub masked: Vec<u32>,
+    pub unmask: UnmaskRequest,
+    pub unmask_shares: UnmaskAnswer,
+}
+
+pub fn secure_samples() -> SecureSamples {
+    let ctx = RoundContext {
+        task: "t".into(),
+        run: SECURE_ASK.run,
+        round: SECURE_ASK.round,
+        attempt: SECURE_ASK.attempt,
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let names = ["h1", "h2", "h3"];
+    let mut server = Server::new(ctx.clone(), secure_plan(), 6, true).expect("a valid sample");
+    let mut clients = Vec::new();
+    let mut first_keys = None;
+    for name in names {
+        let (client, keys) =
+            Client::setup(name, ctx.clone(), secure_plan(), &mut rng, None).expect("a valid sample");
+        first_keys.get_or_insert(keys.clone());
+        server.add_keys(name, keys).expect("a valid sample");
+        clients.push(client);
+    }
+    let share_keys = server.close_setup().expect("a valid sample");
+    let mut first_shares = None;
+    for (name, client) in names.iter().zip(&mut clients) {
+        let shares = client
+            .share_keys(&share_keys, None, &mut rng)
+            .expect("a valid sample");
+        first_shares.get_or_insert(shares.clone());
+        server.add_shares(name, shares).expect("a valid sample");
+    }
+    let requests = server.close_share_keys().expect("a valid sample");
+    let mut first_masked = None;
+    for (name, client) in names.iter().zip(&mut clients) {
+        client.accept_shares(&requests[*name]).expect("a valid sample");
+        let w = Weighting::Counted {
+            count: 91,
+            max_weight: 200,
+        };
+        let masked = client
+            .mask(&[0.5, -0.25, 1.0, 0.0, 3.5, -4.0], w, &mut rng)
+            .expect("a valid sample");
+        first_masked.get_or_insert(masked.vector.clone());
+        server.add_masked(name, masked.vector).expect("a valid sample");
+    }
+    let unmask = server.close_masked_input().expect("a valid sample");
+    let unmask_shares = clients[0].unmask(&unmask).expect("a valid sample");
+    SecureSamples {
+        keys: first_keys.expect("three hospitals"),
+        share_keys,
+        shares: first_shares.expect("three hospitals"),
+        masked_request: requests["h1"].clone(),
+        masked: first_masked.expect("three hospitals"),
+        unmask,
+        unmask_shares,
+    }
+}
 
 pub fn params(n: usize, seed: u64) -> Params {
     let layout = Arc::new(
@@ -61,6 +154,7 @@ pub fn update() -> LocalUpdate {
 }
 
 pub fn every_to_hospital() -> Vec<ToHospital> {
+    let secure = secure_samples();
     vec![
         ToHospital::Welcome,
         ToHospital::CollectStats {
@@ -89,6 +183,7 @@ pub fn every_to_hospital() -> Vec<ToHospital> {
                 proximal_mu: 0.0,
                 privacy: None,
             },
+            shares: None,
         },
         ToHospital::Evaluate {
             ask: Ask {
@@ -98,6 +193,42 @@ pub fn every_to_hospital() -> Vec<ToHospital> {
             },
             model: model(),
         },
+        ToHospital::Train {
+            ask: SECURE_ASK,
+            model: model(),
+            plan: TrainPlan {
+                round: 4,
+                attempt: 1,
+                local_epochs: 1,
+                batch_size: 8,
+                learning_rate: 0.05,
+                l2: 0.0,
+                seed: 42,
+                proximal_mu: 0.0,
+                privacy: None,
+            },
+            shares: Some(secure.masked_request),
+        },
+        ToHospital::SecAgg {
+            ask: SECURE_ASK,
+            step: SecAggStep::Setup {
+                plan: secure_plan(),
+                max_weight: 200,
+                max_update_norm: Some(100.0),
+            },
+        },
+        ToHospital::SecAgg {
+            ask: SECURE_ASK,
+            step: SecAggStep::ShareKeys {
+                request: secure.share_keys,
+            },
+        },
+        ToHospital::SecAgg {
+            ask: SECURE_ASK,
+            step: SecAggStep::Unmask {
+                request: secure.unmask,
+            },
+        },
         ToHospital::Refused {
             reason: "hospital name 'h1' is already in use".into(),
         },
@@ -106,6 +237,7 @@ pub fn every_to_hospital() -> Vec<ToHospital> {
 }
 
 pub fn every_to_coordinator() -> Vec<ToCoordinator> {
+    let secure = secure_samples();
     let metrics = medfed_models::metrics::binary_metrics(&[0.2, 0.7, 0.9], &[false, true, false]);
     vec![
         ToCoordinator::Hello {
@@ -205,6 +337,37 @@ pub fn every_to_coordinator() -> Vec<ToCoordinator> {
                 attempt: 0,
             },
             outcome: EvalOutcome::Declined { reason: "dp".into() },
+        },
+        ToCoordinator::Update {
+            ask: SECURE_ASK,
+            outcome: TrainOutcome::Masked {
+                vector: masked_to_params(&secure.masked),
+                release: Release::NonPrivate,
+                privacy: None,
+            },
+        },
+        ToCoordinator::SecAgg {
+            ask: SECURE_ASK,
+            answer: SecAggAnswer::Keys { keys: secure.keys },
+        },
+        ToCoordinator::SecAgg {
+            ask: SECURE_ASK,
+            answer: SecAggAnswer::Shares {
+                shares: secure.shares,
+            },
+        },
+        ToCoordinator::SecAgg {
+            ask: SECURE_ASK,
+            answer: SecAggAnswer::Unmask {
+                shares: secure.unmask_shares,
+            },
+        },
+        ToCoordinator::SecAgg {
+            ask: SECURE_ASK,
+            answer: SecAggAnswer::Declined {
+                stage: StageKind::ShareKeys,
+                reason: "the keys of 'h2' are not signed".into(),
+            },
         },
     ]
 }

@@ -117,6 +117,11 @@ fn tensor_slot() -> Params {
     Params::empty()
 }
 
+/// `tensor_slot` for fields the header skips.
+pub fn empty_tensors() -> Params {
+    tensor_slot()
+}
+
 /// `GlobalModel` in a header: its scaler; the parameters travel raw.
 pub mod model_without_params {
     use std::sync::Arc;

@@ -113,6 +113,10 @@ impl Server {
         &self.plan
     }
 
+    pub fn context(&self) -> &RoundContext {
+        &self.ctx
+    }
+
     fn expect(&self, stage: Stage, from: &str) -> Result<()> {
         if self.stage != stage {
             return Err(SecAggError::Protocol(format!(
