@@ -51,8 +51,17 @@ fn start_hospital(
 /// after another, in reverse order, with the shipped quorum (4 of 5): the
 /// run waits for all five expected hospitals, so join timing changes nothing.
 fn six_process_run(dir: &Path, tls: Option<&Path>) -> Value {
+    six_process_run_with(dir, tls, &[])
+}
+
+/// As `six_process_run`, with `flags` given to every process.
+fn six_process_run_with(dir: &Path, tls: Option<&Path>, flags: &[&str]) -> Value {
     let addr = format!("127.0.0.1:{}", free_port());
-    let tls_of = |name: &str| tls.map(|c| tls_flags(c, name)).unwrap_or_default();
+    let tls_of = |name: &str| {
+        let mut f = tls.map(|c| tls_flags(c, name)).unwrap_or_default();
+        f.extend(owned(flags));
+        f
+    };
     let mut extra: Vec<String> = owned(&["--rounds", "10", "--auto-start", "--exit-after-run", "--json"]);
     extra.extend(tls_of("coordinator"));
     let mut coordinator = start_coordinator(dir, "coordinator", &addr, &extra, &[]);
@@ -137,6 +146,94 @@ fn five_hospital_processes_reproduce_the_in_process_run() {
     );
     assert_eq!(fed["pooled"]["accuracy"], task(&cluster)["final"]["accuracy"]);
     assert_eq!(fed["accuracy_by_hospital"].as_object().unwrap().len(), 5);
+}
+
+/// Secure aggregation across six processes, plain and over mutual TLS:
+/// every round sums all five hospitals and ends where the plain in-process
+/// run does (within half a point of accuracy).
+#[test]
+fn secure_aggregation_across_processes_matches_the_plain_run() {
+    let local = in_process_run();
+    let plain_accuracy = task(&local)["final"]["accuracy"].as_f64().unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    gen_certs(
+        certs.path(),
+        &(1..=5)
+            .map(|i| format!("{TASK}-{i}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    for tls in [None, Some(certs.path())] {
+        let dir = tempfile::tempdir().unwrap();
+        let run = six_process_run_with(dir.path(), tls, &["--secure-aggregation"]);
+        let t = task(&run);
+        assert_eq!(t["status"], "finished", "{t}");
+        let rounds = t["rounds"].as_array().unwrap();
+        assert_eq!(rounds.len(), 10);
+        assert!(rounds.iter().all(|r| r["participants"] == 5), "{t}");
+        let accuracy = t["final"]["accuracy"].as_f64().unwrap();
+        assert!(
+            (accuracy - plain_accuracy).abs() <= 0.005,
+            "secure {accuracy} vs plain {plain_accuracy} (tls: {})",
+            tls.is_some()
+        );
+    }
+}
+
+/// The case Flower's SecAgg+ fails: a hospital SIGKILLed after it shared
+/// its keys, while it trains. Its pairwise masks are removed with its
+/// rebuilt mask key and the round completes over the four others, in one
+/// attempt; the model stays as good as without the loss.
+#[test]
+fn a_hospital_killed_during_secure_training_leaves_the_round_to_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    // Local training long enough (about a second) to be killed inside it.
+    let envs = [("MEDFED_TASKS__BREAST_CANCER__TRAINING__LOCAL_EPOCHS", "1000")];
+    let extra: Vec<String> = owned(&[
+        "--rounds",
+        "4",
+        "--auto-start",
+        "--exit-after-run",
+        "--json",
+        "--secure-aggregation",
+    ]);
+    let mut coordinator = start_coordinator(d, "coordinator", &addr, &extra, &envs);
+    let secure = owned(&["--secure-aggregation"]);
+    let mut hospitals: Vec<Process> = (1..=5)
+        .map(|i| start_hospital(d, &format!("h{i}"), &addr, i, &secure, &envs))
+        .collect();
+    // Its shares for round 2 are out: it is now training.
+    hospitals[2].wait_for(&["released encrypted key shares"], 2, LONG);
+    std::thread::sleep(Duration::from_millis(100));
+    hospitals[2].kill();
+    let status = coordinator.wait_exit(LONG);
+    assert!(status.success(), "{}", coordinator.log());
+    let run = coordinator.json();
+    let t = task(&run);
+    assert_eq!(t["status"], "finished", "{t}");
+    let participants: Vec<u64> = t["rounds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["participants"].as_u64().unwrap())
+        .collect();
+    assert_eq!(participants, vec![5, 4, 4, 4], "{}", coordinator.log());
+    // Round 2 unmasked with the dead hospital's masks removed, without a retry.
+    assert_eq!(
+        coordinator.count(&["secure sum unmasked", "\"round\":2", "\"dropped\":1"]),
+        1,
+        "{}",
+        coordinator.log()
+    );
+    assert_eq!(
+        coordinator.count(&["attempt ended below quorum"]),
+        0,
+        "{}",
+        coordinator.log()
+    );
+    assert!(t["final"]["accuracy"].as_f64().unwrap() > 0.9, "{t}");
 }
 
 #[test]

@@ -4,15 +4,18 @@
 //! hospital that dies at any of the four stages leaves the round to the
 //! survivors; too many dead abort the run without a model.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ractor::{Actor, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use medfed_actors::coordinator::fsm::{FsmConfig, Phase};
 use medfed_actors::coordinator::{Protocol, Scaling, SecureSettings, StageKind};
+use medfed_actors::messages::secure::masked_words;
+use medfed_actors::messages::TrainOutcome;
 use medfed_actors::{
     Coordinator, CoordinatorArgs, CoordinatorMsg, CrashAt, EventBus, FederationEvent, Hospital, HospitalArgs,
-    HospitalLearner, Recording, RunReport, RunRequest, TaskSetup,
+    HospitalLearner, Recording, RunReport, RunRequest, TaskSetup, ToCoordinator,
 };
 use medfed_models::aggregate::{FedAvg, UpdateCheck};
 use medfed_models::data::synthetic::gaussian_blobs;
@@ -38,12 +41,55 @@ fn settings() -> SecureSettings {
 struct Fed {
     coordinator: ActorRef<CoordinatorMsg>,
     events: Recording,
+    /// Every hospital message the coordinator received.
+    received: Arc<Mutex<Vec<ToCoordinator>>>,
 }
 
-/// Five hospitals (sizes 100..300: unequal weights), secure or not, with
+/// Sits in front of the coordinator: records every hospital message, then
+/// hands it on unchanged (the coordinator still binds it to its sender).
+struct Tap;
+
+impl Actor for Tap {
+    type Msg = CoordinatorMsg;
+    type State = (ActorRef<CoordinatorMsg>, Arc<Mutex<Vec<ToCoordinator>>>);
+    type Arguments = Self::State;
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<Self::Msg>,
+        args: Self::State,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let CoordinatorMsg::FromHospital { message, .. } = &msg {
+            state.1.lock().unwrap().push(message.clone());
+        }
+        state.0.send_message(msg)?;
+        Ok(())
+    }
+}
+
+/// Five hospitals (sizes 100..500: unequal weights), secure or not, with
 /// `crashes` dying where they say.
 async fn federation(secure: bool, rounds: u32, quorum: usize, crashes: &[(usize, CrashAt)]) -> Fed {
-    let all = gaussian_blobs(1700, 6, 0.4, 1.5, 11);
+    federation_of(6, secure, rounds, quorum, crashes).await
+}
+
+async fn federation_of(
+    features: usize,
+    secure: bool,
+    rounds: u32,
+    quorum: usize,
+    crashes: &[(usize, CrashAt)],
+) -> Fed {
+    let all = gaussian_blobs(1700, features, 0.4, 1.5, 11);
     let train = all.select(&(0..1500).collect::<Vec<_>>());
     let test = all.select(&(1500..1700).collect::<Vec<_>>());
     let sizes = [100, 200, 300, 400, 500];
@@ -109,6 +155,10 @@ async fn federation(secure: bool, rounds: u32, quorum: usize, crashes: &[(usize,
     )
     .await
     .unwrap();
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let (tap, _) = Actor::spawn(None, Tap, (coordinator.clone(), received.clone()))
+        .await
+        .unwrap();
     for (i, shard) in shards.into_iter().enumerate() {
         let name = format!("h{}", i + 1);
         let crash_at = crashes.iter().find(|(h, _)| *h == i).map(|(_, c)| *c);
@@ -120,7 +170,7 @@ async fn federation(secure: bool, rounds: u32, quorum: usize, crashes: &[(usize,
                 task: TASK.into(),
                 kind: "tabular".into(),
                 learner: HospitalLearner::Open(Box::new(LogisticLearner::new(&name, shard).unwrap())),
-                coordinator: coordinator.clone(),
+                coordinator: tap.clone(),
                 local_test: None,
                 held_out: None,
                 features: None,
@@ -134,7 +184,11 @@ async fn federation(secure: bool, rounds: u32, quorum: usize, crashes: &[(usize,
         .await
         .unwrap();
     }
-    Fed { coordinator, events }
+    Fed {
+        coordinator,
+        events,
+        received,
+    }
 }
 
 impl Fed {
@@ -225,8 +279,10 @@ async fn a_secure_round_equals_weighted_fedavg_within_the_quantisation_error() {
             _ => None,
         })
         .collect();
-    // Setup and share keys are both "securing".
+    // Setup and share keys are both "securing"; the run may wait for the
+    // last hello (they pass the tap).
     phases.dedup();
+    phases.retain(|p| *p != "assembling");
     assert_eq!(
         phases,
         [
@@ -281,4 +337,73 @@ async fn too_many_dead_hospitals_abort_the_run_without_unmasking() {
     };
     assert!(reason.contains("round 1"), "{reason}");
     assert!(participants(&events).is_empty(), "no round was aggregated");
+}
+
+/// Chi-square of the top bytes of `words` over 256 buckets (255 degrees of
+/// freedom: the 99.9th percentile is 330.5).
+fn top_byte_chi_square(words: &[u32]) -> f64 {
+    let mut counts = [0f64; 256];
+    for w in words {
+        counts[(w >> 24) as usize] += 1.0;
+    }
+    let expected = words.len() as f64 / 256.0;
+    counts.iter().map(|c| (c - expected).powi(2) / expected).sum()
+}
+
+/// What the coordinator receives of the hospitals' updates: under secure
+/// aggregation only masked vectors, whose words are indistinguishable from
+/// uniform; the same test on the plain run's updates fails by far.
+#[tokio::test]
+async fn the_coordinator_only_ever_receives_masked_vectors_that_look_uniform() {
+    let updates = |fed: &Fed| -> Vec<ToCoordinator> {
+        fed.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|m| matches!(m, ToCoordinator::Update { .. }))
+            .cloned()
+            .collect()
+    };
+    let mut secure = federation_of(500, true, 3, 3, &[]).await;
+    secure.run().await;
+    let received = updates(&secure);
+    assert_eq!(received.len(), 15, "five hospitals, three rounds");
+    let mut words = Vec::new();
+    for m in &received {
+        let ToCoordinator::Update {
+            outcome: TrainOutcome::Masked { vector, .. },
+            ..
+        } = m
+        else {
+            panic!(
+                "the coordinator received an update that is not masked: {}",
+                m.name()
+            );
+        };
+        words.extend(masked_words(vector).unwrap());
+    }
+    assert_eq!(words.len(), 15 * 502);
+    let chi = top_byte_chi_square(&words);
+    assert!(chi < 330.5, "chi-square {chi:.1}");
+    let mut plain = federation_of(500, false, 3, 3, &[]).await;
+    plain.run().await;
+    let plain_words: Vec<u32> = updates(&plain)
+        .iter()
+        .filter_map(|m| match m {
+            ToCoordinator::Update {
+                outcome: TrainOutcome::Trained { update },
+                ..
+            } => Some(
+                update
+                    .delta
+                    .as_slice()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>(),
+            ),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(top_byte_chi_square(&plain_words) > 10_000.0);
 }

@@ -183,3 +183,64 @@ fn mlflow_is_off_by_default_and_its_keys_are_checked() {
     );
     assert_eq!(c.mlflow.experiment, "hospital-net");
 }
+
+#[test]
+fn secure_aggregation_settings_that_cannot_work_are_refused_by_key() {
+    let five = MINIMAL.replace("hospitals = 2", "hospitals = 5");
+    let check = |extra: &str| {
+        parse(&format!("{five}\n{extra}"), "t.toml", std::iter::empty())
+            .and_then(|c| validate(&c))
+            .map_err(|e| e.to_string())
+    };
+    let table = "[tasks.t.secure_aggregation]\n";
+    check(table).unwrap();
+    // Off: nothing to check.
+    check(&format!("{table}enabled = false\nquantization_bits = 40\n")).unwrap();
+    let refused = [
+        (
+            "[tasks.t.strategy]\nname = \"median\"\n[tasks.t.secure_aggregation]\n",
+            "tasks.t.secure_aggregation.enabled",
+            "median needs every update in the clear",
+        ),
+        (
+            &format!("{table}quantization_bits = 31\n") as &str,
+            "tasks.t.secure_aggregation.quantization_bits",
+            "overflow the ring",
+        ),
+        (
+            &format!("{table}threshold = 6\n"),
+            "tasks.t.secure_aggregation.threshold",
+            "threshold must be between 2",
+        ),
+        (
+            &format!("{table}num_shares = 1\n"),
+            "tasks.t.secure_aggregation.num_shares",
+            "at least 2",
+        ),
+        (
+            &format!("{table}clipping_range = 0.0\n"),
+            "tasks.t.secure_aggregation.clipping_range",
+            "positive",
+        ),
+        (
+            &format!("{table}max_weight = 0\n"),
+            "tasks.t.secure_aggregation.max_weight",
+            "between 1 and",
+        ),
+    ];
+    for (extra, key, why) in refused {
+        let e = check(extra).unwrap_err();
+        assert!(e.contains(key) && e.contains(why), "{extra}: {e}");
+    }
+    // Two hospitals cannot hide their updates from each other.
+    let e = parse(&format!("{MINIMAL}\n{table}"), "t.toml", std::iter::empty())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at least 3 hospitals"), "{e}");
+    let unknown = parse(
+        &format!("{five}\n{table}shares = 3\n"),
+        "t.toml",
+        std::iter::empty(),
+    );
+    assert!(unknown.unwrap_err().to_string().contains("shares"));
+}

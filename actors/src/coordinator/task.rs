@@ -206,7 +206,15 @@ fn unmask_mean(job: SecureJob, global: &Params) -> Result<(LocalUpdate, usize), 
         reason: e.to_string(),
         retry_round: true,
     };
+    let dropped = server.dropped();
     let sum = server.finish().map_err(retry)?;
+    tracing::info!(
+        task = %server.context().task,
+        round = server.context().round,
+        inputs = sum.inputs.len(),
+        dropped,
+        "secure sum unmasked"
+    );
     let mean = sum.weighted_mean(max_weight).map_err(retry)?;
     let values: Vec<f32> = mean.into_iter().map(|v| v as f32).collect();
     let delta = Params::new(global.layout().clone(), values).map_err(|e| e.to_string())?;

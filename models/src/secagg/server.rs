@@ -117,6 +117,12 @@ impl Server {
         &self.ctx
     }
 
+    /// Hospitals that shared keys but sent no masked input (known once
+    /// masked input closed): their masks are removed, their inputs lost.
+    pub fn dropped(&self) -> usize {
+        self.dropped.len()
+    }
+
     fn expect(&self, stage: Stage, from: &str) -> Result<()> {
         if self.stage != stage {
             return Err(SecAggError::Protocol(format!(
