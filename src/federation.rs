@@ -271,6 +271,10 @@ impl Federation {
                     HospitalArgs {
                         secagg_identity: None,
                         crash_at: None,
+                        secure_policy: medfed_actors::SecurePolicy {
+                            enabled: task.config.secure().is_some(),
+                            required: loaded.config.privacy.require_secure_aggregation,
+                        },
                         name: name.clone(),
                         task: task.name.clone(),
                         kind: task.config.kind.name().to_string(),

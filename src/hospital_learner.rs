@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use medfed_actors::HospitalLearner;
 use medfed_models::learner::logistic::LocalDp;
-use medfed_models::learner::private::{Budget, CountRelease, PrivateLearner};
+use medfed_models::learner::private::{Budget, CountRelease, PrivateLearner, SharePolicy};
 use medfed_models::privacy::ledger::{Ledger, LedgerKey};
 use medfed_models::privacy::mechanisms::NoiseSource;
 use medfed_models::privacy::rdp::{compose, default_orders, noise_for_epsilon};
@@ -219,6 +219,12 @@ pub fn build(
         count,
         &mut noise_stream(0xC0),
     )
+    .and_then(|l| {
+        l.with_share_policy(SharePolicy {
+            min_summed: privacy.min_summed_hospitals,
+            min_noise_multiplier: privacy.min_noise_multiplier,
+        })
+    })
     .with_context(|| format!("hospital {name}"))?;
     Ok(BuiltLearner {
         learner: HospitalLearner::Private(Box::new(guarded)),

@@ -18,7 +18,9 @@ pub mod wire;
 
 pub use coordinator::{Coordinator, CoordinatorArgs, TaskSetup};
 pub use events::{EventBus, FederationEvent, Live, LiveWatch, Recording, RunOutcome};
-pub use hospital::{CrashAt, Hospital, HospitalArgs, HospitalLearner, HospitalObserver, SecAggIdentity};
+pub use hospital::{
+    CrashAt, Hospital, HospitalArgs, HospitalLearner, HospitalObserver, SecAggIdentity, SecurePolicy,
+};
 pub use messages::{
     Ask, CoordinatorMsg, RunRequest, StartRefused, TaskRunSettings, ToCoordinator, ToHospital,
     TrainingSettings,

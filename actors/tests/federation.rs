@@ -193,6 +193,7 @@ async fn spawn_hospital_with(
             observer: None,
             secagg_identity: None,
             crash_at: None,
+            secure_policy: Default::default(),
         },
     )
     .await

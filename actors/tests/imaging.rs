@@ -97,6 +97,7 @@ async fn run_federation(rounds: u32) -> RunReport {
                 observer: None,
                 secagg_identity: None,
                 crash_at: None,
+                secure_policy: Default::default(),
             },
         )
         .await

@@ -179,6 +179,7 @@ async fn federation_of(
                 observer: None,
                 secagg_identity: None,
                 crash_at,
+                secure_policy: Default::default(),
             },
         )
         .await

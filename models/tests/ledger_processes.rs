@@ -29,6 +29,7 @@ fn entry(i: usize) -> LedgerEntry {
         sampling_rate: 1.0,
         noise_multiplier: 50.0,
         steps: 1,
+        summed_with: None,
     }
 }
 
@@ -46,6 +47,7 @@ fn charging_child() {
             cost: &cost,
             entry: entry(i),
             count: None,
+            collusion: None,
         };
         if ledger
             .charge(

@@ -142,6 +142,14 @@ pub async fn execute(args: &Args) -> Result<()> {
         HospitalArgs {
             secagg_identity: None,
             crash_at: None,
+            secure_policy: medfed_actors::SecurePolicy {
+                enabled: loaded
+                    .config
+                    .tasks
+                    .get(&task)
+                    .is_some_and(|t| t.secure().is_some()),
+                required: loaded.config.privacy.require_secure_aggregation,
+            },
             name: local.name.clone(),
             task: task.clone(),
             kind,

@@ -784,6 +784,15 @@ pub struct PrivacyConfig {
     pub noise_seed: u64,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub hospitals: BTreeMap<String, HospitalPrivacy>,
+    /// Distributed DP (a hospital's own rule): with secure aggregation on at
+    /// this hospital and its update summed with at least this many
+    /// hospitals', it adds only its noise share sigma / sqrt(k).
+    pub min_summed_hospitals: usize,
+    /// The smallest noise multiplier this hospital ever releases with (a
+    /// noise share below it is raised to it).
+    pub min_noise_multiplier: f64,
+    /// Decline every training round that is not securely aggregated.
+    pub require_secure_aggregation: bool,
 }
 
 impl Default for PrivacyConfig {
@@ -804,6 +813,9 @@ impl Default for PrivacyConfig {
             noise: NoiseKind::Secure,
             noise_seed: 0,
             hospitals: BTreeMap::new(),
+            min_summed_hospitals: 3,
+            min_noise_multiplier: 0.0,
+            require_secure_aggregation: false,
         }
     }
 }

@@ -514,6 +514,21 @@ fn validate_privacy(config: &Config) -> Result<(), ConfigError> {
                 .into(),
         );
     }
+    if p.min_summed_hospitals < 2 {
+        return bad(
+            "privacy.min_summed_hospitals".into(),
+            format!(
+                "must be at least 2 (got {}): a noise share needs other hospitals' shares in the sum",
+                p.min_summed_hospitals
+            ),
+        );
+    }
+    if !(p.min_noise_multiplier.is_finite() && p.min_noise_multiplier >= 0.0) {
+        return bad(
+            "privacy.min_noise_multiplier".into(),
+            format!("must be a non-negative number, got {}", p.min_noise_multiplier),
+        );
+    }
     if p.mode == PrivacyMode::Update && p.scaling == DpScaling::DpStats {
         return bad(
             "privacy.scaling".into(),

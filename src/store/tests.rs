@@ -70,6 +70,7 @@ fn commit(run: &str, round: u32, value: f32, hospitals: &[(&str, ParticipationOu
                 mechanism: "dp-sgd".into(),
                 noise_multiplier: 1.1,
                 epsilon: 0.5 * f64::from(round),
+                epsilon_collusion: None,
                 budget: 3.0,
                 delta: 1e-5,
                 sampling_rate: None,

@@ -389,6 +389,7 @@ mod tests {
             mechanism: "dp-sgd".into(),
             noise_multiplier: 1.1,
             epsilon: 0.5,
+            epsilon_collusion: None,
             budget: 3.0,
             delta: 1e-5,
             sampling_rate: Some(0.2),

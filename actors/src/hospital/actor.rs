@@ -24,6 +24,17 @@ pub struct CrashAt {
     pub stage: StageKind,
 }
 
+/// What a hospital itself decides about secure aggregation; the
+/// coordinator cannot change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SecurePolicy {
+    /// Secure aggregation is on at this hospital: a private learner may add
+    /// only its noise share to a securely summed update.
+    pub enabled: bool,
+    /// Decline every training round that is not securely aggregated.
+    pub required: bool,
+}
+
 /// The stage and round a request belongs to (`None`: not a stage's request).
 fn stage_of(msg: &ToHospital) -> Option<(u32, StageKind)> {
     match msg {
@@ -60,6 +71,7 @@ pub struct HospitalArgs {
     pub secagg_identity: Option<SecAggIdentity>,
     /// See `CrashAt`.
     pub crash_at: Option<CrashAt>,
+    pub secure_policy: SecurePolicy,
 }
 
 pub struct HospitalState {
@@ -74,6 +86,7 @@ pub struct HospitalState {
     observer: Option<Arc<dyn HospitalObserver>>,
     secure: SecureRounds,
     crash_at: Option<CrashAt>,
+    secure_policy: SecurePolicy,
 }
 
 impl Actor for Hospital {
@@ -123,6 +136,7 @@ impl Actor for Hospital {
             observer: args.observer,
             secure: SecureRounds::new(&info.name, &info.task, args.secagg_identity),
             crash_at: args.crash_at,
+            secure_policy: args.secure_policy,
             info,
         })
     }
@@ -156,6 +170,14 @@ impl Actor for Hospital {
                 plan,
                 shares,
             } => {
+                if shares.is_none() && state.secure_policy.required {
+                    let outcome = TrainOutcome::Declined {
+                        reason: "this hospital trains only in securely aggregated rounds \
+                                 (privacy.require_secure_aggregation) and this round is not"
+                            .into(),
+                    };
+                    return send_reply(&myself, state, ToCoordinator::Update { ask, outcome });
+                }
                 // A secure round: refuse before training (and spending any
                 // privacy budget) when the round could not complete.
                 if let Some(shares) = &shares {
@@ -166,12 +188,19 @@ impl Actor for Hospital {
                         return send_reply(&myself, state, ToCoordinator::Update { ask, outcome });
                     }
                 }
+                // Only a hospital with secure aggregation on itself relies on
+                // the sum for part of its noise.
+                let summed = if shares.is_some() && state.secure_policy.enabled {
+                    state.secure.summed_with(ask)
+                } else {
+                    None
+                };
                 let learner = state.learner.clone();
                 let run_seed = plan.seed;
                 let started = std::time::Instant::now();
                 // Training is CPU-bound: keep it off the actor runtime's threads.
                 let outcome = tokio::task::spawn_blocking(move || match lock(&learner) {
-                    Ok(mut l) => l.train(&model, &plan),
+                    Ok(mut l) => l.train(&model, &plan, summed),
                     Err(e) => TrainOutcome::Failed {
                         reason: e.to_string(),
                     },

@@ -61,10 +61,13 @@ impl HospitalLearner {
         }
     }
 
-    pub fn train(&mut self, model: &GlobalModel, plan: &TrainPlan) -> TrainOutcome {
+    /// `summed`: the round's update goes into a secure sum of at least
+    /// this many hospitals (a private learner may then add only its noise
+    /// share, under its own policy).
+    pub fn train(&mut self, model: &GlobalModel, plan: &TrainPlan, summed: Option<usize>) -> TrainOutcome {
         let trained = match self {
             HospitalLearner::Open(l) => l.train(model, plan),
-            HospitalLearner::Private(p) => p.train(model, plan).map(|u| u.into_message()),
+            HospitalLearner::Private(p) => p.train_summed(model, plan, summed).map(|u| u.into_message()),
         };
         match trained {
             Ok(update) => TrainOutcome::Trained { update },

@@ -7,7 +7,7 @@ mod observer;
 pub mod releases;
 mod secure;
 
-pub use actor::{CrashAt, Hospital, HospitalArgs};
+pub use actor::{CrashAt, Hospital, HospitalArgs, SecurePolicy};
 pub use learner::HospitalLearner;
 pub use observer::HospitalObserver;
 pub use secure::SecAggIdentity;

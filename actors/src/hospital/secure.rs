@@ -142,6 +142,12 @@ impl SecureRounds {
         accepted
     }
 
+    /// The fewest hospitals the current attempt's sum will hold (see
+    /// `Client::summed_with`), once shares were accepted.
+    pub fn summed_with(&mut self, ask: Ask) -> Option<usize> {
+        self.attempt(ask).map(|a| a.client.summed_with())
+    }
+
     /// Masked input, after training: enforce the norm bound here (the
     /// coordinator cannot see the update), then quantise and mask it.
     pub fn mask(&mut self, ask: Ask, update: LocalUpdate) -> TrainOutcome {

@@ -120,8 +120,15 @@ impl Release {
 pub struct PrivacySpent {
     pub mechanism: String,
     pub noise_multiplier: f64,
-    /// Epsilon spent on this dataset so far, all runs included.
+    /// Epsilon spent on this dataset so far, all runs included: the
+    /// guarantee against the coordinator (under distributed DP, valid while
+    /// secure aggregation and its non-collusion threshold hold).
     pub epsilon: f64,
+    /// Under distributed DP: the epsilon against a coordinator colluding
+    /// with the other hospitals (each noise share counted alone); absent
+    /// when it equals `epsilon`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epsilon_collusion: Option<f64>,
     pub budget: f64,
     pub delta: f64,
     /// The mechanism's public parameters per round, so that what a run

@@ -83,6 +83,53 @@ impl CountRelease {
     }
 }
 
+/// A hospital's own rule for distributed DP, which no coordinator can
+/// override: it adds only a noise share (sigma / sqrt(k)) when its update
+/// is summed securely with at least `min_summed` hospitals' (as far as it
+/// can see), and never releases below `min_noise_multiplier`.
+///
+/// Why a share is enough (against the coordinator): a secure sum is only
+/// ever unmasked with at least k inputs, each carrying independent noise of
+/// standard deviation sigma * C / sqrt(k), so the sum carries at least
+/// sigma * C — what one hospital's full noise would be. One record changes
+/// its hospital's clipped gradient sum by at most C and nothing else in the
+/// sum, so each round is the sampled Gaussian mechanism (q, sigma) on that
+/// record: central DP-SGD over the union of the hospitals' records, with
+/// the same accountant. Against a coordinator colluding with the other
+/// hospitals (who can subtract their own noise) only its own share is
+/// left: the sampled Gaussian mechanism (q, sigma / sqrt(k)), which the
+/// ledger accounts too (`epsilon_collusion`). The reduction holds for one
+/// DP-SGD step per round (or update-level DP): with several local steps
+/// each later step depends on the hospital's own earlier noisy steps, which
+/// the sum does not cover, so those rounds are released with full noise.
+/// The noise is added in floating point before quantisation into the ring;
+/// the sum's rounding error is bounded (one quantisation step per input and
+/// coordinate) but not itself private (the floating-point caveat of
+/// Kairouz, Liu & Steinke 2021, whose discrete Gaussian removes it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SharePolicy {
+    pub min_summed: usize,
+    pub min_noise_multiplier: f64,
+}
+
+impl Default for SharePolicy {
+    fn default() -> Self {
+        Self {
+            min_summed: 3,
+            min_noise_multiplier: 0.0,
+        }
+    }
+}
+
+/// How one round's release is noised: in full, or as a share of a secure sum.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum NoiseShare {
+    /// The hospital's own full noise (local DP).
+    Full,
+    /// A share of the noise of a secure sum of at least `summed` hospitals.
+    Share { summed: usize, noise_multiplier: f64 },
+}
+
 /// One round's private release, as it leaves the hospital.
 #[derive(Debug)]
 pub struct PrivateUpdate {
@@ -121,6 +168,7 @@ pub struct PrivateLearner {
     /// The released record count; `None` when withheld (update-level DP) or
     /// when the budget could not pay for it.
     count: Option<Noised<u64>>,
+    share_policy: SharePolicy,
 }
 
 /// A ledger failure as the coordinator may hear it: the reason without the
@@ -176,6 +224,7 @@ impl PrivateLearner {
             hospital: hospital.into(),
             run: run.into(),
             count: None,
+            share_policy: SharePolicy::default(),
         };
         if guarded.inner.needs_count() {
             guarded.count = guarded.release_count(count, count_noise)?;
@@ -200,6 +249,7 @@ impl PrivateLearner {
                 value: *released.value(),
                 noise_multiplier: policy.noise_multiplier,
             }),
+            collusion: None,
         };
         match self.ledger.charge(charge, self.budget.limit()) {
             Ok(()) => Ok(Some(released)),
@@ -211,6 +261,42 @@ impl PrivateLearner {
                 None => Err(ModelError::Invalid(e.to_string())),
             },
             Err(e) => Err(ledger_error(e)),
+        }
+    }
+
+    /// This hospital's rule for noise shares (default: at least 3 summed,
+    /// no floor on the noise).
+    pub fn with_share_policy(mut self, policy: SharePolicy) -> Result<Self> {
+        if policy.min_summed < 2
+            || !(policy.min_noise_multiplier.is_finite() && policy.min_noise_multiplier >= 0.0)
+        {
+            return Err(ModelError::Invalid(format!(
+                "a noise-share policy needs at least 2 summed hospitals and a non-negative noise floor \
+                 (got {} and {})",
+                policy.min_summed, policy.min_noise_multiplier
+            )));
+        }
+        self.share_policy = policy;
+        Ok(self)
+    }
+
+    /// How a round summed securely with at least `summed` hospitals (`None`:
+    /// not summed securely) is noised under this hospital's policy.
+    pub fn noise_share(&self, summed: Option<usize>, dp: &LocalDp) -> NoiseShare {
+        let Some(k) = summed.filter(|k| *k >= self.share_policy.min_summed.max(2)) else {
+            return NoiseShare::Full;
+        };
+        if dp.dp_sgd_settings().is_some_and(|s| s.local_steps != 1) {
+            return NoiseShare::Full;
+        }
+        let sigma = dp.noise_multiplier();
+        let share = (sigma / (k as f64).sqrt()).max(self.share_policy.min_noise_multiplier);
+        if share >= sigma {
+            return NoiseShare::Full;
+        }
+        NoiseShare::Share {
+            summed: k,
+            noise_multiplier: share,
         }
     }
 
@@ -242,6 +328,7 @@ impl PrivateLearner {
             sampling_rate: q,
             noise_multiplier: sigma,
             steps,
+            summed_with: None,
         }
     }
 
@@ -315,16 +402,31 @@ impl PrivateLearner {
     }
 
     fn charge(&mut self, cost: &RoundCost, round: u32, budget: Budget) -> Result<()> {
+        self.charge_share(cost, None, round, budget)
+    }
+
+    /// Charge `cost` (against the coordinator) and, for a noise share,
+    /// `share`'s cost against a coordinator colluding with the other hospitals.
+    fn charge_share(
+        &mut self,
+        cost: &RoundCost,
+        share: Option<(usize, &RoundCost)>,
+        round: u32,
+        budget: Budget,
+    ) -> Result<()> {
+        let mut entry = self.entry(
+            &cost.mechanism,
+            round,
+            cost.sampling_rate,
+            cost.noise_multiplier,
+            cost.steps,
+        );
+        entry.summed_with = share.map(|(k, _)| u32::try_from(k).unwrap_or(u32::MAX));
         let charge = Charge {
             cost: &cost.rdp,
-            entry: self.entry(
-                &cost.mechanism,
-                round,
-                cost.sampling_rate,
-                cost.noise_multiplier,
-                cost.steps,
-            ),
+            entry,
             count: None,
+            collusion: share.map(|(_, c)| c.rdp.as_slice()),
         };
         self.ledger.charge(charge, budget.limit()).map_err(|e| match e {
             PrivacyError::BudgetExhausted(m) => ModelError::BudgetExhausted(m),
@@ -361,9 +463,30 @@ impl PrivateLearner {
 
     /// One round of private training, charged before it is returned.
     pub fn train(&mut self, global: &GlobalModel, plan: &TrainPlan) -> Result<PrivateUpdate> {
+        self.train_summed(global, plan, None)
+    }
+
+    /// One round of private training whose release is summed securely with
+    /// at least `summed` hospitals' (`None`: not summed securely): under the
+    /// hospital's `SharePolicy` it then carries only a noise share, and is
+    /// charged at the sum's noise (against the coordinator) and at its own
+    /// share (against collusion).
+    pub fn train_summed(
+        &mut self,
+        global: &GlobalModel,
+        plan: &TrainPlan,
+        summed: Option<usize>,
+    ) -> Result<PrivateUpdate> {
         let (budget, dp) = self.for_run(plan.privacy, plan.round)?;
-        self.inner.set_noise_multiplier(dp.noise_multiplier());
-        let cost = self.inner.round_cost();
+        let share = self.noise_share(summed, &dp);
+        let released = match share {
+            NoiseShare::Full => dp,
+            NoiseShare::Share { noise_multiplier, .. } => dp.with_noise_multiplier(noise_multiplier),
+        };
+        // The cost against the coordinator: the sum's noise is the policy's.
+        let cost = dp.round_cost();
+        let share_cost = released.round_cost();
+        self.inner.set_noise_multiplier(released.noise_multiplier());
         self.admit(&cost, budget)?;
         self.check_count()?;
         let (public_count, weight) = match &self.count {
@@ -371,7 +494,11 @@ impl PrivateLearner {
             _ => (None, 1),
         };
         let delta = self.inner.train_private(global, plan, public_count)?;
-        self.charge(&cost, plan.round, budget)?;
+        let charged = match share {
+            NoiseShare::Full => None,
+            NoiseShare::Share { summed, .. } => Some((summed, &share_cost)),
+        };
+        self.charge_share(&cost, charged, plan.round, budget)?;
         Ok(PrivateUpdate {
             delta,
             weight,
@@ -387,6 +514,8 @@ impl PrivateLearner {
             mechanism: cost.mechanism,
             noise_multiplier: cost.noise_multiplier,
             epsilon: self.epsilon_spent(),
+            epsilon_collusion: Some(self.ledger.epsilon_collusion(self.budget.delta))
+                .filter(|e| (e - self.epsilon_spent()).abs() > 1e-12),
             budget: self.budget.epsilon,
             delta: self.budget.delta,
             sampling_rate: Some(cost.sampling_rate),
@@ -840,5 +969,93 @@ mod tests {
             .advice(200),
             None
         );
+    }
+
+    fn one_step(sigma: f64) -> LocalDp {
+        LocalDp::DpSgd {
+            sampling_rate: 1.0,
+            max_grad_norm: 1.0,
+            noise_multiplier: sigma,
+            local_steps: 1,
+        }
+    }
+
+    #[test]
+    fn a_noise_share_only_under_the_hospitals_own_policy() {
+        let p = in_memory(dp_learner(one_step(4.0)), 1e6);
+        let dp = one_step(4.0);
+        // Not summed securely, or summed with fewer than its minimum: full noise.
+        assert_eq!(p.noise_share(None, &dp), NoiseShare::Full);
+        assert_eq!(p.noise_share(Some(2), &dp), NoiseShare::Full);
+        // Summed with 4: sigma / 2.
+        assert_eq!(
+            p.noise_share(Some(4), &dp),
+            NoiseShare::Share {
+                summed: 4,
+                noise_multiplier: 2.0
+            }
+        );
+        // Several local steps: no reduction (later steps depend on its own noisy ones).
+        assert_eq!(p.noise_share(Some(4), &dp_sgd(4.0)), NoiseShare::Full);
+        // A floor on the noise raises the share; a floor at sigma removes it.
+        let floored = in_memory(dp_learner(one_step(4.0)), 1e6)
+            .with_share_policy(SharePolicy {
+                min_summed: 3,
+                min_noise_multiplier: 3.0,
+            })
+            .unwrap();
+        assert_eq!(
+            floored.noise_share(Some(16), &dp),
+            NoiseShare::Share {
+                summed: 16,
+                noise_multiplier: 3.0
+            }
+        );
+        let strict = in_memory(dp_learner(one_step(4.0)), 1e6)
+            .with_share_policy(SharePolicy {
+                min_summed: 5,
+                min_noise_multiplier: 0.0,
+            })
+            .unwrap();
+        assert_eq!(strict.noise_share(Some(4), &dp), NoiseShare::Full);
+        assert!(in_memory(dp_learner(one_step(4.0)), 1e6)
+            .with_share_policy(SharePolicy {
+                min_summed: 1,
+                min_noise_multiplier: 0.0,
+            })
+            .is_err());
+    }
+
+    #[test]
+    fn a_share_is_charged_at_the_sums_noise_and_at_its_own_against_collusion() {
+        let mut p = in_memory(dp_learner(one_step(4.0)), 1e6);
+        let layout = p.layout();
+        let g = global(layout);
+        let update = p.train_summed(&g, &plan(1), Some(4)).unwrap();
+        let orders = default_orders();
+        let count = COUNT.cost();
+        let central: Vec<f64> = compose(1.0, 4.0, 1, &orders)
+            .iter()
+            .zip(&count)
+            .map(|(a, b)| a + b)
+            .collect();
+        let own: Vec<f64> = compose(1.0, 2.0, 1, &orders)
+            .iter()
+            .zip(&count)
+            .map(|(a, b)| a + b)
+            .collect();
+        assert!((p.epsilon_spent() - epsilon(&orders, &central, 1e-5).0).abs() < 1e-12);
+        let collusion = update.privacy.epsilon_collusion.expect("a share was released");
+        assert!((collusion - epsilon(&orders, &own, 1e-5).0).abs() < 1e-12);
+        assert!(collusion > p.epsilon_spent());
+        // The release itself carried the share, the ledger says so.
+        assert_eq!(update.delta.noise_multiplier(), 2.0);
+        let entry = p.ledger().entries().last().unwrap();
+        assert_eq!((entry.noise_multiplier, entry.summed_with), (4.0, Some(4)));
+        // A full-noise round after it adds the same to both.
+        let before = (p.epsilon_spent(), collusion);
+        let full = p.train_summed(&g, &plan(2), None).unwrap();
+        assert_eq!(full.delta.noise_multiplier(), 4.0);
+        assert!(p.epsilon_spent() > before.0 && full.privacy.epsilon_collusion.unwrap() > before.1);
     }
 }

@@ -66,8 +66,13 @@ pub struct LedgerEntry {
     /// "dp-sgd", "update", "feature-stats" or "record-count".
     pub mechanism: String,
     pub sampling_rate: f64,
+    /// The noise the released sum carries (against the coordinator).
     pub noise_multiplier: f64,
     pub steps: u64,
+    /// Distributed DP: the release was a noise share of a secure sum of at
+    /// least this many hospitals (its own noise is noise_multiplier / sqrt(k)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summed_with: Option<u32>,
 }
 
 /// The record count released once for this dataset; later runs reuse it.
@@ -92,7 +97,33 @@ struct LedgerFile {
     /// refused later (a renamed hospital must not bring a bigger budget).
     #[serde(default)]
     limit: Option<Limit>,
+    /// Spent RDP per order against the coordinator colluding with the
+    /// other hospitals (each distributed release counted at its own noise
+    /// share only); absent until the first distributed release, then equal
+    /// to `rdp` plus the difference.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "optional_infinite_as_null"
+    )]
+    collusion_rdp: Option<Vec<f64>>,
     entries: Vec<LedgerEntry>,
+}
+
+mod optional_infinite_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<f64>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => super::infinite_as_null::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<f64>>, D::Error> {
+        let v: Option<Vec<Option<f64>>> = Option::deserialize(d)?;
+        Ok(v.map(|v| v.into_iter().map(|x| x.unwrap_or(f64::INFINITY)).collect()))
+    }
 }
 
 /// JSON has no infinity: write it as null and read null back as infinity.
@@ -122,6 +153,9 @@ pub struct Charge<'a> {
     pub cost: &'a [f64],
     pub entry: LedgerEntry,
     pub count: Option<ReleasedCount>,
+    /// The cost against a coordinator colluding with the other hospitals,
+    /// when it differs from `cost` (a distributed noise share).
+    pub collusion: Option<&'a [f64]>,
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +195,7 @@ impl Ledger {
                 rdp: vec![0.0; default_orders().len()],
                 released_count: None,
                 limit: None,
+                collusion_rdp: None,
                 entries: Vec::new(),
             },
             writes: 0,
@@ -287,6 +322,15 @@ impl Ledger {
         epsilon(&self.file.orders, &self.file.rdp, delta).0
     }
 
+    /// Epsilon spent so far at `delta` against a coordinator colluding with
+    /// the other hospitals (equal to `epsilon` without distributed releases).
+    pub fn epsilon_collusion(&self, delta: f64) -> f64 {
+        match &self.file.collusion_rdp {
+            Some(rdp) => epsilon(&self.file.orders, rdp, delta).0,
+            None => self.epsilon(delta),
+        }
+    }
+
     /// Epsilon after also spending `cost` (RDP over the same orders).
     pub fn epsilon_after(&self, cost: &[f64], delta: f64) -> f64 {
         let total: Vec<f64> = self.file.rdp.iter().zip(cost).map(|(a, b)| a + b).collect();
@@ -349,7 +393,18 @@ impl Ledger {
                 after
             )));
         }
+        if charge.collusion.is_some_and(|c| c.len() != self.file.rdp.len()) {
+            return Err(PrivacyError::Invalid(
+                "the collusion cost has the wrong number of orders".into(),
+            ));
+        }
         let mut next = self.file.clone();
+        if charge.collusion.is_some() || next.collusion_rdp.is_some() {
+            let before = next.rdp.clone();
+            let collusion = next.collusion_rdp.get_or_insert(before);
+            let cost = charge.collusion.unwrap_or(charge.cost);
+            collusion.iter_mut().zip(cost).for_each(|(a, b)| *a += b);
+        }
         next.rdp.iter_mut().zip(charge.cost).for_each(|(a, b)| *a += b);
         next.entries.push(charge.entry);
         if charge.count.is_some() {
@@ -560,6 +615,7 @@ mod tests {
             sampling_rate: 0.2,
             noise_multiplier: 2.0,
             steps: 10,
+            summed_with: None,
         }
     }
 
@@ -573,6 +629,7 @@ mod tests {
             cost,
             entry: entry(round),
             count: None,
+            collusion: None,
         }
     }
 
@@ -737,6 +794,7 @@ mod tests {
                     cost: &cost,
                     entry: entry(0),
                     count,
+                    collusion: None,
                 },
                 WIDE,
             )
@@ -748,6 +806,7 @@ mod tests {
                     cost: &cost,
                     entry: entry(0),
                     count,
+                    collusion: None,
                 },
                 WIDE
             )

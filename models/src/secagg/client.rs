@@ -140,6 +140,15 @@ impl Client {
         self.held.clear();
     }
 
+    /// The fewest inputs any sum this hospital's input is in will be
+    /// unmasked with, as far as it can check: the plan's minimum, and no
+    /// more than the hospitals it saw complete setup. It refuses to unmask
+    /// with fewer survivors, so its noise share assumes no more than this.
+    pub fn summed_with(&self) -> usize {
+        let seen = self.graph.as_ref().map_or(0, |g| g.len());
+        self.plan.min_inputs.min(seen)
+    }
+
     /// Share holders of this hospital's secrets (itself included), once
     /// share keys built the graph: the k of its privacy policy.
     pub fn holders(&self) -> usize {
@@ -392,6 +401,13 @@ impl Client {
         if let Some(both) = request.survivors.intersection(&request.dropped).next() {
             return Err(SecAggError::Tampered(format!(
                 "the unmask request names '{both}' both alive and dropped"
+            )));
+        }
+        if request.survivors.len() < self.summed_with() {
+            return Err(SecAggError::Abort(format!(
+                "only {} hospitals survive, fewer than the {} this hospital's input may be summed with",
+                request.survivors.len(),
+                self.summed_with()
             )));
         }
         if !request.survivors.contains(&self.me) {

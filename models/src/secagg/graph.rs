@@ -59,6 +59,15 @@ impl Graph {
         self.neighbours.get(a).is_some_and(|n| n.contains(b))
     }
 
+    /// Hospitals in the graph.
+    pub fn len(&self) -> usize {
+        self.neighbours.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.neighbours.is_empty()
+    }
+
     pub fn contains(&self, hospital: &str) -> bool {
         self.neighbours.contains_key(hospital)
     }

@@ -100,11 +100,32 @@ struct Tamper {
 /// stage. Returns the sum, or the first refusal (hospital refusals are
 /// turned into errors naming the hospital).
 fn round(k: usize, plan: RoundPlan, drops: &[(usize, Stage)], tamper: &Tamper) -> Result<SecureSum> {
-    let names = names(k);
     let inputs = inputs(k);
+    let counted = |name: &str| {
+        let (values, count) = &inputs[name];
+        let weighting = Weighting::Counted {
+            count: *count,
+            max_weight: MAX_WEIGHT,
+        };
+        (values.clone(), weighting)
+    };
+    round_of(k, plan, drops, tamper, DIMS, true, &counted)
+}
+
+/// `round` with each hospital's input (and weighting) from `input_of`.
+fn round_of(
+    k: usize,
+    plan: RoundPlan,
+    drops: &[(usize, Stage)],
+    tamper: &Tamper,
+    dims: usize,
+    counted: bool,
+    input_of: &dyn Fn(&str) -> (Vec<f32>, Weighting),
+) -> Result<SecureSum> {
+    let names = names(k);
     let dropped_at = |name: &str, stage: Stage| drops.iter().any(|(i, s)| names[*i] == name && *s == stage);
     let mut rng = ChaCha20Rng::seed_from_u64(99);
-    let mut server = Server::new(ctx(), plan, DIMS, true)?;
+    let mut server = Server::new(ctx(), plan, dims, counted)?;
     let mut clients = BTreeMap::new();
     for name in &names {
         if dropped_at(name, Stage::Setup) {
@@ -132,12 +153,8 @@ fn round(k: usize, plan: RoundPlan, drops: &[(usize, Stage)], tamper: &Tamper) -
         }
         let client = clients.get_mut(&name).expect("asked hospitals exist");
         client.accept_shares(&request)?;
-        let (values, count) = &inputs[&name];
-        let weighting = Weighting::Counted {
-            count: *count,
-            max_weight: MAX_WEIGHT,
-        };
-        let masked = client.mask(values, weighting, &mut rng)?;
+        let (values, weighting) = input_of(&name);
+        let masked = client.mask(&values, weighting, &mut rng)?;
         server.add_masked(&name, masked.vector)?;
     }
     let unmask = server.close_masked_input()?;
@@ -564,4 +581,67 @@ fn messages_round_trip_through_json_with_hex_bytes() {
     );
     assert_eq!(serde_json::from_str::<PublicKeys>(&json).unwrap(), keys);
     assert!(serde_json::from_str::<PublicKeys>(r#"{"cipher":"zz","mask":"00"}"#).is_err());
+}
+
+/// Distributed DP's invariant: each input carries a noise share of
+/// standard deviation sigma * C / sqrt(k) and a sum is only ever unmasked
+/// with at least k = min_inputs inputs, so every revealed sum carries at
+/// least sigma * C. Over random dropout patterns: whatever is unmasked has
+/// at least k inputs and (measured) at least that noise.
+#[test]
+fn every_revealed_sum_carries_at_least_the_full_noise() {
+    use rand_distr::{Distribution, Normal};
+    let (hospitals, k, dims) = (6, 4, 4000);
+    let full_std = 1.0; // sigma * C
+    let share = Normal::new(0.0, full_std / (k as f64).sqrt()).unwrap();
+    let plan = RoundPlan {
+        min_inputs: k,
+        clipping_range: 8.0,
+        ..plan(hospitals)
+    };
+    let stages = [Stage::Setup, Stage::ShareKeys, Stage::MaskedInput, Stage::Unmask];
+    let mut pattern_rng = ChaCha20Rng::seed_from_u64(12);
+    let (mut revealed, mut refused) = (0, 0);
+    for _ in 0..12 {
+        let mut drops: Vec<(usize, Stage)> = Vec::new();
+        for h in 0..hospitals {
+            if rand::Rng::random_bool(&mut pattern_rng, 0.3) {
+                drops.push((h, stages[rand::Rng::random_range(&mut pattern_rng, 0..4)]));
+            }
+        }
+        let noise_seed = rand::Rng::random::<u64>(&mut pattern_rng);
+        let input_of = |name: &str| {
+            let mut rng = ChaCha20Rng::seed_from_u64(noise_seed ^ crate::seed::derive(0, name, 0));
+            let values = (0..dims).map(|_| share.sample(&mut rng) as f32).collect();
+            (values, Weighting::Unweighted)
+        };
+        match round_of(
+            hospitals,
+            plan,
+            &drops,
+            &Tamper::default(),
+            dims,
+            false,
+            &input_of,
+        ) {
+            Ok(sum) => {
+                revealed += 1;
+                assert!(sum.inputs.len() >= k, "unmasked with {} inputs", sum.inputs.len());
+                let variance = sum.values.iter().map(|v| v * v).sum::<f64>() / dims as f64;
+                let expected = sum.inputs.len() as f64 / k as f64 * full_std * full_std;
+                assert!(variance >= 0.9 * full_std * full_std, "variance {variance}");
+                assert!(
+                    (variance / expected - 1.0).abs() < 0.1,
+                    "variance {variance}, expected {expected}"
+                );
+            }
+            Err(SecAggError::Abort(_)) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // Both outcomes occurred.
+    assert!(
+        revealed > 0 && refused > 0,
+        "revealed {revealed}, refused {refused}"
+    );
 }
