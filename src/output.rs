@@ -119,7 +119,30 @@ pub struct PrivacyJson {
     pub epsilon_budget: BTreeMap<String, f64>,
     /// Where the hospitals' ledgers are kept ("in memory (simulation ...)").
     pub ledgers: String,
+    /// Distributed DP (noise shares in a secure sum): its two guarantees.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<DistributedJson>,
 }
+
+/// The two guarantees of distributed DP, stated apart.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DistributedJson {
+    /// What `epsilon_spent` means under distributed DP.
+    pub against_coordinator: &'static str,
+    /// What `epsilon_collusion` means.
+    pub against_collusion: &'static str,
+    /// Each hospital's own noise multiplier in its latest release.
+    pub noise_share: BTreeMap<String, f64>,
+    pub epsilon_collusion: BTreeMap<String, f64>,
+}
+
+pub const AGAINST_COORDINATOR: &str = "epsilon_spent: central DP of the noisy secure sum (each hospital's noise share \
+     adds up to noise_multiplier in every sum, which is only unmasked with at least the quorum of inputs); valid \
+     while secure aggregation holds: an honest-but-curious coordinator, and fewer than the threshold of a \
+     hospital's share holders colluding with it";
+pub const AGAINST_COLLUSION: &str =
+    "epsilon_collusion: what each hospital's own noise share alone gives, if the \
+     coordinator colludes with every other hospital (they can subtract their own noise from the sum)";
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct RunJson {
@@ -243,6 +266,24 @@ pub fn task_json(report: &TaskReport, context: &TaskContext) -> TaskJson {
                 .map(|(h, p)| (h.clone(), p.budget))
                 .collect(),
             ledgers: p.ledgers.clone(),
+            distributed: report
+                .privacy
+                .values()
+                .any(|p| p.epsilon_collusion.is_some())
+                .then(|| DistributedJson {
+                    against_coordinator: AGAINST_COORDINATOR,
+                    against_collusion: AGAINST_COLLUSION,
+                    noise_share: report
+                        .privacy
+                        .iter()
+                        .filter_map(|(h, p)| p.noise_share.map(|s| (h.clone(), s)))
+                        .collect(),
+                    epsilon_collusion: report
+                        .privacy
+                        .iter()
+                        .map(|(h, p)| (h.clone(), p.epsilon_collusion.unwrap_or(p.epsilon)))
+                        .collect(),
+                }),
         }),
     }
 }

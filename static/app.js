@@ -125,7 +125,10 @@ async function loadHospitals() {
   for (const h of hospitals) if (h.status === "online") state.joined[h.task] = (state.joined[h.task] || 0) + 1;
   renderCards();
   for (const h of hospitals) {
-    const privacy = h.epsilon_budget ? `${fmt(h.epsilon_spent || 0, 3)} / ${fmt(h.epsilon_budget, 2)}` : "DP off";
+    let privacy = h.epsilon_budget ? `${fmt(h.epsilon_spent || 0, 3)} / ${fmt(h.epsilon_budget, 2)}` : "DP off";
+    // Distributed DP: the first figure holds against the coordinator, this one
+    // against the coordinator colluding with every other hospital.
+    if (h.epsilon_collusion !== undefined) privacy += ` (${fmt(h.epsilon_collusion, 3)} if all others collude)`;
     const samples = h.samples === 0 ? "withheld (DP)" : h.epsilon_budget ? `${h.samples} (noised)` : String(h.samples);
     const status = h.activity ? `${h.status}, ${h.activity}` : h.status;
     body.append(el("tr", { dataset: { hospital: h.name } },

@@ -78,6 +78,10 @@ pub enum FederationEvent {
         train_loss: Option<f64>,
         /// Epsilon the hospital has spent on its dataset so far (DP only).
         epsilon_spent: Option<f64>,
+        /// Distributed DP: its epsilon against the coordinator colluding
+        /// with every other hospital.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        epsilon_collusion: Option<f64>,
     },
     UpdateRejected {
         task: String,

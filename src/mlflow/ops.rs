@@ -319,6 +319,7 @@ mod tests {
             num_examples: 91,
             train_loss: None,
             epsilon_spent: Some(1.5),
+            epsilon_collusion: None,
         };
         let ops = ops_for(&accepted, 7, &params);
         let [Op::Log { metrics, .. }] = ops.as_slice() else {

@@ -75,6 +75,7 @@ fn commit(run: &str, round: u32, value: f32, hospitals: &[(&str, ParticipationOu
                 delta: 1e-5,
                 sampling_rate: None,
                 steps_per_round: None,
+                noise_share: None,
             },
         )]
         .into(),

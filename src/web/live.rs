@@ -42,6 +42,9 @@ pub struct MechanismView {
     pub sampling_rate: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps_per_round: Option<u64>,
+    /// Distributed DP: the noise multiplier of the hospital's own share.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noise_share: Option<f64>,
 }
 
 /// One point of a hospital's epsilon over rounds.
@@ -72,6 +75,10 @@ pub struct HospitalView {
     pub epsilon_spent: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epsilon_budget: Option<f64>,
+    /// Distributed DP: epsilon against the coordinator colluding with every
+    /// other hospital (`epsilon_spent` is against the coordinator alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epsilon_collusion: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mechanism: Option<MechanismView>,
     /// What it is doing now ("training round 3"), between a request and its answer.
@@ -157,6 +164,7 @@ impl LiveView {
                     .hospitals
                     .entry(hospital.clone())
                     .or_insert_with(|| HospitalView {
+                        epsilon_collusion: None,
                         name: hospital.clone(),
                         task: task.clone(),
                         kind: kind.clone(),
@@ -183,12 +191,14 @@ impl LiveView {
                 if let Some(spent) = privacy {
                     h.epsilon_spent = Some(spent.epsilon);
                     h.epsilon_budget = Some(spent.budget);
+                    h.epsilon_collusion = spent.epsilon_collusion;
                     h.mechanism = Some(MechanismView {
                         mechanism: spent.mechanism.clone(),
                         noise_multiplier: spent.noise_multiplier,
                         delta: spent.delta,
                         sampling_rate: spent.sampling_rate,
                         steps_per_round: spent.steps_per_round,
+                        noise_share: spent.noise_share,
                     });
                 }
             }
@@ -215,12 +225,16 @@ impl LiveView {
                 hospital,
                 train_loss,
                 epsilon_spent,
+                epsilon_collusion,
                 ..
             } => {
                 self.answer(task, hospital, now, |h| {
                     h.last_train_loss = *train_loss;
                     if epsilon_spent.is_some() {
                         h.epsilon_spent = *epsilon_spent;
+                    }
+                    if epsilon_collusion.is_some() {
+                        h.epsilon_collusion = *epsilon_collusion;
                     }
                     h.accepted += 1;
                     h.last_update = Some(format!("round {round}: accepted"));
@@ -394,6 +408,7 @@ mod tests {
             delta: 1e-5,
             sampling_rate: Some(0.2),
             steps_per_round: Some(10),
+            noise_share: None,
         };
         v.apply(
             &FederationEvent::HospitalJoined {
@@ -424,6 +439,7 @@ mod tests {
                 num_examples: 90,
                 train_loss: None,
                 epsilon_spent: Some(0.9),
+                epsilon_collusion: None,
             },
             3.0,
         );
@@ -492,6 +508,7 @@ mod tests {
                 num_examples: 90,
                 train_loss: Some(0.3),
                 epsilon_spent: Some(0.5),
+                epsilon_collusion: None,
             },
             4.0,
         );

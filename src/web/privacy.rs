@@ -142,6 +142,7 @@ mod tests {
             delta: 1e-5,
             sampling_rate: Some(0.2),
             steps_per_round: Some(10),
+            noise_share: None,
         };
         let ten = run_cost(&m, 10).unwrap();
         assert_eq!(ten, epsilon_of(0.2, 1.1, 100, 1e-5).unwrap().0);

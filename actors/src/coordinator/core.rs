@@ -1399,6 +1399,7 @@ impl Core {
                             num_examples: update.num_examples,
                             train_loss: update.train_loss,
                             epsilon_spent: update.privacy.as_ref().map(|p| p.epsilon),
+                            epsilon_collusion: update.privacy.as_ref().and_then(|p| p.epsilon_collusion),
                         },
                     );
                     if let Some(spent) = &update.privacy {
@@ -1424,6 +1425,7 @@ impl Core {
                             num_examples: 0,
                             train_loss: None,
                             epsilon_spent: privacy.as_ref().map(|p| p.epsilon),
+                            epsilon_collusion: privacy.as_ref().and_then(|p| p.epsilon_collusion),
                         },
                     );
                     if let Some(spent) = privacy {

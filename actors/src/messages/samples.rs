@@ -150,6 +150,7 @@ pub fn update() -> LocalUpdate {
             delta: 1e-5,
             sampling_rate: None,
             steps_per_round: None,
+            noise_share: None,
         }),
     }
 }
@@ -259,6 +260,7 @@ pub fn every_to_coordinator() -> Vec<ToCoordinator> {
                     delta: 1e-5,
                     sampling_rate: None,
                     steps_per_round: None,
+                    noise_share: None,
                 }),
                 features: Some(vec!["mean_radius".into(), "worst_area".into()]),
             },

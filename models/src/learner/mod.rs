@@ -137,6 +137,10 @@ pub struct PrivacySpent {
     pub sampling_rate: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub steps_per_round: Option<u64>,
+    /// Under distributed DP: the noise multiplier of the hospital's own
+    /// share in its latest release (the sum carries `noise_multiplier`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_share: Option<f64>,
 }
 
 /// The privacy cost of one release, as Rényi-DP over the accountant's orders.

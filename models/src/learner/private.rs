@@ -169,6 +169,8 @@ pub struct PrivateLearner {
     /// when the budget could not pay for it.
     count: Option<Noised<u64>>,
     share_policy: SharePolicy,
+    /// The latest round's noise share, if it released one.
+    last_share: Option<f64>,
 }
 
 /// A ledger failure as the coordinator may hear it: the reason without the
@@ -225,6 +227,7 @@ impl PrivateLearner {
             run: run.into(),
             count: None,
             share_policy: SharePolicy::default(),
+            last_share: None,
         };
         if guarded.inner.needs_count() {
             guarded.count = guarded.release_count(count, count_noise)?;
@@ -499,6 +502,12 @@ impl PrivateLearner {
             NoiseShare::Share { summed, .. } => Some((summed, &share_cost)),
         };
         self.charge_share(&cost, charged, plan.round, budget)?;
+        self.last_share = match share {
+            NoiseShare::Full => None,
+            NoiseShare::Share { noise_multiplier, .. } => Some(noise_multiplier),
+        };
+        // The update reports the sum's noise; its own share apart.
+        self.inner.set_noise_multiplier(dp.noise_multiplier());
         Ok(PrivateUpdate {
             delta,
             weight,
@@ -520,6 +529,7 @@ impl PrivateLearner {
             delta: self.budget.delta,
             sampling_rate: Some(cost.sampling_rate),
             steps_per_round: Some(cost.steps),
+            noise_share: self.last_share,
         }
     }
 

@@ -46,6 +46,7 @@ pub struct HospitalMetrics {
     connections: Counter,
     epsilon_spent: Gauge<f64, std::sync::atomic::AtomicU64>,
     epsilon_budget: Gauge<f64, std::sync::atomic::AtomicU64>,
+    epsilon_collusion: Gauge<f64, std::sync::atomic::AtomicU64>,
     ledger_writes: Counter,
     identity: Arc<OnceLock<[String; 3]>>,
     table: Arc<OnceLock<Arc<StreamProgress>>>,
@@ -66,6 +67,7 @@ impl HospitalMetrics {
             connections: Counter::default(),
             epsilon_spent: Gauge::default(),
             epsilon_budget: Gauge::default(),
+            epsilon_collusion: Gauge::default(),
             ledger_writes: Counter::default(),
             identity: Arc::default(),
             table: Arc::default(),
@@ -110,6 +112,12 @@ impl HospitalMetrics {
             "medfed_hospital_epsilon_budget",
             "This hospital's lifetime epsilon budget for its data (DP on)",
             m.epsilon_budget.clone(),
+        );
+        registry.register(
+            "medfed_hospital_epsilon_collusion",
+            "Epsilon spent on this hospital's data against the coordinator colluding with every other hospital \
+             (distributed DP counts only this hospital's own noise shares; equal to epsilon_spent without them)",
+            m.epsilon_collusion.clone(),
         );
         registry.register(
             "medfed_hospital_ledger_writes",
@@ -180,6 +188,8 @@ impl HospitalObserver for HospitalMetrics {
     fn privacy(&self, spent: &PrivacySpent, ledger_writes: u64) {
         self.epsilon_spent.set(spent.epsilon);
         self.epsilon_budget.set(spent.budget);
+        self.epsilon_collusion
+            .set(spent.epsilon_collusion.unwrap_or(spent.epsilon));
         let counted = self.ledger_writes.get();
         self.ledger_writes.inc_by(ledger_writes.saturating_sub(counted));
     }
@@ -294,6 +304,7 @@ mod tests {
             delta: 1e-5,
             sampling_rate: None,
             steps_per_round: None,
+            noise_share: None,
         }
     }
 
