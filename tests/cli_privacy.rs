@@ -200,7 +200,7 @@ fn a_private_run_reports_its_privacy_and_stays_within_budget() {
     let accuracy = task["final"]["accuracy"].as_f64().unwrap();
     assert!(accuracy >= 0.94, "accuracy {accuracy}");
     // The calibration is the calculator's, the count's one-off release included:
-    // 40 rounds x 10 full-batch steps within epsilon 3.
+    // 80 rounds x 5 full-batch steps within epsilon 3.
     let v = json_of(&medfed(
         &[
             "privacy",
@@ -633,5 +633,133 @@ fn rejected_releases_are_reported_and_simulated_ledgers_say_so() {
     assert!(
         stdout.contains("privacy ledgers: in memory (simulation"),
         "{stdout}"
+    );
+}
+
+/// The tuned profile's rounds and DP-SGD steps per round.
+fn profile(name: &str) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("config/profiles/{name}.toml")).unwrap();
+    let t: toml::Table = toml::from_str(&text).unwrap();
+    let rounds = t["tabular"]["rounds"].as_integer().unwrap() as u64;
+    let steps = t["privacy"]["local_steps"].as_integer().unwrap() as u64;
+    (rounds, steps)
+}
+
+fn calibrated(steps: u64) -> f64 {
+    let steps = steps.to_string();
+    let v = json_of(&medfed(
+        &[
+            "privacy",
+            "noise",
+            "--target-epsilon",
+            "3",
+            "--sampling-rate",
+            "1",
+            "--steps",
+            &steps,
+            "--delta",
+            "1e-5",
+            "--count-noise-multiplier",
+            "10",
+            "--json",
+        ],
+        &[],
+    ));
+    v["noise_multiplier"].as_f64().unwrap()
+}
+
+/// `--dp-epsilon` alone, on the demo config (DP off), trains with the tuned
+/// local profile; with `--secure-aggregation`, with the distributed one:
+/// one DP-SGD step per round, each hospital adding only its noise share
+/// (sigma / sqrt(4): the quorum of 4 of 5 is the least any sum holds). A
+/// config with DP on keeps its own settings. Seed 6 was not used for tuning.
+#[test]
+fn dp_epsilon_alone_trains_with_the_tuned_profiles() {
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--task",
+            "breast_cancer",
+            "--dp-epsilon",
+            "3",
+            "--json",
+            "--seed",
+            "6",
+        ];
+        args.extend_from_slice(extra);
+        medfed(&args, &[SEEDED, ("MEDFED_PRIVACY__NOISE_SEED", "6")])
+    };
+    let local = run(&[]);
+    assert!(String::from_utf8_lossy(&local.stderr).contains("config/profiles/dp-local.toml"));
+    let v = json_of(&local);
+    let task = &v["tasks"]["breast_cancer"];
+    let (rounds, steps) = profile("dp-local");
+    assert_eq!(task["rounds"].as_array().unwrap().len() as u64, rounds);
+    let p = &task["privacy"];
+    assert_eq!(p["mode"], "dp-sgd");
+    assert!(p["distributed"].is_null());
+    let sigma = calibrated(rounds * steps);
+    for (h, s) in p["noise_multiplier"].as_object().unwrap() {
+        assert!((s.as_f64().unwrap() - sigma).abs() < 1e-9, "{h}: {s} vs {sigma}");
+    }
+    // Seeded noise makes these exact (seed 6: 0.912 local, 0.956
+    // distributed); the mean over seeds 6-15 is scripts/dp_accuracy.py's.
+    let local_accuracy = task["final"]["accuracy"].as_f64().unwrap();
+    assert!(local_accuracy >= 0.90, "local DP accuracy {local_accuracy}");
+
+    let distributed = run(&["--secure-aggregation"]);
+    assert!(String::from_utf8_lossy(&distributed.stderr).contains("config/profiles/dp-distributed.toml"));
+    let v = json_of(&distributed);
+    let task = &v["tasks"]["breast_cancer"];
+    let (rounds, steps) = profile("dp-distributed");
+    assert_eq!(steps, 1, "only one-step rounds share their noise");
+    assert_eq!(task["rounds"].as_array().unwrap().len() as u64, rounds);
+    let p = &task["privacy"];
+    let sigma = calibrated(rounds);
+    let d = &p["distributed"];
+    assert!(d["against_coordinator"]
+        .as_str()
+        .unwrap()
+        .contains("secure aggregation"));
+    for (h, s) in p["noise_multiplier"].as_object().unwrap() {
+        assert!((s.as_f64().unwrap() - sigma).abs() < 1e-9, "{h}: {s} vs {sigma}");
+        let share = d["noise_share"][h].as_f64().unwrap();
+        assert!((share - sigma / 2.0).abs() < 1e-9, "{h}: share {share}");
+        let (central, collusion) = (
+            p["epsilon_spent"][h].as_f64().unwrap(),
+            d["epsilon_collusion"][h].as_f64().unwrap(),
+        );
+        assert!(
+            central <= 3.0 + 1e-9 && collusion > central,
+            "{h}: {central} vs {collusion}"
+        );
+    }
+    let accuracy = task["final"]["accuracy"].as_f64().unwrap();
+    assert!(
+        accuracy >= 0.95 && accuracy > local_accuracy,
+        "distributed DP accuracy {accuracy} (local {local_accuracy})"
+    );
+
+    // DP configured: its own settings stand.
+    let own = medfed(
+        &[
+            "run",
+            "--config",
+            "config/dp.toml",
+            "--dp-epsilon",
+            "2",
+            "--json",
+            "--rounds",
+            "2",
+        ],
+        &[SEEDED],
+    );
+    assert!(!String::from_utf8_lossy(&own.stderr).contains("tuned profile"));
+    assert_eq!(
+        json_of(&own)["tasks"]["breast_cancer"]["rounds"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
     );
 }

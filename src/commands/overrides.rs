@@ -10,7 +10,7 @@ use crate::config::{self, Loaded};
 /// quorum of 20 is fine with `--hospitals 20`), and return the
 /// configuration with the selected task names.
 pub fn load_with(path: &std::path::Path, flags: &Overrides) -> Result<(Loaded, Vec<String>)> {
-    let mut loaded = config::load_unvalidated(path, std::env::vars()).map_err(|e| {
+    let explain = |e: config::ConfigError| {
         let hint = if matches!(e, config::ConfigError::Read { .. })
             && path == std::path::Path::new(crate::cli::DEFAULT_CONFIG)
         {
@@ -19,7 +19,20 @@ pub fn load_with(path: &std::path::Path, flags: &Overrides) -> Result<(Loaded, V
             ""
         };
         anyhow::anyhow!("{e}{hint}")
-    })?;
+    };
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    let mut loaded = config::load_unvalidated(path, vars.clone()).map_err(explain)?;
+    if flags.dp_epsilon.is_some() && loaded.config.privacy.mode == crate::config::PrivacyMode::Off {
+        // DP was not configured: train with the tuned profile, not with
+        // settings chosen for training without noise. The environment and
+        // the flags still override it.
+        let distributed =
+            flags.secure_aggregation || loaded.config.tasks.values().any(|t| t.secure().is_some());
+        let (name, text) = if distributed { DP_DISTRIBUTED } else { DP_LOCAL };
+        loaded = config::load_unvalidated_with(path, vars, |t| overlay_dp_profile(t, name, text))
+            .map_err(explain)?;
+        eprintln!("note: --dp-epsilon on a configuration with DP off: using the tuned profile {name}");
+    }
     let selected = select_tasks(&loaded, &flags.tasks)?;
     let c = &mut loaded.config;
     // Only the selected tasks are part of this run, and only they are validated.
@@ -68,6 +81,61 @@ pub fn load_with(path: &std::path::Path, flags: &Overrides) -> Result<(Loaded, V
     }
     config::validate(&loaded.config)?;
     Ok((loaded, selected))
+}
+
+/// The tuned DP profiles (README "Differential privacy"), built in so that
+/// they apply from any directory.
+const DP_LOCAL: (&str, &str) = (
+    "config/profiles/dp-local.toml",
+    include_str!("../../config/profiles/dp-local.toml"),
+);
+const DP_DISTRIBUTED: (&str, &str) = (
+    "config/profiles/dp-distributed.toml",
+    include_str!("../../config/profiles/dp-distributed.toml"),
+);
+
+/// Lay a DP profile over a configuration file's table: its [privacy] keys
+/// over the file's, its [tabular] keys over every tabular task's
+/// (`training` key by key, anything else replaced whole).
+fn overlay_dp_profile(table: &mut toml::Table, name: &str, text: &str) -> Result<(), config::ConfigError> {
+    let profile: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| config::ConfigError::Syntax {
+            path: name.to_string(),
+            message: e.to_string(),
+        })?;
+    let part = |key: &str| {
+        profile
+            .get(key)
+            .and_then(toml::Value::as_table)
+            .cloned()
+            .unwrap_or_default()
+    };
+    if let toml::Value::Table(privacy) = table
+        .entry("privacy")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+    {
+        privacy.extend(part("privacy"));
+    }
+    let tabular = part("tabular");
+    let tasks = table.get_mut("tasks").and_then(toml::Value::as_table_mut);
+    for (_, task) in tasks.into_iter().flat_map(|t| t.iter_mut()) {
+        let Some(task) = task.as_table_mut() else { continue };
+        if task.get("kind").and_then(toml::Value::as_str) != Some("tabular") {
+            continue;
+        }
+        for (key, value) in &tabular {
+            match (task.get_mut(key), value) {
+                (Some(toml::Value::Table(mine)), toml::Value::Table(theirs)) if key == "training" => {
+                    mine.extend(theirs.clone());
+                }
+                _ => {
+                    task.insert(key.clone(), value.clone());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn select_tasks(loaded: &Loaded, requested: &[String]) -> Result<Vec<String>> {

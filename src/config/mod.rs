@@ -109,12 +109,23 @@ pub fn load_unvalidated(
     path: &Path,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Loaded, ConfigError> {
+    load_unvalidated_with(path, vars, |_| Ok(()))
+}
+
+/// As `load_unvalidated`, with `overlay` changing the file's table before
+/// the environment applies (a profile: the file's values give way to it,
+/// the environment's and the flags' do not).
+pub fn load_unvalidated_with(
+    path: &Path,
+    vars: impl IntoIterator<Item = (String, String)>,
+    overlay: impl FnOnce(&mut toml::Table) -> Result<(), ConfigError>,
+) -> Result<Loaded, ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: shown.clone(),
         source,
     })?;
-    let config = parse_unvalidated(&text, &shown, vars)?;
+    let config = parse_unvalidated_with(&text, &shown, vars, overlay)?;
     let base_dir = path
         .parent()
         .map(Path::to_path_buf)
@@ -150,10 +161,20 @@ pub fn parse_unvalidated(
     origin: &str,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
+    parse_unvalidated_with(text, origin, vars, |_| Ok(()))
+}
+
+fn parse_unvalidated_with(
+    text: &str,
+    origin: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+    overlay: impl FnOnce(&mut toml::Table) -> Result<(), ConfigError>,
+) -> Result<Config, ConfigError> {
     let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
         path: origin.to_string(),
         message: e.to_string(),
     })?;
+    overlay(&mut table)?;
     env::apply_overrides(&mut table, vars)?;
     let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
         let key = e.path().to_string();
