@@ -200,7 +200,7 @@ fn a_private_run_reports_its_privacy_and_stays_within_budget() {
     let accuracy = task["final"]["accuracy"].as_f64().unwrap();
     assert!(accuracy >= 0.94, "accuracy {accuracy}");
     // The calibration is the calculator's, the count's one-off release included:
-    // 80 rounds x 5 full-batch steps within epsilon 3.
+    // 80 rounds x 5 steps at sampling rate 0.2 within epsilon 3.
     let v = json_of(&medfed(
         &[
             "privacy",
@@ -208,7 +208,7 @@ fn a_private_run_reports_its_privacy_and_stays_within_budget() {
             "--target-epsilon",
             "3",
             "--sampling-rate",
-            "1",
+            "0.2",
             "--steps",
             "400",
             "--delta",
@@ -636,17 +636,18 @@ fn rejected_releases_are_reported_and_simulated_ledgers_say_so() {
     );
 }
 
-/// The tuned profile's rounds and DP-SGD steps per round.
-fn profile(name: &str) -> (u64, u64) {
+/// The tuned profile's rounds, DP-SGD steps per round and sampling rate.
+fn profile(name: &str) -> (u64, u64, f64) {
     let text = std::fs::read_to_string(format!("config/profiles/{name}.toml")).unwrap();
     let t: toml::Table = toml::from_str(&text).unwrap();
     let rounds = t["tabular"]["rounds"].as_integer().unwrap() as u64;
     let steps = t["privacy"]["local_steps"].as_integer().unwrap() as u64;
-    (rounds, steps)
+    let q = t["privacy"]["sampling_rate"].as_float().unwrap();
+    (rounds, steps, q)
 }
 
-fn calibrated(steps: u64) -> f64 {
-    let steps = steps.to_string();
+fn calibrated(steps: u64, q: f64) -> f64 {
+    let (steps, q) = (steps.to_string(), q.to_string());
     let v = json_of(&medfed(
         &[
             "privacy",
@@ -654,7 +655,7 @@ fn calibrated(steps: u64) -> f64 {
             "--target-epsilon",
             "3",
             "--sampling-rate",
-            "1",
+            &q,
             "--steps",
             &steps,
             "--delta",
@@ -693,17 +694,17 @@ fn dp_epsilon_alone_trains_with_the_tuned_profiles() {
     assert!(String::from_utf8_lossy(&local.stderr).contains("config/profiles/dp-local.toml"));
     let v = json_of(&local);
     let task = &v["tasks"]["breast_cancer"];
-    let (rounds, steps) = profile("dp-local");
+    let (rounds, steps, q) = profile("dp-local");
     assert_eq!(task["rounds"].as_array().unwrap().len() as u64, rounds);
     let p = &task["privacy"];
     assert_eq!(p["mode"], "dp-sgd");
     assert!(p["distributed"].is_null());
-    let sigma = calibrated(rounds * steps);
+    let sigma = calibrated(rounds * steps, q);
     for (h, s) in p["noise_multiplier"].as_object().unwrap() {
         assert!((s.as_f64().unwrap() - sigma).abs() < 1e-9, "{h}: {s} vs {sigma}");
     }
-    // Seeded noise makes these exact (seed 6: 0.912 local, 0.956
-    // distributed); the mean over seeds 6-15 is scripts/dp_accuracy.py's.
+    // Seeded noise makes these exact (seed 6: 0.912 local, 0.920
+    // distributed); the means over seeds 6-15 are scripts/dp_accuracy.py's.
     let local_accuracy = task["final"]["accuracy"].as_f64().unwrap();
     assert!(local_accuracy >= 0.90, "local DP accuracy {local_accuracy}");
 
@@ -711,11 +712,11 @@ fn dp_epsilon_alone_trains_with_the_tuned_profiles() {
     assert!(String::from_utf8_lossy(&distributed.stderr).contains("config/profiles/dp-distributed.toml"));
     let v = json_of(&distributed);
     let task = &v["tasks"]["breast_cancer"];
-    let (rounds, steps) = profile("dp-distributed");
+    let (rounds, steps, q) = profile("dp-distributed");
     assert_eq!(steps, 1, "only one-step rounds share their noise");
     assert_eq!(task["rounds"].as_array().unwrap().len() as u64, rounds);
     let p = &task["privacy"];
-    let sigma = calibrated(rounds);
+    let sigma = calibrated(rounds, q);
     let d = &p["distributed"];
     assert!(d["against_coordinator"]
         .as_str()
@@ -736,7 +737,7 @@ fn dp_epsilon_alone_trains_with_the_tuned_profiles() {
     }
     let accuracy = task["final"]["accuracy"].as_f64().unwrap();
     assert!(
-        accuracy >= 0.95 && accuracy > local_accuracy,
+        accuracy >= 0.91 && accuracy > local_accuracy,
         "distributed DP accuracy {accuracy} (local {local_accuracy})"
     );
 

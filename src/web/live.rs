@@ -13,8 +13,9 @@ use crate::output::MetricsJson;
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TaskView {
     pub kind: String,
-    /// Phase name: idle, assembling, preparing, training, aggregating,
-    /// evaluating, finished, stopped, aborted.
+    /// Phase name: idle, assembling, preparing, securing (secure
+    /// aggregation's setup and share keys), training, unmasking,
+    /// aggregating, evaluating, finished, stopped, aborted.
     pub phase: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub abort_reason: Option<String>,

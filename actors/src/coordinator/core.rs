@@ -1229,6 +1229,20 @@ impl Core {
                 follow_ups.extend(withdrawn.into_iter().map(Event::Excused));
                 // The strategy may leave hospitals out; it may not add any.
                 let members: BTreeSet<&String> = to.iter().collect();
+                // One secure-aggregation step, the same for everyone asked.
+                let broadcast = |step: SecAggStep| -> Vec<(String, ToHospital)> {
+                    to.iter()
+                        .map(|h| {
+                            (
+                                h.clone(),
+                                ToHospital::SecAgg {
+                                    ask,
+                                    step: step.clone(),
+                                },
+                            )
+                        })
+                        .collect()
+                };
                 let asked: Vec<(String, ToHospital)> = match stage {
                     StageKind::Stats => to
                         .iter()
@@ -1253,38 +1267,14 @@ impl Core {
                         let server = Server::new(secure_context(task, ask), plan, dims, true)
                             .map_err(|e| e.to_string())?;
                         t.secagg = Some(server);
-                        let step = SecAggStep::Setup {
+                        broadcast(SecAggStep::Setup {
                             plan,
                             max_weight: settings.max_weight,
                             max_update_norm: settings.max_update_norm,
-                        };
-                        to.iter()
-                            .map(|h| {
-                                (
-                                    h.clone(),
-                                    ToHospital::SecAgg {
-                                        ask,
-                                        step: step.clone(),
-                                    },
-                                )
-                            })
-                            .collect()
+                        })
                     }
                     StageKind::ShareKeys => match t.secagg.as_mut().map(Server::close_setup) {
-                        Some(Ok(request)) => {
-                            let step = SecAggStep::ShareKeys { request };
-                            to.iter()
-                                .map(|h| {
-                                    (
-                                        h.clone(),
-                                        ToHospital::SecAgg {
-                                            ask,
-                                            step: step.clone(),
-                                        },
-                                    )
-                                })
-                                .collect()
-                        }
+                        Some(Ok(request)) => broadcast(SecAggStep::ShareKeys { request }),
                         failed => {
                             follow_ups.push(secure_failure(round, failed.map(|r| r.map(|_| ()))));
                             Vec::new()
@@ -1326,20 +1316,7 @@ impl Core {
                             .collect()
                     }
                     StageKind::Unmask => match t.secagg.as_mut().map(Server::close_masked_input) {
-                        Some(Ok(request)) => {
-                            let step = SecAggStep::Unmask { request };
-                            to.iter()
-                                .map(|h| {
-                                    (
-                                        h.clone(),
-                                        ToHospital::SecAgg {
-                                            ask,
-                                            step: step.clone(),
-                                        },
-                                    )
-                                })
-                                .collect()
-                        }
+                        Some(Ok(request)) => broadcast(SecAggStep::Unmask { request }),
                         failed => {
                             follow_ups.push(secure_failure(round, failed.map(|r| r.map(|_| ()))));
                             Vec::new()

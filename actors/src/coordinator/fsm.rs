@@ -43,8 +43,8 @@ pub enum Phase {
 }
 
 impl Phase {
-    /// Phase names: idle, assembling, preparing, training, aggregating,
-    /// evaluating, finished, stopped, aborted.
+    /// Phase names: idle, assembling, preparing, securing, training,
+    /// unmasking, aggregating, evaluating, finished, stopped, aborted.
     pub fn name(&self) -> &'static str {
         match self {
             Phase::Idle => "idle",

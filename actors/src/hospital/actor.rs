@@ -225,6 +225,16 @@ impl Actor for Hospital {
                         seed::derive(run_seed, &label, u64::from(ask.round)),
                     );
                 }
+                if let (Some(_), TrainOutcome::Trained { update }) = (summed, &outcome) {
+                    if update.privacy.as_ref().is_some_and(|p| p.noise_share.is_none()) {
+                        info!(
+                            hospital = %state.info.name,
+                            round = ask.round,
+                            "secure round released with full noise: several DP-SGD steps per round get no \
+                             noise share, nor does a sum of fewer than privacy.min_summed_hospitals"
+                        );
+                    }
+                }
                 if shares.is_some() {
                     if let TrainOutcome::Trained { update } = outcome {
                         outcome = state.secure.mask(ask, update);

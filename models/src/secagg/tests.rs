@@ -361,6 +361,15 @@ fn a_request_naming_a_peer_alive_and_dropped_is_refused() {
     assert!(matches!(err, SecAggError::Abort(_)), "{err}");
 }
 
+/// The round with `tamper` applied is refused as tampered, saying `why`.
+fn assert_tampered(tamper: &Tamper, drops: &[(usize, Stage)], why: &str) {
+    let err = round(5, plan(5), drops, tamper).unwrap_err();
+    assert!(
+        matches!(err, SecAggError::Tampered(_)) && err.to_string().contains(why),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_corrupted_share_is_detected() {
     let tamper = Tamper {
@@ -373,11 +382,7 @@ fn a_corrupted_share_is_detected() {
         })),
         ..Tamper::default()
     };
-    let err = round(5, plan(5), &[], &tamper).unwrap_err();
-    assert!(
-        matches!(err, SecAggError::Tampered(_)) && err.to_string().contains("commitment"),
-        "{err}"
-    );
+    assert_tampered(&tamper, &[], "commitment");
 }
 
 #[test]
@@ -392,11 +397,7 @@ fn a_corrupted_mask_key_share_is_detected() {
         })),
         ..Tamper::default()
     };
-    let err = round(5, plan(5), &[(4, Stage::MaskedInput)], &tamper).unwrap_err();
-    assert!(
-        matches!(err, SecAggError::Tampered(_)) && err.to_string().contains("public key"),
-        "{err}"
-    );
+    assert_tampered(&tamper, &[(4, Stage::MaskedInput)], "public key");
 }
 
 #[test]
@@ -411,11 +412,7 @@ fn a_tampered_ciphertext_is_refused() {
         })),
         ..Tamper::default()
     };
-    let err = round(5, plan(5), &[], &tamper).unwrap_err();
-    assert!(
-        matches!(err, SecAggError::Tampered(_)) && err.to_string().contains("do not decrypt"),
-        "{err}"
-    );
+    assert_tampered(&tamper, &[], "do not decrypt");
 }
 
 #[test]
@@ -430,11 +427,7 @@ fn shares_relabelled_with_another_sender_are_refused() {
         })),
         ..Tamper::default()
     };
-    let err = round(5, plan(5), &[], &tamper).unwrap_err();
-    assert!(
-        matches!(err, SecAggError::Tampered(_)) && err.to_string().contains("not from 'hospital-001'"),
-        "{err}"
-    );
+    assert_tampered(&tamper, &[], "not from 'hospital-001'");
 }
 
 /// A stand-in for node identities: hospital `h` signs with sha256(h || m).

@@ -26,11 +26,13 @@ use medfed_actors::FederationEvent;
 
 use super::live::LiveView;
 
-const PHASES: [&str; 9] = [
+const PHASES: [&str; 11] = [
     "idle",
     "assembling",
     "preparing",
+    "securing",
     "training",
+    "unmasking",
     "aggregating",
     "evaluating",
     "finished",
