@@ -22,7 +22,16 @@ pub fn load_with(path: &std::path::Path, flags: &Overrides) -> Result<(Loaded, V
     };
     let vars: Vec<(String, String)> = std::env::vars().collect();
     let mut loaded = config::load_unvalidated(path, vars.clone()).map_err(explain)?;
-    if flags.dp_epsilon.is_some() && loaded.config.privacy.mode == crate::config::PrivacyMode::Off {
+    let selected = select_tasks(&loaded, &flags.tasks)?;
+    // The profiles are tuned for tabular tasks: a run without one keeps its
+    // configuration's privacy settings.
+    let tabular = loaded
+        .config
+        .tasks
+        .iter()
+        .any(|(name, t)| selected.contains(name) && t.kind == crate::config::HospitalKind::Tabular);
+    if flags.dp_epsilon.is_some() && tabular && loaded.config.privacy.mode == crate::config::PrivacyMode::Off
+    {
         // DP was not configured: train with the tuned profile, not with
         // settings chosen for training without noise. The environment and
         // the flags still override it.
@@ -33,7 +42,6 @@ pub fn load_with(path: &std::path::Path, flags: &Overrides) -> Result<(Loaded, V
             .map_err(explain)?;
         eprintln!("note: --dp-epsilon on a configuration with DP off: using the tuned profile {name}");
     }
-    let selected = select_tasks(&loaded, &flags.tasks)?;
     let c = &mut loaded.config;
     // Only the selected tasks are part of this run, and only they are validated.
     c.tasks.retain(|name, _| selected.contains(name));
