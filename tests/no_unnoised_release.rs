@@ -171,6 +171,44 @@ const REVIEWED: &[(&str, &str, usize, &str)] = &[
         1,
         "the same benchmark message",
     ),
+    (
+        "actors/src/messages/samples.rs",
+        "NonPrivate",
+        1,
+        "the label of the masked-update sample (a real SecAgg round's words, no data); cfg(test) or the \
+         `samples` feature only",
+    ),
+    (
+        "actors/src/coordinator/task.rs",
+        "NonPrivate",
+        1,
+        "the unmasked secure sum's mean, made on the coordinator for the strategy from what the \
+         hospitals released (noised where DP is on); it never leaves the coordinator",
+    ),
+    (
+        "actors/src/coordinator/task.rs",
+        "LocalUpdate {",
+        1,
+        "the same mean of the secure sum",
+    ),
+    (
+        "actors/tests/secure_aggregation.rs",
+        "HospitalLearner::Open",
+        1,
+        "test federations with DP off over a secure sum",
+    ),
+    (
+        "benches/secagg_cost.rs",
+        "NonPrivate",
+        2,
+        "benchmark messages of a plain and a secure round (no data)",
+    ),
+    (
+        "benches/secagg_cost.rs",
+        "LocalUpdate {",
+        1,
+        "the plain round's benchmark update",
+    ),
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
