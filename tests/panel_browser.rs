@@ -95,13 +95,24 @@ async fn open_browser(width: u32, height: u32) -> (Driver, tempfile::TempDir, fa
 /// Open the panel and sign in with the token.
 async fn signed_in(browser: &fantoccini::Client, served: &Served) {
     browser.goto(&served.url("/")).await.unwrap();
-    let field = browser
+    browser
         .wait()
         .at_most(Duration::from_secs(30))
         .for_element(Locator::Css("#token"))
         .await
         .unwrap();
-    field.send_keys(TOKEN).await.unwrap();
+    // The field may be replaced while the page settles: type into the one there.
+    eventually(
+        "the token field to take the token",
+        Duration::from_secs(30),
+        || async {
+            match browser.find(Locator::Css("#token")).await {
+                Ok(field) => field.send_keys(TOKEN).await.is_ok(),
+                Err(_) => false,
+            }
+        },
+    )
+    .await;
     click(browser, "#login").await;
     wait_live(browser).await;
 }
@@ -576,20 +587,39 @@ async fn a_run_with_its_own_settings_and_the_privacy_view() {
                 .unwrap_or(false)
         })
         .await;
-        // The next run's cost is of the form's target rounds.
-        let rounds = browser
-            .find(Locator::Css("#rounds"))
-            .await
-            .unwrap()
-            .prop("value")
-            .await
-            .unwrap()
-            .unwrap();
-        let row = text_of(&browser, "#privacy-table tbody tr").await.unwrap();
-        assert!(
-            row.contains("dp-sgd") && row.contains(&format!("over {rounds} rounds")),
-            "{row}"
-        );
+        // The next run's cost is of the form's target rounds (once the form
+        // is built: after a reload it may still be filling in).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let rounds = loop {
+            let value = match browser.find(Locator::Css("#rounds")).await {
+                Ok(field) => field.prop("value").await.ok().flatten(),
+                Err(_) => None,
+            };
+            if let Some(v) = value.filter(|v| !v.is_empty()) {
+                break v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the form's rounds"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        // The table may be re-rendered between reads: read it until it says so.
+        let expected = format!("over {rounds} rounds");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let row = text_of(&browser, "#privacy-table tbody tr")
+                .await
+                .unwrap_or_default();
+            if row.contains("dp-sgd") && row.contains(&expected) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the privacy row never said '{expected}': {row}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         eventually("the privacy chart", Duration::from_secs(10), || async {
             let points = browser
                 .execute(
