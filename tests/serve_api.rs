@@ -589,8 +589,9 @@ fn spent_budgets_survive_a_restart_of_serve() {
             "{name}: history ends at {last}, ledger says {spent}"
         );
     }
-    // Spend the rest: a run long enough to exhaust epsilon 1, then one more.
-    let id = start_run(&second, json!({"rounds": 40}));
+    // Spend the rest: a run long enough to exhaust epsilon 1 (the hospitals
+    // calibrated their noise for the profile's 80 rounds), then one more.
+    let id = start_run(&second, json!({"rounds": 200}));
     wait_ended(&second, &id);
     second.terminate();
     second.wait_exit(Duration::from_secs(60));
