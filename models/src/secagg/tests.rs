@@ -238,6 +238,30 @@ fn too_many_dropouts_abort_before_anything_is_unmasked() {
     assert!(err.to_string().contains("shares of the seed"), "{err}");
 }
 
+/// Every one of `names` through setup and share keys, unsigned: the
+/// coordinator ready to close share keys.
+fn through_share_keys(
+    names: &[String],
+    p: RoundPlan,
+    dims: usize,
+    rng: &mut ChaCha20Rng,
+) -> (Server, BTreeMap<String, Client>) {
+    let mut server = Server::new(ctx(), p, dims, true).unwrap();
+    let mut clients = BTreeMap::new();
+    for name in names {
+        let (client, keys) = Client::setup(name, ctx(), p, rng, None).unwrap();
+        server.add_keys(name, keys).unwrap();
+        clients.insert(name.clone(), client);
+    }
+    let request = server.close_setup().unwrap();
+    for (name, client) in clients.iter_mut() {
+        server
+            .add_shares(name, client.share_keys(&request, None, rng).unwrap())
+            .unwrap();
+    }
+    (server, clients)
+}
+
 #[test]
 fn a_lone_masked_vector_is_uniform() {
     // The coordinator's view of one hospital: its masked vector. Its input
@@ -249,19 +273,7 @@ fn a_lone_masked_vector_is_uniform() {
     let p = plan(k);
     let mut rng = ChaCha20Rng::seed_from_u64(2026);
     let names = names(k);
-    let mut server = Server::new(ctx(), p, 200_000, true).unwrap();
-    let mut clients = BTreeMap::new();
-    for name in &names {
-        let (client, keys) = Client::setup(name, ctx(), p, &mut rng, None).unwrap();
-        server.add_keys(name, keys).unwrap();
-        clients.insert(name.clone(), client);
-    }
-    let request = server.close_setup().unwrap();
-    for (name, client) in clients.iter_mut() {
-        server
-            .add_shares(name, client.share_keys(&request, None, &mut rng).unwrap())
-            .unwrap();
-    }
+    let (mut server, mut clients) = through_share_keys(&names, p, 200_000, &mut rng);
     let requests = server.close_share_keys().unwrap();
     let first = &names[0];
     let client = clients.get_mut(first).unwrap();
@@ -303,19 +315,7 @@ fn a_request_naming_a_peer_alive_and_dropped_is_refused() {
     let p = plan(k);
     let mut rng = ChaCha20Rng::seed_from_u64(3);
     let names = names(k);
-    let mut server = Server::new(ctx(), p, 4, true).unwrap();
-    let mut clients = BTreeMap::new();
-    for name in &names {
-        let (client, keys) = Client::setup(name, ctx(), p, &mut rng, None).unwrap();
-        server.add_keys(name, keys).unwrap();
-        clients.insert(name.clone(), client);
-    }
-    let request = server.close_setup().unwrap();
-    for (name, client) in clients.iter_mut() {
-        server
-            .add_shares(name, client.share_keys(&request, None, &mut rng).unwrap())
-            .unwrap();
-    }
+    let (mut server, mut clients) = through_share_keys(&names, p, 4, &mut rng);
     for (name, request) in server.close_share_keys().unwrap() {
         let client = clients.get_mut(&name).unwrap();
         client.accept_shares(&request).unwrap();
