@@ -51,11 +51,12 @@ fn start_hospital(
 /// after another, in reverse order, with the shipped quorum (4 of 5): the
 /// run waits for all five expected hospitals, so join timing changes nothing.
 fn six_process_run(dir: &Path, tls: Option<&Path>) -> Value {
-    six_process_run_with(dir, tls, &[])
+    six_process_run_with(dir, tls, &[], &[])
 }
 
-/// As `six_process_run`, with `flags` given to every process.
-fn six_process_run_with(dir: &Path, tls: Option<&Path>, flags: &[&str]) -> Value {
+/// As `six_process_run`, with `flags` given to every process and `envs` to
+/// the coordinator.
+fn six_process_run_with(dir: &Path, tls: Option<&Path>, flags: &[&str], envs: &[(&str, &str)]) -> Value {
     let addr = format!("127.0.0.1:{}", free_port());
     let tls_of = |name: &str| {
         let mut f = tls.map(|c| tls_flags(c, name)).unwrap_or_default();
@@ -64,7 +65,7 @@ fn six_process_run_with(dir: &Path, tls: Option<&Path>, flags: &[&str]) -> Value
     };
     let mut extra: Vec<String> = owned(&["--rounds", "10", "--auto-start", "--exit-after-run", "--json"]);
     extra.extend(tls_of("coordinator"));
-    let mut coordinator = start_coordinator(dir, "coordinator", &addr, &extra, &[]);
+    let mut coordinator = start_coordinator(dir, "coordinator", &addr, &extra, envs);
     let mut hospitals = Vec::new();
     for i in (1..=5).rev() {
         let name = format!("h{i}");
@@ -127,13 +128,58 @@ fn assert_same_rounds(cluster: &Value, local: &Value) {
     }
 }
 
+/// The failpoint that has the coordinator write every update it receives
+/// into `dir` (`FAILPOINTS`; only with `--features failpoints`).
+fn update_tap(dir: &Path) -> String {
+    format!("coordinator::tap_updates=return({})", dir.display())
+}
+
+/// What the coordinator process received of the hospitals' updates, by
+/// kind (`plain`, `masked`): their 32-bit words.
+fn tapped(dir: &Path) -> std::collections::BTreeMap<String, Vec<Vec<u32>>> {
+    let mut by_kind = std::collections::BTreeMap::<String, Vec<Vec<u32>>>::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let kind = path.extension().unwrap().to_string_lossy().to_string();
+        let words = std::fs::read(&path)
+            .unwrap()
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        by_kind.entry(kind).or_default().push(words);
+    }
+    by_kind
+}
+
+/// Chi-square of the top bytes of `words` over 256 buckets; for uniform
+/// words it exceeds 363 with probability 1e-5 (255 degrees of freedom).
+fn top_byte_chi_square(words: &[u32]) -> f64 {
+    let mut counts = [0f64; 256];
+    for w in words {
+        counts[(w >> 24) as usize] += 1.0;
+    }
+    let expected = words.len() as f64 / 256.0;
+    counts.iter().map(|c| (c - expected).powi(2) / expected).sum()
+}
+
 #[test]
 fn five_hospital_processes_reproduce_the_in_process_run() {
     let local = in_process_run();
     let dir = tempfile::tempdir().unwrap();
-    let cluster = six_process_run(dir.path(), None);
+    let tap = tempfile::tempdir().unwrap();
+    let tap_env = update_tap(tap.path());
+    let cluster = six_process_run_with(dir.path(), None, &[], &[("FAILPOINTS", tap_env.as_str())]);
     assert_eq!(task(&cluster)["status"], "finished");
     assert_same_rounds(&cluster, &local);
+    if cfg!(feature = "failpoints") {
+        // Without secure aggregation the coordinator holds every update in
+        // the clear: 10 rounds x 5 hospitals, far from uniform words.
+        let tapped = tapped(tap.path());
+        assert_eq!(tapped.keys().collect::<Vec<_>>(), ["plain"]);
+        assert_eq!(tapped["plain"].len(), 50);
+        let words: Vec<u32> = tapped["plain"].concat();
+        assert!(top_byte_chi_square(&words) > 10_000.0);
+    }
     // Federated evaluation is reported apart from the held-out metrics: the
     // hospitals' local test splits are an IID partition of the held-out set,
     // so their pooled confusion matrix gives exactly the held-out accuracy.
@@ -150,7 +196,11 @@ fn five_hospital_processes_reproduce_the_in_process_run() {
 
 /// Secure aggregation across six processes, plain and over mutual TLS:
 /// every round sums all five hospitals and ends where the plain in-process
-/// run does (within half a point of accuracy).
+/// run does (within half a point of accuracy), and the coordinator process
+/// never holds a hospital's own update: every update that reaches its
+/// gateway is a masked vector whose words are indistinguishable from
+/// uniform (the same check fails by far on the plain run's updates, in
+/// `five_hospital_processes_reproduce_the_in_process_run`).
 #[test]
 fn secure_aggregation_across_processes_matches_the_plain_run() {
     let local = in_process_run();
@@ -165,7 +215,18 @@ fn secure_aggregation_across_processes_matches_the_plain_run() {
     );
     for tls in [None, Some(certs.path())] {
         let dir = tempfile::tempdir().unwrap();
-        let run = six_process_run_with(dir.path(), tls, &["--secure-aggregation"]);
+        let tap = tempfile::tempdir().unwrap();
+        let envs = [("FAILPOINTS", update_tap(tap.path()))];
+        let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let run = six_process_run_with(dir.path(), tls, &["--secure-aggregation"], &envs);
+        if cfg!(feature = "failpoints") {
+            let tapped = tapped(tap.path());
+            assert_eq!(tapped.keys().collect::<Vec<_>>(), ["masked"]);
+            assert_eq!(tapped["masked"].len(), 50);
+            let words: Vec<u32> = tapped["masked"].concat();
+            let chi = top_byte_chi_square(&words);
+            assert!(chi < 363.0, "chi-square {chi:.1} of {} words", words.len());
+        }
         let t = task(&run);
         assert_eq!(t["status"], "finished", "{t}");
         let rounds = t["rounds"].as_array().unwrap();
@@ -178,6 +239,81 @@ fn secure_aggregation_across_processes_matches_the_plain_run() {
             tls.is_some()
         );
     }
+}
+
+/// Under mutual TLS each hospital signs its setup keys with its TLS key and
+/// checks its peers'. A coordinator that substitutes one hospital's keys
+/// (played by a failpoint, in the first attempt only) is refused by every
+/// other hospital before any share leaves it; the attempt fails and the
+/// round is run again with fresh keys.
+#[cfg(feature = "failpoints")]
+#[test]
+fn substituted_setup_keys_are_refused_under_mutual_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    gen_certs(
+        certs.path(),
+        &(1..=5)
+            .map(|i| format!("{TASK}-{i}"))
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut extra = owned(&[
+        "--rounds",
+        "2",
+        "--auto-start",
+        "--exit-after-run",
+        "--json",
+        "--secure-aggregation",
+    ]);
+    extra.extend(tls_flags(certs.path(), "coordinator"));
+    let envs = [("FAILPOINTS", "coordinator::substitute_setup_keys=1*return->off")];
+    let mut coordinator = start_coordinator(d, "coordinator", &addr, &extra, &envs);
+    let hospitals: Vec<Process> = (1..=5)
+        .map(|i| {
+            let mut flags = tls_flags(certs.path(), &format!("{TASK}-{i}"));
+            flags.push("--secure-aggregation".into());
+            start_hospital(d, &format!("h{i}"), &addr, i, &flags, &[])
+        })
+        .collect();
+    let status = coordinator.wait_exit(LONG);
+    assert!(status.success(), "{}", coordinator.log());
+    assert_eq!(
+        coordinator.count(&["test failpoint: substituting this hospital's setup keys"]),
+        1,
+        "{}",
+        coordinator.log()
+    );
+    let refusals: usize = hospitals
+        .iter()
+        .map(|h| {
+            h.count(&[
+                "released nothing",
+                "are not its own: the signature does not verify",
+            ])
+        })
+        .sum();
+    assert_eq!(refusals, 4, "every other hospital refused the substituted keys");
+    for h in &hospitals {
+        assert!(
+            h.count(&["public keys for the round, signed with its TLS identity"]) >= 3,
+            "{}",
+            h.log()
+        );
+    }
+    let run = coordinator.json();
+    let t = task(&run);
+    assert_eq!(t["status"], "finished", "{t}");
+    assert!(
+        t["rounds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["participants"] == 5),
+        "{t}"
+    );
 }
 
 /// The case Flower's SecAgg+ fails: a hospital SIGKILLed after it shared

@@ -11,6 +11,7 @@ use ractor::Actor;
 use tracing::{debug, info, warn};
 
 use medfed_actors::cluster::gate::Identity;
+use medfed_actors::cluster::key_signature::secagg_identity;
 use medfed_actors::cluster::reconnect::{Next, Reconnect};
 use medfed_actors::cluster::{
     node, ClusterError, HospitalLink, LinkArgs, LinkStatus, NodeOptions, SessionEventKind, SessionLog,
@@ -128,6 +129,13 @@ pub async fn execute(args: &Args) -> Result<()> {
     let link_name = format!("medfed.hospital.{}.{:016x}", local.name, rand::random::<u64>());
     // Hospitals listen nowhere: they adopt only the coordinator they dial.
     let identity = Identity::Hospital(local.name.clone());
+    // Under mutual TLS this hospital signs its secure-aggregation keys with
+    // its TLS key and accepts only peers' keys signed the same way.
+    let secagg_identity = tls
+        .as_ref()
+        .map(|files| secagg_identity(files, &local.name))
+        .transpose()
+        .context("secure aggregation's key signatures")?;
     let (node, mut node_events) = node::start(NodeOptions {
         tls,
         stats: stats.gate.clone(),
@@ -140,7 +148,7 @@ pub async fn execute(args: &Args) -> Result<()> {
         None,
         Hospital,
         HospitalArgs {
-            secagg_identity: None,
+            secagg_identity,
             crash_at: None,
             secure_policy: medfed_actors::SecurePolicy {
                 enabled: loaded

@@ -160,6 +160,7 @@ impl Actor for Gateway {
             }
             Received::Pending | Received::Dropped(_) => return Ok(()),
         };
+        crate::failpoints::tap_update(&sender, &message);
         if let ToCoordinator::Hello { info } = message {
             if info.name != sender {
                 let why = format!(

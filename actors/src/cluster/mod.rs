@@ -12,6 +12,7 @@ pub mod envelope;
 pub mod gate;
 pub mod gateway;
 pub mod hospital_link;
+pub mod key_signature;
 pub mod link;
 pub mod node;
 pub mod reconnect;

@@ -31,7 +31,7 @@ pub struct TlsFiles {
 
 // Explicit, so that the choice does not depend on which rustls backends
 // other crates happen to enable in the build.
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider())
 }
 

@@ -1274,7 +1274,12 @@ impl Core {
                         })
                     }
                     StageKind::ShareKeys => match t.secagg.as_mut().map(Server::close_setup) {
-                        Some(Ok(request)) => broadcast(SecAggStep::ShareKeys { request }),
+                        Some(Ok(mut request)) => {
+                            if crate::failpoints::armed("coordinator::substitute_setup_keys") {
+                                substitute_first_keys(&mut request);
+                            }
+                            broadcast(SecAggStep::ShareKeys { request })
+                        }
                         failed => {
                             follow_ups.push(secure_failure(round, failed.map(|r| r.map(|_| ()))));
                             Vec::new()
@@ -1653,6 +1658,18 @@ impl Core {
             }
         }
         Ok(follow_ups)
+    }
+}
+
+/// A malicious coordinator, for the tests (failpoint
+/// `coordinator::substitute_setup_keys`): one hospital's public keys
+/// replaced by keys of the coordinator's making, its signature left as it
+/// was. Hospitals that check signatures refuse the request.
+fn substitute_first_keys(request: &mut medfed_models::secagg::ShareKeysRequest) {
+    if let Some((name, keys)) = request.keys.iter_mut().next() {
+        tracing::warn!(hospital = %name, "test failpoint: substituting this hospital's setup keys");
+        keys.cipher = rand::random();
+        keys.mask = rand::random();
     }
 }
 

@@ -64,7 +64,13 @@ pub fn describe(reply: &ToCoordinator) -> String {
             TrainOutcome::Failed { reason } => format!("released nothing (training failed: {reason})"),
         },
         ToCoordinator::SecAgg { answer, .. } => match answer {
-            SecAggAnswer::Keys { .. } => "released its secure-aggregation public keys for the round".into(),
+            SecAggAnswer::Keys { keys } if keys.signature.is_empty() => {
+                "released its secure-aggregation public keys for the round (unsigned)".into()
+            }
+            SecAggAnswer::Keys { .. } => {
+                "released its secure-aggregation public keys for the round, signed with its TLS identity"
+                    .into()
+            }
             SecAggAnswer::Shares { shares } => format!(
                 "released encrypted key shares for {} neighbours (secure aggregation)",
                 shares.ciphertexts.len()
