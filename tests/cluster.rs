@@ -319,26 +319,44 @@ fn substituted_setup_keys_are_refused_under_mutual_tls() {
 /// The case Flower's SecAgg+ fails: a hospital SIGKILLed after it shared
 /// its keys, while it trains. Its pairwise masks are removed with its
 /// rebuilt mask key and the round completes over the four others, in one
-/// attempt; the model stays as good as without the loss.
+/// attempt, and the model goes on learning.
 #[test]
 fn a_hospital_killed_during_secure_training_leaves_the_round_to_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let addr = format!("127.0.0.1:{}", free_port());
-    // Local training long enough (about a second) to be killed inside it.
-    let envs = [("MEDFED_TASKS__BREAST_CANCER__TRAINING__LOCAL_EPOCHS", "1000")];
-    let extra: Vec<String> = owned(&[
-        "--rounds",
-        "4",
+    // A SYNTHETIC dataset large enough that local training lasts about a
+    // second, to be killed inside it; a quorum of 4 of 5.
+    let config = common::synthetic::tabular_config(d, 4).display().to_string();
+    let envs = [("MEDFED_TASKS__SYNTHETIC__MIN_HOSPITALS", "0.8")];
+    let coordinator_args = [
+        "coordinator",
+        "--config",
+        &config,
+        "--task",
+        "synthetic",
+        "--listen",
+        &addr,
         "--auto-start",
         "--exit-after-run",
         "--json",
         "--secure-aggregation",
-    ]);
-    let mut coordinator = start_coordinator(d, "coordinator", &addr, &extra, &envs);
-    let secure = owned(&["--secure-aggregation"]);
+    ];
+    let mut coordinator = spawn(d, "coordinator", &coordinator_args, &envs);
+    coordinator.wait_for(&["coordinator listening for hospitals"], 1, SHORT);
     let mut hospitals: Vec<Process> = (1..=5)
-        .map(|i| start_hospital(d, &format!("h{i}"), &addr, i, &secure, &envs))
+        .map(|i| {
+            let extra = ["--config", &config, "--secure-aggregation"];
+            shard_hospital(
+                d,
+                &format!("h{i}"),
+                "synthetic",
+                &addr,
+                &format!("{i}/5"),
+                &extra,
+                &envs,
+            )
+        })
         .collect();
     // Its shares for round 2 are out: it is now training.
     hospitals[2].wait_for(&["released encrypted key shares"], 2, LONG);
@@ -347,7 +365,7 @@ fn a_hospital_killed_during_secure_training_leaves_the_round_to_the_others() {
     let status = coordinator.wait_exit(LONG);
     assert!(status.success(), "{}", coordinator.log());
     let run = coordinator.json();
-    let t = task(&run);
+    let t = &run["tasks"]["synthetic"];
     assert_eq!(t["status"], "finished", "{t}");
     let participants: Vec<u64> = t["rounds"]
         .as_array()
@@ -369,7 +387,8 @@ fn a_hospital_killed_during_secure_training_leaves_the_round_to_the_others() {
         "{}",
         coordinator.log()
     );
-    assert!(t["final"]["accuracy"].as_f64().unwrap() > 0.9, "{t}");
+    // 0.91 here; 0.5 is chance on this balanced synthetic set.
+    assert!(t["final"]["accuracy"].as_f64().unwrap() > 0.85, "{t}");
 }
 
 #[test]

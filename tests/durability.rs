@@ -18,58 +18,6 @@ use serde_json::{json, Value};
 const LONG: Duration = Duration::from_secs(300);
 const ROUNDS: u64 = 10;
 
-/// A SYNTHETIC dataset large enough that a round takes about a second in
-/// the tests' build (60,000 rows x 30 features, 5 hospitals, 4 local epochs).
-fn synthetic_config(dir: &Path) -> PathBuf {
-    let csv = dir.join("synthetic.csv");
-    if !csv.exists() {
-        let out = common::medfed(
-            &[
-                "data",
-                "synth-tabular",
-                "--rows",
-                "60000",
-                "--features",
-                "30",
-                "--out",
-                csv.to_str().unwrap(),
-            ],
-            &[],
-        );
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
-    let config = dir.join("synthetic.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[run]
-rounds = {ROUNDS}
-[federation]
-round_timeout_secs = 120
-assemble_timeout_secs = 120
-[tasks.synthetic]
-kind = "tabular"
-hospitals = 5
-min_hospitals = 1.0
-[tasks.synthetic.data]
-path = "{}"
-label_column = "label"
-positive_class = "1"
-[tasks.synthetic.partition]
-scheme = "iid"
-[tasks.synthetic.strategy]
-name = "fedadam"
-[tasks.synthetic.training]
-local_epochs = 4
-batch_size = 32
-"#,
-            csv.display()
-        ),
-    )
-    .unwrap();
-    config
-}
-
 /// The one registered model's sha256 and the run's rounds in the store.
 fn recorded(data: &Path) -> (String, Vec<u32>) {
     let store = Store::open(&data.join("medfed.sqlite")).unwrap();
@@ -88,7 +36,7 @@ fn recorded(data: &Path) -> (String, Vec<u32>) {
 /// coordinator SIGKILLs itself there and a second one on the same store
 /// finishes the run. Returns the finishing coordinator's JSON and store.
 fn cluster_run(dir: &Path, name: &str, crash: Option<&str>) -> (Value, PathBuf, Process) {
-    let config = synthetic_config(dir);
+    let config = common::synthetic::tabular_config(dir, ROUNDS);
     let config = config.to_str().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let data = dir.join(format!("{name}-store"));
@@ -401,7 +349,7 @@ fn serve_killed_mid_run_carries_the_run_on_after_a_restart() {
 #[test]
 fn sigterm_suspends_a_stored_run_when_asked_and_a_restart_resumes_it() {
     let dir = tempfile::tempdir().unwrap();
-    let config = synthetic_config(dir.path());
+    let config = common::synthetic::tabular_config(dir.path(), ROUNDS);
     let data = dir.path().join("serve-data");
     let args = ["--config", config.to_str().unwrap()];
     let suspend = [("MEDFED_STORE__ON_TERMINATE", "suspend")];

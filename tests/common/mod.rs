@@ -6,6 +6,8 @@ pub mod cluster;
 pub mod mlflow;
 #[allow(dead_code)] // only the web tests serve
 pub mod server;
+#[allow(dead_code)] // only the tests that need long rounds
+pub mod synthetic;
 
 use std::process::{Command, Output};
 
