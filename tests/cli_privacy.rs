@@ -741,6 +741,36 @@ fn dp_epsilon_alone_trains_with_the_tuned_profiles() {
         "distributed DP accuracy {accuracy} (local {local_accuracy})"
     );
 
+    // The profile is overridable key by key: one strategy parameter from
+    // the environment, the rest of the profile's strategy kept.
+    let tuned = medfed(
+        &[
+            "config",
+            "check",
+            "config/demo.toml",
+            "--task",
+            "breast_cancer",
+            "--dp-epsilon",
+            "3",
+        ],
+        &[("MEDFED_TASKS__BREAST_CANCER__STRATEGY__SERVER_LR", "0.05")],
+    );
+    let effective = String::from_utf8_lossy(&tuned.stdout);
+    assert!(
+        tuned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tuned.stderr)
+    );
+    let strategy = effective
+        .split("[tasks.breast_cancer.strategy]")
+        .nth(1)
+        .and_then(|rest| rest.split("\n[").next())
+        .unwrap_or_default();
+    assert!(
+        strategy.contains("name = \"fedadam\"") && strategy.contains("server_lr = 0.05"),
+        "{effective}"
+    );
+
     // DP configured: its own settings stand.
     let own = medfed(
         &[

@@ -21,25 +21,20 @@ pub fn load_with(path: &std::path::Path, flags: &Overrides) -> Result<(Loaded, V
         anyhow::anyhow!("{e}{hint}")
     };
     let vars: Vec<(String, String)> = std::env::vars().collect();
-    let mut loaded = config::load_unvalidated(path, vars.clone()).map_err(explain)?;
+    // `--dp-epsilon` on a configuration with DP off trains with a tuned
+    // profile, not with settings chosen for training without noise; the
+    // environment and the flags still override it.
+    let mut profile = None;
+    let mut loaded = config::load_unvalidated_with(path, vars.clone(), |table| {
+        profile = dp_profile(table, &vars, flags)?;
+        match profile {
+            Some((name, text)) => overlay_dp_profile(table, name, text),
+            None => Ok(()),
+        }
+    })
+    .map_err(explain)?;
     let selected = select_tasks(&loaded, &flags.tasks)?;
-    // The profiles are tuned for tabular tasks: a run without one keeps its
-    // configuration's privacy settings.
-    let tabular = loaded
-        .config
-        .tasks
-        .iter()
-        .any(|(name, t)| selected.contains(name) && t.kind == crate::config::HospitalKind::Tabular);
-    if flags.dp_epsilon.is_some() && tabular && loaded.config.privacy.mode == crate::config::PrivacyMode::Off
-    {
-        // DP was not configured: train with the tuned profile, not with
-        // settings chosen for training without noise. The environment and
-        // the flags still override it.
-        let distributed =
-            flags.secure_aggregation || loaded.config.tasks.values().any(|t| t.secure().is_some());
-        let (name, text) = if distributed { DP_DISTRIBUTED } else { DP_LOCAL };
-        loaded = config::load_unvalidated_with(path, vars, |t| overlay_dp_profile(t, name, text))
-            .map_err(explain)?;
+    if let Some((name, _)) = profile {
         eprintln!("note: --dp-epsilon on a configuration with DP off: using the tuned profile {name}");
     }
     let c = &mut loaded.config;
@@ -105,6 +100,45 @@ const DP_DISTRIBUTED: (&str, &str) = (
 /// Lay a DP profile over a configuration file's table: its [privacy] keys
 /// over the file's, its [tabular] keys over every tabular task's
 /// (`training` key by key, anything else replaced whole).
+/// The tuned profile `--dp-epsilon` lays under the environment and flags:
+/// only where the file and the environment leave DP off and a selected task
+/// is tabular (the profiles are tuned for tabular tasks); the distributed
+/// one with secure aggregation. Decided on the raw table, because the
+/// environment may set keys that are complete only with the profile (a
+/// strategy's `server_lr` without its name, say).
+fn dp_profile(
+    file: &toml::Table,
+    vars: &[(String, String)],
+    flags: &Overrides,
+) -> Result<Option<(&'static str, &'static str)>, config::ConfigError> {
+    if flags.dp_epsilon.is_none() {
+        return Ok(None);
+    }
+    let mut table = file.clone();
+    config::apply_env(&mut table, vars.iter().cloned())?;
+    let text = |v: Option<&toml::Value>| v.and_then(toml::Value::as_str).map(str::to_string);
+    let mode = text(table.get("privacy").and_then(|p| p.get("mode")));
+    if mode.is_some_and(|m| m != "off") {
+        return Ok(None);
+    }
+    let tasks = table.get("tasks").and_then(toml::Value::as_table);
+    let tasks = || tasks.into_iter().flat_map(|t| t.iter());
+    let chosen = |name: &String| flags.tasks.is_empty() || flags.tasks.contains(name);
+    let tabular =
+        tasks().any(|(name, task)| chosen(name) && text(task.get("kind")).as_deref() == Some("tabular"));
+    if !tabular {
+        return Ok(None);
+    }
+    let secure = flags.secure_aggregation
+        || tasks().any(|(_, task)| {
+            task.get("secure_aggregation")
+                .and_then(|s| s.get("enabled"))
+                .and_then(toml::Value::as_bool)
+                == Some(true)
+        });
+    Ok(Some(if secure { DP_DISTRIBUTED } else { DP_LOCAL }))
+}
+
 fn overlay_dp_profile(table: &mut toml::Table, name: &str, text: &str) -> Result<(), config::ConfigError> {
     let profile: toml::Table = text
         .parse()

@@ -9,6 +9,7 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use env::apply_overrides as apply_env;
 pub use schema::*;
 pub use validate::{is_dns_name, MAX_HOSPITALS};
 
