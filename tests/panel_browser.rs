@@ -658,3 +658,67 @@ async fn a_run_with_its_own_settings_and_the_privacy_view() {
     .unwrap();
     browser.close().await.unwrap();
 }
+
+/// Distributed DP (secure aggregation, one DP-SGD step per round with noise
+/// shares): the hospitals view states both guarantees as text — the epsilon
+/// that holds against the coordinator, and the larger one if the
+/// coordinator and every other hospital collude.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hospitals_view_states_both_guarantees_under_distributed_dp() {
+    if !external_available("chromedriver") || !external_available("chromium") {
+        return;
+    }
+    let served = tokio::task::spawn_blocking(|| {
+        Served::start(
+            &[
+                "--task",
+                "breast_cancer",
+                "--secure-aggregation",
+                "--dp-epsilon",
+                "8",
+            ],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    let (_driver, _profile, browser) = open_browser(1400, 1000).await;
+    signed_in(&browser, &served).await;
+    let rounds = browser.find(Locator::Css("#rounds")).await.unwrap();
+    rounds.clear().await.unwrap();
+    rounds.send_keys("3").await.unwrap();
+    click(&browser, "#start").await;
+    eventually("round 3/3", Duration::from_secs(120), || async {
+        text_of(&browser, "#round-breast_cancer").await.as_deref() == Some("3/3")
+    })
+    .await;
+    click(&browser, "button[data-view=hospitals]").await;
+    // "0.123 / 8.00 (0.456 if all others collude)" on every row.
+    let guarantees = |row: &str| -> Option<(f64, f64)> {
+        let (_, cell) = row.split_once(" / 8.00 (")?;
+        let collusion = cell.split_once(" if all others collude)")?.0.parse().ok()?;
+        let central = row.split(" / 8.00 (").next()?.rsplit(' ').next()?.parse().ok()?;
+        Some((central, collusion))
+    };
+    eventually(
+        "both guarantees on every hospital",
+        Duration::from_secs(20),
+        || async {
+            let rows = match browser.find_all(Locator::Css("#hospital-table tbody tr")).await {
+                Ok(found) => found,
+                Err(_) => return false,
+            };
+            let mut texts = Vec::new();
+            for row in rows {
+                texts.push(row.text().await.unwrap_or_default());
+            }
+            texts.len() == 5
+                && texts
+                    .iter()
+                    .all(|r| guarantees(r).is_some_and(|(c, k)| c > 0.0 && k > c))
+        },
+    )
+    .await;
+    let png = browser.screenshot().await.unwrap();
+    std::fs::write(artifacts().join("panel-distributed-dp.png"), &png).unwrap();
+}
