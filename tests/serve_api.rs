@@ -590,7 +590,7 @@ fn spent_budgets_survive_a_restart_of_serve() {
         );
     }
     // Spend the rest: a run long enough to exhaust epsilon 1 (the hospitals
-    // calibrated their noise for the profile's 80 rounds), then one more.
+    // calibrated their noise for the profile's 40 rounds), then one more.
     let id = start_run(&second, json!({"rounds": 200}));
     wait_ended(&second, &id);
     second.terminate();
