@@ -129,19 +129,20 @@ pub async fn execute(args: &Args) -> Result<()> {
     let link_name = format!("medfed.hospital.{}.{:016x}", local.name, rand::random::<u64>());
     // Hospitals listen nowhere: they adopt only the coordinator they dial.
     let identity = Identity::Hospital(local.name.clone());
+    let (node, mut node_events) = node::start(NodeOptions {
+        tls: tls.clone(),
+        stats: stats.gate.clone(),
+        ..NodeOptions::new(link_name.clone(), identity, cookie)
+    })
+    .await?;
     // Under mutual TLS this hospital signs its secure-aggregation keys with
-    // its TLS key and accepts only peers' keys signed the same way.
+    // its TLS key and accepts only peers' keys signed the same way (loaded
+    // once the node has checked that the certificate names this hospital).
     let secagg_identity = tls
         .as_ref()
         .map(|files| secagg_identity(files, &local.name))
         .transpose()
         .context("secure aggregation's key signatures")?;
-    let (node, mut node_events) = node::start(NodeOptions {
-        tls,
-        stats: stats.gate.clone(),
-        ..NodeOptions::new(link_name.clone(), identity, cookie)
-    })
-    .await?;
     let shared = Shared::new(link_name, stats.clone());
     let (uplink, _) = Actor::spawn(None, Uplink, shared.clone()).await?;
     let (hospital, hospital_done) = Actor::spawn(
