@@ -325,10 +325,14 @@ fn a_hospital_killed_during_secure_training_leaves_the_round_to_the_others() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let addr = format!("127.0.0.1:{}", free_port());
-    // A SYNTHETIC dataset large enough that local training lasts about a
-    // second, to be killed inside it; a quorum of 4 of 5.
+    // A SYNTHETIC dataset (9,600 training rows per hospital) and 40 local
+    // epochs: local training lasts about a second, to be killed inside it;
+    // a quorum of 4 of 5.
     let config = common::synthetic::tabular_config(d, 4).display().to_string();
-    let envs = [("MEDFED_TASKS__SYNTHETIC__MIN_HOSPITALS", "0.8")];
+    let envs = [
+        ("MEDFED_TASKS__SYNTHETIC__MIN_HOSPITALS", "0.8"),
+        ("MEDFED_TASKS__SYNTHETIC__TRAINING__LOCAL_EPOCHS", "40"),
+    ];
     let coordinator_args = [
         "coordinator",
         "--config",
