@@ -128,6 +128,15 @@ fn assert_same_rounds(cluster: &Value, local: &Value) {
     }
 }
 
+/// A CA, the coordinator's certificate and one for each of the five shard
+/// hospitals (`breast_cancer-1` ... `-5`).
+fn five_hospital_certs() -> tempfile::TempDir {
+    let certs = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (1..=5).map(|i| format!("{TASK}-{i}")).collect();
+    gen_certs(certs.path(), &names.join(","));
+    certs
+}
+
 /// The failpoint that has the coordinator write every update it receives
 /// into `dir` (`FAILPOINTS`; only with `--features failpoints`).
 fn update_tap(dir: &Path) -> String {
@@ -205,14 +214,7 @@ fn five_hospital_processes_reproduce_the_in_process_run() {
 fn secure_aggregation_across_processes_matches_the_plain_run() {
     let local = in_process_run();
     let plain_accuracy = task(&local)["final"]["accuracy"].as_f64().unwrap();
-    let certs = tempfile::tempdir().unwrap();
-    gen_certs(
-        certs.path(),
-        &(1..=5)
-            .map(|i| format!("{TASK}-{i}"))
-            .collect::<Vec<_>>()
-            .join(","),
-    );
+    let certs = five_hospital_certs();
     for tls in [None, Some(certs.path())] {
         let dir = tempfile::tempdir().unwrap();
         let tap = tempfile::tempdir().unwrap();
@@ -249,14 +251,7 @@ fn secure_aggregation_across_processes_matches_the_plain_run() {
 #[cfg(feature = "failpoints")]
 #[test]
 fn substituted_setup_keys_are_refused_under_mutual_tls() {
-    let certs = tempfile::tempdir().unwrap();
-    gen_certs(
-        certs.path(),
-        &(1..=5)
-            .map(|i| format!("{TASK}-{i}"))
-            .collect::<Vec<_>>()
-            .join(","),
-    );
+    let certs = five_hospital_certs();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let addr = format!("127.0.0.1:{}", free_port());
