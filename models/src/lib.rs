@@ -8,6 +8,7 @@
 
 pub mod aggregate;
 pub mod attack;
+pub mod buffers;
 pub mod checkpoint;
 pub mod data;
 pub mod error;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::buffers;
 use crate::error::{ModelError, Result};
 
 /// Name and shape of one tensor inside a [`Params`] buffer.
@@ -85,11 +86,34 @@ impl Layout {
     }
 }
 
-/// Model parameters: a layout and one flat f32 buffer.
-#[derive(Debug, Clone, PartialEq)]
+/// Model parameters: a layout and one flat f32 buffer. Large buffers are
+/// recycled (`buffers`): a clone takes one from the pool, a drop returns it.
+#[derive(Debug, PartialEq)]
 pub struct Params {
     layout: Arc<Layout>,
     values: Vec<f32>,
+}
+
+impl Clone for Params {
+    fn clone(&self) -> Self {
+        let values = if self.values.len() >= buffers::MIN_LEN {
+            let mut values = buffers::take(self.values.len());
+            values.copy_from_slice(&self.values);
+            values
+        } else {
+            self.values.clone()
+        };
+        Self {
+            layout: self.layout.clone(),
+            values,
+        }
+    }
+}
+
+impl Drop for Params {
+    fn drop(&mut self) {
+        buffers::give(std::mem::take(&mut self.values));
+    }
 }
 
 impl Params {
@@ -140,8 +164,8 @@ impl Params {
         &mut self.values
     }
 
-    pub fn into_values(self) -> Vec<f32> {
-        self.values
+    pub fn into_values(mut self) -> Vec<f32> {
+        std::mem::take(&mut self.values)
     }
 
     pub fn tensor(&self, name: &str) -> Option<&[f32]> {

@@ -1082,7 +1082,7 @@ impl Core {
                     .map(|started| now.saturating_sub(started).as_secs_f64())
                     .unwrap_or(0.0);
                 t.kept_updates.clear();
-                t.global.params = Arc::new(params);
+                t.global.params = params;
                 t.strategy = strategy;
                 if let Some(dir) = &t.checkpoint_dir {
                     out.push(Output::WriteCheckpoint {

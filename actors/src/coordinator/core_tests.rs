@@ -441,7 +441,7 @@ fn stop_ends_the_run_and_results_of_a_stopped_generation_are_ignored() {
             generation: 1,
             round: 1,
             result: Ok(Aggregated {
-                params: Params::single("w", vec![9.0; 3]).unwrap(),
+                params: Arc::new(Params::single("w", vec![9.0; 3]).unwrap()),
                 participants: 2,
                 metrics: binary_metrics(&[0.5], &[true]),
                 strategy: Box::new(FedAvg),

@@ -125,7 +125,8 @@ pub enum Scaling {
 /// A training stage's result: the next global model, its held-out metrics,
 /// and the strategy as the aggregation left it (its state moved on).
 pub struct Aggregated {
-    pub params: Params,
+    /// Shared with the evaluation's candidate: a real-size model is not copied.
+    pub params: Arc<Params>,
     /// Whose updates the model is made of (counted).
     pub participants: usize,
     pub metrics: Metrics,
@@ -174,11 +175,13 @@ pub fn run_aggregation(job: AggregateJob) -> Result<Aggregated, AggregateFailure
             num_examples: u.num_examples,
         })
         .collect();
-    let params = strategy
-        .aggregate_train(round, &global.params, &weighted)
-        .map_err(|e| e.to_string())?;
+    let params = Arc::new(
+        strategy
+            .aggregate_train(round, &global.params, &weighted)
+            .map_err(|e| e.to_string())?,
+    );
     let candidate = GlobalModel {
-        params: Arc::new(params.clone()),
+        params: params.clone(),
         standardizer: global.standardizer.clone(),
     };
     let mut evaluator = evaluator

@@ -10,38 +10,74 @@ use super::WeightedDelta;
 use crate::error::{ModelError, Result};
 use crate::params::Params;
 
-/// Elements per block (64 KiB): the output block stays in L2 while every
+/// Elements per block (256 KiB): the output block stays in L2 while every
 /// update streams through it, and each input is read in runs long enough
-/// for the hardware prefetcher (measured: 4 Ki elements was slower).
-pub const BLOCK: usize = 16384;
+/// for the hardware prefetcher (measured on 8 x 64 MiB: 16 Ki elements
+/// 0.70x memcpy, 64 Ki 0.71x, 4 Ki 0.66x, four inputs per pass).
+pub const BLOCK: usize = 65536;
+
+/// Below this many values the weighted sum runs on the calling thread: a
+/// thread costs more than the work.
+const PARALLEL_MIN: usize = 1 << 20;
 
 /// `base + sum_k weights[k] * inputs[k]` in one pass: each block of the
 /// output is written once from `base`, then every input streams through it
-/// while it sits in cache.
+/// while it sits in cache. The output is a recycled buffer (`buffers`); a
+/// large one is split into one contiguous part per core (one core cannot
+/// keep enough reads in flight to stream at memory speed).
 pub fn weighted_sum(base: &[f32], inputs: &[&[f32]], weights: &[f32]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(base.len());
-    for (b, base_block) in base.chunks(BLOCK).enumerate() {
-        let start = b * BLOCK;
-        out.extend_from_slice(base_block);
-        let out_block = &mut out[start..];
-        let len = out_block.len();
-        let mut pairs = inputs.iter().zip(weights);
-        // Two inputs per pass halve the loads and stores of the output block.
-        while let (Some((x1, &w1)), Some((x2, &w2))) = (pairs.next(), pairs.next()) {
-            let x1 = &x1[start..start + len];
-            let x2 = &x2[start..start + len];
-            for ((o, a), c) in out_block.iter_mut().zip(x1).zip(x2) {
-                *o += w1 * a + w2 * c;
+    let mut out = crate::buffers::take(base.len());
+    let threads = if base.len() >= PARALLEL_MIN {
+        std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+    } else {
+        1
+    };
+    // Whole blocks per part, so that every part's blocks are full ones.
+    let part = base.len().div_ceil(threads).div_ceil(BLOCK) * BLOCK;
+    if threads == 1 || part >= base.len() {
+        weighted_sum_range(&mut out, base, inputs, weights, 0);
+        return out;
+    }
+    std::thread::scope(|scope| {
+        let mut parts = out.chunks_mut(part).enumerate();
+        let first = parts.next();
+        for (i, chunk) in parts {
+            scope.spawn(move || weighted_sum_range(chunk, base, inputs, weights, i * part));
+        }
+        if let Some((_, chunk)) = first {
+            weighted_sum_range(chunk, base, inputs, weights, 0);
+        }
+    });
+    out
+}
+
+/// The weighted sum of the values `offset..offset + out.len()`, into `out`.
+fn weighted_sum_range(out: &mut [f32], base: &[f32], inputs: &[&[f32]], weights: &[f32], offset: usize) {
+    for (b, out_block) in out.chunks_mut(BLOCK).enumerate() {
+        let start = offset + b * BLOCK;
+        let end = start + out_block.len();
+        out_block.copy_from_slice(&base[start..end]);
+        // Four inputs per pass: a quarter of the output block's loads and
+        // stores (measured: 0.70x memcpy against 0.52x two at a time).
+        let mut quads = inputs.chunks_exact(4).zip(weights.chunks_exact(4));
+        for (x, w) in &mut quads {
+            let (x0, x1, x2, x3) = (
+                &x[0][start..end],
+                &x[1][start..end],
+                &x[2][start..end],
+                &x[3][start..end],
+            );
+            for ((((o, a), b), c), d) in out_block.iter_mut().zip(x0).zip(x1).zip(x2).zip(x3) {
+                *o += w[0] * a + w[1] * b + w[2] * c + w[3] * d;
             }
         }
-        if inputs.len() % 2 == 1 {
-            let (x, &w) = (inputs[inputs.len() - 1], &weights[weights.len() - 1]);
-            for (o, a) in out_block.iter_mut().zip(&x[start..start + len]) {
+        let rest = inputs.len() - inputs.len() % 4;
+        for (x, &w) in inputs[rest..].iter().zip(&weights[rest..]) {
+            for (o, a) in out_block.iter_mut().zip(&x[start..end]) {
                 *o += w * a;
             }
         }
     }
-    out
 }
 
 /// Each update's share of the examples (FedAvg's weights), after checking
@@ -92,9 +128,12 @@ pub fn delta_slices<'a>(global: &Params, updates: &'a [WeightedDelta<'a>]) -> Re
     Ok(updates.iter().map(|u| u.delta.as_slice()).collect())
 }
 
-/// `global + step`, as the next global model.
+/// `global + step`, as the next global model (in a recycled buffer).
 pub fn apply_step(global: &Params, step: &[f32]) -> Result<Params> {
-    let values = global.as_slice().iter().zip(step).map(|(x, s)| x + s).collect();
+    let mut values = crate::buffers::take(global.as_slice().len());
+    for ((v, x), s) in values.iter_mut().zip(global.as_slice()).zip(step) {
+        *v = x + s;
+    }
     Params::new(global.layout().clone(), values)
 }
 
@@ -243,6 +282,33 @@ pub fn mean_of_closest(inputs: &[&[f32]], reference: &[f32], beta: usize) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Large enough for the threaded path, with a last block that is not
+    /// full and a count of inputs that leaves three after the quads: every
+    /// value equals the same arithmetic done one value at a time.
+    #[test]
+    fn the_threaded_weighted_sum_equals_the_plain_one() {
+        let n = PARALLEL_MIN * 2 + 17;
+        let vector = |seed: u32| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i as u32).wrapping_mul(2654435761) ^ seed) as f32 * 1e-9)
+                .collect()
+        };
+        let base = vector(0);
+        let inputs: Vec<Vec<f32>> = (1..=7).map(vector).collect();
+        let slices: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+        let weights = [0.1, 0.2, 0.05, 0.15, 0.3, 0.12, 0.08];
+        let got = weighted_sum(&base, &slices, &weights);
+        for j in (0..n).step_by(997).chain([n - 1]) {
+            let x = |k: usize| slices[k][j];
+            let mut want = base[j];
+            want += weights[0] * x(0) + weights[1] * x(1) + weights[2] * x(2) + weights[3] * x(3);
+            for (k, w) in weights.iter().enumerate().skip(4) {
+                want += w * x(k);
+            }
+            assert_eq!(got[j].to_bits(), want.to_bits(), "value {j}");
+        }
+    }
 
     fn close(got: &[f32], want: &[f32]) {
         assert_eq!(got.len(), want.len());
