@@ -826,4 +826,96 @@ mod tests {
         let e = CnnLearner::new("h", images(10, 16, 1), config(32)).err().unwrap();
         assert!(e.to_string().contains("16x16"), "{e}");
     }
+
+    /// What the CNN computes today, on fixed inputs, kept as a fixture so
+    /// that a rewrite of the training step (issue 22) is held to the same
+    /// numbers: the mean loss and gradients of a batch, two per-example
+    /// gradients (DP-SGD's), and the parameters after one epoch of AdamW.
+    #[derive(Debug, Serialize, Deserialize)]
+    struct Reference {
+        loss: f32,
+        gradient: Vec<f32>,
+        example_gradients: Vec<Vec<f32>>,
+        epoch_loss: f64,
+        after_epoch: Vec<f32>,
+    }
+
+    fn flat(grads: &[Option<Tensor>]) -> Vec<f32> {
+        grads
+            .iter()
+            .flat_map(|g| {
+                g.as_ref()
+                    .expect("every variable has a gradient")
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    fn reference_now() -> Reference {
+        let cfg = config(32);
+        let params = cfg.init_params(11);
+        let set = images(16, 32, 3);
+        let net = Net::from_params(&params).unwrap();
+        let loss_of = |idx: &[usize]| {
+            let (x, y) = batch(&set, idx).unwrap();
+            bce_with_logits(&net.forward(&x).unwrap(), &y).unwrap()
+        };
+        let loss = loss_of(&[0, 1, 2, 3, 4, 5, 6, 7]);
+        let gradient = flat(&gradients(&net, &loss).unwrap());
+        let example_gradients = [0, 5]
+            .iter()
+            .map(|&i| flat(&gradients(&net, &loss_of(&[i])).unwrap()))
+            .collect();
+        let plan = TrainPlan {
+            batch_size: 8,
+            ..plan(1)
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let epoch_loss = train_net(&net, &set, &cfg, &plan, &mut rng).unwrap();
+        Reference {
+            loss: loss.to_scalar::<f32>().unwrap(),
+            gradient,
+            example_gradients,
+            epoch_loss,
+            after_epoch: net.to_params(params.layout()).unwrap().into_values(),
+        }
+    }
+
+    /// Equal to 1e-5 relative, each value against the larger of itself
+    /// and a thousandth of the largest (so that values near zero compare
+    /// on the vector's scale).
+    fn assert_close(what: &str, got: &[f32], want: &[f32]) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            let tolerance = 1e-5 * w.abs().max(1e-3 * scale);
+            assert!((g - w).abs() <= tolerance, "{what}[{i}]: {g} vs {w}");
+        }
+    }
+
+    /// `MEDFED_WRITE_FIXTURES=1 cargo test -p medfed-models cnn_matches`
+    /// rewrites the fixture (only before a change meant to keep the numbers).
+    #[test]
+    fn cnn_matches_its_reference_fixture() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/learner/fixtures/cnn_reference.json");
+        let now = reference_now();
+        if std::env::var_os("MEDFED_WRITE_FIXTURES").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, serde_json::to_string(&now).unwrap()).unwrap();
+        }
+        let text = std::fs::read_to_string(&path).expect("the CNN reference fixture");
+        let want: Reference = serde_json::from_str(&text).unwrap();
+        assert_close("loss", &[now.loss], &[want.loss]);
+        assert_close("gradient", &now.gradient, &want.gradient);
+        assert_eq!(now.example_gradients.len(), want.example_gradients.len());
+        for (g, w) in now.example_gradients.iter().zip(&want.example_gradients) {
+            assert_close("example gradient", g, w);
+        }
+        assert!((now.epoch_loss - want.epoch_loss).abs() <= 1e-5 * want.epoch_loss.abs());
+        assert_close("parameters after an epoch", &now.after_epoch, &want.after_epoch);
+    }
 }
