@@ -10,20 +10,7 @@ use common::{json_of, medfed};
 fn four_thousand_hospitals_train_in_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("synthetic.csv");
-    let out = medfed(
-        &[
-            "data",
-            "synth-tabular",
-            "--rows",
-            "40000",
-            "--features",
-            "8",
-            "--out",
-            csv.to_str().unwrap(),
-        ],
-        &[],
-    );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    common::synthetic::tabular_csv(&csv, 40_000, 8);
     let config = dir.path().join("scale.toml");
     std::fs::write(
         &config,

@@ -8,20 +8,7 @@ use std::path::{Path, PathBuf};
 pub fn tabular_config(dir: &Path, rounds: u64) -> PathBuf {
     let csv = dir.join("synthetic.csv");
     if !csv.exists() {
-        let out = super::medfed(
-            &[
-                "data",
-                "synth-tabular",
-                "--rows",
-                "60000",
-                "--features",
-                "30",
-                "--out",
-                csv.to_str().unwrap(),
-            ],
-            &[],
-        );
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        tabular_csv(&csv, 60_000, 30);
     }
     let config = dir.join("synthetic.toml");
     std::fs::write(
@@ -53,4 +40,22 @@ batch_size = 32
     )
     .unwrap();
     config
+}
+
+/// `medfed data synth-tabular`: a SYNTHETIC labelled CSV at `csv`.
+pub fn tabular_csv(csv: &Path, rows: usize, features: usize) {
+    let out = super::medfed(
+        &[
+            "data",
+            "synth-tabular",
+            "--rows",
+            &rows.to_string(),
+            "--features",
+            &features.to_string(),
+            "--out",
+            csv.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
