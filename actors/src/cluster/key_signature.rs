@@ -14,15 +14,14 @@ use std::sync::Arc;
 
 use medfed_models::secagg::{KeySigner, KeyVerifier};
 use tokio_rustls::rustls::crypto::WebPkiSupportedAlgorithms;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use tokio_rustls::rustls::pki_types::{CertificateDer, UnixTime};
 use tokio_rustls::rustls::server::danger::ClientCertVerifier;
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::sign::{Signer, SigningKey};
-use tokio_rustls::rustls::{RootCertStore, SignatureScheme};
+use tokio_rustls::rustls::SignatureScheme;
 
 use super::gate::Identity;
-use super::tls::{certificate_identity, provider, TlsFiles};
+use super::tls::{certificate_identity, certs, check_own, key, provider, roots, tls_err, TlsFiles};
 use super::ClusterError;
 use crate::hospital::SecAggIdentity;
 
@@ -45,10 +44,6 @@ pub fn secagg_identity(files: &TlsFiles, me: &str) -> Result<SecAggIdentity, Clu
     })
 }
 
-fn tls_err(what: &str, path: &std::path::Path, e: impl std::fmt::Display) -> ClusterError {
-    ClusterError::Tls(format!("{what} {}: {e}", path.display()))
-}
-
 /// Signs with the hospital's TLS private key.
 #[derive(Debug)]
 pub struct TlsKeySigner {
@@ -58,26 +53,8 @@ pub struct TlsKeySigner {
 
 impl TlsKeySigner {
     pub fn load(files: &TlsFiles, me: &str) -> Result<Self, ClusterError> {
-        let chain = CertificateDer::pem_file_iter(&files.cert)
-            .map_err(|e| tls_err("cannot read certificates from", &files.cert, e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| tls_err("bad certificate in", &files.cert, e))?;
-        let first = chain.first().ok_or_else(|| {
-            tls_err(
-                "no certificate in",
-                &files.cert,
-                "expected PEM 'CERTIFICATE' blocks",
-            )
-        })?;
-        let named = certificate_identity(first)
-            .map_err(|e| tls_err("cannot sign secure-aggregation keys with", &files.cert, e))?;
-        if named != Identity::Hospital(me.to_string()) {
-            return Err(tls_err(
-                &format!("cannot sign the keys of hospital {me} with"),
-                &files.cert,
-                format!("it is the certificate of {named}"),
-            ));
-        }
+        check_own(files, &Identity::Hospital(me.to_string()))?;
+        let chain = certs(&files.cert)?;
         if chain.len() > MAX_CHAIN {
             return Err(tls_err(
                 "too many certificates in",
@@ -85,14 +62,12 @@ impl TlsKeySigner {
                 format!("{} (at most {MAX_CHAIN})", chain.len()),
             ));
         }
-        let key = PrivateKeyDer::from_pem_file(&files.key)
-            .map_err(|e| tls_err("cannot read the private key", &files.key, e))?;
-        let key: Arc<dyn SigningKey> = provider()
+        let signing_key: Arc<dyn SigningKey> = provider()
             .key_provider
-            .load_private_key(key)
+            .load_private_key(key(&files.key)?)
             .map_err(|e| tls_err("unusable private key in", &files.key, e))?;
         let schemes = provider().signature_verification_algorithms.supported_schemes();
-        let signer = key.choose_scheme(&schemes).ok_or_else(|| {
+        let signer = signing_key.choose_scheme(&schemes).ok_or_else(|| {
             tls_err(
                 "no signature scheme fits the private key in",
                 &files.key,
@@ -127,19 +102,7 @@ pub struct TlsKeyVerifier {
 
 impl TlsKeyVerifier {
     pub fn new(ca: &std::path::Path) -> Result<Self, ClusterError> {
-        let mut roots = RootCertStore::empty();
-        for cert in
-            CertificateDer::pem_file_iter(ca).map_err(|e| tls_err("cannot read certificates from", ca, e))?
-        {
-            let cert = cert.map_err(|e| tls_err("bad certificate in", ca, e))?;
-            roots
-                .add(cert)
-                .map_err(|e| tls_err("unusable CA certificate in", ca, e))?;
-        }
-        if roots.is_empty() {
-            return Err(tls_err("no certificate in", ca, "expected the cluster's CA"));
-        }
-        let chains = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        let chains = WebPkiClientVerifier::builder_with_provider(roots(ca)?, provider())
             .build()
             .map_err(|e| tls_err("cannot verify hospitals' certificates with", ca, e))?;
         Ok(Self {

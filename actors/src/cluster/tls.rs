@@ -35,11 +35,11 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(tokio_rustls::rustls::crypto::aws_lc_rs::default_provider())
 }
 
-fn tls_err(what: &str, path: &Path, e: impl std::fmt::Display) -> ClusterError {
+pub(super) fn tls_err(what: &str, path: &Path, e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Tls(format!("{what} {}: {e}", path.display()))
 }
 
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClusterError> {
+pub(super) fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClusterError> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| tls_err("cannot read certificates from", path, e))?
         .collect::<Result<Vec<_>, _>>()
@@ -54,11 +54,11 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClusterError> {
     Ok(certs)
 }
 
-fn key(path: &Path) -> Result<PrivateKeyDer<'static>, ClusterError> {
+pub(super) fn key(path: &Path) -> Result<PrivateKeyDer<'static>, ClusterError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| tls_err("cannot read the private key", path, e))
 }
 
-fn roots(path: &Path) -> Result<Arc<RootCertStore>, ClusterError> {
+pub(super) fn roots(path: &Path) -> Result<Arc<RootCertStore>, ClusterError> {
     let mut store = RootCertStore::empty();
     for cert in certs(path)? {
         store
