@@ -97,9 +97,6 @@ const DP_DISTRIBUTED: (&str, &str) = (
     include_str!("../../config/profiles/dp-distributed.toml"),
 );
 
-/// Lay a DP profile over a configuration file's table: its [privacy] keys
-/// over the file's, its [tabular] keys over every tabular task's
-/// (`training` key by key, anything else replaced whole).
 /// The tuned profile `--dp-epsilon` lays under the environment and flags:
 /// only where the file and the environment leave DP off and a selected task
 /// is tabular (the profiles are tuned for tabular tasks); the distributed
@@ -139,6 +136,9 @@ fn dp_profile(
     Ok(Some(if secure { DP_DISTRIBUTED } else { DP_LOCAL }))
 }
 
+/// Lay a DP profile over a configuration file's table: its [privacy] keys
+/// over the file's, its [tabular] keys over every tabular task's
+/// (`training` key by key, anything else replaced whole).
 fn overlay_dp_profile(table: &mut toml::Table, name: &str, text: &str) -> Result<(), config::ConfigError> {
     let profile: toml::Table = text
         .parse()
