@@ -232,6 +232,16 @@ pub(crate) trait DpSgdModel {
     fn dim(&self) -> usize;
     /// Gradient of example `i`'s loss at the current model, into `out`.
     fn example_gradient(&mut self, i: usize, out: &mut [f64]) -> Result<()>;
+    /// The gradients of the examples `batch`, example `batch[j]`'s into
+    /// `out[j * dim..(j + 1) * dim]`. A model that computes them in one
+    /// batched pass overrides this; by default, one at a time.
+    fn example_gradients(&mut self, batch: &[usize], out: &mut [f64]) -> Result<()> {
+        let dim = self.dim();
+        for (&i, row) in batch.iter().zip(out.chunks_exact_mut(dim.max(1))) {
+            self.example_gradient(i, row)?;
+        }
+        Ok(())
+    }
     /// One optimiser step on the noisy mean gradient.
     fn step(&mut self, noisy_mean_gradient: &[f64]) -> Result<()>;
 }
@@ -249,8 +259,14 @@ pub(crate) struct DpSgdSteps {
     settings: DpSgdSettings,
     expected_batch: f64,
     sum: Vec<f64>,
-    example: Vec<f64>,
+    /// Per-example gradients of up to `chunk` examples at a time.
+    examples: Vec<f64>,
+    chunk: usize,
 }
+
+/// Per-example gradient values held at once (64 MiB of f64): a batch is
+/// asked for in chunks of at most this many values.
+const EXAMPLE_VALUES: usize = 8 << 20;
 
 impl DpSgdSteps {
     /// Made by `dp_sgd_steps`, which checks the settings and the count.
@@ -259,7 +275,8 @@ impl DpSgdSteps {
             settings: *dp,
             expected_batch: dp.sampling_rate * public_count,
             sum: vec![0.0; dim],
-            example: vec![0.0; dim],
+            examples: Vec::new(),
+            chunk: (EXAMPLE_VALUES / dim.max(1)).max(1),
         }
     }
 
@@ -271,10 +288,14 @@ impl DpSgdSteps {
         noise: &mut NoiseSource,
     ) -> Result<()> {
         self.sum.iter_mut().for_each(|s| *s = 0.0);
-        for &i in batch {
-            model.example_gradient(i, &mut self.example)?;
-            clip_l2(&mut self.example, self.settings.max_grad_norm);
-            self.sum.iter_mut().zip(&self.example).for_each(|(s, g)| *s += g);
+        let dim = self.sum.len();
+        for part in batch.chunks(self.chunk) {
+            self.examples.resize(part.len() * dim, 0.0);
+            model.example_gradients(part, &mut self.examples)?;
+            for example in self.examples.chunks_exact_mut(dim.max(1)) {
+                clip_l2(example, self.settings.max_grad_norm);
+                self.sum.iter_mut().zip(example.iter()).for_each(|(s, g)| *s += g);
+            }
         }
         noise.add_gaussian(
             &mut self.sum,
