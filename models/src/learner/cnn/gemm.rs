@@ -15,7 +15,11 @@ pub(super) struct Mat<'a> {
 impl<'a> Mat<'a> {
     /// The row-major `rows x cols` matrix at the start of `data`.
     pub(super) fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        assert!(data.len() >= rows * cols, "a {rows}x{cols} matrix needs {} values", rows * cols);
+        assert!(
+            data.len() >= rows * cols,
+            "a {rows}x{cols} matrix needs {} values",
+            rows * cols
+        );
         Self {
             data,
             rows,

@@ -308,7 +308,10 @@ impl Learner for CnnLearner {
 
     fn evaluate(&mut self, global: &GlobalModel) -> Result<Metrics> {
         let values = model_values(&self.config, &global.params)?;
-        Ok(binary_metrics(&predict(&self.net, &values, &self.images), &self.images.labels))
+        Ok(binary_metrics(
+            &predict(&self.net, &values, &self.images),
+            &self.images.labels,
+        ))
     }
 }
 
@@ -400,7 +403,10 @@ impl Evaluator for CnnEvaluator {
 
     fn evaluate(&mut self, global: &GlobalModel) -> Result<Metrics> {
         let values = model_values(&self.config, &global.params)?;
-        Ok(binary_metrics(&predict(&self.net, &values, &self.images), &self.images.labels))
+        Ok(binary_metrics(
+            &predict(&self.net, &values, &self.images),
+            &self.images.labels,
+        ))
     }
 }
 
@@ -667,7 +673,8 @@ mod tests {
         let net = SmallNet::new(&cfg);
         let dim = net.dim();
         let mut gradient = vec![0.0; dim];
-        let loss = net.mean_loss_and_gradient(params.as_slice(), &set, &[0, 1, 2, 3, 4, 5, 6, 7], &mut gradient);
+        let loss =
+            net.mean_loss_and_gradient(params.as_slice(), &set, &[0, 1, 2, 3, 4, 5, 6, 7], &mut gradient);
         let mut rows = vec![0.0; 2 * dim];
         net.example_gradients(params.as_slice(), &set, &[0, 5], &mut rows);
         let plan = TrainPlan {
@@ -709,7 +716,9 @@ mod tests {
                 Some("conv2") => 0.25,
                 _ => 1.0,
             };
-            gradient[at..at + spec.numel()].iter_mut().for_each(|g| *g *= scale);
+            gradient[at..at + spec.numel()]
+                .iter_mut()
+                .for_each(|g| *g *= scale);
             at += spec.numel();
         }
         gradient
@@ -743,7 +752,11 @@ mod tests {
         let now = reference_now();
         let cfg = config(32);
         assert_close("loss", &[now.loss], &[want.loss]);
-        assert_close("gradient", &as_candle_reported(&cfg, now.gradient), &want.gradient);
+        assert_close(
+            "gradient",
+            &as_candle_reported(&cfg, now.gradient),
+            &want.gradient,
+        );
         assert_eq!(now.example_gradients.len(), want.example_gradients.len());
         for (g, w) in now.example_gradients.into_iter().zip(&want.example_gradients) {
             assert_close("example gradient", &as_candle_reported(&cfg, g), w);
@@ -778,9 +791,15 @@ mod tests {
                 p[i] = v;
                 net.mean_loss_and_gradient(&p, &set, &batch, scratch)
             };
-            let fd = (loss_at(params[i] + h, &mut scratch) - loss_at(params[i] - h, &mut scratch)) / (2.0 * f64::from(h));
+            let fd = (loss_at(params[i] + h, &mut scratch) - loss_at(params[i] - h, &mut scratch))
+                / (2.0 * f64::from(h));
             let g = f64::from(grad[i]);
-            assert!((fd - g).abs() <= 2e-2 * g.abs() + 1e-4, "{} [{}]: {g} vs {fd}", spec.name, i - range.start);
+            assert!(
+                (fd - g).abs() <= 2e-2 * g.abs() + 1e-4,
+                "{} [{}]: {g} vs {fd}",
+                spec.name,
+                i - range.start
+            );
         }
     }
 }

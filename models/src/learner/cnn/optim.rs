@@ -1,8 +1,7 @@
 //! The local optimisers, one fused pass over the flat parameter vector per
-//! step (candle-nn's `AdamW` computes the same update as a chain of ~12
-//! tensor ops, each allocating its result; at the small CNN's 5,921
-//! parameters the fused loop is noise in the step, and it is what the
-//! per-example DP-SGD path already holds: a flat gradient).
+//! step: the training step holds its gradient as one flat vector (so does
+//! DP-SGD's noisy mean), and candle-nn's optimisers step `Var`s of a
+//! candle graph this step no longer builds (small_net.rs says why).
 
 use super::Optimizer;
 use crate::learner::TrainPlan;
@@ -32,7 +31,11 @@ impl LocalOptimizer {
             m: vec![0.0; params.len()],
             s: vec![0.0; params.len()],
             step: 0,
-            anchor: if plan.proximal_mu > 0.0 { params.to_vec() } else { Vec::new() },
+            anchor: if plan.proximal_mu > 0.0 {
+                params.to_vec()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -94,7 +97,10 @@ mod tests {
     fn adamw_first_steps_have_known_values() {
         // Step 1: m_hat = g, s_hat = g^2, so the update is lr * sign(g)
         // (up to eps), after the decay w * (1 - lr * wd).
-        let kind = Optimizer::Adamw { beta1: 0.9, beta2: 0.999 };
+        let kind = Optimizer::Adamw {
+            beta1: 0.9,
+            beta2: 0.999,
+        };
         let mut w = vec![1.0f32, -2.0];
         let mut opt = LocalOptimizer::new(kind, &w, &plan(0.1, 0.5));
         opt.step(&mut w, &[3.0, -0.5]);

@@ -12,7 +12,10 @@ pub(super) fn relu_max_pool2(input: &[f32], c: usize, h: usize, w: usize, out: &
     let (ph, pw) = (h / 2, w / 2);
     for ch in 0..c {
         let plane = &input[ch * h * w..][..h * w];
-        let (o, a) = (&mut out[ch * ph * pw..][..ph * pw], &mut arg[ch * ph * pw..][..ph * pw]);
+        let (o, a) = (
+            &mut out[ch * ph * pw..][..ph * pw],
+            &mut arg[ch * ph * pw..][..ph * pw],
+        );
         for py in 0..ph {
             let top = &plane[2 * py * w..][..w];
             let bottom = &plane[(2 * py + 1) * w..][..w];
@@ -52,7 +55,11 @@ pub(super) fn relu_max_pool_backward(
     for ch in 0..c {
         let base = ch * plane;
         let range = ch * per_plane..(ch + 1) * per_plane;
-        for ((&d, &p), &a) in dout[range.clone()].iter().zip(&pooled[range.clone()]).zip(&arg[range]) {
+        for ((&d, &p), &a) in dout[range.clone()]
+            .iter()
+            .zip(&pooled[range.clone()])
+            .zip(&arg[range])
+        {
             if p > 0.0 {
                 dinput[base + a as usize] = d;
             }

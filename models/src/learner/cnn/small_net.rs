@@ -225,7 +225,13 @@ impl SmallNet {
     }
 
     /// The batch's mean loss, and its gradient into `grad` (overwritten).
-    pub fn mean_loss_and_gradient(&self, params: &[f32], images: &ImageSet, batch: &[usize], grad: &mut [f32]) -> f64 {
+    pub fn mean_loss_and_gradient(
+        &self,
+        params: &[f32],
+        images: &ImageSet,
+        batch: &[usize],
+        grad: &mut [f32],
+    ) -> f64 {
         let n = batch.len().max(1) as f64;
         let parts: Vec<(f64, Vec<f32>)> = batch
             .par_chunks(Self::per_thread(batch.len()))
@@ -266,7 +272,13 @@ impl SmallNet {
                     row.fill(0.0);
                     let image = images.image(i);
                     let z = f64::from(self.forward(params, image, &mut sc));
-                    self.backward(params, image, (sigmoid(z) - label(images, i)) as f32, &mut sc, row);
+                    self.backward(
+                        params,
+                        image,
+                        (sigmoid(z) - label(images, i)) as f32,
+                        &mut sc,
+                        row,
+                    );
                 }
                 self.give_back(sc);
             });
@@ -278,7 +290,10 @@ impl SmallNet {
             .par_chunks(Self::per_thread(batch.len()))
             .flat_map_iter(|part| {
                 let mut sc = self.scratch();
-                let z: Vec<f32> = part.iter().map(|&i| self.forward(params, images.image(i), &mut sc)).collect();
+                let z: Vec<f32> = part
+                    .iter()
+                    .map(|&i| self.forward(params, images.image(i), &mut sc))
+                    .collect();
                 self.give_back(sc);
                 z
             })
