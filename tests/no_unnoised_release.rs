@@ -80,13 +80,13 @@ const REVIEWED: &[(&str, &str, usize, &str)] = &[
         "the same open train()",
     ),
     (
-        "models/src/learner/cnn.rs",
+        "models/src/learner/cnn/mod.rs",
         "NonPrivate",
         1,
         "CnnLearner::train: the open learner, a different type from DpCnnLearner",
     ),
     (
-        "models/src/learner/cnn.rs",
+        "models/src/learner/cnn/mod.rs",
         "LocalUpdate {",
         1,
         "the same open train()",
