@@ -173,7 +173,6 @@ impl Params {
         Some(&self.values[self.layout.range(index)])
     }
 
-    /// Iterate `(spec, values)` in layout order.
     /// The same tensors in `layout`'s order (a file read without an
     /// expected layout has its tensors sorted by name); an error if a
     /// tensor is missing, extra or shaped differently.
@@ -205,6 +204,7 @@ impl Params {
         Params::new(layout.clone(), values)
     }
 
+    /// Iterate `(spec, values)` in layout order.
     pub fn tensors(&self) -> impl Iterator<Item = (&TensorSpec, &[f32])> {
         self.layout
             .specs()

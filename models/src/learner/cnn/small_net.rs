@@ -26,7 +26,7 @@ use super::conv::Conv3x3;
 use super::pool::{relu_global_max, relu_max_pool2, relu_max_pool_backward};
 use super::CnnConfig;
 use crate::data::images::ImageSet;
-use crate::learner::logistic::sigmoid;
+use crate::learner::logistic::{example_loss, sigmoid};
 
 /// The tensors of the `Params` layout, in order.
 const W1: usize = 0;
@@ -59,12 +59,6 @@ struct Scratch {
     arg2: Vec<u32>,
     g: Vec<f32>,
     arg3: Vec<u32>,
-}
-
-/// Binary cross-entropy of logit `z` against `y`, stable when saturated:
-/// max(z, 0) - z y + ln(1 + exp(-|z|)).
-fn bce(z: f64, y: f64) -> f64 {
-    z.max(0.0) - z * y + (-z.abs()).exp().ln_1p()
 }
 
 impl SmallNet {
@@ -113,7 +107,7 @@ impl SmallNet {
     }
 
     fn scratch(&self) -> Scratch {
-        if let Some(s) = self.spare.lock().map(|mut v| v.pop()).ok().flatten() {
+        if let Some(s) = self.spare.lock().ok().and_then(|mut spare| spare.pop()) {
             return s;
         }
         let [k1, k2, k3] = &self.conv;
@@ -242,7 +236,7 @@ impl SmallNet {
                 for &i in part {
                     let image = images.image(i);
                     let (z, y) = (f64::from(self.forward(params, image, &mut sc)), label(images, i));
-                    loss += bce(z, y);
+                    loss += example_loss(z, images.labels[i]);
                     self.backward(params, image, ((sigmoid(z) - y) / n) as f32, &mut sc, &mut g);
                 }
                 self.give_back(sc);
