@@ -765,7 +765,25 @@ mod tests {
         assert_close("parameters after an epoch", &now.after_epoch, &want.after_epoch);
     }
 
-    /// The gradient is the loss's derivative: central differences of the
+    /// DP-SGD clips every example's own gradient: the batched pass's rows
+    /// are each image's gradient alone, as a batch of that one image gives
+    /// it (7 images over the threads, so a thread holds several rows).
+    #[test]
+    fn batched_example_gradients_are_each_images_own() {
+        let cfg = config(16);
+        let set = images(7, 16, 8);
+        let net = SmallNet::new(&cfg);
+        let params = cfg.init_params(2).into_values();
+        let batch = [6, 0, 3, 3, 1, 5, 2];
+        let mut rows = vec![f32::NAN; batch.len() * net.dim()];
+        net.example_gradients(&params, &set, &batch, &mut rows);
+        let mut alone = vec![0.0; net.dim()];
+        for (row, &i) in rows.chunks(net.dim()).zip(&batch) {
+            net.mean_loss_and_gradient(&params, &set, &[i], &mut alone);
+            assert_close("example gradient", row, &alone);
+        }
+    }
+
     /// batch loss, at the largest-gradient coordinate of every tensor.
     #[test]
     fn gradients_match_finite_differences() {
