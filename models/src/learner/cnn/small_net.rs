@@ -22,7 +22,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use super::conv::Conv3x3;
+use super::conv::Conv2d;
 use super::pool::{relu_global_max, relu_max_pool2, relu_max_pool_backward};
 use super::CnnConfig;
 use crate::data::images::ImageSet;
@@ -39,7 +39,7 @@ const FC_W: usize = 6;
 const FC_B: usize = 7;
 
 pub(super) struct SmallNet {
-    conv: [Conv3x3; 3],
+    conv: [Conv2d; 3],
     /// Where each tensor of the layout lies in the flat parameter vector.
     at: [Range<usize>; 8],
     /// Per-thread buffers, reused across batches (a step allocates nothing).
@@ -65,24 +65,9 @@ impl SmallNet {
     pub fn new(cfg: &CnnConfig) -> Self {
         let ([c1, c2, c3], s) = (cfg.channels, cfg.size);
         let conv = [
-            Conv3x3 {
-                cin: 1,
-                cout: c1,
-                h: s,
-                w: s,
-            },
-            Conv3x3 {
-                cin: c1,
-                cout: c2,
-                h: s / 2,
-                w: s / 2,
-            },
-            Conv3x3 {
-                cin: c2,
-                cout: c3,
-                h: s / 4,
-                w: s / 4,
-            },
+            Conv2d::same3x3(1, c1, s, s),
+            Conv2d::same3x3(c1, c2, s / 2, s / 2),
+            Conv2d::same3x3(c2, c3, s / 4, s / 4),
         ];
         let layout = cfg.layout();
         let mut start = 0;
@@ -111,10 +96,10 @@ impl SmallNet {
             return s;
         }
         let [k1, k2, k3] = &self.conv;
-        let cols = [k1, k2, k3].map(|k| k.k() * k.hw());
-        let outs = [k1, k2, k3].map(|k| k.cout * k.hw());
-        let pooled1 = k1.cout * k2.hw();
-        let pooled2 = k2.cout * k3.hw();
+        let cols = [k1, k2, k3].map(|k| k.k() * k.out_hw());
+        let outs = [k1, k2, k3].map(|k| k.cout * k.out_hw());
+        let pooled1 = k1.cout * k2.in_hw();
+        let pooled2 = k2.cout * k3.in_hw();
         Scratch {
             col: vec![0.0; cols.into_iter().max().unwrap_or(0)],
             pre: vec![0.0; outs.into_iter().max().unwrap_or(0)],
@@ -141,14 +126,14 @@ impl SmallNet {
         let p = |t: usize| &params[self.at[t].clone()];
         let [k1, k2, k3] = &self.conv;
         k1.im2col(image, &mut sc.col);
-        k1.forward(p(W1), p(B1), &sc.col, &mut sc.pre[..k1.cout * k1.hw()]);
+        k1.forward(p(W1), p(B1), &sc.col, &mut sc.pre[..k1.cout * k1.out_hw()]);
         relu_max_pool2(&sc.pre, k1.cout, k1.h, k1.w, &mut sc.p1, &mut sc.arg1);
         k2.im2col(&sc.p1, &mut sc.col);
-        k2.forward(p(W2), p(B2), &sc.col, &mut sc.pre[..k2.cout * k2.hw()]);
+        k2.forward(p(W2), p(B2), &sc.col, &mut sc.pre[..k2.cout * k2.out_hw()]);
         relu_max_pool2(&sc.pre, k2.cout, k2.h, k2.w, &mut sc.p2, &mut sc.arg2);
         k3.im2col(&sc.p2, &mut sc.col);
-        k3.forward(p(W3), p(B3), &sc.col, &mut sc.pre[..k3.cout * k3.hw()]);
-        relu_global_max(&sc.pre, k3.cout, k3.hw(), &mut sc.g, &mut sc.arg3);
+        k3.forward(p(W3), p(B3), &sc.col, &mut sc.pre[..k3.cout * k3.out_hw()]);
+        relu_global_max(&sc.pre, k3.cout, k3.out_hw(), &mut sc.g, &mut sc.arg3);
         p(FC_B)[0] + p(FC_W).iter().zip(&sc.g).map(|(w, g)| w * g).sum::<f32>()
     }
 
@@ -164,7 +149,7 @@ impl SmallNet {
         // conv3 -> global max: one pixel per channel receives a gradient, so
         // its weight and input gradients are a column of im2col (still in
         // `col` from the forward pass) and a 3x3 scatter per channel.
-        let (hw3, w3, h3) = (k3.hw(), k3.w as isize, k3.h as isize);
+        let (hw3, w3, h3) = (k3.out_hw(), k3.w as isize, k3.h as isize);
         let dp2 = &mut sc.dp[..k2.cout * hw3];
         dp2.fill(0.0);
         for c in 0..k3.cout {
@@ -186,18 +171,18 @@ impl SmallNet {
         }
 
         // pool2 -> conv2.
-        let dpre2 = &mut sc.dpre[..k2.cout * k2.hw()];
-        relu_max_pool_backward(dp2, &sc.p2, &sc.arg2, k2.cout, k2.hw(), dpre2);
+        let dpre2 = &mut sc.dpre[..k2.cout * k2.out_hw()];
+        relu_max_pool_backward(dp2, &sc.p2, &sc.arg2, k2.cout, k2.out_hw(), dpre2);
         k2.im2col(&sc.p1, &mut sc.col);
         k2.add_param_grads(dpre2, &sc.col, gw2, gb2);
         k2.input_grad_col(p(W2), dpre2, &mut sc.dcol);
-        let dp1 = &mut sc.dp[..k1.cout * k2.hw()];
+        let dp1 = &mut sc.dp[..k1.cout * k2.in_hw()];
         dp1.fill(0.0);
         k2.col2im(&sc.dcol, dp1);
 
         // pool1 -> conv1 (the image needs no gradient).
-        let dpre1 = &mut sc.dpre[..k1.cout * k1.hw()];
-        relu_max_pool_backward(dp1, &sc.p1, &sc.arg1, k1.cout, k1.hw(), dpre1);
+        let dpre1 = &mut sc.dpre[..k1.cout * k1.out_hw()];
+        relu_max_pool_backward(dp1, &sc.p1, &sc.arg1, k1.cout, k1.out_hw(), dpre1);
         k1.im2col(image, &mut sc.col);
         k1.add_param_grads(dpre1, &sc.col, gw1, gb1);
     }
