@@ -6,8 +6,9 @@
 //! cross a real socket between two processes. One round trip is the whole
 //! path: encode the Train message (JSON header + raw tensors), chunk it,
 //! ractor_cluster, decode and reassemble; the echo node sends the same
-//! tensors back as an Update. Raw TCP echoes the same number of bytes.
-//! Plain and mutual TLS; 4 MiB and 64 MiB models.
+//! tensors back as an Update. Raw TCP echoes the same number of bytes, and
+//! so does a raw mutual-TLS stream with the nodes' own rustls settings (the
+//! peer of the TLS figures). Plain and mutual TLS; 4 MiB and 64 MiB models.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -24,7 +25,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use medfed_actors::cluster::gate::Identity;
 use medfed_actors::cluster::link::{send, Inbox};
 use medfed_actors::cluster::node::{self, NodeOptions};
-use medfed_actors::cluster::{Envelope, TlsFiles, WireStats};
+use medfed_actors::cluster::{tls, Envelope, TlsFiles, WireStats};
 use medfed_actors::messages::wire::Uplinked;
 use medfed_actors::messages::{Ask, ToCoordinator, ToHospital, TrainOutcome};
 use medfed_models::learner::{GlobalModel, LocalUpdate, Release, TrainPlan};
@@ -60,6 +61,9 @@ fn main() {
         group.bench_function(format!("raw_tcp_{mib}MiB"), |b| {
             b.iter_custom(|iters| raw_tcp_round_trips(mib << 20, iters))
         });
+        group.bench_function(format!("raw_tls_{mib}MiB"), |b| {
+            b.iter_custom(|iters| runtime.block_on(raw_tls_round_trips(certs.path(), mib << 20, iters)))
+        });
     }
     for tls in [false, true] {
         let mode = if tls { "tls" } else { "plain" };
@@ -81,16 +85,28 @@ fn main() {
         let Some(raw) = mean_ns(&dir, "cluster_transfer", &format!("raw_tcp_{mib}MiB")) else {
             continue;
         };
-        let raw_gbs = 2.0 * (mib << 20) as f64 / raw;
+        let gbs = |ns: f64| 2.0 * (mib << 20) as f64 / ns;
+        let raw_tls = mean_ns(&dir, "cluster_transfer", &format!("raw_tls_{mib}MiB"));
         for mode in ["plain", "tls"] {
-            if let Some(t) = mean_ns(&dir, "cluster_transfer", &format!("cluster_{mode}_{mib}MiB")) {
-                println!(
-                    "{mib} MiB model round trip, cluster {mode}: {:.1} ms ({:.2} GB/s); raw loopback TCP {:.1} ms ({raw_gbs:.2} GB/s); ratio {:.3}",
-                    t / 1e6,
-                    2.0 * (mib << 20) as f64 / t,
-                    raw / 1e6,
-                    raw / t
-                );
+            let Some(t) = mean_ns(&dir, "cluster_transfer", &format!("cluster_{mode}_{mib}MiB")) else {
+                continue;
+            };
+            print!(
+                "{mib} MiB model round trip, cluster {mode}: {:.1} ms ({:.2} GB/s); raw loopback TCP {:.1} ms ({:.2} GB/s): ratio {:.3}",
+                t / 1e6,
+                gbs(t),
+                raw / 1e6,
+                gbs(raw),
+                raw / t
+            );
+            match raw_tls {
+                Some(peer) if mode == "tls" => println!(
+                    "; raw rustls stream {:.1} ms ({:.2} GB/s): ratio {:.3}",
+                    peer / 1e6,
+                    gbs(peer),
+                    peer / t
+                ),
+                _ => println!(),
             }
         }
     }
@@ -175,6 +191,55 @@ fn raw_tcp_round_trips(size: usize, iters: u64) -> Duration {
     elapsed
 }
 
+/// Echo `size` bytes through a mutual-TLS loopback stream `iters` times,
+/// with the nodes' own rustls settings and certificates; writing and
+/// reading run in parallel, as in the raw TCP peer.
+async fn raw_tls_round_trips(certs: &Path, size: usize, iters: u64) -> Duration {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let acceptor = tls::acceptor(&files(certs, "coordinator")).expect("a TLS acceptor");
+    let connector = tls::connector(&files(certs, "hospital")).expect("a TLS connector");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.expect("accept");
+        tcp.set_nodelay(true).expect("nodelay");
+        let stream = acceptor.accept(tcp).await.expect("TLS accept");
+        let (mut r, mut w) = tokio::io::split(stream);
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if w.write_all(&buf[..n]).await.is_err() || w.flush().await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    let name = tls::server_name(&addr.to_string()).expect("a server name");
+    let stream = connector.connect(name, tcp).await.expect("TLS connect");
+    let (mut r, mut w) = tokio::io::split(stream);
+    let mut payload = vec![7u8; size];
+    let mut back = vec![0u8; size];
+    let start = Instant::now();
+    for _ in 0..iters {
+        let writer = tokio::spawn(async move {
+            w.write_all(&payload).await.expect("write");
+            w.flush().await.expect("flush");
+            (w, payload)
+        });
+        r.read_exact(&mut back).await.expect("read");
+        (w, payload) = writer.await.expect("the writer");
+    }
+    let elapsed = start.elapsed();
+    drop((r, w));
+    server.abort();
+    elapsed
+}
+
 /// This process's end: a node the echo process connects to.
 struct Echo {
     node: node::Node,
@@ -190,9 +255,11 @@ impl Echo {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
+        let stats = Arc::new(WireStats::default());
         let (node, _events) = node::start(NodeOptions {
             listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
             tls: tls.clone(),
+            routes: stats.routes.clone(),
             ..NodeOptions::new(
                 Identity::Coordinator.node_name_prefix(),
                 Identity::Coordinator,
@@ -202,7 +269,6 @@ impl Echo {
         .await
         .expect("node starts");
         let (tx, replies) = unbounded_channel();
-        let stats = Arc::new(WireStats::default());
         Actor::spawn(None, Receiver, (group("origin", mode), tx, stats.clone(), None))
             .await
             .expect("receiver starts");
@@ -242,7 +308,7 @@ impl Echo {
     async fn round_trips(&mut self, message: &ToHospital, iters: u64) -> Duration {
         let start = Instant::now();
         for _ in 0..iters {
-            send(&self.echo, message, &self.stats).expect("sent");
+            send(&self.echo, message.clone(), &self.stats).expect("sent");
             self.replies.recv().await.expect("a reply");
         }
         start.elapsed()
@@ -319,13 +385,16 @@ impl Actor for Receiver {
         }
         match (state.requests.accept(envelope), state.origin.clone()) {
             (Some(ToHospital::Train { ask, model, .. }), Some(origin)) => {
+                // The model's own buffer goes back (a hospital's update is
+                // a buffer of its own too): no copy in the echo.
+                let delta = Arc::try_unwrap(model.params).unwrap_or_else(|shared| (*shared).clone());
                 let update = Uplinked {
                     link: "bench".into(),
                     message: ToCoordinator::Update {
                         ask,
                         outcome: TrainOutcome::Trained {
                             update: LocalUpdate {
-                                delta: (*model.params).clone(),
+                                delta,
                                 num_examples: 1,
                                 train_loss: None,
                                 release: Release::NonPrivate,
@@ -334,7 +403,7 @@ impl Actor for Receiver {
                         },
                     },
                 };
-                send(&origin, &update, &state.stats)?;
+                send(&origin, update, &state.stats)?;
             }
             _ => {
                 let _ = state.done.send(());
@@ -373,8 +442,10 @@ fn echo_node(spec: &str) {
     runtime.block_on(async move {
         let tls = (!certs.is_empty()).then(|| files(&PathBuf::from(&certs), "hospital"));
         let me = Identity::Hospital("hospital".into());
+        let stats = Arc::new(WireStats::default());
         let (node, _events) = node::start(NodeOptions {
             tls,
+            routes: stats.routes.clone(),
             ..NodeOptions::new(
                 format!("{}00000000000000b1", me.node_name_prefix()),
                 me,
@@ -387,12 +458,7 @@ fn echo_node(spec: &str) {
         Actor::spawn(
             None,
             Receiver,
-            (
-                group("echo", &mode),
-                tx,
-                Arc::new(WireStats::default()),
-                Some(group("origin", &mode)),
-            ),
+            (group("echo", &mode), tx, stats, Some(group("origin", &mode))),
         )
         .await
         .expect("echo starts");

@@ -79,6 +79,7 @@ pub async fn execute(args: &Args) -> Result<RunEnd> {
             allow: (!cluster.allow.is_empty()).then(|| cluster.allow.iter().cloned().collect()),
             insecure_plaintext: cluster.insecure_plaintext,
             stats: stats.gate.clone(),
+            routes: stats.routes.clone(),
             ..NodeOptions::new(
                 Identity::Coordinator.node_name_prefix(),
                 Identity::Coordinator,
@@ -357,6 +358,7 @@ fn log_traffic(stats: &WireStats) {
         bytes_sent = stats.bytes_sent.load(Relaxed),
         bytes_received = stats.bytes_received.load(Relaxed),
         messages_sent = stats.messages_sent.load(Relaxed),
+        messages_sent_direct = stats.messages_sent_direct.load(Relaxed),
         messages_received = stats.messages_received.load(Relaxed),
         dropped = ?stats.dropped(),
         "cluster traffic"

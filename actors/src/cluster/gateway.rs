@@ -266,7 +266,7 @@ pub fn farewell(tasks: &[String], stats: &WireStats) -> usize {
             if cell.get_id().is_local() {
                 continue;
             }
-            match send(&ActorRef::<Envelope>::from(cell), &ToHospital::Leaving, stats) {
+            match send(&ActorRef::<Envelope>::from(cell), ToHospital::Leaving, stats) {
                 Ok(()) => told += 1,
                 Err(e) => debug!("could not tell a hospital node the coordinator is leaving: {e}"),
             }
@@ -282,7 +282,7 @@ fn welcome(cell: &ActorCell, stats: &WireStats) {
     }
     if let Err(e) = send(
         &ActorRef::<Envelope>::from(cell.clone()),
-        &ToHospital::Welcome,
+        ToHospital::Welcome,
         stats,
     ) {
         debug!("could not welcome a hospital node: {e}");
@@ -408,10 +408,11 @@ impl Actor for HospitalProxy {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if let Err(e) = send(&state.remote, &message, &state.stats) {
-            warn!(message = message.name(), "could not send to the hospital: {e}");
+        let (name, refused) = (message.name(), matches!(message, ToHospital::Refused { .. }));
+        if let Err(e) = send(&state.remote, message, &state.stats) {
+            warn!(message = name, "could not send to the hospital: {e}");
         }
-        if matches!(message, ToHospital::Refused { .. }) {
+        if refused {
             myself.stop(Some("hospital refused".into()));
         }
         Ok(())

@@ -76,7 +76,7 @@ impl Shared {
                 link: self.link.clone(),
                 message: ToCoordinator::Hello { info },
             };
-            if let Err(e) = send(&to, &hello, &self.stats) {
+            if let Err(e) = send(&to, hello, &self.stats) {
                 warn!("could not say hello to the coordinator: {e}");
             }
         }
@@ -248,11 +248,9 @@ impl Actor for Uplink {
         };
         match shared.coordinator() {
             Some(to) => {
-                if let Err(e) = send(&to, &message, &shared.stats) {
-                    warn!(
-                        message = message.message.name(),
-                        "could not send to the coordinator: {e}"
-                    );
+                let name = message.message.name();
+                if let Err(e) = send(&to, message, &shared.stats) {
+                    warn!(message = name, "could not send to the coordinator: {e}");
                 }
             }
             None => warn!(

@@ -1,6 +1,10 @@
-//! Sending and receiving messages of the one message set as envelopes: frames above the
-//! chunk limit are split, and inbound frames are reassembled, checked and
-//! decoded. A frame that fails is dropped with a logged reason and counted.
+//! Sending and receiving messages of the one message set as envelopes. To a
+//! node with a session, an envelope goes on the session's direct stream
+//! (`gate::direct`), its tensor values written from where they are; without
+//! one (a session ractor_cluster has not opened yet) it goes through
+//! ractor_cluster, where frames above the chunk limit are split. Inbound
+//! frames are reassembled, checked and decoded. A frame that fails is
+//! dropped with a logged reason and counted.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,7 +14,8 @@ use ractor::ActorRef;
 use tracing::warn;
 
 use super::envelope::Envelope;
-use crate::messages::wire::{WireMessage, KIND_CHUNK, KIND_MESSAGE};
+use super::gate::direct::{Direct, Route, Routes};
+use crate::messages::wire::{WireMessage, KIND_APART, KIND_CHUNK, KIND_MESSAGE};
 use crate::wire::chunks::{self, Reassembler};
 use crate::wire::{encode_frame, parse, WireError};
 
@@ -32,14 +37,18 @@ const PARTIAL_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 /// Frame header bytes around a chunk (see `wire`).
 const FRAME_OVERHEAD: usize = 16;
 
-/// Traffic and drop counters of one node, shared with whoever reports them.
+/// Traffic and drop counters of one node, shared with whoever reports them,
+/// and the node's direct routes, shared with its gate (`NodeOptions::routes`).
 #[derive(Debug, Default)]
 pub struct WireStats {
     /// The node's gate: connections, sessions, refusals, certificates.
     pub gate: Arc<super::gate::GateStats>,
+    pub routes: Routes,
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
     pub messages_sent: AtomicU64,
+    /// Of `messages_sent`, those sent on a session's direct stream.
+    pub messages_sent_direct: AtomicU64,
     pub messages_received: AtomicU64,
     dropped: Mutex<BTreeMap<String, u64>>,
 }
@@ -72,8 +81,47 @@ pub enum SendError {
     Gone(String),
 }
 
-/// Encode `message` and cast it to `to`, in chunks when it is large.
-pub fn send<M: WireMessage>(
+/// Encode `message` and send it to `to`: on the direct stream of `to`'s
+/// node when there is one, otherwise cast through ractor_cluster, in chunks
+/// when it is large.
+pub fn send<M: WireMessage>(to: &ActorRef<Envelope>, message: M, stats: &WireStats) -> Result<(), SendError> {
+    match stats.routes.to(&to.get_id()) {
+        Some((route, pid)) if cfg!(target_endian = "little") => send_direct(route, pid, message, stats),
+        _ => send_cast(to, &message, stats),
+    }
+}
+
+fn send_direct<M: WireMessage>(
+    route: Route,
+    pid: u64,
+    message: M,
+    stats: &WireStats,
+) -> Result<(), SendError> {
+    let label = message.label();
+    let (frame, values) = message.encode_apart().map_err(|e| SendError::Encode(label, e))?;
+    let values_len = values.as_ref().map_or(0, |v| v.as_slice().len() as u64 * 4);
+    // What the receiving gate takes (`gate::Limits`' defaults): refused here
+    // rather than closing the session there.
+    if values_len > MAX_MESSAGE || frame.len() > MAX_ENVELOPE {
+        return Err(SendError::Encode(
+            label,
+            WireError::TooLarge(format!(
+                "a frame of {} bytes with {values_len} bytes of values (at most {MAX_ENVELOPE} and {MAX_MESSAGE})",
+                frame.len()
+            )),
+        ));
+    }
+    let n = frame.len() as u64 + values_len;
+    route
+        .send(Direct { pid, frame, values })
+        .map_err(|_| SendError::Gone("the session with its node has closed".into()))?;
+    stats.bytes_sent.fetch_add(n, Ordering::Relaxed);
+    stats.messages_sent.fetch_add(1, Ordering::Relaxed);
+    stats.messages_sent_direct.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+fn send_cast<M: WireMessage>(
     to: &ActorRef<Envelope>,
     message: &M,
     stats: &WireStats,
@@ -148,10 +196,12 @@ impl<M: WireMessage> Inbox<M> {
 
     /// As `accept`, saying why nothing came of the envelope.
     pub fn receive(&mut self, envelope: Envelope) -> Received<M> {
+        let values = envelope.values.as_ref().map_or(0, |v| v.len() as u64 * 4);
         self.stats
             .bytes_received
-            .fetch_add(envelope.frame.len() as u64, Ordering::Relaxed);
-        let decoded = self.decode(&envelope.frame);
+            .fetch_add(envelope.frame.len() as u64 + values, Ordering::Relaxed);
+        let bytes = envelope.frame.len();
+        let decoded = self.decode(&envelope.frame, envelope.values);
         let (evicted, expired) = self.reassembler.take_dropped();
         for (n, label) in [(evicted, "chunks_evicted"), (expired, "chunks_expired")] {
             self.stats.count_drops(label, n);
@@ -172,22 +222,25 @@ impl<M: WireMessage> Inbox<M> {
             }
             Ok(None) => Received::Pending,
             Err(e) => {
-                warn!(
-                    reason = e.label(),
-                    bytes = envelope.frame.len(),
-                    "dropped an inbound cluster frame: {e}"
-                );
+                warn!(reason = e.label(), bytes, "dropped an inbound cluster frame: {e}");
                 self.stats.count_drop(e.label());
                 Received::Dropped(e)
             }
         }
     }
 
-    fn decode(&mut self, bytes: &[u8]) -> Result<Option<M>, WireError> {
+    fn decode(&mut self, bytes: &[u8], values: Option<Vec<f32>>) -> Result<Option<M>, WireError> {
         let frame = parse(bytes)?;
-        match frame.kind {
-            KIND_MESSAGE => M::decode(frame.payload).map(Some),
-            KIND_CHUNK => match self.reassembler.push(frame.payload)? {
+        match (frame.kind, values) {
+            (KIND_APART, Some(values)) => M::decode_apart(frame.payload, values).map(Some),
+            (KIND_APART, None) => Err(WireError::Malformed(
+                "a frame whose values travel apart came without them".into(),
+            )),
+            (_, Some(_)) => Err(WireError::Malformed(
+                "values came apart from a frame that holds its own".into(),
+            )),
+            (KIND_MESSAGE, None) => M::decode(frame.payload).map(Some),
+            (KIND_CHUNK, None) => match self.reassembler.push(frame.payload)? {
                 Some((_, whole)) => {
                     let inner = parse(&whole)?;
                     if inner.kind != KIND_MESSAGE {
@@ -197,7 +250,7 @@ impl<M: WireMessage> Inbox<M> {
                 }
                 None => Ok(None),
             },
-            other => Err(WireError::Malformed(format!("unknown frame kind {other}"))),
+            (other, None) => Err(WireError::Malformed(format!("unknown frame kind {other}"))),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! own accept loop and connect, mutual cookie authentication, optional
 //! mutual TLS whose certificates name each node, a per-session identity on
 //! every message) in Isolated mode. Only `Envelope`s cross
-//! nodes, each one frame of the one message set (`messages`); on each side a
+//! nodes, each one frame of the one message set (`messages`), on the
+//! session's direct stream beside ractor_cluster (`gate::direct`); on each side a
 //! local stand-in (`HospitalProxy`, `Uplink`) forwards those messages
 //! unchanged, so the coordinator and hospital actors run as in process.
 

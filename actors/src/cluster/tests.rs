@@ -15,7 +15,7 @@ use super::hospital_link::{HospitalLink, LinkArgs, LinkStatus, Shared};
 use super::link::{Inbox, WireStats, MAX_ENVELOPE};
 use super::{version_mismatch, Gateway, GatewayArgs, NodeDirectory, Side};
 use crate::messages::samples::{every_to_coordinator, every_to_hospital, params, update};
-use crate::messages::wire::{Uplinked, WireMessage, KIND_CHUNK};
+use crate::messages::wire::{CarriesTensors, Uplinked, WireMessage, KIND_CHUNK};
 use crate::messages::{
     Ask, CoordinatorMsg, SecAggAnswer, SecAggStep, ToCoordinator, ToHospital, TrainOutcome,
 };
@@ -161,6 +161,81 @@ fn every_message_of_the_set_round_trips_through_the_wire() {
         } => assert_eq!(bits(&u.delta), bits(&update().delta)),
         other => panic!("{other:?}"),
     }
+}
+
+/// `message` as a session's direct stream carries it: its values apart.
+fn through_inbox_apart<M: WireMessage + Clone>(message: &M) -> M {
+    let (frame, values) = message.clone().encode_apart().unwrap();
+    let envelope = Envelope {
+        frame,
+        values: values.map(|v| v.as_slice().to_vec()),
+        from: Some(h1()),
+    };
+    inbox().accept(envelope).expect("decodes")
+}
+
+#[test]
+fn every_message_round_trips_with_its_values_apart() {
+    for m in every_to_hospital() {
+        assert_eq!(through_inbox_apart(&m), m, "{}", m.name());
+    }
+    for m in every_to_coordinator() {
+        let up = Uplinked {
+            link: "medfed.hospital.h1.0123456789abcdef".into(),
+            message: m,
+        };
+        let got = through_inbox_apart(&up);
+        assert_eq!(got, up, "{}", up.message.name());
+        if let (Some(a), Some(b)) = (got.message.tensors(), up.message.tensors()) {
+            assert_eq!(bits(a), bits(b), "bit for bit");
+        }
+    }
+}
+
+#[test]
+fn values_apart_come_only_with_a_frame_that_leaves_them_out() {
+    let stats = Arc::new(WireStats::default());
+    let mut inbox: Inbox<ToHospital> = Inbox::new(stats.clone());
+    let train = every_to_hospital()
+        .into_iter()
+        .find(|m| matches!(m, ToHospital::Train { .. }))
+        .unwrap();
+    let (apart, values) = train.clone().encode_apart().unwrap();
+    let values = values.unwrap().as_slice().to_vec();
+    let arrived = |frame: Vec<u8>, values: Option<Vec<f32>>| Envelope {
+        frame,
+        values,
+        from: Some(h1()),
+    };
+    // The frame without its values; values beside a whole frame; one value
+    // short of what the names describe; values for a message that has none.
+    assert!(inbox.accept(arrived(apart.clone(), None)).is_none());
+    assert!(inbox
+        .accept(arrived(train.encode().unwrap(), Some(values.clone())))
+        .is_none());
+    assert!(inbox
+        .accept(arrived(apart.clone(), Some(values[1..].to_vec())))
+        .is_none());
+    let json = serde_json::to_vec(&ToHospital::Welcome).unwrap();
+    let names = crate::wire::tensors::header(&params(3, 1));
+    let payload = [&(json.len() as u32).to_le_bytes()[..], &json, &names].concat();
+    let welcome_apart = Frame {
+        kind: crate::messages::wire::KIND_APART,
+        payload,
+    }
+    .encode()
+    .unwrap();
+    assert!(inbox
+        .accept(arrived(welcome_apart, Some(params(3, 1).as_slice().to_vec())))
+        .is_none());
+    assert_eq!(
+        stats.dropped().get("malformed"),
+        Some(&4),
+        "{:?}",
+        stats.dropped()
+    );
+    // And whole, it decodes.
+    assert_eq!(inbox.accept(arrived(apart, Some(values))), Some(train));
 }
 
 #[test]

@@ -258,6 +258,16 @@ impl wire::CarriesTensors for ToHospital {
             other => Err(format!("a {} message carries no tensors", other.name())),
         }
     }
+
+    fn take_tensors(&mut self) -> Option<std::sync::Arc<Params>> {
+        match self {
+            ToHospital::Train { model, .. } | ToHospital::Evaluate { model, .. } => Some(std::mem::replace(
+                &mut model.params,
+                std::sync::Arc::new(Params::empty()),
+            )),
+            _ => None,
+        }
+    }
 }
 
 impl wire::CarriesTensors for ToCoordinator {
@@ -292,6 +302,23 @@ impl wire::CarriesTensors for ToCoordinator {
                 Ok(())
             }
             other => Err(format!("a {} message carries no tensors", other.name())),
+        }
+    }
+
+    fn take_tensors(&mut self) -> Option<std::sync::Arc<Params>> {
+        match self {
+            ToCoordinator::Update {
+                outcome:
+                    TrainOutcome::Trained {
+                        update: LocalUpdate { delta: tensors, .. },
+                    },
+                ..
+            }
+            | ToCoordinator::Update {
+                outcome: TrainOutcome::Masked { vector: tensors, .. },
+                ..
+            } => Some(std::sync::Arc::new(std::mem::replace(tensors, Params::empty()))),
+            _ => None,
         }
     }
 }

@@ -9,6 +9,16 @@
 //! A message that carries a model says so through `CarriesTensors`; the
 //! header and the block must agree (a model without tensors, or tensors on a
 //! message that has none, is malformed).
+//!
+//! On a session's direct stream (`cluster::gate::direct`) the values travel
+//! apart from the frame, straight from the model's memory into the socket
+//! and from the socket into the receiver's buffer:
+//!
+//! ```text
+//! apart payload: header length u32 | header JSON | tensor names and shapes (values follow the frame)
+//! ```
+
+use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -21,6 +31,8 @@ use crate::wire::{encode_frame, tensors, Reader, WireError};
 /// Frame kinds.
 pub const KIND_MESSAGE: u8 = 1;
 pub const KIND_CHUNK: u8 = 2;
+/// A message whose tensor values travel apart from the frame.
+pub const KIND_APART: u8 = 3;
 
 /// Headers larger than this are refused before parsing.
 const MAX_HEADER: usize = 1 << 20;
@@ -30,6 +42,9 @@ pub trait CarriesTensors {
     fn tensors(&self) -> Option<&Params>;
     /// Put the decoded tensor block where `tensors()` reads it from.
     fn attach_tensors(&mut self, params: Params) -> Result<(), String>;
+    /// Move the tensors out, leaving an empty slot (shared, not copied, when
+    /// the message held them shared).
+    fn take_tensors(&mut self) -> Option<Arc<Params>>;
 }
 
 /// What crosses the wire towards the coordinator: a hospital's message and
@@ -48,6 +63,10 @@ impl CarriesTensors for Uplinked {
 
     fn attach_tensors(&mut self, params: Params) -> Result<(), String> {
         self.message.attach_tensors(params)
+    }
+
+    fn take_tensors(&mut self) -> Option<Arc<Params>> {
+        self.message.take_tensors()
     }
 }
 
@@ -69,16 +88,50 @@ pub trait WireMessage: Sized + Serialize + DeserializeOwned + CarriesTensors {
         }
     }
 
-    /// Decode the payload of a `KIND_MESSAGE` frame.
-    fn decode(payload: &[u8]) -> Result<Self, WireError> {
+    /// The message as a frame without its tensor values, and the values
+    /// (for the direct stream, which writes them from where they are).
+    fn encode_apart(mut self) -> Result<(Vec<u8>, Option<Arc<Params>>), WireError> {
+        let json = serde_json::to_vec(&self).map_err(|e| WireError::Malformed(format!("header: {e}")))?;
+        let len = (json.len() as u32).to_le_bytes();
+        let names = self.tensors().map(tensors::header);
+        match (names, self.take_tensors()) {
+            (Some(names), Some(values)) => {
+                Ok((encode_frame(KIND_APART, &[&len, &json, &names])?, Some(values)))
+            }
+            _ => Ok((encode_frame(KIND_MESSAGE, &[&len, &json])?, None)),
+        }
+    }
+
+    /// Decode the payload of a `KIND_APART` frame with the values that
+    /// arrived apart from it.
+    fn decode_apart(payload: &[u8], values: Vec<f32>) -> Result<Self, WireError> {
+        let (mut message, names) = Self::header(payload)?;
+        if message.tensors().is_none() {
+            return Err(WireError::Malformed(format!(
+                "a {} message carries no tensors",
+                message.label()
+            )));
+        }
+        let params = tensors::decode_apart(names, values, None)?;
+        message.attach_tensors(params).map_err(WireError::Malformed)?;
+        Ok(message)
+    }
+
+    /// The JSON header, decoded, and the bytes after it.
+    fn header(payload: &[u8]) -> Result<(Self, &[u8]), WireError> {
         let mut r = Reader::new(payload);
         let len = r.u32()? as usize;
         if len > MAX_HEADER {
             return Err(WireError::TooLarge(format!("a header of {len} bytes")));
         }
-        let mut message: Self =
+        let message: Self =
             serde_json::from_slice(r.take(len)?).map_err(|e| WireError::Malformed(format!("header: {e}")))?;
-        let block = r.take(r.remaining())?;
+        Ok((message, r.take(r.remaining())?))
+    }
+
+    /// Decode the payload of a `KIND_MESSAGE` frame.
+    fn decode(payload: &[u8]) -> Result<Self, WireError> {
+        let (mut message, block) = Self::header(payload)?;
         // An empty slot stands where the header left the tensors out.
         let wants = message.tensors().is_some();
         match (wants, block.is_empty()) {

@@ -20,7 +20,7 @@ use thiserror::Error;
 
 pub const MAGIC: [u8; 4] = *b"MDFW";
 /// Bumped whenever a frame or payload layout changes.
-pub const VERSION: u16 = 6;
+pub const VERSION: u16 = 7;
 const HEADER: usize = 4 + 2 + 1 + 1 + 4 + 4;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -55,8 +55,55 @@ pub fn values_le(params: &Params) -> Cow<'_, [u8]> {
 
 /// Decode, and with `expected` require exactly that layout (names, shapes, order).
 pub fn decode(bytes: &[u8], expected: Option<&Arc<Layout>>) -> Result<Params, WireError> {
-    let bad = |m: String| WireError::Malformed(m);
     let mut r = Reader::new(bytes);
+    let (specs, total) = specs(&mut r)?;
+    let data_len = byte_len(total)?;
+    if r.remaining() != data_len {
+        return Err(WireError::Truncated {
+            needed: bytes.len() - r.remaining() + data_len,
+            got: bytes.len(),
+        });
+    }
+    let data = r.take(data_len)?;
+    let values: Vec<f32> = if cfg!(target_endian = "little") {
+        let mut values = vec![0f32; total];
+        bytemuck::cast_slice_mut::<f32, u8>(&mut values).copy_from_slice(data);
+        values
+    } else {
+        data.chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect()
+    };
+    params(specs, values, expected)
+}
+
+/// Decode names and shapes (`header`) whose values arrived apart, already
+/// in memory order (the direct stream reads them straight into `values`).
+pub fn decode_apart(
+    header: &[u8],
+    values: Vec<f32>,
+    expected: Option<&Arc<Layout>>,
+) -> Result<Params, WireError> {
+    let mut r = Reader::new(header);
+    let (specs, total) = specs(&mut r)?;
+    if !r.is_empty() {
+        return Err(WireError::Malformed(format!(
+            "{} bytes after the tensor names",
+            r.remaining()
+        )));
+    }
+    if values.len() != total {
+        return Err(WireError::Malformed(format!(
+            "the tensor names describe {total} values but {} arrived",
+            values.len()
+        )));
+    }
+    params(specs, values, expected)
+}
+
+/// The names and shapes in front of the values, and how many values they describe.
+fn specs(r: &mut Reader<'_>) -> Result<(Vec<TensorSpec>, usize), WireError> {
+    let bad = |m: String| WireError::Malformed(m);
     let count = r.u32()? as usize;
     if count > MAX_TENSORS {
         return Err(bad(format!("{count} tensors (at most {MAX_TENSORS})")));
@@ -90,25 +137,22 @@ pub fn decode(bytes: &[u8], expected: Option<&Arc<Layout>>) -> Result<Params, Wi
             .ok_or_else(|| bad("element count overflows".into()))?;
         specs.push(TensorSpec::new(name, &shape));
     }
-    let data_len = total
+    byte_len(total)?;
+    Ok((specs, total))
+}
+
+fn byte_len(values: usize) -> Result<usize, WireError> {
+    values
         .checked_mul(4)
-        .ok_or_else(|| bad("element count overflows".into()))?;
-    if r.remaining() != data_len {
-        return Err(WireError::Truncated {
-            needed: bytes.len() - r.remaining() + data_len,
-            got: bytes.len(),
-        });
-    }
-    let data = r.take(data_len)?;
-    let values: Vec<f32> = if cfg!(target_endian = "little") {
-        let mut values = vec![0f32; total];
-        bytemuck::cast_slice_mut::<f32, u8>(&mut values).copy_from_slice(data);
-        values
-    } else {
-        data.chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    };
+        .ok_or_else(|| WireError::Malformed("element count overflows".into()))
+}
+
+fn params(
+    specs: Vec<TensorSpec>,
+    values: Vec<f32>,
+    expected: Option<&Arc<Layout>>,
+) -> Result<Params, WireError> {
+    let bad = |m: String| WireError::Malformed(m);
     let layout = match expected {
         Some(layout) => {
             if layout.specs() != specs.as_slice() {

@@ -458,7 +458,8 @@ impl Collector for BuildInfo {
 }
 
 /// Read at every scrape from the node's `WireStats`:
-/// `medfed_cluster_bytes_total{direction}` and
+/// `medfed_cluster_bytes_total{direction}`,
+/// `medfed_cluster_messages_sent_total{path}` and
 /// `medfed_cluster_frames_dropped_total{reason}`.
 #[derive(Debug)]
 struct ClusterTraffic(Arc<WireStats>);
@@ -478,6 +479,22 @@ impl Collector for ClusterTraffic {
             ("received", stats.bytes_received.load(Relaxed)),
         ] {
             ConstCounter::new(value).encode(bytes.encode_family(&[("direction", direction)])?)?;
+        }
+        let mut sent = encoder.encode_descriptor(
+            "medfed_cluster_messages_sent",
+            "Cluster envelopes this node sent, by path: a session's direct stream, or through ractor_cluster",
+            None,
+            MetricType::Counter,
+        )?;
+        let direct = stats.messages_sent_direct.load(Relaxed);
+        for (path, value) in [
+            ("direct", direct),
+            (
+                "ractor_cluster",
+                stats.messages_sent.load(Relaxed).saturating_sub(direct),
+            ),
+        ] {
+            ConstCounter::new(value).encode(sent.encode_family(&[("path", path)])?)?;
         }
         let dropped = stats.dropped();
         let mut frames = encoder.encode_descriptor(
@@ -542,6 +559,11 @@ fn encode_gate(gate: &GateStats, encoder: &mut DescriptorEncoder) -> std::fmt::R
             "medfed_cluster_sessions_closed",
             "Authenticated sessions closed by the gate's frame filter, by reason",
             gate.closed(),
+        ),
+        (
+            "medfed_cluster_direct_undelivered",
+            "Envelopes on a session's direct stream that no actor on this node takes, by reason",
+            gate.undelivered(),
         ),
     ] {
         let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;

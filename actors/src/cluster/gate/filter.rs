@@ -4,8 +4,9 @@
 //! identity (whatever the peer put there), actor and process-group
 //! announcements budgeted and limited to the groups the peer's role joins,
 //! its node name its identity's, frames size-limited by family before they
-//! are read and again once decoded. Outbound, a peer that stops reading is
-//! cut off. Anything outside that closes the session with a logged reason.
+//! are read and again once decoded. Direct frames (`direct`) are read and
+//! delivered here, stamped the same way. Anything outside that closes the
+//! session with a logged reason.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -14,10 +15,12 @@ use bytes::BytesMut;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::direct;
 use super::frames::{self, AuthKind, ControlKind, Family, NetworkMessage, NodeKind};
 use super::identity::Identity;
 use super::limits::Limits;
 use super::sessions::Activity;
+use super::stats::GateStats;
 
 /// Why the gate closed an authenticated session.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -232,11 +235,12 @@ impl Policy {
 }
 
 /// Least rate a frame's body must arrive at once its length is known.
-const MIN_RATE: u64 = 64 << 10;
+const MIN_RATE: u64 = direct::MIN_RATE;
 
-/// Copy checked frames from the peer to ractor_cluster until the peer
-/// closes (`Ok`) or breaks a rule (`Err`, the session is then closed).
-pub async fn pump<R, W>(mut from: R, mut to: W, mut policy: Policy) -> Result<(), Breach>
+/// Copy checked frames from the peer to ractor_cluster, and deliver its
+/// direct frames here, until the peer closes (`Ok`) or breaks a rule
+/// (`Err`, the session is then closed).
+pub async fn pump<R, W>(mut from: R, mut to: W, mut policy: Policy, stats: &GateStats) -> Result<(), Breach>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -252,6 +256,17 @@ where
         let len = u64::from_be_bytes(head[..8].try_into().unwrap_or_default());
         if len == 0 {
             return Err(Breach::Malformed("a frame of 0 bytes".into()));
+        }
+        if head[8] == direct::KEY {
+            let bounds = direct::Bounds {
+                max_frame: policy.limits.max_message_frame,
+                max_values: policy.limits.max_direct_values,
+                idle,
+                activity: policy.activity.clone(),
+            };
+            direct::receive(&mut from, len, &policy.peer, &bounds, stats).await?;
+            policy.activity.touch();
+            continue;
         }
         let (family, limit) = policy.limit_for(head[8]);
         if len > limit {
@@ -275,32 +290,6 @@ where
         if written.await.is_err() {
             // ractor_cluster closed its end: the session is over.
             return Ok(());
-        }
-    }
-}
-
-/// Copy ractor_cluster's frames to the peer as they are, until either end
-/// closes; a peer that stops reading for `stall` is a breach (what it does
-/// not read would pile up in this node's queues).
-pub async fn pump_out<R, W>(mut from: R, mut to: W, stall: Duration) -> Result<(), Breach>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return Ok(()),
-            Ok(n) => n,
-        };
-        let written = async {
-            to.write_all(&buf[..n]).await?;
-            to.flush().await
-        };
-        match tokio::time::timeout(stall, written).await {
-            Err(_) => return Err(Breach::NotReading(stall)),
-            Ok(Err(_)) => return Ok(()),
-            Ok(Ok(())) => {}
         }
     }
 }
@@ -484,7 +473,7 @@ mod tests {
         let mut head = (1u64 << 30).to_be_bytes().to_vec();
         head.push(frames::KEY_CONTROL);
         peer.write_all(&head).await.unwrap();
-        let r = pump(gate_side, ractor_side, policy()).await;
+        let r = pump(gate_side, ractor_side, policy(), &GateStats::default()).await;
         assert_eq!(r.unwrap_err().label(), "frame_too_large");
     }
 
@@ -500,18 +489,9 @@ mod tests {
             gate_side,
             ractor_side,
             Policy::new(Identity::Coordinator, limits, false, Activity::default()),
+            &GateStats::default(),
         )
         .await;
         assert_eq!(r.unwrap_err().label(), "idle");
-    }
-
-    #[tokio::test]
-    async fn a_peer_that_stops_reading_is_cut_off() {
-        // The peer's side holds 64 bytes and is never read.
-        let (_peer, gate_side) = tokio::io::duplex(64);
-        let (mut ractor_side, gate_in) = tokio::io::duplex(1 << 16);
-        ractor_side.write_all(&[7u8; 4096]).await.unwrap();
-        let r = pump_out(gate_in, gate_side, Duration::from_millis(50)).await;
-        assert_eq!(r.unwrap_err().label(), "not_reading");
     }
 }

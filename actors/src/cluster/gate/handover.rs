@@ -1,6 +1,8 @@
 //! Handing an authenticated connection to ractor_cluster: it gets one end
 //! of an in-memory pipe; the gate pumps the socket into it through the
-//! frame filter and copies ractor_cluster's output to the socket as is.
+//! frame filter (delivering direct frames itself) and writes the session's
+//! queue to the socket: ractor_cluster's frames as they are and, between
+//! them, the direct frames `link::send` queues on the session's route.
 
 use std::net::SocketAddr;
 
@@ -9,6 +11,7 @@ use ractor_cluster::{BoxRead, BoxWrite, ClusterBidiStream, NodeServerMessage};
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
 use tracing::{debug, warn};
 
+use super::direct::{self, Route};
 use super::filter::{self, Policy};
 use super::identity::Identity;
 use super::sessions::Live;
@@ -53,6 +56,8 @@ pub fn hand_over(
     let (ours, theirs) = tokio::io::duplex(PIPE);
     let label = format!("{peer} at {addr}");
     gate.directory.expect(&label, peer.clone());
+    let (queue, outgoing) = tokio::sync::mpsc::unbounded_channel();
+    gate.routes.expect(&label, Route::new(queue.clone()));
     server
         .cast(NodeServerMessage::ConnectionOpenedExternal {
             stream: Box::new(Pipe {
@@ -63,6 +68,7 @@ pub fn hand_over(
         })
         .map_err(|_| {
             gate.directory.ended(&label);
+            gate.routes.ended(&label);
             "this node's cluster server has stopped".to_string()
         })?;
     let activity = live.as_ref().map(|l| l.activity.clone()).unwrap_or_default();
@@ -70,20 +76,23 @@ pub fn hand_over(
     let stall = gate.limits.idle_timeout;
     let stats = gate.stats.clone();
     let directory = gate.directory.clone();
+    let routes = gate.routes.clone();
     tokio::spawn(async move {
         let _live = live;
         let _open = Held::new(&stats, |s| &s.sessions);
         let (socket_in, socket_out) = tokio::io::split(io);
         let (pipe_in, pipe_out) = tokio::io::split(ours);
         let result = tokio::select! {
-            result = filter::pump(socket_in, pipe_out, policy) => result,
-            result = filter::pump_out(pipe_in, socket_out, stall) => result,
+            result = filter::pump(socket_in, pipe_out, policy, &stats) => result,
+            () = direct::cluster_frames(pipe_in, queue) => Ok(()),
+            result = direct::write(outgoing, socket_out, stall) => result,
         };
         if let Err(breach) = result {
             stats.count_closed(breach.label());
             warn!(peer = %label, "closed the cluster session: {breach}");
         }
         directory.ended(&label);
+        routes.ended(&label);
         debug!(peer = %label, "cluster connection closed");
     });
     Ok(())

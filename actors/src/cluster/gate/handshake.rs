@@ -21,7 +21,8 @@ use super::cookie::Cookie;
 use super::identity::Identity;
 
 /// Protocol and version: any other first bytes are not this handshake.
-pub const MAGIC: &[u8; 16] = b"MEDFED-CLUSTER/1";
+/// 2: sessions carry direct frames beside ractor_cluster's (`direct`).
+pub const MAGIC: &[u8; 16] = b"MEDFED-CLUSTER/2";
 const NONCE: usize = 32;
 const PROOF: usize = 32;
 const ROLE_HOSPITAL: u8 = 1;

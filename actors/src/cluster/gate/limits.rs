@@ -21,6 +21,8 @@ pub struct Limits {
     pub max_control_frame: u64,
     /// Remote actors one session may announce (a hospital has one).
     pub max_announced_actors: usize,
+    /// Largest model (values, in bytes) one direct frame may carry.
+    pub max_direct_values: u64,
 }
 
 impl Default for Limits {
@@ -36,6 +38,8 @@ impl Default for Limits {
             max_auth_frame: 4 << 10,
             max_control_frame: 64 << 10,
             max_announced_actors: 16,
+            // A model of 256M parameters.
+            max_direct_values: 1 << 30,
         }
     }
 }

@@ -10,6 +10,7 @@
 pub mod accept;
 pub mod cookie;
 pub mod dial;
+pub mod direct;
 pub mod filter;
 pub mod frames;
 pub mod handover;
@@ -45,6 +46,8 @@ pub struct Gate {
     pub sessions: Sessions,
     /// The coordinator's list of expected hospital names (others refused).
     pub allow: Option<Arc<BTreeSet<String>>>,
+    /// Each session's direct stream, for `link::send`.
+    pub routes: direct::Routes,
 }
 
 /// The TLS halves of a node with certificates.

@@ -22,6 +22,8 @@ pub struct GateStats {
     refused: Mutex<BTreeMap<&'static str, u64>>,
     /// Authenticated sessions closed by the frame filter, by reason.
     closed: Mutex<BTreeMap<&'static str, u64>>,
+    /// Envelopes on direct streams that no actor here takes, by reason.
+    undelivered: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl GateStats {
@@ -35,6 +37,16 @@ impl GateStats {
         if let Ok(mut m) = self.closed.lock() {
             *m.entry(reason).or_default() += 1;
         }
+    }
+
+    pub fn count_undelivered(&self, reason: &'static str) {
+        if let Ok(mut m) = self.undelivered.lock() {
+            *m.entry(reason).or_default() += 1;
+        }
+    }
+
+    pub fn undelivered(&self) -> BTreeMap<&'static str, u64> {
+        self.undelivered.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     pub fn refused(&self) -> BTreeMap<&'static str, u64> {
