@@ -308,16 +308,16 @@ impl wire::CarriesTensors for ToCoordinator {
     fn take_tensors(&mut self) -> Option<std::sync::Arc<Params>> {
         match self {
             ToCoordinator::Update {
-                outcome:
-                    TrainOutcome::Trained {
-                        update: LocalUpdate { delta: tensors, .. },
-                    },
+                outcome: TrainOutcome::Trained { update },
                 ..
-            }
-            | ToCoordinator::Update {
-                outcome: TrainOutcome::Masked { vector: tensors, .. },
+            } => Some(std::sync::Arc::new(std::mem::replace(
+                &mut update.delta,
+                Params::empty(),
+            ))),
+            ToCoordinator::Update {
+                outcome: TrainOutcome::Masked { vector, .. },
                 ..
-            } => Some(std::sync::Arc::new(std::mem::replace(tensors, Params::empty()))),
+            } => Some(std::sync::Arc::new(std::mem::replace(vector, Params::empty()))),
             _ => None,
         }
     }
