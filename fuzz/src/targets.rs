@@ -64,6 +64,7 @@ pub fn all() -> Vec<Target> {
     vec![
         wire_frame(),
         wire_message(),
+        session_stream(),
         chunk_reassembler(),
         config(),
         csv(),
@@ -128,6 +129,62 @@ pub fn wire_message() -> Target {
                     decode_both(&decoded.payload);
                 }
             }
+        }),
+    }
+}
+
+/// What an authenticated hospital's session sends the coordinator's gate:
+/// direct frames (every message sample, models included) and
+/// ractor_cluster frames, read by the gate's inbound pump (size checks,
+/// the values' checksum, the frame filter) and delivered or counted.
+pub fn session_stream() -> Target {
+    use medfed_actors::cluster::gate::direct::{self, Direct};
+    let mut corpus: Vec<Vec<u8>> = Vec::new();
+    let direct = |(frame, values)| {
+        direct::encode(&Direct {
+            pid: 1,
+            frame,
+            values,
+        })
+        .expect("a sample frames")
+    };
+    for m in every_to_hospital() {
+        corpus.push(direct(m.encode_apart().expect("a sample encodes")));
+    }
+    for message in every_to_coordinator() {
+        let up = Uplinked {
+            link: "medfed.hospital.h1.00000000deadbeef".into(),
+            message,
+        };
+        corpus.push(direct(up.encode_apart().expect("a sample encodes")));
+    }
+    // Two frames in a row, as a session carries them.
+    corpus.push([corpus[0].clone(), corpus[corpus.len() - 1].clone()].concat());
+    Target {
+        name: "session_stream",
+        corpus,
+        dictionary: Vec::new(),
+        run: Box::new(|bytes| {
+            use medfed_actors::cluster::gate::filter::{pump, Policy};
+            use medfed_actors::cluster::gate::sessions::Activity;
+            use medfed_actors::cluster::gate::{GateStats, Identity, Limits};
+            thread_local! {
+                static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .expect("a runtime");
+            }
+            // Within the fuzzer's allocation limit; the sizes are checked the same way.
+            let limits = Limits {
+                max_direct_values: 16 << 20,
+                ..Limits::default()
+            };
+            let policy = Policy::new(Identity::Hospital("h1".into()), limits, true, Activity::default());
+            RUNTIME.with(|runtime| {
+                runtime.block_on(async {
+                    let _ = pump(bytes, tokio::io::sink(), policy, &GateStats::default()).await;
+                })
+            });
         }),
     }
 }

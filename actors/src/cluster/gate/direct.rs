@@ -249,6 +249,16 @@ async fn write_direct<W: AsyncWrite + Unpin>(
     within(stall, to.write_all(&crc.finalize().to_le_bytes())).await
 }
 
+/// A direct frame as `write` sends it, in one buffer (for tests and the
+/// fuzzer's corpus; `write` streams it from the model's memory instead).
+pub fn encode(direct: &Direct) -> Result<Vec<u8>, String> {
+    let mut out = head(direct)?;
+    let values: &[u8] = direct.values.as_ref().map_or(&[], |v| values_le(v.as_slice()));
+    out.extend_from_slice(values);
+    out.extend_from_slice(&crc32fast::hash(values).to_le_bytes());
+    Ok(out)
+}
+
 /// The values as the little-endian bytes the stream carries (only
 /// little-endian nodes send on it: see `link::send`).
 fn values_le(values: &[f32]) -> &[u8] {
