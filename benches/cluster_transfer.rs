@@ -259,7 +259,7 @@ impl Echo {
         let (node, _events) = node::start(NodeOptions {
             listen: Some(format!("127.0.0.1:{port}").parse().expect("address")),
             tls: tls.clone(),
-            routes: stats.routes.clone(),
+            directory: stats.directory.clone(),
             ..NodeOptions::new(
                 Identity::Coordinator.node_name_prefix(),
                 Identity::Coordinator,
@@ -445,7 +445,7 @@ fn echo_node(spec: &str) {
         let stats = Arc::new(WireStats::default());
         let (node, _events) = node::start(NodeOptions {
             tls,
-            routes: stats.routes.clone(),
+            directory: stats.directory.clone(),
             ..NodeOptions::new(
                 format!("{}00000000000000b1", me.node_name_prefix()),
                 me,

@@ -79,7 +79,7 @@ pub async fn execute(args: &Args) -> Result<RunEnd> {
             allow: (!cluster.allow.is_empty()).then(|| cluster.allow.iter().cloned().collect()),
             insecure_plaintext: cluster.insecure_plaintext,
             stats: stats.gate.clone(),
-            routes: stats.routes.clone(),
+            directory: stats.directory.clone(),
             ..NodeOptions::new(
                 Identity::Coordinator.node_name_prefix(),
                 Identity::Coordinator,

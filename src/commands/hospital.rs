@@ -132,7 +132,7 @@ pub async fn execute(args: &Args) -> Result<()> {
     let (node, mut node_events) = node::start(NodeOptions {
         tls: tls.clone(),
         stats: stats.gate.clone(),
-        routes: stats.routes.clone(),
+        directory: stats.directory.clone(),
         ..NodeOptions::new(link_name.clone(), identity, cookie)
     })
     .await?;

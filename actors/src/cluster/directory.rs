@@ -1,12 +1,14 @@
 //! The cluster's sessions by ractor node id: who the gate authenticated
-//! there (for binding messages to hospitals) and a description for logs
-//! and the hospitals table ("hospital h3 at 127.0.0.1:40112").
+//! there (for binding messages to hospitals), the session's direct stream
+//! (where `link::send` queues envelopes for that node) and a description
+//! for logs and the hospitals table ("hospital h3 at 127.0.0.1:40112").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use ractor::ActorId;
 
+use super::gate::direct::Route;
 use super::gate::Identity;
 
 #[derive(Debug, Clone, Default)]
@@ -15,7 +17,7 @@ pub struct NodeDirectory(Arc<Mutex<Inner>>);
 #[derive(Debug, Default)]
 struct Inner {
     /// Sessions handed to ractor_cluster, by their label, until it opens them.
-    expected: HashMap<String, Identity>,
+    expected: HashMap<String, (Identity, Route)>,
     nodes: HashMap<u64, Entry>,
 }
 
@@ -23,6 +25,7 @@ struct Inner {
 struct Entry {
     description: String,
     identity: Option<Identity>,
+    route: Option<Route>,
 }
 
 impl NodeDirectory {
@@ -31,20 +34,22 @@ impl NodeDirectory {
         f(&mut inner)
     }
 
-    /// The gate authenticated `identity` on the session labelled `label`.
-    pub fn expect(&self, label: &str, identity: Identity) {
-        self.with(|d| d.expected.insert(label.to_string(), identity));
+    /// The gate authenticated `identity` on the session labelled `label`,
+    /// whose direct stream is `route`.
+    pub fn expect(&self, label: &str, identity: Identity, route: Route) {
+        self.with(|d| d.expected.insert(label.to_string(), (identity, route)));
     }
 
     /// ractor_cluster opened node `node_id` for the session labelled `label`.
     pub fn opened(&self, node_id: u64, label: &str) {
         self.with(|d| {
-            let identity = d.expected.remove(label);
+            let (identity, route) = d.expected.remove(label).unzip();
             d.nodes.insert(
                 node_id,
                 Entry {
                     description: label.to_string(),
                     identity,
+                    route,
                 },
             );
         });
@@ -66,6 +71,16 @@ impl NodeDirectory {
             ActorId::Remote { node_id, .. } => {
                 self.with(|d| d.nodes.get(node_id).and_then(|e| e.identity.clone()))
             }
+        }
+    }
+
+    /// The direct stream to the node `actor` lives on, and the actor's pid there.
+    pub fn route(&self, actor: &ActorId) -> Option<(Route, u64)> {
+        match actor {
+            ActorId::Local(_) => None,
+            ActorId::Remote { node_id, pid } => self
+                .with(|d| d.nodes.get(node_id).and_then(|e| e.route.clone()))
+                .map(|route| (route, *pid)),
         }
     }
 

@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use ractor::ActorRef;
 use tracing::warn;
 
+use super::directory::NodeDirectory;
 use super::envelope::Envelope;
-use super::gate::direct::{Direct, Route, Routes};
+use super::gate::direct::{Direct, Route};
 use crate::messages::wire::{WireMessage, KIND_APART, KIND_CHUNK, KIND_MESSAGE};
 use crate::wire::chunks::{self, Reassembler};
 use crate::wire::{encode_frame, parse, WireError};
@@ -38,12 +39,13 @@ const PARTIAL_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 const FRAME_OVERHEAD: usize = 16;
 
 /// Traffic and drop counters of one node, shared with whoever reports them,
-/// and the node's direct routes, shared with its gate (`NodeOptions::routes`).
+/// and the node's sessions, shared with its gate (`NodeOptions::directory`).
 #[derive(Debug, Default)]
 pub struct WireStats {
     /// The node's gate: connections, sessions, refusals, certificates.
     pub gate: Arc<super::gate::GateStats>,
-    pub routes: Routes,
+    /// Where `send` finds the direct stream to each node.
+    pub directory: NodeDirectory,
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
     pub messages_sent: AtomicU64,
@@ -85,7 +87,7 @@ pub enum SendError {
 /// node when there is one, otherwise cast through ractor_cluster, in chunks
 /// when it is large.
 pub fn send<M: WireMessage>(to: &ActorRef<Envelope>, message: M, stats: &WireStats) -> Result<(), SendError> {
-    match stats.routes.to(&to.get_id()) {
+    match stats.directory.route(&to.get_id()) {
         Some((route, pid)) if cfg!(target_endian = "little") => send_direct(route, pid, message, stats),
         _ => send_cast(to, &message, stats),
     }

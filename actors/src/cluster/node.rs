@@ -14,7 +14,6 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::{debug, info, warn};
 
 use super::directory::NodeDirectory;
-use super::gate::direct::Routes;
 use super::gate::{self, Cookie, Gate, GateStats, GateTls, Identity, Limits, Sessions};
 use super::tls::{self, TlsFiles};
 use super::ClusterError;
@@ -36,9 +35,9 @@ pub struct NodeOptions {
     pub insecure_plaintext: bool,
     /// Where the gate counts (shared with `/metrics`).
     pub stats: Arc<GateStats>,
-    /// Where the gate registers each session's direct stream (shared with
-    /// `WireStats`, through which `link::send` finds them).
-    pub routes: Routes,
+    /// Where the gate registers its sessions (shared with `WireStats`,
+    /// through which `link::send` finds each session's direct stream).
+    pub directory: NodeDirectory,
 }
 
 impl NodeOptions {
@@ -53,7 +52,7 @@ impl NodeOptions {
             allow: None,
             insecure_plaintext: false,
             stats: Arc::new(GateStats::default()),
-            routes: Routes::default(),
+            directory: NodeDirectory::default(),
         }
     }
 }
@@ -83,21 +82,14 @@ pub struct SessionEvent {
 struct Forward {
     to: UnboundedSender<SessionEvent>,
     directory: NodeDirectory,
-    routes: Routes,
 }
 
 impl Forward {
     fn send(&self, kind: SessionEventKind, ses: NodeServerSessionInformation) {
         let peer_name = ses.peer_name.map(|p| p.name);
         match kind {
-            SessionEventKind::Opened => {
-                self.directory.opened(ses.node_id, &ses.peer_addr);
-                self.routes.opened(ses.node_id, &ses.peer_addr);
-            }
-            SessionEventKind::Disconnected => {
-                self.directory.closed(ses.node_id);
-                self.routes.closed(ses.node_id);
-            }
+            SessionEventKind::Opened => self.directory.opened(ses.node_id, &ses.peer_addr),
+            SessionEventKind::Disconnected => self.directory.closed(ses.node_id),
             SessionEventKind::Authenticated | SessionEventKind::Refused => {}
         }
         let _ = self.to.send(SessionEvent {
@@ -172,7 +164,7 @@ pub async fn start(options: NodeOptions) -> Result<(Node, UnboundedReceiver<Sess
             );
         }
     }
-    let directory = NodeDirectory::default();
+    let directory = options.directory.clone();
     let (to, events) = unbounded_channel();
     let gate = Gate {
         events: to.clone(),
@@ -184,7 +176,6 @@ pub async fn start(options: NodeOptions) -> Result<(Node, UnboundedReceiver<Sess
         stats: options.stats.clone(),
         sessions: Sessions::default(),
         allow: options.allow.clone().map(Arc::new),
-        routes: options.routes.clone(),
     };
     // ractor_cluster always runs a listener of its own: on loopback, behind
     // TLS without a certificate, it accepts nothing.
@@ -206,7 +197,6 @@ pub async fn start(options: NodeOptions) -> Result<(Node, UnboundedReceiver<Sess
             subscription: Box::new(Forward {
                 to,
                 directory: directory.clone(),
-                routes: options.routes.clone(),
             }),
         })
         .map_err(|e| ClusterError::Start(e.to_string()))?;

@@ -23,8 +23,7 @@
 //! actor that is not here is counted and dropped. Frames are delivered in
 //! the order they arrive, so one sender's envelopes keep their order.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{ActorCell, ActorId};
@@ -81,69 +80,19 @@ impl Route {
     }
 }
 
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_closed() {
+            "Route(closed)"
+        } else {
+            "Route(open)"
+        })
+    }
+}
+
 /// The session of a route has closed.
 #[derive(Debug)]
 pub struct SessionClosed;
-
-/// A node's routes to its sessions, by ractor node id (what a remote
-/// `ActorRef` names); registered by the gate under the session's label
-/// until ractor_cluster opens the session under a node id.
-#[derive(Clone, Default)]
-pub struct Routes(Arc<Mutex<RoutesInner>>);
-
-#[derive(Default)]
-struct RoutesInner {
-    expected: HashMap<String, Route>,
-    by_node: HashMap<u64, Route>,
-}
-
-impl std::fmt::Debug for Routes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (expected, open) = self.with(|r| (r.expected.len(), r.by_node.len()));
-        write!(f, "Routes {{ expected: {expected}, open: {open} }}")
-    }
-}
-
-impl Routes {
-    fn with<T>(&self, f: impl FnOnce(&mut RoutesInner) -> T) -> T {
-        // A poisoned lock only means a panic elsewhere mid-insert: the maps stay valid.
-        let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut inner)
-    }
-
-    /// The gate handed the session labelled `label` to ractor_cluster.
-    pub fn expect(&self, label: &str, route: Route) {
-        self.with(|r| r.expected.insert(label.to_string(), route));
-    }
-
-    /// ractor_cluster opened node `node_id` for the session labelled `label`.
-    pub fn opened(&self, node_id: u64, label: &str) {
-        self.with(|r| {
-            if let Some(route) = r.expected.remove(label) {
-                r.by_node.insert(node_id, route);
-            }
-        });
-    }
-
-    /// The gate's session labelled `label` ended.
-    pub fn ended(&self, label: &str) {
-        self.with(|r| r.expected.remove(label));
-    }
-
-    pub fn closed(&self, node_id: u64) {
-        self.with(|r| r.by_node.remove(&node_id));
-    }
-
-    /// The direct route to the node `actor` lives on, if it has one.
-    pub fn to(&self, actor: &ActorId) -> Option<(Route, u64)> {
-        match actor {
-            ActorId::Local(_) => None,
-            ActorId::Remote { node_id, pid } => self
-                .with(|r| r.by_node.get(node_id).cloned())
-                .map(|route| (route, *pid)),
-        }
-    }
-}
 
 /// ractor_cluster's output, whole frame by whole frame, onto the session's
 /// queue (so direct frames go between its frames, never inside one).

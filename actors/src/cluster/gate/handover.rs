@@ -55,9 +55,9 @@ pub fn hand_over(
 ) -> Result<(), String> {
     let (ours, theirs) = tokio::io::duplex(PIPE);
     let label = format!("{peer} at {addr}");
-    gate.directory.expect(&label, peer.clone());
     let (queue, outgoing) = tokio::sync::mpsc::unbounded_channel();
-    gate.routes.expect(&label, Route::new(queue.clone()));
+    gate.directory
+        .expect(&label, peer.clone(), Route::new(queue.clone()));
     server
         .cast(NodeServerMessage::ConnectionOpenedExternal {
             stream: Box::new(Pipe {
@@ -68,7 +68,6 @@ pub fn hand_over(
         })
         .map_err(|_| {
             gate.directory.ended(&label);
-            gate.routes.ended(&label);
             "this node's cluster server has stopped".to_string()
         })?;
     let activity = live.as_ref().map(|l| l.activity.clone()).unwrap_or_default();
@@ -76,7 +75,6 @@ pub fn hand_over(
     let stall = gate.limits.idle_timeout;
     let stats = gate.stats.clone();
     let directory = gate.directory.clone();
-    let routes = gate.routes.clone();
     tokio::spawn(async move {
         let _live = live;
         let _open = Held::new(&stats, |s| &s.sessions);
@@ -92,7 +90,6 @@ pub fn hand_over(
             warn!(peer = %label, "closed the cluster session: {breach}");
         }
         directory.ended(&label);
-        routes.ended(&label);
         debug!(peer = %label, "cluster connection closed");
     });
     Ok(())

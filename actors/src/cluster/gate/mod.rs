@@ -46,8 +46,6 @@ pub struct Gate {
     pub sessions: Sessions,
     /// The coordinator's list of expected hospital names (others refused).
     pub allow: Option<Arc<BTreeSet<String>>>,
-    /// Each session's direct stream, for `link::send`.
-    pub routes: direct::Routes,
 }
 
 /// The TLS halves of a node with certificates.
