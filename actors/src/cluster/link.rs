@@ -102,7 +102,8 @@ fn send_direct<M: WireMessage>(
     let label = message.label();
     let (frame, values) = message.encode_apart().map_err(|e| SendError::Encode(label, e))?;
     let values_len = values.as_ref().map_or(0, |v| v.as_slice().len() as u64 * 4);
-    // What the receiving gate takes (`gate::Limits`' defaults): refused here
+    // What the receiving gate takes (`gate::Limits`' defaults, from these
+    // constants): refused here
     // rather than closing the session there.
     if values_len > MAX_MESSAGE || frame.len() > MAX_ENVELOPE {
         return Err(SendError::Encode(

@@ -38,8 +38,8 @@ impl Default for Limits {
             max_auth_frame: 4 << 10,
             max_control_frame: 64 << 10,
             max_announced_actors: 16,
-            // A model of 256M parameters.
-            max_direct_values: 1 << 30,
+            // The largest message a node sends or reassembles (256M parameters).
+            max_direct_values: super::super::link::MAX_MESSAGE,
         }
     }
 }
