@@ -2,7 +2,9 @@
 //! zero padding), as GEMMs over an im2col matrix, with the two gradients
 //! training needs.
 
-use super::gemm::{matmul, Mat};
+use rayon::prelude::*;
+
+use super::gemm::{matmul, Mat, Threads};
 
 /// One convolution layer's shape: `cin` planes of `h x w` in, `cout` planes
 /// of `out_h() x out_w()` out, a `kernel x kernel` window moved by `stride`
@@ -83,54 +85,91 @@ impl Conv2d {
         self.stride == 1 && self.out_w() == self.w
     }
 
-    /// `col[(ci*k*k + ky*k + kx), oy*out_w + ox] = input[ci, oy*stride + ky
-    /// - pad, ox*stride + kx - pad]`, zero outside the image.
-    pub fn im2col(&self, input: &[f32], col: &mut [f32]) {
-        let (w, out_w, out_hw) = (self.w, self.out_w(), self.out_hw());
-        self.for_each_tap(|tap_row, plane_index, dy, dx| {
-            let plane = &input[plane_index * self.in_hw()..][..self.in_hw()];
-            let row = &mut col[tap_row * out_hw..][..out_hw];
-            for (oy, out) in row.chunks_exact_mut(out_w).enumerate() {
-                let Some(sy) = self.source(oy, dy, self.h) else {
-                    out.fill(0.0);
-                    continue;
-                };
-                let src = &plane[sy * w..][..w];
-                if self.shifts_rows() {
-                    shifted_row(out, src, dx, false);
-                } else {
-                    for (ox, o) in out.iter_mut().enumerate() {
-                        *o = self.source(ox, dx, w).map_or(0.0, |sx| src[sx]);
-                    }
+    /// `col[(ci*k*k + ky*k + kx), b*out_hw + oy*out_w + ox] = input[ci, b,
+    /// oy*stride + ky - pad, ox*stride + kx - pad]`, zero outside the image:
+    /// the im2col matrix of `batch` images in CNHW layout (plane (ci, b) at
+    /// `(ci*batch + b) * h*w`; one image is plain CHW). Rows in parallel
+    /// with `Threads::All`.
+    pub fn im2col(&self, input: &[f32], batch: usize, col: &mut [f32], threads: Threads) {
+        let row_len = batch * self.out_hw();
+        let fill = |(tap_row, row): (usize, &mut [f32])| {
+            let (ci, dy, dx) = self.tap(tap_row);
+            for (b, out) in row.chunks_exact_mut(self.out_hw()).enumerate() {
+                let plane = &input[(ci * batch + b) * self.in_hw()..][..self.in_hw()];
+                self.gather_plane(plane, out, dy, dx);
+            }
+        };
+        let col = &mut col[..self.k() * row_len];
+        if threads.parallel(col.len()) {
+            col.par_chunks_mut(row_len).enumerate().for_each(fill);
+        } else {
+            col.chunks_mut(row_len).enumerate().for_each(fill);
+        }
+    }
+
+    /// One tap's im2col row of one plane.
+    fn gather_plane(&self, plane: &[f32], row: &mut [f32], dy: isize, dx: isize) {
+        let w = self.w;
+        for (oy, out) in row.chunks_exact_mut(self.out_w()).enumerate() {
+            let Some(sy) = self.source(oy, dy, self.h) else {
+                out.fill(0.0);
+                continue;
+            };
+            let src = &plane[sy * w..][..w];
+            if self.shifts_rows() {
+                shifted_row(out, src, dx, false);
+            } else {
+                for (ox, o) in out.iter_mut().enumerate() {
+                    *o = self.source(ox, dx, w).map_or(0.0, |sx| src[sx]);
                 }
             }
-        });
+        }
     }
 
     /// The adjoint of `im2col`: adds each row of `dcol` back onto the plane
-    /// position it was read from (`grad` is added to, not overwritten).
-    pub fn col2im(&self, dcol: &[f32], grad: &mut [f32]) {
-        let (w, out_w, out_hw, in_hw) = (self.w, self.out_w(), self.out_hw(), self.in_hw());
-        self.for_each_tap(|tap_row, plane_index, dy, dx| {
-            let row = &dcol[tap_row * out_hw..][..out_hw];
-            let plane = &mut grad[plane_index * in_hw..][..in_hw];
-            for (oy, src) in row.chunks_exact(out_w).enumerate() {
-                let Some(sy) = self.source(oy, dy, self.h) else {
-                    continue;
-                };
-                let dst = &mut plane[sy * w..][..w];
-                if self.shifts_rows() {
-                    // Input x+dx received output x: the shift by -dx.
-                    shifted_row(dst, src, -dx, true);
-                } else {
-                    for (ox, &g) in src.iter().enumerate() {
-                        if let Some(sx) = self.source(ox, dx, w) {
-                            dst[sx] += g;
-                        }
+    /// position it was read from (`grad`, CNHW like the input, is added to,
+    /// not overwritten). Input channels in parallel with `Threads::All`.
+    pub fn col2im(&self, dcol: &[f32], batch: usize, grad: &mut [f32], threads: Threads) {
+        let (taps, row_len, in_hw) = (self.kernel * self.kernel, batch * self.out_hw(), self.in_hw());
+        let scatter = |(ci, planes): (usize, &mut [f32])| {
+            for tap_row in ci * taps..(ci + 1) * taps {
+                let (_, dy, dx) = self.tap(tap_row);
+                let row = &dcol[tap_row * row_len..][..row_len];
+                for (src, plane) in row
+                    .chunks_exact(self.out_hw())
+                    .zip(planes.chunks_exact_mut(in_hw))
+                {
+                    self.scatter_plane(src, plane, dy, dx);
+                }
+            }
+        };
+        let grad = &mut grad[..self.cin * batch * in_hw];
+        if threads.parallel(dcol.len().min(self.k() * row_len)) {
+            grad.par_chunks_mut(batch * in_hw).enumerate().for_each(scatter);
+        } else {
+            grad.chunks_mut(batch * in_hw).enumerate().for_each(scatter);
+        }
+    }
+
+    /// One tap's im2col row added back onto one plane.
+    fn scatter_plane(&self, row: &[f32], plane: &mut [f32], dy: isize, dx: isize) {
+        let w = self.w;
+        for (oy, src) in row.chunks_exact(self.out_w()).enumerate() {
+            let Some(sy) = self.source(oy, dy, self.h) else {
+                continue;
+            };
+            let dst = &mut plane[sy * w..][..w];
+            if self.shifts_rows() {
+                // Input x+dx received output x: the shift by -dx.
+                shifted_row(dst, src, -dx, true);
+            } else {
+                for (ox, &g) in src.iter().enumerate() {
+                    if let Some(sx) = self.source(ox, dx, w) {
+                        dst[sx] += g;
                     }
                 }
             }
-        });
+        }
     }
 
     /// The input coordinate that output coordinate `o` reads at tap offset
@@ -141,58 +180,84 @@ impl Conv2d {
         (s >= 0 && s < len as isize).then_some(s as usize)
     }
 
-    /// Calls `f(im2col row, input plane, dy, dx)` for every tap, where
-    /// (dy, dx) is the tap's offset from the output position times the
-    /// stride, padding included.
-    fn for_each_tap(&self, mut f: impl FnMut(usize, usize, isize, isize)) {
+    /// The input plane of im2col row `tap_row` and the tap's offset
+    /// (dy, dx) from the output position times the stride, padding included.
+    fn tap(&self, tap_row: usize) -> (usize, isize, isize) {
         let (k, pad) = (self.kernel, self.pad as isize);
-        for ci in 0..self.cin {
-            for ky in 0..k {
-                for kx in 0..k {
-                    f((ci * k + ky) * k + kx, ci, ky as isize - pad, kx as isize - pad);
-                }
-            }
-        }
+        let (ci, ky, kx) = (tap_row / (k * k), tap_row % (k * k) / k, tap_row % k);
+        (ci, ky as isize - pad, kx as isize - pad)
     }
 
-    /// Pre-activations `out[co, hw] = bias[co] + weight[co, :] . col[:, hw]`
-    /// (`weight` is `[cout, cin, kernel, kernel]`, the `Params` layout).
-    pub fn forward(&self, weight: &[f32], bias: &[f32], col: &[f32], out: &mut [f32]) {
-        let hw = self.out_hw();
-        for (plane, &b) in out.chunks_exact_mut(hw).zip(bias) {
-            plane.fill(b);
+    /// Outputs `out[co, n] = bias[co] + weight[co, :] . col[:, n]` for the
+    /// `batch` images' columns (`weight` is `[cout, cin, kernel, kernel]`,
+    /// the `Params` layout); no bias: ResNet's convolutions, whose norm
+    /// layer adds one.
+    pub fn forward(
+        &self,
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        col: &[f32],
+        batch: usize,
+        out: &mut [f32],
+        threads: Threads,
+    ) {
+        let n = batch * self.out_hw();
+        if let Some(bias) = bias {
+            for (plane, &b) in out.chunks_exact_mut(n).zip(bias) {
+                plane.fill(b);
+            }
         }
         matmul(
             out,
             Mat::new(weight, self.cout, self.k()),
-            Mat::new(col, self.k(), hw),
-            true,
+            Mat::new(col, self.k(), n),
+            bias.is_some(),
+            threads,
         );
     }
 
-    /// `dweight += dout x col^T` and `dbias += the rows' sums`, for the
-    /// pre-activation gradient `dout` `[cout, hw]`.
-    pub fn add_param_grads(&self, dout: &[f32], col: &[f32], dweight: &mut [f32], dbias: &mut [f32]) {
-        let hw = self.out_hw();
+    /// `dweight += dout x col^T` (and `dbias += the rows' sums`), for the
+    /// output gradient `dout` `[cout, batch * out_hw]`.
+    pub fn add_param_grads(
+        &self,
+        dout: &[f32],
+        col: &[f32],
+        batch: usize,
+        dweight: &mut [f32],
+        dbias: Option<&mut [f32]>,
+        threads: Threads,
+    ) {
+        let n = batch * self.out_hw();
         matmul(
             dweight,
-            Mat::new(dout, self.cout, hw),
-            Mat::new(col, self.k(), hw).t(),
+            Mat::new(dout, self.cout, n),
+            Mat::new(col, self.k(), n).t(),
             true,
+            threads,
         );
-        for (b, plane) in dbias.iter_mut().zip(dout.chunks_exact(hw)) {
-            *b += plane.iter().sum::<f32>();
+        if let Some(dbias) = dbias {
+            for (b, plane) in dbias.iter_mut().zip(dout.chunks_exact(n)) {
+                *b += plane.iter().sum::<f32>();
+            }
         }
     }
 
     /// `dcol = weight^T x dout`: the im2col matrix's gradient (`col2im` turns
     /// it into the input's).
-    pub fn input_grad_col(&self, weight: &[f32], dout: &[f32], dcol: &mut [f32]) {
+    pub fn input_grad_col(
+        &self,
+        weight: &[f32],
+        dout: &[f32],
+        batch: usize,
+        dcol: &mut [f32],
+        threads: Threads,
+    ) {
         matmul(
             dcol,
             Mat::new(weight, self.cout, self.k()).t(),
-            Mat::new(dout, self.cout, self.out_hw()),
+            Mat::new(dout, self.cout, batch * self.out_hw()),
             false,
+            threads,
         );
     }
 }
@@ -261,9 +326,9 @@ mod tests {
             let input = values(conv.cin * conv.in_hw(), 1);
             let (weight, bias) = (values(conv.cout * conv.k(), 2), values(conv.cout, 3));
             let mut col = vec![f32::NAN; conv.k() * conv.out_hw()];
-            conv.im2col(&input, &mut col);
+            conv.im2col(&input, 1, &mut col, Threads::One);
             let mut out = vec![f32::NAN; conv.cout * conv.out_hw()];
-            conv.forward(&weight, &bias, &col, &mut out);
+            conv.forward(&weight, Some(&bias), &col, 1, &mut out, Threads::One);
             for (a, b) in out.iter().zip(direct(&conv, &input, &weight, &bias)) {
                 assert!((a - b).abs() < 1e-5, "{conv:?}: {a} vs {b}");
             }
@@ -278,15 +343,58 @@ mod tests {
             let x = values(conv.cin * conv.in_hw(), 5);
             let d = values(conv.k() * conv.out_hw(), 6);
             let mut col = vec![0.0; d.len()];
-            conv.im2col(&x, &mut col);
+            conv.im2col(&x, 1, &mut col, Threads::One);
             let mut back = vec![0.0; x.len()];
-            conv.col2im(&d, &mut back);
+            conv.col2im(&d, 1, &mut back, Threads::One);
             let lhs: f64 = col.iter().zip(&d).map(|(a, b)| f64::from(a * b)).sum();
             let rhs: f64 = x.iter().zip(&back).map(|(a, b)| f64::from(a * b)).sum();
             assert!(
                 (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
                 "{conv:?}: {lhs} vs {rhs}"
             );
+        }
+    }
+
+    /// A batch in CNHW layout, in parallel, gives each image's own outputs
+    /// (CHW, one at a time), and col2im's batched adjoint each image's own.
+    #[test]
+    fn a_batch_is_its_images_side_by_side() {
+        let batch = 3;
+        for conv in shapes() {
+            let images: Vec<Vec<f32>> = (0..batch)
+                .map(|b| values(conv.cin * conv.in_hw(), 10 + b as u32))
+                .collect();
+            // CNHW: channel-major, then image.
+            let mut cnhw = vec![0.0; batch * conv.cin * conv.in_hw()];
+            for (b, image) in images.iter().enumerate() {
+                for (ci, plane) in image.chunks_exact(conv.in_hw()).enumerate() {
+                    cnhw[(ci * batch + b) * conv.in_hw()..][..conv.in_hw()].copy_from_slice(plane);
+                }
+            }
+            let weight = values(conv.cout * conv.k(), 2);
+            let n = conv.out_hw();
+            let mut col = vec![f32::NAN; conv.k() * batch * n];
+            conv.im2col(&cnhw, batch, &mut col, Threads::All);
+            let mut out = vec![f32::NAN; conv.cout * batch * n];
+            conv.forward(&weight, None, &col, batch, &mut out, Threads::All);
+            let mut back = vec![0.0; cnhw.len()];
+            conv.col2im(&col, batch, &mut back, Threads::All);
+            for (b, image) in images.iter().enumerate() {
+                let want = direct(&conv, image, &weight, &vec![0.0; conv.cout]);
+                for co in 0..conv.cout {
+                    let got = &out[(co * batch + b) * n..][..n];
+                    for (g, w) in got.iter().zip(&want[co * n..][..n]) {
+                        assert!((g - w).abs() < 1e-5, "{conv:?} image {b}: {g} vs {w}");
+                    }
+                }
+                let mut one_col = vec![0.0; conv.k() * n];
+                conv.im2col(image, 1, &mut one_col, Threads::One);
+                let mut one_back = vec![0.0; image.len()];
+                conv.col2im(&one_col, 1, &mut one_back, Threads::One);
+                for (ci, plane) in one_back.chunks_exact(conv.in_hw()).enumerate() {
+                    assert_eq!(plane, &back[(ci * batch + b) * conv.in_hw()..][..conv.in_hw()]);
+                }
+            }
         }
     }
 }

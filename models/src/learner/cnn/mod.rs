@@ -1,22 +1,24 @@
-//! The imaging hospitals' model: a small CNN for one-channel images with a
-//! binary output, trained with candle on the CPU.
+//! The imaging hospitals' models for one-channel images with a binary
+//! output, trained on the CPU by hand-written passes over `gemm`:
 //!
-//! conv3x3(1->c1) relu maxpool2 -> conv3x3(c1->c2) relu maxpool2 ->
-//! conv3x3(c2->c3) relu -> global max pool -> linear(c3->1). Global max
-//! pooling answers "is there an opacity anywhere"; average pooling drowned
-//! small opacities in the rest of the image (measured: 0.59 vs 0.88 train
-//! accuracy after 12 epochs on 240 synthetic images).
-//! Throughput (benches/cnn_training.rs): with 8-32 channels every
-//! convolution is a skinny, memory-bound product, so a training step reaches
-//! only a few percent of candle's square-matmul GFLOP/s; an explicit
-//! im2col + matmul formulation (NHWC) measured the same, so we kept conv2d.
-//! Its parameters map one-to-one onto `Params` (names and shapes), so FedAvg,
-//! checkpoints and the wire format treat it like any other model.
+//! - `small` (`small_net.rs`): conv3x3(1->c1) relu maxpool2 ->
+//!   conv3x3(c1->c2) relu maxpool2 -> conv3x3(c2->c3) relu -> global max
+//!   pool -> linear(c3->1). Global max pooling answers "is there an opacity
+//!   anywhere"; average pooling drowned small opacities in the rest of the
+//!   image (measured: 0.59 vs 0.88 train accuracy after 12 epochs on 240
+//!   synthetic images).
+//! - `resnet18` (`resnet.rs`): torchvision's ResNet-18 with one input
+//!   channel, one logit and GroupNorm, under torchvision's parameter names.
+//!
+//! Parameters map one-to-one onto `Params` (names and shapes), so FedAvg,
+//! checkpoints and the wire format treat them like any other model.
 
 mod conv;
 mod gemm;
+mod group_norm;
 mod optim;
 mod pool;
+mod resnet;
 mod small_net;
 
 use std::borrow::Cow;
@@ -37,6 +39,7 @@ use crate::params::{Layout, Params, TensorSpec};
 use crate::privacy::fingerprint::DataFingerprint;
 use crate::privacy::mechanisms::{dp_sgd, DpSgdModel, NoiseSource, Noised};
 use optim::LocalOptimizer;
+use resnet::ResNet18;
 use small_net::SmallNet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -48,10 +51,32 @@ pub enum Optimizer {
     Adamw { beta1: f64, beta2: f64 },
 }
 
+/// The network's architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Three 3x3 convolutions of `channels` (~6k parameters at 8-16-32).
+    #[default]
+    Small,
+    /// ResNet-18 with GroupNorm (11.2M parameters).
+    Resnet18,
+}
+
+impl Arch {
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Small => "small",
+            Arch::Resnet18 => "resnet18",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CnnConfig {
+    pub arch: Arch,
     /// Input side in pixels.
     pub size: usize,
+    /// The `small` network's widths (ResNet-18's are fixed).
     pub channels: [usize; 3],
     pub optimizer: Optimizer,
 }
@@ -59,6 +84,7 @@ pub struct CnnConfig {
 impl Default for CnnConfig {
     fn default() -> Self {
         Self {
+            arch: Arch::Small,
             size: 64,
             channels: [8, 16, 32],
             optimizer: Optimizer::Adamw {
@@ -71,26 +97,32 @@ impl Default for CnnConfig {
 
 impl CnnConfig {
     pub fn layout(&self) -> Arc<Layout> {
-        let [c1, c2, c3] = self.channels;
-        Arc::new(
-            Layout::new(vec![
-                TensorSpec::new("conv1.weight", &[c1, 1, 3, 3]),
-                TensorSpec::new("conv1.bias", &[c1]),
-                TensorSpec::new("conv2.weight", &[c2, c1, 3, 3]),
-                TensorSpec::new("conv2.bias", &[c2]),
-                TensorSpec::new("conv3.weight", &[c3, c2, 3, 3]),
-                TensorSpec::new("conv3.bias", &[c3]),
-                TensorSpec::new("fc.weight", &[1, c3]),
-                TensorSpec::new("fc.bias", &[1]),
-            ])
-            .expect("distinct names"),
-        )
+        let specs = match self.arch {
+            Arch::Small => {
+                let [c1, c2, c3] = self.channels;
+                vec![
+                    TensorSpec::new("conv1.weight", &[c1, 1, 3, 3]),
+                    TensorSpec::new("conv1.bias", &[c1]),
+                    TensorSpec::new("conv2.weight", &[c2, c1, 3, 3]),
+                    TensorSpec::new("conv2.bias", &[c2]),
+                    TensorSpec::new("conv3.weight", &[c3, c2, 3, 3]),
+                    TensorSpec::new("conv3.bias", &[c3]),
+                    TensorSpec::new("fc.weight", &[1, c3]),
+                    TensorSpec::new("fc.bias", &[1]),
+                ]
+            }
+            Arch::Resnet18 => resnet::layout_specs(),
+        };
+        Arc::new(Layout::new(specs).expect("distinct names"))
     }
 
     /// Floating-point operations to train on one image: the forward pass
-    /// (2 x multiply-adds of the three 3x3 convolutions and the head) times 3,
-    /// the usual estimate for forward + backward (input and weight gradients).
+    /// (2 x multiply-adds of the convolutions and the head) times 3, the
+    /// usual estimate for forward + backward (input and weight gradients).
     pub fn training_flops_per_image(&self) -> f64 {
+        if self.arch == Arch::Resnet18 {
+            return ResNet18::new(self.size).training_flops_per_image();
+        }
         let [c1, c2, c3] = self.channels.map(|c| c as f64);
         let s = self.size as f64;
         let conv = |side: f64, cin: f64, cout: f64| 2.0 * side * side * cin * cout * 9.0;
@@ -99,10 +131,15 @@ impl CnnConfig {
         3.0 * forward
     }
 
-    /// He-uniform weights and zero biases from `seed`: every party that
-    /// knows the seed builds the same initial model.
+    /// The initial model from `seed` (every party that knows the seed builds
+    /// the same one): `small` He-uniform weights and zero biases; ResNet-18
+    /// as torchvision initialises it.
     pub fn init_params(&self, seed: u64) -> Params {
         let layout = self.layout();
+        if self.arch == Arch::Resnet18 {
+            let values = resnet::init_values(layout.specs(), seed);
+            return Params::new(layout, values).expect("sized by the layout");
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut values = Vec::with_capacity(layout.len());
         for spec in layout.specs() {
@@ -115,6 +152,123 @@ impl CnnConfig {
             }
         }
         Params::new(layout, values).expect("sized by the layout")
+    }
+
+    /// An initial model read from a safetensors file (`[tasks.T.model]
+    /// init`, e.g. converted ImageNet weights): the same tensor names and
+    /// shapes as this network's, in f32. Errors name the tensor and say how
+    /// a torchvision checkpoint maps (see the README's "Pretrained weights").
+    pub fn load_init(&self, bytes: &[u8]) -> Result<Params> {
+        let file = safetensors::SafeTensors::deserialize(bytes)
+            .map_err(|e| ModelError::Safetensors(format!("not a safetensors file: {e}")))?;
+        let layout = self.layout();
+        let mut names: Vec<String> = file.names().into_iter().map(str::to_owned).collect();
+        names.sort();
+        let stats: Vec<&String> = names
+            .iter()
+            .filter(|n| {
+                ["running_mean", "running_var", "num_batches_tracked"]
+                    .iter()
+                    .any(|s| n.ends_with(s))
+            })
+            .collect();
+        if let Some(first) = stats.first() {
+            return Err(ModelError::Safetensors(format!(
+                "'{first}' and {} more are BatchNorm running statistics; this {} uses GroupNorm, \
+                 which has none: drop them (keep the norms' .weight and .bias)",
+                stats.len() - 1,
+                self.arch.name()
+            )));
+        }
+        if let Some(extra) = names.iter().find(|n| layout.index_of(n).is_none()) {
+            return Err(ModelError::Safetensors(format!(
+                "tensor '{extra}' is not a parameter of {} (its names are torchvision's)",
+                self.arch.name()
+            )));
+        }
+        for spec in layout.specs() {
+            let Ok(view) = file.tensor(&spec.name) else {
+                return Err(ModelError::Safetensors(format!(
+                    "tensor '{}' is missing (a file must hold every parameter)",
+                    spec.name
+                )));
+            };
+            if view.shape() != spec.shape.as_slice() {
+                let hint = match spec.name.as_str() {
+                    "conv1.weight" if view.shape().get(1) == Some(&3) => {
+                        ": the model reads one-channel images; sum the RGB filters over \
+                         their input channels (weight.sum(dim=1, keepdim=True))"
+                    }
+                    "fc.weight" | "fc.bias" => {
+                        ": the model has one output logit; replace ImageNet's 1000-class head"
+                    }
+                    _ => "",
+                };
+                return Err(ModelError::Safetensors(format!(
+                    "tensor '{}' has shape {:?}, {} expects {:?}{hint}",
+                    spec.name,
+                    view.shape(),
+                    self.arch.name(),
+                    spec.shape
+                )));
+            }
+        }
+        let params = Params::from_safetensors(bytes, Some(&layout))?;
+        if params.as_slice().iter().any(|v| !v.is_finite()) {
+            return Err(ModelError::Safetensors(
+                "the initial model holds non-finite values".into(),
+            ));
+        }
+        Ok(params)
+    }
+}
+
+/// The network of a config, with its forward and backward passes.
+enum Net {
+    Small(SmallNet),
+    ResNet(ResNet18),
+}
+
+impl Net {
+    fn new(config: &CnnConfig) -> Self {
+        match config.arch {
+            Arch::Small => Net::Small(SmallNet::new(config)),
+            Arch::Resnet18 => Net::ResNet(ResNet18::new(config.size)),
+        }
+    }
+
+    fn dim(&self) -> usize {
+        match self {
+            Net::Small(n) => n.dim(),
+            Net::ResNet(n) => n.dim(),
+        }
+    }
+
+    fn mean_loss_and_gradient(
+        &self,
+        params: &[f32],
+        images: &ImageSet,
+        batch: &[usize],
+        grad: &mut [f32],
+    ) -> f64 {
+        match self {
+            Net::Small(n) => n.mean_loss_and_gradient(params, images, batch, grad),
+            Net::ResNet(n) => n.mean_loss_and_gradient(params, images, batch, grad),
+        }
+    }
+
+    fn example_gradients(&self, params: &[f32], images: &ImageSet, batch: &[usize], out: &mut [f32]) {
+        match self {
+            Net::Small(n) => n.example_gradients(params, images, batch, out),
+            Net::ResNet(n) => n.example_gradients(params, images, batch, out),
+        }
+    }
+
+    fn logits(&self, params: &[f32], images: &ImageSet, batch: &[usize]) -> Vec<f32> {
+        match self {
+            Net::Small(n) => n.logits(params, images, batch),
+            Net::ResNet(n) => n.logits(params, images, batch),
+        }
     }
 }
 
@@ -135,10 +289,10 @@ fn model_values<'a>(config: &CnnConfig, params: &'a Params) -> Result<Cow<'a, [f
 pub fn predict_images(config: &CnnConfig, global: &GlobalModel, images: &ImageSet) -> Result<Vec<f64>> {
     check_input(config, images)?;
     let values = model_values(config, &global.params)?;
-    Ok(predict(&SmallNet::new(config), &values, images))
+    Ok(predict(&Net::new(config), &values, images))
 }
 
-fn predict(net: &SmallNet, params: &[f32], images: &ImageSet) -> Vec<f64> {
+fn predict(net: &Net, params: &[f32], images: &ImageSet) -> Vec<f64> {
     let all: Vec<usize> = (0..images.len()).collect();
     net.logits(params, images, &all)
         .into_iter()
@@ -153,10 +307,16 @@ fn check_input(cfg: &CnnConfig, images: &ImageSet) -> Result<()> {
             images.size, images.size, cfg.size, cfg.size
         )));
     }
-    if cfg.size < 4 || cfg.channels.contains(&0) {
+    if cfg.arch == Arch::Small && (cfg.size < 4 || cfg.channels.contains(&0)) {
         return Err(ModelError::Invalid(
-            "a CNN needs inputs of at least 4x4 and non-zero channels".into(),
+            "the small CNN needs inputs of at least 4x4 and non-zero channels".into(),
         ));
+    }
+    if cfg.arch == Arch::Resnet18 && cfg.size < resnet::MIN_SIZE {
+        return Err(ModelError::Invalid(format!(
+            "resnet18 needs inputs of at least {0}x{0} (its last stage would have no pixels)",
+            resnet::MIN_SIZE
+        )));
     }
     Ok(())
 }
@@ -165,7 +325,7 @@ fn check_input(cfg: &CnnConfig, images: &ImageSet) -> Result<()> {
 /// configured optimiser, in place on `params`. Returns the mean loss of the
 /// last epoch.
 fn train_net(
-    net: &SmallNet,
+    net: &Net,
     params: &mut [f32],
     images: &ImageSet,
     cfg: &CnnConfig,
@@ -194,7 +354,7 @@ fn train_net(
 /// the configured optimiser's step on the noisy mean gradient
 /// (post-processing).
 struct CnnDpSgd<'a> {
-    net: SmallNet,
+    net: Net,
     params: Vec<f32>,
     images: &'a ImageSet,
     optimizer: LocalOptimizer,
@@ -227,6 +387,35 @@ impl DpSgdModel for CnnDpSgd<'_> {
         self.optimizer.step(&mut self.params, &self.step_gradient);
         Ok(())
     }
+
+    /// ResNet-18 clips without per-example rows (11M values each).
+    fn ghost_pass(&self) -> Option<usize> {
+        match &self.net {
+            Net::ResNet(net) => Some(net.pass_size()),
+            Net::Small(_) => None,
+        }
+    }
+
+    fn example_sq_norms(&mut self, batch: &[usize], sq: &mut [f64]) -> Result<()> {
+        let Net::ResNet(net) = &self.net else {
+            return Err(ModelError::Invalid("the small CNN clips per-example rows".into()));
+        };
+        net.example_norms(&self.params, self.images, batch, sq);
+        Ok(())
+    }
+
+    fn weighted_gradient_sum(&mut self, weights: &[f64], out: &mut [f64]) -> Result<()> {
+        let Net::ResNet(net) = &self.net else {
+            return Err(ModelError::Invalid("the small CNN clips per-example rows".into()));
+        };
+        self.rows.clear();
+        self.rows.resize(net.dim(), 0.0);
+        net.add_weighted_gradients(&self.params, weights, &mut self.rows);
+        out.iter_mut()
+            .zip(&self.rows)
+            .for_each(|(o, &g)| *o = f64::from(g));
+        Ok(())
+    }
 }
 
 /// A hospital's CNN learner over its own images (DP off).
@@ -234,7 +423,7 @@ pub struct CnnLearner {
     name: String,
     images: ImageSet,
     config: CnnConfig,
-    net: SmallNet,
+    net: Net,
 }
 
 impl CnnLearner {
@@ -246,7 +435,7 @@ impl CnnLearner {
         Ok(Self {
             name: name.into(),
             images,
-            net: SmallNet::new(&config),
+            net: Net::new(&config),
             config,
         })
     }
@@ -359,7 +548,7 @@ impl DpLearner for DpCnnLearner {
         let model = CnnDpSgd {
             optimizer: LocalOptimizer::new(self.open.config.optimizer, &params, plan),
             params,
-            net: SmallNet::new(&self.open.config),
+            net: Net::new(&self.open.config),
             images: &self.open.images,
             rows: Vec::new(),
             step_gradient: Vec::new(),
@@ -376,8 +565,10 @@ impl DpLearner for DpCnnLearner {
 pub struct CnnEvaluator {
     images: ImageSet,
     config: CnnConfig,
-    net: SmallNet,
+    net: Net,
     seed: u64,
+    /// The initial global model when it is not the seeded one (`init`).
+    initial: Option<Arc<Params>>,
 }
 
 impl CnnEvaluator {
@@ -389,16 +580,33 @@ impl CnnEvaluator {
         }
         Ok(Self {
             images: held_out,
-            net: SmallNet::new(&config),
+            net: Net::new(&config),
             config,
             seed,
+            initial: None,
         })
+    }
+
+    /// Start the federation from `initial` (e.g. from `load_init`) instead
+    /// of the seeded model; it must have this network's layout.
+    pub fn with_initial(mut self, initial: Arc<Params>) -> Result<Self> {
+        if **initial.layout() != *self.config.layout() {
+            return Err(ModelError::Params(format!(
+                "the initial model is not a {} for this config",
+                self.config.arch.name()
+            )));
+        }
+        self.initial = Some(initial);
+        Ok(self)
     }
 }
 
 impl Evaluator for CnnEvaluator {
     fn init_params(&self) -> Params {
-        self.config.init_params(self.seed)
+        match &self.initial {
+            Some(initial) => (**initial).clone(),
+            None => self.config.init_params(self.seed),
+        }
     }
 
     fn evaluate(&mut self, global: &GlobalModel) -> Result<Metrics> {

@@ -2,7 +2,10 @@
 //! (relu(max(window)) = max(relu(window))), so the pooled value is
 //! max(0, max of the pre-activations), and the gradient reaches the
 //! pre-activation that held the maximum only when that maximum is positive
-//! (ReLU's derivative at 0 taken as 0, as PyTorch takes it).
+//! (ReLU's derivative at 0 taken as 0, as PyTorch takes it). And ResNet's
+//! stem pooling, on planes already through ReLU.
+
+use rayon::prelude::*;
 
 /// ReLU then 2x2 max pooling with stride 2 of `c` planes of `h x w`
 /// pre-activations (a trailing odd row or column is dropped, as floor
@@ -83,6 +86,54 @@ pub(super) fn relu_global_max(input: &[f32], c: usize, plane: usize, out: &mut [
     }
 }
 
+/// Output side of ResNet's stem pooling (3x3 window, stride 2, padding 1).
+pub(super) fn pooled_side(side: usize) -> usize {
+    (side + 2 - 3) / 2 + 1
+}
+
+/// 3x3 max pooling with stride 2 and padding 1 (ResNet's stem) of every
+/// `h x w` plane of `input`; the padding never wins (PyTorch pads with
+/// -inf). `arg` holds the plane index of each maximum (the first on ties).
+pub(super) fn max_pool3s2(input: &[f32], h: usize, w: usize, out: &mut [f32], arg: &mut [u32]) {
+    let (oh, ow) = (pooled_side(h), pooled_side(w));
+    input
+        .par_chunks(h * w)
+        .zip(out.par_chunks_mut(oh * ow))
+        .zip(arg.par_chunks_mut(oh * ow))
+        .for_each(|((plane, out), arg)| {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (mut best, mut best_at) = (f32::NEG_INFINITY, 0);
+                    for y in (2 * oy).saturating_sub(1)..(2 * oy + 2).min(h) {
+                        for x in (2 * ox).saturating_sub(1)..(2 * ox + 2).min(w) {
+                            if plane[y * w + x] > best {
+                                (best, best_at) = (plane[y * w + x], y * w + x);
+                            }
+                        }
+                    }
+                    out[oy * ow + ox] = best;
+                    arg[oy * ow + ox] = best_at as u32;
+                }
+            }
+        });
+}
+
+/// `max_pool3s2`'s input gradient (overwritten): each output's gradient
+/// added at its maximum (windows overlap, so a pixel can get several).
+pub(super) fn max_pool3s2_backward(dout: &[f32], arg: &[u32], in_plane: usize, dinput: &mut [f32]) {
+    let out_plane = dout.len() / (dinput.len() / in_plane).max(1);
+    dinput
+        .par_chunks_mut(in_plane)
+        .zip(dout.par_chunks(out_plane))
+        .zip(arg.par_chunks(out_plane))
+        .for_each(|((dinput, dout), arg)| {
+            dinput.fill(0.0);
+            for (&d, &a) in dout.iter().zip(arg) {
+                dinput[a as usize] += d;
+            }
+        });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +161,23 @@ mod tests {
         let (mut g, mut ga) = ([0.0; 2], [0u32; 2]);
         relu_global_max(&[1.0, 3.0, 3.0, -1.0, -2.0, -3.0], 2, 3, &mut g, &mut ga);
         assert_eq!((g, ga), ([3.0, 0.0], [1, 0]));
+    }
+
+    #[test]
+    fn stem_pooling_takes_3x3_windows_at_stride_2_and_routes_overlaps() {
+        // One 4x4 plane: outputs 2x2, windows rows/cols {0,1}, {1,2,3}.
+        let x: Vec<f32> = [1, 5, 2, 0, 3, 4, 9, 1, 0, 8, 2, 6, 7, 1, 0, 2]
+            .map(|v| v as f32)
+            .to_vec();
+        let (mut out, mut arg) = ([0.0; 4], [0u32; 4]);
+        max_pool3s2(&x, 4, 4, &mut out, &mut arg);
+        assert_eq!(out, [5.0, 9.0, 8.0, 9.0]);
+        assert_eq!(arg, [1, 6, 9, 6]);
+        let mut dx = [f32::NAN; 16];
+        max_pool3s2_backward(&[1.0, 2.0, 3.0, 4.0], &arg, 16, &mut dx);
+        let mut want = [0.0; 16];
+        (want[1], want[6], want[9]) = (1.0, 6.0, 3.0);
+        assert_eq!(dx, want);
+        assert_eq!((pooled_side(32), pooled_side(7)), (16, 4));
     }
 }

@@ -23,6 +23,7 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 
 use super::conv::Conv2d;
+use super::gemm::Threads;
 use super::pool::{relu_global_max, relu_max_pool2, relu_max_pool_backward};
 use super::CnnConfig;
 use crate::data::images::ImageSet;
@@ -125,14 +126,35 @@ impl SmallNet {
     fn forward(&self, params: &[f32], image: &[f32], sc: &mut Scratch) -> f32 {
         let p = |t: usize| &params[self.at[t].clone()];
         let [k1, k2, k3] = &self.conv;
-        k1.im2col(image, &mut sc.col);
-        k1.forward(p(W1), p(B1), &sc.col, &mut sc.pre[..k1.cout * k1.out_hw()]);
+        k1.im2col(image, 1, &mut sc.col, Threads::One);
+        k1.forward(
+            p(W1),
+            Some(p(B1)),
+            &sc.col,
+            1,
+            &mut sc.pre[..k1.cout * k1.out_hw()],
+            Threads::One,
+        );
         relu_max_pool2(&sc.pre, k1.cout, k1.h, k1.w, &mut sc.p1, &mut sc.arg1);
-        k2.im2col(&sc.p1, &mut sc.col);
-        k2.forward(p(W2), p(B2), &sc.col, &mut sc.pre[..k2.cout * k2.out_hw()]);
+        k2.im2col(&sc.p1, 1, &mut sc.col, Threads::One);
+        k2.forward(
+            p(W2),
+            Some(p(B2)),
+            &sc.col,
+            1,
+            &mut sc.pre[..k2.cout * k2.out_hw()],
+            Threads::One,
+        );
         relu_max_pool2(&sc.pre, k2.cout, k2.h, k2.w, &mut sc.p2, &mut sc.arg2);
-        k3.im2col(&sc.p2, &mut sc.col);
-        k3.forward(p(W3), p(B3), &sc.col, &mut sc.pre[..k3.cout * k3.out_hw()]);
+        k3.im2col(&sc.p2, 1, &mut sc.col, Threads::One);
+        k3.forward(
+            p(W3),
+            Some(p(B3)),
+            &sc.col,
+            1,
+            &mut sc.pre[..k3.cout * k3.out_hw()],
+            Threads::One,
+        );
         relu_global_max(&sc.pre, k3.cout, k3.out_hw(), &mut sc.g, &mut sc.arg3);
         p(FC_B)[0] + p(FC_W).iter().zip(&sc.g).map(|(w, g)| w * g).sum::<f32>()
     }
@@ -173,18 +195,18 @@ impl SmallNet {
         // pool2 -> conv2.
         let dpre2 = &mut sc.dpre[..k2.cout * k2.out_hw()];
         relu_max_pool_backward(dp2, &sc.p2, &sc.arg2, k2.cout, k2.out_hw(), dpre2);
-        k2.im2col(&sc.p1, &mut sc.col);
-        k2.add_param_grads(dpre2, &sc.col, gw2, gb2);
-        k2.input_grad_col(p(W2), dpre2, &mut sc.dcol);
+        k2.im2col(&sc.p1, 1, &mut sc.col, Threads::One);
+        k2.add_param_grads(dpre2, &sc.col, 1, gw2, Some(gb2), Threads::One);
+        k2.input_grad_col(p(W2), dpre2, 1, &mut sc.dcol, Threads::One);
         let dp1 = &mut sc.dp[..k1.cout * k2.in_hw()];
         dp1.fill(0.0);
-        k2.col2im(&sc.dcol, dp1);
+        k2.col2im(&sc.dcol, 1, dp1, Threads::One);
 
         // pool1 -> conv1 (the image needs no gradient).
         let dpre1 = &mut sc.dpre[..k1.cout * k1.out_hw()];
         relu_max_pool_backward(dp1, &sc.p1, &sc.arg1, k1.cout, k1.out_hw(), dpre1);
-        k1.im2col(image, &mut sc.col);
-        k1.add_param_grads(dpre1, &sc.col, gw1, gb1);
+        k1.im2col(image, 1, &mut sc.col, Threads::One);
+        k1.add_param_grads(dpre1, &sc.col, 1, gw1, Some(gb1), Threads::One);
     }
 
     /// `grad` cut into the layout's tensors.
