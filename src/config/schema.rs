@@ -575,20 +575,30 @@ fn default_synthetic_seed() -> u64 {
     7
 }
 
-/// The imaging CNN: channels of its three convolutions and the local optimiser.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// The imaging network: its architecture, the `small` network's channels,
+/// the local optimiser, and an optional initial model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    pub channels: [usize; 3],
+    /// "small" (three 3x3 convolutions) or "resnet18".
+    pub arch: medfed_models::learner::cnn::Arch,
+    /// Channels of `small`'s three convolutions (default 8, 16, 32); not
+    /// allowed with resnet18, whose widths are fixed.
+    pub channels: Option<[usize; 3]>,
     pub optimizer: medfed_models::learner::cnn::Optimizer,
+    /// A safetensors file with the initial global model (e.g. converted
+    /// ImageNet weights), relative to the config file; default: seeded.
+    pub init: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
         let cnn = medfed_models::learner::cnn::CnnConfig::default();
         Self {
-            channels: cnn.channels,
+            arch: cnn.arch,
+            channels: None,
             optimizer: cnn.optimizer,
+            init: None,
         }
     }
 }

@@ -4,6 +4,7 @@ use super::{
     Config, ConfigError, DataFormat, DpScaling, EffectivePrivacy, HospitalKind, NoiseKind, PartitionScheme,
     PrivacyMode, Quorum, TaskConfig,
 };
+use medfed_models::learner::cnn::Arch;
 
 /// The most hospitals a task may have: bounded by memory, not by the
 /// runtime (every per-message cost is a keyed lookup; README "Scale").
@@ -484,8 +485,28 @@ fn validate_imaging(name: &str, task: &TaskConfig) -> Result<(), ConfigError> {
             "\"sorted\" sorts by a table column; imaging tasks use \"iid\" or \"dirichlet\"".into(),
         );
     }
-    if let Some(c) = task.model.channels.iter().find(|&&c| c == 0 || c > 512) {
-        return bad(key("model.channels"), format!("each must be 1..=512, got {c}"));
+    match (task.model.arch, task.model.channels) {
+        (Arch::Small, Some(channels)) => {
+            if let Some(c) = channels.iter().find(|&&c| c == 0 || c > 512) {
+                return bad(key("model.channels"), format!("each must be 1..=512, got {c}"));
+            }
+        }
+        (Arch::Resnet18, Some(_)) => {
+            return bad(
+                key("model.channels"),
+                "sets the widths of arch = \"small\"; resnet18's are fixed (64, 128, 256, 512)".into(),
+            )
+        }
+        (_, None) => {}
+    }
+    if task.model.arch == Arch::Resnet18 && d.image_size < 32 {
+        return bad(
+            key("data.image_size"),
+            format!(
+                "resnet18 needs at least 32 (its last stage would have no pixels), got {}",
+                d.image_size
+            ),
+        );
     }
     Ok(())
 }

@@ -18,6 +18,7 @@ use medfed_models::learner::cnn::{CnnConfig, CnnEvaluator, CnnLearner};
 use medfed_models::learner::logistic::LocalDp;
 use medfed_models::learner::{DpLearner, Evaluator, GlobalModel, Learner, TrainPlan};
 use medfed_models::metrics::Metrics;
+use medfed_models::params::Params;
 use medfed_models::privacy::fingerprint::DataFingerprint;
 use medfed_models::privacy::mechanisms::NoiseSource;
 
@@ -34,6 +35,8 @@ pub struct ImagingData {
     /// Each hospital's share of the held-out set (its local test split).
     held_out_shares: Vec<Vec<usize>>,
     cnn: CnnConfig,
+    /// The initial global model from `model.init`; default: seeded.
+    initial: Option<Arc<Params>>,
 }
 
 /// One hospital's images.
@@ -43,11 +46,35 @@ pub struct ImagingSite {
 }
 
 pub fn cnn_config(config: &TaskConfig) -> CnnConfig {
+    let default = CnnConfig::default();
     CnnConfig {
+        arch: config.model.arch,
         size: config.data.image_size,
-        channels: config.model.channels,
+        channels: config.model.channels.unwrap_or(default.channels),
         optimizer: config.model.optimizer,
     }
+}
+
+/// The initial global model from `[tasks.T.model] init`, if set: read and
+/// checked against the network's names and shapes when the task is
+/// prepared, so a wrong file stops the run before any hospital joins.
+fn initial_model(
+    loaded: &Loaded,
+    name: &str,
+    config: &TaskConfig,
+    cnn: &CnnConfig,
+) -> Result<Option<Arc<Params>>> {
+    let Some(path) = &config.model.init else {
+        return Ok(None);
+    };
+    let path = loaded.resolve(path);
+    let bytes = std::fs::read(&path)
+        .with_context(|| format!("tasks.{name}.model.init: reading {}", path.display()))?;
+    let params = cnn
+        .load_init(&bytes)
+        .with_context(|| format!("tasks.{name}.model.init: {}", path.display()))?;
+    info!(task = name, file = %path.display(), arch = cnn.arch.name(), "initial model loaded");
+    Ok(Some(Arc::new(params)))
 }
 
 impl TaskKind for Imaging {
@@ -104,12 +131,14 @@ fn prepare(loaded: &Loaded, name: &str, config: &TaskConfig) -> Result<ImagingDa
         }),
     )?;
     let shards = rows.iter().map(|rows| train.select(rows)).collect();
+    let cnn = cnn_config(config);
     Ok(ImagingData {
+        initial: initial_model(loaded, name, config, &cnn)?,
         train,
         held_out,
         shards,
         held_out_shares,
-        cnn: cnn_config(config),
+        cnn,
     })
 }
 
@@ -200,11 +229,9 @@ impl TaskData for ImagingData {
         let Some(rows) = self.held_out_shares.get(index).filter(|r| !r.is_empty()) else {
             return Ok(None);
         };
-        Ok(Some(Box::new(CnnEvaluator::new(
-            self.held_out.select(rows),
-            self.cnn,
-            seed,
-        )?)))
+        Ok(Some(Box::new(
+            self.evaluator_on(self.held_out.select(rows), seed)?,
+        )))
     }
 
     fn held_out_fingerprint(&self) -> String {
@@ -215,11 +242,7 @@ impl TaskData for ImagingData {
     }
 
     fn evaluator(&self, seed: u64) -> Result<Box<dyn Evaluator>> {
-        Ok(Box::new(CnnEvaluator::new(
-            self.held_out.clone(),
-            self.cnn,
-            seed,
-        )?))
+        Ok(Box::new(self.evaluator_on(self.held_out.clone(), seed)?))
     }
 
     /// Pixels are already on a fixed [0, 1] scale.
@@ -228,7 +251,24 @@ impl TaskData for ImagingData {
     }
 
     fn centralized_baseline(&self, loaded: &Loaded, config: &TaskConfig) -> Result<Metrics> {
-        centralized_baseline(loaded, config, &self.train, &self.held_out, self.cnn)
+        centralized_baseline(
+            loaded,
+            config,
+            &self.train,
+            self.evaluator_on(self.held_out.clone(), loaded.config.run.seed)?,
+            self.cnn,
+        )
+    }
+}
+
+impl ImagingData {
+    /// An evaluator on `images` whose initial model is the task's.
+    fn evaluator_on(&self, images: ImageSet, seed: u64) -> Result<CnnEvaluator> {
+        let evaluator = CnnEvaluator::new(images, self.cnn, seed)?;
+        Ok(match &self.initial {
+            Some(initial) => evaluator.with_initial(initial.clone())?,
+            None => evaluator,
+        })
     }
 }
 
@@ -269,13 +309,12 @@ fn centralized_baseline(
     loaded: &Loaded,
     config: &TaskConfig,
     train: &ImageSet,
-    held_out: &ImageSet,
+    mut evaluator: CnnEvaluator,
     cnn: CnnConfig,
 ) -> Result<Metrics> {
     let seed = loaded.config.run.seed;
     let epochs = config.effective_rounds(&loaded.config.run) * config.training.local_epochs;
     let mut learner = CnnLearner::new("centralized", train.clone(), cnn)?;
-    let mut evaluator = CnnEvaluator::new(held_out.clone(), cnn, seed)?;
     let init = Arc::new(evaluator.init_params());
     let update = learner.train(
         &GlobalModel {

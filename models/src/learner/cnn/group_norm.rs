@@ -34,6 +34,7 @@ impl GroupNorm {
     /// `out = gamma * (x - mean) / sqrt(var + eps) + beta` (then ReLU with
     /// `relu`) over `batch` images of `hw` pixels per channel; each (group,
     /// image)'s mean and 1/std go to `stats[group * batch + image]`.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         x: &[f32],

@@ -225,15 +225,15 @@ impl CnnConfig {
 
 /// The network of a config, with its forward and backward passes.
 enum Net {
-    Small(SmallNet),
-    ResNet(ResNet18),
+    Small(Box<SmallNet>),
+    ResNet(Box<ResNet18>),
 }
 
 impl Net {
     fn new(config: &CnnConfig) -> Self {
         match config.arch {
-            Arch::Small => Net::Small(SmallNet::new(config)),
-            Arch::Resnet18 => Net::ResNet(ResNet18::new(config.size)),
+            Arch::Small => Net::Small(Box::new(SmallNet::new(config))),
+            Arch::Resnet18 => Net::ResNet(Box::new(ResNet18::new(config.size))),
         }
     }
 
@@ -1027,5 +1027,103 @@ mod tests {
                 i - range.start
             );
         }
+    }
+
+    fn resnet(size: usize) -> CnnConfig {
+        CnnConfig {
+            arch: Arch::Resnet18,
+            optimizer: Optimizer::Sgd { momentum: 0.0 },
+            ..config(size)
+        }
+    }
+
+    /// DP-SGD through ghost clipping, end to end: with every image sampled,
+    /// a bound no gradient reaches and negligible noise, one step is the
+    /// full-batch gradient step; with a tiny bound, each image's clipped
+    /// gradient has norm C(1 - 1e-3), so the step's norm is at most lr * C.
+    #[test]
+    fn resnet_dp_sgd_is_the_batch_step_unclipped_and_bounded_clipped() {
+        let cfg = resnet(32);
+        let global = GlobalModel {
+            params: Arc::new(cfg.init_params(3)),
+            standardizer: None,
+        };
+        let set = images(6, 32, 5);
+        let batch = CnnLearner::new("h", set.clone(), cfg)
+            .unwrap()
+            .train(&global, &sgd_plan(6))
+            .unwrap();
+        let private = |clip: f64| {
+            CnnLearner::new("h", set.clone(), cfg)
+                .unwrap()
+                .with_privacy(dp_sgd(1.0, clip, 1e-12), NoiseSource::seeded(1))
+                .unwrap()
+                .train_private(&global, &sgd_plan(6), Some(6))
+                .unwrap()
+        };
+        let open = private(1e6);
+        let diff = open.value().sub(&batch.delta).unwrap().l2_norm();
+        assert!(
+            diff < 1e-4 * batch.delta.l2_norm(),
+            "{diff} vs {}",
+            batch.delta.l2_norm()
+        );
+        let clip = 1e-3;
+        let clipped = private(clip).value().l2_norm();
+        // lr 0.1, C = 1e-3: six clipped gradients, divided by the count 6.
+        assert!(clipped > 0.0 && clipped <= 0.1 * clip * (1.0 + 1e-6), "{clipped}");
+        assert!(clipped < 0.5 * batch.delta.l2_norm());
+    }
+
+    /// An initial model file with the network's names and shapes loads;
+    /// files from a torchvision checkpoint that was not converted are
+    /// refused with what to change.
+    #[test]
+    fn initial_model_files_are_checked_by_name_and_shape() {
+        let cfg = resnet(32);
+        let params = cfg.init_params(8);
+        let bytes = params.to_safetensors(None).unwrap();
+        assert_eq!(cfg.load_init(&bytes).unwrap(), params);
+        let evaluator = CnnEvaluator::new(images(4, 32, 1), cfg, 1)
+            .unwrap()
+            .with_initial(Arc::new(params.clone()))
+            .unwrap();
+        assert_eq!(evaluator.init_params(), params);
+        assert!(CnnEvaluator::new(images(4, 32, 1), config(32), 1)
+            .unwrap()
+            .with_initial(Arc::new(params.clone()))
+            .is_err());
+        let renamed = |name: &str, shape: &[usize]| {
+            let mut specs: Vec<TensorSpec> = cfg.layout().specs().to_vec();
+            let values = params.as_slice().to_vec();
+            let at = specs.iter().position(|s| s.name == name).unwrap();
+            let mut values = values;
+            let start: usize = specs[..at].iter().map(TensorSpec::numel).sum();
+            let old = specs[at].numel();
+            let new = TensorSpec::new(name, shape);
+            values.splice(start..start + old, std::iter::repeat_n(0.5, new.numel()));
+            specs[at] = new;
+            Params::new(Arc::new(Layout::new(specs).unwrap()), values)
+                .unwrap()
+                .to_safetensors(None)
+                .unwrap()
+        };
+        let error = |bytes: &[u8]| cfg.load_init(bytes).unwrap_err().to_string();
+        assert!(error(&renamed("conv1.weight", &[64, 3, 7, 7])).contains("sum the RGB filters"));
+        assert!(error(&renamed("fc.weight", &[1000, 512])).contains("one output logit"));
+        let mut with_stats: Vec<TensorSpec> = cfg.layout().specs().to_vec();
+        with_stats.push(TensorSpec::new("layer1.0.bn1.running_var", &[64]));
+        let mut values = params.as_slice().to_vec();
+        values.extend([1.0; 64]);
+        let file = Params::new(Arc::new(Layout::new(with_stats).unwrap()), values).unwrap();
+        assert!(error(&file.to_safetensors(None).unwrap()).contains("BatchNorm running statistics"));
+        let small = config(32).init_params(1).to_safetensors(None).unwrap();
+        assert!(
+            error(&small).contains("is not a parameter of resnet18"),
+            "{}",
+            error(&small)
+        );
+        assert!(error(b"not a file").contains("not a safetensors file"));
+        assert!(CnnEvaluator::new(images(4, 16, 1), resnet(16), 1).is_err());
     }
 }
