@@ -96,6 +96,9 @@ fn bench_case(c: &mut Criterion, case: &Case) {
 }
 
 fn main() {
+    // As the medfed binary runs (src/allocator.rs says why).
+    let kept = medfed::allocator::keep_freed_memory();
+    eprintln!("allocator: freed memory kept in the process: {kept}");
     let dir = output_dir();
     let mut c = Criterion::default().output_directory(&dir).configure_from_args();
     let resnet = |size| CnnConfig {

@@ -10,6 +10,7 @@
 #[cfg(feature = "failpoints")]
 use fail as _;
 
+pub mod allocator;
 pub mod audit;
 pub mod cli;
 pub mod clock;

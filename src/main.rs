@@ -13,6 +13,7 @@ use medfed::{commands, logging};
 const BLOCKING_GRACE: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
+    medfed::allocator::keep_freed_memory();
     // Test builds only: crash points armed by FAILPOINTS (the resume tests).
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();

@@ -55,12 +55,13 @@ impl GroupNorm {
             .enumerate()
             .for_each(|(g, ((x, out), stats))| {
                 for (b, stat) in stats.iter_mut().enumerate() {
+                    // Sums in f32 within a plane (vectorised), f64 across.
                     let planes = || (0..cpg).map(|c| &x[(c * batch + b) * hw..][..hw]);
                     let count = (cpg * hw) as f64;
-                    let mean = planes().flatten().map(|&v| f64::from(v)).sum::<f64>() / count;
+                    let mean = planes().map(|p| f64::from(p.iter().sum::<f32>())).sum::<f64>() / count;
+                    let m = mean as f32;
                     let var = planes()
-                        .flatten()
-                        .map(|&v| (f64::from(v) - mean).powi(2))
+                        .map(|p| f64::from(p.iter().map(|&v| (v - m) * (v - m)).sum::<f32>()))
                         .sum::<f64>()
                         / count;
                     let rstd = 1.0 / (var + EPS).sqrt();
@@ -103,9 +104,10 @@ impl GroupNorm {
         let cpg = self.per_group();
         let block = cpg * batch * hw;
         let n = self.channels * batch * hw;
-        let mask = |i: usize, d: f32| match relu_out {
+        // The output gradient through the ReLU, if any.
+        let masked = |i: usize| match relu_out {
             Some(out) if out[i] <= 0.0 => 0.0,
-            _ => d,
+            _ => dout[i],
         };
         let NormGrads {
             dgamma,
@@ -126,13 +128,13 @@ impl GroupNorm {
                     let (mut sum_d, mut sum_dx) = (0.0f64, 0.0f64);
                     for c in 0..cpg {
                         let at = base + (c * batch + b) * hw;
-                        let (mut dg, mut db) = (0.0f64, 0.0f64);
-                        for i in at..at + hw {
-                            let d = mask(i, dout[i]);
-                            let xhat = (x[i] - mean) * rstd;
-                            dg += f64::from(d * xhat);
-                            db += f64::from(d);
+                        let (mut dg, mut db) = (0.0f32, 0.0f32);
+                        for (i, &xv) in x.iter().enumerate().skip(at).take(hw) {
+                            let d = masked(i);
+                            dg += d * (xv - mean);
+                            db += d;
                         }
+                        let (dg, db) = (f64::from(dg * rstd), f64::from(db));
                         let gm = f64::from(gamma[g * cpg + c]);
                         sum_d += db * gm;
                         sum_dx += dg * gm;
@@ -145,10 +147,12 @@ impl GroupNorm {
                     for c in 0..cpg {
                         let at = (c * batch + b) * hw;
                         let gm = gamma[g * cpg + c];
+                        // dx = rstd (d gm - mean_d - xhat mean_dx), as a*d + b*x + c.
+                        let (a, bx) = (rstd * gm, -rstd * rstd * mean_dx);
+                        let c0 = -rstd * mean_d + rstd * rstd * mean * mean_dx;
                         for (j, d) in dx[at..at + hw].iter_mut().enumerate() {
                             let i = base + at + j;
-                            let xhat = (x[i] - mean) * rstd;
-                            *d = rstd * (mask(i, dout[i]) * gm - mean_d - xhat * mean_dx);
+                            *d = a * masked(i) + bx * x[i] + c0;
                         }
                     }
                 }
