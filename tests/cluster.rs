@@ -96,19 +96,8 @@ fn six_process_run_with(dir: &Path, tls: Option<&Path>, flags: &[&str], envs: &[
     );
     // Every envelope went on the sessions' direct streams, none through
     // ractor_cluster's frames.
-    let log = coordinator.log();
-    let traffic = log
-        .lines()
-        .find(|l| l.contains("cluster traffic"))
-        .unwrap_or_else(|| panic!("no traffic summary in:\n{log}"));
-    let fields: Value = serde_json::from_str(traffic).unwrap_or_else(|e| panic!("{e}: {traffic}"));
-    let field = |name: &str| {
-        fields["fields"][name]
-            .as_u64()
-            .unwrap_or_else(|| panic!("{name} in {traffic}"))
-    };
-    assert!(field("messages_sent") > 50, "{traffic}");
-    assert_eq!(field("messages_sent_direct"), field("messages_sent"), "{traffic}");
+    let sent = coordinator.messages_all_direct();
+    assert!(sent > 50, "{sent} messages sent");
     coordinator.json()
 }
 

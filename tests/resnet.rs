@@ -201,16 +201,7 @@ fn resnet18_hospitals_as_processes_reproduce_the_in_process_run() {
         "coordinator failed: {status}; log:\n{}",
         coordinator.log()
     );
-    let log = coordinator.log();
-    let traffic = log
-        .lines()
-        .find(|l| l.contains("cluster traffic"))
-        .unwrap_or_else(|| panic!("no traffic summary in:\n{log}"));
-    let fields: Value = serde_json::from_str(traffic).unwrap();
-    assert_eq!(
-        fields["fields"]["messages_sent_direct"], fields["fields"]["messages_sent"],
-        "{traffic}"
-    );
+    assert!(coordinator.messages_all_direct() > 0);
     let cluster = rounds(&coordinator.json());
     let local = rounds(&json_of(&medfed(&["run", "--config", cfg, "--json"], &[])));
     assert_eq!(cluster.len(), 3);

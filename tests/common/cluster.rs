@@ -77,6 +77,25 @@ pub fn spawn_program(dir: &Path, name: &str, program: &str, args: &[&str], envs:
 }
 
 impl Process {
+    /// The messages the node sent, from its "cluster traffic" summary, all
+    /// of which went on the sessions' direct streams (else the log is shown).
+    pub fn messages_all_direct(&self) -> u64 {
+        let log = self.log();
+        let traffic = log
+            .lines()
+            .find(|l| l.contains("cluster traffic"))
+            .unwrap_or_else(|| panic!("no traffic summary in:\n{log}"));
+        let fields: serde_json::Value =
+            serde_json::from_str(traffic).unwrap_or_else(|e| panic!("{e}: {traffic}"));
+        let field = |name: &str| {
+            fields["fields"][name]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name} in {traffic}"))
+        };
+        assert_eq!(field("messages_sent_direct"), field("messages_sent"), "{traffic}");
+        field("messages_sent")
+    }
+
     /// Exactly `n` log lines contain every one of `needles` (else the log is shown).
     pub fn assert_lines(&self, needles: &[&str], n: usize) {
         assert_eq!(self.count(needles), n, "{needles:?} in:\n{}", self.log());

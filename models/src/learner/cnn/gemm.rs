@@ -118,17 +118,23 @@ pub(super) fn matmul(dst: &mut [f32], lhs: Mat, rhs: Mat, accumulate: bool, thre
         // columns [j0, j1) of every row, ends at (m-1)*n + j1-1 inside
         // them; the blocks are disjoint, so no two threads write one
         // value, and no reference to dst's values exists meanwhile.
-        unsafe { gemm_raw(dst.at(j0), n, lhs, rhs.columns(j0, j1), accumulate) };
+        unsafe {
+            gemm_raw(
+                dst.at(j0),
+                n,
+                lhs,
+                rhs.columns(j0, j1),
+                accumulate,
+                gemm::Parallelism::None,
+            )
+        };
     });
 }
 
 /// The gemm crate's own threading over all threads (what it does best:
 /// every product but the few-rows, wide, short-inner ones).
 fn matmul_threaded(dst: &mut [f32], lhs: Mat, rhs: Mat, accumulate: bool) {
-    let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
-    if m == 0 || n == 0 || k == 0 {
-        return matmul_one(dst, n, lhs, rhs, accumulate);
-    }
+    let (m, n) = (lhs.rows, rhs.cols);
     assert!(dst.len() >= m * n, "the product needs {} values", m * n);
     assert!(
         lhs.fits() && rhs.fits(),
@@ -136,27 +142,14 @@ fn matmul_threaded(dst: &mut [f32], lhs: Mat, rhs: Mat, accumulate: bool) {
     );
     // SAFETY: checked just above; `dst` is a unique borrow.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
+        gemm_raw(
             dst.as_mut_ptr(),
-            1,
-            n as isize,
+            n,
+            lhs,
+            rhs,
             accumulate,
-            lhs.data.as_ptr(),
-            lhs.col_stride as isize,
-            lhs.row_stride as isize,
-            rhs.data.as_ptr(),
-            rhs.col_stride as isize,
-            rhs.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
             gemm::Parallelism::Rayon(0),
-        );
+        )
     }
 }
 
@@ -209,16 +202,32 @@ fn matmul_one(dst: &mut [f32], dst_stride: usize, lhs: Mat, rhs: Mat, accumulate
     );
     // SAFETY: checked just above: the block and both views lie inside
     // their slices, and `dst` is a unique borrow that cannot alias them.
-    unsafe { gemm_raw(dst.as_mut_ptr(), dst_stride, lhs, rhs, accumulate) }
+    unsafe {
+        gemm_raw(
+            dst.as_mut_ptr(),
+            dst_stride,
+            lhs,
+            rhs,
+            accumulate,
+            gemm::Parallelism::None,
+        )
+    }
 }
 
 /// The gemm crate's product into the `lhs.rows x rhs.cols` block at `dst`
-/// (rows `dst_stride` apart), single-threaded.
+/// (rows `dst_stride` apart), on `threads` of gemm's own.
 ///
 /// # Safety
 /// The block must lie inside one allocation that nothing else reads or
 /// writes meanwhile, and both views must `fit`.
-unsafe fn gemm_raw(dst: *mut f32, dst_stride: usize, lhs: Mat, rhs: Mat, accumulate: bool) {
+unsafe fn gemm_raw(
+    dst: *mut f32,
+    dst_stride: usize,
+    lhs: Mat,
+    rhs: Mat,
+    accumulate: bool,
+    threads: gemm::Parallelism,
+) {
     let (m, n, k) = (lhs.rows, rhs.cols, lhs.cols);
     if m == 0 || n == 0 {
         return;
@@ -253,7 +262,7 @@ unsafe fn gemm_raw(dst: *mut f32, dst_stride: usize, lhs: Mat, rhs: Mat, accumul
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            threads,
         );
     }
 }

@@ -73,6 +73,7 @@ impl Arch {
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct CnnConfig {
+    #[serde(default)]
     pub arch: Arch,
     /// Input side in pixels.
     pub size: usize,
@@ -220,6 +221,15 @@ impl CnnConfig {
             ));
         }
         Ok(params)
+    }
+}
+
+/// Image `i`'s label as the loss's target: 1 for the positive class.
+fn target(images: &ImageSet, i: usize) -> f64 {
+    if images.labels[i] {
+        1.0
+    } else {
+        0.0
     }
 }
 

@@ -30,6 +30,7 @@ use super::conv::Conv2d;
 use super::gemm::{matmul, Mat, Threads};
 use super::group_norm::{GroupNorm, NormGrads};
 use super::pool::{max_pool3s2, max_pool3s2_backward, pooled_side};
+use super::target;
 use crate::data::images::ImageSet;
 use crate::learner::logistic::{example_loss, sigmoid};
 use crate::params::TensorSpec;
@@ -487,7 +488,7 @@ impl ResNet18 {
             for (&i, &z) in part.iter().zip(&tape.logits) {
                 let z = f64::from(z);
                 loss += example_loss(z, images.labels[i]);
-                tape.dz.push(((sigmoid(z) - label(images, i)) / count) as f32);
+                tape.dz.push(((sigmoid(z) - target(images, i)) / count) as f32);
             }
             self.backward(params, tape, Pass::Sum(grad));
         }
@@ -512,7 +513,7 @@ impl ResNet18 {
         self.forward(params, images, batch, tape);
         tape.dz.clear();
         for (&i, &z) in batch.iter().zip(&tape.logits) {
-            tape.dz.push((sigmoid(f64::from(z)) - label(images, i)) as f32);
+            tape.dz.push((sigmoid(f64::from(z)) - target(images, i)) as f32);
         }
         sq[..batch.len()].fill(0.0);
         self.backward(params, tape, Pass::Norms(&mut sq[..batch.len()]));
@@ -664,14 +665,6 @@ fn add_conv_example_norms(conv: &Conv2d, dy: &[f32], col: &[f32], n: usize, sq: 
         })
         .collect();
     sq.iter_mut().zip(norms).for_each(|(s, v)| *s += v);
-}
-
-fn label(images: &ImageSet, i: usize) -> f64 {
-    if images.labels[i] {
-        1.0
-    } else {
-        0.0
-    }
 }
 
 #[cfg(test)]

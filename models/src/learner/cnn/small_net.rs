@@ -25,6 +25,7 @@ use rayon::prelude::*;
 use super::conv::Conv2d;
 use super::gemm::Threads;
 use super::pool::{relu_global_max, relu_max_pool2, relu_max_pool_backward};
+use super::target;
 use super::CnnConfig;
 use crate::data::images::ImageSet;
 use crate::learner::logistic::{example_loss, sigmoid};
@@ -242,7 +243,7 @@ impl SmallNet {
                 let mut loss = 0.0;
                 for &i in part {
                     let image = images.image(i);
-                    let (z, y) = (f64::from(self.forward(params, image, &mut sc)), label(images, i));
+                    let (z, y) = (f64::from(self.forward(params, image, &mut sc)), target(images, i));
                     loss += example_loss(z, images.labels[i]);
                     self.backward(params, image, ((sigmoid(z) - y) / n) as f32, &mut sc, &mut g);
                 }
@@ -276,7 +277,7 @@ impl SmallNet {
                     self.backward(
                         params,
                         image,
-                        (sigmoid(z) - label(images, i)) as f32,
+                        (sigmoid(z) - target(images, i)) as f32,
                         &mut sc,
                         row,
                     );
@@ -299,13 +300,5 @@ impl SmallNet {
                 z
             })
             .collect()
-    }
-}
-
-fn label(images: &ImageSet, i: usize) -> f64 {
-    if images.labels[i] {
-        1.0
-    } else {
-        0.0
     }
 }
