@@ -100,10 +100,25 @@ pub(super) fn matmul(dst: &mut [f32], lhs: Mat, rhs: Mat, accumulate: bool, thre
         Threads::All => rayon::current_num_threads().max(1),
     };
     if parts == 1 {
-        return matmul_one(&mut dst[..m * n], n, lhs, rhs, accumulate);
+        return matmul_one(
+            &mut dst[..m * n],
+            n,
+            lhs,
+            rhs,
+            accumulate,
+            gemm::Parallelism::None,
+        );
     }
     if m > 64 || n < 8 * lhs.cols || n < 64 * parts {
-        return matmul_threaded(&mut dst[..m * n], lhs, rhs, accumulate);
+        // gemm's own threading does best on every other product.
+        return matmul_one(
+            &mut dst[..m * n],
+            n,
+            lhs,
+            rhs,
+            accumulate,
+            gemm::Parallelism::Rayon(0),
+        );
     }
     // Column blocks: dst's columns [j0, j1) from rhs's.
     let width = n.div_ceil(parts);
@@ -129,28 +144,6 @@ pub(super) fn matmul(dst: &mut [f32], lhs: Mat, rhs: Mat, accumulate: bool, thre
             )
         };
     });
-}
-
-/// The gemm crate's own threading over all threads (what it does best:
-/// every product but the few-rows, wide, short-inner ones).
-fn matmul_threaded(dst: &mut [f32], lhs: Mat, rhs: Mat, accumulate: bool) {
-    let (m, n) = (lhs.rows, rhs.cols);
-    assert!(dst.len() >= m * n, "the product needs {} values", m * n);
-    assert!(
-        lhs.fits() && rhs.fits(),
-        "an operand view reaches past its values"
-    );
-    // SAFETY: checked just above; `dst` is a unique borrow.
-    unsafe {
-        gemm_raw(
-            dst.as_mut_ptr(),
-            n,
-            lhs,
-            rhs,
-            accumulate,
-            gemm::Parallelism::Rayon(0),
-        )
-    }
 }
 
 /// dst's base pointer, shared by the threads that write disjoint blocks.
@@ -186,8 +179,16 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// One single-threaded GEMM into `dst`, whose rows are `dst_stride` apart.
-fn matmul_one(dst: &mut [f32], dst_stride: usize, lhs: Mat, rhs: Mat, accumulate: bool) {
+/// One GEMM into `dst`, whose rows are `dst_stride` apart, on `threads`
+/// of gemm's own.
+fn matmul_one(
+    dst: &mut [f32],
+    dst_stride: usize,
+    lhs: Mat,
+    rhs: Mat,
+    accumulate: bool,
+    threads: gemm::Parallelism,
+) {
     let (m, n) = (lhs.rows, rhs.cols);
     if m == 0 || n == 0 {
         return;
@@ -202,16 +203,7 @@ fn matmul_one(dst: &mut [f32], dst_stride: usize, lhs: Mat, rhs: Mat, accumulate
     );
     // SAFETY: checked just above: the block and both views lie inside
     // their slices, and `dst` is a unique borrow that cannot alias them.
-    unsafe {
-        gemm_raw(
-            dst.as_mut_ptr(),
-            dst_stride,
-            lhs,
-            rhs,
-            accumulate,
-            gemm::Parallelism::None,
-        )
-    }
+    unsafe { gemm_raw(dst.as_mut_ptr(), dst_stride, lhs, rhs, accumulate, threads) }
 }
 
 /// The gemm crate's product into the `lhs.rows x rhs.cols` block at `dst`
