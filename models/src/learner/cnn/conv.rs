@@ -20,27 +20,29 @@ pub(super) struct Conv2d {
     pub pad: usize,
 }
 
-/// `out[x] = src[x + dx]` (zero where that is outside `src`), or
-/// `out[x] += src[x + dx]` with `add`; `out` and `src` have one length.
-#[inline]
-fn shifted_row(out: &mut [f32], src: &[f32], dx: isize, add: bool) {
-    let w = out.len();
-    let d = dx.unsigned_abs().min(w);
-    let (o, s) = if dx < 0 {
-        (&mut out[d..], &src[..w - d])
+/// `row[o] = src[o + shift]` where `o + shift` lies in `src` (the rest of
+/// `row` is left as it is); `row` and `src` have one length.
+fn copy_shifted(row: &mut [f32], src: &[f32], shift: isize) {
+    let len = row.len();
+    let s = shift.unsigned_abs().min(len);
+    if shift >= 0 {
+        row[..len - s].copy_from_slice(&src[s..]);
     } else {
-        (&mut out[..w - d], &src[d..])
-    };
-    if add {
-        o.iter_mut().zip(s).for_each(|(o, s)| *o += s);
-    } else {
-        o.copy_from_slice(s);
-        if dx < 0 {
-            out[..d].fill(0.0);
-        } else {
-            out[w - d..].fill(0.0);
-        }
+        row[s..].copy_from_slice(&src[..len - s]);
     }
+}
+
+/// `dst[o + shift] += row[o]` where `o + shift` lies in `dst`: the adjoint
+/// of `copy_shifted`.
+fn add_shifted(dst: &mut [f32], row: &[f32], shift: isize) {
+    let len = row.len();
+    let s = shift.unsigned_abs().min(len);
+    let (d, r) = if shift >= 0 {
+        (&mut dst[s..], &row[..len - s])
+    } else {
+        (&mut dst[..len - s], &row[s..])
+    };
+    d.iter_mut().zip(r).for_each(|(d, r)| *d += r);
 }
 
 impl Conv2d {
@@ -79,10 +81,38 @@ impl Conv2d {
         self.out_h() * self.out_w()
     }
 
-    /// Stride 1 and an output as wide as the input: each im2col row is the
-    /// input row shifted, copied in one go.
-    fn shifts_rows(&self) -> bool {
-        self.stride == 1 && self.out_w() == self.w
+    /// Stride 1 and an output the input's size: a tap's im2col row over
+    /// the batch is the channel's planes (adjacent in CNHW) shifted by
+    /// `dy * w + dx`, one contiguous copy (ResNet's 16x16 maps would
+    /// otherwise be 16-value copies), then the values that crossed a row or
+    /// image edge zeroed.
+    fn keeps_size(&self) -> bool {
+        self.stride == 1 && self.out_w() == self.w && self.out_h() == self.h
+    }
+
+    /// The flat offset of tap (dy, dx) when `keeps_size`.
+    fn shift(&self, dy: isize, dx: isize) -> isize {
+        dy * self.w as isize + dx
+    }
+
+    /// Zeroes the entries of a `keeps_size` tap row (one plane per image)
+    /// whose source pixel lies outside their image: the padding.
+    fn zero_outside(&self, row: &mut [f32], dy: isize, dx: isize) {
+        let (h, w) = (self.h, self.w);
+        let (ry, rx) = (dy.unsigned_abs().min(h), dx.unsigned_abs().min(w));
+        // Lines follow each other across the images too, so a column is one
+        // strided walk (per-line fills would be a memset call per value).
+        let first = if dx < 0 { 0 } else { w - rx };
+        for column in first..first + rx {
+            row.iter_mut().skip(column).step_by(w).for_each(|v| *v = 0.0);
+        }
+        for plane in row.chunks_exact_mut(h * w) {
+            if dy < 0 {
+                plane[..ry * w].fill(0.0);
+            } else {
+                plane[(h - ry) * w..].fill(0.0);
+            }
+        }
     }
 
     /// `col[(ci*k*k + ky*k + kx), b*out_hw + oy*out_w + ox] = input[ci, b,
@@ -94,6 +124,11 @@ impl Conv2d {
         let row_len = batch * self.out_hw();
         let fill = |(tap_row, row): (usize, &mut [f32])| {
             let (ci, dy, dx) = self.tap(tap_row);
+            if self.keeps_size() {
+                copy_shifted(row, &input[ci * row_len..][..row_len], self.shift(dy, dx));
+                self.zero_outside(row, dy, dx);
+                return;
+            }
             for (b, out) in row.chunks_exact_mut(self.out_hw()).enumerate() {
                 let plane = &input[(ci * batch + b) * self.in_hw()..][..self.in_hw()];
                 self.gather_plane(plane, out, dy, dx);
@@ -116,25 +151,26 @@ impl Conv2d {
                 continue;
             };
             let src = &plane[sy * w..][..w];
-            if self.shifts_rows() {
-                shifted_row(out, src, dx, false);
-            } else {
-                for (ox, o) in out.iter_mut().enumerate() {
-                    *o = self.source(ox, dx, w).map_or(0.0, |sx| src[sx]);
-                }
+            for (ox, o) in out.iter_mut().enumerate() {
+                *o = self.source(ox, dx, w).map_or(0.0, |sx| src[sx]);
             }
         }
     }
 
     /// The adjoint of `im2col`: adds each row of `dcol` back onto the plane
     /// position it was read from (`grad`, CNHW like the input, is added to,
-    /// not overwritten). Input channels in parallel with `Threads::All`.
-    pub fn col2im(&self, dcol: &[f32], batch: usize, grad: &mut [f32], threads: Threads) {
+    /// not overwritten). `dcol` is scratch: its entries that read padding
+    /// are zeroed on the way. Input channels in parallel with `Threads::All`.
+    pub fn col2im(&self, dcol: &mut [f32], batch: usize, grad: &mut [f32], threads: Threads) {
         let (taps, row_len, in_hw) = (self.kernel * self.kernel, batch * self.out_hw(), self.in_hw());
-        let scatter = |(ci, planes): (usize, &mut [f32])| {
-            for tap_row in ci * taps..(ci + 1) * taps {
-                let (_, dy, dx) = self.tap(tap_row);
-                let row = &dcol[tap_row * row_len..][..row_len];
+        let scatter = |(ci, (planes, rows)): (usize, (&mut [f32], &mut [f32]))| {
+            for (tap, row) in rows.chunks_exact_mut(row_len).enumerate() {
+                let (_, dy, dx) = self.tap(ci * taps + tap);
+                if self.keeps_size() {
+                    self.zero_outside(row, dy, dx);
+                    add_shifted(planes, row, self.shift(dy, dx));
+                    continue;
+                }
                 for (src, plane) in row
                     .chunks_exact(self.out_hw())
                     .zip(planes.chunks_exact_mut(in_hw))
@@ -144,10 +180,17 @@ impl Conv2d {
             }
         };
         let grad = &mut grad[..self.cin * batch * in_hw];
-        if threads.parallel(dcol.len().min(self.k() * row_len)) {
-            grad.par_chunks_mut(batch * in_hw).enumerate().for_each(scatter);
+        let dcol = &mut dcol[..self.k() * row_len];
+        if threads.parallel(dcol.len()) {
+            grad.par_chunks_mut(batch * in_hw)
+                .zip(dcol.par_chunks_mut(taps * row_len))
+                .enumerate()
+                .for_each(scatter);
         } else {
-            grad.chunks_mut(batch * in_hw).enumerate().for_each(scatter);
+            grad.chunks_mut(batch * in_hw)
+                .zip(dcol.chunks_mut(taps * row_len))
+                .enumerate()
+                .for_each(scatter);
         }
     }
 
@@ -159,14 +202,9 @@ impl Conv2d {
                 continue;
             };
             let dst = &mut plane[sy * w..][..w];
-            if self.shifts_rows() {
-                // Input x+dx received output x: the shift by -dx.
-                shifted_row(dst, src, -dx, true);
-            } else {
-                for (ox, &g) in src.iter().enumerate() {
-                    if let Some(sx) = self.source(ox, dx, w) {
-                        dst[sx] += g;
-                    }
+            for (ox, &g) in src.iter().enumerate() {
+                if let Some(sx) = self.source(ox, dx, w) {
+                    dst[sx] += g;
                 }
             }
         }
@@ -345,7 +383,7 @@ mod tests {
             let mut col = vec![0.0; d.len()];
             conv.im2col(&x, 1, &mut col, Threads::One);
             let mut back = vec![0.0; x.len()];
-            conv.col2im(&d, 1, &mut back, Threads::One);
+            conv.col2im(&mut d.clone(), 1, &mut back, Threads::One);
             let lhs: f64 = col.iter().zip(&d).map(|(a, b)| f64::from(a * b)).sum();
             let rhs: f64 = x.iter().zip(&back).map(|(a, b)| f64::from(a * b)).sum();
             assert!(
@@ -378,7 +416,7 @@ mod tests {
             let mut out = vec![f32::NAN; conv.cout * batch * n];
             conv.forward(&weight, None, &col, batch, &mut out, Threads::All);
             let mut back = vec![0.0; cnhw.len()];
-            conv.col2im(&col, batch, &mut back, Threads::All);
+            conv.col2im(&mut col.clone(), batch, &mut back, Threads::All);
             for (b, image) in images.iter().enumerate() {
                 let want = direct(&conv, image, &weight, &vec![0.0; conv.cout]);
                 for co in 0..conv.cout {
@@ -390,7 +428,7 @@ mod tests {
                 let mut one_col = vec![0.0; conv.k() * n];
                 conv.im2col(image, 1, &mut one_col, Threads::One);
                 let mut one_back = vec![0.0; image.len()];
-                conv.col2im(&one_col, 1, &mut one_back, Threads::One);
+                conv.col2im(&mut one_col, 1, &mut one_back, Threads::One);
                 for (ci, plane) in one_back.chunks_exact(conv.in_hw()).enumerate() {
                     assert_eq!(plane, &back[(ci * batch + b) * conv.in_hw()..][..conv.in_hw()]);
                 }

@@ -8,6 +8,8 @@
 
 use rayon::prelude::*;
 
+use super::lanes;
+
 /// PyTorch's default.
 const EPS: f64 = 1e-5;
 
@@ -55,15 +57,12 @@ impl GroupNorm {
             .enumerate()
             .for_each(|(g, ((x, out), stats))| {
                 for (b, stat) in stats.iter_mut().enumerate() {
-                    // Sums in f32 within a plane (vectorised), f64 across.
+                    // Sums in f32 lanes within a plane, f64 across.
                     let planes = || (0..cpg).map(|c| &x[(c * batch + b) * hw..][..hw]);
                     let count = (cpg * hw) as f64;
-                    let mean = planes().map(|p| f64::from(p.iter().sum::<f32>())).sum::<f64>() / count;
+                    let mean = planes().map(|p| f64::from(lanes::sum(p))).sum::<f64>() / count;
                     let m = mean as f32;
-                    let var = planes()
-                        .map(|p| f64::from(p.iter().map(|&v| (v - m) * (v - m)).sum::<f32>()))
-                        .sum::<f64>()
-                        / count;
+                    let var = planes().map(|p| f64::from(lanes::sum_sq_dev(p, m))).sum::<f64>() / count;
                     let rstd = 1.0 / (var + EPS).sqrt();
                     *stat = [mean as f32, rstd as f32];
                     let (mean, rstd) = (mean as f32, rstd as f32);
@@ -104,11 +103,6 @@ impl GroupNorm {
         let cpg = self.per_group();
         let block = cpg * batch * hw;
         let n = self.channels * batch * hw;
-        // The output gradient through the ReLU, if any.
-        let masked = |i: usize| match relu_out {
-            Some(out) if out[i] <= 0.0 => 0.0,
-            _ => dout[i],
-        };
         let NormGrads {
             dgamma,
             dbeta,
@@ -120,20 +114,25 @@ impl GroupNorm {
             .zip(dbeta[..self.channels].par_chunks_mut(cpg))
             .enumerate()
             .map(|(g, ((dx, dgamma), dbeta))| {
-                let mut sq = vec![0.0; batch];
                 let base = g * block;
+                let (x, dout) = (&x[base..][..block], &dout[base..][..block]);
+                // dx first holds the output gradient through the ReLU, if any.
+                match relu_out {
+                    Some(out) => {
+                        for ((d, &o), &v) in dx.iter_mut().zip(dout).zip(&out[base..][..block]) {
+                            *d = if v > 0.0 { o } else { 0.0 };
+                        }
+                    }
+                    None => dx.copy_from_slice(dout),
+                }
+                let mut sq = vec![0.0; batch];
                 for (b, sq) in sq.iter_mut().enumerate() {
                     let [mean, rstd] = stats[g * batch + b];
+                    let plane = |c: usize| (c * batch + b) * hw..(c * batch + b + 1) * hw;
                     // Sums over the group of dxhat and dxhat * xhat.
                     let (mut sum_d, mut sum_dx) = (0.0f64, 0.0f64);
                     for c in 0..cpg {
-                        let at = base + (c * batch + b) * hw;
-                        let (mut dg, mut db) = (0.0f32, 0.0f32);
-                        for (i, &xv) in x.iter().enumerate().skip(at).take(hw) {
-                            let d = masked(i);
-                            dg += d * (xv - mean);
-                            db += d;
-                        }
+                        let (dg, db) = lanes::dot_dev_and_sum(&dx[plane(c)], &x[plane(c)], mean);
                         let (dg, db) = (f64::from(dg * rstd), f64::from(db));
                         let gm = f64::from(gamma[g * cpg + c]);
                         sum_d += db * gm;
@@ -145,14 +144,12 @@ impl GroupNorm {
                     let count = (cpg * hw) as f64;
                     let (mean_d, mean_dx) = ((sum_d / count) as f32, (sum_dx / count) as f32);
                     for c in 0..cpg {
-                        let at = (c * batch + b) * hw;
                         let gm = gamma[g * cpg + c];
                         // dx = rstd (d gm - mean_d - xhat mean_dx), as a*d + b*x + c.
                         let (a, bx) = (rstd * gm, -rstd * rstd * mean_dx);
                         let c0 = -rstd * mean_d + rstd * rstd * mean * mean_dx;
-                        for (j, d) in dx[at..at + hw].iter_mut().enumerate() {
-                            let i = base + at + j;
-                            *d = a * masked(i) + bx * x[i] + c0;
+                        for (d, &xv) in dx[plane(c)].iter_mut().zip(&x[plane(c)]) {
+                            *d = a * *d + bx * xv + c0;
                         }
                     }
                 }

@@ -16,6 +16,7 @@
 mod conv;
 mod gemm;
 mod group_norm;
+mod lanes;
 mod optim;
 mod pool;
 mod resnet;

@@ -75,9 +75,14 @@ impl LocalOptimizer {
             .for_each(|(block, (((w, g), m), s))| {
                 // FedProx: the gradient of mu/2 |w - w_global|^2 joins the
                 // loss's (data-independent, so also after DP-SGD's noise).
+                // Two monomorphic loops, so that the common one (no
+                // anchor) has no per-value branch and vectorises.
                 let at = block * BLOCK;
-                let prox = |i: usize, w: f32| anchor.get(at + i).map_or(0.0, |a| (w - a) * mu);
-                kind.apply(w, g, m, s, prox);
+                match anchor.get(at..at + w.len()) {
+                    Some(a) => kind.apply(w, g, m, s, a, |w, a| (w - a) * mu),
+                    // `g` only fills the unused anchor slot.
+                    None => kind.apply(w, g, m, s, g, |_, _| 0.0),
+                }
             });
     }
 }
@@ -106,19 +111,21 @@ enum Step {
 }
 
 impl Step {
-    /// The step on one block; `prox(i, w)` is FedProx's gradient at index i.
+    /// The step on one block; `prox(w, a)` is FedProx's gradient at a
+    /// value `w` whose anchor value is `a`.
     fn apply(
         self,
         params: &mut [f32],
         grad: &[f32],
         m: &mut [f32],
         s: &mut [f32],
-        prox: impl Fn(usize, f32) -> f32,
+        anchor: &[f32],
+        prox: impl Fn(f32, f32) -> f32,
     ) {
         match self {
             Step::Sgd { momentum, lr, wd } => {
-                for (i, ((w, &g), m)) in params.iter_mut().zip(grad).zip(m).enumerate() {
-                    let g = g + prox(i, *w) + *w * wd;
+                for (((w, &g), m), &a) in params.iter_mut().zip(grad).zip(m).zip(anchor) {
+                    let g = g + prox(*w, a) + *w * wd;
                     *m = *m * momentum + g;
                     *w -= *m * lr;
                 }
@@ -133,9 +140,9 @@ impl Step {
                 one_b2,
                 lr,
             } => {
-                for (i, ((w, &g), (m, s))) in params.iter_mut().zip(grad).zip(m.iter_mut().zip(s)).enumerate()
-                {
-                    let g = g + prox(i, *w);
+                let values = params.iter_mut().zip(grad).zip(m.iter_mut().zip(s));
+                for (((w, &g), (m, s)), &a) in values.zip(anchor) {
+                    let g = g + prox(*w, a);
                     *m = *m * b1 + g * one_b1;
                     *s = *s * b2 + g * g * one_b2;
                     let update = (*m * m_scale) / ((*s * s_scale).sqrt() + 1e-8);

@@ -43,6 +43,10 @@ const WIDTHS: [usize; 4] = [64, 128, 256, 512];
 const PASS: usize = 32;
 /// Smallest input side: layer4 still has one pixel.
 pub(super) const MIN_SIZE: usize = 32;
+/// Values of im2col matrices a pass keeps from the forward pass for the
+/// backward passes (512 MiB), instead of rebuilding them: units in forward
+/// order while they fit (all of them up to 128x128 inputs, 32 per pass).
+const KEPT_COL_VALUES: usize = 128 << 20;
 
 /// The tensors in torchvision's `state_dict` order.
 pub(super) fn layout_specs() -> Vec<TensorSpec> {
@@ -132,19 +136,33 @@ struct Block {
 
 /// What the forward pass keeps of a unit: its convolution's output, the
 /// norm's statistics, and the unit's output (after ReLU where it has one;
-/// for a block's second unit, the block's output).
+/// for a block's second unit, the block's output); and its im2col matrix
+/// where the budget allows (`KEPT_COL_VALUES`).
 #[derive(Default)]
 struct UnitTape {
     y: Vec<f32>,
     stats: Vec<[f32; 2]>,
     out: Vec<f32>,
+    /// Whether `col` holds this pass's im2col matrix.
+    kept: bool,
+    col: Vec<f32>,
 }
 
 impl UnitTape {
-    fn sized(&mut self, unit: &Unit, batch: usize) {
+    /// Sized for `batch` images; `budget` is the im2col values still free
+    /// to keep, and what this unit keeps is taken from it.
+    fn sized(&mut self, unit: &Unit, batch: usize, budget: &mut usize) {
         self.y.resize(unit.out_len(batch), 0.0);
         self.out.resize(unit.out_len(batch), 0.0);
         self.stats.resize(GROUPS * batch, [0.0; 2]);
+        let col = unit.conv.k() * batch * unit.conv.out_hw();
+        self.kept = col <= *budget;
+        if self.kept {
+            *budget -= col;
+            self.col.resize(col, 0.0);
+        } else {
+            self.col = Vec::new();
+        }
     }
 }
 
@@ -280,7 +298,9 @@ impl ResNet18 {
             .max()
             .unwrap_or(0);
         tape.col.resize(col_len, 0.0);
-        tape.stem.sized(&self.stem, n);
+        let mut budget = KEPT_COL_VALUES;
+        let budget = &mut budget;
+        tape.stem.sized(&self.stem, n, budget);
         unit_forward(
             &self.stem,
             params,
@@ -302,13 +322,13 @@ impl ResNet18 {
                 None => &tape.pooled,
             };
             let [t1, t2, td] = &mut rest[0];
-            t1.sized(&block.conv1, n);
-            t2.sized(&block.conv2, n);
+            t1.sized(&block.conv1, n, budget);
+            t2.sized(&block.conv2, n, budget);
             unit_forward(&block.conv1, params, x, n, true, &mut tape.col, t1);
             unit_forward(&block.conv2, params, &t1.out, n, false, &mut tape.col, t2);
             let shortcut: &[f32] = match &block.down {
                 Some(down) => {
-                    td.sized(down, n);
+                    td.sized(down, n, budget);
                     unit_forward(down, params, x, n, false, &mut tape.col, td);
                     &td.out
                 }
@@ -559,6 +579,7 @@ fn unit_forward(
     tape: &mut UnitTape,
 ) {
     let conv = &unit.conv;
+    let col = if tape.kept { &mut tape.col[..] } else { col };
     conv.im2col(x, n, col, Threads::All);
     conv.forward(
         &params[unit.weight.clone()],
@@ -626,7 +647,12 @@ fn unit_backward(
             example_sq,
         },
     );
-    conv.im2col(x, n, col, Threads::All);
+    let col: &[f32] = if tape.kept {
+        &tape.col
+    } else {
+        conv.im2col(x, n, col, Threads::All);
+        col
+    };
     match pass {
         Pass::Sum(grad) => {
             conv.add_param_grads(dy, col, n, &mut grad[unit.weight.clone()], None, Threads::All)

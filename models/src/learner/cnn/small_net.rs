@@ -201,7 +201,7 @@ impl SmallNet {
         k2.input_grad_col(p(W2), dpre2, 1, &mut sc.dcol, Threads::One);
         let dp1 = &mut sc.dp[..k1.cout * k2.in_hw()];
         dp1.fill(0.0);
-        k2.col2im(&sc.dcol, 1, dp1, Threads::One);
+        k2.col2im(&mut sc.dcol, 1, dp1, Threads::One);
 
         // pool1 -> conv1 (the image needs no gradient).
         let dpre1 = &mut sc.dpre[..k1.cout * k1.out_hw()];
