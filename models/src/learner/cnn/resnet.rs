@@ -202,6 +202,8 @@ pub(super) struct ResNet18 {
     fc_weight: Range<usize>,
     fc_bias: usize,
     dim: usize,
+    /// im2col values a pass may keep (`KEPT_COL_VALUES`).
+    col_budget: usize,
     tape: Mutex<Tape>,
 }
 
@@ -261,6 +263,7 @@ impl ResNet18 {
             fc_weight,
             fc_bias,
             dim: at,
+            col_budget: KEPT_COL_VALUES,
             tape: Mutex::new(Tape::default()),
         }
     }
@@ -298,7 +301,7 @@ impl ResNet18 {
             .max()
             .unwrap_or(0);
         tape.col.resize(col_len, 0.0);
-        let mut budget = KEPT_COL_VALUES;
+        let mut budget = self.col_budget;
         let budget = &mut budget;
         tape.stem.sized(&self.stem, n, budget);
         unit_forward(
@@ -706,6 +709,30 @@ mod tests {
             pneumonia_share: 0.5,
         })
         .unwrap()
+    }
+
+    /// The im2col matrices kept from the forward pass give exactly what
+    /// rebuilding them in the backward pass gives: with none kept, with
+    /// the first units' only, and with all of them.
+    #[test]
+    fn kept_and_rebuilt_im2col_matrices_give_the_same_gradients() {
+        let set = images(3, 32, 8);
+        let p = params(9);
+        let batch = [0, 1, 2];
+        let run = |budget: usize| {
+            let mut net = ResNet18::new(32);
+            net.col_budget = budget;
+            let mut grad = vec![0.0; net.dim()];
+            let loss = net.mean_loss_and_gradient(&p, &set, &batch, &mut grad);
+            let mut sq = vec![0.0; 3];
+            net.example_norms(&p, &set, &batch, &mut sq);
+            (loss, grad, sq)
+        };
+        let all = run(KEPT_COL_VALUES);
+        let stem = ResNet18::new(32).stem.conv;
+        for budget in [0, stem.k() * 3 * stem.out_hw() + 1] {
+            assert!(run(budget) == all, "budget {budget}");
+        }
     }
 
     fn params(seed: u64) -> Vec<f32> {
