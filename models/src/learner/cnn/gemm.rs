@@ -186,12 +186,16 @@ fn matmul_inner_blocks(dst: &mut [f32], lhs: Mat, rhs: Mat, accumulate: bool, th
         Threads::All => partial.par_chunks_mut(m * n).enumerate().for_each(block),
         Threads::One => partial.chunks_mut(m * n).enumerate().for_each(block),
     }
-    dst[..m * n].par_chunks_mut(n).enumerate().for_each(|(r, row)| {
+    let add = |(r, row): (usize, &mut [f32])| {
         for (j, d) in row.iter_mut().enumerate() {
             let sum = partial[r * n + j..].iter().step_by(m * n).sum::<f32>();
             *d = if accumulate { *d + sum } else { sum };
         }
-    });
+    };
+    match threads {
+        Threads::All => dst[..m * n].par_chunks_mut(n).enumerate().for_each(add),
+        Threads::One => dst[..m * n].chunks_mut(n).enumerate().for_each(add),
+    }
 }
 
 /// dst's base pointer, shared by the threads that write disjoint blocks.

@@ -127,6 +127,11 @@ impl Unit {
     fn out_len(&self, batch: usize) -> usize {
         self.conv.cout * batch * self.conv.out_hw()
     }
+
+    /// Values of the convolution's im2col matrix for `batch` images.
+    fn col_len(&self, batch: usize) -> usize {
+        self.conv.k() * batch * self.conv.out_hw()
+    }
 }
 
 struct Block {
@@ -156,7 +161,7 @@ impl UnitTape {
         self.y.resize(unit.out_len(batch), 0.0);
         self.out.resize(unit.out_len(batch), 0.0);
         self.stats.resize(GROUPS * batch, [0.0; 2]);
-        let col = unit.conv.k() * batch * unit.conv.out_hw();
+        let col = unit.col_len(batch);
         self.kept = col <= *budget;
         if self.kept {
             *budget -= col;
@@ -181,6 +186,7 @@ struct Tape {
     logits: Vec<f32>,
     /// Each image's loss derivative in its logit (as the last backward used it).
     dz: Vec<f32>,
+    /// im2col scratch for the units that keep no matrix of their own.
     col: Vec<f32>,
     dcol: Vec<f32>,
     /// Activation-gradient buffers, rotated through the blocks.
@@ -296,12 +302,6 @@ impl ResNet18 {
         for &i in batch {
             tape.input.extend_from_slice(images.image(i));
         }
-        let col_len = self
-            .units()
-            .map(|u| u.conv.k() * n * u.conv.out_hw())
-            .max()
-            .unwrap_or(0);
-        tape.col.resize(col_len, 0.0);
         let mut budget = self.col_budget;
         let budget = &mut budget;
         tape.stem.sized(&self.stem, n, budget);
@@ -377,7 +377,8 @@ impl ResNet18 {
         for w in &mut work {
             w.resize(act_len, 0.0);
         }
-        tape.dcol.resize(tape.col.len(), 0.0);
+        let col_len = self.units().map(|u| u.col_len(n)).max().unwrap_or(0);
+        tape.dcol.resize(col_len, 0.0);
         let [g_out, gm, t1, t2, g_in] = &mut work;
         // The head: dfeat[c, b] = dz_b w_c, spread evenly over layer4's pixels.
         let w = &params[self.fc_weight.clone()];
@@ -579,11 +580,20 @@ fn unit_forward(
     x: &[f32],
     n: usize,
     relu: bool,
-    col: &mut [f32],
+    col: &mut Vec<f32>,
     tape: &mut UnitTape,
 ) {
     let conv = &unit.conv;
-    let col = if tape.kept { &mut tape.col[..] } else { col };
+    // Scratch for the units that keep none (the backward pass rebuilds
+    // theirs in it), as large as the largest of them.
+    let col = if tape.kept {
+        &mut tape.col[..]
+    } else {
+        if col.len() < unit.col_len(n) {
+            col.resize(unit.col_len(n), 0.0);
+        }
+        &mut col[..]
+    };
     conv.im2col(x, n, col, Threads::All);
     conv.forward(
         &params[unit.weight.clone()],
